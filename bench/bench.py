@@ -29,6 +29,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 
 
+
+def dist_version(name):
+    """A pip distribution's version (cc3d and edt have no __version__)."""
+    try:
+        import importlib.metadata
+        return importlib.metadata.version(name)
+    except Exception:
+        return "?"
+
 def volume(n, seed=1):
     rng = np.random.default_rng(seed)
     vol = np.zeros((n, n, n), np.float32)
@@ -207,7 +216,7 @@ def main():
     if a.write:
         host = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         import scipy, skimage, SimpleITK, cc3d, edt  # noqa: E401
-        vers = f"scipy {scipy.__version__}, scikit-image {skimage.__version__}, SimpleITK {SimpleITK.Version_VersionString()}, cc3d {getattr(cc3d, '__version__', '?')}, edt {getattr(edt, '__version__', '?')}"
+        vers = f"scipy {scipy.__version__}, scikit-image {skimage.__version__}, SimpleITK {SimpleITK.Version_VersionString()}, cc3d {dist_version('connected-components-3d')}, edt {dist_version('edt')}"
         text = open(os.path.join(ROOT, "BENCHMARKS.md")).read() if os.path.exists(os.path.join(ROOT, "BENCHMARKS.md")) else ""
         head = "# Benchmarks\n\nMade by `bash bench/run.sh` (bench/bench.py); ratio = peer time / tessera time.\n\n"
         body = f"## {time.strftime('%Y-%m-%d')} ({host}; {vers})\n\n{table}\n"

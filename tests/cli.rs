@@ -93,6 +93,38 @@ fn outputs_do_not_depend_on_threads_or_reruns() {
 }
 
 #[test]
+fn outputs_do_not_depend_on_tiles() {
+    // Both example pipelines, whole images against thin and odd tiles (the fused local stages —
+    // gaussian; invert + opening — run per tile, global stages on the assembled result).
+    let tmp = tempfile::tempdir().unwrap();
+    for pipeline in ["pipelines/nuclei.yaml", "pipelines/bone-lacunae.yaml"] {
+        let mut reference: Option<Vec<(PathBuf, Vec<u8>)>> = None;
+        for (k, tile) in ["auto", "1x512x512", "5x17x23", "64x8x64"].iter().enumerate() {
+            let out = tmp.path().join(format!("{}-{k}", pipeline.replace('/', "_")));
+            let o = tessera(&["run", pipeline, "--out", out.to_str().unwrap(), "--progress", "never", "--tile", tile]);
+            assert_eq!(o.status.code(), Some(0), "{pipeline} --tile {tile}: {}", text(&o.stderr));
+            let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+            assert_eq!(run["tile"], *tile);
+            let f = files(&out);
+            match &reference {
+                None => reference = Some(f),
+                Some(r) => {
+                    assert_eq!(r.len(), f.len());
+                    for ((pa, ba), (pb, bb)) in r.iter().zip(&f) {
+                        assert_eq!(pa, pb);
+                        assert!(ba == bb, "{pipeline}: {} differs with --tile {tile}", pa.display());
+                    }
+                }
+            }
+        }
+    }
+    // A bad tile size is a command-line error.
+    let o = tessera(&["run", "pipelines/nuclei.yaml", "--tile", "0x4x4", "--out", tmp.path().join("x").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("is not a tile size"), "{}", text(&o.stderr));
+}
+
+#[test]
 fn validate_reports_all_three_mistakes_with_positions_and_suggestions() {
     let o = tessera(&["validate", "testdata/bad/pipelines/three_mistakes.yaml"]);
     assert_eq!(o.status.code(), Some(2));

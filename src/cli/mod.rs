@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// Worker threads (samples and ops share one pool). Default: all cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Tile cores for runs of local ops: `auto` (whole images while they fit --memory, z-slabs
+    /// otherwise) or ZxYxX voxels, e.g. 64x256x256. Halos are added per op. Outputs are
+    /// identical whatever the tiling. Default: the pipeline's `tile:`, else auto.
+    #[arg(long, value_name = "ZxYxX|auto")]
+    pub tile: Option<crate::exec::TileSize>,
     /// Memory budget for one image, e.g. 8GiB, 512MiB. Default: 3/4 of RAM.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory: Option<u64>,
@@ -325,6 +330,16 @@ fn cmd_ops(a: OpsArgs) -> i32 {
     }
 }
 
+/// The pipeline's `tile:` (validated when the pipeline was compiled), else `auto`.
+fn pipeline_tile(spec: &crate::spec::PipelineSpec) -> crate::exec::TileSize {
+    let Some(node) = spec.tile.as_ref() else { return crate::exec::TileSize::Auto };
+    let text = match node.as_seq() {
+        Some(items) => items.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join("x"),
+        None => node.as_str().unwrap_or("auto").to_string(),
+    };
+    text.parse().unwrap_or_default()
+}
+
 fn cmd_run(a: RunArgs) -> i32 {
     let manifest = if !a.images.is_empty() {
         for p in &a.images {
@@ -370,6 +385,7 @@ fn cmd_run(a: RunArgs) -> i32 {
     let cfg = RunConfig {
         out: out.clone(),
         threads: rayon::current_num_threads(),
+        tile: a.tile.unwrap_or_else(|| pipeline_tile(&plan.spec)),
         memory: a.memory.unwrap_or_else(crate::io::default_memory_budget),
         fail_fast: a.fail_fast,
     };

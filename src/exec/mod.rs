@@ -16,9 +16,14 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub mod tiled;
+pub mod tiles;
+
+pub use tiles::TileSize;
+
 use crate::io::{self, Data, Image, ReadLimits, Spacing};
-use crate::ops::{Ctx, Value};
-use crate::plan::{Format, Plan, Ref};
+use crate::ops::{Ctx, Kind, Meta, Value};
+use crate::plan::{Bound, Format, Plan, Ref};
 use crate::report::Progress;
 use crate::spec::manifest::{Manifest, SampleRow};
 use crate::table::Table;
@@ -28,6 +33,8 @@ use crate::table::Table;
 pub struct RunConfig {
     pub out: PathBuf,
     pub threads: usize,
+    /// Tile cores for runs of local stages (`--tile`, else the pipeline's `tile:`).
+    pub tile: TileSize,
     /// Byte budget for one image read.
     pub memory: u64,
     pub fail_fast: bool,
@@ -185,52 +192,185 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     let spacing = resolve_spacing(first.spacing.as_ref(), plan, ndim);
     drop(first);
     res.spacing = Some(spacing.clone());
-    let ctx = Ctx { sample: &row.id, spacing: spacing.zyx, unit: &spacing.unit, ndim };
     let sample_dir = cfg.out.join("samples").join(&row.id);
-    let last_use = plan.last_use();
-    let mut values: Vec<Option<Value>> = vec![None; plan.stages.len()];
-    for (i, st) in plan.stages.iter().enumerate() {
-        let t0 = Instant::now();
-        let out = {
-            let ins: Vec<&Value> = st
-                .inputs
-                .iter()
-                .map(|(_, r)| match r {
-                    Ref::Source(s) => &sources[*s],
-                    Ref::Stage(j) => values[*j].as_ref().expect("inputs computed before use"),
-                })
-                .collect();
-            // Stages after a downsample see larger voxels.
-            let scale = match st.inputs.first().map(|(_, r)| *r) {
-                Some(Ref::Stage(j)) => bound.metas[j].scale,
-                _ => [1.0; 3],
-            };
-            let stage_ctx = Ctx { spacing: scaled(&spacing, scale).zyx, ..ctx.clone() };
-            bound.ops[i].run(&ins, &stage_ctx)
-        };
-        let value = match out {
-            Ok(v) => v,
-            Err(e) => return res.fail(&st.id, e),
-        };
-        if let Value::Labels(l) = &value {
+    let opts = EvalOpts { tile: cfg.tile, memory: cfg.memory, threads: cfg.threads, keep_all: false };
+    let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
+        let st = &plan.stages[i];
+        if let Value::Labels(l) = value {
             res.objects.push((st.id.clone(), l.iter().copied().max().unwrap_or(0) as u64));
         }
-        if let Some((_, formats)) = plan.outputs.iter().find(|(o, _)| *o == i)
-            && let Err(e) =
-                write_output(&sample_dir, &st.id, &value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, &mut res, i)
-        {
-            return res.fail(&st.id, e);
+        if let Some((_, formats)) = plan.outputs.iter().find(|(o, _)| *o == i) {
+            write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
         }
-        res.timings.push((st.id.clone(), t0.elapsed().as_secs_f64()));
-        values[i] = Some(value);
-        // Free what no later stage reads.
-        for (j, v) in values.iter_mut().enumerate().take(i + 1) {
-            if last_use[j] <= i {
-                *v = None;
-            }
-        }
+        Ok(())
+    };
+    let mut timings = Vec::new();
+    let r = {
+        let res_ref = &mut res;
+        evaluate(plan, &bound, &sources, &spacing, ndim, &row.id, &opts, &mut |i, v| sink(i, v, res_ref), &mut timings)
+    };
+    res.timings = timings;
+    if let Err((i, e)) = r {
+        let id = plan.stages[i].id.clone();
+        return res.fail(&id, e);
     }
     res
+}
+
+/// How [`evaluate`] runs a sample's stages.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOpts {
+    pub tile: TileSize,
+    /// Byte budget (for `auto` tiles).
+    pub memory: u64,
+    pub threads: usize,
+    /// Materialise every stage at full size, even fused intermediates nothing else reads
+    /// (for tests that compare every stage).
+    pub keep_all: bool,
+}
+
+/// Runs a bound plan's stages on a sample's sources, in plan order. Runs of local stages are
+/// fused and evaluated over tiles ([`tiled`]); other stages run on whole arrays. `sink` sees
+/// every stage value that exists at full size, in plan order, once, before it may be freed.
+/// Timings are pushed per stage (a fused group's as one entry, its ids joined by `+`).
+/// An error names the failing stage's plan index.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    plan: &Plan,
+    bound: &Bound,
+    sources: &[Value],
+    spacing: &Spacing,
+    ndim: u8,
+    sample: &str,
+    opts: &EvalOpts,
+    sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
+    timings: &mut Vec<(String, f64)>,
+) -> Result<(), (usize, String)> {
+    let n = plan.stages.len();
+    let last_use = plan.last_use();
+    let ctx = Ctx { sample, spacing: spacing.zyx, unit: &spacing.unit, ndim };
+    // Stages after a downsample see larger voxels.
+    let ctx_of = |i: usize| {
+        let scale = match plan.stages[i].inputs.first().map(|(_, r)| *r) {
+            Some(Ref::Stage(j)) => bound.metas[j].scale,
+            _ => [1.0; 3],
+        };
+        Ctx { spacing: scaled(spacing, scale).zyx, ..ctx.clone() }
+    };
+    let src_meta: Vec<Meta> = sources
+        .iter()
+        .map(|v| match v {
+            Value::Image(d) => Meta { kind: Kind::Image, dtype: Some(d.dtype()), shape: d.shape(), ndim, scale: [1.0; 3] },
+            other => Meta { kind: other.kind(), dtype: None, shape: [0; 3], ndim, scale: [1.0; 3] },
+        })
+        .collect();
+    let meta_of = |r: &Ref| match r {
+        Ref::Source(s) => &src_meta[*s],
+        Ref::Stage(j) => &bound.metas[*j],
+    };
+    let local_halo = |i: usize| {
+        let ins: Vec<&Meta> = plan.stages[i].inputs.iter().map(|(_, r)| meta_of(r)).collect();
+        tiled::is_local(bound.ops[i].as_ref(), &ctx_of(i), &bound.metas[i], &ins)
+    };
+    let reads = |i: usize| -> Vec<usize> {
+        plan.stages[i].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
+    };
+    let is_output = |i: usize| plan.outputs.iter().any(|(o, _)| *o == i);
+    let mut values: Vec<Option<Value>> = vec![None; n];
+    let mut i = 0;
+    while i < n {
+        let t0 = Instant::now();
+        // The run of local stages starting here, if any.
+        let mut group = tiled::Group { stages: Vec::new(), halos: Vec::new() };
+        let mut j = i;
+        while j < n
+            && let Some(h) = local_halo(j)
+        {
+            group.stages.push(j);
+            group.halos.push(h);
+            j += 1;
+        }
+        let shape = bound.metas[i].shape;
+        let tiles = if group.stages.is_empty() {
+            Vec::new()
+        } else {
+            let bpv = group.stages.iter().map(|&k| tiled::bytes_per_voxel(&bound.metas[k])).sum::<u64>()
+                + plan.stages[i].inputs.iter().map(|(_, r)| tiled::bytes_per_voxel(meta_of(r))).sum::<u64>();
+            let down = group.downstream(&reads);
+            tiles::plan_tiles(shape, opts.tile, group.total_halo(&down), bpv, opts.memory, opts.threads)
+        };
+        if tiles.len() > 1 {
+            let last = *group.stages.last().expect("a group has stages");
+            let pos = |k: usize| group.stages.iter().position(|&g| g == k);
+            let mut full: Vec<&Value> = Vec::new();
+            let mut feeds = Vec::new();
+            for &k in &group.stages {
+                let mut f = Vec::new();
+                for (_, r) in &plan.stages[k].inputs {
+                    f.push(match r {
+                        Ref::Stage(x) if pos(*x).is_some() => tiled::Feed::Group(pos(*x).unwrap_or(0)),
+                        Ref::Stage(x) => {
+                            full.push(values[*x].as_ref().expect("inputs computed before use"));
+                            tiled::Feed::Full(full.len() - 1)
+                        }
+                        Ref::Source(s) => {
+                            full.push(&sources[*s]);
+                            tiled::Feed::Full(full.len() - 1)
+                        }
+                    });
+                }
+                feeds.push(f);
+            }
+            let keep: Vec<bool> = group.stages.iter().map(|&k| opts.keep_all || last_use[k] > last || is_output(k) || k == last).collect();
+            let run = tiled::GroupRun {
+                group: &group,
+                ops: group.stages.iter().map(|&k| bound.ops[k].as_ref()).collect(),
+                inputs: feeds,
+                ctxs: group.stages.iter().map(|&k| ctx_of(k)).collect(),
+                keep,
+                shape,
+                tiles,
+                threads: opts.threads,
+            };
+            let out = tiled::run_group(&run, &full, &reads).map_err(|(p, e)| (group.stages[p], e))?;
+            drop(full);
+            for (p, v) in out.into_iter().enumerate() {
+                let k = group.stages[p];
+                if let Some(v) = v {
+                    sink(k, &v).map_err(|e| (k, e))?;
+                    values[k] = Some(v);
+                }
+            }
+            let ids: Vec<&str> = group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
+            timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
+            i = last;
+        } else {
+            let out = {
+                let ins: Vec<&Value> = plan.stages[i]
+                    .inputs
+                    .iter()
+                    .map(|(_, r)| match r {
+                        Ref::Source(s) => &sources[*s],
+                        Ref::Stage(j) => values[*j].as_ref().expect("inputs computed before use"),
+                    })
+                    .collect();
+                bound.ops[i].run(&ins, &ctx_of(i)).map_err(|e| (i, e))?
+            };
+            sink(i, &out).map_err(|e| (i, e))?;
+            timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));
+            values[i] = Some(out);
+        }
+        // Free what no later stage reads (unless every stage is to be kept).
+        if !opts.keep_all {
+            for (k, v) in values.iter_mut().enumerate().take(i + 1) {
+                if last_use[k] <= i {
+                    *v = None;
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -112,6 +112,9 @@ impl Op for Gaussian {
             _ => Halo::Local([0; 3]),
         }
     }
+    fn halo_for(&self, ctx: &Ctx) -> Halo {
+        Halo::Local(self.sigma_voxels(ctx.spacing).map(|v| radius(v, self.truncate)))
+    }
     fn check(&self) -> Vec<ParamIssue> {
         let mut v = Vec::new();
         match self.sigma.zyx() {

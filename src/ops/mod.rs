@@ -161,6 +161,11 @@ pub trait Op: Send + Sync + Debug {
     /// The stages this op reads, in the order `run` receives them.
     fn inputs(&self) -> Vec<Input>;
     fn halo(&self) -> Halo;
+    /// The halo for one sample: like [`Op::halo`], with spacing-dependent reaches (physical
+    /// sigmas and radii) resolved for `ctx`. The tiled executor uses this one.
+    fn halo_for(&self, _ctx: &Ctx) -> Halo {
+        self.halo()
+    }
     /// The output kind given the input kinds (in `inputs()` order).
     fn output_kind(&self, inputs: &[Kind]) -> Kind {
         match (self.info().same_kind, inputs.first()) {

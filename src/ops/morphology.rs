@@ -101,6 +101,11 @@ macro_rules! morph_op {
             fn halo(&self) -> Halo {
                 self.0.halo($kind)
             }
+            fn halo_for(&self, ctx: &Ctx) -> Halo {
+                let se = Element::new(self.0.radius, self.0.shape, self.0.radius_unit, ctx.spacing, ctx.ndim);
+                let twice = if matches!($kind, Morph::Opening | Morph::Closing) { 2 } else { 1 };
+                Halo::Local(se.reach().map(|r| r * twice))
+            }
             fn check(&self) -> Vec<ParamIssue> {
                 self.0.check()
             }
@@ -229,6 +234,11 @@ impl Element {
             }
         }
         Element { rows }
+    }
+
+    /// How far the element reaches from its centre along each axis `[z, y, x]`.
+    pub fn reach(&self) -> [usize; 3] {
+        self.rows.iter().fold([0; 3], |r, &(dz, dy, w)| [r[0].max(dz.unsigned_abs()), r[1].max(dy.unsigned_abs()), r[2].max(w)])
     }
 }
 

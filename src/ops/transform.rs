@@ -231,7 +231,8 @@ impl Op for Crop {
         vec![Input { role: "input", stage: self.input.clone(), accepts: &[Kind::Image, Kind::Mask, Kind::Labels] }]
     }
     fn halo(&self) -> Halo {
-        Halo::Local([0; 3])
+        // The output has another shape: not something a tile can produce.
+        Halo::Global
     }
     fn check(&self) -> Vec<ParamIssue> {
         let mut v = Vec::new();

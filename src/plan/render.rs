@@ -31,6 +31,19 @@ pub fn text(plan: &Plan) -> String {
         ));
         s.push_str(&format!("      params {}\n", st.op.params_json()));
     }
+    let groups = fused_runs(plan);
+    if !groups.is_empty() {
+        s.push_str("tiled together (fused runs of local stages; global stages run on whole images):\n");
+        for (ids, halo) in groups {
+            s.push_str(&format!(
+                "  {:<40} halo {}x{}x{} (physical units resolved per sample)\n",
+                ids.join(" + "),
+                halo[0],
+                halo[1],
+                halo[2]
+            ));
+        }
+    }
     s.push_str("outputs:\n");
     for (i, fs) in &plan.outputs {
         let names: Vec<&str> = fs.iter().map(|f| f.ext()).collect();
@@ -88,4 +101,35 @@ pub fn json(plan: &Plan) -> serde_json::Value {
         "outputs": plan.outputs.iter().map(|(i, fs)| serde_json::json!({"stage": plan.stages[*i].id, "formats": fs})).collect::<Vec<_>>(),
         "stats": plan.stats.as_ref().map(|s| serde_json::json!({"table": plan.stages[s.table].id, "by": s.by, "phenotypes": s.phenotypes})),
     })
+}
+
+/// Runs of consecutive local stages (what the executor fuses per tile), with the context a tile
+/// of the run needs (voxel halos as declared; physical-unit ones are resolved per sample).
+pub fn fused_runs(plan: &Plan) -> Vec<(Vec<String>, [usize; 3])> {
+    use crate::exec::tiled::Group;
+    use crate::ops::Halo;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < plan.stages.len() {
+        let mut g = Group { stages: Vec::new(), halos: Vec::new() };
+        while let Some(st) = plan.stages.get(i)
+            && let Halo::Local(h) = st.halo
+            && st.kind != crate::ops::Kind::Table
+        {
+            g.stages.push(i);
+            g.halos.push(h);
+            i += 1;
+        }
+        if g.stages.is_empty() {
+            i += 1;
+            continue;
+        }
+        let reads = |k: usize| -> Vec<usize> {
+            plan.stages[k].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
+        };
+        let down = g.downstream(&reads);
+        let halo = g.total_halo(&down);
+        out.push((g.stages.iter().map(|&k| plan.stages[k].id.clone()).collect(), halo));
+    }
+    out
 }

@@ -107,6 +107,7 @@ pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &Run
         "finished_unix": unix_now(),
         "seconds": summary.seconds,
         "threads": cfg.threads,
+        "tile": cfg.tile.to_string(),
         "memory_budget_bytes": cfg.memory,
         "host": host(),
         "samples_total": summary.samples.len(),
