@@ -186,6 +186,30 @@ def end_to_end(path, repeats, work):
     return t_tessera, res
 
 
+def run_rss(cmd):
+    """Seconds and peak resident memory (MiB) of one child process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if status != 0:
+        raise RuntimeError(f"{cmd} failed: {p.stderr.read().decode()}")
+    return dt, ru.ru_maxrss / 1024
+
+
+def tiling(path, size, repeats, work):
+    """The benchmark chain whole and with forced tiles: time and peak RSS."""
+    exe = os.path.join(TARGET, "release", "tessera")
+    pipe = os.path.join(work, "bench.yaml")
+    rows = []
+    for tile in ("auto", f"32x{size}x{size}", "64x64x64"):
+        out = os.path.join(work, "tiles-" + tile)
+        runs = [run_rss([exe, "run", pipe, path, "--out", out, "--threads", "2", "--progress", "never", "--tile", tile])
+                for _ in range(repeats)]
+        rows.append((tile, min(r[0] for r in runs), max(r[1] for r in runs)))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
@@ -211,6 +235,11 @@ def main():
               "| peer script | time (s) | ratio |", "|---|---|---|"]
     for name, t in chains.items():
         lines.append(f"| {name} | {t:.2f} | {t / t_tessera:.1f}× |")
+    tiles = tiling(path, a.size, a.repeats, work)
+    lines += ["", "Tiling (same chain; the gaussian runs per tile, the global stages whole):", "",
+              "| --tile | time (s) | vs whole | peak RSS (MiB) |", "|---|---|---|---|"]
+    for tile, t, rss in tiles:
+        lines.append(f"| {tile} | {t:.2f} | {100 * (t / tiles[0][1] - 1):+.0f}% | {rss:.0f} |")
     table = "\n".join(lines)
     print(table)
     if a.write:

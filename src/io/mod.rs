@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array3, Array4};
 
-pub use npy::write as write_npy;
-pub use tiff_io::{Compression, write_tiff, write_tiff_with_threshold as write_tiff_as};
+pub use npy::{NpyWriter, write as write_npy};
+pub use tiff_io::{Compression, StackWriter, write_tiff, write_tiff_with_threshold as write_tiff_as};
 
 /// The sample types an image can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -268,6 +268,25 @@ pub fn read_image(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> 
     }
 }
 
+/// Reads planes `z0..z1` of a stack without decoding the others (TIFF pages, `.npy` by seeking,
+/// the files of a slice folder). PNG/JPEG are single planes: only `0..1`.
+pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Result<Data, ImageError> {
+    let img = match format_of(path)? {
+        Format::Tiff => tiff_io::read_range(path, limits, Some((z0, z1)))?,
+        Format::Npy => npy::read_range(path, limits, Some((z0, z1)))?,
+        Format::Raster if (z0, z1) == (0, 1) => raster::read(path, limits)?,
+        Format::Raster => return Err(ImageError::corrupt(path, format!("planes {z0}..{z1} asked of a single-plane image"))),
+        Format::Folder => {
+            let slices = folder_slices(path)?;
+            if z0 > z1 || z1 > slices.len() {
+                return Err(ImageError::corrupt(path, format!("planes {z0}..{z1} asked of a folder of {} slices", slices.len())));
+            }
+            read_slices(path, &slices, z0, z1, limits)?
+        }
+    };
+    Ok(img.data)
+}
+
 /// The image files of a slice folder, in natural name order (`z2` before `z10`).
 pub fn folder_slices(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let rd = std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))?;
@@ -288,11 +307,19 @@ pub fn folder_slices(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
 
 fn read_folder(dir: &Path, limits: ReadLimits) -> Result<Image, ImageError> {
     let slices = folder_slices(dir)?;
+    read_slices(dir, &slices, 0, slices.len(), limits)
+}
+
+/// Slices `z0..z1` of a folder, each checked against the folder's first slice.
+fn read_slices(dir: &Path, slices: &[PathBuf], z0: usize, z1: usize, limits: ReadLimits) -> Result<Image, ImageError> {
     let first = read_header(&slices[0])?;
-    let shape = [slices.len(), first.shape[1], first.shape[2]];
+    if z1 <= z0 {
+        return Err(ImageError::corrupt(dir, format!("no slices in {z0}..{z1}")));
+    }
+    let shape = [z1 - z0, first.shape[1], first.shape[2]];
     check_budget(dir, shape, first.dtype, limits)?;
-    let mut planes = Vec::with_capacity(slices.len());
-    for s in &slices {
+    let mut planes = Vec::with_capacity(z1 - z0);
+    for s in &slices[z0..z1] {
         let img = read_image(s, limits)?;
         let h = img.header();
         if h.ndim != 2 || h.dtype != first.dtype || h.shape[1..] != first.shape[1..] {

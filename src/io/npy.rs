@@ -144,16 +144,29 @@ pub fn read_header(path: &Path) -> Result<Header, ImageError> {
 }
 
 pub fn read(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> {
+    read_range(path, limits, None)
+}
+
+/// Reads planes `z0..z1` (all with `None`), seeking past the ones before.
+pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> Result<Image, ImageError> {
     let (mut r, h, len) = open(path)?;
-    check_budget(path, h.shape, h.elem.dtype(), limits)?;
-    let n = h.shape.iter().product::<usize>();
-    let need = (n as u128) * h.elem.size() as u128 + h.data_offset as u128;
+    let (z0, z1) = range.unwrap_or((0, h.shape[0]));
+    if z0 > z1 || z1 > h.shape[0] {
+        return Err(ImageError::corrupt(path, format!("planes {z0}..{z1} asked of {}", h.shape[0])));
+    }
+    let shape = [z1 - z0, h.shape[1], h.shape[2]];
+    check_budget(path, shape, h.elem.dtype(), limits)?;
+    let total = (h.shape[0] as u128) * (h.shape[1] as u128) * (h.shape[2] as u128);
+    let need = total * h.elem.size() as u128 + h.data_offset as u128;
     if need > len as u128 {
         return Err(ImageError::corrupt(path, format!("file is truncated: header declares {need} bytes, file has {len}")));
     }
+    let plane = h.shape[1] * h.shape[2];
+    r.seek_relative((z0 * plane * h.elem.size()) as i64).map_err(|e| ImageError::io(path, e))?;
+    let n = shape.iter().product::<usize>();
     let mut raw = vec![0u8; n * h.elem.size()];
     r.read_exact(&mut raw).map_err(|e| ImageError::io(path, e))?;
-    let sh = (h.shape[0], h.shape[1], h.shape[2]);
+    let sh = (shape[0], shape[1], shape[2]);
     macro_rules! conv {
         ($t:ty, $w:expr) => {{
             raw.chunks_exact($w)
@@ -178,13 +191,85 @@ pub fn read(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> {
 
 /// Writes a 2D or 3D array as `.npy` (little-endian, C order).
 pub fn write(path: &Path, data: &Data, ndim: u8) -> Result<(), ImageError> {
-    let [z, y, x] = data.shape();
-    let (descr, bytes): (&str, Vec<u8>) = match data {
-        Data::U8(a) => ("|u1", a.iter().copied().collect()),
-        Data::U16(a) => ("<u2", a.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        Data::U32(a) => ("<u4", a.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        Data::F32(a) => ("<f4", a.iter().flat_map(|v| v.to_le_bytes()).collect()),
+    let mut out = header_bytes(path, data.shape(), data.dtype(), ndim)?;
+    out.extend_from_slice(&raw_le(path, data)?);
+    crate::util::write_atomic(path, &out).map_err(|e| ImageError::io(path, e))
+}
+
+/// The voxels as little-endian bytes in C order.
+fn raw_le(path: &Path, data: &Data) -> Result<Vec<u8>, ImageError> {
+    Ok(match data {
+        Data::U8(a) => a.iter().copied().collect(),
+        Data::U16(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Data::U32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Data::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Data::Rgb8(_) | Data::Rgb16(_) => return Err(ImageError::unsupported(path, "RGB images are written as TIFF only")),
+    })
+}
+
+/// Writes a `.npy` a slab at a time (temporary file, renamed into place by `finish`).
+pub struct NpyWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    w: Option<std::io::BufWriter<File>>,
+    planes: usize,
+    written: usize,
+}
+
+impl NpyWriter {
+    pub fn create(path: &Path, shape: [usize; 3], dtype: DType, ndim: u8) -> Result<NpyWriter, ImageError> {
+        use std::io::Write;
+        let head = header_bytes(path, shape, dtype, ndim)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+        }
+        let tmp = crate::util::tmp_sibling(path);
+        let f = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        w.write_all(&head).map_err(|e| ImageError::io(&tmp, e))?;
+        Ok(NpyWriter { path: path.to_path_buf(), tmp, w: Some(w), planes: shape[0], written: 0 })
+    }
+    pub fn append(&mut self, data: &Data) -> Result<(), ImageError> {
+        use std::io::Write;
+        let bytes = raw_le(&self.path, data)?;
+        if let Some(w) = self.w.as_mut() {
+            w.write_all(&bytes).map_err(|e| ImageError::io(&self.tmp, e))?;
+        }
+        self.written += data.shape()[0];
+        Ok(())
+    }
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        use std::io::Write;
+        if self.written != self.planes {
+            return Err(ImageError::corrupt(&self.path, format!("internal: {} of {} planes written", self.written, self.planes)));
+        }
+        if let Some(mut w) = self.w.take() {
+            w.flush().map_err(|e| ImageError::io(&self.tmp, e))?;
+            w.get_ref().sync_all().map_err(|e| ImageError::io(&self.tmp, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
+        self.written = usize::MAX;
+        Ok(())
+    }
+}
+
+impl Drop for NpyWriter {
+    fn drop(&mut self) {
+        if self.written != usize::MAX {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The `.npy` header (magic, version, padded dict) for an array of `shape` and `dtype`.
+fn header_bytes(path: &Path, shape: [usize; 3], dtype: DType, ndim: u8) -> Result<Vec<u8>, ImageError> {
+    let [z, y, x] = shape;
+    let descr = match dtype {
+        DType::U8 => "|u1",
+        DType::U16 => "<u2",
+        DType::U32 => "<u4",
+        DType::F32 => "<f4",
+        DType::Rgb8 | DType::Rgb16 => return Err(ImageError::unsupported(path, "RGB images are written as TIFF only")),
     };
     let shape = if ndim == 2 { format!("({y}, {x})") } else { format!("({z}, {y}, {x})") };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
@@ -192,12 +277,11 @@ pub fn write(path: &Path, data: &Data, ndim: u8) -> Result<(), ImageError> {
         header.push(' ');
     }
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + bytes.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&bytes);
-    crate::util::write_atomic(path, &out).map_err(|e| ImageError::io(path, e))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -264,11 +264,22 @@ pub fn read_header(path: &Path) -> Result<Header, ImageError> {
 }
 
 pub fn read(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> {
+    read_range(path, limits, None)
+}
+
+/// Reads pages `z0..z1` of a stack (all pages with `None`); only those pages are decoded and
+/// only they count against `limits`.
+pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> Result<Image, ImageError> {
     let mut dec = open(path, limits)?;
     let meta = inspect(path, &mut dec)?;
     let header = header_of(&meta);
-    check_budget(path, header.shape, header.dtype, limits)?;
-    let [nz, ny, nx] = header.shape;
+    let (z0, z1) = range.unwrap_or((0, header.shape[0]));
+    if z0 > z1 || z1 > header.shape[0] {
+        return Err(ImageError::corrupt(path, format!("pages {z0}..{z1} asked of a stack of {}", header.shape[0])));
+    }
+    let [_, ny, nx] = header.shape;
+    let nz = z1 - z0;
+    check_budget(path, [nz, ny, nx], header.dtype, limits)?;
     let mut buf = DecodingResult::U8(Vec::new());
     let channels = if header.dtype.is_rgb() { 3 } else { 1 };
     let plane = ny * nx * channels;
@@ -277,7 +288,7 @@ pub fn read(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> {
         ($variant:ident, $t:ty, $conv:expr) => {{
             let mut out: Vec<$t> = Vec::with_capacity(nz * plane);
             crate::util::advise_huge_raw(out.as_ptr() as usize, nz * plane * std::mem::size_of::<$t>());
-            for z in 0..nz {
+            for z in z0..z1 {
                 dec.seek_to_image(z).map_err(|e| tiff_err(path, e))?;
                 read_page(path, &mut dec, &mut buf, header.dtype)?;
                 let before = out.len();
@@ -467,30 +478,148 @@ pub fn write_tiff_with_threshold(
     compression: Compression,
     big: bool,
 ) -> Result<(), ImageError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+    let mut w = StackWriter::create(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big))?;
+    w.append(data)?;
+    w.finish()
+}
+
+/// A file handle shared between the TIFF encoder (which owns its writer) and the
+/// [`StackWriter`] that flushes and syncs it at the end.
+#[derive(Clone)]
+struct Shared(std::sync::Arc<std::sync::Mutex<BufWriter<File>>>);
+
+impl Shared {
+    fn with<R>(&self, f: impl FnOnce(&mut BufWriter<File>) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut g)
     }
-    let tmp = crate::util::tmp_sibling(path);
-    let result = (|| -> Result<(), ImageError> {
-        let file = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        if big {
-            let enc = TiffEncoder::new_big(&mut w).map_err(|e| tiff_err(path, e))?;
-            write_pages(path, enc, data, ndim, spacing, compression)?;
-        } else {
-            let enc = TiffEncoder::new(&mut w).map_err(|e| tiff_err(path, e))?;
-            write_pages(path, enc, data, ndim, spacing, compression)?;
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.with(|w| w.write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.with(|w| w.flush())
+    }
+}
+
+impl Seek for Shared {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.with(|w| w.seek(pos))
+    }
+}
+
+enum Enc {
+    Classic(TiffEncoder<Shared, tiff::encoder::TiffKindStandard>),
+    Big(TiffEncoder<Shared, tiff::encoder::TiffKindBig>),
+}
+
+/// Writes a (Big)TIFF z-stack with ImageJ metadata a slab at a time: the pages are the same
+/// bytes [`write_tiff`] writes for the whole stack. The file appears (temporary file, fsync,
+/// rename) only when [`StackWriter::finish`] is called after every plane was appended; a writer
+/// dropped earlier leaves nothing behind.
+pub struct StackWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Shared,
+    enc: Option<Enc>,
+    shape: [usize; 3],
+    dtype: DType,
+    written: usize,
+    desc: String,
+    spacing: Spacing,
+}
+
+impl StackWriter {
+    /// Starts `path` for a stack of `shape` and `dtype`. `big`: BigTIFF or not; `None` chooses
+    /// BigTIFF for stacks of 4 GiB and more.
+    pub fn create(
+        path: &Path,
+        shape: [usize; 3],
+        dtype: DType,
+        ndim: u8,
+        spacing: &Spacing,
+        compression: Compression,
+        big: Option<bool>,
+    ) -> Result<StackWriter, ImageError> {
+        let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.bytes_per_voxel();
+        let big = big.unwrap_or(bytes >= BIGTIFF_FROM);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
         }
-        w.flush().map_err(|e| ImageError::io(&tmp, e))?;
-        let file = w.into_inner().map_err(|e| ImageError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| ImageError::io(&tmp, e))?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        let tmp = crate::util::tmp_sibling(path);
+        let f = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
+        let file = Shared(std::sync::Arc::new(std::sync::Mutex::new(BufWriter::with_capacity(1 << 20, f))));
+        let terr = |e| tiff_err(path, e);
+        let enc = if big {
+            Enc::Big(TiffEncoder::new_big(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
+        } else {
+            Enc::Classic(TiffEncoder::new(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
+        };
+        Ok(StackWriter {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            enc: Some(enc),
+            shape,
+            dtype,
+            written: 0,
+            desc: imagej_description(shape[0], ndim, spacing, dtype),
+            spacing: spacing.clone(),
+        })
     }
-    std::fs::rename(&tmp, path).map_err(|e| ImageError::io(path, e))
+
+    /// Appends the next planes (a slab of the stack's plane shape and type).
+    pub fn append(&mut self, data: &Data) -> Result<(), ImageError> {
+        let [nz, ny, nx] = data.shape();
+        if data.dtype() != self.dtype || [ny, nx] != [self.shape[1], self.shape[2]] || self.written + nz > self.shape[0] {
+            return Err(ImageError::corrupt(
+                &self.path,
+                format!(
+                    "internal: slab of {nz}×{ny}×{nx} {} does not continue a {:?} {} stack at plane {}",
+                    data.dtype(),
+                    self.shape,
+                    self.dtype,
+                    self.written
+                ),
+            ));
+        }
+        let path = self.path.clone();
+        let r = match self.enc.as_mut() {
+            Some(Enc::Classic(e)) => write_pages(&path, e, data, self.written, &self.desc, &self.spacing),
+            Some(Enc::Big(e)) => write_pages(&path, e, data, self.written, &self.desc, &self.spacing),
+            None => Ok(()),
+        };
+        self.written += nz;
+        r
+    }
+
+    /// Completes the file: every plane must have been appended.
+    pub fn finish(mut self) -> Result<(), ImageError> {
+        if self.written != self.shape[0] {
+            return Err(ImageError::corrupt(&self.path, format!("internal: {} of {} planes written", self.written, self.shape[0])));
+        }
+        drop(self.enc.take());
+        let tmp = self.tmp.clone();
+        self.file
+            .with(|w| {
+                w.flush()?;
+                w.get_ref().sync_all()
+            })
+            .map_err(|e| ImageError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
+        self.written = usize::MAX;
+        Ok(())
+    }
+}
+
+impl Drop for StackWriter {
+    fn drop(&mut self) {
+        if self.written != usize::MAX {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// `1/spacing` as a rational that reads back exactly for spacings with up to six decimals.
@@ -528,17 +657,16 @@ pub(crate) fn imagej_description(nz: usize, ndim: u8, spacing: &Spacing, dtype: 
     d
 }
 
+/// Writes the planes of `data` as the pages `first..` of a stack.
 fn write_pages<W: Write + Seek, K: TiffKind>(
     path: &Path,
-    mut enc: TiffEncoder<W, K>,
+    enc: &mut TiffEncoder<W, K>,
     data: &Data,
-    ndim: u8,
+    first: usize,
+    desc: &str,
     spacing: &Spacing,
-    compression: Compression,
 ) -> Result<(), ImageError> {
-    enc = enc.with_compression(compression.to_tiff());
     let [nz, ny, nx] = data.shape();
-    let desc = imagej_description(nz, ndim, spacing, data.dtype());
     let terr = |e| tiff_err(path, e);
     macro_rules! pages {
         ($arr:expr, $ct:ty) => {{
@@ -555,8 +683,8 @@ fn write_pages<W: Write + Seek, K: TiffKind>(
                 let mut img = enc.new_image::<$ct>(nx as u32, ny as u32).map_err(terr)?;
                 {
                     let e = img.encoder();
-                    if z == 0 {
-                        e.write_tag(Tag::ImageDescription, desc.as_str()).map_err(terr)?;
+                    if first + z == 0 {
+                        e.write_tag(Tag::ImageDescription, desc).map_err(terr)?;
                     }
                     e.write_tag(Tag::Software, concat!("tessera ", env!("CARGO_PKG_VERSION"))).map_err(terr)?;
                     e.write_tag(Tag::ResolutionUnit, ResolutionUnit::None.to_u16()).map_err(terr)?;
@@ -610,6 +738,34 @@ mod tests {
         }
         roundtrip(Data::U16(a.slice(ndarray::s![0..1, .., ..]).to_owned()), 2, Compression::None, false);
         roundtrip(Data::Rgb8(Array4::from_shape_fn((1, 4, 6, 3), |(_, y, x, c)| (y * 18 + x * 3 + c) as u8)), 2, Compression::Lzw, false);
+    }
+
+    #[test]
+    fn slab_writes_equal_whole_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Array3::from_shape_fn((7, 5, 6), |(z, y, x)| (z * 31 + y * 7 + x) as u16);
+        let sp = Spacing { zyx: [2.0, 0.5, 0.5], unit: "um".into() };
+        for (c, big) in [(Compression::None, false), (Compression::Lzw, false), (Compression::Deflate, true)] {
+            let whole = dir.path().join("whole.tif");
+            write_tiff_with_threshold(&whole, &Data::U16(a.clone()), 3, &sp, c, big).unwrap();
+            let slabs = dir.path().join("slabs.tif");
+            let mut w = StackWriter::create(&slabs, [7, 5, 6], DType::U16, 3, &sp, c, Some(big)).unwrap();
+            for (z0, z1) in [(0, 3), (3, 4), (4, 7)] {
+                w.append(&Data::U16(a.slice(ndarray::s![z0..z1, .., ..]).to_owned())).unwrap();
+            }
+            w.finish().unwrap();
+            assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&slabs).unwrap());
+            // Page ranges read back.
+            let part = read_range(&slabs, ReadLimits::default(), Some((2, 5))).unwrap();
+            assert_eq!(part.data, Data::U16(a.slice(ndarray::s![2..5, .., ..]).to_owned()));
+        }
+        // An unfinished writer leaves no file; a short one is an error.
+        let p = dir.path().join("short.tif");
+        let mut w = StackWriter::create(&p, [7, 5, 6], DType::U16, 3, &sp, Compression::None, None).unwrap();
+        w.append(&Data::U16(a.slice(ndarray::s![0..2, .., ..]).to_owned())).unwrap();
+        assert!(w.finish().is_err());
+        assert!(!p.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary files left");
     }
 
     #[test]

@@ -171,24 +171,156 @@ const PAIRS: [(usize, usize); 6] = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 
 
 /// Measures every object of `labels`.
 pub fn measure(labels: &Array3<u32>, images: &[(&str, &Data)], ctx: &Ctx) -> Table {
-    let nmax = labels.iter().copied().max().unwrap_or(0) as usize;
-    let mut acc = vec![Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] }; nmax + 1];
-    for ((z, y, x), &l) in labels.indexed_iter() {
-        if l == 0 {
-            continue;
-        }
-        let a = &mut acc[l as usize];
-        a.n += 1;
-        let c = [z, y, x];
-        for (k, &ck) in c.iter().enumerate() {
-            a.sum[k] += ck as u64;
-            a.lo[k] = a.lo[k].min(ck);
-            a.hi[k] = a.hi[k].max(ck + 1);
-        }
-        for (q, &(i, j)) in PAIRS.iter().enumerate() {
-            a.sq[q] += (c[i] * c[j]) as u64;
+    let mut acc = Accumulator::default();
+    let data: Vec<&Data> = images.iter().map(|(_, d)| *d).collect();
+    acc.add(labels, &data, None, 0);
+    if acc.needs_second_pass() {
+        acc.add_second(labels, &data, 0);
+    }
+    let names: Vec<&str> = images.iter().map(|(n, _)| *n).collect();
+    let d = labels.dim();
+    acc.finish(&names, [d.0, d.1, d.2], ctx)
+}
+
+/// Per-object sums gathered from z-slabs visited in z order (the whole image is one slab).
+/// Geometry and integer intensities are exact integer sums, so slab boundaries cannot change
+/// them; float intensities are summed in raster order, which z-ordered slabs preserve. Float
+/// intensities need a second pass ([`Accumulator::add_second`]) for their deviations.
+#[derive(Default)]
+pub struct Accumulator {
+    geo: Vec<Acc>,
+    images: Vec<ImageAcc>,
+    territory: Option<Vec<u64>>,
+}
+
+enum ImageAcc {
+    Int { n: Vec<u64>, s: Vec<u128>, s2: Vec<u128>, lo: Vec<u64>, hi: Vec<u64> },
+    Float { n: Vec<u64>, s: Vec<f64>, lo: Vec<f64>, hi: Vec<f64>, d2: Vec<f64> },
+    Colour,
+}
+
+impl ImageAcc {
+    fn new(d: &Data) -> ImageAcc {
+        match d {
+            Data::U8(_) | Data::U16(_) | Data::U32(_) => {
+                ImageAcc::Int { n: Vec::new(), s: Vec::new(), s2: Vec::new(), lo: Vec::new(), hi: Vec::new() }
+            }
+            Data::F32(_) => ImageAcc::Float { n: Vec::new(), s: Vec::new(), lo: Vec::new(), hi: Vec::new(), d2: Vec::new() },
+            Data::Rgb8(_) | Data::Rgb16(_) => ImageAcc::Colour,
         }
     }
+    fn grow(&mut self, len: usize) {
+        match self {
+            ImageAcc::Int { n, s, s2, lo, hi } => {
+                if n.len() < len {
+                    n.resize(len, 0);
+                    s.resize(len, 0);
+                    s2.resize(len, 0);
+                    lo.resize(len, u64::MAX);
+                    hi.resize(len, 0);
+                }
+            }
+            ImageAcc::Float { n, s, lo, hi, d2 } => {
+                if n.len() < len {
+                    n.resize(len, 0);
+                    s.resize(len, 0.0);
+                    lo.resize(len, f64::INFINITY);
+                    hi.resize(len, f64::NEG_INFINITY);
+                    d2.resize(len, 0.0);
+                }
+            }
+            ImageAcc::Colour => {}
+        }
+    }
+}
+
+impl Accumulator {
+    /// Adds a slab whose first plane is plane `z0` of the image. `images` (and `territories`)
+    /// are the same slab of each intensity input (of the territory labels).
+    pub fn add(&mut self, labels: &Array3<u32>, images: &[&Data], territories: Option<&Array3<u32>>, z0: usize) {
+        let len = labels.iter().copied().max().unwrap_or(0) as usize + 1;
+        if self.geo.len() < len {
+            self.geo.resize(len, Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
+        }
+        for ((z, y, x), &l) in labels.indexed_iter() {
+            if l == 0 {
+                continue;
+            }
+            let a = &mut self.geo[l as usize];
+            a.n += 1;
+            let c = [z + z0, y, x];
+            for (k, &ck) in c.iter().enumerate() {
+                a.sum[k] += ck as u64;
+                a.lo[k] = a.lo[k].min(ck);
+                a.hi[k] = a.hi[k].max(ck + 1);
+            }
+            for (q, &(i, j)) in PAIRS.iter().enumerate() {
+                a.sq[q] += (c[i] * c[j]) as u64;
+            }
+        }
+        if self.images.is_empty() {
+            self.images = images.iter().map(|d| ImageAcc::new(d)).collect();
+        }
+        for (acc, data) in self.images.iter_mut().zip(images) {
+            acc.grow(len);
+            add_intensity(acc, labels, data);
+        }
+        if let Some(t) = territories {
+            let counts = self.territory.get_or_insert_with(Vec::new);
+            for &l in t.iter() {
+                if l as usize >= counts.len() {
+                    counts.resize(l as usize + 1, 0);
+                }
+                counts[l as usize] += 1;
+            }
+        }
+    }
+
+    /// Whether float intensities need [`Accumulator::add_second`].
+    pub fn needs_second_pass(&self) -> bool {
+        self.images.iter().any(|a| matches!(a, ImageAcc::Float { .. }))
+    }
+
+    /// The second pass over the same slabs, in the same order: squared deviations of float
+    /// intensities from their (now final) means.
+    pub fn add_second(&mut self, labels: &Array3<u32>, images: &[&Data], _z0: usize) {
+        for (acc, data) in self.images.iter_mut().zip(images) {
+            if let (ImageAcc::Float { n, s, d2, .. }, Data::F32(a)) = (acc, data) {
+                for (&l, &v) in labels.iter().zip(a.iter()) {
+                    if l != 0 {
+                        let m = s[l as usize] / n[l as usize] as f64;
+                        d2[l as usize] += (v as f64 - m) * (v as f64 - m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The table: one row per object present, intensity columns named by `names` (in the order
+    /// the images were given), territory columns when territories were added.
+    pub fn finish(self, names: &[&str], dims: [usize; 3], ctx: &Ctx) -> Table {
+        let acc = &self.geo;
+        let nmax = acc.len().saturating_sub(1);
+        let mut t = self.geometry(dims, ctx);
+        let present: Vec<usize> = (1..=nmax).filter(|&l| acc[l].n > 0).collect();
+        for (name, ia) in names.iter().zip(&self.images) {
+            let stats = intensity_stats(ia, nmax);
+            let pick = |f: fn(&IStat) -> f64| Column::F64(present.iter().map(|&l| f(&stats[l])).collect());
+            t.push(&format!("{name}_sum"), pick(|s| s.sum), None);
+            t.push(&format!("{name}_mean"), pick(|s| s.sum / s.n as f64), None);
+            t.push(&format!("{name}_min"), pick(|s| s.min), None);
+            t.push(&format!("{name}_max"), pick(|s| s.max), None);
+            t.push(&format!("{name}_std"), pick(|s| s.std), None);
+        }
+        if let Some(counts) = &self.territory {
+            push_territories(&mut t, counts, ctx);
+        }
+        t
+    }
+
+    fn geometry(&self, dims: [usize; 3], ctx: &Ctx) -> Table {
+    let acc = &self.geo;
+    let nmax = acc.len().saturating_sub(1);
     let present: Vec<usize> = (1..=nmax).filter(|&l| acc[l].n > 0).collect();
     let sp = ctx.spacing;
     let three_d = ctx.ndim == 3;
@@ -230,37 +362,33 @@ pub fn measure(labels: &Array3<u32>, images: &[(&str, &Data)], ctx: &Ctx) -> Tab
     let nn = crate::ops::kdtree::nearest_others(&centroids);
     t.push("nn_distance", Column::F64(nn.iter().map(|n| n.map(|(_, d)| d).unwrap_or(f64::NAN)).collect()), Some(ctx.unit.to_string()));
     t.push("nn_label", Column::U32(nn.iter().map(|n| n.map(|(i, _)| present[i] as u32).unwrap_or(0)).collect()), None);
-    let dims = [labels.dim().0, labels.dim().1, labels.dim().2];
     t.push(
         "touches_border",
         Column::Bool(present.iter().map(|&l| axes.iter().any(|&(k, _)| acc[l].lo[k] == 0 || acc[l].hi[k] == dims[k])).collect()),
         None,
     );
-    for (name, data) in images {
-        let stats = intensity_stats(labels, data, nmax);
-        let pick = |f: fn(&IStat) -> f64| Column::F64(present.iter().map(|&l| f(&stats[l])).collect());
-        t.push(&format!("{name}_sum"), pick(|s| s.sum), None);
-        t.push(&format!("{name}_mean"), pick(|s| s.sum / s.n as f64), None);
-        t.push(&format!("{name}_min"), pick(|s| s.min), None);
-        t.push(&format!("{name}_max"), pick(|s| s.max), None);
-        t.push(&format!("{name}_std"), pick(|s| s.std), None);
-    }
     t
+    }
 }
 
 /// Adds `territory_voxels` and `territory_volume`: voxels of each object's label in `terr`.
 fn add_territories(t: &mut Table, terr: &Array3<u32>, ctx: &Ctx) {
-    let labels = t.u32("label");
-    let max = labels.iter().copied().max().unwrap_or(0) as usize;
-    let mut count = vec![0u64; max + 1];
+    let mut count = Vec::new();
     for &l in terr.iter() {
-        if l as usize <= max {
-            count[l as usize] += 1;
+        if l as usize >= count.len() {
+            count.resize(l as usize + 1, 0u64);
         }
+        count[l as usize] += 1;
     }
+    push_territories(t, &count, ctx);
+}
+
+/// The territory columns from voxel counts per territory label.
+fn push_territories(t: &mut Table, count: &[u64], ctx: &Ctx) {
+    let labels = t.u32("label");
     let sp = ctx.spacing;
     let vv = if ctx.ndim == 3 { sp[0] * sp[1] * sp[2] } else { sp[1] * sp[2] };
-    let n: Vec<u64> = labels.iter().map(|&l| count[l as usize]).collect();
+    let n: Vec<u64> = labels.iter().map(|&l| count.get(l as usize).copied().unwrap_or(0)).collect();
     let unit = if ctx.ndim == 3 { format!("{}^3", ctx.unit) } else { format!("{}^2", ctx.unit) };
     let vol = n.iter().map(|&c| c as f64 * vv).collect();
     t.push("territory_voxels", Column::U64(n), None);
@@ -350,15 +478,12 @@ struct IStat {
     std: f64,
 }
 
-/// Per-label sum/min/max/std. Integer images accumulate exact integer sums (and sums of
-/// squares), so the results do not depend on the order voxels are visited.
-fn intensity_stats(labels: &Array3<u32>, data: &Data, nmax: usize) -> Vec<IStat> {
-    fn ints<T: Copy + Into<u64>>(labels: &Array3<u32>, a: &Array3<T>, nmax: usize) -> Vec<IStat> {
-        let mut n = vec![0u64; nmax + 1];
-        let mut s = vec![0u128; nmax + 1];
-        let mut s2 = vec![0u128; nmax + 1];
-        let mut lo = vec![u64::MAX; nmax + 1];
-        let mut hi = vec![0u64; nmax + 1];
+fn add_intensity(acc: &mut ImageAcc, labels: &Array3<u32>, data: &Data) {
+    fn ints<T: Copy + Into<u64>>(
+        labels: &Array3<u32>,
+        a: &Array3<T>,
+        (n, s, s2, lo, hi): (&mut [u64], &mut [u128], &mut [u128], &mut [u64], &mut [u64]),
+    ) {
         for (&l, &v) in labels.iter().zip(a.iter()) {
             if l == 0 {
                 continue;
@@ -370,28 +495,12 @@ fn intensity_stats(labels: &Array3<u32>, data: &Data, nmax: usize) -> Vec<IStat>
             lo[l] = lo[l].min(v);
             hi[l] = hi[l].max(v);
         }
-        (0..=nmax)
-            .map(|l| {
-                if n[l] == 0 {
-                    return IStat::default();
-                }
-                let nn = n[l] as u128;
-                // n² var = n Σv² − (Σv)², exact in integers.
-                let num = nn * s2[l] - s[l] * s[l];
-                let std = ((num as f64) / (nn as f64 * nn as f64)).sqrt();
-                IStat { n: n[l], sum: s[l] as f64, min: lo[l] as f64, max: hi[l] as f64, std }
-            })
-            .collect()
     }
-    match data {
-        Data::U8(a) => ints(labels, a, nmax),
-        Data::U16(a) => ints(labels, a, nmax),
-        Data::U32(a) => ints(labels, a, nmax),
-        Data::F32(a) => {
-            let mut n = vec![0u64; nmax + 1];
-            let mut s = vec![0f64; nmax + 1];
-            let mut lo = vec![f64::INFINITY; nmax + 1];
-            let mut hi = vec![f64::NEG_INFINITY; nmax + 1];
+    match (acc, data) {
+        (ImageAcc::Int { n, s, s2, lo, hi }, Data::U8(a)) => ints(labels, a, (n, s, s2, lo, hi)),
+        (ImageAcc::Int { n, s, s2, lo, hi }, Data::U16(a)) => ints(labels, a, (n, s, s2, lo, hi)),
+        (ImageAcc::Int { n, s, s2, lo, hi }, Data::U32(a)) => ints(labels, a, (n, s, s2, lo, hi)),
+        (ImageAcc::Float { n, s, lo, hi, .. }, Data::F32(a)) => {
             for (&l, &v) in labels.iter().zip(a.iter()) {
                 if l != 0 {
                     let (l, v) = (l as usize, v as f64);
@@ -401,23 +510,36 @@ fn intensity_stats(labels: &Array3<u32>, data: &Data, nmax: usize) -> Vec<IStat>
                     hi[l] = if v.is_nan() || hi[l].is_nan() { f64::NAN } else { hi[l].max(v) };
                 }
             }
-            let mut d2 = vec![0f64; nmax + 1];
-            for (&l, &v) in labels.iter().zip(a.iter()) {
-                if l != 0 {
-                    let m = s[l as usize] / n[l as usize] as f64;
-                    d2[l as usize] += (v as f64 - m) * (v as f64 - m);
-                }
-            }
-            (0..=nmax)
-                .map(|l| {
-                    if n[l] == 0 {
-                        return IStat::default();
-                    }
-                    IStat { n: n[l], sum: s[l], min: lo[l], max: hi[l], std: (d2[l] / n[l] as f64).sqrt() }
-                })
-                .collect()
         }
-        Data::Rgb8(_) | Data::Rgb16(_) => vec![IStat::default(); nmax + 1],
+        _ => {}
+    }
+}
+
+/// Per-label sum/min/max/std from the accumulated sums. Integer images have exact integer sums
+/// (and sums of squares), so the results do not depend on the order voxels were visited.
+fn intensity_stats(acc: &ImageAcc, nmax: usize) -> Vec<IStat> {
+    match acc {
+        ImageAcc::Int { n, s, s2, lo, hi } => (0..=nmax)
+            .map(|l| {
+                if n.get(l).copied().unwrap_or(0) == 0 {
+                    return IStat::default();
+                }
+                let nn = n[l] as u128;
+                // n² var = n Σv² − (Σv)², exact in integers.
+                let num = nn * s2[l] - s[l] * s[l];
+                let std = ((num as f64) / (nn as f64 * nn as f64)).sqrt();
+                IStat { n: n[l], sum: s[l] as f64, min: lo[l] as f64, max: hi[l] as f64, std }
+            })
+            .collect(),
+        ImageAcc::Float { n, s, lo, hi, d2 } => (0..=nmax)
+            .map(|l| {
+                if n.get(l).copied().unwrap_or(0) == 0 {
+                    return IStat::default();
+                }
+                IStat { n: n[l], sum: s[l], min: lo[l], max: hi[l], std: (d2[l] / n[l] as f64).sqrt() }
+            })
+            .collect(),
+        ImageAcc::Colour => vec![IStat::default(); nmax + 1],
     }
 }
 

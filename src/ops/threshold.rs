@@ -148,18 +148,24 @@ pub fn otsu(data: &Data, nbins: usize) -> Result<f64, String> {
         Data::F32(a) => float_hist(a.iter().copied(), nbins),
         Data::Rgb8(_) | Data::Rgb16(_) => return Err("otsu: RGB input".into()),
     };
+    let first_number = match data {
+        Data::F32(a) => Some(a.iter().copied().find(|v| !v.is_nan()).map(f64::from)),
+        _ => None,
+    };
+    otsu_finish(&counts, &centers, first_number)
+}
+
+/// Otsu from a histogram; `first_number` is `Some(first non-NaN value)` for float images.
+fn otsu_finish(counts: &[u64], centers: &[f64], first_number: Option<Option<f64>>) -> Result<f64, String> {
     if counts.is_empty() {
         return Err("otsu: the image has no finite values".into());
     }
     if counts.iter().filter(|&&c| c > 0).count() == 1 {
         // A single value: scikit-image returns it.
         let i = counts.iter().position(|&c| c > 0).unwrap_or(0);
-        return Ok(match data {
-            Data::F32(a) => a.iter().copied().find(|v| !v.is_nan()).map(f64::from).unwrap_or(centers[i]),
-            _ => centers[i],
-        });
+        return Ok(first_number.flatten().unwrap_or(centers[i]));
     }
-    Ok(otsu_from_hist(&counts, &centers, matches!(data, Data::F32(_))))
+    Ok(otsu_from_hist(counts, centers, first_number.is_some()))
 }
 
 /// Values of an integer image as u32, or `None` for float and RGB data.
@@ -176,20 +182,28 @@ fn int_values(data: &Data) -> Option<Box<dyn Iterator<Item = u32> + '_>> {
 pub fn li(data: &Data) -> Result<f64, String> {
     if let Some(values) = int_values(data) {
         let (counts, centers) = int_hist(values);
+        return Ok(li_int(&counts, &centers));
+    }
+    li_float(data)
+}
+
+/// Li on an integer image's histogram (one bin per value present).
+fn li_int(counts: &[u64], centers: &[f64]) -> f64 {
+    {
         if counts.len() == 1 {
-            return Ok(centers[0]);
+            return centers[0];
         }
         let min = centers[0];
         let n: u64 = counts.iter().sum();
         // Image minus its minimum; exact integer sums (all below 2^53 in practice).
-        let total: f64 = counts.iter().zip(&centers).map(|(&c, &v)| c as f64 * (v - min)).sum();
+        let total: f64 = counts.iter().zip(centers).map(|(&c, &v)| c as f64 * (v - min)).sum();
         let mut t_next = total / n as f64;
         let mut t_curr = -2.0 * 0.5;
         let w: Vec<f64> = counts.iter().map(|&c| c as f32 as f64).collect();
         while (t_next - t_curr).abs() > 0.5 {
             t_curr = t_next;
             let (mut fw, mut fs, mut bw, mut bs) = (0f64, 0f64, 0f64, 0f64);
-            for (&wi, &v) in w.iter().zip(&centers) {
+            for (&wi, &v) in w.iter().zip(centers) {
                 let c = v - min;
                 if c > t_curr {
                     fw += wi;
@@ -208,8 +222,11 @@ pub fn li(data: &Data) -> Result<f64, String> {
             }
             t_next = (mean_back - mean_fore) / (mean_back.ln() - mean_fore.ln());
         }
-        return Ok(t_next + min);
+        t_next + min
     }
+}
+
+fn li_float(data: &Data) -> Result<f64, String> {
     let Data::F32(a) = data else { return Err("li: RGB input".into()) };
     let mut v: Vec<f64> = a.iter().filter(|x| x.is_finite()).map(|&x| x as f64).collect();
     if v.is_empty() {
@@ -254,24 +271,38 @@ pub fn li(data: &Data) -> Result<f64, String> {
 
 /// The triangle threshold as scikit-image computes it (dense histogram, peak-to-tail line).
 pub fn triangle(data: &Data, nbins: usize) -> Result<f64, String> {
-    let (hist, centers): (Vec<u64>, Vec<f64>) = match int_values(data) {
+    let (hist, centers, first): (Vec<u64>, Vec<f64>, Option<f64>) = match int_values(data) {
         Some(values) => {
             let (counts, cs) = int_hist(values);
-            let (lo, hi) = (cs[0] as u64, cs[cs.len() - 1] as u64);
-            if hi - lo >= 1 << 26 {
-                return Err(format!("triangle: integer values span {} levels; the histogram would be too large", hi - lo + 1));
-            }
-            let mut dense = vec![0u64; (hi - lo + 1) as usize];
-            for (c, v) in counts.iter().zip(&cs) {
-                dense[(*v as u64 - lo) as usize] = *c;
-            }
-            (dense, (lo..=hi).map(|v| v as f64).collect())
+            let (h, c) = dense_int_hist(&counts, &cs)?;
+            (h, c, None)
         }
         None => match data {
-            Data::F32(a) => float_hist(a.iter().copied(), nbins),
+            Data::F32(a) => {
+                let (h, c) = float_hist(a.iter().copied(), nbins);
+                (h, c, a.iter().next().map(|&v| v as f64))
+            }
             _ => return Err("triangle: RGB input".into()),
         },
     };
+    triangle_finish(hist, &centers, first)
+}
+
+/// One bin per integer level from the smallest value present to the largest.
+fn dense_int_hist(counts: &[u64], cs: &[f64]) -> Result<(Vec<u64>, Vec<f64>), String> {
+    let (lo, hi) = (cs[0] as u64, cs[cs.len() - 1] as u64);
+    if hi - lo >= 1 << 26 {
+        return Err(format!("triangle: integer values span {} levels; the histogram would be too large", hi - lo + 1));
+    }
+    let mut dense = vec![0u64; (hi - lo + 1) as usize];
+    for (c, v) in counts.iter().zip(cs) {
+        dense[(*v as u64 - lo) as usize] = *c;
+    }
+    Ok((dense, (lo..=hi).map(|v| v as f64).collect()))
+}
+
+/// The triangle method on a dense histogram; `first` is a float image's first voxel value.
+fn triangle_finish(hist: Vec<u64>, centers: &[f64], first: Option<f64>) -> Result<f64, String> {
     if hist.is_empty() {
         return Err("triangle: the image has no finite values".into());
     }
@@ -286,10 +317,7 @@ pub fn triangle(data: &Data, nbins: usize) -> Result<f64, String> {
     let low = hist.iter().position(|&c| c > 0).unwrap_or(0);
     let high = nb - 1 - hist.iter().rev().position(|&c| c > 0).unwrap_or(0);
     if low == high {
-        return Ok(match data {
-            Data::F32(a) => a.iter().next().map(|&v| v as f64).unwrap_or(centers[low]),
-            _ => centers[low],
-        });
+        return Ok(first.unwrap_or(centers[low]));
     }
     let flip = (peak as i64 - low as i64) < (high as i64 - peak as i64);
     let (h, low, peak): (Vec<u64>, usize, usize) =
@@ -314,28 +342,150 @@ pub fn triangle(data: &Data, nbins: usize) -> Result<f64, String> {
 /// Histogram of an integer image with one bin per value present (zero bins do not change
 /// Otsu's result: they repeat the previous variance, and the first maximum wins).
 fn int_hist(values: impl Iterator<Item = u32>) -> (Vec<u64>, Vec<f64>) {
-    let mut dense = vec![0u64; 65536];
-    let mut sparse = std::collections::BTreeMap::<u32, u64>::new();
-    for v in values {
-        if v < 65536 {
-            dense[v as usize] += 1;
-        } else {
-            *sparse.entry(v).or_default() += 1;
+    let mut h = IntCounts::default();
+    h.add(values);
+    h.finish()
+}
+
+/// Counts per integer value, gathered from any number of slabs.
+#[derive(Default)]
+struct IntCounts {
+    dense: Vec<u64>,
+    sparse: std::collections::BTreeMap<u32, u64>,
+}
+
+impl IntCounts {
+    fn add(&mut self, values: impl Iterator<Item = u32>) {
+        if self.dense.is_empty() {
+            self.dense = vec![0u64; 65536];
+        }
+        for v in values {
+            if v < 65536 {
+                self.dense[v as usize] += 1;
+            } else {
+                *self.sparse.entry(v).or_default() += 1;
+            }
         }
     }
-    let mut counts = Vec::new();
-    let mut centers = Vec::new();
-    for (v, &c) in dense.iter().enumerate() {
-        if c > 0 {
+    /// (counts, values) of the values present, ascending.
+    fn finish(self) -> (Vec<u64>, Vec<f64>) {
+        let mut counts = Vec::new();
+        let mut centers = Vec::new();
+        for (v, &c) in self.dense.iter().enumerate() {
+            if c > 0 {
+                counts.push(c);
+                centers.push(v as f64);
+            }
+        }
+        for (v, c) in self.sparse {
             counts.push(c);
             centers.push(v as f64);
         }
+        (counts, centers)
     }
-    for (v, c) in sparse {
-        counts.push(c);
-        centers.push(v as f64);
+}
+
+/// A threshold computed from an image seen a slab at a time. `pass` runs the visitor over every
+/// slab in z order; it is called once for integer images and twice for float ones (range, then
+/// bins), and the result equals the whole-image method's bit for bit.
+pub fn streamed(
+    method: Method,
+    nbins: usize,
+    float: bool,
+    pass: &mut dyn FnMut(&mut dyn FnMut(&Data) -> Result<(), String>) -> Result<(), String>,
+) -> Result<f64, String> {
+    if !float {
+        let mut h = IntCounts::default();
+        pass(&mut |d| {
+            h.add(int_values(d).ok_or("threshold: expected an integer image")?);
+            Ok(())
+        })?;
+        let (counts, centers) = h.finish();
+        if counts.is_empty() {
+            return Err(format!("{method:?}: the image is empty").to_lowercase());
+        }
+        return match method {
+            Method::Fixed => Err("internal: a fixed threshold is not streamed".into()),
+            Method::Otsu => otsu_finish(&counts, &centers, None),
+            Method::Li => Ok(li_int(&counts, &centers)),
+            Method::Triangle => {
+                let (h, c) = dense_int_hist(&counts, &centers)?;
+                triangle_finish(h, &c, None)
+            }
+        };
     }
-    (counts, centers)
+    if method == Method::Li {
+        return Err("li on a float image needs every value at once, so it is not streamed: use otsu or triangle, \
+                    or raise --memory so the image fits"
+            .into());
+    }
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    let (mut first, mut first_number): (Option<f64>, Option<f64>) = (None, None);
+    pass(&mut |d| {
+        let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
+        for &v in a.iter() {
+            if first.is_none() {
+                first = Some(v as f64);
+            }
+            if first_number.is_none() && !v.is_nan() {
+                first_number = Some(v as f64);
+            }
+            if v.is_finite() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        Ok(())
+    })?;
+    let (counts, centers) = if lo > hi {
+        (Vec::new(), Vec::new())
+    } else if lo == hi {
+        (vec![1], vec![lo as f64])
+    } else {
+        let bins = FloatBins::new(lo, hi, nbins);
+        let mut counts = vec![0u64; nbins];
+        pass(&mut |d| {
+            let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
+            bins.count(a.iter().copied(), &mut counts);
+            Ok(())
+        })?;
+        (counts, bins.centers())
+    };
+    match method {
+        Method::Otsu => otsu_finish(&counts, &centers, Some(first_number)),
+        _ => triangle_finish(counts, &centers, first),
+    }
+}
+
+/// numpy's float32 histogram edges over `[lo, hi]`.
+struct FloatBins {
+    lo: f32,
+    edges: Vec<f32>,
+    norm: f32,
+    nbins: usize,
+}
+
+impl FloatBins {
+    fn new(lo: f32, hi: f32, nbins: usize) -> FloatBins {
+        let edges: Vec<f32> =
+            (0..=nbins).map(|i| if i == nbins { hi } else { (lo as f64 + (hi as f64 - lo as f64) * i as f64 / nbins as f64) as f32 }).collect();
+        FloatBins { lo, edges, norm: nbins as f32 / (hi - lo), nbins }
+    }
+    fn count(&self, values: impl Iterator<Item = f32>, counts: &mut [u64]) {
+        let nbins = self.nbins;
+        for v in values.filter(|v| v.is_finite()) {
+            let mut i = (((v - self.lo) * self.norm) as usize).min(nbins - 1);
+            if v < self.edges[i] && i > 0 {
+                i -= 1;
+            } else if i + 1 < nbins && v >= self.edges[i + 1] {
+                i += 1;
+            }
+            counts[i] += 1;
+        }
+    }
+    fn centers(&self) -> Vec<f64> {
+        (0..self.nbins).map(|i| ((self.edges[i] + self.edges[i + 1]) / 2.0) as f64).collect()
+    }
 }
 
 /// `numpy.histogram(x, bins=nbins, range=(min, max))` on float32 data, with float32 edges and
@@ -352,21 +502,10 @@ fn float_hist(values: impl Iterator<Item = f32> + Clone, nbins: usize) -> (Vec<u
     if lo == hi {
         return (vec![1], vec![lo as f64]);
     }
-    let edges: Vec<f32> =
-        (0..=nbins).map(|i| if i == nbins { hi } else { (lo as f64 + (hi as f64 - lo as f64) * i as f64 / nbins as f64) as f32 }).collect();
-    let norm = nbins as f32 / (hi - lo);
+    let bins = FloatBins::new(lo, hi, nbins);
     let mut counts = vec![0u64; nbins];
-    for v in values.filter(|v| v.is_finite()) {
-        let mut i = (((v - lo) * norm) as usize).min(nbins - 1);
-        if v < edges[i] && i > 0 {
-            i -= 1;
-        } else if i + 1 < nbins && v >= edges[i + 1] {
-            i += 1;
-        }
-        counts[i] += 1;
-    }
-    let centers = (0..nbins).map(|i| ((edges[i] + edges[i + 1]) / 2.0) as f64).collect();
-    (counts, centers)
+    bins.count(values, &mut counts);
+    (counts, bins.centers())
 }
 
 fn otsu_from_hist(counts: &[u64], centers: &[f64], float_centers: bool) -> f64 {
