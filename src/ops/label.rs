@@ -46,6 +46,10 @@ pub static LABEL: OpInfo = OpInfo {
 };
 
 impl Label {
+    /// The size range objects must fall in (`min_size`, `max_size`; everything by default).
+    pub fn size_range(&self) -> (u64, u64) {
+        (self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX))
+    }
     fn connectivity_for(&self, ndim: u8) -> u8 {
         self.connectivity.unwrap_or(if ndim == 2 { 8 } else { 26 })
     }
@@ -344,6 +348,105 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
     Ok(parent)
 }
 
+/// Labels a mask seen one z-slab at a time, in z order, for volumes that do not fit in memory.
+///
+/// Each slab is labelled with provisional ids that continue the previous slab's (so they stay in
+/// raster order), joined to the previous slab's last plane across the seam, and counted. The
+/// caller keeps the provisional slabs (on disk); [`SlabLabeller::resolve`] then gives the map
+/// from provisional to final ids — the same numbering, size filter included, as [`label`] and
+/// [`filter_sizes`] give for the whole volume, because a component's root is its first voxel.
+pub struct SlabLabeller {
+    connectivity: u8,
+    parent: Vec<u32>,
+    count: Vec<u64>,
+    last: Vec<u32>,
+    plane: (usize, usize),
+}
+
+impl SlabLabeller {
+    pub fn new(connectivity: u8, ny: usize, nx: usize) -> SlabLabeller {
+        SlabLabeller { connectivity, parent: vec![0], count: vec![0], last: Vec::new(), plane: (ny, nx) }
+    }
+
+    /// Provisional ids for the next slab.
+    pub fn add(&mut self, mask: &Array3<u8>) -> Result<Array3<u32>, String> {
+        let (nz, ny, nx) = mask.dim();
+        if (ny, nx) != self.plane {
+            return Err(format!("label: slab planes are {ny}×{nx}, expected {}×{}", self.plane.0, self.plane.1));
+        }
+        let m = mask.as_standard_layout();
+        let m = m.as_slice().expect("standard layout");
+        let plane = ny * nx;
+        let mut out: Vec<u32> = crate::util::zeroed(m.len());
+        if nz == 0 || plane == 0 {
+            return Ok(Array3::from_shape_vec((nz, ny, nx), out).expect("shape"));
+        }
+        let p = label_slab(m, &mut out, (nz, ny, nx), self.connectivity)?;
+        if self.parent.len() + p.len() > u32::MAX as usize {
+            return Err(format!("more than {} separate objects while labelling: tessera labels are 32-bit", u32::MAX - 1));
+        }
+        let offset = self.parent.len() as u32 - 1;
+        self.parent.extend(p[1..].iter().map(|&q| q + offset));
+        self.count.resize(self.parent.len(), 0);
+        for v in out.iter_mut().filter(|v| **v != 0) {
+            *v += offset;
+            self.count[*v as usize] += 1;
+        }
+        if !self.last.is_empty() {
+            let seam: Vec<[isize; 3]> = backward_offsets(self.connectivity).into_iter().filter(|o| o[0] == -1).collect();
+            for y in 0..ny {
+                for x in 0..nx {
+                    let here = out[y * nx + x];
+                    if here == 0 {
+                        continue;
+                    }
+                    for o in &seam {
+                        let (yy, xx) = (y as isize + o[1], x as isize + o[2]);
+                        if yy < 0 || xx < 0 || yy >= ny as isize || xx >= nx as isize {
+                            continue;
+                        }
+                        let there = self.last[yy as usize * nx + xx as usize];
+                        if there != 0 {
+                            let (ra, rb) = (find(&mut self.parent, here), find(&mut self.parent, there));
+                            if ra != rb {
+                                let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+                                self.parent[hi as usize] = lo;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.last = out[(nz - 1) * plane..].to_vec();
+        Ok(Array3::from_shape_vec((nz, ny, nx), out).expect("shape"))
+    }
+
+    /// The final id of every provisional id (0 for dropped objects) and the object count, with
+    /// objects outside `[min, max]` voxels dropped.
+    pub fn resolve(mut self, min: u64, max: u64) -> (Vec<u32>, u32) {
+        let n = self.parent.len();
+        let mut size = vec![0u64; n];
+        for l in 1..n {
+            let r = find(&mut self.parent, l as u32) as usize;
+            size[r] += self.count[l];
+        }
+        let mut remap = vec![0u32; n];
+        let mut next = 0u32;
+        for l in 1..n {
+            let r = find(&mut self.parent, l as u32) as usize;
+            if r == l {
+                if size[l] >= min && size[l] <= max {
+                    next += 1;
+                    remap[l] = next;
+                }
+            } else {
+                remap[l] = remap[r];
+            }
+        }
+        (remap, next)
+    }
+}
+
 /// Removes objects outside `[min, max]` voxels and renumbers the rest in order.
 pub fn filter_sizes(labels: &mut Array3<u32>, n: u32, min: u64, max: u64) {
     let mut sizes = vec![0u64; n as usize + 1];
@@ -364,6 +467,39 @@ pub fn filter_sizes(labels: &mut Array3<u32>, n: u32, min: u64, max: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slab_labelling_equals_whole_labelling() {
+        // Pseudo-random masks, every connectivity, slabs of every thickness, size filters.
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for case in 0..60 {
+            let (nz, ny, nx) = (1 + case % 7, 1 + (case * 3) % 9, 1 + (case * 5) % 11);
+            let mask = Array3::from_shape_fn((nz, ny, nx), |_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 100 < 45) as u8
+            });
+            for c in [6u8, 18, 26] {
+                let (min, max) = [(0, u64::MAX), (3, u64::MAX), (2, 6)][case % 3];
+                let (mut whole, n) = label(&mask, c).unwrap();
+                filter_sizes(&mut whole, n, min, max);
+                let thick = 1 + case % 3;
+                let mut sl = SlabLabeller::new(c, ny, nx);
+                let mut prov = Vec::new();
+                let mut z = 0;
+                while z < nz {
+                    let z1 = (z + thick).min(nz);
+                    prov.push(sl.add(&mask.slice(ndarray::s![z..z1, .., ..]).to_owned()).unwrap());
+                    z = z1;
+                }
+                let (remap, _) = sl.resolve(min, max);
+                let views: Vec<_> = prov.iter().map(|a| a.view()).collect();
+                let streamed = ndarray::concatenate(ndarray::Axis(0), &views).unwrap().mapv(|v| remap[v as usize]);
+                assert_eq!(streamed, whole, "case {case}, connectivity {c}, slabs of {thick}");
+            }
+        }
+    }
 
     fn arr2(rows: &[&str]) -> Array3<u8> {
         let ny = rows.len();
