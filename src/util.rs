@@ -3,6 +3,18 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// Bytes for people: `512 B`, `3.2 KiB`, `1.5 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder, fsynced and renamed
 /// into place, so a reader never sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -385,3 +385,58 @@ fn downsampling_carries_the_voxel_size_into_tables_and_files() {
     let (voxels, volume): (f64, f64) = (row[2].parse().unwrap(), row[3].parse().unwrap());
     assert_eq!(volume, voxels * 2.0);
 }
+
+#[test]
+fn samples_larger_than_memory_are_streamed_with_identical_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &str, extra: &[&str]| {
+        let out = tmp.path().join(dir);
+        let mut args = vec![
+            "run",
+            "testdata/stream/chain.yaml",
+            "testdata/nuclei3d.tif",
+            "testdata/bone3d.tif",
+            "testdata/formats/slices",
+            "--out",
+            out.to_str().unwrap(),
+            "--progress",
+            "never",
+        ];
+        args.extend_from_slice(extra);
+        let o = tessera(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        out
+    };
+    let whole = run("whole", &[]);
+    let reference = files(&whole);
+    for (dir, memory) in [("tiny", "150KiB"), ("small", "3MiB")] {
+        let out = run(dir, &["--memory", memory]);
+        let f = files(&out);
+        assert_eq!(reference.len(), f.len(), "{memory}");
+        for ((pa, ba), (pb, bb)) in reference.iter().zip(&f) {
+            assert_eq!(pa, pb);
+            assert!(ba == bb, "{} differs when streamed with --memory {memory}", pa.display());
+        }
+        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        let streamed: Vec<bool> = run["samples"].as_array().unwrap().iter().map(|s| s["streamed"] == true).collect();
+        // 150 KiB: every sample streams; 3 MiB: only the bone volume (a mixed run).
+        let expected = if dir == "tiny" { vec![true, true, true] } else { vec![false, true, false] };
+        assert_eq!(streamed, expected, "--memory {memory}");
+        assert!(!out.join(".tessera").exists(), "spill files left behind");
+    }
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("run.json")).unwrap()).unwrap();
+    assert!(run["samples"].as_array().unwrap().iter().all(|s| s["streamed"] == false));
+}
+
+#[test]
+fn a_sample_that_neither_fits_nor_streams_fails_alone_and_says_how_much_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    // bone-lacunae crops first (a global op): it cannot stream.
+    let o = tessera(&["run", "pipelines/bone-lacunae.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--memory", "100KiB"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    assert!(errors.contains("bone_upper,roi,"), "{errors}");
+    assert!(errors.contains("(op `crop`) needs the whole image in memory"), "{errors}");
+    assert!(errors.contains("raise --memory to at least"), "{errors}");
+}

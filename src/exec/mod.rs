@@ -16,12 +16,13 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub mod stream;
 pub mod tiled;
 pub mod tiles;
 
 pub use tiles::TileSize;
 
-use crate::io::{self, Data, Image, ReadLimits, Spacing};
+use crate::io::{self, Data, ReadLimits, Spacing};
 use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
 use crate::report::Progress;
@@ -65,6 +66,8 @@ pub struct SampleResult {
     pub spacing: Option<Spacing>,
     /// Objects per labels stage.
     pub objects: Vec<(String, u64)>,
+    /// Streamed from disk in z-slabs (the sample did not fit `--memory`).
+    pub streamed: bool,
     #[serde(skip)]
     pub tables: Vec<(usize, Table)>,
 }
@@ -81,6 +84,7 @@ impl SampleResult {
             timings: Vec::new(),
             spacing: None,
             objects: Vec::new(),
+            streamed: false,
             tables: Vec::new(),
         }
     }
@@ -173,24 +177,27 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
             Err(e) => return res.fail("input", e.to_string()),
         }
     }
+    let need = stream::whole_run_bytes(plan, &bound, &headers);
+    if need > cfg.memory {
+        return run_streamed(plan, row, cfg, &bound, &paths, &headers, need, res);
+    }
     let limits = ReadLimits { max_bytes: cfg.memory };
     let mut sources: Vec<Value> = Vec::new();
-    let mut first: Option<Image> = None;
-    for p in &paths {
+    let mut file_spacing: Option<Spacing> = None;
+    let mut ndim = 3;
+    for (k, p) in paths.iter().enumerate() {
         match io::read_image(p, limits) {
             Ok(img) => {
-                sources.push(Value::Image(img.data.clone()));
-                if first.is_none() {
-                    first = Some(img);
+                if k == 0 {
+                    ndim = img.ndim;
+                    file_spacing = img.spacing;
                 }
+                sources.push(Value::Image(img.data));
             }
             Err(e) => return res.fail("input", e.to_string()),
         }
     }
-    let first = first.expect("a sample has an image");
-    let ndim = first.ndim;
-    let spacing = resolve_spacing(first.spacing.as_ref(), plan, ndim);
-    drop(first);
+    let spacing = resolve_spacing(file_spacing.as_ref(), plan, ndim);
     res.spacing = Some(spacing.clone());
     let sample_dir = cfg.out.join("samples").join(&row.id);
     let opts = EvalOpts { tile: cfg.tile, memory: cfg.memory, threads: cfg.threads, keep_all: false };
@@ -212,6 +219,72 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     res.timings = timings;
     if let Err((i, e)) = r {
         let id = plan.stages[i].id.clone();
+        return res.fail(&id, e);
+    }
+    res
+}
+
+/// A sample too large for `--memory`, streamed from disk in z-slabs ([`stream`]).
+#[allow(clippy::too_many_arguments)]
+fn run_streamed(
+    plan: &Plan,
+    row: &SampleRow,
+    cfg: &RunConfig,
+    bound: &Bound,
+    paths: &[PathBuf],
+    headers: &[io::Header],
+    need: u64,
+    mut res: SampleResult,
+) -> SampleResult {
+    let ndim = headers[0].ndim;
+    let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
+    res.spacing = Some(spacing.clone());
+    res.streamed = true;
+    let sample_dir = cfg.out.join("samples").join(&row.id);
+    let s = stream::Streamed {
+        plan,
+        bound,
+        paths,
+        headers,
+        spacing: &spacing,
+        ndim,
+        sample: &row.id,
+        memory: cfg.memory,
+        threads: cfg.threads,
+        spill_dir: cfg.out.join(".tessera").join("spill").join(&row.id),
+        sample_dir: sample_dir.clone(),
+        compression: plan.spec.compression,
+        slab: None,
+    };
+    if let Some((i, why)) = stream::not_streamable(&s) {
+        let stage = plan.stages.get(i).map(|s| s.id.clone()).unwrap_or_else(|| "input".into());
+        return res.fail(
+            &stage,
+            format!(
+                "this sample needs about {} in memory, more than --memory {}, and cannot be streamed from disk: {why}; \
+                 raise --memory to at least {}",
+                crate::util::human_bytes(need),
+                crate::util::human_bytes(cfg.memory),
+                crate::util::human_bytes(need)
+            ),
+        );
+    }
+    let mut objects = Vec::new();
+    let mut timings = Vec::new();
+    let r = {
+        let res_ref = &mut res;
+        let mut sink = |i: usize, value: &Value| -> Result<(), String> {
+            match plan.outputs.iter().find(|(o, _)| *o == i) {
+                Some((_, formats)) => write_output(&sample_dir, &plan.stages[i].id, value, formats, ndim, &spacing, plan, row, res_ref, i),
+                None => Ok(()),
+            }
+        };
+        stream::evaluate_streamed(&s, &mut sink, &mut objects, &mut timings)
+    };
+    res.objects = objects;
+    res.timings = timings;
+    if let Err((i, e)) = r {
+        let id = plan.stages.get(i).map(|s| s.id.clone()).unwrap_or_else(|| "input".into());
         return res.fail(&id, e);
     }
     res

@@ -231,6 +231,9 @@ impl NpyWriter {
     }
     pub fn append(&mut self, data: &Data) -> Result<(), ImageError> {
         use std::io::Write;
+        if self.written + data.shape()[0] > self.planes {
+            return Err(ImageError::corrupt(&self.path, format!("internal: more than {} planes appended", self.planes)));
+        }
         let bytes = raw_le(&self.path, data)?;
         if let Some(w) = self.w.as_mut() {
             w.write_all(&bytes).map_err(|e| ImageError::io(&self.tmp, e))?;

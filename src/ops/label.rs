@@ -50,7 +50,7 @@ impl Label {
     pub fn size_range(&self) -> (u64, u64) {
         (self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX))
     }
-    fn connectivity_for(&self, ndim: u8) -> u8 {
+    pub fn connectivity_for(&self, ndim: u8) -> u8 {
         self.connectivity.unwrap_or(if ndim == 2 { 8 } else { 26 })
     }
 }

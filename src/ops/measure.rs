@@ -319,55 +319,59 @@ impl Accumulator {
     }
 
     fn geometry(&self, dims: [usize; 3], ctx: &Ctx) -> Table {
-    let acc = &self.geo;
-    let nmax = acc.len().saturating_sub(1);
-    let present: Vec<usize> = (1..=nmax).filter(|&l| acc[l].n > 0).collect();
-    let sp = ctx.spacing;
-    let three_d = ctx.ndim == 3;
-    let voxel_volume = if three_d { sp[0] * sp[1] * sp[2] } else { sp[1] * sp[2] };
-    let axes: &[(usize, &str)] = if three_d { &[(0, "z"), (1, "y"), (2, "x")] } else { &[(1, "y"), (2, "x")] };
+        let acc = &self.geo;
+        let nmax = acc.len().saturating_sub(1);
+        let present: Vec<usize> = (1..=nmax).filter(|&l| acc[l].n > 0).collect();
+        let sp = ctx.spacing;
+        let three_d = ctx.ndim == 3;
+        let voxel_volume = if three_d { sp[0] * sp[1] * sp[2] } else { sp[1] * sp[2] };
+        let axes: &[(usize, &str)] = if three_d { &[(0, "z"), (1, "y"), (2, "x")] } else { &[(1, "y"), (2, "x")] };
 
-    let mut t = Table::default();
-    t.push("label", Column::U32(present.iter().map(|&l| l as u32).collect()), None);
-    t.push("voxels", Column::U64(present.iter().map(|&l| acc[l].n).collect()), None);
-    let vunit = if three_d { format!("{}^3", ctx.unit) } else { format!("{}^2", ctx.unit) };
-    t.push("volume", Column::F64(present.iter().map(|&l| acc[l].n as f64 * voxel_volume).collect()), Some(vunit));
-    for &(k, name) in axes {
-        let col = present.iter().map(|&l| acc[l].sum[k] as f64 / acc[l].n as f64 * sp[k]).collect();
-        t.push(&format!("centroid_{name}"), Column::F64(col), Some(ctx.unit.to_string()));
-    }
-    for &(k, name) in axes {
-        t.push(&format!("bbox_{name}0"), Column::U64(present.iter().map(|&l| acc[l].lo[k] as u64).collect()), None);
-    }
-    for &(k, name) in axes {
-        t.push(&format!("bbox_{name}1"), Column::U64(present.iter().map(|&l| acc[l].hi[k] as u64).collect()), None);
-    }
-    // Shape: inertia tensor of the object with coordinates scaled by the spacing (skimage).
-    let shape: Vec<Shape> = present.iter().map(|&l| shape_of(&acc[l], sp, three_d)).collect();
-    let nev = if three_d { 3 } else { 2 };
-    for e in 0..nev {
-        t.push(&format!("inertia_eig_{e}"), Column::F64(shape.iter().map(|s| s.eig[e]).collect()), Some(format!("{}^2", ctx.unit)));
-    }
-    t.push("major_axis_length", Column::F64(shape.iter().map(|s| s.major).collect()), Some(ctx.unit.to_string()));
-    t.push("minor_axis_length", Column::F64(shape.iter().map(|s| s.minor).collect()), Some(ctx.unit.to_string()));
-    t.push("anisotropy", Column::F64(shape.iter().map(|s| if s.major > 0.0 { 1.0 - s.minor / s.major } else { f64::NAN }).collect()), None);
-    let centroids: Vec<[f64; 3]> = present
-        .iter()
-        .map(|&l| {
-            let a = &acc[l];
-            let c = |k: usize| a.sum[k] as f64 / a.n as f64 * sp[k];
-            [if three_d { c(0) } else { 0.0 }, c(1), c(2)]
-        })
-        .collect();
-    let nn = crate::ops::kdtree::nearest_others(&centroids);
-    t.push("nn_distance", Column::F64(nn.iter().map(|n| n.map(|(_, d)| d).unwrap_or(f64::NAN)).collect()), Some(ctx.unit.to_string()));
-    t.push("nn_label", Column::U32(nn.iter().map(|n| n.map(|(i, _)| present[i] as u32).unwrap_or(0)).collect()), None);
-    t.push(
-        "touches_border",
-        Column::Bool(present.iter().map(|&l| axes.iter().any(|&(k, _)| acc[l].lo[k] == 0 || acc[l].hi[k] == dims[k])).collect()),
-        None,
-    );
-    t
+        let mut t = Table::default();
+        t.push("label", Column::U32(present.iter().map(|&l| l as u32).collect()), None);
+        t.push("voxels", Column::U64(present.iter().map(|&l| acc[l].n).collect()), None);
+        let vunit = if three_d { format!("{}^3", ctx.unit) } else { format!("{}^2", ctx.unit) };
+        t.push("volume", Column::F64(present.iter().map(|&l| acc[l].n as f64 * voxel_volume).collect()), Some(vunit));
+        for &(k, name) in axes {
+            let col = present.iter().map(|&l| acc[l].sum[k] as f64 / acc[l].n as f64 * sp[k]).collect();
+            t.push(&format!("centroid_{name}"), Column::F64(col), Some(ctx.unit.to_string()));
+        }
+        for &(k, name) in axes {
+            t.push(&format!("bbox_{name}0"), Column::U64(present.iter().map(|&l| acc[l].lo[k] as u64).collect()), None);
+        }
+        for &(k, name) in axes {
+            t.push(&format!("bbox_{name}1"), Column::U64(present.iter().map(|&l| acc[l].hi[k] as u64).collect()), None);
+        }
+        // Shape: inertia tensor of the object with coordinates scaled by the spacing (skimage).
+        let shape: Vec<Shape> = present.iter().map(|&l| shape_of(&acc[l], sp, three_d)).collect();
+        let nev = if three_d { 3 } else { 2 };
+        for e in 0..nev {
+            t.push(&format!("inertia_eig_{e}"), Column::F64(shape.iter().map(|s| s.eig[e]).collect()), Some(format!("{}^2", ctx.unit)));
+        }
+        t.push("major_axis_length", Column::F64(shape.iter().map(|s| s.major).collect()), Some(ctx.unit.to_string()));
+        t.push("minor_axis_length", Column::F64(shape.iter().map(|s| s.minor).collect()), Some(ctx.unit.to_string()));
+        t.push(
+            "anisotropy",
+            Column::F64(shape.iter().map(|s| if s.major > 0.0 { 1.0 - s.minor / s.major } else { f64::NAN }).collect()),
+            None,
+        );
+        let centroids: Vec<[f64; 3]> = present
+            .iter()
+            .map(|&l| {
+                let a = &acc[l];
+                let c = |k: usize| a.sum[k] as f64 / a.n as f64 * sp[k];
+                [if three_d { c(0) } else { 0.0 }, c(1), c(2)]
+            })
+            .collect();
+        let nn = crate::ops::kdtree::nearest_others(&centroids);
+        t.push("nn_distance", Column::F64(nn.iter().map(|n| n.map(|(_, d)| d).unwrap_or(f64::NAN)).collect()), Some(ctx.unit.to_string()));
+        t.push("nn_label", Column::U32(nn.iter().map(|n| n.map(|(i, _)| present[i] as u32).unwrap_or(0)).collect()), None);
+        t.push(
+            "touches_border",
+            Column::Bool(present.iter().map(|&l| axes.iter().any(|&(k, _)| acc[l].lo[k] == 0 || acc[l].hi[k] == dims[k])).collect()),
+            None,
+        );
+        t
     }
 }
 
@@ -478,12 +482,11 @@ struct IStat {
     std: f64,
 }
 
+/// Counts, sums, sums of squares, minima and maxima per label.
+type IntSums<'a> = (&'a mut [u64], &'a mut [u128], &'a mut [u128], &'a mut [u64], &'a mut [u64]);
+
 fn add_intensity(acc: &mut ImageAcc, labels: &Array3<u32>, data: &Data) {
-    fn ints<T: Copy + Into<u64>>(
-        labels: &Array3<u32>,
-        a: &Array3<T>,
-        (n, s, s2, lo, hi): (&mut [u64], &mut [u128], &mut [u128], &mut [u64], &mut [u64]),
-    ) {
+    fn ints<T: Copy + Into<u64>>(labels: &Array3<u32>, a: &Array3<T>, (n, s, s2, lo, hi): IntSums<'_>) {
         for (&l, &v) in labels.iter().zip(a.iter()) {
             if l == 0 {
                 continue;

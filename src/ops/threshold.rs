@@ -385,6 +385,9 @@ impl IntCounts {
     }
 }
 
+/// Sees one slab of an image.
+pub type Visitor<'a> = dyn FnMut(&Data) -> Result<(), String> + 'a;
+
 /// A threshold computed from an image seen a slab at a time. `pass` runs the visitor over every
 /// slab in z order; it is called once for integer images and twice for float ones (range, then
 /// bins), and the result equals the whole-image method's bit for bit.
@@ -392,7 +395,7 @@ pub fn streamed(
     method: Method,
     nbins: usize,
     float: bool,
-    pass: &mut dyn FnMut(&mut dyn FnMut(&Data) -> Result<(), String>) -> Result<(), String>,
+    pass: &mut dyn FnMut(&mut Visitor<'_>) -> Result<(), String>,
 ) -> Result<f64, String> {
     if !float {
         let mut h = IntCounts::default();
@@ -467,8 +470,9 @@ struct FloatBins {
 
 impl FloatBins {
     fn new(lo: f32, hi: f32, nbins: usize) -> FloatBins {
-        let edges: Vec<f32> =
-            (0..=nbins).map(|i| if i == nbins { hi } else { (lo as f64 + (hi as f64 - lo as f64) * i as f64 / nbins as f64) as f32 }).collect();
+        let edges: Vec<f32> = (0..=nbins)
+            .map(|i| if i == nbins { hi } else { (lo as f64 + (hi as f64 - lo as f64) * i as f64 / nbins as f64) as f32 })
+            .collect();
         FloatBins { lo, edges, norm: nbins as f32 / (hi - lo), nbins }
     }
     fn count(&self, values: impl Iterator<Item = f32>, counts: &mut [u64]) {

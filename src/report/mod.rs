@@ -120,6 +120,7 @@ pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &Run
             "failed_stage": s.failed_stage,
             "error": s.error,
             "spacing": s.spacing,
+            "streamed": s.streamed,
             "objects": s.objects.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "stage_seconds": s.timings.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),

@@ -1,0 +1,236 @@
+//! Streamed (out-of-core) equals whole: random volumes on disk, random pipelines of every op
+//! kind that streams (local runs, threshold by every method, label, measure), random slab
+//! thicknesses; every output file and every table must equal the in-memory run's bytes.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array3;
+use proptest::prelude::*;
+use tessera::exec::stream::{Streamed, evaluate_streamed, not_streamable};
+use tessera::exec::{EvalOpts, TileSize, evaluate};
+use tessera::io::{Compression, Data, Spacing};
+use tessera::ops::Value;
+use tessera::plan::Plan;
+use tessera::spec::manifest::SampleRow;
+
+fn compile(yaml: &str) -> Plan {
+    let (spec, d) = tessera::spec::parse_str(Path::new("t.yaml"), yaml.to_string());
+    assert!(d.is_empty(), "{yaml}\n{d:?}");
+    let (plan, d) = tessera::plan::compile(spec.expect("parsed"), None, None);
+    assert!(d.is_empty(), "{yaml}\n{d:?}");
+    plan.expect("compiled")
+}
+
+/// What a stage value looks like in its file (masks 0/255, labels u16 when they fit).
+fn as_file(v: &Value) -> Option<Data> {
+    match v {
+        Value::Image(d) => Some(d.clone()),
+        Value::Mask(m) => Some(Data::U8(m.mapv(|x| if x != 0 { 255 } else { 0 }))),
+        Value::Labels(l) if l.iter().all(|&x| x <= u16::MAX as u32) => Some(Data::U16(l.mapv(|x| x as u16))),
+        Value::Labels(l) => Some(Data::U32(l.clone())),
+        Value::Table(_) => None,
+    }
+}
+
+fn bits(d: &Data) -> Vec<u32> {
+    match d {
+        Data::U8(a) => a.iter().map(|&v| v as u32).collect(),
+        Data::U16(a) => a.iter().map(|&v| v as u32).collect(),
+        Data::U32(a) => a.iter().copied().collect(),
+        Data::F32(a) => a.iter().map(|v| v.to_bits()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Runs `plan` on `img` whole and streamed (slabs of `thick` planes) and compares everything.
+/// Returns false when the plan is not streamable (then the streamed run must say why).
+fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Result<bool, TestCaseError> {
+    let row = SampleRow { line: 0, id: "s".into(), image: source.to_path_buf(), meta: Vec::new(), problem: None };
+    let header = tessera::io::read_header(source).expect("header");
+    let bound = match plan.bind(&row, std::slice::from_ref(&header)) {
+        Ok(b) => b,
+        Err(_) => return Ok(false),
+    };
+    let spacing = Spacing { zyx: [2.0, 0.5, 0.75], unit: "um".into() };
+    // Whole.
+    let mut whole: Vec<Option<Value>> = vec![None; plan.stages.len()];
+    let opts = EvalOpts { tile: TileSize::Auto, memory: u64::MAX, threads: 2, keep_all: true };
+    evaluate(
+        plan,
+        &bound,
+        &[Value::Image(img.clone())],
+        &spacing,
+        3,
+        "s",
+        &opts,
+        &mut |i, v| {
+            whole[i] = Some(v.clone());
+            Ok(())
+        },
+        &mut Vec::new(),
+    )
+    .map_err(|(i, e)| TestCaseError::fail(format!("whole run failed at {i}: {e}")))?;
+    // Streamed.
+    let sample_dir = dir.join(format!("out{thick}"));
+    let paths = vec![source.to_path_buf()];
+    let headers = vec![header];
+    let s = Streamed {
+        plan,
+        bound: &bound,
+        paths: &paths,
+        headers: &headers,
+        spacing: &spacing,
+        ndim: 3,
+        sample: "s",
+        memory: u64::MAX,
+        threads: 2,
+        spill_dir: dir.join("spill"),
+        sample_dir: sample_dir.clone(),
+        compression: Compression::None,
+        slab: Some(thick),
+    };
+    if let Some((_, why)) = not_streamable(&s) {
+        prop_assert!(why.contains("li on a float image"), "{why}");
+        return Ok(false);
+    }
+    let mut tables: Vec<Option<Value>> = vec![None; plan.stages.len()];
+    let mut objects = Vec::new();
+    evaluate_streamed(
+        &s,
+        &mut |i, v| {
+            tables[i] = Some(v.clone());
+            Ok(())
+        },
+        &mut objects,
+        &mut Vec::new(),
+    )
+    .map_err(|(i, e)| TestCaseError::fail(format!("streamed run failed at {}: {e}", plan.stages[i].id)))?;
+    prop_assert!(!dir.join("spill").exists(), "spill files left behind");
+    for (i, st) in plan.stages.iter().enumerate() {
+        let w = whole[i].as_ref().expect("whole value");
+        match w {
+            Value::Table(t) => {
+                let Some(Value::Table(u)) = &tables[i] else { return Err(TestCaseError::fail(format!("no table for {}", st.id))) };
+                prop_assert_eq!(format!("{t:?}"), format!("{u:?}"), "table {} differs with slabs of {}", st.id, thick);
+            }
+            _ => {
+                let f = sample_dir.join(format!("{}.npy", st.id));
+                let got = tessera::io::read_image(&f, Default::default()).map_err(|e| TestCaseError::fail(e.to_string()))?.data;
+                let want = as_file(w).expect("voxel data");
+                prop_assert_eq!(got.dtype(), want.dtype(), "dtype of {}", st.id);
+                prop_assert!(bits(&got) == bits(&want), "stage {} differs with slabs of {}", st.id, thick);
+                if let Value::Labels(l) = w {
+                    let n = l.iter().copied().max().unwrap_or(0) as u64;
+                    prop_assert!(objects.contains(&(st.id.clone(), n)), "object count of {}: {:?} vs {}", st.id, objects, n);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn pipeline() -> impl Strategy<Value = String> {
+    let image_op = prop_oneof![
+        Just("gaussian, sigma: 1.0".to_string()),
+        Just("gaussian, sigma: [0.6, 1.2, 0.8]".to_string()),
+        Just("median, size: 3".to_string()),
+        Just("maximum, size: [3, 1, 3]".to_string()),
+        Just("invert".to_string()),
+    ];
+    let mask_op = prop_oneof![
+        Just("opening, radius: 1".to_string()),
+        Just("closing, radius: 1, shape: cube".to_string()),
+        Just("dilation, radius: 1".to_string()),
+        Just("erosion, radius: 1, shape: cube".to_string()),
+    ];
+    let method = prop_oneof![Just("otsu"), Just("li"), Just("triangle"), Just("fixed, value: 120")];
+    (
+        prop::collection::vec(image_op, 0..3),
+        method,
+        any::<bool>(),
+        prop::collection::vec(mask_op, 0..2),
+        prop_oneof![Just(6u8), Just(18), Just(26)],
+        0u64..4,
+    )
+        .prop_map(|(imgs, method, invert, masks, conn, min_size)| {
+            let mut y = String::from("version: 1\nname: t\nstages:\n");
+            let mut prev = "image".to_string();
+            for (k, op) in imgs.iter().enumerate() {
+                y += &format!("  i{k}: {{op: {op}, input: {prev}}}\n");
+                prev = format!("i{k}");
+            }
+            let last_image = prev.clone();
+            y += &format!("  m: {{op: threshold, input: {prev}, method: {method}, invert: {invert}}}\n");
+            prev = "m".into();
+            for (k, op) in masks.iter().enumerate() {
+                y += &format!("  k{k}: {{op: {op}, input: {prev}}}\n");
+                prev = format!("k{k}");
+            }
+            y += &format!("  l: {{op: label, input: {prev}, connectivity: {conn}, min_size: {}}}\n", min_size + 1);
+            let extra = if last_image != "image" { format!(", last: {last_image}") } else { String::new() };
+            y += &format!("  t: {{op: measure, labels: l, intensity: {{raw: image{extra}}}}}\n");
+            // Every voxel stage written as .npy, so the streamed files can be compared.
+            y += "outputs:\n";
+            for (k, _) in imgs.iter().enumerate() {
+                y += &format!("  i{k}: npy\n");
+            }
+            y += "  m: npy\n";
+            for (k, _) in masks.iter().enumerate() {
+                y += &format!("  k{k}: npy\n");
+            }
+            y += "  l: npy\n  t: parquet\n";
+            y
+        })
+}
+
+fn volume() -> impl Strategy<Value = Data> {
+    (1usize..9, 1usize..10, 1usize..10, 0u8..3, any::<u64>()).prop_map(|(z, y, x, dt, seed)| {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let base = Array3::from_shape_fn((z, y, x), |(a, b, c)| {
+            let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
+            (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
+        });
+        match dt {
+            0 => Data::U8(base.mapv(|v| v as u8)),
+            1 => Data::U16(base.mapv(|v| (v * 7.0) as u16)),
+            _ => Data::F32(base.mapv(|v| v as f32 * 0.25)),
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
+
+    #[test]
+    fn streamed_equals_whole(img in volume(), yaml in pipeline(), thick in 1usize..4, tiff in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let src: PathBuf = if tiff { dir.path().join("v.tif") } else { dir.path().join("v.npy") };
+        if tiff {
+            tessera::io::write_tiff(&src, &img, 3, &Spacing::default(), Compression::Lzw).unwrap();
+        } else {
+            tessera::io::write_npy(&src, &img, 3).unwrap();
+        }
+        let plan = compile(&yaml);
+        check(&plan, &img, &src, thick, dir.path())?;
+    }
+}
+
+#[test]
+fn streamed_chain_on_real_data_at_every_slab_thickness() {
+    let plan = compile(&std::fs::read_to_string("testdata/stream/chain.yaml").unwrap().replace(
+        "outputs:\n  mask: tiff\n  objects: [tiff, npy]\n  shape: [parquet, csv]\n",
+        "outputs:\n  smooth: npy\n  mask: npy\n  clean: npy\n  objects: npy\n  shape: parquet\n",
+    ));
+    let src = Path::new("testdata/nuclei3d.tif");
+    let img = tessera::io::read_image(src, Default::default()).unwrap().data;
+    let dir = tempfile::tempdir().unwrap();
+    for thick in [1, 2, 5, 64] {
+        assert!(check(&plan, &img, src, thick, dir.path()).unwrap(), "slabs of {thick}");
+    }
+}
