@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks tessera against scipy, scikit-image, cc3d, SimpleITK and edt on the same volume.
 #   bash bench/run.sh [--size N] [--repeats R] [--write]
+#   bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--write]   (bench/big.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -9,4 +10,8 @@ VENV="${TESSERA_BENCH_VENV:-$HOME/.cache/tessera-bench-venv}"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     numpy scipy scikit-image tifffile imagecodecs pandas pyarrow connected-components-3d SimpleITK edt
 cargo build --release --quiet --bin tessera --example bench_ops
+if [ "${1:-}" = "--big" ]; then
+    shift
+    exec "$VENV/bin/python" bench/big.py "$@"
+fi
 exec "$VENV/bin/python" bench/bench.py "$@"

@@ -60,7 +60,9 @@ pub struct RunArgs {
     /// identical whatever the tiling. Default: the pipeline's `tile:`, else auto.
     #[arg(long, value_name = "ZxYxX|auto")]
     pub tile: Option<crate::exec::TileSize>,
-    /// Memory budget for one image, e.g. 8GiB, 512MiB. Default: 3/4 of RAM.
+    /// Memory budget for one sample, e.g. 8GiB, 512MiB. A sample whose working set is larger
+    /// is streamed from disk in z-slabs that fit (identical outputs); pipelines with ops that
+    /// need whole images fail for that sample with the memory they need. Default: 3/4 of RAM.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory: Option<u64>,
     /// Keep running other samples when one fails (the default).

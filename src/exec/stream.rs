@@ -483,23 +483,32 @@ fn run(
                     let (remap, count) = labeller.resolve(min, max);
                     objects.push((st.id.clone(), count as u64));
                     let u16_labels = count <= u16::MAX as u32;
-                    let mut spill = if last_use[i] > i { Some(Spill::create(&s.spill_dir, &st.id).map_err(fail)?) } else { None };
                     let mut outs = open_outputs(i, if u16_labels { DType::U16 } else { DType::U32 }).map_err(fail)?;
+                    // The provisional file is rewritten in place with the final ids: it becomes
+                    // this stage's spill when a later stage reads it, and is removed otherwise.
+                    let Store::Spill { path: prov_path, .. } = &prov else { return Err(fail("internal: provisional labels".into())) };
+                    let mut rw = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(prov_path)
+                        .map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
                     for (z0, z1) in slabs(nz, thick) {
                         let Value::Labels(p) = prov.read(z0, z1, plane).map_err(fail)? else {
                             return Err(fail("internal: provisional labels".into()));
                         };
                         let v = Value::Labels(p.mapv(|x| remap[x as usize]));
-                        if let Some(sp) = spill.as_mut() {
-                            sp.append(&v).map_err(fail)?;
+                        if last_use[i] > i {
+                            rw.seek(SeekFrom::Start((z0 * ny * nx * 4) as u64))
+                                .map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
+                            rw.write_all(&raw_bytes(&v)).map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
                         }
                         write_out(&mut outs, &v, u16_labels).map_err(fail)?;
                     }
-                    if let Store::Spill { path, .. } = &prov {
-                        let _ = std::fs::remove_file(path);
-                    }
-                    if let Some(sp) = spill {
-                        stores[i] = Some(sp.finish().map_err(fail)?);
+                    rw.flush().map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
+                    drop(rw);
+                    if last_use[i] > i {
+                        stores[i] = Some(prov.clone());
+                    } else {
+                        let _ = std::fs::remove_file(prov_path);
                     }
                     finish_out(outs).map_err(fail)?;
                 }

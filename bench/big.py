@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Out-of-core figures: the benchmark chain on a volume larger than its --memory budget.
+
+    bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--write]
+
+Makes a Z×Y×X u8 volume of random ellipsoids plus noise (the same density as bench.py's),
+generated slab by slab straight into a BigTIFF so that even 2048×2048×1024 (4 GiB) needs little
+memory to make. Runs gaussian(σ=1) → Otsu → opening(r=1) → label(26) → measure with
+`tessera run --memory SIZE` under /usr/bin/time, and prints wall time, peak RSS and the objects
+found. With --compare it also runs the same chain in memory (when that fits) and checks that the
+label TIFF and the table are byte-identical. --write appends the row to BENCHMARKS.md.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import tifffile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+
+PIPELINE = """version: 1
+name: big
+stages:
+  smooth: {op: gaussian, input: image, sigma: 1.0}
+  mask: {op: threshold, input: smooth, method: otsu}
+  clean: {op: opening, input: mask, radius: 1}
+  objects: {op: label, input: clean, connectivity: 26}
+  shape: {op: measure, labels: objects, intensity: {raw: image}}
+outputs: {objects: tiff, shape: parquet}
+"""
+
+
+def make_volume(path, shape, seed=1, slab=32):
+    """Ellipsoids (3000 per 256³) and Gaussian noise, written a z-slab at a time."""
+    nz, ny, nx = shape
+    rng = np.random.default_rng(seed)
+    count = int(3000 * nz * ny * nx / 256 ** 3)
+    centres = rng.uniform(0, 1, (count, 3)) * np.array(shape)
+    axes = rng.uniform(1.5, 4.5, (count, 3))
+    order = np.argsort(centres[:, 0])
+    centres, axes = centres[order], axes[order]
+    reach = np.ceil(axes.max(axis=1)).astype(int) + 1
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for z0 in range(0, nz, slab):
+            z1 = min(nz, z0 + slab)
+            vol = np.zeros((z1 - z0, ny, nx), np.float32)
+            lo = np.searchsorted(centres[:, 0], z0 - 6)
+            hi = np.searchsorted(centres[:, 0], z1 + 6)
+            for c, a, r in zip(centres[lo:hi], axes[lo:hi], reach[lo:hi]):
+                sl = [(max(z0, int(c[0]) - r), min(z1, int(c[0]) + r + 1)),
+                      (max(0, int(c[1]) - r), min(ny, int(c[1]) + r + 1)),
+                      (max(0, int(c[2]) - r), min(nx, int(c[2]) + r + 1))]
+                if any(b <= a_ for a_, b in sl):
+                    continue
+                zz, yy, xx = np.ogrid[sl[0][0]:sl[0][1], sl[1][0]:sl[1][1], sl[2][0]:sl[2][1]]
+                q = ((zz - c[0]) / a[0]) ** 2 + ((yy - c[1]) / a[1]) ** 2 + ((xx - c[2]) / a[2]) ** 2
+                view = vol[sl[0][0] - z0:sl[0][1] - z0, sl[1][0]:sl[1][1], sl[2][0]:sl[2][1]]
+                np.maximum(view, (q <= 1) * 150.0, out=view)
+            noise = np.random.default_rng([seed, z0]).normal(40, 20, vol.shape).astype(np.float32)
+            vol += noise
+            tw.write(np.clip(vol, 0, 255).astype(np.uint8), contiguous=True)
+    return count
+
+
+def run(exe, pipe, path, out, memory):
+    cmd = ["/usr/bin/time", "-f", "%e %M", exe, "run", pipe, path, "--out", out, "--threads", "2",
+           "--progress", "never", "--json"]
+    if memory:
+        cmd += ["--memory", memory]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"tessera failed:\n{p.stdout}\n{p.stderr}")
+    secs, kib = p.stderr.strip().splitlines()[-1].split()
+    report = json.load(open(os.path.join(out, "run.json")))
+    sample = report["samples"][0]
+    return float(secs), int(kib) / 1024, sample["objects"].get("objects", 0), sample["streamed"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", type=int, nargs=3, default=[384, 768, 768], metavar=("Z", "Y", "X"))
+    ap.add_argument("--memory", default="64MiB")
+    ap.add_argument("--compare", action="store_true", help="also run in memory and compare outputs")
+    ap.add_argument("--write", action="store_true", help="append the result to BENCHMARKS.md")
+    ap.add_argument("--work", default=None, help="folder for the volume and outputs (needs ~10× the volume free)")
+    a = ap.parse_args()
+    work = a.work or tempfile.mkdtemp()
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, "big.tif")
+    t0 = time.perf_counter()
+    count = make_volume(path, a.shape)
+    gib = np.prod(a.shape) / 2 ** 30
+    print(f"volume {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB), {count} ellipsoids, "
+          f"made in {time.perf_counter() - t0:.0f} s", flush=True)
+    exe = os.path.join(TARGET, "release", "tessera")
+    pipe = os.path.join(work, "big.yaml")
+    open(pipe, "w").write(PIPELINE)
+    secs, rss, objects, streamed = run(exe, pipe, path, os.path.join(work, "streamed"), a.memory)
+    rate = np.prod(a.shape) / secs / 1e6
+    line = (f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | --memory {a.memory} | "
+            f"{'streamed' if streamed else 'in memory'} | {secs:.1f} | {rss:.0f} | {objects} | {rate:.0f} |")
+    print(line, flush=True)
+    rows = [line]
+    if a.compare:
+        secs2, rss2, objects2, streamed2 = run(exe, pipe, path, os.path.join(work, "whole"), None)
+        rows.append(f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | default | "
+                    f"{'streamed' if streamed2 else 'in memory'} | {secs2:.1f} | {rss2:.0f} | {objects2} | "
+                    f"{np.prod(a.shape) / secs2 / 1e6:.0f} |")
+        print(rows[-1], flush=True)
+        for f in ("samples/big/objects.tif", "samples/big/shape.parquet", "tables/shape.parquet"):
+            same = open(os.path.join(work, "streamed", f), "rb").read() == open(os.path.join(work, "whole", f), "rb").read()
+            print(f"{f}: {'identical' if same else 'DIFFERENT'}")
+            if not same:
+                raise SystemExit(1)
+    if a.write:
+        md = os.path.join(ROOT, "BENCHMARKS.md")
+        text = open(md).read() if os.path.exists(md) else "# Benchmarks\n"
+        head = "| volume | budget | mode | time (s) | peak RSS (MiB) | objects | Mvoxel/s |\n|---|---|---|---|---|---|---|\n"
+        section = f"\n### Out of core ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores; bench/big.py)\n\n"
+        text += section + head + "\n".join(rows) + "\n"
+        open(md, "w").write(text)
+
+
+if __name__ == "__main__":
+    main()
