@@ -13,5 +13,6 @@ pub mod plan;
 pub mod report;
 pub mod spec;
 pub mod stats;
+pub mod store;
 pub mod table;
 pub mod util;

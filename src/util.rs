@@ -3,6 +3,26 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// This machine's host name (empty when unknown).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Removes the temporary files ([`tmp_sibling`] names: `<name>.tmp<pid>`) in `dir` whose
+/// writing process is gone — what a killed run leaves behind. Returns how many were removed.
+pub fn remove_stale_tmp(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pos) = name.rfind(".tmp") else { continue };
+        let Ok(pid) = name[pos + 4..].parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Bytes for people: `512 B`, `3.2 KiB`, `1.5 GiB`.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -22,7 +22,8 @@ fn run_example(out: &Path, extra: &[&str]) -> Output {
     tessera(&args)
 }
 
-/// Every file under `dir` except run.json, relative path → bytes.
+/// Every file under `dir` except run.json and the checkpoint folder .tessera/ (internal state,
+/// SPEC §4), relative path → bytes.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -30,7 +31,9 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
-                stack.push(p);
+                if p.file_name().unwrap() != ".tessera" {
+                    stack.push(p);
+                }
             } else if p.file_name().unwrap() != "run.json" {
                 v.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
             }
@@ -422,7 +425,7 @@ fn samples_larger_than_memory_are_streamed_with_identical_outputs() {
         // 150 KiB: every sample streams; 3 MiB: only the bone volume (a mixed run).
         let expected = if dir == "tiny" { vec![true, true, true] } else { vec![false, true, false] };
         assert_eq!(streamed, expected, "--memory {memory}");
-        assert!(!out.join(".tessera").exists(), "spill files left behind");
+        assert!(!out.join(".tessera/spill").exists(), "spill files left behind");
     }
     let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("run.json")).unwrap()).unwrap();
     assert!(run["samples"].as_array().unwrap().iter().all(|s| s["streamed"] == false));

@@ -77,6 +77,12 @@ pub struct RunArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Recompute every stage of every sample, ignoring checkpoints and finished samples.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep no checkpoints, records or locks in DIR/.tessera (nothing is resumed or skipped).
+    #[arg(long)]
+    pub no_checkpoint: bool,
 }
 
 #[derive(Debug, Args)]
@@ -390,6 +396,8 @@ fn cmd_run(a: RunArgs) -> i32 {
         tile: a.tile.unwrap_or_else(|| pipeline_tile(&plan.spec)),
         memory: a.memory.unwrap_or_else(crate::io::default_memory_budget),
         fail_fast: a.fail_fast,
+        force: a.force,
+        checkpoints: !a.no_checkpoint,
     };
     let progress = Progress::new(a.progress);
     let summary = crate::exec::run(&plan, &manifest, &cfg, &progress);
@@ -407,6 +415,7 @@ fn cmd_run(a: RunArgs) -> i32 {
             "out": out.display().to_string(),
             "samples": summary.samples.len(),
             "done": done,
+            "up_to_date": summary.samples.iter().filter(|s| s.up_to_date).count(),
             "failed": summary.samples.iter().filter(|s| s.status == Status::Failed).map(|s| serde_json::json!({"sample": s.sample, "stage": s.failed_stage, "error": s.error})).collect::<Vec<_>>(),
             "skipped": summary.samples.iter().filter(|s| s.status == Status::Skipped).count(),
             "seconds": summary.seconds,
@@ -415,10 +424,23 @@ fn cmd_run(a: RunArgs) -> i32 {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         let mut so = std::io::stdout().lock();
-        let _ = writeln!(so, "{done} of {} samples done in {:.2} s → {}", summary.samples.len(), summary.seconds, out.display());
+        let current = summary.samples.iter().filter(|s| s.up_to_date).count();
+        if current == summary.samples.len() {
+            let _ = writeln!(so, "{current} samples up to date (nothing to do; --force recomputes) → {}", out.display());
+        } else {
+            let note = if current > 0 { format!(" ({current} up to date)") } else { String::new() };
+            let _ = writeln!(so, "{done} of {} samples done{note} in {:.2} s → {}", summary.samples.len(), summary.seconds, out.display());
+        }
         for s in summary.samples.iter().filter(|s| s.status == Status::Done) {
             let objs: Vec<String> = s.objects.iter().map(|(k, v)| format!("{v} {k}")).collect();
-            let _ = writeln!(so, "  {:<20} {}", s.sample, objs.join(", "));
+            let how = if s.up_to_date {
+                "  (up to date)".to_string()
+            } else if !s.reused.is_empty() {
+                format!("  (from checkpoints: {})", s.reused.join(", "))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(so, "  {:<20} {}{how}", s.sample, objs.join(", "));
         }
         for p in &summary.written {
             let _ = writeln!(so, "  wrote {}", out.join(p).display());

@@ -27,6 +27,7 @@ use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
 use crate::report::Progress;
 use crate::spec::manifest::{Manifest, SampleRow};
+use crate::store::{SampleRecord, Store};
 use crate::table::Table;
 
 /// How to run.
@@ -39,6 +40,10 @@ pub struct RunConfig {
     /// Byte budget for one image read.
     pub memory: u64,
     pub fail_fast: bool,
+    /// Recompute everything, whatever the checkpoints say (`--force`).
+    pub force: bool,
+    /// Keep checkpoints, records and locks under `.tessera/` (off with `--no-checkpoint`).
+    pub checkpoints: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -68,6 +73,10 @@ pub struct SampleResult {
     pub objects: Vec<(String, u64)>,
     /// Streamed from disk in z-slabs (the sample did not fit `--memory`).
     pub streamed: bool,
+    /// Nothing to do: the last run's outputs are current and verify.
+    pub up_to_date: bool,
+    /// Stages taken from checkpoints instead of computed.
+    pub reused: Vec<String>,
     #[serde(skip)]
     pub tables: Vec<(usize, Table)>,
 }
@@ -85,6 +94,8 @@ impl SampleResult {
             spacing: None,
             objects: Vec::new(),
             streamed: false,
+            up_to_date: false,
+            reused: Vec::new(),
             tables: Vec::new(),
         }
     }
@@ -177,49 +188,273 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
             Err(e) => return res.fail("input", e.to_string()),
         }
     }
+    let ndim = headers[0].ndim;
+    let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
+    res.spacing = Some(spacing.clone());
+    let keys = stage_keys(plan, &bound, &res.input_hashes, &spacing, ndim);
+    let store = Store::new(&cfg.out);
+    let sample_dir = cfg.out.join("samples").join(&row.id);
+    // One process per sample: wait while another live run on this folder works on it.
+    let _lock = if cfg.checkpoints {
+        match lock_sample(&store, &row.id) {
+            Ok(l) => Some(l),
+            Err(e) => return res.fail("input", e),
+        }
+    } else {
+        None
+    };
+    // What a killed writer left in this sample's folder (we hold its lock: nobody else writes there).
+    crate::util::remove_stale_tmp(&sample_dir);
+    let old = if cfg.checkpoints { store.record(&row.id) } else { None };
+    if cfg.checkpoints
+        && !cfg.force
+        && let Some(rec) = &old
+        && let Some(tables) = up_to_date(plan, &store, row, rec, &keys, &cfg.out)
+    {
+        res.up_to_date = true;
+        res.streamed = rec.streamed;
+        res.tables = tables;
+        res.objects = plan.stages.iter().filter_map(|st| rec.objects.get(&st.id).map(|n| (st.id.clone(), *n))).collect();
+        return res;
+    }
+    store.remove_record(&row.id);
+    // Outputs of the last run whose stage did not change and whose bytes verify stay as they are.
+    let valid: Vec<bool> = (0..plan.stages.len())
+        .map(|i| !cfg.force && old.as_ref().is_some_and(|rec| output_valid(plan, rec, row, i, &keys[i], &cfg.out)))
+        .collect();
     let need = stream::whole_run_bytes(plan, &bound, &headers);
     if need > cfg.memory {
-        return run_streamed(plan, row, cfg, &bound, &paths, &headers, need, res);
+        let res = run_streamed(plan, row, cfg, &bound, &paths, &headers, need, res);
+        return finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res);
     }
-    let limits = ReadLimits { max_bytes: cfg.memory };
-    let mut sources: Vec<Value> = Vec::new();
-    let mut file_spacing: Option<Spacing> = None;
-    let mut ndim = 3;
-    for (k, p) in paths.iter().enumerate() {
-        match io::read_image(p, limits) {
-            Ok(img) => {
-                if k == 0 {
-                    ndim = img.ndim;
-                    file_spacing = img.spacing;
-                }
-                sources.push(Value::Image(img.data));
+    // Backward from what must exist (outputs to write, tables to merge): reuse a verified
+    // checkpoint where there is one, compute otherwise (and then its inputs are needed).
+    let n = plan.stages.len();
+    let mut required = vec![false; n];
+    for (i, _) in &plan.outputs {
+        required[*i] = !valid[*i] || plan.stages[*i].kind == Kind::Table;
+    }
+    let mut reuse = Reuse { preset: vec![None; n], compute: vec![false; n] };
+    for i in (0..n).rev() {
+        if !required[i] {
+            continue;
+        }
+        if cfg.checkpoints
+            && !cfg.force
+            && let Some(v) = store.load(&keys[i])
+        {
+            reuse.preset[i] = Some(v);
+            res.reused.push(plan.stages[i].id.clone());
+            continue;
+        }
+        reuse.compute[i] = true;
+        for (_, r) in &plan.stages[i].inputs {
+            if let Ref::Stage(j) = r {
+                required[*j] = true;
             }
-            Err(e) => return res.fail("input", e.to_string()),
         }
     }
-    let spacing = resolve_spacing(file_spacing.as_ref(), plan, ndim);
-    res.spacing = Some(spacing.clone());
-    let sample_dir = cfg.out.join("samples").join(&row.id);
+    res.reused.reverse();
+    let reads_sources = (0..n).any(|i| reuse.compute[i] && plan.stages[i].inputs.iter().any(|(_, r)| matches!(r, Ref::Source(_))));
+    let limits = ReadLimits { max_bytes: cfg.memory };
+    let mut sources: Vec<Value> = Vec::new();
+    if reads_sources {
+        for p in &paths {
+            match io::read_image(p, limits) {
+                Ok(img) => sources.push(Value::Image(img.data)),
+                Err(e) => return res.fail("input", e.to_string()),
+            }
+        }
+    }
     let opts = EvalOpts { tile: cfg.tile, memory: cfg.memory, threads: cfg.threads, keep_all: false };
+    let compute = reuse.compute.clone();
     let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
         let st = &plan.stages[i];
+        if compute[i] && cfg.checkpoints {
+            store.save(&keys[i], value).map_err(|e| format!("writing a checkpoint: {e}"))?;
+        }
         if let Value::Labels(l) = value {
             res.objects.push((st.id.clone(), l.iter().copied().max().unwrap_or(0) as u64));
         }
         if let Some((_, formats)) = plan.outputs.iter().find(|(o, _)| *o == i) {
-            write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
+            if valid[i] {
+                if let Value::Table(t) = value {
+                    res.tables.push((i, t.for_sample(&row.id, &row.meta)));
+                }
+            } else {
+                write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
+            }
         }
         Ok(())
     };
     let mut timings = Vec::new();
     let r = {
         let res_ref = &mut res;
-        evaluate(plan, &bound, &sources, &spacing, ndim, &row.id, &opts, &mut |i, v| sink(i, v, res_ref), &mut timings)
+        evaluate_with(plan, &bound, &sources, &spacing, ndim, &row.id, &opts, reuse, &mut |i, v| sink(i, v, res_ref), &mut timings)
     };
     res.timings = timings;
     if let Err((i, e)) = r {
         let id = plan.stages[i].id.clone();
         return res.fail(&id, e);
+    }
+    finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res)
+}
+
+/// Every stage's checkpoint key for one sample (SPEC §5: what can change a stage's output).
+pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: &Spacing, ndim: u8) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(plan.stages.len());
+    for (i, st) in plan.stages.iter().enumerate() {
+        let op = &bound.ops[i];
+        let scale = match st.inputs.first().map(|(_, r)| *r) {
+            Some(Ref::Stage(j)) => bound.metas[j].scale,
+            _ => [1.0; 3],
+        };
+        let parts = crate::store::KeyParts {
+            tessera: env!("CARGO_PKG_VERSION"),
+            op: op.info().name,
+            op_version: op.info().version,
+            params: op.params_json(),
+            inputs: st
+                .inputs
+                .iter()
+                .map(|(_, r)| match r {
+                    Ref::Source(k) => format!("file:{}", input_hashes.get(*k).map(String::as_str).unwrap_or("")),
+                    Ref::Stage(j) => keys[*j].clone(),
+                })
+                .collect(),
+            spacing: scaled(spacing, scale).zyx,
+            unit: &spacing.unit,
+            ndim,
+        };
+        keys.push(crate::store::stage_key(&parts));
+    }
+    keys
+}
+
+/// The output files of stage `i` for a sample, relative to the output folder.
+fn output_files(plan: &Plan, row: &SampleRow, i: usize) -> Vec<String> {
+    plan.outputs
+        .iter()
+        .filter(|(o, _)| *o == i)
+        .flat_map(|(_, fs)| fs.iter().map(|f| format!("samples/{}/{}.{}", row.id, plan.stages[i].id, f.ext())))
+        .collect()
+}
+
+/// Whether stage `i`'s output files are those of `rec` with the same key, and verify.
+fn output_valid(plan: &Plan, rec: &SampleRecord, row: &SampleRow, i: usize, key: &str, out: &Path) -> bool {
+    let files = output_files(plan, row, i);
+    !files.is_empty()
+        && rec.stages.get(&plan.stages[i].id).map(String::as_str) == Some(key)
+        && files.iter().all(|f| rec.outputs.get(f).is_some_and(|h| crate::store::file_hash(&out.join(f)).ok().as_ref() == Some(h)))
+}
+
+/// The merged-table inputs of a sample whose last run is still valid: same stage keys, the same
+/// output files, every one verifying, and its tables in the checkpoint store. `None` otherwise.
+fn up_to_date(
+    plan: &Plan,
+    store: &Store,
+    row: &SampleRow,
+    rec: &SampleRecord,
+    keys: &[String],
+    out: &Path,
+) -> Option<Vec<(usize, crate::table::Table)>> {
+    let want: std::collections::BTreeMap<String, String> = plan.stages.iter().zip(keys).map(|(st, k)| (st.id.clone(), k.clone())).collect();
+    if rec.stages != want {
+        return None;
+    }
+    let files: Vec<String> = plan.outputs.iter().flat_map(|(i, _)| output_files(plan, row, *i)).collect();
+    if files.len() != rec.outputs.len()
+        || !(0..plan.stages.len()).all(|i| output_files(plan, row, i).is_empty() || output_valid(plan, rec, row, i, &keys[i], out))
+    {
+        return None;
+    }
+    let mut tables = Vec::new();
+    for (i, _) in &plan.outputs {
+        if plan.stages[*i].kind == Kind::Table {
+            let Some(Value::Table(t)) = store.load(&keys[*i]) else { return None };
+            tables.push((*i, t.for_sample(&row.id, &row.meta)));
+        }
+    }
+    Some(tables)
+}
+
+/// Takes a sample's lock, waiting while a live process on this machine holds it.
+fn lock_sample(store: &Store, sample: &str) -> Result<crate::store::Lock, String> {
+    loop {
+        match store.lock(sample) {
+            Ok(l) => return Ok(l),
+            Err(h) if h.pid != 0 && (h.host.is_empty() || h.host == crate::util::hostname()) => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(h) => {
+                return Err(format!(
+                    "sample '{sample}' is locked by process {} on host {} ({}): another run is working on it; \
+                     if that process is gone, delete the lock file",
+                    h.pid,
+                    h.host,
+                    store.root().join("locks").join(format!("{sample}.lock")).display()
+                ));
+            }
+        }
+    }
+}
+
+/// After a sample ran: objects in plan order (from the last run for stages not recomputed), the
+/// record of what it left (for the next run to skip it), unless it failed.
+#[allow(clippy::too_many_arguments)]
+fn finish_sample(
+    plan: &Plan,
+    store: &Store,
+    row: &SampleRow,
+    cfg: &RunConfig,
+    keys: &[String],
+    valid: &[bool],
+    old: Option<&SampleRecord>,
+    mut res: SampleResult,
+) -> SampleResult {
+    if res.status != Status::Done {
+        return res;
+    }
+    let seen: std::collections::BTreeMap<String, u64> = res.objects.iter().cloned().collect();
+    res.objects = plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| st.kind == Kind::Labels)
+        .filter_map(|(i, st)| {
+            let n = seen
+                .get(&st.id)
+                .copied()
+                .or_else(|| old.filter(|r| r.stages.get(&st.id) == Some(&keys[i])).and_then(|r| r.objects.get(&st.id).copied()));
+            n.map(|n| (st.id.clone(), n))
+        })
+        .collect();
+    if !cfg.checkpoints {
+        return res;
+    }
+    let mut outputs = std::collections::BTreeMap::new();
+    for (i, _) in &plan.outputs {
+        for f in output_files(plan, row, *i) {
+            let old_hash = old.filter(|_| valid[*i]).and_then(|r| r.outputs.get(&f).cloned());
+            let h = match old_hash {
+                Some(h) => h,
+                None => match crate::store::file_hash(&cfg.out.join(&f)) {
+                    Ok(h) => h,
+                    Err(e) => return res.fail("output", format!("{f}: {e}")),
+                },
+            };
+            outputs.insert(f, h);
+        }
+    }
+    let rec = SampleRecord {
+        sample: row.id.clone(),
+        stages: plan.stages.iter().zip(keys).map(|(st, k)| (st.id.clone(), k.clone())).collect(),
+        outputs,
+        objects: res.objects.iter().cloned().collect(),
+        streamed: res.streamed,
+    };
+    if let Err(e) = store.write_record(&rec) {
+        return res.fail("output", format!("writing the sample's record: {e}"));
     }
     res
 }
@@ -302,11 +537,16 @@ pub struct EvalOpts {
     pub keep_all: bool,
 }
 
-/// Runs a bound plan's stages on a sample's sources, in plan order. Runs of local stages are
-/// fused and evaluated over tiles ([`tiled`]); other stages run on whole arrays. `sink` sees
-/// every stage value that exists at full size, in plan order, once, before it may be freed.
-/// Timings are pushed per stage (a fused group's as one entry, its ids joined by `+`).
-/// An error names the failing stage's plan index.
+/// Which stages [`evaluate_with`] computes, and the values it is given instead (checkpoints).
+#[derive(Debug, Clone, Default)]
+pub struct Reuse {
+    /// Per stage: a value to use instead of computing it.
+    pub preset: Vec<Option<Value>>,
+    /// Per stage: compute it (stages neither computed nor preset are not needed and skipped).
+    pub compute: Vec<bool>,
+}
+
+/// [`evaluate_with`] computing every stage.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     plan: &Plan,
@@ -319,6 +559,30 @@ pub fn evaluate(
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
     timings: &mut Vec<(String, f64)>,
 ) -> Result<(), (usize, String)> {
+    let reuse = Reuse { preset: vec![None; plan.stages.len()], compute: vec![true; plan.stages.len()] };
+    evaluate_with(plan, bound, sources, spacing, ndim, sample, opts, reuse, sink, timings)
+}
+
+/// Runs a bound plan's stages on a sample's sources, in plan order. Runs of local stages are
+/// fused and evaluated over tiles ([`tiled`]); other stages run on whole arrays. `sink` sees
+/// every stage value that exists at full size, in plan order, once, before it may be freed.
+/// Timings are pushed per stage (a fused group's as one entry, its ids joined by `+`).
+/// An error names the failing stage's plan index. With `reuse`, preset values stand in for
+/// their stages (and are given to `sink` too), and stages marked neither are skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with(
+    plan: &Plan,
+    bound: &Bound,
+    sources: &[Value],
+    spacing: &Spacing,
+    ndim: u8,
+    sample: &str,
+    opts: &EvalOpts,
+    reuse: Reuse,
+    sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
+    timings: &mut Vec<(String, f64)>,
+) -> Result<(), (usize, String)> {
+    let Reuse { mut preset, compute } = reuse;
     let n = plan.stages.len();
     let last_use = plan.last_use();
     let ctx = Ctx { sample, spacing: spacing.zyx, unit: &spacing.unit, ndim };
@@ -353,10 +617,26 @@ pub fn evaluate(
     let mut i = 0;
     while i < n {
         let t0 = Instant::now();
-        // The run of local stages starting here, if any.
+        if !compute[i] {
+            if let Some(v) = preset[i].take() {
+                sink(i, &v).map_err(|e| (i, e))?;
+                values[i] = Some(v);
+            }
+            if !opts.keep_all {
+                for (k, v) in values.iter_mut().enumerate().take(i + 1) {
+                    if last_use[k] <= i {
+                        *v = None;
+                    }
+                }
+            }
+            i += 1;
+            continue;
+        }
+        // The run of local stages to compute starting here, if any.
         let mut group = tiled::Group { stages: Vec::new(), halos: Vec::new() };
         let mut j = i;
         while j < n
+            && compute[j]
             && let Some(h) = local_halo(j)
         {
             group.stages.push(j);
@@ -537,6 +817,9 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
 
     let mut written = Vec::new();
     let mut errors = Vec::new();
+    for d in [cfg.out.clone(), cfg.out.join("tables"), cfg.out.join("stats")] {
+        crate::util::remove_stale_tmp(&d);
+    }
     // Merged tables and statistics, from the samples that finished, in manifest order.
     for (i, formats) in &plan.outputs {
         if plan.stages[*i].kind != crate::ops::Kind::Table {

@@ -121,6 +121,8 @@ pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &Run
             "error": s.error,
             "spacing": s.spacing,
             "streamed": s.streamed,
+            "up_to_date": s.up_to_date,
+            "reused_stages": s.reused,
             "objects": s.objects.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             "stage_seconds": s.timings.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         })).collect::<Vec<_>>(),

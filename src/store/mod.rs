@@ -1,0 +1,574 @@
+//! Checkpoints: content-keyed stage values and per-sample completion records, under the output
+//! folder's `.tessera/` (SPEC §4: never needed by users, safe to delete).
+//!
+//! A stage value's key is a blake3 hash of everything that can change it ([`stage_key`]): the
+//! tessera version, the op's name and version, its parameters as bound to the sample, the keys
+//! of its inputs (for source images, the file's content hash), and the sample's spacing. A
+//! checkpoint file holds a header (magic, kind, shape, payload length) and the payload's blake3;
+//! it is written to a temporary file and renamed into place, and verified in full before use —
+//! a truncated or altered checkpoint is deleted and recomputed, never trusted. Checkpoints are
+//! not fsynced (a power cut can lose them, and verification then catches the torn file); the
+//! outputs users read are.
+//!
+//! A sample's record (`samples/<sample>.json`) is written after all its outputs, atomically, and
+//! lists the stage keys and the blake3 of every output file: a re-run skips a sample whose record
+//! matches and whose outputs verify. Per-sample locks (`locks/<sample>.lock`, holding the pid and
+//! host) keep two runs on one folder from working on one sample at once; a lock whose process is
+//! gone is taken over.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array3, Array4};
+
+use crate::io::Data;
+use crate::ops::Value;
+use crate::table::{Column, Table};
+
+const MAGIC: &[u8; 8] = b"TSRACK01";
+
+/// The `.tessera/` folder of an output folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// What a stage's key is made of (serialised to JSON, then hashed).
+#[derive(serde::Serialize)]
+pub struct KeyParts<'a> {
+    pub tessera: &'a str,
+    pub op: &'a str,
+    pub op_version: u32,
+    pub params: serde_json::Value,
+    /// Input keys: `file:<blake3>` for sources, the stage key for stages.
+    pub inputs: Vec<String>,
+    pub spacing: [f64; 3],
+    pub unit: &'a str,
+    pub ndim: u8,
+}
+
+/// A stage value's key.
+pub fn stage_key(parts: &KeyParts) -> String {
+    let json = serde_json::to_vec(parts).unwrap_or_default();
+    blake3::hash(&json).to_hex().to_string()
+}
+
+/// What a finished sample left behind.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SampleRecord {
+    pub sample: String,
+    /// Stage id → key.
+    pub stages: BTreeMap<String, String>,
+    /// Output file (relative to the output folder) → blake3 of its bytes.
+    pub outputs: BTreeMap<String, String>,
+    /// Labels stage → object count.
+    pub objects: BTreeMap<String, u64>,
+    pub streamed: bool,
+}
+
+/// Why a lock could not be taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub pid: u32,
+    pub host: String,
+}
+
+fn host() -> String {
+    crate::util::hostname()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A held per-sample lock; released when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    path: PathBuf,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// blake3 of a file's bytes.
+pub fn file_hash(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+impl Store {
+    pub fn new(out: &Path) -> Store {
+        Store { root: out.join(".tessera") }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn ckpt_path(&self, key: &str) -> PathBuf {
+        self.root.join("ckpt").join(&key[..2.min(key.len())]).join(format!("{key}.ckpt"))
+    }
+
+    fn record_path(&self, sample: &str) -> PathBuf {
+        self.root.join("samples").join(format!("{sample}.json"))
+    }
+
+    /// Whether a checkpoint file exists for `key` (not verified).
+    pub fn has(&self, key: &str) -> bool {
+        self.ckpt_path(key).is_file()
+    }
+
+    /// Saves a stage value under `key` (temporary file, then rename).
+    pub fn save(&self, key: &str, v: &Value) -> Result<(), String> {
+        let path = self.ckpt_path(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let payload = encode(v);
+        let tmp = crate::util::tmp_sibling(&path);
+        let r = (|| -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            f.write_all(MAGIC)?;
+            f.write_all(&(payload.len() as u64).to_le_bytes())?;
+            f.write_all(blake3::hash(&payload).as_bytes())?;
+            f.write_all(&payload)?;
+            f.flush()
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!("checkpoint {}: {e}", path.display()));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| format!("checkpoint {}: {e}", path.display()))
+    }
+
+    /// Loads and verifies the checkpoint for `key`: `None` when there is none or it fails
+    /// verification (it is then removed, so it will be recomputed).
+    pub fn load(&self, key: &str) -> Option<Value> {
+        let path = self.ckpt_path(key);
+        let bytes = std::fs::read(&path).ok()?;
+        let ok = (|| {
+            if bytes.len() < 48 || &bytes[..8] != MAGIC {
+                return None;
+            }
+            let len = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
+            let payload = bytes.get(48..)?;
+            if payload.len() != len || blake3::hash(payload).as_bytes() != &bytes[16..48] {
+                return None;
+            }
+            decode(payload)
+        })();
+        if ok.is_none() {
+            let _ = std::fs::remove_file(&path);
+        }
+        ok
+    }
+
+    /// The record of a finished sample, if there is one and it parses.
+    pub fn record(&self, sample: &str) -> Option<SampleRecord> {
+        let text = std::fs::read_to_string(self.record_path(sample)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn write_record(&self, r: &SampleRecord) -> Result<(), String> {
+        let path = self.record_path(&r.sample);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let text = serde_json::to_string_pretty(r).map_err(|e| e.to_string())?;
+        crate::util::write_atomic(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn remove_record(&self, sample: &str) {
+        let _ = std::fs::remove_file(self.record_path(sample));
+    }
+
+    /// Every sample record in the store.
+    pub fn records(&self) -> Vec<SampleRecord> {
+        let mut v: Vec<SampleRecord> = std::fs::read_dir(self.root.join("samples"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| serde_json::from_str(&t).ok())
+            .collect();
+        v.sort_by(|a, b| a.sample.cmp(&b.sample));
+        v
+    }
+
+    /// Every checkpoint key present.
+    pub fn keys(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for d in std::fs::read_dir(self.root.join("ckpt")).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let Some(k) = name.strip_suffix(".ckpt") {
+                    v.push(k.to_string());
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// Removes the checkpoints of `keys` and leftover temporary files; returns (files, bytes).
+    pub fn remove(&self, keys: &[String]) -> (usize, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        for k in keys {
+            let p = self.ckpt_path(k);
+            bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(&p).is_ok() {
+                n += 1;
+            }
+        }
+        for d in std::fs::read_dir(self.root.join("ckpt")).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                if f.file_name().to_string_lossy().contains(".tmp") {
+                    bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+                    if std::fs::remove_file(f.path()).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(d.path());
+        }
+        (n, bytes)
+    }
+
+    /// Takes the lock of `sample`, taking over a lock whose process is gone. `Err` names the
+    /// live process that holds it.
+    pub fn lock(&self, sample: &str) -> Result<Lock, Held> {
+        let dir = self.root.join("locks");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{sample}.lock"));
+        let me = format!("{} {}\n", std::process::id(), host());
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    let _ = f.write_all(me.as_bytes());
+                    return Ok(Lock { path });
+                }
+                Err(_) => {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let mut it = text.split_whitespace();
+                    let pid: u32 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    let h = it.next().unwrap_or("").to_string();
+                    let same_host = h.is_empty() || h == host();
+                    if pid != 0 && (!same_host || alive(pid)) {
+                        return Err(Held { pid, host: h });
+                    }
+                    // Stale (its process is gone) or unreadable: take it over.
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Err(Held { pid: 0, host: String::new() })
+    }
+}
+
+// ---- the value codec: little-endian, self-describing, exact (floats by their bits) ----
+
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_u64(b, s.len() as u64);
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn encode(v: &Value) -> Vec<u8> {
+    let mut b = Vec::new();
+    let shape3 = |b: &mut Vec<u8>, s: &[usize]| {
+        for &d in s {
+            put_u64(b, d as u64);
+        }
+    };
+    match v {
+        Value::Mask(a) => {
+            b.push(1);
+            shape3(&mut b, a.shape());
+            b.extend(a.iter().copied());
+        }
+        Value::Labels(a) => {
+            b.push(2);
+            shape3(&mut b, a.shape());
+            a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+        }
+        Value::Image(d) => match d {
+            Data::U8(a) => {
+                b.push(3);
+                shape3(&mut b, a.shape());
+                b.extend(a.iter().copied());
+            }
+            Data::U16(a) => {
+                b.push(4);
+                shape3(&mut b, a.shape());
+                a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+            Data::U32(a) => {
+                b.push(5);
+                shape3(&mut b, a.shape());
+                a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+            Data::F32(a) => {
+                b.push(6);
+                shape3(&mut b, a.shape());
+                a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+            Data::Rgb8(a) => {
+                b.push(7);
+                shape3(&mut b, a.shape());
+                b.extend(a.iter().copied());
+            }
+            Data::Rgb16(a) => {
+                b.push(8);
+                shape3(&mut b, a.shape());
+                a.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
+        },
+        Value::Table(t) => {
+            b.push(9);
+            put_u64(&mut b, t.columns.len() as u64);
+            for (name, col, unit) in &t.columns {
+                put_str(&mut b, name);
+                match unit {
+                    Some(u) => {
+                        b.push(1);
+                        put_str(&mut b, u);
+                    }
+                    None => b.push(0),
+                }
+                put_u64(&mut b, col.len() as u64);
+                match col {
+                    Column::U32(v) => {
+                        b.push(1);
+                        v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+                    }
+                    Column::U64(v) => {
+                        b.push(2);
+                        v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+                    }
+                    Column::F64(v) => {
+                        b.push(3);
+                        v.iter().for_each(|x| b.extend_from_slice(&x.to_bits().to_le_bytes()));
+                    }
+                    Column::Bool(v) => {
+                        b.push(4);
+                        b.extend(v.iter().map(|&x| x as u8));
+                    }
+                    Column::Str(v) => {
+                        b.push(5);
+                        v.iter().for_each(|s| put_str(&mut b, s));
+                    }
+                }
+            }
+        }
+    }
+    b
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u64()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn shape(&mut self, n: usize) -> Option<Vec<usize>> {
+        (0..n).map(|_| self.u64().map(|v| v as usize)).collect()
+    }
+    fn les<const W: usize, T>(&mut self, n: usize, f: fn([u8; W]) -> T) -> Option<Vec<T>> {
+        let raw = self.take(n.checked_mul(W)?)?;
+        Some(raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunk"))).collect())
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Value> {
+    let mut r = Reader { b: payload, at: 0 };
+    let tag = r.u8()?;
+    let v = match tag {
+        1..=6 => {
+            let s = r.shape(3)?;
+            let sh = (s[0], s[1], s[2]);
+            let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            match tag {
+                1 => Value::Mask(Array3::from_shape_vec(sh, r.take(n)?.to_vec()).ok()?),
+                2 => Value::Labels(Array3::from_shape_vec(sh, r.les(n, u32::from_le_bytes)?).ok()?),
+                3 => Value::Image(Data::U8(Array3::from_shape_vec(sh, r.take(n)?.to_vec()).ok()?)),
+                4 => Value::Image(Data::U16(Array3::from_shape_vec(sh, r.les(n, u16::from_le_bytes)?).ok()?)),
+                5 => Value::Image(Data::U32(Array3::from_shape_vec(sh, r.les(n, u32::from_le_bytes)?).ok()?)),
+                _ => Value::Image(Data::F32(Array3::from_shape_vec(sh, r.les(n, f32::from_le_bytes)?).ok()?)),
+            }
+        }
+        7 | 8 => {
+            let s = r.shape(4)?;
+            let sh = (s[0], s[1], s[2], s[3]);
+            let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            if tag == 7 {
+                Value::Image(Data::Rgb8(Array4::from_shape_vec(sh, r.take(n)?.to_vec()).ok()?))
+            } else {
+                Value::Image(Data::Rgb16(Array4::from_shape_vec(sh, r.les(n, u16::from_le_bytes)?).ok()?))
+            }
+        }
+        9 => {
+            let ncol = r.u64()? as usize;
+            let mut t = Table::default();
+            for _ in 0..ncol {
+                let name = r.string()?;
+                let unit = match r.u8()? {
+                    1 => Some(r.string()?),
+                    _ => None,
+                };
+                let n = r.u64()? as usize;
+                let col = match r.u8()? {
+                    1 => Column::U32(r.les(n, u32::from_le_bytes)?),
+                    2 => Column::U64(r.les(n, u64::from_le_bytes)?),
+                    3 => Column::F64(r.les(n, u64::from_le_bytes)?.into_iter().map(f64::from_bits).collect()),
+                    4 => Column::Bool(r.take(n)?.iter().map(|&x| x != 0).collect()),
+                    5 => Column::Str((0..n).map(|_| r.string()).collect::<Option<Vec<_>>>()?),
+                    _ => return None,
+                };
+                t.columns.push((name, col, unit));
+            }
+            Value::Table(t)
+        }
+        _ => return None,
+    };
+    (r.at == payload.len()).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> Vec<Value> {
+        let mut t = Table::default();
+        t.push("label", Column::U32(vec![1, 2]), None);
+        t.push("volume", Column::F64(vec![f64::NAN, 2.5]), Some("um^3".into()));
+        t.push("n", Column::U64(vec![7, u64::MAX]), None);
+        t.push("edge", Column::Bool(vec![true, false]), None);
+        t.push("sample", Column::Str(vec!["a".into(), "bé".into()]), None);
+        vec![
+            Value::Mask(Array3::from_shape_fn((2, 3, 4), |(z, y, x)| ((z + y + x) % 2) as u8)),
+            Value::Labels(Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 100_000 + y * 7 + x) as u32)),
+            Value::Image(Data::U8(Array3::from_shape_fn((1, 2, 3), |(_, y, x)| (y * 3 + x) as u8))),
+            Value::Image(Data::U16(Array3::from_shape_fn((2, 2, 2), |(z, y, x)| (z * 4000 + y * 2 + x) as u16))),
+            Value::Image(Data::U32(Array3::from_elem((1, 1, 3), 4_000_000_000))),
+            Value::Image(Data::F32(Array3::from_shape_fn(
+                (2, 2, 3),
+                |(z, y, x)| if x == 1 { f32::NAN } else { z as f32 - y as f32 * 0.1 },
+            ))),
+            Value::Image(Data::Rgb8(Array4::from_shape_fn((1, 2, 2, 3), |(_, y, x, c)| (y * 6 + x * 3 + c) as u8))),
+            Value::Image(Data::Rgb16(Array4::from_elem((1, 1, 2, 3), 60_000))),
+            Value::Table(t),
+            Value::Table(Table::default()),
+        ]
+    }
+
+    fn same(a: &Value, b: &Value) -> bool {
+        encode(a) == encode(b)
+    }
+
+    #[test]
+    fn checkpoints_round_trip_every_value_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        for (i, v) in values().iter().enumerate() {
+            let key = format!("{i:02}{}", "ab".repeat(31));
+            assert!(!s.has(&key));
+            s.save(&key, v).unwrap();
+            assert!(s.has(&key));
+            let back = s.load(&key).expect("verifies");
+            assert!(same(v, &back), "value {i}");
+        }
+        assert_eq!(s.keys().len(), values().len());
+    }
+
+    #[test]
+    fn corrupt_or_truncated_checkpoints_are_dropped_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        let v = &values()[1];
+        for (i, damage) in ["flip", "truncate", "extend", "header"].iter().enumerate() {
+            let key = format!("{i:02}{}", "cd".repeat(31));
+            s.save(&key, v).unwrap();
+            let p = s.ckpt_path(&key);
+            let mut b = std::fs::read(&p).unwrap();
+            match *damage {
+                "flip" => {
+                    let n = b.len() - 5;
+                    b[n] ^= 0x40;
+                }
+                "truncate" => b.truncate(b.len() - 3),
+                "extend" => b.push(0),
+                _ => b[2] = b'X',
+            }
+            std::fs::write(&p, &b).unwrap();
+            assert!(s.load(&key).is_none(), "{damage}");
+            assert!(!p.exists(), "{damage}: the bad checkpoint is removed");
+        }
+    }
+
+    #[test]
+    fn keys_change_with_every_part() {
+        let base = || KeyParts {
+            tessera: "0.1.0",
+            op: "gaussian",
+            op_version: 1,
+            params: serde_json::json!({"sigma": 1.0}),
+            inputs: vec!["file:abc".into()],
+            spacing: [1.0, 0.5, 0.5],
+            unit: "um",
+            ndim: 3,
+        };
+        let k = stage_key(&base());
+        let variants = [
+            KeyParts { tessera: "0.1.1", ..base() },
+            KeyParts { op_version: 2, ..base() },
+            KeyParts { params: serde_json::json!({"sigma": 1.5}), ..base() },
+            KeyParts { inputs: vec!["file:abd".into()], ..base() },
+            KeyParts { spacing: [1.0, 0.5, 0.6], ..base() },
+            KeyParts { unit: "nm", ..base() },
+            KeyParts { ndim: 2, ..base() },
+        ];
+        for v in &variants {
+            assert_ne!(stage_key(v), k);
+        }
+        assert_eq!(stage_key(&base()), k);
+    }
+
+    #[test]
+    fn locks_exclude_live_processes_and_take_over_dead_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        let l = s.lock("a").unwrap();
+        let held = s.lock("a").unwrap_err();
+        assert_eq!(held.pid, std::process::id());
+        drop(l);
+        let l2 = s.lock("a").unwrap();
+        drop(l2);
+        // A lock left by a process that no longer exists.
+        std::fs::write(s.root.join("locks/b.lock"), format!("{} {}\n", u32::MAX - 7, host())).unwrap();
+        assert!(s.lock("b").is_ok());
+    }
+}

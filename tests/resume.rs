@@ -1,0 +1,252 @@
+//! Checkpoints and resumption with real faults: re-runs that do nothing, parameter changes that
+//! recompute only what depends on them, corrupted checkpoints, deleted outputs, SIGKILL at random
+//! moments, two runs on one folder, and a full filesystem. Every recovered output folder must be
+//! byte-identical to an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()).output().expect("run tessera")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+fn run(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never"];
+    args.extend_from_slice(extra);
+    tessera(&args)
+}
+
+/// Every file under `dir` except run.json and .tessera/, relative path → bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if name != ".tessera" {
+                    stack.push(p);
+                }
+            } else if name != "run.json" {
+                v.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn assert_same(a: &Path, b: &Path, what: &str) {
+    let (fa, fb) = (files(a), files(b));
+    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb), "{what}: different files");
+    for ((p, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{what}: {} differs", p.display());
+    }
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
+}
+
+fn checkpoints(out: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for d in std::fs::read_dir(out.join(".tessera/ckpt")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            v.push(f.path());
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A fresh, uninterrupted run of the example to compare against.
+fn reference(tmp: &Path) -> PathBuf {
+    let r = tmp.join("reference");
+    assert_eq!(run(&r, &[]).status.code(), Some(0));
+    r
+}
+
+#[test]
+fn rerun_does_nothing_and_a_parameter_change_recomputes_only_what_depends_on_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let o = run(&out, &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["up_to_date"], 0);
+    let before = files(&out);
+    let o = run(&out, &[]);
+    assert!(text(&o.stdout).starts_with("3 samples up to date"), "{}", text(&o.stdout));
+    let o = run(&out, &["--json"]);
+    assert_eq!(json(&o)["up_to_date"], 3);
+    assert!(files(&out) == before, "a no-op re-run changed the outputs");
+
+    // min_size of `nuclei` changes: `filled` (and what it needs) comes from checkpoints.
+    let text_p = std::fs::read_to_string(root().join("pipelines/nuclei.yaml")).unwrap();
+    let changed = text_p.replace("min_size: 10", "min_size: 30");
+    assert_ne!(changed, text_p, "the example pipeline has min_size: 10");
+    let p2 = root().join("pipelines").join(format!(".resume-test-{}.yaml", std::process::id()));
+    std::fs::write(&p2, &changed).unwrap();
+    let o = tessera(&["run", p2.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"]);
+    let fresh = tmp.path().join("fresh");
+    let o2 = tessera(&["run", p2.to_str().unwrap(), "--out", fresh.to_str().unwrap(), "--progress", "never"]);
+    std::fs::remove_file(&p2).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(o2.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    for s in report["samples"].as_array().unwrap() {
+        assert_eq!(s["reused_stages"], serde_json::json!(["filled"]), "{s}");
+        let timed: Vec<&String> = s["stage_seconds"].as_object().unwrap().keys().collect();
+        assert_eq!(timed, vec!["nuclei", "shape"], "only the label and measure stages ran: {s}");
+    }
+    assert_same(&out, &fresh, "after a parameter change");
+    // --force recomputes everything and still gives the same bytes.
+    let o = tessera(&["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--force", "--json"]);
+    assert_eq!(json(&o)["up_to_date"], 0);
+    assert_same(&out, &reference(tmp.path()), "after --force");
+}
+
+#[test]
+fn corrupt_checkpoints_and_deleted_outputs_are_recomputed_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    assert_eq!(run(&out, &[]).status.code(), Some(0));
+    let ck = checkpoints(&out);
+    assert!(ck.len() >= 12, "every stage of every sample is checkpointed: {}", ck.len());
+    // Flip one byte in the middle of every checkpoint, truncate one, and delete label images.
+    for (k, p) in ck.iter().enumerate() {
+        let mut b = std::fs::read(p).unwrap();
+        if k == 0 {
+            b.truncate(b.len() / 2);
+        } else {
+            let n = b.len() / 2 + k % 7;
+            b[n] ^= 0x5a;
+        }
+        std::fs::write(p, b).unwrap();
+    }
+    for s in ["nuclei2d", "neuron3d", "nuclei3d"] {
+        std::fs::remove_file(out.join("samples").join(s).join("nuclei.tif")).unwrap();
+    }
+    // And an output altered in place: its hash no longer matches the record.
+    let mask = out.join("samples/nuclei2d/mask.tif");
+    let mut b = std::fs::read(&mask).unwrap();
+    let n = b.len() - 10;
+    b[n] ^= 1;
+    std::fs::write(&mask, b).unwrap();
+    let o = run(&out, &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["up_to_date"], 0);
+    assert_same(&out, &reference(tmp.path()), "after corruption");
+    // The damaged checkpoints were replaced by good ones: the next run has nothing to do.
+    assert_eq!(json(&run(&out, &["--json"]))["up_to_date"], 3);
+}
+
+#[test]
+fn sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = reference(tmp.path());
+    let out = tmp.path().join("killed");
+    // Deterministic "random" delays spread over a run's length (~0.1-0.4 s with one thread).
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    for _ in 0..10 {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let delay = Duration::from_millis(5 + s % 300);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--threads", "1"])
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 3, "only {kills} runs were killed mid-way");
+    let o = run(&out, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_same(&out, &reference, "after SIGKILLs");
+    // No temporary files were left where users look.
+    assert!(files(&out).iter().all(|(p, _)| !p.to_string_lossy().contains(".tmp")), "temporary files left");
+}
+
+#[test]
+fn two_runs_on_one_folder_at_once_finish_with_correct_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("shared");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--threads", "2"])
+            .current_dir(root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    assert_eq!(b.status.code(), Some(0), "{}", text(&b.stderr));
+    assert_same(&out, &reference(tmp.path()), "two concurrent runs");
+    assert_eq!(std::fs::read_dir(out.join(".tessera/locks")).unwrap().count(), 0, "locks left behind");
+}
+
+#[test]
+fn a_full_filesystem_is_a_clear_error_and_nothing_half_written_is_accepted_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // A 640 KiB tmpfs: enough for some outputs and checkpoints, not all.
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=640k", "tmpfs", mnt.to_str().unwrap()]).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "this test needs to mount a tmpfs (run as root, as CI does)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let out = mnt.join("o");
+    let o = run(&out, &[]);
+    assert_eq!(o.status.code(), Some(1), "stdout {}\nstderr {}", text(&o.stdout), text(&o.stderr));
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
+    let all = format!("{errors}{}", text(&o.stderr));
+    assert!(all.contains("No space left on device"), "{all}");
+    // Space comes back (the outputs move to a roomy disk): the re-run completes and matches.
+    let roomy = tmp.path().join("roomy");
+    copy_dir(&out, &roomy);
+    drop(_guard);
+    let o = run(&roomy, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!roomy.join("errors.csv").exists());
+    assert_same(&roomy, &reference(tmp.path()), "after ENOSPC");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let dst = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+}
