@@ -3,6 +3,11 @@
 use clap::Parser;
 
 fn main() {
+    // Like other Unix tools, end quietly when stdout is closed early (`tessera ops | head`).
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match tessera::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -250,3 +250,68 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn status_shows_done_failed_and_missing_and_clean_keeps_what_is_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&root().join("testdata"), &data);
+    std::fs::write(data.join("m.csv"), "sample,image\ngood,nuclei3d.tif\nbad,bad/truncated.tif\nalso,neuron3d.tif\n").unwrap();
+    let out = tmp.path().join("o");
+    let manifest = data.join("m.csv");
+    let go = |pipeline: &str| {
+        tessera(&["run", pipeline, "--samples", manifest.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"])
+    };
+    assert_eq!(go("pipelines/nuclei.yaml").status.code(), Some(1));
+    let o = tessera(&["status", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o.stdout);
+    assert!(t.contains("3 samples: 2 done, 1 failed, 0 missing"), "{t}");
+    assert!(t.contains("stage 'input'") && t.contains("truncated"), "{t}");
+    let o = tessera(&["status", out.to_str().unwrap(), "--json"]);
+    let j = json(&o);
+    assert_eq!(j["samples"][0]["stages"]["shape"], "done");
+    assert_eq!(j["samples"][1]["status"], "failed");
+    // The bad file is fixed: only that sample runs.
+    std::fs::copy(data.join("nuclei2d.tif"), data.join("bad/truncated.tif")).unwrap();
+    let o = tessera(&[
+        "run",
+        "pipelines/nuclei.yaml",
+        "--samples",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--progress",
+        "never",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["up_to_date"], 2);
+    assert_eq!(tessera(&["status", out.to_str().unwrap()]).status.code(), Some(0));
+    // A parameter change leaves the old checkpoints unreferenced; clean removes just those.
+    let changed = root().join("pipelines").join(format!(".clean-test-{}.yaml", std::process::id()));
+    std::fs::write(&changed, std::fs::read_to_string(root().join("pipelines/nuclei.yaml")).unwrap().replace("sigma: 1.0", "sigma: 1.5"))
+        .unwrap();
+    let o = go(changed.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let before = checkpoints(&out).len();
+    let o = tessera(&["clean", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(text(&o.stdout).starts_with("removed 15 unreferenced checkpoint files"), "{}", text(&o.stdout));
+    assert_eq!(checkpoints(&out).len(), before - 15);
+    let o = tessera(&[
+        "run",
+        changed.to_str().unwrap(),
+        "--samples",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--progress",
+        "never",
+        "--json",
+    ]);
+    std::fs::remove_file(&changed).unwrap();
+    assert_eq!(json(&o)["up_to_date"], 3, "clean kept what the current run uses");
+    assert!(tessera(&["clean", out.to_str().unwrap(), "--all"]).status.success());
+    assert!(!out.join(".tessera").exists());
+}

@@ -3,6 +3,7 @@
 //! an exit code (SPEC §1: 0 done, 1 some samples failed, 2 nothing ran).
 
 mod render;
+mod status;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// List the ops, or document one op's parameters.
     Ops(OpsArgs),
+    /// Show which samples and stages of an output folder are done, failed or missing.
+    Status(StatusArgs),
+    /// Remove checkpoints no sample uses any more (or all of them with --all).
+    Clean(CleanArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -83,6 +88,24 @@ pub struct RunArgs {
     /// Keep no checkpoints, records or locks in DIR/.tessera (nothing is resumed or skipped).
     #[arg(long)]
     pub no_checkpoint: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The output folder of a run.
+    pub dir: PathBuf,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// The output folder of a run.
+    pub dir: PathBuf,
+    /// Remove every checkpoint and record (DIR/.tessera): the next run recomputes everything.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +182,8 @@ pub fn main_with(cli: Cli) -> i32 {
         Command::Validate(a) => cmd_validate(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Ops(a) => cmd_ops(a),
+        Command::Status(a) => status::cmd_status(&a.dir, a.json),
+        Command::Clean(a) => status::cmd_clean(&a.dir, a.all),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "tessera", &mut std::io::stdout());

@@ -359,7 +359,7 @@ fn up_to_date(
     out: &Path,
 ) -> Option<Vec<(usize, crate::table::Table)>> {
     let want: std::collections::BTreeMap<String, String> = plan.stages.iter().zip(keys).map(|(st, k)| (st.id.clone(), k.clone())).collect();
-    if rec.stages != want {
+    if rec.stages != want || rec.failed.is_some() {
         return None;
     }
     let files: Vec<String> = plan.outputs.iter().flat_map(|(i, _)| output_files(plan, row, *i)).collect();
@@ -413,6 +413,18 @@ fn finish_sample(
     mut res: SampleResult,
 ) -> SampleResult {
     if res.status != Status::Done {
+        // How far it got, for `tessera status` (never taken as up to date).
+        if cfg.checkpoints {
+            let rec = SampleRecord {
+                sample: row.id.clone(),
+                stages: plan.stages.iter().zip(keys).map(|(st, k)| (st.id.clone(), k.clone())).collect(),
+                outputs: Default::default(),
+                objects: Default::default(),
+                streamed: res.streamed,
+                failed: Some((res.failed_stage.clone().unwrap_or_default(), res.error.clone().unwrap_or_default())),
+            };
+            let _ = store.write_record(&rec);
+        }
         return res;
     }
     let seen: std::collections::BTreeMap<String, u64> = res.objects.iter().cloned().collect();
@@ -452,6 +464,7 @@ fn finish_sample(
         outputs,
         objects: res.objects.iter().cloned().collect(),
         streamed: res.streamed,
+        failed: None,
     };
     if let Err(e) = store.write_record(&rec) {
         return res.fail("output", format!("writing the sample's record: {e}"));

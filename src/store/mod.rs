@@ -65,6 +65,9 @@ pub struct SampleRecord {
     /// Labels stage → object count.
     pub objects: BTreeMap<String, u64>,
     pub streamed: bool,
+    /// When the sample failed: the stage and the error (the record then only says how far it got).
+    #[serde(default)]
+    pub failed: Option<(String, String)>,
 }
 
 /// Why a lock could not be taken.

@@ -1,0 +1,176 @@
+//! `tessera status DIR` and `tessera clean DIR`: what an output folder holds, and tidying its
+//! checkpoints. Both read only the folder: `run.json`, the per-sample records and the
+//! checkpoint store ([`crate::store`]).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use crate::store::{SampleRecord, Store};
+
+/// One sample's state in an output folder.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SampleState {
+    pub sample: String,
+    /// done, failed, missing.
+    pub status: &'static str,
+    /// Stage id → done (a checkpoint or the sample's outputs), failed, missing.
+    pub stages: Vec<(String, &'static str)>,
+    pub error: Option<String>,
+}
+
+/// The state of every sample the last run knew of.
+pub fn states(out: &Path) -> Result<(serde_json::Value, Vec<SampleState>), String> {
+    let run_json = out.join("run.json");
+    let text = std::fs::read_to_string(&run_json)
+        .map_err(|e| format!("{}: {e} (is this a tessera output folder? `tessera run` writes run.json)", run_json.display()))?;
+    let run: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", run_json.display()))?;
+    let store = Store::new(out);
+    let records: BTreeMap<String, SampleRecord> = store.records().into_iter().map(|r| (r.sample.clone(), r)).collect();
+    let stage_ids = stage_ids(&run);
+    let mut v = Vec::new();
+    for s in run["samples"].as_array().cloned().unwrap_or_default() {
+        let id = s["sample"].as_str().unwrap_or("").to_string();
+        let rec = records.get(&id);
+        let outputs_present =
+            |r: &SampleRecord| !r.outputs.is_empty() && r.outputs.keys().all(|f| out.join(f).is_file()) || r.outputs.is_empty();
+        let (status, error) = match (rec, s["status"].as_str()) {
+            (Some(r), _) if r.failed.is_none() && outputs_present(r) => ("done", None),
+            (Some(r), _) if r.failed.is_some() => ("failed", r.failed.as_ref().map(|(st, e)| format!("stage '{st}': {e}"))),
+            (None, Some("failed")) => {
+                ("failed", Some(format!("stage '{}': {}", s["failed_stage"].as_str().unwrap_or("?"), s["error"].as_str().unwrap_or(""))))
+            }
+            // A run with --no-checkpoint leaves no records: trust run.json.
+            (None, Some("done")) if !store.root().join("samples").exists() => ("done", None),
+            _ => ("missing", None),
+        };
+        let failed_stage = rec
+            .and_then(|r| r.failed.as_ref().map(|(st, _)| st.clone()))
+            .or_else(|| (status == "failed").then(|| s["failed_stage"].as_str().unwrap_or("").to_string()));
+        let stages = stage_ids
+            .iter()
+            .map(|st| {
+                let state = if failed_stage.as_deref() == Some(st.as_str()) {
+                    "failed"
+                } else if status == "done" || rec.and_then(|r| r.stages.get(st)).is_some_and(|k| store.has(k)) {
+                    "done"
+                } else {
+                    "missing"
+                };
+                (st.clone(), state)
+            })
+            .collect();
+        v.push(SampleState { sample: id, status, stages, error });
+    }
+    Ok((run, v))
+}
+
+/// Stage ids in plan order, from the pipeline text in run.json.
+fn stage_ids(run: &serde_json::Value) -> Vec<String> {
+    let text = run["pipeline"]["text"].as_str().unwrap_or("");
+    let file = run["pipeline"]["file"].as_str().unwrap_or("pipeline.yaml");
+    let (spec, _) = crate::spec::parse_str(Path::new(file), text.to_string());
+    let Some(spec) = spec else { return Vec::new() };
+    match crate::plan::compile(spec, None, None) {
+        (Some(plan), _) => plan.stages.iter().map(|s| s.id.clone()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn cmd_status(out: &Path, json: bool) -> i32 {
+    let (run, states) = match states(out) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let count = |k: &str| states.iter().filter(|s| s.status == k).count();
+    let (done, failed, missing) = (count("done"), count("failed"), count("missing"));
+    if json {
+        let v = serde_json::json!({
+            "out": out.display().to_string(),
+            "pipeline": run["pipeline"]["name"],
+            "done": done, "failed": failed, "missing": missing,
+            "samples": states.iter().map(|s| serde_json::json!({
+                "sample": s.sample, "status": s.status, "error": s.error,
+                "stages": s.stages.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let mut so = std::io::stdout().lock();
+        let hash = run["pipeline"]["hash"].as_str().unwrap_or("");
+        let _ = writeln!(
+            so,
+            "{}: pipeline '{}' ({}), {} samples: {done} done, {failed} failed, {missing} missing",
+            out.display(),
+            run["pipeline"]["name"].as_str().unwrap_or("?"),
+            &hash[..hash.len().min(16)],
+            states.len()
+        );
+        let w = states.iter().map(|s| s.sample.len()).max().unwrap_or(6).max(6);
+        for s in &states {
+            let stages: Vec<String> = s
+                .stages
+                .iter()
+                .map(|(id, st)| {
+                    let mark = match *st {
+                        "done" => "✓",
+                        "failed" => "✗",
+                        _ => "·",
+                    };
+                    format!("{id} {mark}")
+                })
+                .collect();
+            let _ = writeln!(so, "  {:<w$}  {:<7}  {}", s.sample, s.status, stages.join("  "));
+            if let Some(e) = &s.error {
+                let _ = writeln!(so, "  {:<w$}           {e}", "");
+            }
+        }
+        let _ = writeln!(so, "(✓ done or checkpointed, ✗ failed here, · not computed)");
+        if failed + missing > 0 {
+            let _ = writeln!(so, "`tessera run` again to compute only the failed and missing samples.");
+        }
+    }
+    if failed + missing > 0 { 1 } else { 0 }
+}
+
+pub fn cmd_clean(out: &Path, all: bool) -> i32 {
+    let store = Store::new(out);
+    if !store.root().exists() {
+        println!("{}: no checkpoints", out.display());
+        return 0;
+    }
+    if all {
+        let bytes = dir_size(store.root());
+        if let Err(e) = std::fs::remove_dir_all(store.root()) {
+            eprintln!("error: {}: {e}", store.root().display());
+            return 1;
+        }
+        println!("removed {} ({}); the next run recomputes every sample", store.root().display(), crate::util::human_bytes(bytes));
+        return 0;
+    }
+    let records = store.records();
+    let referenced: std::collections::BTreeSet<&String> = records.iter().flat_map(|r| r.stages.values()).collect();
+    let stale: Vec<String> = store.keys().into_iter().filter(|k| !referenced.contains(k)).collect();
+    let kept = store.keys().len() - stale.len();
+    let (n, bytes) = store.remove(&stale);
+    println!(
+        "removed {n} unreferenced checkpoint file{} ({}); kept {kept} used by {} sample{}",
+        if n == 1 { "" } else { "s" },
+        crate::util::human_bytes(bytes),
+        records.len(),
+        if records.len() == 1 { "" } else { "s" }
+    );
+    0
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| if e.path().is_dir() { dir_size(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+        .sum()
+}
