@@ -315,3 +315,57 @@ fn status_shows_done_failed_and_missing_and_clean_keeps_what_is_used() {
     assert!(tessera(&["clean", out.to_str().unwrap(), "--all"]).status.success());
     assert!(!out.join(".tessera").exists());
 }
+
+#[test]
+fn streamed_samples_resume_from_stage_checkpoints_after_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["run", "testdata/stream/chain.yaml", "testdata/bone3d.tif", "testdata/nuclei3d.tif", "--progress", "never", "--out"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        v.push(out.to_str().unwrap().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let reference = tmp.path().join("whole");
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).args(args(&reference, &[])).current_dir(root()).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let out = tmp.path().join("streamed");
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut kills = 0;
+    for _ in 0..8 {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args(&out, &["--memory", "150KiB", "--threads", "1"]))
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + s % 700));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 3, "only {kills} runs were killed mid-way");
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args(&out, &["--memory", "150KiB", "--json"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_same(&out, &reference, "streamed, killed and resumed");
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args(&out, &["--memory", "150KiB", "--json"]))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(json(&o)["up_to_date"], 2, "a finished streamed run is up to date");
+    assert!(!out.join(".tessera/spill").exists(), "spill files left behind");
+}

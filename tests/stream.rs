@@ -74,6 +74,8 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
     let sample_dir = dir.join(format!("out{thick}"));
     let paths = vec![source.to_path_buf()];
     let headers = vec![header];
+    let keys = vec![String::new(); plan.stages.len()];
+    let valid = vec![false; plan.stages.len()];
     let s = Streamed {
         plan,
         bound: &bound,
@@ -88,6 +90,10 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
         sample_dir: sample_dir.clone(),
         compression: Compression::None,
         slab: Some(thick),
+        checkpoints: None,
+        keys: &keys,
+        valid: &valid,
+        force: false,
     };
     if let Some((_, why)) = not_streamable(&s) {
         prop_assert!(why.contains("li on a float image"), "{why}");
@@ -102,6 +108,7 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
             Ok(())
         },
         &mut objects,
+        &mut Vec::new(),
         &mut Vec::new(),
     )
     .map_err(|(i, e)| TestCaseError::fail(format!("streamed run failed at {}: {e}", plan.stages[i].id)))?;

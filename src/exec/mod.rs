@@ -224,7 +224,8 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         .collect();
     let need = stream::whole_run_bytes(plan, &bound, &headers);
     if need > cfg.memory {
-        let res = run_streamed(plan, row, cfg, &bound, &paths, &headers, need, res);
+        let ck = cfg.checkpoints.then_some(&store);
+        let res = run_streamed(plan, row, cfg, &bound, &paths, &headers, need, (ck, &keys, &valid), res);
         return finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res);
     }
     // Backward from what must exist (outputs to write, tables to merge): reuse a verified
@@ -482,6 +483,7 @@ fn run_streamed(
     paths: &[PathBuf],
     headers: &[io::Header],
     need: u64,
+    (checkpoints, keys, valid): (Option<&Store>, &[String], &[bool]),
     mut res: SampleResult,
 ) -> SampleResult {
     let ndim = headers[0].ndim;
@@ -503,6 +505,10 @@ fn run_streamed(
         sample_dir: sample_dir.clone(),
         compression: plan.spec.compression,
         slab: None,
+        checkpoints,
+        keys,
+        valid,
+        force: cfg.force,
     };
     if let Some((i, why)) = stream::not_streamable(&s) {
         let stage = plan.stages.get(i).map(|s| s.id.clone()).unwrap_or_else(|| "input".into());
@@ -521,13 +527,22 @@ fn run_streamed(
     let mut timings = Vec::new();
     let r = {
         let res_ref = &mut res;
+        let mut reused = Vec::new();
         let mut sink = |i: usize, value: &Value| -> Result<(), String> {
             match plan.outputs.iter().find(|(o, _)| *o == i) {
+                Some((_, _)) if valid[i] => {
+                    if let Value::Table(t) = value {
+                        res_ref.tables.push((i, t.for_sample(&row.id, &row.meta)));
+                    }
+                    Ok(())
+                }
                 Some((_, formats)) => write_output(&sample_dir, &plan.stages[i].id, value, formats, ndim, &spacing, plan, row, res_ref, i),
                 None => Ok(()),
             }
         };
-        stream::evaluate_streamed(&s, &mut sink, &mut objects, &mut timings)
+        let r = stream::evaluate_streamed(&s, &mut sink, &mut objects, &mut timings, &mut reused);
+        res_ref.reused = reused;
+        r
     };
     res.objects = objects;
     res.timings = timings;

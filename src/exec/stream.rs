@@ -55,13 +55,30 @@ pub struct Streamed<'a> {
     pub compression: Compression,
     /// Force this slab thickness (tests); otherwise it follows `memory`.
     pub slab: Option<usize>,
+    /// The checkpoint store (none with `--no-checkpoint`): finished stage values that later
+    /// stages read are kept there, and taken from there on a re-run.
+    pub checkpoints: Option<&'a crate::store::Store>,
+    /// Per stage: its checkpoint key (used with `checkpoints`).
+    pub keys: &'a [String],
+    /// Per stage: its output files from the last run are current (not rewritten).
+    pub valid: &'a [bool],
+    /// Ignore existing checkpoints.
+    pub force: bool,
 }
 
 /// A full-size value on disk, read by plane ranges.
 #[derive(Debug, Clone)]
 enum Store {
-    Source { path: PathBuf, dtype: DType },
-    Spill { path: PathBuf, elem: Elem },
+    Source {
+        path: PathBuf,
+        dtype: DType,
+    },
+    /// `owned`: a temporary spill, removed once no later stage reads it (otherwise a checkpoint).
+    Spill {
+        path: PathBuf,
+        elem: Elem,
+        owned: bool,
+    },
 }
 
 /// The element type of a spill file.
@@ -81,6 +98,27 @@ impl Elem {
             Value::Image(_) => Err("colour images are not streamed".into()),
             Value::Table(_) => Err("internal: a table is not spilled".into()),
         }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Elem::Mask => "mask",
+            Elem::Labels => "labels",
+            Elem::Image(DType::U8) => "u8",
+            Elem::Image(DType::U16) => "u16",
+            Elem::Image(DType::U32) => "u32",
+            Elem::Image(_) => "f32",
+        }
+    }
+    fn parse(s: &str) -> Option<Elem> {
+        Some(match s {
+            "mask" => Elem::Mask,
+            "labels" => Elem::Labels,
+            "u8" => Elem::Image(DType::U8),
+            "u16" => Elem::Image(DType::U16),
+            "u32" => Elem::Image(DType::U32),
+            "f32" => Elem::Image(DType::F32),
+            _ => return None,
+        })
     }
     fn bytes(self) -> usize {
         match self {
@@ -125,7 +163,7 @@ impl Store {
             Store::Source { path, .. } => {
                 io::read_planes(path, z0, z1, ReadLimits { max_bytes: u64::MAX }).map(Value::Image).map_err(|e| e.to_string())
             }
-            Store::Spill { path, elem } => {
+            Store::Spill { path, elem, .. } => {
                 let n = (z1 - z0) * plane.0 * plane.1;
                 let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 f.seek(SeekFrom::Start((z0 * plane.0 * plane.1 * elem.bytes()) as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -148,6 +186,8 @@ struct Spill {
     path: PathBuf,
     w: BufWriter<File>,
     elem: Option<Elem>,
+    hash: blake3::Hasher,
+    bytes: u64,
 }
 
 impl Spill {
@@ -155,17 +195,32 @@ impl Spill {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("{name}.raw"));
         let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Spill { path, w: BufWriter::with_capacity(1 << 20, f), elem: None })
+        Ok(Spill { path, w: BufWriter::with_capacity(1 << 20, f), elem: None, hash: blake3::Hasher::new(), bytes: 0 })
     }
     fn append(&mut self, v: &Value) -> Result<(), String> {
         let e = Elem::of(v)?;
         self.elem.get_or_insert(e);
-        self.w.write_all(&raw_bytes(v)).map_err(|e| format!("{}: {e}", self.path.display()))
+        let raw = raw_bytes(v);
+        self.hash.update(&raw);
+        self.bytes += raw.len() as u64;
+        self.w.write_all(&raw).map_err(|e| format!("{}: {e}", self.path.display()))
     }
-    fn finish(mut self) -> Result<Store, String> {
+    /// The finished spill: a checkpoint of `key` when there is a store, a temporary otherwise.
+    fn finish(mut self, ck: Option<&crate::store::Store>, key: &str) -> Result<Store, String> {
         self.w.flush().map_err(|e| format!("{}: {e}", self.path.display()))?;
         let elem = self.elem.ok_or_else(|| format!("{}: nothing was spilled", self.path.display()))?;
-        Ok(Store::Spill { path: self.path, elem })
+        match ck {
+            Some(store) => {
+                let meta = crate::store::RawMeta {
+                    elem: elem.name().into(),
+                    bytes: self.bytes,
+                    blake3: self.hash.finalize().to_hex().to_string(),
+                };
+                let path = store.adopt_raw(key, &self.path, &meta)?;
+                Ok(Store::Spill { path, elem, owned: false })
+            }
+            None => Ok(Store::Spill { path: self.path, elem, owned: true }),
+        }
     }
 }
 
@@ -196,8 +251,9 @@ pub fn evaluate_streamed(
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
     objects: &mut Vec<(String, u64)>,
     timings: &mut Vec<(String, f64)>,
+    reused: &mut Vec<String>,
 ) -> Result<(), (usize, String)> {
-    let r = run(s, sink, objects, timings);
+    let r = run(s, sink, objects, timings, reused);
     let _ = std::fs::remove_dir_all(&s.spill_dir);
     // And `spill/` and `.tessera/` when nothing else is in them (other samples may be running).
     if let Some(parent) = s.spill_dir.parent() {
@@ -279,6 +335,7 @@ fn run(
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
     objects: &mut Vec<(String, u64)>,
     timings: &mut Vec<(String, f64)>,
+    reused: &mut Vec<String>,
 ) -> Result<(), (usize, String)> {
     if let Some(e) = not_streamable(s) {
         return Err(e);
@@ -294,6 +351,46 @@ fn run(
     let outputs_of = |i: usize| plan.outputs.iter().find(|(o, _)| *o == i).map(|(_, f)| f.clone()).unwrap_or_default();
     let sources: Vec<Store> = s.paths.iter().zip(s.headers).map(|(p, h)| Store::Source { path: p.clone(), dtype: h.dtype }).collect();
     let mut stores: Vec<Option<Store>> = vec![None; n];
+    // Backward from what must exist (output files to rewrite, tables to merge): a value later
+    // stages read comes from a verified checkpoint when there is one, else it is computed.
+    let ck = s.checkpoints;
+    let mut compute = vec![false; n];
+    let mut required = vec![false; n];
+    let mut preset: Vec<Option<Value>> = vec![None; n];
+    for (i, _) in &plan.outputs {
+        if !s.valid[*i] {
+            compute[*i] = true;
+        } else if plan.stages[*i].kind == Kind::Table {
+            required[*i] = true;
+        }
+    }
+    for i in (0..n).rev() {
+        if !compute[i] && !required[i] {
+            continue;
+        }
+        if !compute[i] {
+            let reuse = ck.filter(|_| !s.force);
+            if plan.stages[i].kind == Kind::Table {
+                if let Some(v @ Value::Table(_)) = reuse.and_then(|c| c.load(&s.keys[i])) {
+                    preset[i] = Some(v);
+                    continue;
+                }
+            } else if let Some((path, meta)) = reuse.and_then(|c| c.raw(&s.keys[i]))
+                && let Some(elem) = Elem::parse(&meta.elem)
+            {
+                stores[i] = Some(Store::Spill { path, elem, owned: false });
+                reused.push(plan.stages[i].id.clone());
+                continue;
+            }
+            compute[i] = true;
+        }
+        for j in reads(i) {
+            required[j] = true;
+        }
+    }
+    reused.reverse();
+    // A computed stage's value is spilled when a later computed stage reads it.
+    let spilled = |k: usize| (k + 1..n).any(|m| compute[m] && reads(m).contains(&k));
     let store_of = |stores: &Vec<Option<Store>>, r: &Ref| -> Store {
         match r {
             Ref::Source(k) => sources[*k].clone(),
@@ -303,6 +400,9 @@ fn run(
     let open_outputs = |i: usize, dtype: DType| -> Result<Vec<Out>, String> {
         let st = &plan.stages[i];
         let mut v = Vec::new();
+        if s.valid[i] {
+            return Ok(v);
+        }
         for f in outputs_of(i) {
             let path = s.sample_dir.join(format!("{}.{}", st.id, f.ext()));
             let sp = Spacing { zyx: s.spacing.zyx, unit: s.spacing.unit.clone() };
@@ -349,9 +449,17 @@ fn run(
     while i < n {
         let t0 = Instant::now();
         let st = &plan.stages[i];
+        if !compute[i] {
+            if let Some(v) = preset[i].take() {
+                sink(i, &v).map_err(|e| (i, e))?;
+            }
+            i += 1;
+            continue;
+        }
         let mut group = Group { stages: Vec::new(), halos: Vec::new() };
         let mut j = i;
         while j < n
+            && compute[j]
             && let Some(h) = local_halo(s, j)
         {
             group.stages.push(j);
@@ -377,7 +485,8 @@ fn run(
                 }
                 feeds.push(f);
             }
-            let keep: Vec<bool> = group.stages.iter().map(|&k| last_use[k] > last || !outputs_of(k).is_empty() || k == last).collect();
+            let keep: Vec<bool> =
+                group.stages.iter().map(|&k| spilled(k) || (!outputs_of(k).is_empty() && !s.valid[k]) || k == last).collect();
             let down = group.downstream(&reads);
             let halo = group.total_halo(&down)[0];
             let bpv = feed_stores.iter().map(Store::bytes_per_voxel).sum::<u64>()
@@ -425,7 +534,7 @@ fn run(
             for (p, (sp, o)) in spills.into_iter().zip(outs).enumerate() {
                 let k = group.stages[p];
                 if let Some(sp) = sp {
-                    stores[k] = Some(sp.finish().map_err(|e| (k, e))?);
+                    stores[k] = Some(sp.finish(ck, &s.keys[k]).map_err(|e| (k, e))?);
                 }
                 finish_out(o).map_err(|e| (k, e))?;
             }
@@ -449,7 +558,7 @@ fn run(
                         Ok(())
                     })
                     .map_err(fail)?;
-                    let mut spill = if last_use[i] > i { Some(Spill::create(&s.spill_dir, &st.id).map_err(fail)?) } else { None };
+                    let mut spill = if spilled(i) { Some(Spill::create(&s.spill_dir, &st.id).map_err(fail)?) } else { None };
                     let mut outs = open_outputs(i, DType::U8).map_err(fail)?;
                     for (z0, z1) in slabs(nz, thick) {
                         let Value::Image(d) = input.read(z0, z1, plane).map_err(fail)? else {
@@ -462,7 +571,7 @@ fn run(
                         write_out(&mut outs, &m, false).map_err(fail)?;
                     }
                     if let Some(sp) = spill {
-                        stores[i] = Some(sp.finish().map_err(fail)?);
+                        stores[i] = Some(sp.finish(ck, &s.keys[i]).map_err(fail)?);
                     }
                     finish_out(outs).map_err(fail)?;
                 }
@@ -478,7 +587,7 @@ fn run(
                         };
                         prov.append(&Value::Labels(labeller.add(&m).map_err(fail)?)).map_err(fail)?;
                     }
-                    let prov = prov.finish().map_err(fail)?;
+                    let prov = prov.finish(None, "").map_err(fail)?;
                     let (min, max) = l.size_range();
                     let (remap, count) = labeller.resolve(min, max);
                     objects.push((st.id.clone(), count as u64));
@@ -491,24 +600,36 @@ fn run(
                         .write(true)
                         .open(prov_path)
                         .map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
+                    let keep = spilled(i);
+                    let mut hash = blake3::Hasher::new();
                     for (z0, z1) in slabs(nz, thick) {
                         let Value::Labels(p) = prov.read(z0, z1, plane).map_err(fail)? else {
                             return Err(fail("internal: provisional labels".into()));
                         };
                         let v = Value::Labels(p.mapv(|x| remap[x as usize]));
-                        if last_use[i] > i {
+                        if keep {
+                            let raw = raw_bytes(&v);
+                            hash.update(&raw);
                             rw.seek(SeekFrom::Start((z0 * ny * nx * 4) as u64))
                                 .map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
-                            rw.write_all(&raw_bytes(&v)).map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
+                            rw.write_all(&raw).map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
                         }
                         write_out(&mut outs, &v, u16_labels).map_err(fail)?;
                     }
                     rw.flush().map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
                     drop(rw);
-                    if last_use[i] > i {
-                        stores[i] = Some(prov.clone());
-                    } else {
+                    if !keep {
                         let _ = std::fs::remove_file(prov_path);
+                    } else if let Some(store) = ck {
+                        let meta = crate::store::RawMeta {
+                            elem: Elem::Labels.name().into(),
+                            bytes: (nz * ny * nx * 4) as u64,
+                            blake3: hash.finalize().to_hex().to_string(),
+                        };
+                        let path = store.adopt_raw(&s.keys[i], prov_path, &meta).map_err(fail)?;
+                        stores[i] = Some(Store::Spill { path, elem: Elem::Labels, owned: false });
+                    } else {
+                        stores[i] = Some(prov.clone());
                     }
                     finish_out(outs).map_err(fail)?;
                 }
@@ -550,8 +671,11 @@ fn run(
                         }
                     }
                     let names: Vec<&str> = m.intensity.keys().map(String::as_str).collect();
-                    let table = acc.finish(&names, [nz, ny, nx], &ctx_of(s, i));
-                    sink(i, &Value::Table(table)).map_err(fail)?;
+                    let table = Value::Table(acc.finish(&names, [nz, ny, nx], &ctx_of(s, i)));
+                    if let Some(store) = ck {
+                        store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
+                    }
+                    sink(i, &table).map_err(fail)?;
                 }
                 other => return Err(fail(format!("internal: `{other}` is not streamed"))),
             }
@@ -560,7 +684,7 @@ fn run(
         // Spill files no later stage reads are removed as soon as possible.
         for (k, store) in stores.iter_mut().enumerate().take(i + 1) {
             if last_use[k] <= i
-                && let Some(Store::Spill { path, .. }) = store.take()
+                && let Some(Store::Spill { path, owned: true, .. }) = store.take()
             {
                 let _ = std::fs::remove_file(path);
             }

@@ -70,6 +70,16 @@ pub struct SampleRecord {
     pub failed: Option<(String, String)>,
 }
 
+/// What a raw checkpoint file holds (kept beside it as `<key>.rawmeta`): streamed stage values
+/// are too large to copy into the checkpoint format, so their spill files are adopted as they are.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RawMeta {
+    /// `mask`, `labels`, `u8`, `u16`, `u32` or `f32`.
+    pub elem: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
 /// Why a lock could not be taken.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
@@ -124,7 +134,40 @@ impl Store {
 
     /// Whether a checkpoint file exists for `key` (not verified).
     pub fn has(&self, key: &str) -> bool {
-        self.ckpt_path(key).is_file()
+        self.ckpt_path(key).is_file() || self.ckpt_path(key).with_extension("raw").is_file()
+    }
+
+    /// Moves a finished raw value file (a streamed stage's spill) into the store as the checkpoint
+    /// of `key`; returns its new path.
+    pub fn adopt_raw(&self, key: &str, file: &Path, meta: &RawMeta) -> Result<PathBuf, String> {
+        let raw = self.ckpt_path(key).with_extension("raw");
+        if let Some(dir) = raw.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::rename(file, &raw).map_err(|e| format!("checkpoint {}: {e}", raw.display()))?;
+        let text = serde_json::to_string(meta).map_err(|e| e.to_string())?;
+        let m = raw.with_extension("rawmeta");
+        crate::util::write_atomic(&m, text.as_bytes()).map_err(|e| format!("checkpoint {}: {e}", m.display()))?;
+        Ok(raw)
+    }
+
+    /// The raw checkpoint of `key`, verified (size and blake3 of the whole file); a bad one is
+    /// removed and `None` returned.
+    pub fn raw(&self, key: &str) -> Option<(PathBuf, RawMeta)> {
+        let raw = self.ckpt_path(key).with_extension("raw");
+        let m = raw.with_extension("rawmeta");
+        let meta: Option<RawMeta> = std::fs::read_to_string(&m).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let ok = meta.filter(|meta| {
+            std::fs::metadata(&raw).is_ok_and(|md| md.len() == meta.bytes) && file_hash(&raw).is_ok_and(|h| h == meta.blake3)
+        });
+        match ok {
+            Some(meta) => Some((raw, meta)),
+            None => {
+                let _ = std::fs::remove_file(&raw);
+                let _ = std::fs::remove_file(&m);
+                None
+            }
+        }
     }
 
     /// Saves a stage value under `key` (temporary file, then rename).
@@ -210,7 +253,7 @@ impl Store {
         for d in std::fs::read_dir(self.root.join("ckpt")).into_iter().flatten().flatten() {
             for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
                 let name = f.file_name().to_string_lossy().into_owned();
-                if let Some(k) = name.strip_suffix(".ckpt") {
+                if let Some(k) = name.strip_suffix(".ckpt").or_else(|| name.strip_suffix(".raw")) {
                     v.push(k.to_string());
                 }
             }
@@ -224,9 +267,12 @@ impl Store {
         let (mut n, mut bytes) = (0, 0);
         for k in keys {
             let p = self.ckpt_path(k);
-            bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-            if std::fs::remove_file(&p).is_ok() {
-                n += 1;
+            for p in [p.clone(), p.with_extension("raw"), p.with_extension("rawmeta")] {
+                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                if std::fs::remove_file(&p).is_ok() {
+                    bytes += len;
+                    n += p.extension().is_some_and(|e| e != "rawmeta") as usize;
+                }
             }
         }
         for d in std::fs::read_dir(self.root.join("ckpt")).into_iter().flatten().flatten() {
