@@ -257,8 +257,9 @@ def main():
         text = open(os.path.join(ROOT, "BENCHMARKS.md")).read() if os.path.exists(os.path.join(ROOT, "BENCHMARKS.md")) else ""
         head = "# Benchmarks\n\nMade by `bash bench/run.sh` (bench/bench.py); ratio = peer time / tessera time.\n\n"
         body = f"## {time.strftime('%Y-%m-%d')} ({host}; {vers})\n\n{table}\n"
-        open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(head + body)
-        del text
+        # Keep the out-of-core sections bench/big.py appended (they take much longer to make).
+        kept = text[text.index("\n### Out of core"):] if "\n### Out of core" in text else ""
+        open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(head + body + kept)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,9 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     let compute = reuse.compute.clone();
     let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
         let st = &plan.stages[i];
-        if compute[i] && cfg.checkpoints {
+        // Global stages and tables are checkpointed; local stages are cheaper to recompute from
+        // their inputs than to write and verify (a re-run recomputes them when needed).
+        if compute[i] && cfg.checkpoints && (st.halo == crate::ops::Halo::Global || st.kind == Kind::Table) {
             store.save(&keys[i], value).map_err(|e| format!("writing a checkpoint: {e}"))?;
         }
         if let Value::Labels(l) = value {

@@ -170,20 +170,29 @@ impl Store {
         }
     }
 
-    /// Saves a stage value under `key` (temporary file, then rename).
+    /// Saves a stage value under `key` (temporary file, then rename). Arrays are hashed and
+    /// written straight from their memory, without an encoded copy.
     pub fn save(&self, key: &str, v: &Value) -> Result<(), String> {
         let path = self.ckpt_path(key);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let payload = encode(v);
+        let parts = payload_parts(v);
+        let mut h = blake3::Hasher::new();
+        let mut len = 0u64;
+        for p in &parts {
+            h.update(p);
+            len += p.len() as u64;
+        }
         let tmp = crate::util::tmp_sibling(&path);
         let r = (|| -> std::io::Result<()> {
             let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
             f.write_all(MAGIC)?;
-            f.write_all(&(payload.len() as u64).to_le_bytes())?;
-            f.write_all(blake3::hash(&payload).as_bytes())?;
-            f.write_all(&payload)?;
+            f.write_all(&len.to_le_bytes())?;
+            f.write_all(h.finalize().as_bytes())?;
+            for p in &parts {
+                f.write_all(p)?;
+            }
             f.flush()
         })();
         if let Err(e) = r {
@@ -329,6 +338,48 @@ fn put_u64(b: &mut Vec<u8>, v: u64) {
 fn put_str(b: &mut Vec<u8>, s: &str) {
     put_u64(b, s.len() as u64);
     b.extend_from_slice(s.as_bytes());
+}
+
+/// The little-endian bytes of a slice of plain numbers, borrowed where the machine is
+/// little-endian.
+fn le_bytes<T: Copy, const W: usize>(s: &[T], to_le: fn(T) -> [u8; W]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: T is a plain number type of W bytes (u16/u32/f32); any byte pattern is a valid
+        // u8 and u8 has alignment 1, so viewing the slice's memory as bytes is sound.
+        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) })
+    } else {
+        std::borrow::Cow::Owned(s.iter().flat_map(|&x| to_le(x)).collect())
+    }
+}
+
+/// The checkpoint payload of a value as pieces: a small header, then the array's bytes
+/// (borrowed from the array when it is in standard layout) — the same bytes [`encode`] gives.
+fn payload_parts(v: &Value) -> Vec<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    let head = |tag: u8, shape: &[usize]| {
+        let mut b = vec![tag];
+        for &d in shape {
+            put_u64(&mut b, d as u64);
+        }
+        Cow::Owned(b)
+    };
+    macro_rules! arr {
+        ($tag:expr, $a:expr, $conv:expr) => {
+            match $a.as_slice() {
+                Some(sl) => vec![head($tag, $a.shape()), le_bytes(sl, $conv)],
+                None => vec![Cow::Owned(encode(v))],
+            }
+        };
+    }
+    match v {
+        Value::Mask(a) => arr!(1, a, |x: u8| [x]),
+        Value::Labels(a) => arr!(2, a, u32::to_le_bytes),
+        Value::Image(Data::U8(a)) => arr!(3, a, |x: u8| [x]),
+        Value::Image(Data::U16(a)) => arr!(4, a, u16::to_le_bytes),
+        Value::Image(Data::U32(a)) => arr!(5, a, u32::to_le_bytes),
+        Value::Image(Data::F32(a)) => arr!(6, a, f32::to_le_bytes),
+        _ => vec![Cow::Owned(encode(v))],
+    }
 }
 
 fn encode(v: &Value) -> Vec<u8> {
@@ -551,6 +602,19 @@ mod tests {
             assert!(same(v, &back), "value {i}");
         }
         assert_eq!(s.keys().len(), values().len());
+    }
+
+    #[test]
+    fn borrowed_payload_equals_the_encoding() {
+        for v in values() {
+            let parts: Vec<u8> = payload_parts(&v).iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(parts, encode(&v));
+        }
+        // A non-standard layout (a transposed view made owned keeps its strides).
+        let t = Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 12 + y * 4 + x) as u32).reversed_axes();
+        let v = Value::Labels(t);
+        let parts: Vec<u8> = payload_parts(&v).iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(parts, encode(&v));
     }
 
     #[test]
