@@ -348,7 +348,7 @@ fn output_valid(plan: &Plan, rec: &SampleRecord, row: &SampleRow, i: usize, key:
     let files = output_files(plan, row, i);
     !files.is_empty()
         && rec.stages.get(&plan.stages[i].id).map(String::as_str) == Some(key)
-        && files.iter().all(|f| rec.outputs.get(f).is_some_and(|h| crate::store::file_hash(&out.join(f)).ok().as_ref() == Some(h)))
+        && files.iter().all(|f| rec.outputs.get(f).is_some_and(|h| crate::store::file_fingerprint(&out.join(f)).ok().as_ref() == Some(h)))
 }
 
 /// The merged-table inputs of a sample whose last run is still valid: same stage keys, the same
@@ -453,7 +453,7 @@ fn finish_sample(
             let old_hash = old.filter(|_| valid[*i]).and_then(|r| r.outputs.get(&f).cloned());
             let h = match old_hash {
                 Some(h) => h,
-                None => match crate::store::file_hash(&cfg.out.join(&f)) {
+                None => match crate::store::file_fingerprint(&cfg.out.join(&f)) {
                     Ok(h) => h,
                     Err(e) => return res.fail("output", format!("{f}: {e}")),
                 },

@@ -11,7 +11,7 @@
 //! outputs users read are.
 //!
 //! A sample's record (`samples/<sample>.json`) is written after all its outputs, atomically, and
-//! lists the stage keys and the blake3 of every output file: a re-run skips a sample whose record
+//! lists the stage keys and the fingerprint (size, modification time) of every output file: a re-run skips a sample whose record
 //! matches and whose outputs verify. Per-sample locks (`locks/<sample>.lock`, holding the pid and
 //! host) keep two runs on one folder from working on one sample at once; a lock whose process is
 //! gone is taken over.
@@ -60,7 +60,7 @@ pub struct SampleRecord {
     pub sample: String,
     /// Stage id → key.
     pub stages: BTreeMap<String, String>,
-    /// Output file (relative to the output folder) → blake3 of its bytes.
+    /// Output file (relative to the output folder) → its [`file_fingerprint`].
     pub outputs: BTreeMap<String, String>,
     /// Labels stage → object count.
     pub objects: BTreeMap<String, u64>,
@@ -105,6 +105,15 @@ impl Drop for Lock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// An output file's fingerprint for the sample record: its size and modification time in
+/// nanoseconds (what make and cargo trust). Any rewrite, truncation or in-place edit changes it;
+/// hashing every output on every run would cost more than the checkpoints themselves.
+pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    let md = std::fs::metadata(path)?;
+    let t = md.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    Ok(format!("{}:{t}", md.len()))
 }
 
 /// blake3 of a file's bytes.
