@@ -122,7 +122,7 @@ fn corrupt_checkpoints_and_deleted_outputs_are_recomputed_not_trusted() {
     let out = tmp.path().join("o");
     assert_eq!(run(&out, &[]).status.code(), Some(0));
     let ck = checkpoints(&out);
-    assert!(ck.len() >= 12, "every global stage of every sample is checkpointed: {}", ck.len());
+    assert_eq!(ck.len(), 6, "filled and shape of every sample are checkpointed (mask and nuclei are their own TIFF outputs)");
     // Flip one byte in the middle of every checkpoint, truncate one, and delete label images.
     for (k, p) in ck.iter().enumerate() {
         let mut b = std::fs::read(p).unwrap();
@@ -323,8 +323,8 @@ fn status_shows_done_failed_and_missing_and_clean_keeps_what_is_used() {
     let before = checkpoints(&out).len();
     let o = tessera(&["clean", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(text(&o.stdout).starts_with("removed 12 unreferenced checkpoint files"), "{}", text(&o.stdout));
-    assert_eq!(checkpoints(&out).len(), before - 12);
+    assert!(text(&o.stdout).starts_with("removed 6 unreferenced checkpoint files"), "{}", text(&o.stdout));
+    assert_eq!(checkpoints(&out).len(), before - 6);
     let o = tessera(&[
         "run",
         changed.to_str().unwrap(),
@@ -406,4 +406,24 @@ fn streamed_samples_resume_from_stage_checkpoints_after_sigkill() {
         .unwrap();
     assert_eq!(json(&o)["up_to_date"], 2, "a finished streamed run is up to date");
     assert!(!out.join(".tessera/spill").exists(), "spill files left behind");
+}
+
+#[test]
+fn verified_outputs_serve_as_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    assert_eq!(run(&out, &[]).status.code(), Some(0));
+    // No checkpoint files at all: the label TIFFs (and masks) of the last run must serve.
+    std::fs::remove_dir_all(out.join(".tessera/ckpt")).unwrap();
+    let p = root().join("pipelines").join(format!(".outputs-test-{}.yaml", std::process::id()));
+    let text_p = std::fs::read_to_string(root().join("pipelines/nuclei.yaml")).unwrap();
+    std::fs::write(&p, text_p.replace("intensity: {raw: image}", "intensity: {raw: image, sm: smooth}")).unwrap();
+    let o = tessera(&["run", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"]);
+    let fresh = tmp.path().join("fresh");
+    let o2 = tessera(&["run", p.to_str().unwrap(), "--out", fresh.to_str().unwrap(), "--progress", "never"]);
+    std::fs::remove_file(&p).unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(o2.status.code(), Some(0));
+    assert!(text(&o.stdout).contains("(from checkpoints: nuclei)"), "{}", text(&o.stdout));
+    assert_same(&out, &fresh, "labels read back from their TIFF");
 }

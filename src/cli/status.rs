@@ -32,10 +32,9 @@ pub fn states(out: &Path) -> Result<(serde_json::Value, Vec<SampleState>), Strin
     for s in run["samples"].as_array().cloned().unwrap_or_default() {
         let id = s["sample"].as_str().unwrap_or("").to_string();
         let rec = records.get(&id);
-        let outputs_present =
-            |r: &SampleRecord| !r.outputs.is_empty() && r.outputs.keys().all(|f| out.join(f).is_file()) || r.outputs.is_empty();
+        let outputs_present = |r: &SampleRecord| r.outputs.keys().all(|f| out.join(f).is_file());
         let (status, error) = match (rec, s["status"].as_str()) {
-            (Some(r), _) if r.failed.is_none() && outputs_present(r) => ("done", None),
+            (Some(r), _) if r.complete && r.failed.is_none() && outputs_present(r) => ("done", None),
             (Some(r), _) if r.failed.is_some() => ("failed", r.failed.as_ref().map(|(st, e)| format!("stage '{st}': {e}"))),
             (None, Some("failed")) => {
                 ("failed", Some(format!("stage '{}': {}", s["failed_stage"].as_str().unwrap_or("?"), s["error"].as_str().unwrap_or(""))))
@@ -52,7 +51,10 @@ pub fn states(out: &Path) -> Result<(serde_json::Value, Vec<SampleState>), Strin
             .map(|st| {
                 let state = if failed_stage.as_deref() == Some(st.as_str()) {
                     "failed"
-                } else if status == "done" || rec.and_then(|r| r.stages.get(st)).is_some_and(|k| store.has(k)) {
+                } else if status == "done"
+                    || rec.and_then(|r| r.stages.get(st)).is_some_and(|k| store.has(k))
+                    || rec.is_some_and(|r| r.outputs.keys().any(|f| f.starts_with(&format!("samples/{id}/{st}."))))
+                {
                     "done"
                 } else {
                     "missing"

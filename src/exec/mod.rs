@@ -242,7 +242,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         }
         if cfg.checkpoints
             && !cfg.force
-            && let Some(v) = store.load(&keys[i])
+            && let Some(v) = store.load(&keys[i]).or_else(|| if valid[i] { read_back(plan, &bound, row, i, &cfg.out) } else { None })
         {
             reuse.preset[i] = Some(v);
             res.reused.push(plan.stages[i].id.clone());
@@ -269,11 +269,31 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     }
     let opts = EvalOpts { tile: cfg.tile, memory: cfg.memory, threads: cfg.threads, keep_all: false };
     let compute = reuse.compute.clone();
+    let partial = std::cell::RefCell::new(SampleRecord {
+        sample: row.id.clone(),
+        stages: plan.stages.iter().zip(&keys).map(|(st, k)| (st.id.clone(), k.clone())).collect(),
+        outputs: old
+            .as_ref()
+            .map(|r| r.outputs.iter().filter(|(f, _)| (0..n).any(|i| valid[i] && output_files(plan, row, i).contains(f))))
+            .into_iter()
+            .flatten()
+            .map(|(f, h)| (f.clone(), h.clone()))
+            .collect(),
+        objects: Default::default(),
+        streamed: false,
+        failed: None,
+        complete: false,
+    });
     let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
         let st = &plan.stages[i];
         // Global stages and tables are checkpointed; local stages are cheaper to recompute from
-        // their inputs than to write and verify (a re-run recomputes them when needed).
-        if compute[i] && cfg.checkpoints && (st.halo == crate::ops::Halo::Global || st.kind == Kind::Table) {
+        // their inputs than to write and verify, and a stage written as TIFF/npy is its own
+        // checkpoint (read back exactly on a re-run).
+        if compute[i]
+            && cfg.checkpoints
+            && (st.halo == crate::ops::Halo::Global || st.kind == Kind::Table)
+            && voxel_output(plan, i).is_none()
+        {
             store.save(&keys[i], value).map_err(|e| format!("writing a checkpoint: {e}"))?;
         }
         if let Value::Labels(l) = value {
@@ -286,6 +306,15 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                 }
             } else {
                 write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
+                if cfg.checkpoints {
+                    // What is finished survives a crash: the outputs so far, in a partial record.
+                    let mut p = partial.borrow_mut();
+                    for f in output_files(plan, row, i) {
+                        let fp = crate::store::file_fingerprint(&cfg.out.join(&f)).map_err(|e| format!("{f}: {e}"))?;
+                        p.outputs.insert(f, fp);
+                    }
+                    store.write_record(&p)?;
+                }
             }
         }
         Ok(())
@@ -334,6 +363,30 @@ pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: 
     keys
 }
 
+/// The TIFF or `.npy` output format of stage `i`, if it has one (such a file holds the value
+/// exactly, so it doubles as the stage's checkpoint).
+fn voxel_output(plan: &Plan, i: usize) -> Option<Format> {
+    plan.outputs.iter().filter(|(o, _)| *o == i).flat_map(|(_, fs)| fs.iter().copied()).find(|f| matches!(f, Format::Tiff | Format::Npy))
+}
+
+/// Stage `i`'s value read back from its (verified) TIFF/npy output: masks from 0/255, labels
+/// from u16/u32, images as written. `None` if there is no such output or it does not fit.
+fn read_back(plan: &Plan, bound: &Bound, row: &SampleRow, i: usize, out: &Path) -> Option<Value> {
+    let f = voxel_output(plan, i)?;
+    let path = out.join("samples").join(&row.id).join(format!("{}.{}", plan.stages[i].id, f.ext()));
+    let data = io::read_image(&path, ReadLimits { max_bytes: u64::MAX }).ok()?.data;
+    if data.shape() != bound.metas[i].shape {
+        return None;
+    }
+    match (plan.stages[i].kind, data) {
+        (Kind::Mask, Data::U8(a)) => Some(Value::Mask(a.mapv(|v| (v != 0) as u8))),
+        (Kind::Labels, Data::U16(a)) => Some(Value::Labels(a.mapv(u32::from))),
+        (Kind::Labels, Data::U32(a)) => Some(Value::Labels(a)),
+        (Kind::Image, d) if Some(d.dtype()) == bound.metas[i].dtype => Some(Value::Image(d)),
+        _ => None,
+    }
+}
+
 /// The output files of stage `i` for a sample, relative to the output folder.
 fn output_files(plan: &Plan, row: &SampleRow, i: usize) -> Vec<String> {
     plan.outputs
@@ -362,7 +415,7 @@ fn up_to_date(
     out: &Path,
 ) -> Option<Vec<(usize, crate::table::Table)>> {
     let want: std::collections::BTreeMap<String, String> = plan.stages.iter().zip(keys).map(|(st, k)| (st.id.clone(), k.clone())).collect();
-    if rec.stages != want || rec.failed.is_some() {
+    if rec.stages != want || rec.failed.is_some() || !rec.complete {
         return None;
     }
     let files: Vec<String> = plan.outputs.iter().flat_map(|(i, _)| output_files(plan, row, *i)).collect();
@@ -425,6 +478,7 @@ fn finish_sample(
                 objects: Default::default(),
                 streamed: res.streamed,
                 failed: Some((res.failed_stage.clone().unwrap_or_default(), res.error.clone().unwrap_or_default())),
+                complete: false,
             };
             let _ = store.write_record(&rec);
         }
@@ -468,6 +522,7 @@ fn finish_sample(
         objects: res.objects.iter().cloned().collect(),
         streamed: res.streamed,
         failed: None,
+        complete: true,
     };
     if let Err(e) = store.write_record(&rec) {
         return res.fail("output", format!("writing the sample's record: {e}"));

@@ -68,6 +68,10 @@ pub struct SampleRecord {
     /// When the sample failed: the stage and the error (the record then only says how far it got).
     #[serde(default)]
     pub failed: Option<(String, String)>,
+    /// Every output was written. A record written while the sample runs lists the outputs
+    /// finished so far (they count as checkpoints after a crash) and is not complete.
+    #[serde(default)]
+    pub complete: bool,
 }
 
 /// What a raw checkpoint file holds (kept beside it as `<key>.rawmeta`): streamed stage values
