@@ -427,3 +427,15 @@ fn verified_outputs_serve_as_checkpoints() {
     assert!(text(&o.stdout).contains("(from checkpoints: nuclei)"), "{}", text(&o.stdout));
     assert_same(&out, &fresh, "labels read back from their TIFF");
 }
+
+#[test]
+fn plan_out_shows_hits_and_misses_per_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let plan = || text(&tessera(&["plan", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap()]).stdout);
+    assert!(plan().contains("nuclei2d  smooth miss  mask miss  filled miss  nuclei miss  shape miss"), "{}", plan());
+    assert_eq!(run(&out, &[]).status.code(), Some(0));
+    assert!(plan().contains("neuron3d  smooth hit  mask hit  filled hit  nuclei hit  shape hit"), "{}", plan());
+    std::fs::remove_file(out.join("samples/nuclei2d/nuclei.tif")).unwrap();
+    assert!(plan().contains("nuclei2d  smooth miss  mask hit  filled hit  nuclei miss  shape hit"), "{}", plan());
+}

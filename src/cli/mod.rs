@@ -133,6 +133,13 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: PlanFormat,
+    /// An output folder: also show, per sample and stage, whether a run into it would find the
+    /// stage stored (hit: a checkpoint or a current output) or compute it (miss).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Samples for --out (default: the pipeline's `samples:`).
+    #[arg(long, value_name = "MANIFEST.csv")]
+    pub samples: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -298,9 +305,39 @@ fn cmd_plan(a: PlanArgs) -> i32 {
                 PlanFormat::Json => serde_json::to_string_pretty(&plan::render::json(&p)).unwrap_or_default() + "\n",
             };
             print!("{s}");
-            0
+            match &a.out {
+                Some(out) => plan_hits(&a, &p, out),
+                None => 0,
+            }
         }
     }
+}
+
+/// `tessera plan --out DIR`: hit or miss per sample and stage.
+fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
+    let Some(mpath) = a.samples.clone().or_else(|| default_manifest(&a.pipeline)) else {
+        eprintln!("error: --out needs samples: give --samples MANIFEST.csv or `samples:` in the pipeline");
+        return 2;
+    };
+    let manifest = match read_manifest(&mpath) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let mut so = std::io::stdout().lock();
+    let _ = writeln!(so, "in {} (hit: stored and reused; miss: computed when needed):", out.display());
+    let w = manifest.rows.iter().map(|r| r.id.len()).max().unwrap_or(6);
+    for row in &manifest.rows {
+        match crate::exec::stage_hits(p, row, &manifest, out) {
+            Ok(hits) => {
+                let cols: Vec<String> = hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
+                let _ = writeln!(so, "  {:<w$}  {}", row.id, cols.join("  "));
+            }
+            Err(e) => {
+                let _ = writeln!(so, "  {:<w$}  cannot plan: {e}", row.id);
+            }
+        }
+    }
+    0
 }
 
 /// `tessera ops` text.

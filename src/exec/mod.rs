@@ -332,6 +332,34 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res)
 }
 
+/// What a run into `out` would find for one sample, per stage: `true` when the stage's value
+/// is stored (a checkpoint, or a current output file) or the whole sample is up to date.
+/// `Err` says why the sample cannot be planned (a missing or unreadable input, a bind error).
+pub fn stage_hits(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path) -> Result<Vec<(String, bool)>, String> {
+    if let Some(p) = &row.problem {
+        return Err(p.clone());
+    }
+    let paths = source_paths(plan, row, manifest)?;
+    let headers: Vec<io::Header> = paths.iter().map(|p| io::read_header(p).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let bound = plan.bind(row, &headers).map_err(|e| e.issue.message)?;
+    let hashes: Vec<String> = paths.iter().map(|p| io::hash_input(p).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let ndim = headers[0].ndim;
+    let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
+    let keys = stage_keys(plan, &bound, &hashes, &spacing, ndim);
+    let store = Store::new(out);
+    let rec = store.record(&row.id);
+    let current = rec.as_ref().is_some_and(|r| up_to_date(plan, &store, row, r, &keys, out).is_some());
+    Ok(plan
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let hit = current || store.has(&keys[i]) || rec.as_ref().is_some_and(|r| output_valid(plan, r, row, i, &keys[i], out));
+            (st.id.clone(), hit)
+        })
+        .collect())
+}
+
 /// Every stage's checkpoint key for one sample (SPEC §5: what can change a stage's output).
 pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: &Spacing, ndim: u8) -> Vec<String> {
     let mut keys: Vec<String> = Vec::with_capacity(plan.stages.len());
