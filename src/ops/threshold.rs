@@ -145,7 +145,7 @@ pub fn otsu(data: &Data, nbins: usize) -> Result<f64, String> {
         Data::U8(a) => int_hist(a.iter().map(|&v| v as u32)),
         Data::U16(a) => int_hist(a.iter().map(|&v| v as u32)),
         Data::U32(a) => int_hist(a.iter().copied()),
-        Data::F32(a) => float_hist(a.iter().copied(), nbins),
+        Data::F32(a) => float_hist_arr(a, nbins),
         Data::Rgb8(_) | Data::Rgb16(_) => return Err("otsu: RGB input".into()),
     };
     let first_number = match data {
@@ -279,7 +279,7 @@ pub fn triangle(data: &Data, nbins: usize) -> Result<f64, String> {
         }
         None => match data {
             Data::F32(a) => {
-                let (h, c) = float_hist(a.iter().copied(), nbins);
+                let (h, c) = float_hist_arr(a, nbins);
                 (h, c, a.iter().next().map(|&v| v as f64))
             }
             _ => return Err("triangle: RGB input".into()),
@@ -512,6 +512,41 @@ fn float_hist(values: impl Iterator<Item = f32> + Clone, nbins: usize) -> (Vec<u
     (counts, bins.centers())
 }
 
+/// [`float_hist`] of an array, in parallel over chunks when it is contiguous: the range is a
+/// min/max reduction and the bins are integer counts, so the result is the sequential one.
+fn float_hist_arr(a: &Array3<f32>, nbins: usize) -> (Vec<u64>, Vec<f64>) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 18;
+    let Some(v) = a.as_slice() else { return float_hist(a.iter().copied(), nbins) };
+    let none = (f32::INFINITY, f32::NEG_INFINITY);
+    let (lo, hi) = v
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().filter(|x| x.is_finite()).fold(none, |(l, h), &x| (l.min(x), h.max(x))))
+        .reduce(|| none, |(a, b), (c, d)| (a.min(c), b.max(d)));
+    if lo > hi {
+        return (Vec::new(), Vec::new());
+    }
+    if lo == hi {
+        return (vec![1], vec![lo as f64]);
+    }
+    let bins = FloatBins::new(lo, hi, nbins);
+    let counts = v
+        .par_chunks(CHUNK)
+        .map(|c| {
+            let mut k = vec![0u64; nbins];
+            bins.count(c.iter().copied(), &mut k);
+            k
+        })
+        .reduce(
+            || vec![0u64; nbins],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    (counts, bins.centers())
+}
+
 fn otsu_from_hist(counts: &[u64], centers: &[f64], float_centers: bool) -> f64 {
     let n = counts.len();
     let c32: Vec<f32> = counts.iter().map(|&c| c as f32).collect();
@@ -568,6 +603,25 @@ fn otsu_from_hist(counts: &[u64], centers: &[f64], float_centers: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_float_histogram_equals_sequential() {
+        let a = Array3::from_shape_fn((9, 70, 130), |(z, y, x)| {
+            let v = ((z * 7919 + y * 104_729 + x * 1_299_709) % 100_003) as f32 / 37.0 - 900.0;
+            if x == 5 && y == 3 {
+                f32::NAN
+            } else if x == 6 && y == 3 {
+                f32::INFINITY
+            } else {
+                v
+            }
+        });
+        for nbins in [2, 17, 256] {
+            assert_eq!(float_hist_arr(&a, nbins), float_hist(a.iter().copied(), nbins), "{nbins} bins");
+        }
+        let c = Array3::from_elem((2, 3, 4), 1.5f32);
+        assert_eq!(float_hist_arr(&c, 256), float_hist(c.iter().copied(), 256));
+    }
 
     #[test]
     fn otsu_on_a_bimodal_literal() {
