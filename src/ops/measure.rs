@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::Array3;
+use ndarray::{Array3, ArrayView3, s};
 use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
@@ -199,14 +199,46 @@ enum ImageAcc {
     Colour,
 }
 
-impl ImageAcc {
-    fn new(d: &Data) -> ImageAcc {
+/// A view of a slab of an intensity image.
+#[derive(Clone)]
+enum DView<'a> {
+    U8(ArrayView3<'a, u8>),
+    U16(ArrayView3<'a, u16>),
+    U32(ArrayView3<'a, u32>),
+    F32(ArrayView3<'a, f32>),
+    Colour,
+}
+
+impl<'a> DView<'a> {
+    fn of(d: &'a Data) -> DView<'a> {
         match d {
-            Data::U8(_) | Data::U16(_) | Data::U32(_) => {
+            Data::U8(a) => DView::U8(a.view()),
+            Data::U16(a) => DView::U16(a.view()),
+            Data::U32(a) => DView::U32(a.view()),
+            Data::F32(a) => DView::F32(a.view()),
+            Data::Rgb8(_) | Data::Rgb16(_) => DView::Colour,
+        }
+    }
+    /// Planes `a..b`.
+    fn planes(&self, a: usize, b: usize) -> DView<'a> {
+        match self {
+            DView::U8(v) => DView::U8((*v).slice_move(s![a..b, .., ..])),
+            DView::U16(v) => DView::U16((*v).slice_move(s![a..b, .., ..])),
+            DView::U32(v) => DView::U32((*v).slice_move(s![a..b, .., ..])),
+            DView::F32(v) => DView::F32((*v).slice_move(s![a..b, .., ..])),
+            DView::Colour => DView::Colour,
+        }
+    }
+}
+
+impl ImageAcc {
+    fn new(d: &DView) -> ImageAcc {
+        match d {
+            DView::U8(_) | DView::U16(_) | DView::U32(_) => {
                 ImageAcc::Int { n: Vec::new(), s: Vec::new(), s2: Vec::new(), lo: Vec::new(), hi: Vec::new() }
             }
-            Data::F32(_) => ImageAcc::Float { n: Vec::new(), s: Vec::new(), lo: Vec::new(), hi: Vec::new(), d2: Vec::new() },
-            Data::Rgb8(_) | Data::Rgb16(_) => ImageAcc::Colour,
+            DView::F32(_) => ImageAcc::Float { n: Vec::new(), s: Vec::new(), lo: Vec::new(), hi: Vec::new(), d2: Vec::new() },
+            DView::Colour => ImageAcc::Colour,
         }
     }
     fn grow(&mut self, len: usize) {
@@ -238,6 +270,38 @@ impl Accumulator {
     /// Adds a slab whose first plane is plane `z0` of the image. `images` (and `territories`)
     /// are the same slab of each intensity input (of the territory labels).
     pub fn add(&mut self, labels: &Array3<u32>, images: &[&Data], territories: Option<&Array3<u32>>, z0: usize) {
+        use rayon::prelude::*;
+        let views: Vec<DView> = images.iter().map(|d| DView::of(d)).collect();
+        let nz = labels.dim().0;
+        let threads = rayon::current_num_threads();
+        // Float intensities are summed in raster order (their result depends on it): one pass.
+        let floats = images.iter().any(|d| matches!(d, Data::F32(_)));
+        if floats || threads < 2 || nz < 2 || labels.len() < 1 << 16 {
+            self.add_view(labels.view(), &views, territories.map(|t| t.view()), z0);
+            return;
+        }
+        // Integer sums and min/max merge exactly, so z-ranges can be added in parallel and
+        // merged in order.
+        let k = (threads * 4).min(nz);
+        let ranges: Vec<(usize, usize)> = (0..k).map(|i| (i * nz / k, (i + 1) * nz / k)).filter(|(a, b)| b > a).collect();
+        let parts: Vec<Accumulator> = ranges
+            .par_iter()
+            .map(|&(a, b)| {
+                let mut p = Accumulator::default();
+                let vs: Vec<DView> = views.iter().map(|v| v.planes(a, b)).collect();
+                p.add_view(labels.slice(s![a..b, .., ..]), &vs, territories.map(|t| t.slice(s![a..b, .., ..])), z0 + a);
+                p
+            })
+            .collect();
+        if self.images.is_empty() {
+            self.images = views.iter().map(ImageAcc::new).collect();
+        }
+        for p in parts {
+            self.merge(p);
+        }
+    }
+
+    fn add_view(&mut self, labels: ArrayView3<u32>, images: &[DView], territories: Option<ArrayView3<u32>>, z0: usize) {
         let len = labels.iter().copied().max().unwrap_or(0) as usize + 1;
         if self.geo.len() < len {
             self.geo.resize(len, Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
@@ -259,11 +323,11 @@ impl Accumulator {
             }
         }
         if self.images.is_empty() {
-            self.images = images.iter().map(|d| ImageAcc::new(d)).collect();
+            self.images = images.iter().map(ImageAcc::new).collect();
         }
         for (acc, data) in self.images.iter_mut().zip(images) {
             acc.grow(len);
-            add_intensity(acc, labels, data);
+            add_intensity(acc, &labels, data);
         }
         if let Some(t) = territories {
             let counts = self.territory.get_or_insert_with(Vec::new);
@@ -272,6 +336,49 @@ impl Accumulator {
                     counts.resize(l as usize + 1, 0);
                 }
                 counts[l as usize] += 1;
+            }
+        }
+    }
+
+    /// Adds another accumulator's integer sums (geometry, integer intensities, territories).
+    fn merge(&mut self, o: Accumulator) {
+        if self.geo.len() < o.geo.len() {
+            self.geo.resize(o.geo.len(), Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
+        }
+        for (a, b) in self.geo.iter_mut().zip(&o.geo) {
+            if b.n == 0 {
+                continue;
+            }
+            a.n += b.n;
+            for k in 0..3 {
+                a.sum[k] += b.sum[k];
+                a.lo[k] = a.lo[k].min(b.lo[k]);
+                a.hi[k] = a.hi[k].max(b.hi[k]);
+            }
+            for q in 0..6 {
+                a.sq[q] += b.sq[q];
+            }
+        }
+        let len = self.geo.len();
+        for (a, b) in self.images.iter_mut().zip(o.images) {
+            a.grow(len);
+            if let (ImageAcc::Int { n, s, s2, lo, hi }, ImageAcc::Int { n: bn, s: bs, s2: bs2, lo: blo, hi: bhi }) = (a, b) {
+                for l in 0..bn.len() {
+                    n[l] += bn[l];
+                    s[l] += bs[l];
+                    s2[l] += bs2[l];
+                    lo[l] = lo[l].min(blo[l]);
+                    hi[l] = hi[l].max(bhi[l]);
+                }
+            }
+        }
+        if let Some(t) = o.territory {
+            let counts = self.territory.get_or_insert_with(Vec::new);
+            if counts.len() < t.len() {
+                counts.resize(t.len(), 0);
+            }
+            for (c, v) in counts.iter_mut().zip(t) {
+                *c += v;
             }
         }
     }
@@ -485,8 +592,8 @@ struct IStat {
 /// Counts, sums, sums of squares, minima and maxima per label.
 type IntSums<'a> = (&'a mut [u64], &'a mut [u128], &'a mut [u128], &'a mut [u64], &'a mut [u64]);
 
-fn add_intensity(acc: &mut ImageAcc, labels: &Array3<u32>, data: &Data) {
-    fn ints<T: Copy + Into<u64>>(labels: &Array3<u32>, a: &Array3<T>, (n, s, s2, lo, hi): IntSums<'_>) {
+fn add_intensity(acc: &mut ImageAcc, labels: &ArrayView3<u32>, data: &DView) {
+    fn ints<T: Copy + Into<u64>>(labels: &ArrayView3<u32>, a: &ArrayView3<T>, (n, s, s2, lo, hi): IntSums<'_>) {
         for (&l, &v) in labels.iter().zip(a.iter()) {
             if l == 0 {
                 continue;
@@ -500,10 +607,10 @@ fn add_intensity(acc: &mut ImageAcc, labels: &Array3<u32>, data: &Data) {
         }
     }
     match (acc, data) {
-        (ImageAcc::Int { n, s, s2, lo, hi }, Data::U8(a)) => ints(labels, a, (n, s, s2, lo, hi)),
-        (ImageAcc::Int { n, s, s2, lo, hi }, Data::U16(a)) => ints(labels, a, (n, s, s2, lo, hi)),
-        (ImageAcc::Int { n, s, s2, lo, hi }, Data::U32(a)) => ints(labels, a, (n, s, s2, lo, hi)),
-        (ImageAcc::Float { n, s, lo, hi, .. }, Data::F32(a)) => {
+        (ImageAcc::Int { n, s, s2, lo, hi }, DView::U8(a)) => ints(labels, a, (n, s, s2, lo, hi)),
+        (ImageAcc::Int { n, s, s2, lo, hi }, DView::U16(a)) => ints(labels, a, (n, s, s2, lo, hi)),
+        (ImageAcc::Int { n, s, s2, lo, hi }, DView::U32(a)) => ints(labels, a, (n, s, s2, lo, hi)),
+        (ImageAcc::Float { n, s, lo, hi, .. }, DView::F32(a)) => {
             for (&l, &v) in labels.iter().zip(a.iter()) {
                 if l != 0 {
                     let (l, v) = (l as usize, v as f64);
@@ -549,6 +656,33 @@ fn intensity_stats(acc: &ImageAcc, nmax: usize) -> Vec<IStat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_accumulation_equals_sequential() {
+        // Large enough for the parallel path; objects spanning the z-ranges, integer and float
+        // intensities, territories.
+        let (nz, ny, nx) = (37, 64, 61);
+        let labels = Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
+            let v = (z / 5 * 13 + y / 9 * 7 + x / 11) as u32 % 23;
+            if (x + y + z) % 7 == 0 { 0 } else { v }
+        });
+        let terr = labels.mapv(|v| if v > 0 { v } else { 3 });
+        let u8s = Data::U8(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| ((z * 31 + y * 17 + x * 5) % 251) as u8));
+        let u16s = Data::U16(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| ((z * 3001 + y * 97 + x * 13) % 65521) as u16));
+        let ctx = Ctx { sample: "s", spacing: [2.0, 0.5, 0.75], unit: "um", ndim: 3 };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut acc = Accumulator::default();
+                acc.add(&labels, &[&u8s, &u16s], Some(&terr), 0);
+                format!("{:?}", acc.finish(&["a", "b"], [nz, ny, nx], &ctx))
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+        assert!(one.contains("territory_voxels"));
+    }
 
     #[test]
     fn literal_objects() {
