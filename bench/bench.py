@@ -173,13 +173,16 @@ def end_to_end(path, repeats, work):
     exe = os.path.join(TARGET, "release", "tessera")
     pipe = os.path.join(work, "bench.yaml")
     open(pipe, "w").write(PIPELINE)
-    out = os.path.join(work, "tessera-out")
+    outs = []
 
     def fresh_run():
-        # A new output folder each time: a re-run into the same one is a no-op (up to date).
-        shutil.rmtree(out, ignore_errors=True)
-        subprocess.run([exe, "run", pipe, path, "--out", out, "--threads", "2", "--progress", "never"], check=True, capture_output=True)
+        # A new output folder each time (a re-run into the same one is a no-op: up to date);
+        # they are deleted after the timing, not inside it.
+        outs.append(os.path.join(work, f"tessera-out-{len(outs)}"))
+        subprocess.run([exe, "run", pipe, path, "--out", outs[-1], "--threads", "2", "--progress", "never"], check=True, capture_output=True)
     t_tessera, _ = best(repeats, fresh_run)
+    for o in outs:
+        shutil.rmtree(o, ignore_errors=True)
     res = {}
     for name, code in (("scipy + scikit-image", SCIPY_CHAIN), ("SimpleITK", SITK_CHAIN)):
         script = os.path.join(work, "chain.py")
