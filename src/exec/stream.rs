@@ -28,7 +28,7 @@ use ndarray::Array3;
 
 use super::tiled::{self, Feed, Group, GroupRun};
 use super::tiles::Region;
-use crate::io::{self, Compression, DType, Data, Header, NpyWriter, ReadLimits, Spacing, StackWriter};
+use crate::io::{self, Compression, DType, Data, Header, NpyWriter, Spacing, StackWriter};
 use crate::ops::label::{Label, SlabLabeller};
 use crate::ops::measure::{Accumulator, Measure};
 use crate::ops::threshold::{self, Method, Threshold};
@@ -70,7 +70,7 @@ pub struct Streamed<'a> {
 #[derive(Debug, Clone)]
 enum Store {
     Source {
-        path: PathBuf,
+        reader: std::sync::Arc<io::PlaneReader>,
         dtype: DType,
     },
     /// `owned`: a temporary spill, removed once no later stage reads it (otherwise a checkpoint).
@@ -160,9 +160,7 @@ fn from_bytes(elem: Elem, raw: Vec<u8>, sh: (usize, usize, usize)) -> Value {
 impl Store {
     fn read(&self, z0: usize, z1: usize, plane: (usize, usize)) -> Result<Value, String> {
         match self {
-            Store::Source { path, .. } => {
-                io::read_planes(path, z0, z1, ReadLimits { max_bytes: u64::MAX }).map(Value::Image).map_err(|e| e.to_string())
-            }
+            Store::Source { reader, .. } => reader.read(z0, z1).map(Value::Image).map_err(|e| e.to_string()),
             Store::Spill { path, elem, .. } => {
                 let n = (z1 - z0) * plane.0 * plane.1;
                 let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -349,7 +347,11 @@ fn run(
         plan.stages[i].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
     };
     let outputs_of = |i: usize| plan.outputs.iter().find(|(o, _)| *o == i).map(|(_, f)| f.clone()).unwrap_or_default();
-    let sources: Vec<Store> = s.paths.iter().zip(s.headers).map(|(p, h)| Store::Source { path: p.clone(), dtype: h.dtype }).collect();
+    let mut sources: Vec<Store> = Vec::new();
+    for (p, h) in s.paths.iter().zip(s.headers) {
+        let reader = io::PlaneReader::open(p).map_err(|e| (0, e.to_string()))?;
+        sources.push(Store::Source { reader: std::sync::Arc::new(reader), dtype: h.dtype });
+    }
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // Backward from what must exist (output files to rewrite, tables to merge): a value later
     // stages read comes from a verified checkpoint when there is one, else it is computed.

@@ -287,6 +287,36 @@ pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Res
     Ok(img.data)
 }
 
+/// Reads plane ranges of one image again and again: a TIFF stays open (each range costs only its
+/// own pages); other formats are read per range with [`read_planes`].
+pub struct PlaneReader {
+    path: PathBuf,
+    tiff: Option<std::sync::Mutex<tiff_io::Pages>>,
+}
+
+impl std::fmt::Debug for PlaneReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PlaneReader({})", self.path.display())
+    }
+}
+
+impl PlaneReader {
+    pub fn open(path: &Path) -> Result<PlaneReader, ImageError> {
+        let tiff = match format_of(path)? {
+            Format::Tiff => Some(std::sync::Mutex::new(tiff_io::Pages::open(path)?)),
+            _ => None,
+        };
+        Ok(PlaneReader { path: path.to_path_buf(), tiff })
+    }
+    /// Planes `z0..z1`.
+    pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
+        match &self.tiff {
+            Some(m) => m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(z0, z1),
+            None => read_planes(&self.path, z0, z1, ReadLimits { max_bytes: u64::MAX }),
+        }
+    }
+}
+
 /// The image files of a slice folder, in natural name order (`z2` before `z10`).
 pub fn folder_slices(dir: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let rd = std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))?;

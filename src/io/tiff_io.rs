@@ -274,6 +274,31 @@ pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>
     let meta = inspect(path, &mut dec)?;
     let header = header_of(&meta);
     let (z0, z1) = range.unwrap_or((0, header.shape[0]));
+    let data = decode_range(path, &mut dec, &header, z0, z1, limits)?;
+    Ok(Image { data, ndim: header.ndim, spacing: meta.spacing })
+}
+
+/// An open stack read by page ranges: the decoder remembers where each page it has passed
+/// starts, so reading a range costs only that range's pages (not a walk from the first page).
+pub struct Pages {
+    path: std::path::PathBuf,
+    dec: Dec,
+    header: Header,
+}
+
+impl Pages {
+    pub fn open(path: &Path) -> Result<Pages, ImageError> {
+        let mut dec = open(path, ReadLimits { max_bytes: u64::MAX })?;
+        let meta = inspect(path, &mut dec)?;
+        Ok(Pages { path: path.to_path_buf(), dec, header: header_of(&meta) })
+    }
+    pub fn read(&mut self, z0: usize, z1: usize) -> Result<Data, ImageError> {
+        decode_range(&self.path, &mut self.dec, &self.header, z0, z1, ReadLimits { max_bytes: u64::MAX })
+    }
+}
+
+/// Decodes pages `z0..z1` of an inspected stack.
+fn decode_range(path: &Path, dec: &mut Dec, header: &Header, z0: usize, z1: usize, limits: ReadLimits) -> Result<Data, ImageError> {
     if z0 > z1 || z1 > header.shape[0] {
         return Err(ImageError::corrupt(path, format!("pages {z0}..{z1} asked of a stack of {}", header.shape[0])));
     }
@@ -290,7 +315,7 @@ pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>
             crate::util::advise_huge_raw(out.as_ptr() as usize, nz * plane * std::mem::size_of::<$t>());
             for z in z0..z1 {
                 dec.seek_to_image(z).map_err(|e| tiff_err(path, e))?;
-                read_page(path, &mut dec, &mut buf, header.dtype)?;
+                read_page(path, dec, &mut buf, header.dtype)?;
                 let before = out.len();
                 match &buf {
                     DecodingResult::U8(v) => out.extend(v.iter().take(plane).map(|&x| $conv(x as f64, x as u64))),
@@ -318,7 +343,7 @@ pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>
         DType::Rgb8 => Data::Rgb8(Array4::from_shape_vec((nz, ny, nx, 3), fill!(U8, u8, |_f, u| u as u8)).map_err(err_shape)?),
         DType::Rgb16 => Data::Rgb16(Array4::from_shape_vec((nz, ny, nx, 3), fill!(U16, u16, |_f, u| u as u16)).map_err(err_shape)?),
     };
-    Ok(Image { data, ndim: header.ndim, spacing: meta.spacing })
+    Ok(data)
 }
 
 /// Decodes the current page into `buf`. Tiled LZW pages are decoded here, tile by tile, since
