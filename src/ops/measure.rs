@@ -281,8 +281,8 @@ impl Accumulator {
             return;
         }
         // Integer sums and min/max merge exactly, so z-ranges can be added in parallel and
-        // merged in order.
-        let k = (threads * 4).min(nz);
+        // merged in order. One range per thread: each partial is sized by the objects it sees.
+        let k = threads.min(nz);
         let ranges: Vec<(usize, usize)> = (0..k).map(|i| (i * nz / k, (i + 1) * nz / k)).filter(|(a, b)| b > a).collect();
         let parts: Vec<Accumulator> = ranges
             .par_iter()
