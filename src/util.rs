@@ -8,6 +8,11 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// Whether a process with this id runs on this machine.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Removes the temporary files ([`tmp_sibling`] names: `<name>.tmp<pid>`) in `dir` whose
 /// writing process is gone — what a killed run leaves behind. Returns how many were removed.
 pub fn remove_stale_tmp(dir: &Path) -> usize {
@@ -16,7 +21,7 @@ pub fn remove_stale_tmp(dir: &Path) -> usize {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pos) = name.rfind(".tmp") else { continue };
         let Ok(pid) = name[pos + 4..].parse::<u32>() else { continue };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(e.path()).is_ok() {
+        if pid != std::process::id() && !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
             n += 1;
         }
     }

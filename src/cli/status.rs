@@ -155,8 +155,8 @@ pub fn cmd_clean(out: &Path, all: bool) -> i32 {
     }
     let records = store.records();
     let referenced: std::collections::BTreeSet<&String> = records.iter().flat_map(|r| r.stages.values()).collect();
-    let stale: Vec<String> = store.keys().into_iter().filter(|k| !referenced.contains(k)).collect();
-    let kept = store.keys().len() - stale.len();
+    let (stale, used): (Vec<String>, Vec<String>) = store.keys().into_iter().partition(|k| !referenced.contains(k));
+    let kept = used.len();
     let (n, bytes) = store.remove(&stale);
     println!(
         "removed {n} unreferenced checkpoint file{} ({}); kept {kept} used by {} sample{}",

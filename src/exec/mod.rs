@@ -151,6 +151,14 @@ pub fn resolve_spacing(file: Option<&Spacing>, plan: &Plan, ndim: u8) -> Spacing
     Spacing { zyx: if ndim == 2 { [1.0, zyx[1], zyx[2]] } else { zyx }, unit }
 }
 
+/// How much larger than the sample's voxels stage `i`'s input voxels are (after a downsample).
+fn input_scale(plan: &Plan, bound: &Bound, i: usize) -> [f64; 3] {
+    match plan.stages[i].inputs.first().map(|(_, r)| *r) {
+        Some(Ref::Stage(j)) => bound.metas[j].scale,
+        _ => [1.0; 3],
+    }
+}
+
 /// `spacing` with each axis multiplied by `scale`.
 fn scaled(spacing: &Spacing, scale: [f64; 3]) -> Spacing {
     Spacing { zyx: [spacing.zyx[0] * scale[0], spacing.zyx[1] * scale[1], spacing.zyx[2] * scale[2]], unit: spacing.unit.clone() }
@@ -365,10 +373,7 @@ pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: 
     let mut keys: Vec<String> = Vec::with_capacity(plan.stages.len());
     for (i, st) in plan.stages.iter().enumerate() {
         let op = &bound.ops[i];
-        let scale = match st.inputs.first().map(|(_, r)| *r) {
-            Some(Ref::Stage(j)) => bound.metas[j].scale,
-            _ => [1.0; 3],
-        };
+        let scale = input_scale(plan, bound, i);
         let parts = crate::store::KeyParts {
             tessera: env!("CARGO_PKG_VERSION"),
             op: op.info().name,
@@ -700,13 +705,7 @@ pub fn evaluate_with(
     let last_use = plan.last_use();
     let ctx = Ctx { sample, spacing: spacing.zyx, unit: &spacing.unit, ndim };
     // Stages after a downsample see larger voxels.
-    let ctx_of = |i: usize| {
-        let scale = match plan.stages[i].inputs.first().map(|(_, r)| *r) {
-            Some(Ref::Stage(j)) => bound.metas[j].scale,
-            _ => [1.0; 3],
-        };
-        Ctx { spacing: scaled(spacing, scale).zyx, ..ctx.clone() }
-    };
+    let ctx_of = |i: usize| Ctx { spacing: scaled(spacing, input_scale(plan, bound, i)).zyx, ..ctx.clone() };
     let src_meta: Vec<Meta> = sources
         .iter()
         .map(|v| match v {
@@ -722,9 +721,7 @@ pub fn evaluate_with(
         let ins: Vec<&Meta> = plan.stages[i].inputs.iter().map(|(_, r)| meta_of(r)).collect();
         tiled::is_local(bound.ops[i].as_ref(), &ctx_of(i), &bound.metas[i], &ins)
     };
-    let reads = |i: usize| -> Vec<usize> {
-        plan.stages[i].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
-    };
+    let reads = |i: usize| plan.stage_inputs(i);
     let is_output = |i: usize| plan.outputs.iter().any(|(o, _)| *o == i);
     let mut values: Vec<Option<Value>> = vec![None; n];
     let mut i = 0;
@@ -839,6 +836,18 @@ pub fn evaluate_with(
     Ok(())
 }
 
+/// The data a stage value is written as (SPEC §4): images as they are, masks 0/255, labels
+/// u16 when `labels_u16` (every id ≤ 65535), else u32; `None` for tables.
+fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
+    match v {
+        Value::Image(d) => Some(d.clone()),
+        Value::Mask(m) => Some(Data::U8(m.mapv(|x| if x != 0 { 255 } else { 0 }))),
+        Value::Labels(l) if labels_u16 => Some(Data::U16(l.mapv(|x| x as u16))),
+        Value::Labels(l) => Some(Data::U32(l.clone())),
+        Value::Table(_) => None,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_output(
     dir: &Path,
@@ -852,15 +861,11 @@ fn write_output(
     res: &mut SampleResult,
     index: usize,
 ) -> Result<(), String> {
-    let data = match value {
-        Value::Image(d) => Some(d.clone()),
-        Value::Mask(m) => Some(Data::U8(m.mapv(|v| if v != 0 { 255 } else { 0 }))),
-        Value::Labels(l) => {
-            let max = l.iter().copied().max().unwrap_or(0);
-            Some(if max <= u16::MAX as u32 { Data::U16(l.mapv(|v| v as u16)) } else { Data::U32(l.clone()) })
-        }
-        Value::Table(_) => None,
+    let labels_u16 = match value {
+        Value::Labels(l) => l.iter().copied().max().unwrap_or(0) <= u16::MAX as u32,
+        _ => false,
     };
+    let data = file_data(value, labels_u16);
     for f in formats {
         let path = dir.join(format!("{stage}.{}", f.ext()));
         match (f, &data, value) {

@@ -129,16 +129,13 @@ impl Elem {
     }
 }
 
-/// Little-endian bytes of a slab.
-fn raw_bytes(v: &Value) -> Vec<u8> {
+/// Little-endian bytes of a slab (borrowed from it where possible; [`io::le_bytes`]).
+fn raw_bytes(v: &Value) -> std::borrow::Cow<'_, [u8]> {
     match v {
-        Value::Mask(a) => a.iter().copied().collect(),
-        Value::Labels(a) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Value::Image(Data::U8(a)) => a.iter().copied().collect(),
-        Value::Image(Data::U16(a)) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Value::Image(Data::U32(a)) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Value::Image(Data::F32(a)) => a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        _ => Vec::new(),
+        Value::Mask(a) => io::le_bytes(a),
+        Value::Labels(a) => io::le_bytes(a),
+        Value::Image(d) => io::data_le_bytes(d).unwrap_or_default(),
+        Value::Table(_) => std::borrow::Cow::Borrowed(&[]),
     }
 }
 
@@ -226,17 +223,6 @@ impl Spill {
 enum Out {
     Tiff(StackWriter),
     Npy(NpyWriter),
-}
-
-/// The data a stage value is written as (masks 0/255, labels u16 when they fit).
-fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
-    match v {
-        Value::Image(d) => Some(d.clone()),
-        Value::Mask(m) => Some(Data::U8(m.mapv(|x| if x != 0 { 255 } else { 0 }))),
-        Value::Labels(l) if labels_u16 => Some(Data::U16(l.mapv(|x| x as u16))),
-        Value::Labels(l) => Some(Data::U32(l.clone())),
-        Value::Table(_) => None,
-    }
 }
 
 /// One slab of a measure stage's inputs: labels, intensity images, territories.
@@ -343,9 +329,7 @@ fn run(
     let [nz, ny, nx] = s.headers[0].shape;
     let plane = (ny, nx);
     let last_use = plan.last_use();
-    let reads = |i: usize| -> Vec<usize> {
-        plan.stages[i].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
-    };
+    let reads = |i: usize| plan.stage_inputs(i);
     let outputs_of = |i: usize| plan.outputs.iter().find(|(o, _)| *o == i).map(|(_, f)| f.clone()).unwrap_or_default();
     let mut sources: Vec<Store> = Vec::new();
     for (p, h) in s.paths.iter().zip(s.headers) {
@@ -422,7 +406,7 @@ fn run(
         if outs.is_empty() {
             return Ok(());
         }
-        let d = file_data(v, u16_labels).ok_or("internal: no voxel data to write")?;
+        let d = super::file_data(v, u16_labels).ok_or("internal: no voxel data to write")?;
         for o in outs.iter_mut() {
             match o {
                 Out::Tiff(w) => w.append(&d).map_err(|e| e.to_string())?,

@@ -268,6 +268,50 @@ pub fn read_image(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> 
     }
 }
 
+/// A plain number type that files and checkpoints store little-endian.
+pub trait LeNumber: Copy {
+    fn extend_le(self, out: &mut Vec<u8>);
+}
+
+macro_rules! le_number {
+    ($($t:ty),*) => {$(
+        impl LeNumber for $t {
+            fn extend_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+le_number!(u8, u16, u32, f32);
+
+/// An array's values as little-endian bytes in C order: borrowed from the array's memory when
+/// it is contiguous on a little-endian machine (no copy), converted otherwise.
+pub fn le_bytes<T: LeNumber, D: ndarray::Dimension>(a: &ndarray::Array<T, D>) -> std::borrow::Cow<'_, [u8]> {
+    match a.as_slice() {
+        Some(s) if cfg!(target_endian = "little") => {
+            // SAFETY: T is u8, u16, u32 or f32: any byte pattern is a valid u8 and u8 has
+            // alignment 1, so viewing the slice's memory as bytes is sound.
+            std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) })
+        }
+        _ => {
+            let mut out = Vec::with_capacity(a.len() * std::mem::size_of::<T>());
+            a.iter().for_each(|&x| x.extend_le(&mut out));
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
+/// The voxels of gray `data` as little-endian bytes in C order ([`le_bytes`]); `None` for RGB.
+pub fn data_le_bytes(data: &Data) -> Option<std::borrow::Cow<'_, [u8]>> {
+    match data {
+        Data::U8(a) => Some(le_bytes(a)),
+        Data::U16(a) => Some(le_bytes(a)),
+        Data::U32(a) => Some(le_bytes(a)),
+        Data::F32(a) => Some(le_bytes(a)),
+        Data::Rgb8(_) | Data::Rgb16(_) => None,
+    }
+}
+
 /// Reads planes `z0..z1` of a stack without decoding the others (TIFF pages, `.npy` by seeking,
 /// the files of a slice folder). PNG/JPEG are single planes: only `0..1`.
 pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Result<Data, ImageError> {

@@ -192,19 +192,12 @@ pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>
 /// Writes a 2D or 3D array as `.npy` (little-endian, C order).
 pub fn write(path: &Path, data: &Data, ndim: u8) -> Result<(), ImageError> {
     let mut out = header_bytes(path, data.shape(), data.dtype(), ndim)?;
-    out.extend_from_slice(&raw_le(path, data)?);
+    out.extend_from_slice(&super::data_le_bytes(data).ok_or_else(|| rgb_refused(path))?);
     crate::util::write_atomic(path, &out).map_err(|e| ImageError::io(path, e))
 }
 
-/// The voxels as little-endian bytes in C order.
-fn raw_le(path: &Path, data: &Data) -> Result<Vec<u8>, ImageError> {
-    Ok(match data {
-        Data::U8(a) => a.iter().copied().collect(),
-        Data::U16(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Data::U32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Data::F32(a) => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Data::Rgb8(_) | Data::Rgb16(_) => return Err(ImageError::unsupported(path, "RGB images are written as TIFF only")),
-    })
+fn rgb_refused(path: &Path) -> ImageError {
+    ImageError::unsupported(path, "RGB images are written as TIFF only")
 }
 
 /// Writes a `.npy` a slab at a time (temporary file, renamed into place by `finish`).
@@ -234,7 +227,7 @@ impl NpyWriter {
         if self.written + data.shape()[0] > self.planes {
             return Err(ImageError::corrupt(&self.path, format!("internal: more than {} planes appended", self.planes)));
         }
-        let bytes = raw_le(&self.path, data)?;
+        let bytes = super::data_le_bytes(data).ok_or_else(|| rgb_refused(&self.path))?;
         if let Some(w) = self.w.as_mut() {
             w.write_all(&bytes).map_err(|e| ImageError::io(&self.tmp, e))?;
         }
@@ -272,7 +265,7 @@ fn header_bytes(path: &Path, shape: [usize; 3], dtype: DType, ndim: u8) -> Resul
         DType::U16 => "<u2",
         DType::U32 => "<u4",
         DType::F32 => "<f4",
-        DType::Rgb8 | DType::Rgb16 => return Err(ImageError::unsupported(path, "RGB images are written as TIFF only")),
+        DType::Rgb8 | DType::Rgb16 => return Err(rgb_refused(path)),
     };
     let shape = if ndim == 2 { format!("({y}, {x})") } else { format!("({z}, {y}, {x})") };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");

@@ -659,6 +659,11 @@ impl Plan {
         }
     }
 
+    /// The stages stage `i` reads (its stage inputs, not sources), in input order.
+    pub fn stage_inputs(&self, i: usize) -> Vec<usize> {
+        self.stages[i].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
+    }
+
     /// Which stage outputs each stage's value is last needed by (for freeing memory early).
     pub fn last_use(&self) -> Vec<usize> {
         let mut last: Vec<usize> = (0..self.stages.len()).collect();

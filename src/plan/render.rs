@@ -124,9 +124,7 @@ pub fn fused_runs(plan: &Plan) -> Vec<(Vec<String>, [usize; 3])> {
             i += 1;
             continue;
         }
-        let reads = |k: usize| -> Vec<usize> {
-            plan.stages[k].inputs.iter().filter_map(|(_, r)| if let Ref::Stage(j) = r { Some(*j) } else { None }).collect()
-        };
+        let reads = |k: usize| plan.stage_inputs(k);
         let down = g.downstream(&reads);
         let halo = g.total_halo(&down);
         out.push((g.stages.iter().map(|&k| plan.stages[k].id.clone()).collect(), halo));

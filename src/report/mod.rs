@@ -81,10 +81,6 @@ impl Progress {
     }
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -109,7 +105,7 @@ pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &Run
         "threads": cfg.threads,
         "tile": cfg.tile.to_string(),
         "memory_budget_bytes": cfg.memory,
-        "host": host(),
+        "host": crate::util::hostname(),
         "samples_total": summary.samples.len(),
         "samples_failed": summary.failed(),
         "samples": summary.samples.iter().map(|s| serde_json::json!({
