@@ -21,19 +21,13 @@ import time
 import numpy as np
 import tifffile
 
+import bench  # bench/bench.py, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 
-PIPELINE = """version: 1
-name: big
-stages:
-  smooth: {op: gaussian, input: image, sigma: 1.0}
-  mask: {op: threshold, input: smooth, method: otsu}
-  clean: {op: opening, input: mask, radius: 1}
-  objects: {op: label, input: clean, connectivity: 26}
-  shape: {op: measure, labels: objects, intensity: {raw: image}}
-outputs: {objects: tiff, shape: parquet}
-"""
+# The chain bench.py times end to end, under its own name.
+PIPELINE = bench.PIPELINE.replace("name: bench", "name: big")
 
 
 def make_volume(path, shape, seed=1, slab=32):

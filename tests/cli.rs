@@ -1,47 +1,11 @@
 //! The real binary on the bundled pipelines and data: output folder, determinism, diagnostics,
 //! exit codes, and failures that stay with their sample.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::PathBuf;
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()).output().expect("run tessera")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
-
-fn run_example(out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never"];
-    args.extend_from_slice(extra);
-    tessera(&args)
-}
-
-/// Every file under `dir` except run.json and the checkpoint folder .tessera/ (internal state,
-/// SPEC §4), relative path → bytes.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if p.file_name().unwrap() != ".tessera" {
-                    stack.push(p);
-                }
-            } else if p.file_name().unwrap() != "run.json" {
-                v.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    v.sort();
-    v
-}
+use common::{files, root, run_example, tessera, text};
 
 #[test]
 fn example_pipeline_writes_the_output_folder() {

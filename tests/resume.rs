@@ -3,57 +3,12 @@
 //! moments, two runs on one folder, and a full filesystem. Every recovered output folder must be
 //! byte-identical to an uninterrupted run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()).output().expect("run tessera")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
-
-fn run(out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never"];
-    args.extend_from_slice(extra);
-    tessera(&args)
-}
-
-/// Every file under `dir` except run.json and .tessera/, relative path → bytes.
-fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut v = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if p.is_dir() {
-                if name != ".tessera" {
-                    stack.push(p);
-                }
-            } else if name != "run.json" {
-                v.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    v.sort();
-    v
-}
-
-fn assert_same(a: &Path, b: &Path, what: &str) {
-    let (fa, fb) = (files(a), files(b));
-    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&fa), names(&fb), "{what}: different files");
-    for ((p, x), (_, y)) in fa.iter().zip(&fb) {
-        assert!(x == y, "{what}: {} differs", p.display());
-    }
-}
+use common::{assert_same, files, kill_runs, root, run_example as run, tessera, text};
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
@@ -158,31 +113,11 @@ fn sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_outputs() {
     let reference = reference(tmp.path());
     let length = (t0.elapsed().as_millis() as u64).max(20);
     let out = tmp.path().join("killed");
-    // Deterministic "random" moments within a run's length; every other attempt is --force, so
-    // that attempts after a finished one still have work to be killed in.
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    let mut kills = 0;
-    for attempt in 0..10 {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        let delay = Duration::from_millis(2 + s % (length / 2 + 1));
-        let force: &[&str] = if attempt % 2 == 0 { &["--force"] } else { &[] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--threads", "1"])
-            .args(force)
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let args: Vec<String> = ["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--threads", "1"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let kills = kill_runs(&args, 10, length, 0x2545_f491_4f6c_dd1d);
     assert!(kills >= 3, "only {kills} runs were killed mid-way");
     let o = run(&out, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
@@ -356,54 +291,21 @@ fn streamed_samples_resume_from_stage_checkpoints_after_sigkill() {
         v
     };
     let reference = tmp.path().join("whole");
-    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).args(args(&reference, &[])).current_dir(root()).output().unwrap();
+    let o = tessera(&args(&reference, &[]));
     assert_eq!(o.status.code(), Some(0));
     // How long one streamed run takes, to kill the others within it.
     let timing = tmp.path().join("timing");
     let t0 = std::time::Instant::now();
-    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args(&timing, &["--memory", "150KiB", "--threads", "1"]))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let o = tessera(&args(&timing, &["--memory", "150KiB", "--threads", "1"]));
     assert_eq!(o.status.code(), Some(0));
     let length = (t0.elapsed().as_millis() as u64).max(20);
     let out = tmp.path().join("streamed");
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    let mut kills = 0;
-    for attempt in 0..12 {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        let force: &[&str] = if attempt % 2 == 0 { &["--force"] } else { &[] };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(args(&out, &["--memory", "150KiB", "--threads", "1"]))
-            .args(force)
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(2 + s % (length / 2 + 1)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let kills = kill_runs(&args(&out, &["--memory", "150KiB", "--threads", "1"]), 12, length, 0x9e37_79b9_7f4a_7c15);
     assert!(kills >= 3, "only {kills} runs were killed mid-way");
-    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args(&out, &["--memory", "150KiB", "--json"]))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let o = tessera(&args(&out, &["--memory", "150KiB", "--json"]));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_same(&out, &reference, "streamed, killed and resumed");
-    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args(&out, &["--memory", "150KiB", "--json"]))
-        .current_dir(root())
-        .output()
-        .unwrap();
+    let o = tessera(&args(&out, &["--memory", "150KiB", "--json"]));
     assert_eq!(json(&o)["up_to_date"], 2, "a finished streamed run is up to date");
     assert!(!out.join(".tessera/spill").exists(), "spill files left behind");
 }

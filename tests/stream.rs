@@ -2,8 +2,11 @@
 //! kind that streams (local runs, threshold by every method, label, measure), random slab
 //! thicknesses; every output file and every table must equal the in-memory run's bytes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::compile;
 use ndarray::Array3;
 use proptest::prelude::*;
 use tessera::exec::stream::{Streamed, evaluate_streamed, not_streamable};
@@ -12,14 +15,6 @@ use tessera::io::{Compression, Data, Spacing};
 use tessera::ops::Value;
 use tessera::plan::Plan;
 use tessera::spec::manifest::SampleRow;
-
-fn compile(yaml: &str) -> Plan {
-    let (spec, d) = tessera::spec::parse_str(Path::new("t.yaml"), yaml.to_string());
-    assert!(d.is_empty(), "{yaml}\n{d:?}");
-    let (plan, d) = tessera::plan::compile(spec.expect("parsed"), None, None);
-    assert!(d.is_empty(), "{yaml}\n{d:?}");
-    plan.expect("compiled")
-}
 
 /// What a stage value looks like in its file (masks 0/255, labels u16 when they fit).
 fn as_file(v: &Value) -> Option<Data> {
@@ -192,13 +187,7 @@ fn pipeline() -> impl Strategy<Value = String> {
 
 fn volume() -> impl Strategy<Value = Data> {
     (1usize..9, 1usize..10, 1usize..10, 0u8..3, any::<u64>()).prop_map(|(z, y, x, dt, seed)| {
-        let mut s = seed | 1;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = common::xorshift(seed);
         let base = Array3::from_shape_fn((z, y, x), |(a, b, c)| {
             let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
             (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)

@@ -2,8 +2,11 @@
 //! global ones, random tile shapes (down to one voxel thin) and thread counts; every stage's
 //! output must equal the whole-image run byte for byte.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::PathBuf;
+
+use common::compile;
 use ndarray::Array3;
 use proptest::prelude::*;
 use tessera::exec::{EvalOpts, TileSize, evaluate};
@@ -11,14 +14,6 @@ use tessera::io::{Data, Header, Spacing};
 use tessera::ops::Value;
 use tessera::plan::Plan;
 use tessera::spec::manifest::SampleRow;
-
-fn compile(yaml: &str) -> Plan {
-    let (spec, d) = tessera::spec::parse_str(Path::new("t.yaml"), yaml.to_string());
-    assert!(d.is_empty(), "{yaml}\n{d:?}");
-    let (plan, d) = tessera::plan::compile(spec.expect("parsed"), None, None);
-    assert!(d.is_empty(), "{yaml}\n{d:?}");
-    plan.expect("compiled")
-}
 
 fn bind(plan: &Plan, image: &Data, ndim: u8) -> Option<tessera::plan::Bound> {
     let row = SampleRow { line: 0, id: "s".into(), image: PathBuf::from("s.tif"), meta: Vec::new(), problem: None };
@@ -115,13 +110,7 @@ fn image() -> impl Strategy<Value = (Data, u8)> {
     let dims = prop_oneof![(Just(1usize), 1usize..14, 1usize..14, Just(2u8)), (1usize..7, 1usize..10, 1usize..10, Just(3u8))];
     (dims, 0u8..3, any::<u64>()).prop_map(|((z, y, x, ndim), dt, seed)| {
         // A cheap deterministic generator: smooth-ish blobs plus noise, so masks have objects.
-        let mut s = seed | 1;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = common::xorshift(seed);
         let base = Array3::from_shape_fn((z, y, x), |(a, b, c)| {
             let wave = ((a as f64 * 1.3).sin() + (b as f64 * 0.7).cos() + (c as f64 * 0.9).sin()) * 60.0 + 128.0;
             (wave + (next() % 60) as f64 - 30.0).clamp(0.0, 255.0)

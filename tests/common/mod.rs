@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests: the real binary, output folders compared byte for
+//! byte, pipelines compiled from text, and a seeded generator. Each test file uses a part.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the tessera binary in the crate folder.
+pub fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()).output().expect("run tessera")
+}
+
+pub fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+/// `tessera run pipelines/nuclei.yaml --out OUT --progress never EXTRA…`.
+pub fn run_example(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never"];
+    args.extend_from_slice(extra);
+    tessera(&args)
+}
+
+/// Every file under `dir` except run.json and the checkpoint folder .tessera/ (internal state,
+/// SPEC §4), relative path → bytes.
+pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().unwrap() != ".tessera" {
+                    stack.push(p);
+                }
+            } else if p.file_name().unwrap() != "run.json" {
+                v.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The same files with the same bytes in both folders ([`files`]).
+pub fn assert_same(a: &Path, b: &Path, what: &str) {
+    let (fa, fb) = (files(a), files(b));
+    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb), "{what}: different files");
+    for ((p, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{what}: {} differs", p.display());
+    }
+}
+
+/// A pipeline compiled from YAML text (panics on any diagnostic).
+pub fn compile(yaml: &str) -> tessera::plan::Plan {
+    let (spec, d) = tessera::spec::parse_str(Path::new("t.yaml"), yaml.to_string());
+    assert!(d.is_empty(), "{yaml}\n{d:?}");
+    let (plan, d) = tessera::plan::compile(spec.expect("parsed"), None, None);
+    assert!(d.is_empty(), "{yaml}\n{d:?}");
+    plan.expect("compiled")
+}
+
+/// A seeded xorshift64 generator (the seed is made odd, so never zero).
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// Starts `attempts` runs of tessera with `args` (every other one with `--force`, so that runs
+/// after a finished one still have work), and SIGKILLs each at a seeded moment within the first
+/// half of `length_ms` unless it ended. Returns how many were killed mid-way.
+pub fn kill_runs(args: &[String], attempts: usize, length_ms: u64, seed: u64) -> usize {
+    let mut next = xorshift(seed);
+    let mut kills = 0;
+    for attempt in 0..attempts {
+        let delay = Duration::from_millis(2 + next() % (length_ms / 2 + 1));
+        let force: &[&str] = if attempt % 2 == 0 { &["--force"] } else { &[] };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .args(force)
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    kills
+}
