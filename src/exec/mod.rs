@@ -164,42 +164,48 @@ fn scaled(spacing: &Spacing, scale: [f64; 3]) -> Spacing {
     Spacing { zyx: [spacing.zyx[0] * scale[0], spacing.zyx[1] * scale[1], spacing.zyx[2] * scale[2]], unit: spacing.unit.clone() }
 }
 
-fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig) -> SampleResult {
-    let res = SampleResult::new(row);
+/// What a sample is, before anything is computed: its source files and their headers, the plan
+/// bound to it, the inputs' content hashes, its spacing and every stage's checkpoint key.
+struct Prepared {
+    paths: Vec<PathBuf>,
+    headers: Vec<io::Header>,
+    bound: Bound,
+    hashes: Vec<String>,
+    ndim: u8,
+    spacing: Spacing,
+    keys: Vec<String>,
+}
+
+/// Reads what a sample needs before running; `Err` names the stage at fault (`manifest`,
+/// `input` or a stage whose parameters do not bind) and says why.
+fn prepare(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<Prepared, (String, String)> {
+    let input = |e: String| ("input".to_string(), e);
     if let Some(p) = &row.problem {
-        return res.fail("manifest", p.clone());
+        return Err(("manifest".into(), p.clone()));
     }
-    let mut res = res;
-    let paths = match source_paths(plan, row, manifest) {
-        Ok(p) => p,
-        Err(e) => return res.fail("input", e),
-    };
-    let mut headers = Vec::new();
-    for p in &paths {
-        match io::read_header(p) {
-            Ok(h) => headers.push(h),
-            Err(e) => return res.fail("input", e.to_string()),
-        }
-    }
-    let bound = match plan.bind(row, &headers) {
-        Ok(b) => b,
-        Err(e) => {
-            let stage = e.stage.map(|i| plan.stages[i].id.clone()).unwrap_or_else(|| "input".into());
-            let d = plan.bind_diagnostic(&row.id, &e);
-            let at = d.pos.map(|p| format!(" ({}:{}:{})", plan.spec.file.display(), p.line, p.col)).unwrap_or_default();
-            return res.fail(&stage, format!("{}{at}", e.issue.message));
-        }
-    };
-    for p in &paths {
-        match io::hash_input(p) {
-            Ok(h) => res.input_hashes.push(h),
-            Err(e) => return res.fail("input", e.to_string()),
-        }
-    }
+    let paths = source_paths(plan, row, manifest).map_err(input)?;
+    let headers: Vec<io::Header> = paths.iter().map(|p| io::read_header(p).map_err(|e| input(e.to_string()))).collect::<Result<_, _>>()?;
+    let bound = plan.bind(row, &headers).map_err(|e| {
+        let stage = e.stage.map(|i| plan.stages[i].id.clone()).unwrap_or_else(|| "input".into());
+        let d = plan.bind_diagnostic(&row.id, &e);
+        let at = d.pos.map(|p| format!(" ({}:{}:{})", plan.spec.file.display(), p.line, p.col)).unwrap_or_default();
+        (stage, format!("{}{at}", e.issue.message))
+    })?;
+    let hashes: Vec<String> = paths.iter().map(|p| io::hash_input(p).map_err(|e| input(e.to_string()))).collect::<Result<_, _>>()?;
     let ndim = headers[0].ndim;
     let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
+    let keys = stage_keys(plan, &bound, &hashes, &spacing, ndim);
+    Ok(Prepared { paths, headers, bound, hashes, ndim, spacing, keys })
+}
+
+fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig) -> SampleResult {
+    let mut res = SampleResult::new(row);
+    let Prepared { paths, headers, bound, hashes, ndim, spacing, keys } = match prepare(plan, row, manifest) {
+        Ok(p) => p,
+        Err((stage, e)) => return res.fail(&stage, e),
+    };
+    res.input_hashes = hashes;
     res.spacing = Some(spacing.clone());
-    let keys = stage_keys(plan, &bound, &res.input_hashes, &spacing, ndim);
     let store = Store::new(&cfg.out);
     let sample_dir = cfg.out.join("samples").join(&row.id);
     // One process per sample: wait while another live run on this folder works on it.
@@ -344,16 +350,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
 /// is stored (a checkpoint, or a current output file) or the whole sample is up to date.
 /// `Err` says why the sample cannot be planned (a missing or unreadable input, a bind error).
 pub fn stage_hits(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path) -> Result<Vec<(String, bool)>, String> {
-    if let Some(p) = &row.problem {
-        return Err(p.clone());
-    }
-    let paths = source_paths(plan, row, manifest)?;
-    let headers: Vec<io::Header> = paths.iter().map(|p| io::read_header(p).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
-    let bound = plan.bind(row, &headers).map_err(|e| e.issue.message)?;
-    let hashes: Vec<String> = paths.iter().map(|p| io::hash_input(p).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
-    let ndim = headers[0].ndim;
-    let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
-    let keys = stage_keys(plan, &bound, &hashes, &spacing, ndim);
+    let Prepared { keys, .. } = prepare(plan, row, manifest).map_err(|(_, e)| e)?;
     let store = Store::new(out);
     let rec = store.record(&row.id);
     let current = rec.as_ref().is_some_and(|r| up_to_date(plan, &store, row, r, &keys, out).is_some());
