@@ -407,3 +407,20 @@ fn a_sample_that_neither_fits_nor_streams_fails_alone_and_says_how_much_memory()
     assert!(errors.contains("(op `crop`) needs the whole image in memory"), "{errors}");
     assert!(errors.contains("raise --memory to at least"), "{errors}");
 }
+
+#[test]
+fn a_closed_stdout_ends_the_process_quietly() {
+    // `tessera ops | head -0`: the reader is gone before tessera writes. Like other Unix tools it
+    // must end by SIGPIPE, not panic with "failed printing to stdout".
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    for args in [vec!["ops"], vec!["completions", "bash"]] {
+        let mut child =
+            Command::new(env!("CARGO_BIN_EXE_tessera")).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked") && !err.contains("failed printing"), "{args:?}: {err}");
+        assert!(o.status.success() || o.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?}", o.status);
+    }
+}
