@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+pub mod read;
+
 use polars::prelude::*;
 
 /// One column's values.
