@@ -40,7 +40,12 @@ fn example_pipeline_writes_the_output_folder() {
         .sum();
     assert_eq!(csv.lines().count() - 1, per_sample);
     let stats = std::fs::read_to_string(out.join("stats/shape_within_between.csv")).unwrap();
-    assert!(stats.starts_with("phenotype,n_groups,n_objects,within_cv_pct,between_cv_pct,ratio_pct\nvolume,3,"), "{stats}");
+    assert!(
+        stats.starts_with(
+            "phenotype,n_groups,n_objects,within_cv_pct,between_cv_pct,ratio_pct,icc,anova_f,anova_p,n_missing,note\nvolume,3,"
+        ),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 pub mod stream;
+pub mod study;
 pub mod tiled;
 pub mod tiles;
 
@@ -889,7 +890,7 @@ fn write_output(
 }
 
 /// Parquet key-value metadata: units, unit of the sample, pipeline hash, tessera version.
-fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(String, String)> {
+pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(String, String)> {
     let units: serde_json::Map<String, serde_json::Value> = t.units().into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
     vec![
         ("tessera.version".into(), env!("CARGO_PKG_VERSION").into()),
@@ -930,63 +931,10 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
         .collect();
     progress.finish();
 
-    let mut written = Vec::new();
-    let mut errors = Vec::new();
-    for d in [cfg.out.clone(), cfg.out.join("tables"), cfg.out.join("stats")] {
-        crate::util::remove_stale_tmp(&d);
-    }
     // Merged tables and statistics, from the samples that finished, in manifest order.
-    for (i, formats) in &plan.outputs {
-        if plan.stages[*i].kind != crate::ops::Kind::Table {
-            continue;
-        }
-        let tables: Vec<&Table> = samples
-            .iter()
-            .filter(|s| s.status == Status::Done)
-            .filter_map(|s| s.tables.iter().find(|(j, _)| j == i).map(|(_, t)| t))
-            .collect();
-        let stage = &plan.stages[*i].id;
-        let result = (|| -> Result<(), String> {
-            let mut df = crate::table::concat(&tables).map_err(|e| e.to_string())?;
-            let spacing = samples.iter().find_map(|s| s.spacing.clone()).unwrap_or_default();
-            let meta = tables.first().map(|t| table_metadata(plan, t, &spacing)).unwrap_or_default();
-            let p = PathBuf::from("tables").join(format!("{stage}.parquet"));
-            crate::table::write_parquet(&cfg.out.join(&p), &mut df, &meta).map_err(|e| e.to_string())?;
-            written.push(p);
-            if formats.contains(&Format::Csv) {
-                let p = PathBuf::from("tables").join(format!("{stage}.csv"));
-                crate::table::write_csv(&cfg.out.join(&p), &mut df).map_err(|e| e.to_string())?;
-                written.push(p);
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            errors.push(format!("merged table '{stage}': {e}"));
-        }
-    }
-    if let Some(st) = &plan.stats {
-        let stage = &plan.stages[st.table].id;
-        let tables: Vec<&Table> = samples
-            .iter()
-            .filter(|s| s.status == Status::Done)
-            .filter_map(|s| s.tables.iter().find(|(j, _)| *j == st.table).map(|(_, t)| t))
-            .collect();
-        let result = (|| -> Result<(), String> {
-            let t = crate::stats::within_between(&tables, &st.by, st.phenotypes.as_deref())?;
-            let mut df = t.to_frame().map_err(|e| e.to_string())?;
-            let base = PathBuf::from("stats").join(format!("{stage}_within_between"));
-            let csv = base.with_extension("csv");
-            crate::table::write_csv(&cfg.out.join(&csv), &mut df).map_err(|e| e.to_string())?;
-            let pq = base.with_extension("parquet");
-            crate::table::write_parquet(&cfg.out.join(&pq), &mut df, &[("tessera.pipeline_hash".into(), plan.hash.clone())])
-                .map_err(|e| e.to_string())?;
-            written.push(csv);
-            written.push(pq);
-            Ok(())
-        })();
-        if let Err(e) = result {
-            errors.push(format!("statistics of '{stage}': {e}"));
-        }
-    }
+    let done: Vec<&SampleResult> = samples.iter().filter(|s| s.status == Status::Done).collect();
+    let spacing = samples.iter().find_map(|s| s.spacing.clone()).unwrap_or_default();
+    let per_sample: Vec<(&str, &[(usize, Table)])> = done.iter().map(|s| (s.sample.as_str(), s.tables.as_slice())).collect();
+    let (written, errors) = study::write(plan, &cfg.out, &per_sample, &spacing);
     RunSummary { samples, seconds: t0.elapsed().as_secs_f64(), written, errors }
 }

@@ -87,8 +87,7 @@ pub struct Stage {
 #[derive(Debug, Clone)]
 pub struct StatsPlan {
     pub table: usize,
-    pub by: String,
-    pub phenotypes: Option<Vec<String>>,
+    pub request: crate::stats::analysis::Request,
 }
 
 /// A compiled pipeline.
@@ -531,8 +530,13 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                 }
                 stats = Some(StatsPlan {
                     table: pos_of.get(&i).copied().unwrap_or(0),
-                    by: s.by.0.clone(),
-                    phenotypes: s.phenotypes.as_ref().map(|p| p.iter().map(|x| x.0.clone()).collect()),
+                    request: crate::stats::analysis::Request {
+                        by: s.by.0.clone(),
+                        phenotypes: s.phenotypes.as_ref().map(|p| p.iter().map(|x| x.0.clone()).collect()),
+                        pca: s.pca,
+                        kmeans: s.kmeans,
+                        seed: s.seed,
+                    },
                 });
             }
             Some(_) => {

@@ -50,7 +50,15 @@ pub fn text(plan: &Plan) -> String {
         s.push_str(&format!("  samples/<sample>/{}.{{{}}}\n", plan.stages[*i].id, names.join(",")));
     }
     if let Some(st) = &plan.stats {
-        s.push_str(&format!("stats: within/between of '{}' by {}\n", plan.stages[st.table].id, st.by));
+        let r = &st.request;
+        s.push_str(&format!("stats: within/between of '{}' by {}", plan.stages[st.table].id, r.by));
+        if r.pca > 0 {
+            s.push_str(&format!(", PCA ({} components)", r.pca));
+        }
+        if r.kmeans > 0 {
+            s.push_str(&format!(", k-means (k = {}, seed {})", r.kmeans, r.seed));
+        }
+        s.push('\n');
     }
     s
 }
@@ -99,7 +107,7 @@ pub fn json(plan: &Plan) -> serde_json::Value {
             "params": st.op.params_json(),
         })).collect::<Vec<_>>(),
         "outputs": plan.outputs.iter().map(|(i, fs)| serde_json::json!({"stage": plan.stages[*i].id, "formats": fs})).collect::<Vec<_>>(),
-        "stats": plan.stats.as_ref().map(|s| serde_json::json!({"table": plan.stages[s.table].id, "by": s.by, "phenotypes": s.phenotypes})),
+        "stats": plan.stats.as_ref().map(|s| serde_json::json!({"table": plan.stages[s.table].id, "by": s.request.by, "phenotypes": s.request.phenotypes, "pca": s.request.pca, "kmeans": s.request.kmeans, "seed": s.request.seed})),
     })
 }
 

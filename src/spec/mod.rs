@@ -69,6 +69,11 @@ pub struct StatsSpec {
     pub table: (String, Node),
     pub by: (String, Node),
     pub phenotypes: Option<Vec<(String, Node)>>,
+    /// Principal components (0: none).
+    pub pca: usize,
+    /// k-means clusters (0: none).
+    pub kmeans: usize,
+    pub seed: u64,
 }
 
 /// A pipeline file, structurally checked.
@@ -282,13 +287,14 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
 
     let stats = root.get("stats").and_then(|n| {
         if n.as_map().is_none() {
-            diags.push(Diagnostic::at(file, n, "`stats` must be a mapping with `table`, optional `by` and `phenotypes`"));
+            diags.push(Diagnostic::at(file, n, "`stats` must be a mapping with `table`, optional `by`, `phenotypes`, `pca`, `kmeans`, `seed`"));
             return None;
         }
         for (k, _) in n.as_map().unwrap_or_default() {
             let key = k.as_str().unwrap_or("");
-            if !["table", "by", "phenotypes"].contains(&key) {
-                diags.push(Diagnostic::at(file, k, format!("unknown key '{key}' in `stats`")).suggest(key, ["table", "by", "phenotypes"]));
+            const KEYS: [&str; 6] = ["table", "by", "phenotypes", "pca", "kmeans", "seed"];
+            if !KEYS.contains(&key) {
+                diags.push(Diagnostic::at(file, k, format!("unknown key '{key}' in `stats`")).suggest(key, KEYS));
             }
         }
         let table = match n.get("table") {
@@ -307,7 +313,20 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
             NodeKind::Scalar(s, _) => s.split(',').map(|x| (x.trim().to_string(), p.clone())).collect(),
             NodeKind::Map(_) => Vec::new(),
         });
-        Some(StatsSpec { table, by, phenotypes })
+        let mut count = |key: &str, min: u64, max: u64| -> u64 {
+            let Some(v) = n.get(key) else { return 0 };
+            match v.as_str().and_then(|s| s.parse::<u64>().ok()) {
+                Some(x) if (min..=max).contains(&x) => x,
+                _ => {
+                    diags.push(Diagnostic::at(file, v, format!("`stats.{key}` must be a whole number from {min} to {max}")));
+                    0
+                }
+            }
+        };
+        let pca = count("pca", 1, 1000) as usize;
+        let kmeans = count("kmeans", 1, 100_000) as usize;
+        let seed = if n.get("seed").is_some() { count("seed", 0, u64::MAX) } else { 1 };
+        Some(StatsSpec { table, by, phenotypes, pca, kmeans, seed })
     });
 
     let spec = PipelineSpec {

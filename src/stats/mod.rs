@@ -12,6 +12,7 @@
 //! Callers: `exec` (the `stats:` block of a run and `tessera merge`) and `cli` (`tessera
 //! stats` on any CSV/Parquet tables). Tables come from [`crate::table`].
 
+pub mod analysis;
 pub mod dist;
 pub mod kmeans;
 pub mod pca;
