@@ -16,8 +16,12 @@ fn main() {
             std::process::exit(code);
         }
     };
-    if let tessera::cli::Command::Run(args) = &cli.command
-        && let Some(n) = args.threads
+    let threads = match &cli.command {
+        tessera::cli::Command::Run(a) => a.threads,
+        tessera::cli::Command::Stats(a) => a.threads,
+        _ => None,
+    };
+    if let Some(n) = threads
         && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global()
     {
         eprintln!("error: cannot start {n} threads: {e}");

@@ -4,6 +4,7 @@
 
 mod render;
 mod status;
+mod tables;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,11 @@ pub enum Command {
     Status(StatusArgs),
     /// Remove checkpoints no sample uses any more (or all of them with --all).
     Clean(CleanArgs),
+    /// Write the merged tables and statistics of an output folder from its per-sample results
+    /// (after a sharded run); list samples that are failed or missing and the tasks that own them.
+    Merge(MergeArgs),
+    /// Within/between statistics, ICC, ANOVA, PCA and k-means on any CSV/Parquet tables.
+    Stats(StatsArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -95,6 +101,54 @@ pub struct StatusArgs {
     /// The output folder of a run.
     pub dir: PathBuf,
     /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The output folder of a run (sharded or not).
+    pub dir: PathBuf,
+    /// Merge the samples that are done even when others failed or are missing (exit 0).
+    /// Without it, nothing is written and the exit code is 1 while samples are not done.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Tables: CSV or Parquet files, folders (their .csv/.parquet files), or patterns like
+    /// 'tables/*.csv'. Read in parallel; rows are taken in sorted file order.
+    #[arg(required = true, value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// The grouping column (a sample id, an animal, a condition...).
+    #[arg(long, default_value = "sample", value_name = "COL")]
+    pub by: String,
+    /// Phenotype columns, comma-separated. Default: every numeric column of the first table but
+    /// the grouping column, `label` and `bbox_*`.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,..")]
+    pub phenotypes: Option<Vec<String>>,
+    /// Write the within/between table here (.csv or .parquet); PCA, clusters, centres and
+    /// scores go beside it as <stem>_pca.csv, <stem>_clusters.csv, <stem>_centers.csv and
+    /// <stem>_scores.parquet.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Principal components of the standardised phenotypes to compute.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pca: Option<u32>,
+    /// k-means clusters of the standardised phenotypes.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kmeans: Option<u32>,
+    /// Seed of the k-means++ starting centres.
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub seed: u64,
+    /// Worker threads. Default: all cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Print every table as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -191,6 +245,17 @@ pub fn main_with(cli: Cli) -> i32 {
         Command::Ops(a) => cmd_ops(a),
         Command::Status(a) => status::cmd_status(&a.dir, a.json),
         Command::Clean(a) => status::cmd_clean(&a.dir, a.all),
+        Command::Merge(a) => tables::cmd_merge(&a.dir, a.allow_missing, a.json),
+        Command::Stats(a) => {
+            let req = crate::stats::analysis::Request {
+                by: a.by.clone(),
+                phenotypes: a.phenotypes.clone(),
+                pca: a.pca.unwrap_or(0) as usize,
+                kmeans: a.kmeans.unwrap_or(0) as usize,
+                seed: a.seed,
+            };
+            tables::cmd_stats(&a.tables, req, a.out.as_deref(), a.json)
+        }
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "tessera", &mut std::io::stdout());

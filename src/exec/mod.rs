@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub mod merge;
 pub mod stream;
 pub mod study;
 pub mod tiled;

@@ -96,17 +96,37 @@ impl Analysis {
         self.grouped.as_ref().map(|g| g.phenotypes.as_slice()).or(self.req.phenotypes.as_deref())
     }
 
+    /// The table with default phenotypes it lacks as NaN columns: a study may mix 2D and 3D
+    /// samples, and the first table decides the phenotypes. Named phenotypes must be present.
+    fn filled<'t>(&self, t: &'t Table) -> std::borrow::Cow<'t, Table> {
+        match (&self.req.phenotypes, self.phenotypes()) {
+            (None, Some(names)) if names.iter().any(|n| t.get(n).is_none()) => {
+                let mut t = t.clone();
+                for n in names {
+                    if t.get(n).is_none() {
+                        let rows = t.rows();
+                        t.push(n, Column::F64(vec![f64::NAN; rows]), None);
+                    }
+                }
+                std::borrow::Cow::Owned(t)
+            }
+            _ => std::borrow::Cow::Borrowed(t),
+        }
+    }
+
     /// Reduces a table; `source` names it in errors (a file, or empty).
     pub fn partial(&self, t: &Table, source: &str) -> Result<Partial, String> {
         let names = match self.phenotypes() {
             Some(p) => p.to_vec(),
             None => super::default_phenotypes(t, &self.req.by),
         };
-        Partial::of(t, &self.req.by, &names, source)
+        Partial::of(&self.filled(t), &self.req.by, &names, source)
     }
 
     /// Adds a table (after [`Analysis::partial`] on it, which may run in parallel with others).
     pub fn add(&mut self, t: &Table, partial: Partial) -> Result<(), String> {
+        let filled = self.filled(t);
+        let t: &Table = &filled;
         if self.grouped.is_none() {
             let names = match &self.req.phenotypes {
                 Some(p) => p.clone(),

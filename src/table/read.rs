@@ -18,6 +18,10 @@ use super::{Column, Table};
 pub struct Want<'a> {
     pub text: &'a [String],
     pub numeric: Option<&'a [String]>,
+    /// Further columns kept as text when the file has them (row identity such as `sample`).
+    pub text_if_present: &'a [String],
+    /// Numeric columns wanted may be absent (the caller fills them in).
+    pub numeric_optional: bool,
 }
 
 fn missing(cell: &[u8]) -> bool {
@@ -43,7 +47,8 @@ fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
     if headers.is_empty() || headers.iter().all(String::is_empty) {
         return Err(format!("{name}: empty file (a header row is required)"));
     }
-    for t in want.text.iter().chain(want.numeric.unwrap_or_default()) {
+    let required = want.text.iter().chain(if want.numeric_optional { &[] } else { want.numeric.unwrap_or_default() });
+    for t in required {
         if !headers.contains(t) {
             let hint = crate::util::did_you_mean(t, headers.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean '{s}'?)"))
@@ -59,7 +64,7 @@ fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
     let mut slots: Vec<Slot> = headers
         .iter()
         .map(|h| {
-            if want.text.contains(h) {
+            if want.text.contains(h) || want.text_if_present.contains(h) {
                 Slot::Text(Vec::new())
             } else if want.numeric.is_none_or(|w| w.contains(h)) {
                 Slot::Num(Vec::new(), None)
@@ -128,7 +133,8 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
     let mut reader = ParquetReader::new(file);
     let schema = reader.schema().map_err(|e| format!("{name}: {e}"))?;
     let headers: Vec<String> = schema.iter_names().map(|s| s.to_string()).collect();
-    for t in want.text.iter().chain(want.numeric.unwrap_or_default()) {
+    let required = want.text.iter().chain(if want.numeric_optional { &[] } else { want.numeric.unwrap_or_default() });
+    for t in required {
         if !headers.contains(t) {
             let hint = crate::util::did_you_mean(t, headers.iter().map(String::as_str))
                 .map(|s| format!(" (did you mean '{s}'?)"))
@@ -137,7 +143,7 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
         }
     }
     let cols: Vec<String> = match want.numeric {
-        Some(w) => headers.iter().filter(|h| want.text.contains(h) || w.contains(h)).cloned().collect(),
+        Some(w) => headers.iter().filter(|h| want.text.contains(h) || want.text_if_present.contains(h) || w.contains(h)).cloned().collect(),
         None => headers.clone(),
     };
     let df = reader.with_columns(Some(cols)).finish().map_err(|e| format!("{name}: {e}"))?;
@@ -145,7 +151,7 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
     for c in df.columns() {
         let h = c.name().to_string();
         let err = |e: PolarsError| format!("{name}: column `{h}`: {e}");
-        if want.text.contains(&h) {
+        if want.text.contains(&h) || want.text_if_present.contains(&h) {
             let s = c.cast(&DataType::String).map_err(err)?;
             let v = s.str().map_err(err)?.iter().map(|x| x.unwrap_or("").to_string()).collect();
             t.push(&h, Column::Str(v), None);
@@ -205,17 +211,17 @@ mod tests {
         let p = dir.path().join("t.csv");
         std::fs::write(&p, "sample,label,volume,flag,group\na,1,2.5,true,1\na,2,NA,false,1\nb,1,,true,2\n").unwrap();
         let by = ["group".to_string()];
-        let t = read_any(&p, &Want { text: &by, numeric: None }).unwrap();
+        let t = read_any(&p, &Want { text: &by, numeric: None, ..Want::default() }).unwrap();
         assert_eq!(t.names(), vec!["label", "volume", "group"]);
         let v = t.f64("volume");
         assert_eq!(v[0], 2.5);
         assert!(v[1].is_nan() && v[2].is_nan());
         assert_eq!(t.get("group"), Some(&Column::Str(vec!["1".into(), "1".into(), "2".into()])));
         let want = ["flag".to_string()];
-        let e = read_any(&p, &Want { text: &by, numeric: Some(&want) }).unwrap_err();
+        let e = read_any(&p, &Want { text: &by, numeric: Some(&want), ..Want::default() }).unwrap_err();
         assert!(e.contains("column `flag` is not numeric (row 2: 'true')"), "{e}");
         let want = ["volum".to_string()];
-        let e = read_any(&p, &Want { text: &by, numeric: Some(&want) }).unwrap_err();
+        let e = read_any(&p, &Want { text: &by, numeric: Some(&want), ..Want::default() }).unwrap_err();
         assert!(e.contains("did you mean 'volume'"), "{e}");
         std::fs::write(&p, "a,b\n1,2\n3\n").unwrap();
         let e = read_any(&p, &Want::default()).unwrap_err();
@@ -241,7 +247,7 @@ mod tests {
         assert_eq!(back.u64("voxels"), vec![3, 4]);
         assert!(back.f64("volume")[1].is_nan());
         let by = ["sample".to_string()];
-        let any = read_any(&p, &Want { text: &by, numeric: None }).unwrap();
+        let any = read_any(&p, &Want { text: &by, numeric: None, ..Want::default() }).unwrap();
         assert_eq!(any.names(), vec!["sample", "label", "voxels", "volume"]);
     }
 }
