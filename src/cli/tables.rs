@@ -72,7 +72,7 @@ pub fn cmd_merge(out: &Path, allow_missing: bool, json: bool) -> i32 {
 }
 
 /// Expands the TABLE arguments: files as given, folders to their .csv/.parquet files, and
-/// `*`/`?` patterns in the last path component (for shells that pass them unexpanded).
+/// `*`/`?` patterns (for shells and schedulers that pass them unexpanded).
 pub fn expand(args: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut out = Vec::new();
     let is_table = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["csv", "tsv", "parquet", "pq"].contains(&e));
@@ -91,17 +91,8 @@ pub fn expand(args: &[String]) -> Result<Vec<PathBuf>, String> {
             }
             out.extend(v);
         } else if a.contains(['*', '?']) {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-            let pat = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if dir.to_string_lossy().contains(['*', '?']) {
-                return Err(format!("{a}: patterns are supported in file names only, not in folders"));
-            }
-            let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?
-                .flatten()
-                .filter(|e| glob_match(pat.as_bytes(), e.file_name().to_string_lossy().as_bytes()))
-                .map(|e| e.path())
-                .collect();
+            let mut v = glob(&p);
+            v.retain(|p| p.is_file());
             v.sort();
             if v.is_empty() {
                 return Err(format!("{a}: no file matches"));
@@ -114,6 +105,30 @@ pub fn expand(args: &[String]) -> Result<Vec<PathBuf>, String> {
         }
     }
     Ok(out)
+}
+
+/// The paths matching a pattern with `*`/`?` in any component.
+fn glob(pattern: &Path) -> Vec<PathBuf> {
+    let mut current: Vec<PathBuf> = vec![PathBuf::new()];
+    for comp in pattern.components() {
+        let c = comp.as_os_str().to_string_lossy();
+        if !c.contains(['*', '?']) {
+            current = current.into_iter().map(|p| p.join(comp.as_os_str())).collect();
+            continue;
+        }
+        let mut next = Vec::new();
+        for dir in &current {
+            let d = if dir.as_os_str().is_empty() { Path::new(".") } else { dir.as_path() };
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let name = e.file_name();
+                if glob_match(c.as_bytes(), name.to_string_lossy().as_bytes()) && !name.to_string_lossy().starts_with('.') {
+                    next.push(dir.join(name));
+                }
+            }
+        }
+        current = next;
+    }
+    current
 }
 
 /// `*` and `?` wildcard matching.

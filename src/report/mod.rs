@@ -85,18 +85,23 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// A path as an absolute one where it exists (so `tessera merge` finds it from any folder).
+fn absolute(p: &Path) -> String {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
 /// The provenance record of a run (SPEC §4).
 pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &RunSummary) -> serde_json::Value {
     serde_json::json!({
         "tessera": {"version": env!("CARGO_PKG_VERSION"), "git_commit": option_env!("TESSERA_GIT_COMMIT").unwrap_or("unknown")},
         "pipeline": {
             "name": plan.spec.name,
-            "file": plan.spec.file.display().to_string(),
+            "file": absolute(&plan.spec.file),
             "hash": plan.hash,
             "text": plan.spec.text,
         },
         "manifest": {
-            "file": manifest.path.as_ref().map(|p| p.display().to_string()),
+            "file": manifest.path.as_ref().map(|p| absolute(p)),
             "hash": manifest.hash(),
             "columns": manifest.columns,
         },
