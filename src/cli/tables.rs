@@ -174,8 +174,9 @@ pub fn analyse_files(files: &[PathBuf], req: &Request) -> Result<Outputs, String
     let p = a.partial(&t, &format!("{}: ", first.display()))?;
     a.add(&t, p)?;
     let names: Vec<String> = a.phenotypes().map(|p| p.to_vec()).unwrap_or_default();
-    // Batches keep memory bounded (tables are dropped once reduced) while files load in parallel.
-    for batch in rest.chunks(64) {
+    // Small batches keep memory bounded (tables are dropped once reduced) while files load in
+    // parallel.
+    for batch in rest.chunks(4 * rayon::current_num_threads()) {
         let loaded: Vec<Result<(Table, crate::stats::Partial), String>> = batch
             .par_iter()
             .map(|f| {
