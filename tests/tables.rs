@@ -25,7 +25,11 @@ fn merge_rewrites_the_study_outputs_byte_for_byte() {
             std::fs::remove_dir_all(out.join(".tessera")).unwrap();
         }
         // From another folder: run.json records absolute paths.
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args(["merge", out.to_str().unwrap()]).current_dir(tmp.path()).output().unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["merge", out.to_str().unwrap()])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(0), "{}{}", text(&o.stdout), text(&o.stderr));
         assert!(text(&o.stdout).contains("3 of 3 samples done"), "{}", text(&o.stdout));
         assert!(study(&out) == before, "merge (from parquet: {from_parquet}) wrote other bytes");
@@ -75,7 +79,11 @@ fn stats_on_files_equals_the_runs_statistics() {
     let want = std::fs::read(out.join("stats/shape_within_between.csv")).unwrap();
     // Per-sample Parquet files in manifest order are the run's rows in the run's order.
     for (i, tables) in [
-        vec![out.join("samples/nuclei2d/shape.parquet"), out.join("samples/neuron3d/shape.parquet"), out.join("samples/nuclei3d/shape.parquet")],
+        vec![
+            out.join("samples/nuclei2d/shape.parquet"),
+            out.join("samples/neuron3d/shape.parquet"),
+            out.join("samples/nuclei3d/shape.parquet"),
+        ],
         vec![out.join("tables/shape.parquet")],
         vec![out.join("tables/shape.csv")],
     ]
@@ -104,10 +112,13 @@ fn stats_on_files_equals_the_runs_statistics() {
 #[test]
 fn pca_and_kmeans_from_the_pipeline_are_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    let yaml = std::fs::read_to_string(common::root().join("pipelines/nuclei.yaml")).unwrap().replace(
-        "phenotypes: [volume, raw_mean]",
-        "phenotypes: [volume, raw_mean, major_axis_length, anisotropy]\n  pca: 2\n  kmeans: 3\n  seed: 7",
-    ).replace("../testdata/samples.csv", &common::root().join("testdata/samples.csv").display().to_string());
+    let yaml = std::fs::read_to_string(common::root().join("pipelines/nuclei.yaml"))
+        .unwrap()
+        .replace(
+            "phenotypes: [volume, raw_mean]",
+            "phenotypes: [volume, raw_mean, major_axis_length, anisotropy]\n  pca: 2\n  kmeans: 3\n  seed: 7",
+        )
+        .replace("../testdata/samples.csv", &common::root().join("testdata/samples.csv").display().to_string());
     let p = tmp.path().join("p.yaml");
     std::fs::write(&p, yaml).unwrap();
     let mut outs = Vec::new();

@@ -4,6 +4,7 @@
 
 mod render;
 mod status;
+mod submit;
 mod tables;
 
 use std::io::Write;
@@ -46,6 +47,9 @@ pub enum Command {
     Merge(MergeArgs),
     /// Within/between statistics, ICC, ANOVA, PCA and k-means on any CSV/Parquet tables.
     Stats(StatsArgs),
+    /// Submit a study as an array job (one shard per task) and a merge job after it, on Slurm
+    /// or SGE; or resubmit the shards of an output folder that have failed or missing samples.
+    Submit(SubmitArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -94,6 +98,12 @@ pub struct RunArgs {
     /// Keep no checkpoints, records or locks in DIR/.tessera (nothing is resumed or skipped).
     #[arg(long)]
     pub no_checkpoint: bool,
+    /// Run one shard of the study: K/N (1-based; sample i of the manifest, from 0, belongs to
+    /// shard i mod N + 1), or `auto` from the array variables of Slurm, SGE, PBS or LSF. A
+    /// shard writes per-sample outputs and DIR/tasks/task-K-of-N.json; `tessera merge DIR`
+    /// writes the merged tables and statistics.
+    #[arg(long, value_name = "K/N|auto")]
+    pub task: Option<crate::sched::TaskArg>,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +161,48 @@ pub struct StatsArgs {
     /// Print every table as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The pipeline YAML (not with --resubmit-failed, which reads DIR/jobs/submit.json).
+    #[arg(required_unless_present = "resubmit_failed")]
+    pub pipeline: Option<PathBuf>,
+    /// The scheduler to submit to.
+    #[arg(long, value_enum, required_unless_present = "resubmit_failed")]
+    pub scheduler: Option<crate::sched::submit::Scheduler>,
+    /// Array tasks (shards); at most the number of samples.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "resubmit_failed")]
+    pub tasks: Option<u32>,
+    /// Sample manifest. Default: the pipeline's `samples:`.
+    #[arg(long, value_name = "MANIFEST.csv")]
+    pub samples: Option<PathBuf>,
+    /// Output folder (shared by all tasks). Default: tessera-out/<pipeline name>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Threads per task (Slurm --cpus-per-task; SGE -pe PE N when above 1).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+    /// --memory of each task. Default: what the largest sample needs in memory (read from the
+    /// image headers), at least 256 MiB. The scheduler is asked for 5/4 of it plus 256 MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// SGE parallel environment used when --threads is above 1.
+    #[arg(long, default_value = "smp", value_name = "PE")]
+    pub pe: String,
+    /// Write the job scripts to DIR/jobs/ and print the commands, without submitting.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the job ids and scripts as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Resubmit only the shards of DIR with failed or missing samples (and a merge job after
+    /// them), with the settings of the first submission.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["pipeline", "tasks", "samples", "out"])]
+    pub resubmit_failed: Option<PathBuf>,
+    /// Extra arguments for sbatch/qsub (after `--`), e.g. `-- --partition=long` or `-- -q all.q`.
+    #[arg(last = true, value_name = "SCHEDULER ARGS")]
+    pub extra: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +298,7 @@ pub fn main_with(cli: Cli) -> i32 {
         Command::Status(a) => status::cmd_status(&a.dir, a.json),
         Command::Clean(a) => status::cmd_clean(&a.dir, a.all),
         Command::Merge(a) => tables::cmd_merge(&a.dir, a.allow_missing, a.json),
+        Command::Submit(a) => submit::cmd_submit(a),
         Command::Stats(a) => {
             let req = crate::stats::analysis::Request {
                 by: a.by.clone(),
@@ -512,12 +565,34 @@ fn cmd_run(a: RunArgs) -> i32 {
             return 2;
         }
     };
+    let task = match a.task {
+        None => None,
+        Some(crate::sched::TaskArg::Fixed(t)) => Some(t),
+        Some(crate::sched::TaskArg::Auto) => match crate::sched::detect_env() {
+            Ok((t, sched)) => {
+                eprintln!("tessera: task {t} ({sched} array)");
+                Some(t)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        },
+    };
+    let mut manifest = manifest;
+    if let Some(t) = task {
+        manifest.rows = manifest.rows.iter().enumerate().filter(|(i, _)| t.owns(*i)).map(|(_, r)| r.clone()).collect();
+        if manifest.rows.is_empty() {
+            eprintln!("tessera: task {t} owns no sample (fewer samples than tasks); nothing to do");
+        }
+    }
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("tessera-out").join(&plan.spec.name));
     if let Err(e) = std::fs::create_dir_all(&out) {
         eprintln!("error: cannot create output folder {}: {e}", out.display());
         return 2;
     }
     let cfg = RunConfig {
+        task,
         out: out.clone(),
         threads: rayon::current_num_threads(),
         tile: a.tile.unwrap_or_else(|| pipeline_tile(&plan.spec)),

@@ -21,15 +21,25 @@ pub struct SampleState {
 
 /// The state of every sample the last run knew of.
 pub fn states(out: &Path) -> Result<(serde_json::Value, Vec<SampleState>), String> {
-    let run_json = out.join("run.json");
-    let text = std::fs::read_to_string(&run_json)
-        .map_err(|e| format!("{}: {e} (is this a tessera output folder? `tessera run` writes run.json)", run_json.display()))?;
-    let run: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", run_json.display()))?;
+    // run.json, and the records of sharded tasks (the latest record of a sample wins).
+    let prov = crate::exec::merge::provenance(out)?;
+    let run = prov[0].json.clone();
+    let mut order: Vec<String> = Vec::new();
+    let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for p in &prov {
+        for s in p.json["samples"].as_array().into_iter().flatten() {
+            let id = s["sample"].as_str().unwrap_or("").to_string();
+            if !latest.contains_key(&id) {
+                order.push(id.clone());
+            }
+            latest.insert(id, s.clone());
+        }
+    }
     let store = Store::new(out);
     let records: BTreeMap<String, SampleRecord> = store.records().into_iter().map(|r| (r.sample.clone(), r)).collect();
     let stage_ids = stage_ids(&run);
     let mut v = Vec::new();
-    for s in run["samples"].as_array().cloned().unwrap_or_default() {
+    for s in order.iter().filter_map(|id| latest.get(id).cloned()) {
         let id = s["sample"].as_str().unwrap_or("").to_string();
         let rec = records.get(&id);
         let outputs_present = |r: &SampleRecord| r.outputs.keys().all(|f| out.join(f).is_file());

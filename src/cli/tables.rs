@@ -51,12 +51,7 @@ pub fn cmd_merge(out: &Path, allow_missing: bool, json: bool) -> i32 {
         }
         if !r.tasks_to_rerun.is_empty() {
             let list: Vec<String> = r.tasks_to_rerun.iter().map(|t| t.to_string()).collect();
-            let _ = writeln!(
-                so,
-                "tasks to re-run: {} (tessera submit --resubmit-failed {} does it)",
-                list.join(","),
-                out.display()
-            );
+            let _ = writeln!(so, "tasks to re-run: {} (tessera submit --resubmit-failed {} does it)", list.join(","), out.display());
         }
         if incomplete && !allow_missing {
             let _ = writeln!(so, "nothing merged: {} samples are not done (--allow-missing merges the others)", r.not_done.len());
@@ -222,11 +217,8 @@ pub fn render(t: &Table, columns: &[&str]) -> String {
         cols.iter().zip(&cells).map(|((n, _), v)| v.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(n.len())).collect();
     let mut s = String::new();
     let line = |s: &mut String, items: Vec<(String, bool)>| {
-        let parts: Vec<String> = items
-            .iter()
-            .zip(&widths)
-            .map(|((x, left), w)| if *left { format!("{x:<w$}") } else { format!("{x:>w$}") })
-            .collect();
+        let parts: Vec<String> =
+            items.iter().zip(&widths).map(|((x, left), w)| if *left { format!("{x:<w$}") } else { format!("{x:>w$}") }).collect();
         s.push_str(parts.join("  ").trim_end());
         s.push('\n');
     };
@@ -301,7 +293,9 @@ pub fn cmd_stats(tables: &[String], req: Request, out: Option<&Path>, json: bool
                             .iter()
                             .map(|(n, c, _)| {
                                 let v = match c {
-                                    Column::F64(v) => serde_json::Number::from_f64(v[i]).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null),
+                                    Column::F64(v) => {
+                                        serde_json::Number::from_f64(v[i]).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+                                    }
                                     Column::U32(v) => serde_json::json!(v[i]),
                                     Column::U64(v) => serde_json::json!(v[i]),
                                     Column::Bool(v) => serde_json::json!(v[i]),

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 
 use crate::io::Spacing;
 use crate::ops::Kind;
+use crate::ops::Value;
 use crate::plan::Plan;
 use crate::spec::manifest::Manifest;
 use crate::store::Store;
 use crate::table::Table;
-use crate::ops::Value;
 
 /// What a run (or a task of a sharded run) recorded: run.json or tasks/<k>-of-<n>.json.
 #[derive(Debug, Clone)]
@@ -38,10 +38,7 @@ pub fn provenance(out: &Path) -> Result<Vec<Provenance>, String> {
         files.extend(tasks);
     }
     if files.is_empty() {
-        return Err(format!(
-            "{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)",
-            out.display()
-        ));
+        return Err(format!("{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)", out.display()));
     }
     files
         .into_iter()
@@ -189,11 +186,9 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
         };
         if !done {
             match prov_s.filter(|s| s["status"] == "failed") {
-                Some(s) => not_done.push(nd(
-                    "failed",
-                    s["failed_stage"].as_str().map(str::to_string),
-                    s["error"].as_str().map(str::to_string),
-                )),
+                Some(s) => {
+                    not_done.push(nd("failed", s["failed_stage"].as_str().map(str::to_string), s["error"].as_str().map(str::to_string)))
+                }
                 None => not_done.push(nd("missing", None, None)),
             }
             continue;
@@ -252,8 +247,68 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     } else {
         (Vec::new(), Vec::new())
     };
+    let mut errors = errors;
+    if let Err(e) = write_errors_csv(out, &not_done, &errors) {
+        errors.push(format!("errors.csv: {e}"));
+    }
+    if prov.iter().any(|p| p.json["task"].is_object())
+        && let Err(e) = write_study_record(out, &prov, &manifest)
+    {
+        errors.push(format!("run.json: {e}"));
+    }
     let mut tasks_to_rerun: Vec<usize> = not_done.iter().filter_map(|n| n.task).collect();
     tasks_to_rerun.sort();
     tasks_to_rerun.dedup();
     Ok(MergeReport { samples: manifest.rows.len(), done: tables.len(), not_done, tasks_to_rerun, task_count, written, errors, warnings })
+}
+
+/// `errors.csv` (SPEC §4) for the study: every sample not done, and problems merging; removed
+/// when there are none.
+fn write_errors_csv(out: &Path, not_done: &[NotDone], errors: &[String]) -> std::io::Result<()> {
+    let path = out.join("errors.csv");
+    if not_done.is_empty() && errors.is_empty() {
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        return Ok(());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
+    for n in not_done {
+        let task = n.task.map(|t| format!(" (task {t})")).unwrap_or_default();
+        let error = match (&n.error, n.status) {
+            (Some(e), "failed") => format!("{e}{task}"),
+            (Some(e), _) => format!("missing: {e}{task}"),
+            (None, _) => format!("missing: no result{task}"),
+        };
+        w.write_record([n.sample.as_str(), n.stage.as_deref().unwrap_or(""), error.as_str()]).map_err(std::io::Error::other)?;
+    }
+    for e in errors {
+        w.write_record(["", "merge", e.as_str()]).map_err(std::io::Error::other)?;
+    }
+    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::util::write_atomic(&path, &bytes)
+}
+
+/// The study's `run.json` after a sharded run: the tasks' provenance with every sample in
+/// manifest order (the latest record of each), and the task records it came from.
+fn write_study_record(out: &Path, prov: &[Provenance], manifest: &Manifest) -> std::io::Result<()> {
+    let tasks: Vec<&Provenance> = prov.iter().filter(|p| p.json["task"].is_object()).collect();
+    let mut base = tasks.last().map(|p| p.json.clone()).unwrap_or_default();
+    let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for p in &tasks {
+        for s in p.json["samples"].as_array().into_iter().flatten() {
+            latest.insert(s["sample"].as_str().unwrap_or("").to_string(), s.clone());
+        }
+    }
+    let samples: Vec<serde_json::Value> = manifest.rows.iter().filter_map(|r| latest.get(&r.id).cloned()).collect();
+    let failed = samples.iter().filter(|s| s["status"] != "done").count();
+    base["samples_total"] = serde_json::json!(manifest.rows.len());
+    base["samples_failed"] = serde_json::json!(failed + manifest.rows.len() - samples.len());
+    base["samples"] = serde_json::Value::Array(samples);
+    base["task"] = serde_json::Value::Null;
+    base["merged_from"] =
+        serde_json::json!(tasks.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect::<Vec<_>>());
+    let text = serde_json::to_string_pretty(&base).map_err(std::io::Error::other)?;
+    crate::util::write_atomic(&out.join("run.json"), text.as_bytes())
 }

@@ -46,6 +46,9 @@ pub struct RunConfig {
     pub force: bool,
     /// Keep checkpoints, records and locks under `.tessera/` (off with `--no-checkpoint`).
     pub checkpoints: bool,
+    /// The shard this process runs (`--task`): only per-sample outputs are written, and the
+    /// study-level ones are left to `tessera merge`.
+    pub task: Option<crate::sched::Task>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -198,6 +201,18 @@ fn prepare(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<Prepared
     let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
     let keys = stage_keys(plan, &bound, &hashes, &spacing, ndim);
     Ok(Prepared { paths, headers, bound, hashes, ndim, spacing, keys })
+}
+
+/// Bytes running a sample whole would take (headers only; nothing is decoded): what `tessera
+/// submit` asks the scheduler for.
+pub fn sample_bytes(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<u64, String> {
+    if let Some(p) = &row.problem {
+        return Err(p.clone());
+    }
+    let paths = source_paths(plan, row, manifest)?;
+    let headers: Vec<io::Header> = paths.iter().map(|p| io::read_header(p).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let bound = plan.bind(row, &headers).map_err(|e| e.issue.message)?;
+    Ok(stream::whole_run_bytes(plan, &bound, &headers))
 }
 
 fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig) -> SampleResult {
@@ -936,6 +951,6 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
     let done: Vec<&SampleResult> = samples.iter().filter(|s| s.status == Status::Done).collect();
     let spacing = samples.iter().find_map(|s| s.spacing.clone()).unwrap_or_default();
     let per_sample: Vec<(&str, &[(usize, Table)])> = done.iter().map(|s| (s.sample.as_str(), s.tables.as_slice())).collect();
-    let (written, errors) = study::write(plan, &cfg.out, &per_sample, &spacing);
+    let (written, errors) = if cfg.task.is_some() { (Vec::new(), Vec::new()) } else { study::write(plan, &cfg.out, &per_sample, &spacing) };
     RunSummary { samples, seconds: t0.elapsed().as_secs_f64(), written, errors }
 }

@@ -129,12 +129,29 @@ pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &Run
         })).collect::<Vec<_>>(),
         "study_outputs": summary.written,
         "study_errors": summary.errors,
+        "task": cfg.task,
     })
 }
 
+/// Where a sharded task's provenance goes: `tasks/task-K-of-N.json` (K zero-padded so that
+/// names sort in task order).
+pub fn task_record(out: &Path, task: crate::sched::Task) -> std::path::PathBuf {
+    let w = task.count.to_string().len();
+    out.join("tasks").join(format!("task-{:0w$}-of-{}.json", task.index, task.count))
+}
+
 /// Writes `run.json`, and `errors.csv` when something failed (removing a stale one otherwise).
+/// A sharded task writes its own record under `tasks/` instead, and no `errors.csv`: `tessera
+/// merge` writes the study's.
 pub fn write_records(out: &Path, plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &RunSummary) -> std::io::Result<()> {
     let json = serde_json::to_string_pretty(&run_json(plan, manifest, cfg, summary)).map_err(std::io::Error::other)?;
+    if let Some(task) = cfg.task {
+        let p = task_record(out, task);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        return crate::util::write_atomic(&p, json.as_bytes());
+    }
     crate::util::write_atomic(&out.join("run.json"), json.as_bytes())?;
     let failed: Vec<&SampleResult> = summary.samples.iter().filter(|s| s.status != Status::Done).collect();
     let errors_path = out.join("errors.csv");

@@ -287,7 +287,11 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
 
     let stats = root.get("stats").and_then(|n| {
         if n.as_map().is_none() {
-            diags.push(Diagnostic::at(file, n, "`stats` must be a mapping with `table`, optional `by`, `phenotypes`, `pca`, `kmeans`, `seed`"));
+            diags.push(Diagnostic::at(
+                file,
+                n,
+                "`stats` must be a mapping with `table`, optional `by`, `phenotypes`, `pca`, `kmeans`, `seed`",
+            ));
             return None;
         }
         for (k, _) in n.as_map().unwrap_or_default() {

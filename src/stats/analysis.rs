@@ -166,8 +166,15 @@ impl Analysis {
         let grouped = self.grouped.unwrap_or_else(|| Grouped::new(req.phenotypes.clone().unwrap_or_default()));
         let mut wb = grouped.table();
         let mut missing: Vec<u64> = wb.u64("n_objects").iter().map(|n| self.rows_in_groups.saturating_sub(*n)).collect();
-        let mut out =
-            Outputs { within_between: Table::default(), pca: None, clusters: None, centers: None, scores: None, kmeans_run: None, rows: self.rows };
+        let mut out = Outputs {
+            within_between: Table::default(),
+            pca: None,
+            clusters: None,
+            centers: None,
+            scores: None,
+            kmeans_run: None,
+            rows: self.rows,
+        };
         if let Some(kept) = self.kept {
             let names = &grouped.phenotypes;
             let st = pca::standardise(&kept.values);

@@ -95,8 +95,7 @@ fn ln_inv_beta(a: f64, b: f64) -> f64 {
         return ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b);
     }
     // ln Γ(big + small) − ln Γ(big) by Stirling's series, differences taken analytically.
-    let ratio = (big - 0.5) * (small / big).ln_1p() + small * (big + small).ln() - small + stirling_rest(big + small)
-        - stirling_rest(big);
+    let ratio = (big - 0.5) * (small / big).ln_1p() + small * (big + small).ln() - small + stirling_rest(big + small) - stirling_rest(big);
     ratio - ln_gamma(small)
 }
 

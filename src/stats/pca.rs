@@ -83,7 +83,7 @@ pub fn standardise(columns: &[Vec<f64>]) -> Standardised {
         d * d
     });
     let sd: Vec<f64> = ss.iter().map(|s| (s / n as f64).sqrt()).collect();
-    let constant: Vec<bool> = sd.iter().zip(&mean).map(|(s, m)| !(*s > 10.0 * f64::EPSILON * m.abs().max(1.0))).collect();
+    let constant: Vec<bool> = sd.iter().zip(&mean).map(|(s, m)| s.is_nan() || *s <= 10.0 * f64::EPSILON * m.abs().max(1.0)).collect();
     let scale: Vec<f64> = sd.iter().zip(&constant).map(|(s, c)| if *c { 1.0 } else { *s }).collect();
     z.data.par_chunks_mut(p.max(1)).for_each(|row| {
         for j in 0..p {

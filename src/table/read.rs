@@ -39,10 +39,8 @@ pub fn read_any(path: &Path, want: &Want) -> Result<Table, String> {
 }
 
 /// Powers of ten that are exact doubles.
-const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21,
-    1e22,
-];
+const POW10: [f64; 23] =
+    [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22];
 
 /// Parses a number. Plain decimals (`-123.456`) with at most 15 significant digits take the
 /// exact fast path (an integer divided by a power of ten, both exact, so the one rounding gives

@@ -1,0 +1,155 @@
+//! `tessera submit`: a study as an array job and a merge job on Slurm or SGE, or the failed
+//! shards of an output folder resubmitted ([`crate::sched::submit`] writes and submits).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{SubmitArgs, default_manifest, load_plan, read_manifest, report};
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+pub fn cmd_submit(a: SubmitArgs) -> i32 {
+    use crate::sched::submit::{JobSpec, submit};
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        2
+    };
+    let (spec, shards) = if let Some(dir) = &a.resubmit_failed {
+        let path = dir.join("jobs").join("submit.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("{}: {e} (was {} submitted with `tessera submit`?)", path.display(), dir.display())),
+        };
+        let mut spec: JobSpec = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        if let Some(s) = a.scheduler {
+            spec.scheduler = s;
+        }
+        if !a.extra.is_empty() {
+            spec.extra = a.extra.clone();
+        }
+        let shards: Vec<usize> = match crate::exec::merge::merge(dir, false) {
+            Ok(r) if r.not_done.is_empty() => {
+                println!(
+                    "nothing to resubmit: all {} samples of {} are done (tessera merge {0} writes the study tables)",
+                    r.samples,
+                    dir.display()
+                );
+                return 0;
+            }
+            Ok(r) if r.task_count == Some(spec.tasks) => r.tasks_to_rerun,
+            // No task ever recorded anything (or another sharding): every shard.
+            _ => (1..=spec.tasks).collect(),
+        };
+        (spec, Some(shards))
+    } else {
+        let pipeline = a.pipeline.clone().expect("required by clap");
+        let mpath = match a.samples.clone().or_else(|| default_manifest(&pipeline)) {
+            Some(p) => p,
+            None => {
+                return fail(
+                    "no samples: give --samples MANIFEST.csv or `samples:` in the pipeline (an array job needs a manifest)".into(),
+                );
+            }
+        };
+        let manifest = match read_manifest(&mpath) {
+            Ok(m) => m,
+            Err(code) => return code,
+        };
+        let plan = match load_plan(&pipeline, Some(&manifest)) {
+            Ok(p) => p,
+            Err(d) => {
+                report(&d);
+                return 2;
+            }
+        };
+        let tasks = a.tasks.unwrap_or(1) as usize;
+        let n = manifest.rows.len();
+        if n == 0 {
+            return fail(format!("{}: the manifest lists no samples", mpath.display()));
+        }
+        if tasks > n {
+            return fail(format!("--tasks {tasks} is more than the {n} samples of {}: use --tasks {n} or fewer", mpath.display()));
+        }
+        let run_memory = match a.memory {
+            Some(m) => m,
+            None => {
+                let mut most = 0u64;
+                for row in &manifest.rows {
+                    match crate::exec::sample_bytes(&plan, row, &manifest) {
+                        Ok(b) => most = most.max(b),
+                        Err(e) => eprintln!("warning: sample '{}': {e} (it will fail in its task)", row.id),
+                    }
+                }
+                most.max(256 << 20)
+            }
+        };
+        let request_mib = (run_memory + run_memory / 4 + (256 << 20)).div_ceil(1 << 20);
+        let out = a.out.clone().unwrap_or_else(|| PathBuf::from("tessera-out").join(&plan.spec.name));
+        if let Err(e) = std::fs::create_dir_all(&out) {
+            return fail(format!("cannot create output folder {}: {e}", out.display()));
+        }
+        let tessera = std::env::current_exe().map(|p| absolute(&p)).unwrap_or_else(|_| PathBuf::from("tessera"));
+        let spec = JobSpec {
+            scheduler: a.scheduler.expect("required by clap"),
+            name: format!("tessera-{}", plan.spec.name),
+            tessera,
+            pipeline: absolute(&pipeline),
+            manifest: absolute(&mpath),
+            out: absolute(&out),
+            workdir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            tasks,
+            threads: a.threads as usize,
+            run_memory,
+            request_mib,
+            pe: a.pe.clone(),
+            extra: a.extra.clone(),
+        };
+        (spec, None)
+    };
+    let sub = match submit(&spec, shards.as_deref(), a.dry_run) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&sub).unwrap_or_default());
+        return 0;
+    }
+    let mut so = std::io::stdout().lock();
+    let what = if shards.is_some() { "shards to resubmit" } else { "tasks" };
+    let list: Vec<String> = sub.shards.iter().map(|k| k.to_string()).collect();
+    let _ = writeln!(
+        so,
+        "{} {what}: {} (of {}), {} thread(s) and {} MiB each",
+        spec.scheduler.name(),
+        list.join(","),
+        spec.tasks,
+        spec.threads,
+        spec.request_mib
+    );
+    for p in &sub.scripts {
+        let _ = writeln!(so, "  wrote {}", p.display());
+    }
+    if a.dry_run {
+        let _ = writeln!(so, "dry run; would submit:");
+        for c in &sub.commands {
+            let _ = writeln!(so, "  {}", c.iter().map(|w| crate::sched::submit::quote(w)).collect::<Vec<_>>().join(" "));
+        }
+    } else {
+        let _ = writeln!(
+            so,
+            "submitted array job {} and merge job {} (after it)",
+            sub.array_jobs.join(","),
+            sub.merge_job.as_deref().unwrap_or("?")
+        );
+        let _ = writeln!(so, "follow with: tessera status {}", spec.out.display());
+    }
+    0
+}

@@ -1,0 +1,333 @@
+//! `tessera submit`: job scripts for Slurm and SGE under `DIR/jobs/`, and their submission.
+//!
+//! An array job runs `tessera run … --task auto` (one shard per array task), and a merge job
+//! depending on it runs `tessera merge DIR` (Slurm `--dependency=afterok` with
+//! `--kill-on-invalid-dep=yes`; SGE `-hold_jid`). Resubmitting failed shards cannot use `auto`:
+//! Slurm is given the list of shards and each task passes `--task $SLURM_ARRAY_TASK_ID/N`; SGE
+//! takes one range per `-t`, so each shard is its own job with `--task K/N`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The grid engines `submit` talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Slurm,
+    Sge,
+}
+
+impl Scheduler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Slurm => "slurm",
+            Scheduler::Sge => "sge",
+        }
+    }
+    fn submit_command(self) -> &'static str {
+        match self {
+            Scheduler::Slurm => "sbatch",
+            Scheduler::Sge => "qsub",
+        }
+    }
+}
+
+/// Everything the job scripts need; kept in `DIR/jobs/submit.json` for `--resubmit-failed`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobSpec {
+    pub scheduler: Scheduler,
+    /// Job name: `tessera-<pipeline name>`.
+    pub name: String,
+    pub tessera: PathBuf,
+    pub pipeline: PathBuf,
+    pub manifest: PathBuf,
+    pub out: PathBuf,
+    pub workdir: PathBuf,
+    pub tasks: usize,
+    pub threads: usize,
+    /// `--memory` of each task, bytes.
+    pub run_memory: u64,
+    /// Memory asked of the scheduler per task, MiB.
+    pub request_mib: u64,
+    /// SGE parallel environment for more than one thread.
+    pub pe: String,
+    /// Scheduler arguments given after `--`, passed to every submission.
+    pub extra: Vec<String>,
+}
+
+/// What was submitted (or, with `--dry-run`, would be).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Submission {
+    pub scheduler: String,
+    pub array_jobs: Vec<String>,
+    pub merge_job: Option<String>,
+    pub shards: Vec<usize>,
+    pub scripts: Vec<PathBuf>,
+    pub commands: Vec<Vec<String>>,
+    pub dry_run: bool,
+}
+
+/// Single-quotes a word for bash.
+pub fn quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn qp(p: &Path) -> String {
+    quote(&p.display().to_string())
+}
+
+fn jobs_dir(spec: &JobSpec) -> PathBuf {
+    spec.out.join("jobs")
+}
+
+fn run_line(spec: &JobSpec, task: &str) -> String {
+    format!(
+        "exec {} run {} --samples {} --out {} --task {task} --threads {} --memory {} --progress never\n",
+        qp(&spec.tessera),
+        qp(&spec.pipeline),
+        qp(&spec.manifest),
+        qp(&spec.out),
+        spec.threads,
+        spec.run_memory
+    )
+}
+
+fn header(spec: &JobSpec, name: &str, array: Option<&str>, log: &str, cpus: usize, mib: u64) -> String {
+    let logs = jobs_dir(spec).join("logs");
+    let mut s = String::from("#!/bin/bash\n");
+    match spec.scheduler {
+        Scheduler::Slurm => {
+            s.push_str(&format!("#SBATCH --job-name={}\n", quote(name)));
+            if let Some(a) = array {
+                s.push_str(&format!("#SBATCH --array={a}\n"));
+            }
+            s.push_str(&format!("#SBATCH --cpus-per-task={cpus}\n#SBATCH --mem={mib}M\n"));
+            s.push_str(&format!("#SBATCH --output={}\n", qp(&logs.join(log))));
+            s.push_str(&format!("#SBATCH --chdir={}\n", qp(&spec.workdir)));
+        }
+        Scheduler::Sge => {
+            s.push_str(&format!("#$ -N {}\n#$ -S /bin/bash\n", quote(name)));
+            if let Some(a) = array {
+                s.push_str(&format!("#$ -t {a}\n"));
+            }
+            if cpus > 1 {
+                s.push_str(&format!("#$ -pe {} {cpus}\n", quote(&spec.pe)));
+            }
+            s.push_str(&format!("#$ -l mem_free={mib}M\n"));
+            s.push_str(&format!("#$ -o {}/\n#$ -j y\n", qp(&logs)));
+            s.push_str(&format!("#$ -wd {}\n", qp(&spec.workdir)));
+        }
+    }
+    s.push_str("set -eu\n");
+    s
+}
+
+/// The array job: every shard, `--task auto`.
+pub fn array_script(spec: &JobSpec) -> String {
+    let log = "%x-%A_%a.out";
+    header(spec, &spec.name, Some(&format!("1-{}", spec.tasks)), log, spec.threads, spec.request_mib) + &run_line(spec, "auto")
+}
+
+/// Slurm: the listed shards as one array, each task naming its shard explicitly.
+pub fn slurm_rerun_script(spec: &JobSpec, shards: &[usize]) -> String {
+    let list: Vec<String> = shards.iter().map(|k| k.to_string()).collect();
+    header(spec, &spec.name, Some(&list.join(",")), "%x-%A_%a.out", spec.threads, spec.request_mib)
+        + &run_line(spec, &format!("\"${{SLURM_ARRAY_TASK_ID}}/{}\"", spec.tasks))
+}
+
+/// One shard as a plain job (SGE resubmission).
+pub fn shard_script(spec: &JobSpec, k: usize) -> String {
+    let name = format!("{}-{k}", spec.name);
+    header(spec, &name, None, "", spec.threads, spec.request_mib) + &run_line(spec, &format!("{k}/{}", spec.tasks))
+}
+
+/// The merge job.
+pub fn merge_script(spec: &JobSpec) -> String {
+    header(spec, &format!("{}-merge", spec.name), None, "%x-%j.out", 1, 2048)
+        + &format!("exec {} merge {}\n", qp(&spec.tessera), qp(&spec.out))
+}
+
+fn write_script(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::util::write_atomic(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Runs a submission command; returns the job id it prints.
+fn call(s: Scheduler, args: &[String]) -> Result<String, String> {
+    let prog = &args[0];
+    let out = Command::new(prog).args(&args[1..]).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "{prog} not found on PATH: is this a {} submit host? (--dry-run writes the job scripts without submitting)",
+                if s == Scheduler::Slurm { "Slurm" } else { "Grid Engine" }
+            )
+        } else {
+            format!("{prog}: {e}")
+        }
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(format!(
+            "{prog} refused the job ({}): {}",
+            out.status.code().map(|c| format!("exit {c}")).unwrap_or_else(|| "killed".into()),
+            if stderr.is_empty() { &stdout } else { &stderr }
+        ));
+    }
+    // sbatch --parsable: "id" or "id;cluster"; qsub -terse: "id" or "id.1-3:1".
+    let id: String = stdout.lines().last().unwrap_or("").chars().take_while(|c| c.is_ascii_digit()).collect();
+    if id.is_empty() {
+        return Err(format!("{prog} printed no job id: '{stdout}'"));
+    }
+    Ok(id)
+}
+
+fn submit_args(spec: &JobSpec, script: &Path, depends: &[String]) -> Vec<String> {
+    let mut v = vec![spec.scheduler.submit_command().to_string()];
+    match spec.scheduler {
+        Scheduler::Slurm => {
+            v.push("--parsable".into());
+            if !depends.is_empty() {
+                v.push(format!("--dependency=afterok:{}", depends.join(":")));
+                v.push("--kill-on-invalid-dep=yes".into());
+            }
+        }
+        Scheduler::Sge => {
+            v.push("-terse".into());
+            if !depends.is_empty() {
+                v.push("-hold_jid".into());
+                v.push(depends.join(","));
+            }
+        }
+    }
+    v.extend(spec.extra.iter().cloned());
+    v.push(script.display().to_string());
+    v
+}
+
+/// Writes the scripts and submits them: the array job for `shards` (all: `None`), then the merge
+/// job after it. With `dry_run`, only writes and reports the commands.
+pub fn submit(spec: &JobSpec, shards: Option<&[usize]>, dry_run: bool) -> Result<Submission, String> {
+    let jobs = jobs_dir(spec);
+    std::fs::create_dir_all(jobs.join("logs")).map_err(|e| format!("{}: {e}", jobs.display()))?;
+    let mut sub = Submission { scheduler: spec.scheduler.name().into(), dry_run, ..Default::default() };
+    let mut arrays: Vec<(PathBuf, String)> = Vec::new();
+    match (shards, spec.scheduler) {
+        (None, _) => {
+            arrays.push((jobs.join("array.sh"), array_script(spec)));
+            sub.shards = (1..=spec.tasks).collect();
+        }
+        (Some(list), Scheduler::Slurm) => {
+            arrays.push((jobs.join("rerun.sh"), slurm_rerun_script(spec, list)));
+            sub.shards = list.to_vec();
+        }
+        (Some(list), Scheduler::Sge) => {
+            for &k in list {
+                arrays.push((jobs.join(format!("rerun-{k}.sh")), shard_script(spec, k)));
+            }
+            sub.shards = list.to_vec();
+        }
+    }
+    let merge = jobs.join("merge.sh");
+    for (p, text) in &arrays {
+        write_script(p, text)?;
+        sub.scripts.push(p.clone());
+    }
+    write_script(&merge, &merge_script(spec))?;
+    sub.scripts.push(merge.clone());
+    let json = serde_json::to_string_pretty(spec).map_err(|e| e.to_string())?;
+    crate::util::write_atomic(&jobs.join("submit.json"), json.as_bytes()).map_err(|e| e.to_string())?;
+    for (p, _) in &arrays {
+        let args = submit_args(spec, p, &[]);
+        if !dry_run {
+            sub.array_jobs.push(call(spec.scheduler, &args)?);
+        }
+        sub.commands.push(args);
+    }
+    let deps = if dry_run { vec!["<array job id>".to_string()] } else { sub.array_jobs.clone() };
+    let args = submit_args(spec, &merge, &deps);
+    if !dry_run {
+        sub.merge_job = Some(call(spec.scheduler, &args).map_err(|e| {
+            format!(
+                "{e} (the array job {} was submitted; `tessera merge {}` merges after it)",
+                sub.array_jobs.join(","),
+                spec.out.display()
+            )
+        })?);
+    }
+    sub.commands.push(args);
+    Ok(sub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: Scheduler) -> JobSpec {
+        JobSpec {
+            scheduler: s,
+            name: "tessera-nuclei".into(),
+            tessera: "/opt/tessera/bin/tessera".into(),
+            pipeline: "/data/p q.yaml".into(),
+            manifest: "/data/m.csv".into(),
+            out: "/scratch/out".into(),
+            workdir: "/data".into(),
+            tasks: 3,
+            threads: 2,
+            run_memory: 1 << 30,
+            request_mib: 1536,
+            pe: "smp".into(),
+            extra: vec!["--partition=debug".into()],
+        }
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("/a/b.yaml"), "/a/b.yaml");
+        assert_eq!(quote("it's here"), r"'it'\''s here'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn slurm_scripts() {
+        let s = array_script(&spec(Scheduler::Slurm));
+        assert!(s.starts_with("#!/bin/bash\n#SBATCH --job-name=tessera-nuclei\n#SBATCH --array=1-3\n"), "{s}");
+        assert!(s.contains("#SBATCH --cpus-per-task=2\n#SBATCH --mem=1536M\n"), "{s}");
+        assert!(s.contains("--output=/scratch/out/jobs/logs/%x-%A_%a.out"), "{s}");
+        assert!(
+            s.contains("run '/data/p q.yaml' --samples /data/m.csv --out /scratch/out --task auto --threads 2 --memory 1073741824"),
+            "{s}"
+        );
+        let r = slurm_rerun_script(&spec(Scheduler::Slurm), &[2, 3]);
+        assert!(r.contains("--array=2,3") && r.contains("--task \"${SLURM_ARRAY_TASK_ID}/3\""), "{r}");
+        let m = merge_script(&spec(Scheduler::Slurm));
+        assert!(m.contains("--job-name=tessera-nuclei-merge") && m.ends_with("exec /opt/tessera/bin/tessera merge /scratch/out\n"), "{m}");
+        let a = submit_args(&spec(Scheduler::Slurm), Path::new("/m.sh"), &["12".into()]);
+        assert_eq!(a, ["sbatch", "--parsable", "--dependency=afterok:12", "--kill-on-invalid-dep=yes", "--partition=debug", "/m.sh"]);
+    }
+
+    #[test]
+    fn sge_scripts() {
+        let s = array_script(&spec(Scheduler::Sge));
+        assert!(s.contains("#$ -N tessera-nuclei\n#$ -S /bin/bash\n#$ -t 1-3\n#$ -pe smp 2\n"), "{s}");
+        assert!(s.contains("#$ -o /scratch/out/jobs/logs/\n#$ -j y\n#$ -wd /data\n"), "{s}");
+        let k = shard_script(&spec(Scheduler::Sge), 2);
+        assert!(k.contains("#$ -N tessera-nuclei-2\n") && !k.contains("-t ") && k.contains("--task 2/3 "), "{k}");
+        let a = submit_args(&spec(Scheduler::Sge), Path::new("/m.sh"), &["12".into(), "13".into()]);
+        assert_eq!(a, ["qsub", "-terse", "-hold_jid", "12,13", "--partition=debug", "/m.sh"]);
+    }
+
+    #[test]
+    fn missing_scheduler_is_a_clear_error() {
+        let e = call(Scheduler::Slurm, &["tessera-no-such-sbatch".into()]).unwrap_err();
+        assert!(e.contains("not found on PATH") && e.contains("--dry-run"), "{e}");
+        let e = call(Scheduler::Sge, &["false".into()]).unwrap_err();
+        assert!(e.contains("refused the job (exit 1)"), "{e}");
+        assert_eq!(call(Scheduler::Sge, &["echo".into(), "4711.1-3:1".into()]).unwrap(), "4711");
+        assert_eq!(call(Scheduler::Slurm, &["echo".into(), "88;cluster".into()]).unwrap(), "88");
+    }
+}
