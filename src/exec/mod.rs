@@ -889,7 +889,9 @@ fn write_output(
                 let t = t.for_sample(&row.id, &row.meta);
                 let mut df = t.to_frame().map_err(|e| e.to_string())?;
                 if *f == Format::Parquet {
-                    crate::table::write_parquet(&path, &mut df, &table_metadata(plan, &t, spacing)).map_err(|e| e.to_string())?;
+                    let mut meta = table_metadata(plan, &t, spacing);
+                    meta.push(("tessera.spacing".into(), serde_json::json!(spacing.zyx).to_string()));
+                    crate::table::write_parquet(&path, &mut df, &meta).map_err(|e| e.to_string())?;
                 } else {
                     crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?;
                 }

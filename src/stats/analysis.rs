@@ -60,6 +60,8 @@ pub struct Analysis {
     rows_in_groups: u64,
     kept: Option<Kept>,
     rows: usize,
+    /// Tables with no rows (samples without objects).
+    empty: usize,
 }
 
 /// What PCA and k-means need from every row.
@@ -88,7 +90,7 @@ fn extend(into: &mut Column, from: &Column) {
 impl Analysis {
     pub fn new(req: Request) -> Analysis {
         let keep = req.pca > 0 || req.kmeans > 0;
-        Analysis { req, grouped: None, rows_in_groups: 0, kept: keep.then(Kept::default), rows: 0 }
+        Analysis { req, grouped: None, rows_in_groups: 0, kept: keep.then(Kept::default), rows: 0, empty: 0 }
     }
 
     /// The phenotypes (known after the first table).
@@ -136,6 +138,9 @@ impl Analysis {
         }
         let g = self.grouped.as_mut().expect("set above");
         self.rows += t.rows();
+        if t.rows() == 0 {
+            self.empty += 1;
+        }
         let by = t.get(&self.req.by).expect("checked by Partial::of");
         self.rows_in_groups += (0..t.rows()).filter(|&i| !super::no_group(&cell(by, i))).count() as u64;
         if let Some(k) = &mut self.kept {
@@ -253,7 +258,14 @@ impl Analysis {
             }
             out.scores = Some(scores);
         }
-        let notes = notes(&wb, &missing);
+        let mut notes = notes(&wb, &missing);
+        if self.empty > 0 {
+            // A sample without objects contributes no group: say so on every row.
+            let what = format!("{} table{} without objects (not among the groups)", self.empty, if self.empty == 1 { "" } else { "s" });
+            for n in &mut notes {
+                *n = if n.is_empty() { what.clone() } else { format!("{n}; {what}") };
+            }
+        }
         wb.push("n_missing", Column::U64(missing), None);
         wb.push("note", Column::Str(notes), None);
         out.within_between = wb;
@@ -317,6 +329,20 @@ mod tests {
         t.push("length", Column::F64(w.to_vec()), None);
         t.push("flat", Column::F64(vec![2.0; v.len()]), None);
         t
+    }
+
+    #[test]
+    fn samples_without_objects_are_noted() {
+        let a = sample("a", &[1.0, 2.0], &[1.0, 2.0]);
+        let b = sample("b", &[3.0, 5.0], &[1.0, 2.0]);
+        let empty = sample("c", &[], &[]);
+        let o = analyse(&[&a, &empty, &b], &Request::default()).unwrap();
+        assert_eq!(o.within_between.u64("n_groups")[0], 2);
+        let notes = match o.within_between.get("note") {
+            Some(Column::Str(v)) => v.clone(),
+            _ => panic!(),
+        };
+        assert_eq!(notes[0], "1 table without objects (not among the groups)");
     }
 
     #[test]
