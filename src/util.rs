@@ -123,9 +123,33 @@ pub fn advise_huge_raw(start: usize, bytes: usize) {
     }
 }
 
+/// A number for people: 4 decimals without trailing zeros, scientific when very large or
+/// small, `NaN`/`inf` spelled out.
+pub fn fmt_num(x: f64) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 1e6 || x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(fmt_num(864.1234567), "864.1235");
+        assert_eq!(fmt_num(2.5e-7), "2.500e-7");
+        assert_eq!(fmt_num(f64::NAN), "NaN");
+        assert_eq!(fmt_num(36.97), "36.97");
+    }
 
     #[test]
     fn suggestions() {

@@ -429,3 +429,49 @@ fn a_closed_stdout_ends_the_process_quietly() {
         assert!(o.status.success() || o.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?}", o.status);
     }
 }
+
+#[test]
+fn progress_in_logs_is_plain_periodic_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // stderr is a pipe here, as in an array job's log: lines, never carriage returns, and every
+    // TESSERA_PROGRESS_SECONDS a line with the stage each running sample has reached.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--threads", "1"])
+        .current_dir(common::root())
+        .env("TESSERA_PROGRESS_SECONDS", "0.002")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let err = text(&o.stderr);
+    assert!(!err.contains('\r'), "carriage return in log output");
+    assert!(err.lines().all(|l| l.starts_with("tessera: ")), "{err}");
+    assert!(err.contains("[3/3]") && err.contains(" done in "), "{err}");
+    assert!(err.contains("samples finished after") && err.contains("running: "), "no periodic line: {err}");
+    // --progress never: nothing on stderr; --json: the summary on stdout.
+    let o = tessera(&["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--json", "--force"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["done"], 3);
+}
+
+#[test]
+fn completions_for_every_shell_name_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = tessera(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}");
+        let s = text(&o.stdout);
+        for cmd in ["run", "validate", "plan", "ops", "status", "clean", "merge", "stats", "report", "submit"] {
+            assert!(s.contains(cmd), "{shell} completions lack `{cmd}`");
+        }
+        assert!(s.contains("resubmit-failed") && s.contains("allow-missing"), "{shell}: flags missing");
+    }
+    // bash can load it.
+    let o = tessera(&["completions", "bash"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("c.bash");
+    std::fs::write(&f, &o.stdout).unwrap();
+    let b = std::process::Command::new("bash").args(["-c", &format!("source {} && complete -p tessera", f.display())]).output().unwrap();
+    assert!(b.status.success(), "{}", text(&b.stderr));
+}

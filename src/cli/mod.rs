@@ -47,6 +47,9 @@ pub enum Command {
     Merge(MergeArgs),
     /// Within/between statistics, ICC, ANOVA, PCA and k-means on any CSV/Parquet tables.
     Stats(StatsArgs),
+    /// Write a self-contained HTML report of an output folder: provenance, samples, phenotype
+    /// distributions, statistics, PCA, clusters and label previews.
+    Report(ReportArgs),
     /// Submit a study as an array job (one shard per task) and a merge job after it, on Slurm
     /// or SGE; or resubmit the shards of an output folder that have failed or missing samples.
     Submit(SubmitArgs),
@@ -161,6 +164,15 @@ pub struct StatsArgs {
     /// Print every table as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The output folder of a run (merged, when it was sharded).
+    pub dir: PathBuf,
+    /// Where to write the HTML. Default: DIR/report.html.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +311,26 @@ pub fn main_with(cli: Cli) -> i32 {
         Command::Clean(a) => status::cmd_clean(&a.dir, a.all),
         Command::Merge(a) => tables::cmd_merge(&a.dir, a.allow_missing, a.json),
         Command::Submit(a) => submit::cmd_submit(a),
+        Command::Report(a) => {
+            let html = match crate::report::html::render(&a.dir) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
+            let path = a.output.unwrap_or_else(|| a.dir.join("report.html"));
+            match crate::util::write_atomic(&path, html.as_bytes()) {
+                Ok(()) => {
+                    println!("wrote {} ({})", path.display(), crate::util::human_bytes(html.len() as u64));
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    2
+                }
+            }
+        }
         Command::Stats(a) => {
             let req = crate::stats::analysis::Request {
                 by: a.by.clone(),

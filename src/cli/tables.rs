@@ -188,23 +188,9 @@ pub fn analyse_files(files: &[PathBuf], req: &Request) -> Result<Outputs, String
     Ok(a.finish())
 }
 
-fn fmt_num(x: f64) -> String {
-    if x.is_nan() {
-        "NaN".into()
-    } else if x.is_infinite() {
-        if x > 0.0 { "inf".into() } else { "-inf".into() }
-    } else if x == 0.0 {
-        "0".into()
-    } else if x.abs() >= 1e6 || x.abs() < 1e-3 {
-        format!("{x:.3e}")
-    } else {
-        format!("{x:.4}").trim_end_matches('0').trim_end_matches('.').to_string()
-    }
-}
-
 fn cell_text(c: &Column, i: usize) -> String {
     match c {
-        Column::F64(v) => fmt_num(v[i]),
+        Column::F64(v) => crate::util::fmt_num(v[i]),
         other => crate::stats::cell(other, i),
     }
 }
@@ -362,13 +348,5 @@ mod tests {
         assert!(!glob_match(b"*.csv", b"a.parquet"));
         assert!(glob_match(b"*", b""));
         assert!(!glob_match(b"a*b", b"acbd"));
-    }
-
-    #[test]
-    fn numbers_read_well() {
-        assert_eq!(fmt_num(864.1234567), "864.1235");
-        assert_eq!(fmt_num(2.5e-7), "2.500e-7");
-        assert_eq!(fmt_num(f64::NAN), "NaN");
-        assert_eq!(fmt_num(36.97), "36.97");
     }
 }

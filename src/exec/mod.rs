@@ -215,7 +215,7 @@ pub fn sample_bytes(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result
     Ok(stream::whole_run_bytes(plan, &bound, &headers))
 }
 
-fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig) -> SampleResult {
+fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig, on_stage: &(dyn Fn(&str) + Sync)) -> SampleResult {
     let mut res = SampleResult::new(row);
     let Prepared { paths, headers, bound, hashes, ndim, spacing, keys } = match prepare(plan, row, manifest) {
         Ok(p) => p,
@@ -317,6 +317,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     });
     let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
         let st = &plan.stages[i];
+        on_stage(&st.id);
         // Global stages and tables are checkpointed; local stages are cheaper to recompute from
         // their inputs than to write and verify, and a stage written as TIFF/npy is its own
         // checkpoint (read back exactly on a re-run).
@@ -937,7 +938,8 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
                 return r;
             }
             let t = Instant::now();
-            let r = run_sample(plan, row, manifest, cfg);
+            progress.begin(&row.id, plan.stages.len());
+            let r = run_sample(plan, row, manifest, cfg, &|stage| progress.stage(&row.id, stage));
             if r.status == Status::Failed && cfg.fail_fast {
                 stop.store(true, Ordering::SeqCst);
             }

@@ -255,6 +255,19 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
     Ok(t)
 }
 
+/// The `tessera.units` metadata of a Parquet table (column → unit); empty when absent.
+pub fn units(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let Ok(file) = std::fs::File::open(path) else { return Default::default() };
+    let mut reader = ParquetReader::new(file);
+    reader
+        .get_metadata()
+        .ok()
+        .and_then(|m| m.key_value_metadata().clone())
+        .and_then(|kv| kv.into_iter().find(|k| k.key == "tessera.units").and_then(|k| k.value))
+        .and_then(|v| serde_json::from_str::<std::collections::BTreeMap<String, String>>(&v).ok())
+        .unwrap_or_default()
+}
+
 /// Reads one of tessera's Parquet tables exactly as written: column types and units (from the
 /// `tessera.units` metadata).
 pub fn read_exact(path: &Path) -> Result<Table, String> {

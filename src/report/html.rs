@@ -1,0 +1,367 @@
+//! `tessera report DIR`: one self-contained HTML file (inline CSS, SVG charts and PNG previews;
+//! no scripts, no network) from an output folder: provenance and pipeline, per-sample status and
+//! object counts, phenotype distributions per group, the within/between table with a chart of
+//! the ratios, PCA and clusters when computed, and label previews (the middle plane of each
+//! sample's image beside its labels). Everything comes from files in the folder, in manifest
+//! order, so the same folder gives the same bytes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use super::{plots, preview};
+use crate::ops::Kind;
+use crate::plan::{Format, Plan};
+use crate::table::{Column, Table};
+use crate::util::fmt_num;
+
+/// Limits that keep reports of large studies readable and small.
+const MAX_PREVIEWS: usize = 48;
+const MAX_BOX_GROUPS: usize = 60;
+const MAX_PHENOTYPE_PLOTS: usize = 8;
+const PREVIEW_SIDE: usize = 256;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn cell(c: &Column, i: usize) -> String {
+    match c {
+        Column::F64(v) => fmt_num(v[i]),
+        other => crate::stats::cell(other, i),
+    }
+}
+
+/// A table as HTML (numbers right-aligned).
+fn html_table(t: &Table, columns: Option<&[&str]>, max_rows: usize) -> String {
+    let names: Vec<&str> = columns.map(|c| c.to_vec()).unwrap_or_else(|| t.names());
+    let cols: Vec<(&str, &Column)> = names.iter().filter_map(|n| t.get(n).map(|c| (*n, c))).collect();
+    let mut s = String::from("<table><thead><tr>");
+    for (n, _) in &cols {
+        let _ = write!(s, "<th>{}</th>", esc(n));
+    }
+    s.push_str("</tr></thead><tbody>");
+    for i in 0..t.rows().min(max_rows) {
+        s.push_str("<tr>");
+        for (_, c) in &cols {
+            let num = !matches!(c, Column::Str(_) | Column::Bool(_));
+            let _ = write!(s, "<td{}>{}</td>", if num { " class=n" } else { "" }, esc(&cell(c, i)));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</tbody></table>");
+    if t.rows() > max_rows {
+        let _ = write!(s, "<p class=note>{} more rows not shown.</p>", t.rows() - max_rows);
+    }
+    s
+}
+
+fn kv_table(rows: &[(&str, String)]) -> String {
+    let mut s = String::from("<table class=kv>");
+    for (k, v) in rows {
+        let _ = write!(s, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    }
+    s.push_str("</table>");
+    s
+}
+
+fn json_str(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "—".into(),
+        other => other.to_string(),
+    }
+}
+
+fn strs(c: &Column) -> Vec<String> {
+    (0..c.len()).map(|i| crate::stats::cell(c, i)).collect()
+}
+
+/// Reads a table the folder holds, if it is there: text columns as text (`text`, plus those of
+/// tessera's own that are text), numbers as f64 (missing values NaN), units from the metadata.
+fn table(out: &Path, rel: &str, text: &[String]) -> Option<Table> {
+    let p = out.join(rel);
+    if !p.is_file() {
+        return None;
+    }
+    let mut keep: Vec<String> = ["sample", "phenotype", "component", "note"].iter().map(|s| s.to_string()).collect();
+    keep.extend(text.iter().cloned());
+    let want = crate::table::read::Want { text: &[], numeric: None, text_if_present: &keep, numeric_optional: true };
+    let mut t = crate::table::read::read_any(&p, &want).ok()?;
+    if rel.ends_with(".parquet") {
+        let units = crate::table::read::units(&p);
+        for (n, _, u) in &mut t.columns {
+            *u = units.get(n).cloned();
+        }
+    }
+    Some(t)
+}
+
+/// The pipeline recorded in the provenance, compiled without a manifest.
+fn plan_of(run: &serde_json::Value) -> Option<Plan> {
+    let text = run["pipeline"]["text"].as_str()?;
+    let file = PathBuf::from(run["pipeline"]["file"].as_str().unwrap_or("pipeline.yaml"));
+    let (spec, _) = crate::spec::parse_str(&file, text.to_string());
+    crate::plan::compile(spec?, None, None).0
+}
+
+fn middle_plane(path: &Path) -> Result<crate::io::Data, String> {
+    let h = crate::io::read_header(path).map_err(|e| e.to_string())?;
+    let z = h.shape[0] / 2;
+    crate::io::read_planes(path, z, z + 1, crate::io::ReadLimits { max_bytes: u64::MAX }).map_err(|e| e.to_string())
+}
+
+fn img(png: &[u8], alt: &str) -> String {
+    format!("<img alt=\"{}\" src=\"data:image/png;base64,{}\">", esc(alt), preview::base64(png))
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;\
+color:#222;padding:0 1em}h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}\
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;\
+vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}table.kv th{background:#f5f5f5;font-weight:600}\
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.8em;overflow-x:auto;font-size:.85em}.note{color:#666;font-size:.9em}\
+.failed{color:#b00}.grid{display:flex;flex-wrap:wrap;gap:1em}.preview{border:1px solid #ddd;padding:.5em}.preview img{\
+image-rendering:pixelated;width:256px;margin-right:.3em;background:#000}.charts{display:flex;flex-wrap:wrap;gap:.5em}";
+
+/// Renders the report of an output folder.
+pub fn render(out: &Path) -> Result<String, String> {
+    let prov = crate::exec::merge::provenance(out)?;
+    let run = &prov[0].json;
+    let mut samples: Vec<serde_json::Value> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &prov {
+        for s in p.json["samples"].as_array().into_iter().flatten() {
+            let id = s["sample"].as_str().unwrap_or("").to_string();
+            match index.get(&id) {
+                Some(&i) => samples[i] = s.clone(),
+                None => {
+                    index.insert(id, samples.len());
+                    samples.push(s.clone());
+                }
+            }
+        }
+    }
+    let plan = plan_of(run);
+    let name = run["pipeline"]["name"].as_str().unwrap_or("?");
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
+         <title>tessera report: {}</title><style>{STYLE}</style></head><body>\n",
+        esc(name)
+    );
+    let done = samples.iter().filter(|s| s["status"] == "done").count();
+    let _ = write!(h, "<h1>{}</h1>", esc(name));
+    if let Some(d) = plan.as_ref().and_then(|p| p.spec.description.clone()) {
+        let _ = write!(h, "<p>{}</p>", esc(d.trim()));
+    }
+    let _ = write!(
+        h,
+        "<p><b>{done} of {} samples done.</b> Output folder: <code>{}</code></p>",
+        samples.len(),
+        esc(&out.display().to_string())
+    );
+
+    // Provenance.
+    h.push_str("<h2 id=provenance>Provenance</h2>");
+    let finished = run["finished_unix"].as_u64().map(|t| format!("{t} (Unix time)")).unwrap_or_else(|| "—".into());
+    h.push_str(&kv_table(&[
+        ("tessera", format!("{} (git {})", json_str(&run["tessera"]["version"]), json_str(&run["tessera"]["git_commit"]))),
+        ("pipeline file", json_str(&run["pipeline"]["file"])),
+        ("pipeline hash (blake3)", json_str(&run["pipeline"]["hash"])),
+        ("manifest", json_str(&run["manifest"]["file"])),
+        ("manifest hash (blake3)", json_str(&run["manifest"]["hash"])),
+        ("host", json_str(&run["host"])),
+        ("threads", json_str(&run["threads"])),
+        ("memory budget", run["memory_budget_bytes"].as_u64().map(crate::util::human_bytes).unwrap_or_else(|| "—".into())),
+        ("tile", json_str(&run["tile"])),
+        ("finished", finished),
+        (
+            "command",
+            run["command_line"].as_array().map(|a| a.iter().map(json_str).collect::<Vec<_>>().join(" ")).unwrap_or_else(|| "—".into()),
+        ),
+        ("records", prov.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect::<Vec<_>>().join(", ")),
+    ]));
+    let _ = write!(h, "<h3>Pipeline</h3><pre>{}</pre>", esc(run["pipeline"]["text"].as_str().unwrap_or("")));
+
+    // Samples.
+    h.push_str("<h2 id=samples>Samples</h2>");
+    let labels_stages: Vec<String> = samples
+        .iter()
+        .flat_map(|s| s["objects"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default())
+        .fold(Vec::new(), |mut v, k| {
+            if !v.contains(&k) {
+                v.push(k);
+            }
+            v
+        });
+    let mut st = String::from("<table><thead><tr><th>sample</th><th>status</th>");
+    for l in &labels_stages {
+        let _ = write!(st, "<th>{} objects</th>", esc(l));
+    }
+    st.push_str("<th>seconds</th><th>input hash</th><th>error</th></tr></thead><tbody>");
+    for s in &samples {
+        let status = s["status"].as_str().unwrap_or("?");
+        let _ = write!(
+            st,
+            "<tr><td>{}</td><td{}>{}</td>",
+            esc(&json_str(&s["sample"])),
+            if status == "done" { "" } else { " class=failed" },
+            esc(status)
+        );
+        for l in &labels_stages {
+            let _ = write!(st, "<td class=n>{}</td>", s["objects"][l].as_u64().map(|n| n.to_string()).unwrap_or_default());
+        }
+        let secs: f64 = s["stage_seconds"].as_object().map(|o| o.values().filter_map(|v| v.as_f64()).sum()).unwrap_or(0.0);
+        let hash = s["input_hashes"][0].as_str().map(|x| x[..x.len().min(12)].to_string()).unwrap_or_default();
+        let err = match (s["failed_stage"].as_str(), s["error"].as_str()) {
+            (Some(stg), Some(e)) => format!("stage '{stg}': {e}"),
+            _ => String::new(),
+        };
+        let _ = write!(st, "<td class=n>{secs:.2}</td><td><code>{}</code></td><td class=failed>{}</td></tr>", esc(&hash), esc(&err));
+    }
+    st.push_str("</tbody></table>");
+    h.push_str(&st);
+    if let Some(l) = labels_stages.first() {
+        let names: Vec<String> = samples.iter().map(|s| json_str(&s["sample"])).collect();
+        let counts: Vec<f64> = samples.iter().map(|s| s["objects"][l].as_u64().map(|n| n as f64).unwrap_or(f64::NAN)).collect();
+        h.push_str(&plots::bars(&format!("objects per sample ({l})"), &names, &counts, "objects", None)?);
+    }
+
+    // Phenotypes, statistics, PCA and clusters, per table stage.
+    if let Some(plan) = &plan {
+        let stats_stage = plan.stats.as_ref().map(|s| plan.stages[s.table].id.clone());
+        for (i, _) in plan.outputs.iter().filter(|(i, _)| plan.stages[*i].kind == Kind::Table) {
+            let stage = &plan.stages[*i].id;
+            let request = plan.stats.as_ref().filter(|_| stats_stage.as_deref() == Some(stage)).map(|s| s.request.clone());
+            let by = request.as_ref().map(|r| r.by.clone()).unwrap_or_else(|| "sample".into());
+            let by_cols = vec![by.clone()];
+            let Some(t) = table(out, &format!("tables/{stage}.parquet"), &by_cols) else { continue };
+            let _ = write!(h, "<h2 id=\"table-{0}\">Phenotypes: {0}</h2>", esc(stage));
+            let _ = write!(h, "<p>{} objects in <code>tables/{}.parquet</code>, by <code>{}</code>.</p>", t.rows(), esc(stage), esc(&by));
+            let phenotypes: Vec<String> = request
+                .as_ref()
+                .and_then(|r| r.phenotypes.clone())
+                .unwrap_or_else(|| crate::stats::default_phenotypes(&t, &by))
+                .into_iter()
+                .filter(|p| t.get(p).is_some())
+                .collect();
+            if let Some(g) = t.get(&by) {
+                let groups = strs(g);
+                let mut order: Vec<String> = Vec::new();
+                for x in &groups {
+                    if !order.contains(x) {
+                        order.push(x.clone());
+                    }
+                }
+                if order.len() > MAX_BOX_GROUPS {
+                    let _ = write!(h, "<p class=note>{} groups: box plots show the first {MAX_BOX_GROUPS}.</p>", order.len());
+                    order.truncate(MAX_BOX_GROUPS);
+                }
+                h.push_str("<div class=charts>");
+                for p in phenotypes.iter().take(MAX_PHENOTYPE_PLOTS) {
+                    let Some(vals) = t.get(p).and_then(crate::stats::numeric) else { continue };
+                    let per: Vec<(String, Vec<f64>)> = order
+                        .iter()
+                        .map(|o| (o.clone(), groups.iter().zip(&vals).filter(|(g, _)| *g == o).map(|(_, v)| *v).collect()))
+                        .collect();
+                    let unit = t.columns.iter().find(|c| &c.0 == p).and_then(|c| c.2.clone()).unwrap_or_default();
+                    h.push_str(&plots::boxes(p, &per, &unit)?);
+                }
+                h.push_str("</div>");
+                if phenotypes.len() > MAX_PHENOTYPE_PLOTS {
+                    let _ =
+                        write!(h, "<p class=note>Distributions of the first {MAX_PHENOTYPE_PLOTS} of {} phenotypes.</p>", phenotypes.len());
+                }
+            }
+            if request.is_none() {
+                continue;
+            }
+            if let Some(wb) = table(out, &format!("stats/{stage}_within_between.parquet"), &[]) {
+                let _ = write!(h, "<h3>Within/between statistics ({})</h3>", esc(&by));
+                h.push_str("<p class=note>ratio = 100 · within-group CV / between-group CV: far above 100, a phenotype varies more inside groups than between them. ICC(1) and the one-way ANOVA say how well it separates groups.</p>");
+                h.push_str(&html_table(&wb, None, 200));
+                if let (Some(Column::Str(names)), Some(Column::F64(r))) = (wb.get("phenotype"), wb.get("ratio_pct")) {
+                    h.push_str(&plots::bars("within/between ratio", names, r, "ratio %", Some(100.0))?);
+                }
+            }
+            if let Some(p) = table(out, &format!("stats/{stage}_pca.csv"), &[]) {
+                h.push_str("<h3>Principal components</h3>");
+                h.push_str(&html_table(&p, None, 50));
+                if let Some(scores) = table(out, &format!("stats/{stage}_scores.parquet"), std::slice::from_ref(&by))
+                    && let (Some(Column::F64(x)), Some(Column::F64(y)), Some(g)) = (scores.get("pc1"), scores.get("pc2"), scores.get(&by))
+                {
+                    let groups = strs(g);
+                    let mut names: Vec<String> = Vec::new();
+                    let pts: Vec<(f64, f64, usize)> = x
+                        .iter()
+                        .zip(y)
+                        .zip(&groups)
+                        .map(|((a, b), gname)| {
+                            let k = names.iter().position(|n| n == gname).unwrap_or_else(|| {
+                                names.push(gname.clone());
+                                names.len() - 1
+                            });
+                            (*a, *b, k)
+                        })
+                        .collect();
+                    h.push_str(&plots::scatter(&format!("PCA scores by {by}"), &pts, &names, ("pc1", "pc2"), 5000)?);
+                }
+            }
+            if let Some(c) = table(out, &format!("stats/{stage}_centers.csv"), &[]) {
+                h.push_str("<h3>k-means clusters</h3><p class=note>Centres in each phenotype's units.</p>");
+                h.push_str(&html_table(&c, None, 100));
+                if let Some(cl) = table(out, &format!("stats/{stage}_clusters.csv"), std::slice::from_ref(&by)) {
+                    h.push_str(&html_table(&cl, None, 300));
+                }
+            }
+        }
+    }
+
+    // Label previews.
+    if let Some(plan) = &plan
+        && let Some((li, f)) = plan
+            .outputs
+            .iter()
+            .filter(|(i, _)| plan.stages[*i].kind == Kind::Labels)
+            .find_map(|(i, fs)| fs.iter().find(|f| matches!(f, Format::Tiff | Format::Npy)).map(|f| (*i, *f)))
+    {
+        let stage = &plan.stages[li].id;
+        let _ = write!(
+            h,
+            "<h2 id=previews>Label previews: {}</h2><p class=note>Middle plane of each sample's image (contrast stretched) beside its labels.</p><div class=grid>",
+            esc(stage)
+        );
+        let shown: Vec<&serde_json::Value> = samples.iter().filter(|s| s["status"] == "done").take(MAX_PREVIEWS).collect();
+        for s in &shown {
+            let id = json_str(&s["sample"]);
+            let lab = out.join("samples").join(&id).join(format!("{stage}.{}", f.ext()));
+            let mut raw = PathBuf::from(json_str(&s["image"]));
+            if raw.is_relative()
+                && let Some(wd) = run["working_directory"].as_str()
+            {
+                raw = Path::new(wd).join(raw);
+            }
+            let _ = write!(h, "<div class=preview><b>{}</b><br>", esc(&id));
+            match middle_plane(&raw).and_then(|d| preview::gray(&d, 0, PREVIEW_SIDE)) {
+                Ok(png) => h.push_str(&img(&png, &format!("{id} image"))),
+                Err(e) => {
+                    let _ = write!(h, "<span class=note>image: {}</span>", esc(&e));
+                }
+            }
+            match middle_plane(&lab).and_then(|d| preview::labels(&d, 0, PREVIEW_SIDE)) {
+                Ok(png) => h.push_str(&img(&png, &format!("{id} labels"))),
+                Err(e) => {
+                    let _ = write!(h, "<span class=note>labels: {}</span>", esc(&e));
+                }
+            }
+            h.push_str("</div>");
+        }
+        h.push_str("</div>");
+        if done > shown.len() {
+            let _ = write!(h, "<p class=note>{} more samples not shown.</p>", done - shown.len());
+        }
+    }
+    h.push_str("\n<p class=note>Written by <code>tessera report</code>.</p></body></html>\n");
+    Ok(h)
+}
