@@ -315,6 +315,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         failed: None,
         complete: false,
     });
+    let pending: std::cell::RefCell<Vec<(usize, std::thread::JoinHandle<Result<(), String>>)>> = Default::default();
     let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
         let st = &plan.stages[i];
         on_stage(&st.id);
@@ -337,8 +338,11 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                     res.tables.push((i, t.for_sample(&row.id, &row.meta)));
                 }
             } else {
-                write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
-                if cfg.checkpoints {
+                let job = write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
+                if let Some(job) = job {
+                    // Image outputs finish in the background; they join before the record.
+                    pending.borrow_mut().push((i, std::thread::spawn(job)));
+                } else if cfg.checkpoints {
                     // What is finished survives a crash: the outputs so far, in a partial record.
                     let mut p = partial.borrow_mut();
                     for f in output_files(plan, row, i) {
@@ -357,7 +361,17 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         evaluate_with(plan, &bound, &sources, &spacing, ndim, &row.id, &opts, reuse, &mut |i, v| sink(i, v, res_ref), &mut timings)
     };
     res.timings = timings;
-    if let Err((i, e)) = r {
+    // Every output written (or failed) before the sample's outcome is recorded.
+    let mut write_error = None;
+    for (i, h) in pending.take() {
+        let r = h.join().unwrap_or_else(|_| Err("the output writer panicked".into()));
+        if let Err(e) = r
+            && write_error.is_none()
+        {
+            write_error = Some((i, e));
+        }
+    }
+    if let Err((i, e)) = r.and(write_error.map_or(Ok(()), Err)) {
         let id = plan.stages[i].id.clone();
         return res.fail(&id, e);
     }
@@ -641,7 +655,9 @@ fn run_streamed(
                     }
                     Ok(())
                 }
-                Some((_, formats)) => write_output(&sample_dir, &plan.stages[i].id, value, formats, ndim, &spacing, plan, row, res_ref, i),
+                // Streamed samples are already disk-bound: write here, in order.
+                Some((_, formats)) => write_output(&sample_dir, &plan.stages[i].id, value, formats, ndim, &spacing, plan, row, res_ref, i)
+                    .and_then(|job| job.map_or(Ok(()), |job| job())),
                 None => Ok(()),
             }
         };
@@ -863,6 +879,10 @@ fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
     }
 }
 
+/// Writing an image output, handed to its own thread so that encoding and fsync overlap the
+/// stages after it; joined before the sample's record is written.
+type WriteJob = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
 #[allow(clippy::too_many_arguments)]
 fn write_output(
     dir: &Path,
@@ -875,29 +895,39 @@ fn write_output(
     row: &SampleRow,
     res: &mut SampleResult,
     index: usize,
-) -> Result<(), String> {
+) -> Result<Option<WriteJob>, String> {
     let labels_u16 = match value {
         Value::Labels(l) => l.iter().copied().max().unwrap_or(0) <= u16::MAX as u32,
         _ => false,
     };
-    let data = file_data(value, labels_u16);
-    for f in formats {
-        let path = dir.join(format!("{stage}.{}", f.ext()));
-        match (f, &data, value) {
-            (Format::Tiff, Some(d), _) => io::write_tiff(&path, d, ndim, spacing, plan.spec.compression).map_err(|e| e.to_string())?,
-            (Format::Npy, Some(d), _) => io::write_npy(&path, d, ndim).map_err(|e| e.to_string())?,
-            (Format::Parquet | Format::Csv, None, Value::Table(t)) => {
-                let t = t.for_sample(&row.id, &row.meta);
-                let mut df = t.to_frame().map_err(|e| e.to_string())?;
-                if *f == Format::Parquet {
-                    let mut meta = table_metadata(plan, &t, spacing);
-                    meta.push(("tessera.spacing".into(), serde_json::json!(spacing.zyx).to_string()));
-                    crate::table::write_parquet(&path, &mut df, &meta).map_err(|e| e.to_string())?;
-                } else {
-                    crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?;
+    if let Some(bad) = formats.iter().find(|f| matches!(f, Format::Tiff | Format::Npy) == matches!(value, Value::Table(_))) {
+        return Err(format!("cannot write a {} as {}", value.kind(), bad.ext()));
+    }
+    if let Some(data) = file_data(value, labels_u16) {
+        let jobs: Vec<(PathBuf, Format)> = formats.iter().map(|f| (dir.join(format!("{stage}.{}", f.ext())), *f)).collect();
+        let (spacing, compression) = (spacing.clone(), plan.spec.compression);
+        return Ok(Some(Box::new(move || {
+            for (path, f) in jobs {
+                match f {
+                    Format::Tiff => io::write_tiff(&path, &data, ndim, &spacing, compression).map_err(|e| e.to_string())?,
+                    _ => io::write_npy(&path, &data, ndim).map_err(|e| e.to_string())?,
                 }
             }
-            _ => return Err(format!("cannot write a {} as {}", value.kind(), f.ext())),
+            Ok(())
+        })));
+    }
+    for f in formats {
+        let path = dir.join(format!("{stage}.{}", f.ext()));
+        if let Value::Table(t) = value {
+            let t = t.for_sample(&row.id, &row.meta);
+            let mut df = t.to_frame().map_err(|e| e.to_string())?;
+            if *f == Format::Parquet {
+                let mut meta = table_metadata(plan, &t, spacing);
+                meta.push(("tessera.spacing".into(), serde_json::json!(spacing.zyx).to_string()));
+                crate::table::write_parquet(&path, &mut df, &meta).map_err(|e| e.to_string())?;
+            } else {
+                crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?;
+            }
         }
     }
     if let Value::Table(t) = value
@@ -905,7 +935,7 @@ fn write_output(
     {
         res.tables.push((index, t.for_sample(&row.id, &row.meta)));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Parquet key-value metadata: units, unit of the sample, pipeline hash, tessera version.
