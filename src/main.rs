@@ -29,3 +29,9 @@ fn main() {
     }
     std::process::exit(tessera::cli::main_with(cli));
 }
+
+/// mimalloc keeps freed memory for reuse: a stage's output can take the pages an earlier stage
+/// freed, instead of faulting in fresh zeroed pages (on these machines first-touch runs at a
+/// fraction of the speed of reused memory).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
