@@ -315,7 +315,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         failed: None,
         complete: false,
     });
-    let pending: std::cell::RefCell<Vec<(usize, std::thread::JoinHandle<Result<(), String>>)>> = Default::default();
+    let pending: std::cell::RefCell<Vec<(usize, Writing)>> = Default::default();
     let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
         let st = &plan.stages[i];
         on_stage(&st.id);
@@ -338,7 +338,8 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                     res.tables.push((i, t.for_sample(&row.id, &row.meta)));
                 }
             } else {
-                let job = write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
+                let job =
+                    write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
                 if let Some(job) = job {
                     // Image outputs finish in the background; they join before the record.
                     pending.borrow_mut().push((i, std::thread::spawn(job)));
@@ -882,6 +883,9 @@ fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
 /// Writing an image output, handed to its own thread so that encoding and fsync overlap the
 /// stages after it; joined before the sample's record is written.
 type WriteJob = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
+/// A [`WriteJob`] running.
+type Writing = std::thread::JoinHandle<Result<(), String>>;
 
 #[allow(clippy::too_many_arguments)]
 fn write_output(
