@@ -82,16 +82,40 @@ fn submit(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// Polls until none of the jobs is known to the scheduler any more.
+/// `tessera submit` of the nuclei pipeline over `manifest` as a 3-task array into `out`.
+fn submit_study(scheduler: &str, manifest: &Path, out: &Path) -> serde_json::Value {
+    submit(&[
+        "submit",
+        "pipelines/nuclei.yaml",
+        "--scheduler",
+        scheduler,
+        "--tasks",
+        "3",
+        "--samples",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ])
+}
+
+/// Polls until none of the jobs is known to the scheduler any more. Only the scheduler's own
+/// "no such job" answers count as gone: a busy controller's transient error means "ask again".
 fn wait_for(scheduler: &str, jobs: &[String]) {
     let t0 = Instant::now();
     loop {
         let busy = match scheduler {
             "slurm" => {
-                let o = Command::new("squeue").args(["-h", "-j", &jobs.join(",")]).output().unwrap();
-                !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+                let o = Command::new("squeue").args(["-h", "-o", "%i %T", "-j", &jobs.join(",")]).output().unwrap();
+                let err = String::from_utf8_lossy(&o.stderr);
+                // Every job done and purged: "Invalid job id specified" (exit 1).
+                !(o.status.success() && String::from_utf8_lossy(&o.stdout).trim().is_empty() || err.contains("Invalid job id"))
             }
-            _ => jobs.iter().any(|j| Command::new("qstat").args(["-j", j]).output().unwrap().status.success()),
+            _ => jobs.iter().any(|j| {
+                let o = Command::new("qstat").args(["-j", j]).output().unwrap();
+                let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                o.status.success() || !said.contains("do not exist")
+            }),
         };
         if !busy {
             return;
@@ -116,19 +140,7 @@ fn round_trip(scheduler: &str) {
     let manifest = study_inputs(dir, false);
     let want = reference(dir, &manifest);
     let out = dir.join("sharded");
-    let sub = submit(&[
-        "submit",
-        "pipelines/nuclei.yaml",
-        "--scheduler",
-        scheduler,
-        "--tasks",
-        "3",
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let sub = submit_study(scheduler, &manifest, &out);
     assert_eq!(sub["shards"], serde_json::json!([1, 2, 3]));
     wait_for(scheduler, &ids(&sub));
     for k in 1..=3 {
@@ -148,19 +160,7 @@ fn round_trip(scheduler: &str) {
     std::fs::create_dir_all(&dir2).unwrap();
     let manifest = study_inputs(&dir2, true);
     let out = dir2.join("sharded");
-    let sub = submit(&[
-        "submit",
-        "pipelines/nuclei.yaml",
-        "--scheduler",
-        scheduler,
-        "--tasks",
-        "3",
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let sub = submit_study(scheduler, &manifest, &out);
     wait_for(scheduler, &ids(&sub));
     let m = tessera(&["merge", out.to_str().unwrap(), "--json"]);
     assert_eq!(m.status.code(), Some(1), "{}", text(&m.stdout));

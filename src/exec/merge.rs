@@ -262,32 +262,23 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     Ok(MergeReport { samples: manifest.rows.len(), done: tables.len(), not_done, tasks_to_rerun, task_count, written, errors, warnings })
 }
 
-/// `errors.csv` (SPEC §4) for the study: every sample not done, and problems merging; removed
-/// when there are none.
+/// `errors.csv` (SPEC §4) for the study: every sample not done (with its task), and problems
+/// merging; removed when there are none.
 fn write_errors_csv(out: &Path, not_done: &[NotDone], errors: &[String]) -> std::io::Result<()> {
-    let path = out.join("errors.csv");
-    if not_done.is_empty() && errors.is_empty() {
-        if path.exists() {
-            std::fs::remove_file(&path)?;
-        }
-        return Ok(());
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
-    for n in not_done {
-        let task = n.task.map(|t| format!(" (task {t})")).unwrap_or_default();
-        let error = match (&n.error, n.status) {
-            (Some(e), "failed") => format!("{e}{task}"),
-            (Some(e), _) => format!("missing: {e}{task}"),
-            (None, _) => format!("missing: no result{task}"),
-        };
-        w.write_record([n.sample.as_str(), n.stage.as_deref().unwrap_or(""), error.as_str()]).map_err(std::io::Error::other)?;
-    }
-    for e in errors {
-        w.write_record(["", "merge", e.as_str()]).map_err(std::io::Error::other)?;
-    }
-    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::util::write_atomic(&path, &bytes)
+    let rows: Vec<[String; 3]> = not_done
+        .iter()
+        .map(|n| {
+            let task = n.task.map(|t| format!(" (task {t})")).unwrap_or_default();
+            let error = match (&n.error, n.status) {
+                (Some(e), "failed") => format!("{e}{task}"),
+                (Some(e), _) => format!("missing: {e}{task}"),
+                (None, _) => format!("missing: no result{task}"),
+            };
+            [n.sample.clone(), n.stage.clone().unwrap_or_default(), error]
+        })
+        .chain(errors.iter().map(|e| [String::new(), "merge".into(), e.clone()]))
+        .collect();
+    crate::report::write_errors_csv(out, &rows)
 }
 
 /// The study's `run.json` after a sharded run: the tasks' provenance with every sample in

@@ -252,6 +252,25 @@ pub fn task_record(out: &Path, task: crate::sched::Task) -> std::path::PathBuf {
     out.join("tasks").join(format!("task-{:0w$}-of-{}.json", task.index, task.count))
 }
 
+/// Writes `DIR/errors.csv` (SPEC §4: `sample,stage,error`), or removes a stale one when there
+/// is nothing to report. Used by `run` and `merge`.
+pub fn write_errors_csv(out: &Path, rows: &[[String; 3]]) -> std::io::Result<()> {
+    let path = out.join("errors.csv");
+    if rows.is_empty() {
+        if path.exists() {
+            std::fs::remove_file(&path)?;
+        }
+        return Ok(());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
+    for r in rows {
+        w.write_record(r).map_err(std::io::Error::other)?;
+    }
+    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::util::write_atomic(&path, &bytes)
+}
+
 /// Writes `run.json`, and `errors.csv` when something failed (removing a stale one otherwise).
 /// A sharded task writes its own record under `tasks/` instead, and no `errors.csv`: `tessera
 /// merge` writes the study's.
@@ -265,23 +284,12 @@ pub fn write_records(out: &Path, plan: &Plan, manifest: &Manifest, cfg: &RunConf
         return crate::util::write_atomic(&p, json.as_bytes());
     }
     crate::util::write_atomic(&out.join("run.json"), json.as_bytes())?;
-    let failed: Vec<&SampleResult> = summary.samples.iter().filter(|s| s.status != Status::Done).collect();
-    let errors_path = out.join("errors.csv");
-    if failed.is_empty() && summary.errors.is_empty() {
-        if errors_path.exists() {
-            std::fs::remove_file(&errors_path)?;
-        }
-        return Ok(());
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
-    for s in failed {
-        w.write_record([s.sample.as_str(), s.failed_stage.as_deref().unwrap_or(""), s.error.as_deref().unwrap_or("")])
-            .map_err(std::io::Error::other)?;
-    }
-    for e in &summary.errors {
-        w.write_record(["", "merge", e.as_str()]).map_err(std::io::Error::other)?;
-    }
-    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::util::write_atomic(&errors_path, &bytes)
+    let rows: Vec<[String; 3]> = summary
+        .samples
+        .iter()
+        .filter(|s| s.status != Status::Done)
+        .map(|s| [s.sample.clone(), s.failed_stage.clone().unwrap_or_default(), s.error.clone().unwrap_or_default()])
+        .chain(summary.errors.iter().map(|e| [String::new(), "merge".into(), e.clone()]))
+        .collect();
+    write_errors_csv(out, &rows)
 }

@@ -28,6 +28,20 @@ fn missing(cell: &[u8]) -> bool {
     matches!(cell, b"" | b"NA" | b"NaN" | b"nan" | b"null" | b"None" | b"N/A")
 }
 
+/// The columns `want` needs must be in `headers`; the error names the file and suggests a name.
+fn require_columns(path: &Path, headers: &[String], want: &Want) -> Result<(), String> {
+    let required = want.text.iter().chain(if want.numeric_optional { &[] } else { want.numeric.unwrap_or_default() });
+    for t in required {
+        if !headers.contains(t) {
+            let hint = crate::util::did_you_mean(t, headers.iter().map(String::as_str))
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
+            return Err(format!("{}: no column `{t}`{hint} (columns: {})", path.display(), headers.join(", ")));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a CSV or Parquet file (by extension; `.csv.gz` is not supported).
 pub fn read_any(path: &Path, want: &Want) -> Result<Table, String> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -125,15 +139,7 @@ fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
     if headers.is_empty() || headers.iter().all(String::is_empty) {
         return Err(format!("{name}: empty file (a header row is required)"));
     }
-    let required = want.text.iter().chain(if want.numeric_optional { &[] } else { want.numeric.unwrap_or_default() });
-    for t in required {
-        if !headers.contains(t) {
-            let hint = crate::util::did_you_mean(t, headers.iter().map(String::as_str))
-                .map(|s| format!(" (did you mean '{s}'?)"))
-                .unwrap_or_default();
-            return Err(format!("{name}: no column `{t}`{hint} (columns: {})", headers.join(", ")));
-        }
-    }
+    require_columns(path, &headers, want)?;
     let fresh = || -> Vec<Slot> {
         headers
             .iter()
@@ -222,15 +228,7 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
     let mut reader = ParquetReader::new(file);
     let schema = reader.schema().map_err(|e| format!("{name}: {e}"))?;
     let headers: Vec<String> = schema.iter_names().map(|s| s.to_string()).collect();
-    let required = want.text.iter().chain(if want.numeric_optional { &[] } else { want.numeric.unwrap_or_default() });
-    for t in required {
-        if !headers.contains(t) {
-            let hint = crate::util::did_you_mean(t, headers.iter().map(String::as_str))
-                .map(|s| format!(" (did you mean '{s}'?)"))
-                .unwrap_or_default();
-            return Err(format!("{name}: no column `{t}`{hint} (columns: {})", headers.join(", ")));
-        }
-    }
+    require_columns(path, &headers, want)?;
     let cols: Vec<String> = match want.numeric {
         Some(w) => headers.iter().filter(|h| want.text.contains(h) || want.text_if_present.contains(h) || w.contains(h)).cloned().collect(),
         None => headers.clone(),
