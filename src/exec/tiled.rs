@@ -151,8 +151,15 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
             })
             .collect();
         let refs: Vec<&Value> = ins.iter().collect();
-        let v = run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?;
-        let v = if region_in == region_out { v } else { crop(&v, &region_in.local(&region_out)) };
+        let want = region_in.local(&region_out);
+        let v = if region_in == region_out {
+            run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?
+        } else {
+            match run.ops[i].run_region(&refs, &run.ctxs[i], (want.start, want.end)) {
+                Some(v) => v.map_err(|e| (i, e))?,
+                None => crop(&run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?, &want),
+            }
+        };
         if run.keep[i] {
             cores[i] = Some(if region_out == core { v.clone() } else { crop(&v, &region_out.local(&core)) });
         }

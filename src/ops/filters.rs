@@ -146,6 +146,12 @@ impl Op for Gaussian {
         let a = to_f32(data)?;
         Ok(Value::Image(Data::F32(gaussian(a, self.sigma_voxels(ctx.spacing), self.truncate, ctx.ndim))))
     }
+    fn run_region(&self, inputs: &[&Value], ctx: &Ctx, out: ([usize; 3], [usize; 3])) -> Option<Result<Value, String>> {
+        let Value::Image(data) = inputs[0] else { return Some(Err("gaussian: input is not an image".into())) };
+        Some(
+            to_f32(data).map(|a| Value::Image(Data::F32(gaussian_region(a, self.sigma_voxels(ctx.spacing), self.truncate, ctx.ndim, out)))),
+        )
+    }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
@@ -210,17 +216,29 @@ fn pass_x(a: &mut Array3<f32>, w: &[f64]) {
     );
 }
 
-/// Smooths along z (axis 0) or y (axis 1) from `src` into `dst`, a whole x-row at a time
-/// (the same operations, in the same order, per voxel as along x).
-fn pass_rows(src: &Array3<f32>, dst: &mut Array3<f32>, axis: usize, w: &[f64]) {
+/// Smooths along z (axis 0) or y (axis 1), a whole x-row at a time (the same operations, in the
+/// same order, per voxel as along x), producing only positions `start..start + len` of that axis.
+/// `spare`, when it has the output's shape, is written over instead of allocating.
+fn pass_rows(src: &Array3<f32>, axis: usize, w: &[f64], start: usize, len: usize, spare: Option<Array3<f32>>) -> Array3<f32> {
     let r = w.len() / 2;
     let (nz, ny, nx) = src.dim();
+    let mut dim = [nz, ny, nx];
+    dim[axis] = len;
+    let shape = (dim[0], dim[1], dim[2]);
+    let mut dst = spare.filter(|b| b.dim() == shape && b.is_standard_layout()).unwrap_or_else(|| crate::util::zeros3(shape));
     let s = src.as_slice().expect("standard layout");
     let n = if axis == 0 { nz } else { ny } as isize;
-    dst.as_slice_mut().expect("standard layout").par_chunks_mut(nx).enumerate().for_each_init(
+    let dny = dim[1];
+    dst.as_slice_mut().expect("standard layout").par_chunks_mut(nx.max(1)).enumerate().for_each_init(
         || vec![0f64; nx],
         |acc, (row, out)| {
-            let (z, y) = (row / ny, row % ny);
+            // The row in source coordinates.
+            let (mut z, mut y) = (row / dny.max(1), row % dny.max(1));
+            if axis == 0 {
+                z += start;
+            } else {
+                y += start;
+            }
             let at = |d: isize| -> &[f32] {
                 let (zz, yy) = if axis == 0 { (reflect(z as isize + d, n), y) } else { (z, reflect(y as isize + d, n)) };
                 let o = (zz * ny + yy) * nx;
@@ -242,27 +260,42 @@ fn pass_rows(src: &Array3<f32>, dst: &mut Array3<f32>, axis: usize, w: &[f64]) {
             }
         },
     );
+    dst
 }
 
 /// Gaussian smoothing of a float32 volume; 2D images (`ndim == 2`) skip the z axis. Axes are
 /// smoothed in scipy's order (z, y, x); each pass stores float32.
 pub fn gaussian(a: Array3<f32>, sigma: [f64; 3], truncate: f64, ndim: u8) -> Array3<f32> {
+    let (nz, ny, nx) = a.dim();
+    gaussian_region(a, sigma, truncate, ndim, ([0, 0, 0], [nz, ny, nx]))
+}
+
+/// [`gaussian`] computed only on `out` (start, end per axis): each pass produces just the part
+/// the later passes and the output read — after the z pass only `out`'s planes, after the y pass
+/// only its rows — so a tile's halo is not smoothed along axes already done. Every output voxel
+/// gets the same operations in the same order as in the whole run: the values are identical.
+pub fn gaussian_region(a: Array3<f32>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Array3<f32> {
     let mut a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
-    let mut buf: Option<Array3<f32>> = None;
+    let (lo, hi) = out;
     let first = if ndim == 2 { 1 } else { 0 };
-    for (axis, &sg) in sigma.iter().enumerate().skip(first) {
+    // The array a pass reads becomes the next pass's output when the shapes agree (whole images).
+    let mut spare: Option<Array3<f32>> = None;
+    for axis in 0..2 {
+        let sg = sigma[axis];
         let r = radius(sg, truncate);
-        if sg <= 1e-15 || r == 0 || a.len_of(Axis(axis)) == 0 {
-            continue;
+        if axis >= first && sg > 1e-15 && r > 0 && a.len_of(Axis(axis)) > 0 {
+            let next = pass_rows(&a, axis, &kernel(sg, r), lo[axis], hi[axis] - lo[axis], spare.take());
+            spare = Some(std::mem::replace(&mut a, next));
+        } else if (lo[axis], hi[axis]) != (0, a.len_of(Axis(axis))) {
+            a = a.slice_axis(Axis(axis), (lo[axis]..hi[axis]).into()).as_standard_layout().into_owned();
         }
-        let w = kernel(sg, r);
-        if axis == 2 {
-            pass_x(&mut a, &w);
-        } else {
-            let mut dst = buf.take().unwrap_or_else(|| crate::util::zeros3(a.dim()));
-            pass_rows(&a, &mut dst, axis, &w);
-            buf = Some(std::mem::replace(&mut a, dst));
-        }
+    }
+    let r = radius(sigma[2], truncate);
+    if sigma[2] > 1e-15 && r > 0 && a.len_of(Axis(2)) > 0 {
+        pass_x(&mut a, &kernel(sigma[2], r));
+    }
+    if (lo[2], hi[2]) != (0, a.len_of(Axis(2))) {
+        a = a.slice_axis(Axis(2), (lo[2]..hi[2]).into()).as_standard_layout().into_owned();
     }
     a
 }
@@ -270,6 +303,21 @@ pub fn gaussian(a: Array3<f32>, sigma: [f64; 3], truncate: f64, ndim: u8) -> Arr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_region_equals_the_crop_of_the_whole() {
+        let a = ndarray::Array3::from_shape_fn((9, 11, 13), |(z, y, x)| ((z * 31 + y * 7 + x * 13) % 17) as f32 * 1.5);
+        let whole = gaussian(a.clone(), [1.0, 0.7, 1.3], 4.0, 3);
+        for (lo, hi) in [([0, 0, 0], [9, 11, 13]), ([2, 3, 4], [7, 8, 9]), ([0, 5, 0], [1, 6, 13]), ([8, 0, 12], [9, 11, 13])] {
+            let r = gaussian_region(a.clone(), [1.0, 0.7, 1.3], 4.0, 3, (lo, hi));
+            let c = whole.slice(ndarray::s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
+            assert_eq!(r, c, "{lo:?}..{hi:?}");
+        }
+        // 2D: the z axis is not smoothed, only cut.
+        let p = a.slice(ndarray::s![0..1, .., ..]).to_owned();
+        let whole = gaussian(p.clone(), [1.0, 1.0, 1.0], 4.0, 2);
+        assert_eq!(gaussian_region(p, [1.0, 1.0, 1.0], 4.0, 2, ([0, 2, 3], [1, 9, 10])), whole.slice(ndarray::s![.., 2..9, 3..10]));
+    }
 
     #[test]
     fn reflect_indices() {

@@ -181,6 +181,12 @@ pub trait Op: Send + Sync + Debug {
     fn infer(&self, inputs: &[Meta]) -> Result<Meta, ParamIssue>;
     /// Computes the output on whole arrays.
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String>;
+    /// The output on the part `out` (start, end per axis, in the inputs' coordinates) only, for
+    /// ops that can skip work outside it (a tile's core plus what later stages need). `None`:
+    /// the executor runs [`Op::run`] and crops. Must equal that crop exactly.
+    fn run_region(&self, _inputs: &[&Value], _ctx: &Ctx, _out: ([usize; 3], [usize; 3])) -> Option<Result<Value, String>> {
+        None
+    }
     /// The parameters, canonically serialised (defaults filled in), for plans and cache keys.
     fn params_json(&self) -> serde_json::Value;
 }
