@@ -503,18 +503,67 @@ pub fn write_tiff_with_threshold(
     compression: Compression,
     big: bool,
 ) -> Result<(), ImageError> {
-    let mut w = StackWriter::create(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big))?;
+    // Whole stacks up to 1 GiB are encoded in memory and written in one go: the encoder seeks
+    // back to patch every page's directory, and each seek would flush a file buffer.
+    let bytes = data.shape().iter().map(|&d| d as u64).product::<u64>() * data.dtype().bytes_per_voxel();
+    let mut w = StackWriter::open(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big), bytes < 1 << 30)?;
     w.append(data)?;
     w.finish()
+}
+
+/// Where the encoder's bytes go: a buffered file, or memory written to the file at the end.
+enum Sink {
+    File(BufWriter<File>),
+    Mem(std::io::Cursor<Vec<u8>>, File),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File(w) => w.write(buf),
+            Sink::Mem(c, _) => c.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(w) => w.flush(),
+            Sink::Mem(..) => Ok(()),
+        }
+    }
+}
+
+impl Seek for Sink {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Sink::File(w) => w.seek(pos),
+            Sink::Mem(c, _) => c.seek(pos),
+        }
+    }
+}
+
+impl Sink {
+    /// Everything on disk and synced.
+    fn commit(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(w) => {
+                w.flush()?;
+                w.get_ref().sync_all()
+            }
+            Sink::Mem(c, f) => {
+                f.write_all(c.get_ref())?;
+                f.sync_all()
+            }
+        }
+    }
 }
 
 /// A file handle shared between the TIFF encoder (which owns its writer) and the
 /// [`StackWriter`] that flushes and syncs it at the end.
 #[derive(Clone)]
-struct Shared(std::sync::Arc<std::sync::Mutex<BufWriter<File>>>);
+struct Shared(std::sync::Arc<std::sync::Mutex<Sink>>);
 
 impl Shared {
-    fn with<R>(&self, f: impl FnOnce(&mut BufWriter<File>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Sink) -> R) -> R {
         let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut g)
     }
@@ -568,6 +617,22 @@ impl StackWriter {
         compression: Compression,
         big: Option<bool>,
     ) -> Result<StackWriter, ImageError> {
+        Self::open(path, shape, dtype, ndim, spacing, compression, big, false)
+    }
+
+    /// As [`StackWriter::create`]; `in_memory` encodes into memory and writes the file at
+    /// [`StackWriter::finish`] (the same bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        path: &Path,
+        shape: [usize; 3],
+        dtype: DType,
+        ndim: u8,
+        spacing: &Spacing,
+        compression: Compression,
+        big: Option<bool>,
+        in_memory: bool,
+    ) -> Result<StackWriter, ImageError> {
         let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.bytes_per_voxel();
         let big = big.unwrap_or(bytes >= BIGTIFF_FROM);
         if let Some(dir) = path.parent() {
@@ -575,7 +640,12 @@ impl StackWriter {
         }
         let tmp = crate::util::tmp_sibling(path);
         let f = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
-        let file = Shared(std::sync::Arc::new(std::sync::Mutex::new(BufWriter::with_capacity(1 << 20, f))));
+        let sink = if in_memory {
+            Sink::Mem(std::io::Cursor::new(Vec::with_capacity((bytes as usize).saturating_add(1 << 16))), f)
+        } else {
+            Sink::File(BufWriter::with_capacity(1 << 20, f))
+        };
+        let file = Shared(std::sync::Arc::new(std::sync::Mutex::new(sink)));
         let terr = |e| tiff_err(path, e);
         let enc = if big {
             Enc::Big(TiffEncoder::new_big(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
@@ -627,12 +697,7 @@ impl StackWriter {
         }
         drop(self.enc.take());
         let tmp = self.tmp.clone();
-        self.file
-            .with(|w| {
-                w.flush()?;
-                w.get_ref().sync_all()
-            })
-            .map_err(|e| ImageError::io(&tmp, e))?;
+        self.file.with(|w| w.commit()).map_err(|e| ImageError::io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
         self.written = usize::MAX;
         Ok(())

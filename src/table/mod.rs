@@ -169,11 +169,17 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame, metadata: &[(String, Strin
     }
     let tmp = crate::util::tmp_sibling(path);
     let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-    let res = ParquetWriter::new(&file)
+    // Buffered: the Parquet writer issues many tiny writes (thousands of 1-byte ones per table).
+    let mut buf = std::io::BufWriter::with_capacity(1 << 20, &file);
+    let res = ParquetWriter::new(&mut buf)
         .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata.to_vec())))
         .with_statistics(StatisticsOptions::default())
         .finish(df);
-    let res = res.map_err(TableError::from).and_then(|_| file.sync_all().map_err(|e| err(e.to_string())));
+    let res = res
+        .map_err(TableError::from)
+        .and_then(|_| std::io::Write::flush(&mut buf).map_err(|e| err(e.to_string())))
+        .and_then(|_| file.sync_all().map_err(|e| err(e.to_string())));
+    drop(buf);
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
