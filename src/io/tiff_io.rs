@@ -503,10 +503,10 @@ pub fn write_tiff_with_threshold(
     compression: Compression,
     big: bool,
 ) -> Result<(), ImageError> {
-    // Whole stacks up to 1 GiB are encoded in memory and written in one go: the encoder seeks
+    // Whole stacks up to 256 MiB are encoded in memory and written in one go: the encoder seeks
     // back to patch every page's directory, and each seek would flush a file buffer.
     let bytes = data.shape().iter().map(|&d| d as u64).product::<u64>() * data.dtype().bytes_per_voxel();
-    let mut w = StackWriter::open(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big), bytes < 1 << 30)?;
+    let mut w = StackWriter::open(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big), bytes < 256 << 20)?;
     w.append(data)?;
     w.finish()
 }
