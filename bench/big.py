@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Out-of-core figures: the benchmark chain on a volume larger than its --memory budget.
 
-    bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--write]
+    bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--no-checkpoint] [--write]
 
 Makes a Z×Y×X u8 volume of random ellipsoids plus noise (the same density as bench.py's),
 generated slab by slab straight into a BigTIFF so that even 2048×2048×1024 (4 GiB) needs little
@@ -62,9 +62,9 @@ def make_volume(path, shape, seed=1, slab=32):
     return count
 
 
-def run(exe, pipe, path, out, memory):
+def run(exe, pipe, path, out, memory, extra=()):
     cmd = ["/usr/bin/time", "-f", "%e %M", exe, "run", pipe, path, "--out", out, "--threads", "2",
-           "--progress", "never", "--json"]
+           "--progress", "never", "--json", *extra]
     if memory:
         cmd += ["--memory", memory]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--write", action="store_true", help="append the result to BENCHMARKS.md")
     ap.add_argument("--work", default=None, help="folder for the volume and outputs (needs ~10× the volume free)")
     ap.add_argument("--reuse", action="store_true", help="keep WORK/big.tif if it has the right shape")
+    ap.add_argument("--no-checkpoint", action="store_true", help="run with --no-checkpoint (spills are not kept: less disk)")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp()
     os.makedirs(work, exist_ok=True)
@@ -99,9 +100,10 @@ def main():
     exe = os.path.join(TARGET, "release", "tessera")
     pipe = os.path.join(work, "big.yaml")
     open(pipe, "w").write(PIPELINE)
-    secs, rss, objects, streamed = run(exe, pipe, path, os.path.join(work, "streamed"), a.memory)
+    extra = ["--no-checkpoint"] if a.no_checkpoint else []
+    secs, rss, objects, streamed = run(exe, pipe, path, os.path.join(work, "streamed"), a.memory, extra)
     rate = np.prod(a.shape) / secs / 1e6
-    line = (f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | --memory {a.memory} | "
+    line = (f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | --memory {a.memory}{' --no-checkpoint' if extra else ''} | "
             f"{'streamed' if streamed else 'in memory'} | {secs:.1f} | {rss:.0f} | {objects} | {rate:.0f} |")
     print(line, flush=True)
     rows = [line]
