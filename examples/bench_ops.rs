@@ -32,7 +32,7 @@ fn main() {
         times.insert(k.to_string(), serde_json::json!(t));
     };
 
-    let (t, smooth) = best(repeats, || filters::gaussian(filters::to_f32(&img.data).unwrap(), [1.0; 3], 4.0, 3));
+    let (t, smooth) = best(repeats, || filters::smooth(&img.data, [1.0; 3], 4.0, 3, ([0; 3], img.data.shape())).unwrap());
     put("gaussian_s1", t);
     let (t, _) = best(repeats, || filters::window_filter(&img.data, [3, 3, 3], filters::Rank::Median).unwrap());
     put("median_3", t);

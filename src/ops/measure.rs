@@ -169,6 +169,33 @@ struct Acc {
 
 const PAIRS: [(usize, usize); 6] = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)];
 
+impl Acc {
+    /// Adds the voxels (z, y, x) for x in `x0..x1`: the same integers as adding them one by one.
+    #[inline]
+    fn add_run(&mut self, z: usize, y: usize, x0: usize, x1: usize) {
+        let len = (x1 - x0) as u64;
+        let (z, y) = (z as u64, y as u64);
+        // Σx and Σx² over x0..x1.
+        let sq_below = |k: u64| if k == 0 { 0 } else { (k - 1) * k * (2 * k - 1) / 6 };
+        let sx = (x0 as u64 + x1 as u64 - 1) * len / 2;
+        let sxx = sq_below(x1 as u64) - sq_below(x0 as u64);
+        self.n += len;
+        self.sum[0] += z * len;
+        self.sum[1] += y * len;
+        self.sum[2] += sx;
+        // PAIRS order: zz, yy, xx, zy, zx, yx.
+        self.sq[0] += z * z * len;
+        self.sq[1] += y * y * len;
+        self.sq[2] += sxx;
+        self.sq[3] += z * y * len;
+        self.sq[4] += z * sx;
+        self.sq[5] += y * sx;
+        let (z, y) = (z as usize, y as usize);
+        self.lo = [self.lo[0].min(z), self.lo[1].min(y), self.lo[2].min(x0)];
+        self.hi = [self.hi[0].max(z + 1), self.hi[1].max(y + 1), self.hi[2].max(x1)];
+    }
+}
+
 /// Measures every object of `labels`.
 pub fn measure(labels: &Array3<u32>, images: &[(&str, &Data)], ctx: &Ctx) -> Table {
     let mut acc = Accumulator::default();
@@ -302,32 +329,44 @@ impl Accumulator {
     }
 
     fn add_view(&mut self, labels: ArrayView3<u32>, images: &[DView], territories: Option<ArrayView3<u32>>, z0: usize) {
-        let len = labels.iter().copied().max().unwrap_or(0) as usize + 1;
+        let labels = labels.as_standard_layout();
+        let flat = labels.as_slice().expect("standard layout");
+        let (nz, ny, nx) = labels.dim();
+        let len = flat.iter().copied().fold(0u32, u32::max) as usize + 1;
         if self.geo.len() < len {
             self.geo.resize(len, Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
-        }
-        for ((z, y, x), &l) in labels.indexed_iter() {
-            if l == 0 {
-                continue;
-            }
-            let a = &mut self.geo[l as usize];
-            a.n += 1;
-            let c = [z + z0, y, x];
-            for (k, &ck) in c.iter().enumerate() {
-                a.sum[k] += ck as u64;
-                a.lo[k] = a.lo[k].min(ck);
-                a.hi[k] = a.hi[k].max(ck + 1);
-            }
-            for (q, &(i, j)) in PAIRS.iter().enumerate() {
-                a.sq[q] += (c[i] * c[j]) as u64;
-            }
         }
         if self.images.is_empty() {
             self.images = images.iter().map(ImageAcc::new).collect();
         }
-        for (acc, data) in self.images.iter_mut().zip(images) {
+        let rows: Vec<Rows> = images.iter().map(Rows::of).collect();
+        let rows: Vec<Flat> = rows.iter().map(Rows::flat).collect();
+        for acc in self.images.iter_mut() {
             acc.grow(len);
-            add_intensity(acc, &labels, data);
+        }
+        // Objects are visited as runs of one label along x, in raster order: the geometry sums of
+        // a run have closed forms (exact integers, so the totals are those of voxel-by-voxel
+        // sums), and intensities are added voxel by voxel in raster order as before.
+        for r in 0..nz * ny {
+            let (z, y) = (z0 + r / ny.max(1), r % ny.max(1));
+            let row = &flat[r * nx..(r + 1) * nx];
+            let mut x = 0;
+            while x < nx {
+                let l = row[x];
+                if l == 0 {
+                    x += 1;
+                    continue;
+                }
+                let start = x;
+                x += 1;
+                while x < nx && row[x] == l {
+                    x += 1;
+                }
+                self.geo[l as usize].add_run(z, y, start, x);
+                for (acc, img) in self.images.iter_mut().zip(&rows) {
+                    add_intensity(acc, l as usize, img, r * nx + start, r * nx + x);
+                }
+            }
         }
         if let Some(t) = territories {
             let counts = self.territory.get_or_insert_with(Vec::new);
@@ -592,33 +631,77 @@ struct IStat {
 /// Counts, sums, sums of squares, minima and maxima per label.
 type IntSums<'a> = (&'a mut [u64], &'a mut [u128], &'a mut [u128], &'a mut [u64], &'a mut [u64]);
 
-fn add_intensity(acc: &mut ImageAcc, labels: &ArrayView3<u32>, data: &DView) {
-    fn ints<T: Copy + Into<u64>>(labels: &ArrayView3<u32>, a: &ArrayView3<T>, (n, s, s2, lo, hi): IntSums<'_>) {
-        for (&l, &v) in labels.iter().zip(a.iter()) {
-            if l == 0 {
-                continue;
-            }
-            let (l, v) = (l as usize, v.into());
-            n[l] += 1;
-            s[l] += v as u128;
-            s2[l] += (v as u128) * (v as u128);
-            lo[l] = lo[l].min(v);
-            hi[l] = hi[l].max(v);
+/// An intensity slab as one contiguous slice (borrowed when the view already is one).
+enum Rows<'a> {
+    U8(ndarray::CowArray<'a, u8, ndarray::Ix3>),
+    U16(ndarray::CowArray<'a, u16, ndarray::Ix3>),
+    U32(ndarray::CowArray<'a, u32, ndarray::Ix3>),
+    F32(ndarray::CowArray<'a, f32, ndarray::Ix3>),
+    Colour,
+}
+
+impl<'a> Rows<'a> {
+    fn of(d: &'a DView<'_>) -> Rows<'a> {
+        match d {
+            DView::U8(v) => Rows::U8(v.as_standard_layout()),
+            DView::U16(v) => Rows::U16(v.as_standard_layout()),
+            DView::U32(v) => Rows::U32(v.as_standard_layout()),
+            DView::F32(v) => Rows::F32(v.as_standard_layout()),
+            DView::Colour => Rows::Colour,
         }
     }
+    fn flat(&self) -> Flat<'_> {
+        match self {
+            Rows::U8(a) => Flat::U8(a.as_slice().expect("standard layout")),
+            Rows::U16(a) => Flat::U16(a.as_slice().expect("standard layout")),
+            Rows::U32(a) => Flat::U32(a.as_slice().expect("standard layout")),
+            Rows::F32(a) => Flat::F32(a.as_slice().expect("standard layout")),
+            Rows::Colour => Flat::Colour,
+        }
+    }
+}
+
+/// [`Rows`] as slices.
+enum Flat<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    F32(&'a [f32]),
+    Colour,
+}
+
+/// Adds the intensities at raster positions `a..b` (one run of label `l`).
+#[inline]
+fn add_intensity(acc: &mut ImageAcc, l: usize, data: &Flat, a: usize, b: usize) {
+    #[inline(always)]
+    fn ints<T: Copy + Into<u64>>(v: &[T], l: usize, (n, s, s2, lo, hi): IntSums<'_>) {
+        // Within a run: Σv < 2^32·2^32 and each v² < 2^64 (v < 2^32), so u64 and u128 suffice.
+        let (mut t, mut t2, mut mn, mut mx) = (0u128, 0u128, lo[l], hi[l]);
+        for &v in v {
+            let v: u64 = v.into();
+            t += v as u128;
+            t2 += (v * v) as u128;
+            mn = mn.min(v);
+            mx = mx.max(v);
+        }
+        n[l] += v.len() as u64;
+        s[l] += t;
+        s2[l] += t2;
+        lo[l] = mn;
+        hi[l] = mx;
+    }
     match (acc, data) {
-        (ImageAcc::Int { n, s, s2, lo, hi }, DView::U8(a)) => ints(labels, a, (n, s, s2, lo, hi)),
-        (ImageAcc::Int { n, s, s2, lo, hi }, DView::U16(a)) => ints(labels, a, (n, s, s2, lo, hi)),
-        (ImageAcc::Int { n, s, s2, lo, hi }, DView::U32(a)) => ints(labels, a, (n, s, s2, lo, hi)),
-        (ImageAcc::Float { n, s, lo, hi, .. }, DView::F32(a)) => {
-            for (&l, &v) in labels.iter().zip(a.iter()) {
-                if l != 0 {
-                    let (l, v) = (l as usize, v as f64);
-                    n[l] += 1;
-                    s[l] += v;
-                    lo[l] = if v.is_nan() || lo[l].is_nan() { f64::NAN } else { lo[l].min(v) };
-                    hi[l] = if v.is_nan() || hi[l].is_nan() { f64::NAN } else { hi[l].max(v) };
-                }
+        (ImageAcc::Int { n, s, s2, lo, hi }, Flat::U8(d)) => ints(&d[a..b], l, (n, s, s2, lo, hi)),
+        (ImageAcc::Int { n, s, s2, lo, hi }, Flat::U16(d)) => ints(&d[a..b], l, (n, s, s2, lo, hi)),
+        (ImageAcc::Int { n, s, s2, lo, hi }, Flat::U32(d)) => ints(&d[a..b], l, (n, s, s2, lo, hi)),
+        (ImageAcc::Float { n, s, lo, hi, .. }, Flat::F32(d)) => {
+            // Voxel by voxel in raster order: float sums depend on the order.
+            for &v in &d[a..b] {
+                let v = v as f64;
+                n[l] += 1;
+                s[l] += v;
+                lo[l] = if v.is_nan() || lo[l].is_nan() { f64::NAN } else { lo[l].min(v) };
+                hi[l] = if v.is_nan() || hi[l].is_nan() { f64::NAN } else { hi[l].max(v) };
             }
         }
         _ => {}
