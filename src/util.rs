@@ -1,5 +1,6 @@
 //! Small helpers shared by the layers: atomic file writes and name suggestions.
 
+use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -95,8 +96,25 @@ pub fn zeros3<T: Copy + Default>(dims: (usize, usize, usize)) -> ndarray::Array3
 /// `f` applied to every element of `a`, into huge-page-advised memory.
 pub fn map3<A: Copy + Sync, B: Copy + Default + Send>(a: &ndarray::Array3<A>, f: impl Fn(A) -> B + Sync + Send) -> ndarray::Array3<B> {
     let mut out = zeros3(a.dim());
-    ndarray::Zip::from(&mut out).and(a).par_for_each(|o, &v| *o = f(v));
+    match a.as_slice() {
+        // Contiguous: chunks of plain slices (the loops vectorise).
+        Some(src) => out
+            .as_slice_mut()
+            .expect("zeros3 is contiguous")
+            .par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &v)| *o = f(v))),
+        None => ndarray::Zip::from(&mut out).and(a).par_for_each(|o, &v| *o = f(v)),
+    }
     out
+}
+
+/// The largest value of `a` (0 when empty), in parallel over contiguous chunks.
+pub fn max3(a: &ndarray::Array3<u32>) -> u32 {
+    match a.as_slice() {
+        Some(s) => s.par_chunks(1 << 16).map(|c| c.iter().copied().fold(0, u32::max)).reduce(|| 0, u32::max),
+        None => a.iter().copied().fold(0, u32::max),
+    }
 }
 
 /// Advises the kernel to back `v`'s memory with huge pages (no-op off Linux or for small buffers).

@@ -330,7 +330,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
             store.save(&keys[i], value).map_err(|e| format!("writing a checkpoint: {e}"))?;
         }
         if let Value::Labels(l) = value {
-            res.objects.push((st.id.clone(), l.iter().copied().max().unwrap_or(0) as u64));
+            res.objects.push((st.id.clone(), crate::util::max3(l) as u64));
         }
         if let Some((_, formats)) = plan.outputs.iter().find(|(o, _)| *o == i) {
             if valid[i] {
@@ -873,8 +873,8 @@ pub fn evaluate_with(
 fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
     match v {
         Value::Image(d) => Some(d.clone()),
-        Value::Mask(m) => Some(Data::U8(m.mapv(|x| if x != 0 { 255 } else { 0 }))),
-        Value::Labels(l) if labels_u16 => Some(Data::U16(l.mapv(|x| x as u16))),
+        Value::Mask(m) => Some(Data::U8(crate::util::map3(m, |x| if x != 0 { 255 } else { 0 }))),
+        Value::Labels(l) if labels_u16 => Some(Data::U16(crate::util::map3(l, |x| x as u16))),
         Value::Labels(l) => Some(Data::U32(l.clone())),
         Value::Table(_) => None,
     }
@@ -901,7 +901,7 @@ fn write_output(
     index: usize,
 ) -> Result<Option<WriteJob>, String> {
     let labels_u16 = match value {
-        Value::Labels(l) => l.iter().copied().max().unwrap_or(0) <= u16::MAX as u32,
+        Value::Labels(l) => crate::util::max3(l) <= u16::MAX as u32,
         _ => false,
     };
     if let Some(bad) = formats.iter().find(|f| matches!(f, Format::Tiff | Format::Npy) == matches!(value, Value::Table(_))) {
