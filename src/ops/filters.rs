@@ -346,8 +346,20 @@ fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
         // x pass of columns xs into the output.
         match k.wx {
             Some(w) => {
-                for (t, e) in s.ext.iter_mut().enumerate() {
-                    *e = s.row[reflect((x0 + t) as isize - rx as isize, nx as isize)] as f64;
+                // ext[t] is the row at x0 + t − rx, reflected at the ends (only the ends need
+                // the index arithmetic).
+                let first = x0 as isize - rx as isize;
+                let (a, b) =
+                    ((-first).clamp(0, s.ext.len() as isize) as usize, ((nx as isize - first).clamp(0, s.ext.len() as isize)) as usize);
+                let b = b.max(a);
+                for (t, e) in s.ext[..a].iter_mut().enumerate() {
+                    *e = s.row[reflect(first + t as isize, nx as isize)] as f64;
+                }
+                for (e, &v) in s.ext[a..b].iter_mut().zip(&s.row[(first + a as isize) as usize..]) {
+                    *e = v as f64;
+                }
+                for (t, e) in s.ext[b..].iter_mut().enumerate() {
+                    *e = s.row[reflect(first + (b + t) as isize, nx as isize)] as f64;
                 }
                 let acc = &mut s.acc[..onx];
                 for (a, &e) in acc.iter_mut().zip(&s.ext[rx..rx + onx]) {
