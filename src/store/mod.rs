@@ -358,7 +358,12 @@ fn payload_parts(v: &Value) -> Vec<std::borrow::Cow<'_, [u8]>> {
         Cow::Owned(b)
     };
     match v {
-        Value::Mask(a) => vec![head(1, a.shape()), le_bytes(a)],
+        // Masks of 0/1 (all that ops make) are stored 8 voxels a byte, low bit first: an eighth
+        // of the bytes to write and hash. Anything else is stored as bytes.
+        Value::Mask(a) => match pack_bits(a) {
+            Some(bits) => vec![head(10, a.shape()), Cow::Owned(bits)],
+            None => vec![head(1, a.shape()), le_bytes(a)],
+        },
         Value::Labels(a) => vec![head(2, a.shape()), le_bytes(a)],
         Value::Image(Data::U8(a)) => vec![head(3, a.shape()), le_bytes(a)],
         Value::Image(Data::U16(a)) => vec![head(4, a.shape()), le_bytes(a)],
@@ -446,10 +451,49 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A 0/1 array packed 8 values a byte (low bit first, raster order); `None` if any value is
+/// neither 0 nor 1.
+fn pack_bits(a: &Array3<u8>) -> Option<Vec<u8>> {
+    use rayon::prelude::*;
+    let std = a.as_standard_layout();
+    let v = std.as_slice().expect("standard layout");
+    let mut out = vec![0u8; v.len().div_ceil(8)];
+    // Chunks of 8 Ki voxels → 1 KiB of bits each, in parallel; each chunk reports stray values.
+    let ok = out.par_chunks_mut(1024).zip(v.par_chunks(8192)).all(|(o, c)| {
+        let mut stray = 0u8;
+        for (byte, eight) in o.iter_mut().zip(c.chunks(8)) {
+            let mut b = 0u8;
+            for (k, &x) in eight.iter().enumerate() {
+                stray |= x & !1;
+                b |= (x & 1) << k;
+            }
+            *byte = b;
+        }
+        stray == 0
+    });
+    ok.then_some(out)
+}
+
+fn unpack_bits(bits: &[u8], n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    for (eight, &b) in out.chunks_mut(8).zip(bits) {
+        for (k, x) in eight.iter_mut().enumerate() {
+            *x = (b >> k) & 1;
+        }
+    }
+    out
+}
+
 fn decode(payload: &[u8]) -> Option<Value> {
     let mut r = Reader { b: payload, at: 0 };
     let tag = r.u8()?;
     let v = match tag {
+        10 => {
+            let s = r.shape(3)?;
+            let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            let bits = r.take(n.div_ceil(8))?;
+            Value::Mask(Array3::from_shape_vec((s[0], s[1], s[2]), unpack_bits(bits, n)).ok()?)
+        }
         1..=6 => {
             let s = r.shape(3)?;
             let sh = (s[0], s[1], s[2]);
@@ -513,6 +557,9 @@ mod tests {
         t.push("sample", Column::Str(vec!["a".into(), "bé".into()]), None);
         vec![
             Value::Mask(Array3::from_shape_fn((2, 3, 4), |(z, y, x)| ((z + y + x) % 2) as u8)),
+            // Not a multiple of 8 voxels, more than one packing chunk; and a stray 255 (bytes).
+            Value::Mask(Array3::from_shape_fn((3, 71, 53), |(z, y, x)| ((z * 7 + y * 3 + x * x) % 5 == 0) as u8)),
+            Value::Mask(Array3::from_shape_fn((1, 2, 5), |(_, y, x)| if y == 1 && x == 3 { 255 } else { (x % 2) as u8 })),
             Value::Labels(Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 100_000 + y * 7 + x) as u32)),
             Value::Image(Data::U8(Array3::from_shape_fn((1, 2, 3), |(_, y, x)| (y * 3 + x) as u8))),
             Value::Image(Data::U16(Array3::from_shape_fn((2, 2, 2), |(z, y, x)| (z * 4000 + y * 2 + x) as u16))),
@@ -543,6 +590,9 @@ mod tests {
             assert!(s.has(&key));
             let back = s.load(&key).expect("verifies");
             assert!(same(v, &back), "value {i}");
+            if let Value::Mask(_) = v {
+                assert_eq!(&back, v, "mask {i}");
+            }
         }
         assert_eq!(s.keys().len(), values().len());
     }
