@@ -9,7 +9,8 @@ best of REPEATS, with 2 threads where a tool has threads:
   cc3d, SimpleITK and edt on the same array;
 - end to end: `tessera run` (process start to exit: read TIFF, gaussian → Otsu → opening →
   label(26) → measure, write label TIFF and Parquet) against the same chain as a Python script
-  with scipy + scikit-image, and with SimpleITK.
+  with scipy + scikit-image, and with SimpleITK, each writing the table tessera writes (and, for
+  reference, a 5-column table), on SIZE³ and on the --e2e-sizes cubes (default 100³, 512³).
 Prints a Markdown table (ratio = peer time / tessera time; > 1 means tessera is faster) and
 writes it to BENCHMARKS.md when --write is given.
 """
@@ -276,7 +277,7 @@ def tiling(path, size, repeats, work):
                          ("--tile 64x64x64", ["--tile", "64x64x64"]), ("--no-checkpoint", ["--no-checkpoint"]),
                          ("--memory 16MiB (streamed)", ["--memory", "16MiB"])):
         runs = []
-        for k in range(repeats):
+        for k in range(max(repeats, 5)):
             out = os.path.join(work, f"variant-{len(rows)}-{k}")
             runs.append(run_rss([exe, "run", pipe, path, "--out", out, "--threads", "2", "--progress", "never"] + extra))
             shutil.rmtree(out, ignore_errors=True)
@@ -308,7 +309,8 @@ def main():
     lines += ["", "End to end, process start to exit: read the TIFF, gaussian(σ=1) → Otsu → opening(r=1) → label(26) → "
               "measure, write the label TIFF and the Parquet table. The peer scripts write the same table "
               "(tessera's SPEC §6 columns) unless \"5 columns\" is said; best of "
-              f"{a.repeats} (of {max(a.repeats, 5)} for tessera); 2 threads.", "",
+              f"{a.repeats} (of {max(a.repeats, 10)} for tessera); 2 threads. Timings on this VM drift by up to 2× "
+              "from minute to minute (host noise): compare figures from one run, not across runs.", "",
               "| volume | tessera (s) | peer script | peer (s) | ratio |", "|---|---|---|---|---|"]
     e2e = [(a.size, path)]
     for n in a.e2e_sizes:
@@ -319,7 +321,7 @@ def main():
     for n, p in sorted(e2e):
         # Small volumes: only process start to exit (the peers' interpreter start-up dominates).
         chains = CHAINS if n >= 256 else ()
-        t_tessera, res = end_to_end(p, a.repeats, work, chains, own_repeats=max(a.repeats, 5))
+        t_tessera, res = end_to_end(p, a.repeats, work, chains, own_repeats=max(a.repeats, 10))
         if not res:
             lines.append(f"| {n}³ | {t_tessera:.3f} | (process start to exit) | | |")
         for name, t in res.items():
@@ -327,7 +329,7 @@ def main():
         if p != path:
             os.remove(p)
     tiles = tiling(path, a.size, a.repeats, work)
-    lines += ["", "The same chain, run variants (fresh output folder each time; checkpoints on unless said):", "",
+    lines += ["", f"The same chain on {a.size}³, run variants (fresh output folder each time; checkpoints on unless said; best of {max(a.repeats, 5)}):", "",
               "| run | time (s) | vs whole | peak RSS (MiB) |", "|---|---|---|---|"]
     for tile, t, rss in tiles:
         lines.append(f"| {tile} | {t:.2f} | {100 * (t / tiles[0][1] - 1):+.0f}% | {rss:.0f} |")
