@@ -160,11 +160,19 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
                 None => crop(&run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?, &want),
             }
         };
+        // A kept value no later stage of the group reads is moved, not copied, when it is
+        // already just the core.
+        let read_later = run.inputs[i + 1..].iter().flatten().any(|f| matches!(f, Feed::Group(j) if *j == i));
         if run.keep[i] {
+            if region_out == core && !read_later {
+                cores[i] = Some(v);
+                continue;
+            }
             cores[i] = Some(if region_out == core { v.clone() } else { crop(&v, &region_out.local(&core)) });
         }
-        // Drop what no later stage of the group reads.
-        local[i] = Some((region_out, v));
+        if read_later {
+            local[i] = Some((region_out, v));
+        }
     }
     Ok(cores)
 }
@@ -216,9 +224,12 @@ fn empty_like(v: &Value, shape: Zyx) -> Value {
 /// Copies `src` (the size of `at`) into `dst` at `at`.
 fn paste(dst: &mut Value, src: &Value, at: &Region) {
     let r = at;
+    // In parallel (tiles are disjoint; each voxel is written once, so the order is immaterial).
     macro_rules! p3 {
         ($d:expr, $s:expr) => {
-            $d.slice_mut(s![r.start[0]..r.end[0], r.start[1]..r.end[1], r.start[2]..r.end[2]]).assign($s)
+            ndarray::Zip::from($d.slice_mut(s![r.start[0]..r.end[0], r.start[1]..r.end[1], r.start[2]..r.end[2]]))
+                .and($s)
+                .par_for_each(|d, &s| *d = s)
         };
     }
     macro_rules! p4 {
