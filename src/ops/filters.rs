@@ -410,150 +410,69 @@ fn reflect(i: isize, n: isize) -> usize {
     m as usize
 }
 
-/// Smooths every contiguous x-row in place.
-fn pass_x(a: &mut Array3<f32>, w: &[f64]) {
-    let r = w.len() / 2;
-    let nx = a.len_of(Axis(2));
-    let data = a.as_slice_mut().expect("standard layout");
-    data.par_chunks_mut(nx).for_each_init(
-        || (vec![0f64; nx + 2 * r], vec![0f64; nx]),
-        |(ext, acc), row| {
-            for (k, e) in ext.iter_mut().enumerate() {
-                *e = row[reflect(k as isize - r as isize, nx as isize)] as f64;
-            }
-            // Per voxel the same operations in the same order as scipy (centre, then pairs from
-            // the farthest in); looping over voxels innermost lets the compiler vectorise.
-            for (a, &e) in acc.iter_mut().zip(&ext[r..r + nx]) {
-                *a = e * w[r];
-            }
-            for j in (1..=r).rev() {
-                let wj = w[r - j];
-                for ((a, &lo), &hi) in acc.iter_mut().zip(&ext[r - j..r - j + nx]).zip(&ext[r + j..r + j + nx]) {
-                    *a += (lo + hi) * wj;
-                }
-            }
-            for (o, &a) in row.iter_mut().zip(acc.iter()) {
-                *o = a as f32;
-            }
-        },
-    );
-}
-
-/// Smooths along z (axis 0) or y (axis 1), a whole x-row at a time (the same operations, in the
-/// same order, per voxel as along x), producing only positions `start..start + len` of that axis.
-/// `spare`, when it has the output's shape, is written over instead of allocating.
-fn pass_rows(src: &Array3<f32>, axis: usize, w: &[f64], start: usize, len: usize, spare: Option<Array3<f32>>) -> Array3<f32> {
-    let r = w.len() / 2;
-    let (nz, ny, nx) = src.dim();
-    let mut dim = [nz, ny, nx];
-    dim[axis] = len;
-    let shape = (dim[0], dim[1], dim[2]);
-    let mut dst = spare.filter(|b| b.dim() == shape && b.is_standard_layout()).unwrap_or_else(|| crate::util::zeros3(shape));
-    let s = src.as_slice().expect("standard layout");
-    let n = if axis == 0 { nz } else { ny } as isize;
-    let dny = dim[1];
-    dst.as_slice_mut().expect("standard layout").par_chunks_mut(nx.max(1)).enumerate().for_each_init(
-        || vec![0f64; nx],
-        |acc, (row, out)| {
-            // The row in source coordinates.
-            let (mut z, mut y) = (row / dny.max(1), row % dny.max(1));
-            if axis == 0 {
-                z += start;
-            } else {
-                y += start;
-            }
-            let at = |d: isize| -> &[f32] {
-                let (zz, yy) = if axis == 0 { (reflect(z as isize + d, n), y) } else { (z, reflect(y as isize + d, n)) };
-                let o = (zz * ny + yy) * nx;
-                &s[o..o + nx]
-            };
-            let centre = at(0);
-            for (a, &v) in acc.iter_mut().zip(centre) {
-                *a = v as f64 * w[r];
-            }
-            for j in (1..=r as isize).rev() {
-                let (lo, hi) = (at(-j), at(j));
-                let wj = w[r - j as usize];
-                for ((a, &p), &q) in acc.iter_mut().zip(lo).zip(hi) {
-                    *a += (p as f64 + q as f64) * wj;
-                }
-            }
-            for (o, &a) in out.iter_mut().zip(acc.iter()) {
-                *o = a as f32;
-            }
-        },
-    );
-    dst
-}
-
-/// Gaussian smoothing of a float32 volume; 2D images (`ndim == 2`) skip the z axis. Axes are
-/// smoothed in scipy's order (z, y, x); each pass stores float32.
+/// Gaussian smoothing of a whole float32 volume ([`smooth`] on all of it); 2D images
+/// (`ndim == 2`) skip the z axis.
 pub fn gaussian(a: Array3<f32>, sigma: [f64; 3], truncate: f64, ndim: u8) -> Array3<f32> {
     let (nz, ny, nx) = a.dim();
-    gaussian_region(a, sigma, truncate, ndim, ([0, 0, 0], [nz, ny, nx]))
-}
-
-/// [`gaussian`] computed only on `out` (start, end per axis): each pass produces just the part
-/// the later passes and the output read — after the z pass only `out`'s planes, after the y pass
-/// only its rows — so a tile's halo is not smoothed along axes already done. Every output voxel
-/// gets the same operations in the same order as in the whole run: the values are identical.
-pub fn gaussian_region(a: Array3<f32>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Array3<f32> {
-    let mut a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
-    let (lo, hi) = out;
-    let first = if ndim == 2 { 1 } else { 0 };
-    // The array a pass reads becomes the next pass's output when the shapes agree (whole images).
-    let mut spare: Option<Array3<f32>> = None;
-    for axis in 0..2 {
-        let sg = sigma[axis];
-        let r = radius(sg, truncate);
-        if axis >= first && sg > 1e-15 && r > 0 && a.len_of(Axis(axis)) > 0 {
-            let next = pass_rows(&a, axis, &kernel(sg, r), lo[axis], hi[axis] - lo[axis], spare.take());
-            spare = Some(std::mem::replace(&mut a, next));
-        } else if (lo[axis], hi[axis]) != (0, a.len_of(Axis(axis))) {
-            a = a.slice_axis(Axis(axis), (lo[axis]..hi[axis]).into()).as_standard_layout().into_owned();
-        }
-    }
-    let r = radius(sigma[2], truncate);
-    if sigma[2] > 1e-15 && r > 0 && a.len_of(Axis(2)) > 0 {
-        pass_x(&mut a, &kernel(sigma[2], r));
-    }
-    if (lo[2], hi[2]) != (0, a.len_of(Axis(2))) {
-        a = a.slice_axis(Axis(2), (lo[2]..hi[2]).into()).as_standard_layout().into_owned();
-    }
-    a
+    fused(&a, sigma, truncate, ndim, ([0, 0, 0], [nz, ny, nx]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The gaussian as scipy runs it, one whole-volume pass per axis (z, y, x), each storing
+    /// float32: the reference the fused passes must equal bit for bit.
+    fn separate_passes(mut a: Array3<f32>, sigma: [f64; 3], truncate: f64, ndim: u8) -> Array3<f32> {
+        let first = if ndim == 2 { 1 } else { 0 };
+        for axis in first..3 {
+            let r = radius(sigma[axis], truncate);
+            if sigma[axis] <= 1e-15 || r == 0 || a.is_empty() {
+                continue;
+            }
+            let w = kernel(sigma[axis], r);
+            let src = a.clone();
+            let n = a.len_of(Axis(axis)) as isize;
+            ndarray::Zip::indexed(&mut a).for_each(|(z, y, x), o| {
+                let at = |d: isize| {
+                    let mut i = [z, y, x];
+                    i[axis] = reflect(i[axis] as isize + d, n);
+                    src[i] as f64
+                };
+                let mut acc = at(0) * w[r];
+                for j in (1..=r as isize).rev() {
+                    acc += (at(-j) + at(j)) * w[r - j as usize];
+                }
+                *o = acc as f32;
+            });
+        }
+        a
+    }
+
     #[test]
     fn a_region_equals_the_crop_of_the_whole() {
         let a = ndarray::Array3::from_shape_fn((9, 11, 13), |(z, y, x)| ((z * 31 + y * 7 + x * 13) % 17) as f32 * 1.5);
         let whole = gaussian(a.clone(), [1.0, 0.7, 1.3], 4.0, 3);
+        let d = Data::F32(a.clone());
         for (lo, hi) in [([0, 0, 0], [9, 11, 13]), ([2, 3, 4], [7, 8, 9]), ([0, 5, 0], [1, 6, 13]), ([8, 0, 12], [9, 11, 13])] {
-            let r = gaussian_region(a.clone(), [1.0, 0.7, 1.3], 4.0, 3, (lo, hi));
+            let r = smooth(&d, [1.0, 0.7, 1.3], 4.0, 3, (lo, hi)).unwrap();
             let c = whole.slice(ndarray::s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
             assert_eq!(r, c, "{lo:?}..{hi:?}");
         }
         // 2D: the z axis is not smoothed, only cut.
         let p = a.slice(ndarray::s![0..1, .., ..]).to_owned();
         let whole = gaussian(p.clone(), [1.0, 1.0, 1.0], 4.0, 2);
-        assert_eq!(gaussian_region(p, [1.0, 1.0, 1.0], 4.0, 2, ([0, 2, 3], [1, 9, 10])), whole.slice(ndarray::s![.., 2..9, 3..10]));
+        let r = smooth(&Data::F32(p), [1.0, 1.0, 1.0], 4.0, 2, ([0, 2, 3], [1, 9, 10])).unwrap();
+        assert_eq!(r, whole.slice(ndarray::s![.., 2..9, 3..10]));
     }
 
-    /// The fused gaussian gives, bit for bit, what the separate passes give, for every input
-    /// dtype, region, thread count (which changes how planes are cut into row blocks), 2D and 3D,
-    /// and axes left unsmoothed.
+    /// The fused gaussian gives, bit for bit, what scipy's separate whole-volume passes give
+    /// (cropped to the region), for every input dtype, region, thread count (which changes how
+    /// planes are cut into row blocks), 2D and 3D, and axes left unsmoothed.
     #[test]
     fn fused_equals_separate_passes() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::stats::kmeans::SplitMix::new(7);
+        let mut next = move || rng.next_u64();
         for case in 0..60 {
             let dims = [1 + (next() % 9) as usize, 1 + (next() % 23) as usize, 1 + (next() % 19) as usize];
             let ndim = if dims[0] == 1 && case % 2 == 0 { 2 } else { 3 };
@@ -569,7 +488,8 @@ mod tests {
                 2 => Data::U32(Array3::from_shape_vec(shape, raw.iter().map(|v| *v as u32).collect()).unwrap()),
                 _ => Data::F32(Array3::from_shape_vec(shape, raw.iter().map(|v| (*v % 100_000) as f32 * 0.37 - 9000.0).collect()).unwrap()),
             };
-            let want = gaussian_region(to_f32(&data).unwrap(), sigma, 4.0, ndim, (lo, hi));
+            let whole = separate_passes(to_f32(&data).unwrap(), sigma, 4.0, ndim);
+            let want = whole.slice(ndarray::s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]]);
             for threads in [1, 3, 8] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let got = pool.install(|| smooth(&data, sigma, 4.0, ndim, (lo, hi)).unwrap());
