@@ -329,8 +329,9 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         {
             store.save(&keys[i], value).map_err(|e| format!("writing a checkpoint: {e}"))?;
         }
-        if let Value::Labels(l) = value {
-            res.objects.push((st.id.clone(), crate::util::max3(l) as u64));
+        let max_label = if let Value::Labels(l) = value { Some(crate::util::max3(l)) } else { None };
+        if let Some(m) = max_label {
+            res.objects.push((st.id.clone(), m as u64));
         }
         if let Some((_, formats)) = plan.outputs.iter().find(|(o, _)| *o == i) {
             if valid[i] {
@@ -338,8 +339,8 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                     res.tables.push((i, t.for_sample(&row.id, &row.meta)));
                 }
             } else {
-                let job =
-                    write_output(&sample_dir, &st.id, value, formats, ndim, &scaled(&spacing, bound.metas[i].scale), plan, row, res, i)?;
+                let spacing = scaled(&spacing, bound.metas[i].scale);
+                let job = write_output(&sample_dir, &st.id, value, max_label, formats, ndim, &spacing, plan, row, res, i)?;
                 if let Some(job) = job {
                     // Image outputs finish in the background; they join before the record.
                     pending.borrow_mut().push((i, std::thread::spawn(job)));
@@ -657,8 +658,10 @@ fn run_streamed(
                     Ok(())
                 }
                 // Streamed samples are already disk-bound: write here, in order.
-                Some((_, formats)) => write_output(&sample_dir, &plan.stages[i].id, value, formats, ndim, &spacing, plan, row, res_ref, i)
-                    .and_then(|job| job.map_or(Ok(()), |job| job())),
+                Some((_, formats)) => {
+                    write_output(&sample_dir, &plan.stages[i].id, value, None, formats, ndim, &spacing, plan, row, res_ref, i)
+                        .and_then(|job| job.map_or(Ok(()), |job| job()))
+                }
                 None => Ok(()),
             }
         };
@@ -892,6 +895,8 @@ fn write_output(
     dir: &Path,
     stage: &str,
     value: &Value,
+    // The largest label of a labels value, when the caller has it already.
+    max_label: Option<u32>,
     formats: &[Format],
     ndim: u8,
     spacing: &Spacing,
@@ -901,7 +906,7 @@ fn write_output(
     index: usize,
 ) -> Result<Option<WriteJob>, String> {
     let labels_u16 = match value {
-        Value::Labels(l) => crate::util::max3(l) <= u16::MAX as u32,
+        Value::Labels(l) => max_label.unwrap_or_else(|| crate::util::max3(l)) <= u16::MAX as u32,
         _ => false,
     };
     if let Some(bad) = formats.iter().find(|f| matches!(f, Format::Tiff | Format::Npy) == matches!(value, Value::Table(_))) {

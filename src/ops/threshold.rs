@@ -727,13 +727,8 @@ mod tests {
     /// edge, ranges far from zero, narrow ranges, NaN and infinities, random values.
     #[test]
     fn fast_histogram_equals_the_edge_checked_one() {
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::stats::kmeans::SplitMix::new(11);
+        let mut next = move || rng.next_u64();
         let ranges = [(0.0f32, 255.0f32), (-3.5, 1e-3), (1000.0, 1000.5), (1e6, 1e6 + 64.0), (-1e-30, 1e-30), (7.0, 7.000_01), (-5e4, 9e4)];
         for (lo, hi) in ranges {
             for nbins in [2usize, 3, 17, 256, 1000] {
