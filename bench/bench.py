@@ -139,10 +139,12 @@ stages:
 outputs: {objects: tiff, shape: parquet}
 """
 
-# The peers produce the table tessera writes (SPEC §6 columns: voxels, volume, centroid, bbox,
-# inertia eigenvalues, axis lengths, anisotropy, intensity sum/mean/min/max/std, nearest
-# neighbour, touches_border), each the way a user of that library would compute it.
-SCIPY_CHAIN = """import sys, numpy as np, tifffile, scipy.ndimage as ndi, pandas as pd
+# Each peer script is its library's chain (read → gaussian → Otsu → opening → label) followed by
+# a table. The full tables are the one tessera writes (SPEC §6 columns: voxels, volume, centroid,
+# bbox, inertia eigenvalues, axis lengths, anisotropy, intensity sum/mean/min/max/std, nearest
+# neighbour, touches_border), each computed the way a user of that library would.
+SCIPY_HEAD = """
+import sys, numpy as np, tifffile, scipy.ndimage as ndi, pandas as pd
 from scipy.spatial import cKDTree
 from skimage.filters import threshold_otsu
 from skimage.measure import regionprops_table
@@ -152,6 +154,10 @@ mask = sm > threshold_otsu(sm)
 z, y, x = np.ogrid[-1:2, -1:2, -1:2]
 mask = ndi.binary_opening(mask, (z*z + y*y + x*x) <= 1)
 labels, n = ndi.label(mask, np.ones((3, 3, 3)))
+tifffile.imwrite(sys.argv[2] + "/labels.tif", labels.astype(np.uint16 if n < 65536 else np.uint32))
+"""
+
+SCIPY_CHAIN = SCIPY_HEAD + """
 t = pd.DataFrame(regionprops_table(labels, intensity_image=img, properties=[
     "label", "area", "centroid", "bbox", "inertia_tensor_eigvals", "axis_major_length",
     "axis_minor_length", "intensity_mean", "intensity_min", "intensity_max", "intensity_std"]))
@@ -163,11 +169,11 @@ d, i = cKDTree(c).query(c, k=2)
 t["nn_distance"], t["nn_label"] = d[:, 1], t["label"].to_numpy()[i[:, 1]]
 lo = t[["bbox-0", "bbox-1", "bbox-2"]].to_numpy(); hi = t[["bbox-3", "bbox-4", "bbox-5"]].to_numpy()
 t["touches_border"] = (lo == 0).any(axis=1) | (hi == np.array(labels.shape)).any(axis=1)
-tifffile.imwrite(sys.argv[2] + "/labels.tif", labels.astype(np.uint16 if n < 65536 else np.uint32))
 t.to_parquet(sys.argv[2] + "/shape.parquet")
 """
 
-SITK_CHAIN = """import sys, numpy as np, SimpleITK as sitk, pandas as pd
+SITK_HEAD = """
+import sys, numpy as np, SimpleITK as sitk, pandas as pd
 from scipy.spatial import cKDTree
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
 img = sitk.ReadImage(sys.argv[1])
@@ -177,6 +183,10 @@ mask = sitk.BinaryMorphologicalOpening(mask, [1, 1, 1], sitk.sitkBall)
 labels = sitk.ConnectedComponent(mask, True)
 f = sitk.LabelShapeStatisticsImageFilter(); f.Execute(labels)
 g = sitk.LabelIntensityStatisticsImageFilter(); g.Execute(labels, img)
+sitk.WriteImage(labels, sys.argv[2] + "/labels.tif")
+"""
+
+SITK_CHAIN = SITK_HEAD + """
 size = labels.GetSize()
 rows = []
 for l in f.GetLabels():
@@ -193,39 +203,18 @@ d, i = cKDTree(c).query(c, k=2)
 t["nn_distance"], t["nn_label"] = d[:, 1], t["label"].to_numpy()[i[:, 1]]
 t["touches_border"] = ((t[["x0", "y0", "z0"]] == 0).any(axis=1) |
                        (t["x0"] + t["sx"] == size[0]) | (t["y0"] + t["sy"] == size[1]) | (t["z0"] + t["sz"] == size[2]))
-sitk.WriteImage(labels, sys.argv[2] + "/labels.tif")
 t.to_parquet(sys.argv[2] + "/shape.parquet")
 """
 
 # The same chains with a 5-column table (label, voxels, centroid, bbox, mean intensity): what
 # these scripts measured before 2026-11-23, kept to show what the extra columns cost the peers.
-SCIPY_CHAIN_5 = """
-import sys, numpy as np, tifffile, scipy.ndimage as ndi, pandas as pd
-from skimage.filters import threshold_otsu
-from skimage.measure import regionprops_table
-img = tifffile.imread(sys.argv[1])
-sm = ndi.gaussian_filter(img.astype(np.float32), 1.0)
-mask = sm > threshold_otsu(sm)
-z, y, x = np.ogrid[-1:2, -1:2, -1:2]
-mask = ndi.binary_opening(mask, (z*z + y*y + x*x) <= 1)
-labels, n = ndi.label(mask, np.ones((3, 3, 3)))
+SCIPY_CHAIN_5 = SCIPY_HEAD + """
 t = regionprops_table(labels, intensity_image=img, properties=["label", "area", "centroid", "bbox", "intensity_mean"])
-tifffile.imwrite(sys.argv[2] + "/labels.tif", labels.astype(np.uint16 if n < 65536 else np.uint32))
 pd.DataFrame(t).to_parquet(sys.argv[2] + "/shape.parquet")
 """
 
-SITK_CHAIN_5 = """
-import sys, SimpleITK as sitk, pandas as pd
-sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
-img = sitk.ReadImage(sys.argv[1])
-sm = sitk.DiscreteGaussian(sitk.Cast(img, sitk.sitkFloat32), 1.0)
-mask = sitk.OtsuThreshold(sm, 0, 1)
-mask = sitk.BinaryMorphologicalOpening(mask, [1, 1, 1], sitk.sitkBall)
-labels = sitk.ConnectedComponent(mask, True)
-f = sitk.LabelShapeStatisticsImageFilter(); f.Execute(labels)
-g = sitk.LabelIntensityStatisticsImageFilter(); g.Execute(labels, img)
+SITK_CHAIN_5 = SITK_HEAD + """
 rows = [(l, f.GetNumberOfPixels(l), *f.GetCentroid(l), g.GetMean(l)) for l in f.GetLabels()]
-sitk.WriteImage(labels, sys.argv[2] + "/labels.tif")
 pd.DataFrame(rows).to_parquet(sys.argv[2] + "/shape.parquet")
 """
 
