@@ -68,7 +68,7 @@ pub static THRESHOLD: OpInfo = OpInfo {
         ParamDoc { name: "invert", ty: "bool", default: Some("false"), doc: "Foreground is `input <= threshold` instead." },
         ParamDoc {
             name: "nbins",
-            ty: "integer ≥ 2",
+            ty: "integer, 2 to 16777216",
             default: Some("256"),
             doc: "Histogram bins for float images (integer images always use one bin per value).",
         },
@@ -787,5 +787,9 @@ mod tests {
         assert_eq!(t.check()[0].field, "method");
         let t: Threshold = serde_yaml::from_str("{method: otsu, value: 3}").unwrap();
         assert_eq!(t.check()[0].field, "value");
+        let t: Threshold = serde_yaml::from_str("{method: otsu, nbins: 16777217}").unwrap();
+        assert_eq!(t.check()[0].field, "nbins");
+        let t: Threshold = serde_yaml::from_str("{method: otsu, nbins: 16777216}").unwrap();
+        assert!(t.check().is_empty());
     }
 }
