@@ -59,7 +59,7 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
         "s",
         &opts,
         &mut |i, v| {
-            whole[i] = Some(v.clone());
+            whole[i] = Some(Value::clone(v));
             Ok(())
         },
         &mut Vec::new(),

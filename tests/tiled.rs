@@ -39,7 +39,7 @@ fn run_all(plan: &Plan, image: &Data, ndim: u8, spacing: &Spacing, tile: TileSiz
             "s",
             &opts,
             &mut |i, v| {
-                out[i] = Some(v.clone());
+                out[i] = Some(Value::clone(v));
                 Ok(())
             },
             &mut timings,

@@ -10,7 +10,7 @@
 //! it needs, and global ops already declare themselves as such.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -316,7 +316,8 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         complete: false,
     });
     let pending: std::cell::RefCell<Vec<(usize, Writing)>> = Default::default();
-    let sink = |i: usize, value: &Value, res: &mut SampleResult| -> Result<(), String> {
+    let sink = |i: usize, shared: &Arc<Value>, res: &mut SampleResult| -> Result<(), String> {
+        let value: &Value = shared;
         let st = &plan.stages[i];
         on_stage(&st.id);
         // Global stages and tables are checkpointed; local stages are cheaper to recompute from
@@ -340,7 +341,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                 }
             } else {
                 let spacing = scaled(&spacing, bound.metas[i].scale);
-                let job = write_output(&sample_dir, &st.id, value, max_label, formats, ndim, &spacing, plan, row, res, i)?;
+                let job = write_output(&sample_dir, &st.id, shared, max_label, formats, ndim, &spacing, plan, row, res, i)?;
                 if let Some(job) = job {
                     // Image outputs finish in the background; they join before the record.
                     pending.borrow_mut().push((i, std::thread::spawn(job)));
@@ -658,8 +659,10 @@ fn run_streamed(
                     Ok(())
                 }
                 // Streamed samples are already disk-bound: write here, in order.
+                // (Voxel stages are written slab by slab by the streamer; what reaches here is
+                // a table, so the copy for sharing is small.)
                 Some((_, formats)) => {
-                    write_output(&sample_dir, &plan.stages[i].id, value, None, formats, ndim, &spacing, plan, row, res_ref, i)
+                    write_output(&sample_dir, &plan.stages[i].id, &Arc::new(value.clone()), None, formats, ndim, &spacing, plan, row, res_ref, i)
                         .and_then(|job| job.map_or(Ok(()), |job| job()))
                 }
                 None => Ok(()),
@@ -709,7 +712,7 @@ pub fn evaluate(
     ndim: u8,
     sample: &str,
     opts: &EvalOpts,
-    sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
+    sink: &mut dyn FnMut(usize, &Arc<Value>) -> Result<(), String>,
     timings: &mut Vec<(String, f64)>,
 ) -> Result<(), (usize, String)> {
     let reuse = Reuse { preset: vec![None; plan.stages.len()], compute: vec![true; plan.stages.len()] };
@@ -732,7 +735,7 @@ pub fn evaluate_with(
     sample: &str,
     opts: &EvalOpts,
     reuse: Reuse,
-    sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
+    sink: &mut dyn FnMut(usize, &Arc<Value>) -> Result<(), String>,
     timings: &mut Vec<(String, f64)>,
 ) -> Result<(), (usize, String)> {
     let Reuse { mut preset, compute } = reuse;
@@ -758,12 +761,15 @@ pub fn evaluate_with(
     };
     let reads = |i: usize| plan.stage_inputs(i);
     let is_output = |i: usize| plan.outputs.iter().any(|(o, _)| *o == i);
-    let mut values: Vec<Option<Value>> = vec![None; n];
+    // Shared, so that an output writer running in the background can hold a value that later
+    // stages no longer need.
+    let mut values: Vec<Option<Arc<Value>>> = vec![None; n];
     let mut i = 0;
     while i < n {
         let t0 = Instant::now();
         if !compute[i] {
             if let Some(v) = preset[i].take() {
+                let v = Arc::new(v);
                 sink(i, &v).map_err(|e| (i, e))?;
                 values[i] = Some(v);
             }
@@ -808,7 +814,7 @@ pub fn evaluate_with(
                     f.push(match r {
                         Ref::Stage(x) if pos(*x).is_some() => tiled::Feed::Group(pos(*x).unwrap_or(0)),
                         Ref::Stage(x) => {
-                            full.push(values[*x].as_ref().expect("inputs computed before use"));
+                            full.push(values[*x].as_deref().expect("inputs computed before use"));
                             tiled::Feed::Full(full.len() - 1)
                         }
                         Ref::Source(s) => {
@@ -835,6 +841,7 @@ pub fn evaluate_with(
             for (p, v) in out.into_iter().enumerate() {
                 let k = group.stages[p];
                 if let Some(v) = v {
+                    let v = Arc::new(v);
                     sink(k, &v).map_err(|e| (k, e))?;
                     values[k] = Some(v);
                 }
@@ -849,10 +856,10 @@ pub fn evaluate_with(
                     .iter()
                     .map(|(_, r)| match r {
                         Ref::Source(s) => &sources[*s],
-                        Ref::Stage(j) => values[*j].as_ref().expect("inputs computed before use"),
+                        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
                     })
                     .collect();
-                bound.ops[i].run(&ins, &ctx_of(i)).map_err(|e| (i, e))?
+                Arc::new(bound.ops[i].run(&ins, &ctx_of(i)).map_err(|e| (i, e))?)
             };
             sink(i, &out).map_err(|e| (i, e))?;
             timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));
@@ -883,6 +890,43 @@ fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
     }
 }
 
+/// Writes a voxel value (image, mask or labels) to `path` as TIFF or npy. Masks and labels are
+/// converted to the file's type ([`file_data`]) a few MiB of planes at a time, so writing one
+/// takes no copy of the whole value.
+fn write_voxels(path: &Path, value: &Value, labels_u16: bool, format: Format, ndim: u8, spacing: &Spacing, compression: io::Compression) -> Result<(), String> {
+    let err = |e: io::ImageError| e.to_string();
+    let (dim, dtype) = match value {
+        Value::Image(d) => {
+            return match format {
+                Format::Tiff => io::write_tiff(path, d, ndim, spacing, compression),
+                _ => io::write_npy(path, d, ndim),
+            }
+            .map_err(err);
+        }
+        Value::Mask(m) => (m.dim(), io::DType::U8),
+        Value::Labels(l) => (l.dim(), if labels_u16 { io::DType::U16 } else { io::DType::U32 }),
+        Value::Table(_) => return Err("internal: a table has no voxels to write".into()),
+    };
+    let shape = [dim.0, dim.1, dim.2];
+    let mut out = match format {
+        Format::Tiff => stream::Out::Tiff(io::StackWriter::create(path, shape, dtype, ndim, spacing, compression, None).map_err(err)?),
+        _ => stream::Out::Npy(io::NpyWriter::create(path, shape, dtype, ndim).map_err(err)?),
+    };
+    let plane_bytes = (shape[1] * shape[2]).max(1) * dtype.bytes_per_voxel() as usize;
+    let block = ((4usize << 20) / plane_bytes).max(1);
+    for z0 in (0..shape[0]).step_by(block) {
+        let z = ndarray::s![z0..(z0 + block).min(shape[0]), .., ..];
+        let slab = match value {
+            Value::Mask(m) => Data::U8(m.slice(z).mapv(|x| if x != 0 { 255 } else { 0 })),
+            Value::Labels(l) if labels_u16 => Data::U16(l.slice(z).mapv(|x| x as u16)),
+            Value::Labels(l) => Data::U32(l.slice(z).to_owned()),
+            Value::Image(_) | Value::Table(_) => unreachable!("handled above"),
+        };
+        out.append(&slab).map_err(err)?;
+    }
+    out.finish().map_err(err)
+}
+
 /// Writing an image output, handed to its own thread so that encoding and fsync overlap the
 /// stages after it; joined before the sample's record is written.
 type WriteJob = Box<dyn FnOnce() -> Result<(), String> + Send>;
@@ -894,7 +938,7 @@ type Writing = std::thread::JoinHandle<Result<(), String>>;
 fn write_output(
     dir: &Path,
     stage: &str,
-    value: &Value,
+    shared: &Arc<Value>,
     // The largest label of a labels value, when the caller has it already.
     max_label: Option<u32>,
     formats: &[Format],
@@ -905,6 +949,7 @@ fn write_output(
     res: &mut SampleResult,
     index: usize,
 ) -> Result<Option<WriteJob>, String> {
+    let value: &Value = shared;
     let labels_u16 = match value {
         Value::Labels(l) => max_label.unwrap_or_else(|| crate::util::max3(l)) <= u16::MAX as u32,
         _ => false,
@@ -912,15 +957,12 @@ fn write_output(
     if let Some(bad) = formats.iter().find(|f| matches!(f, Format::Tiff | Format::Npy) == matches!(value, Value::Table(_))) {
         return Err(format!("cannot write a {} as {}", value.kind(), bad.ext()));
     }
-    if let Some(data) = file_data(value, labels_u16) {
+    if !matches!(value, Value::Table(_)) {
         let jobs: Vec<(PathBuf, Format)> = formats.iter().map(|f| (dir.join(format!("{stage}.{}", f.ext())), *f)).collect();
-        let (spacing, compression) = (spacing.clone(), plan.spec.compression);
+        let (spacing, compression, value) = (spacing.clone(), plan.spec.compression, Arc::clone(shared));
         return Ok(Some(Box::new(move || {
             for (path, f) in jobs {
-                match f {
-                    Format::Tiff => io::write_tiff(&path, &data, ndim, &spacing, compression).map_err(|e| e.to_string())?,
-                    _ => io::write_npy(&path, &data, ndim).map_err(|e| e.to_string())?,
-                }
+                write_voxels(&path, &value, labels_u16, f, ndim, &spacing, compression)?;
             }
             Ok(())
         })));

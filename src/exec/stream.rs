@@ -220,9 +220,24 @@ impl Spill {
 }
 
 /// A stage's image outputs, written slab by slab.
-enum Out {
+pub(super) enum Out {
     Tiff(StackWriter),
     Npy(NpyWriter),
+}
+
+impl Out {
+    pub(super) fn append(&mut self, d: &Data) -> Result<(), crate::io::ImageError> {
+        match self {
+            Out::Tiff(w) => w.append(d),
+            Out::Npy(w) => w.append(d),
+        }
+    }
+    pub(super) fn finish(self) -> Result<(), crate::io::ImageError> {
+        match self {
+            Out::Tiff(w) => w.finish(),
+            Out::Npy(w) => w.finish(),
+        }
+    }
 }
 
 /// One slab of a measure stage's inputs: labels, intensity images, territories.
@@ -408,19 +423,13 @@ fn run(
         }
         let d = super::file_data(v, u16_labels).ok_or("internal: no voxel data to write")?;
         for o in outs.iter_mut() {
-            match o {
-                Out::Tiff(w) => w.append(&d).map_err(|e| e.to_string())?,
-                Out::Npy(w) => w.append(&d).map_err(|e| e.to_string())?,
-            }
+            o.append(&d).map_err(|e| e.to_string())?;
         }
         Ok(())
     };
     let finish_out = |outs: Vec<Out>| -> Result<(), String> {
         for o in outs {
-            match o {
-                Out::Tiff(w) => w.finish().map_err(|e| e.to_string())?,
-                Out::Npy(w) => w.finish().map_err(|e| e.to_string())?,
-            }
+            o.finish().map_err(|e| e.to_string())?;
         }
         Ok(())
     };
