@@ -101,6 +101,11 @@ pub struct RunArgs {
     /// Keep no checkpoints, records or locks in DIR/.tessera (nothing is resumed or skipped).
     #[arg(long)]
     pub no_checkpoint: bool,
+    /// fsync every output, table and record before it counts as done, so that finished work
+    /// survives an operating-system crash or power cut, not only a killed run. Costs the time
+    /// the disk takes to write each output.
+    #[arg(long)]
+    pub durable: bool,
     /// Run one shard of the study: K/N (1-based; sample i of the manifest, from 0, belongs to
     /// shard i mod N + 1), or `auto` from the array variables of Slurm, SGE, PBS or LSF. A
     /// shard writes per-sample outputs and DIR/tasks/task-K-of-N.json; `tessera merge DIR`
@@ -126,6 +131,9 @@ pub struct MergeArgs {
     /// Without it, nothing is written and the exit code is 1 while samples are not done.
     #[arg(long)]
     pub allow_missing: bool,
+    /// fsync the merged tables, statistics and run.json before exiting (see `run --durable`).
+    #[arg(long)]
+    pub durable: bool,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -202,6 +210,10 @@ pub struct SubmitArgs {
     /// SGE parallel environment used when --threads is above 1.
     #[arg(long, default_value = "smp", value_name = "PE")]
     pub pe: String,
+    /// The tasks and the merge job run with --durable (see `run --durable`). Kept for
+    /// --resubmit-failed, where giving it turns it on.
+    #[arg(long)]
+    pub durable: bool,
     /// Write the job scripts to DIR/jobs/ and print the commands, without submitting.
     #[arg(long)]
     pub dry_run: bool,
@@ -309,7 +321,10 @@ pub fn main_with(cli: Cli) -> i32 {
         Command::Ops(a) => cmd_ops(a),
         Command::Status(a) => status::cmd_status(&a.dir, a.json),
         Command::Clean(a) => status::cmd_clean(&a.dir, a.all),
-        Command::Merge(a) => tables::cmd_merge(&a.dir, a.allow_missing, a.json),
+        Command::Merge(a) => {
+            crate::util::set_durable(a.durable);
+            tables::cmd_merge(&a.dir, a.allow_missing, a.json)
+        }
         Command::Submit(a) => submit::cmd_submit(a),
         Command::Report(a) => {
             let html = match crate::report::html::render(&a.dir) {
@@ -561,6 +576,7 @@ fn pipeline_tile(spec: &crate::spec::PipelineSpec) -> crate::exec::TileSize {
 }
 
 fn cmd_run(a: RunArgs) -> i32 {
+    crate::util::set_durable(a.durable);
     let manifest = if !a.images.is_empty() {
         for p in &a.images {
             if p.extension().is_some_and(|e| e == "csv") {

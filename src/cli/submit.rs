@@ -32,6 +32,7 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
         if !a.extra.is_empty() {
             spec.extra = a.extra.clone();
         }
+        spec.durable |= a.durable;
         let shards: Vec<usize> = match crate::exec::merge::merge(dir, false) {
             Ok(r) if r.not_done.is_empty() => {
                 println!(
@@ -108,6 +109,7 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
             request_mib,
             pe: a.pe.clone(),
             extra: a.extra.clone(),
+            durable: a.durable,
         };
         (spec, None)
     };

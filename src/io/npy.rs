@@ -241,7 +241,7 @@ impl NpyWriter {
         }
         if let Some(mut w) = self.w.take() {
             w.flush().map_err(|e| ImageError::io(&self.tmp, e))?;
-            w.get_ref().sync_all().map_err(|e| ImageError::io(&self.tmp, e))?;
+            crate::util::sync(w.get_ref()).map_err(|e| ImageError::io(&self.tmp, e))?;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
         self.written = usize::MAX;

@@ -542,16 +542,16 @@ impl Seek for Sink {
 }
 
 impl Sink {
-    /// Everything on disk and synced.
+    /// Everything written to the file (and on disk when durable: [`crate::util::set_durable`]).
     fn commit(&mut self) -> std::io::Result<()> {
         match self {
             Sink::File(w) => {
                 w.flush()?;
-                w.get_ref().sync_all()
+                crate::util::sync(w.get_ref())
             }
             Sink::Mem(c, f) => {
                 f.write_all(c.get_ref())?;
-                f.sync_all()
+                crate::util::sync(f)
             }
         }
     }

@@ -53,6 +53,9 @@ pub struct JobSpec {
     pub pe: String,
     /// Scheduler arguments given after `--`, passed to every submission.
     pub extra: Vec<String>,
+    /// The tasks and the merge run with `--durable` (absent in older submit.json: off).
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// What was submitted (or, with `--dry-run`, would be).
@@ -85,14 +88,19 @@ fn jobs_dir(spec: &JobSpec) -> PathBuf {
 
 fn run_line(spec: &JobSpec, task: &str) -> String {
     format!(
-        "exec {} run {} --samples {} --out {} --task {task} --threads {} --memory {} --progress never\n",
+        "exec {} run {} --samples {} --out {} --task {task} --threads {} --memory {} --progress never{}\n",
         qp(&spec.tessera),
         qp(&spec.pipeline),
         qp(&spec.manifest),
         qp(&spec.out),
         spec.threads,
-        spec.run_memory
+        spec.run_memory,
+        durable_flag(spec)
     )
+}
+
+fn durable_flag(spec: &JobSpec) -> &'static str {
+    if spec.durable { " --durable" } else { "" }
 }
 
 fn header(spec: &JobSpec, name: &str, array: Option<&str>, log: &str, cpus: usize, mib: u64) -> String {
@@ -147,7 +155,7 @@ pub fn shard_script(spec: &JobSpec, k: usize) -> String {
 /// The merge job.
 pub fn merge_script(spec: &JobSpec) -> String {
     header(spec, &format!("{}-merge", spec.name), None, "%x-%j.out", 1, 2048)
-        + &format!("exec {} merge {}\n", qp(&spec.tessera), qp(&spec.out))
+        + &format!("exec {} merge {}{}\n", qp(&spec.tessera), qp(&spec.out), durable_flag(spec))
 }
 
 fn write_script(path: &Path, text: &str) -> Result<(), String> {
@@ -282,6 +290,7 @@ mod tests {
             request_mib: 1536,
             pe: "smp".into(),
             extra: vec!["--partition=debug".into()],
+            durable: false,
         }
     }
 
@@ -308,6 +317,22 @@ mod tests {
         assert!(m.contains("--job-name=tessera-nuclei-merge") && m.ends_with("exec /opt/tessera/bin/tessera merge /scratch/out\n"), "{m}");
         let a = submit_args(&spec(Scheduler::Slurm), Path::new("/m.sh"), &["12".into()]);
         assert_eq!(a, ["sbatch", "--parsable", "--dependency=afterok:12", "--kill-on-invalid-dep=yes", "--partition=debug", "/m.sh"]);
+    }
+
+    #[test]
+    fn durable_reaches_tasks_and_merge() {
+        let mut sp = spec(Scheduler::Slurm);
+        assert!(!array_script(&sp).contains("--durable") && !merge_script(&sp).contains("--durable"));
+        sp.durable = true;
+        assert!(array_script(&sp).ends_with(" --progress never --durable\n"), "{}", array_script(&sp));
+        assert!(slurm_rerun_script(&sp, &[2]).ends_with(" --durable\n"));
+        assert!(shard_script(&sp, 2).ends_with(" --durable\n"));
+        assert!(merge_script(&sp).ends_with("merge /scratch/out --durable\n"), "{}", merge_script(&sp));
+        // A submit.json written before the field existed reads as not durable.
+        let mut v = serde_json::to_value(spec(Scheduler::Sge)).unwrap();
+        v.as_object_mut().unwrap().remove("durable");
+        let old: JobSpec = serde_json::from_value(v).unwrap();
+        assert!(!old.durable);
     }
 
     #[test]

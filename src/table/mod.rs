@@ -178,7 +178,7 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame, metadata: &[(String, Strin
     let res = res
         .map_err(TableError::from)
         .and_then(|_| std::io::Write::flush(&mut buf).map_err(|e| err(e.to_string())))
-        .and_then(|_| file.sync_all().map_err(|e| err(e.to_string())));
+        .and_then(|_| crate::util::sync(&file).map_err(|e| err(e.to_string())));
     drop(buf);
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
