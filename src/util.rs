@@ -69,6 +69,23 @@ pub fn sync(f: &std::fs::File) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Ends writing `f`: fsynced when durable ([`set_durable`]), then closed with its error
+/// checked. Network file systems (NFS and the like) may report a failed write — a full disk, a
+/// quota — only when the file is closed, and dropping a `File` ignores that.
+pub fn finish_file(f: std::fs::File) -> std::io::Result<()> {
+    sync(&f)?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::IntoRawFd;
+        let fd = f.into_raw_fd();
+        // SAFETY: `fd` was just taken from the `File`, which no longer owns or closes it.
+        if unsafe { libc::close(fd) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder, renamed into place
 /// (fsynced first when durable: [`set_durable`]), so a reader never sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -79,7 +96,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        sync(&f)
+        finish_file(f)
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);

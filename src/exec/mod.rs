@@ -10,8 +10,8 @@
 //! it needs, and global ops already declare themselves as such.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -661,10 +661,20 @@ fn run_streamed(
                 // Streamed samples are already disk-bound: write here, in order.
                 // (Voxel stages are written slab by slab by the streamer; what reaches here is
                 // a table, so the copy for sharing is small.)
-                Some((_, formats)) => {
-                    write_output(&sample_dir, &plan.stages[i].id, &Arc::new(value.clone()), None, formats, ndim, &spacing, plan, row, res_ref, i)
-                        .and_then(|job| job.map_or(Ok(()), |job| job()))
-                }
+                Some((_, formats)) => write_output(
+                    &sample_dir,
+                    &plan.stages[i].id,
+                    &Arc::new(value.clone()),
+                    None,
+                    formats,
+                    ndim,
+                    &spacing,
+                    plan,
+                    row,
+                    res_ref,
+                    i,
+                )
+                .and_then(|job| job.map_or(Ok(()), |job| job())),
                 None => Ok(()),
             }
         };
@@ -702,6 +712,10 @@ pub struct Reuse {
     pub compute: Vec<bool>,
 }
 
+/// Where [`evaluate`] hands each stage value (with its plan index) as it is computed; an error
+/// fails the stage.
+pub type ValueSink<'a> = dyn FnMut(usize, &Arc<Value>) -> Result<(), String> + 'a;
+
 /// [`evaluate_with`] computing every stage.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
@@ -712,7 +726,7 @@ pub fn evaluate(
     ndim: u8,
     sample: &str,
     opts: &EvalOpts,
-    sink: &mut dyn FnMut(usize, &Arc<Value>) -> Result<(), String>,
+    sink: &mut ValueSink,
     timings: &mut Vec<(String, f64)>,
 ) -> Result<(), (usize, String)> {
     let reuse = Reuse { preset: vec![None; plan.stages.len()], compute: vec![true; plan.stages.len()] };
@@ -735,7 +749,7 @@ pub fn evaluate_with(
     sample: &str,
     opts: &EvalOpts,
     reuse: Reuse,
-    sink: &mut dyn FnMut(usize, &Arc<Value>) -> Result<(), String>,
+    sink: &mut ValueSink,
     timings: &mut Vec<(String, f64)>,
 ) -> Result<(), (usize, String)> {
     let Reuse { mut preset, compute } = reuse;
@@ -893,7 +907,15 @@ fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
 /// Writes a voxel value (image, mask or labels) to `path` as TIFF or npy. Masks and labels are
 /// converted to the file's type ([`file_data`]) a few MiB of planes at a time, so writing one
 /// takes no copy of the whole value.
-fn write_voxels(path: &Path, value: &Value, labels_u16: bool, format: Format, ndim: u8, spacing: &Spacing, compression: io::Compression) -> Result<(), String> {
+fn write_voxels(
+    path: &Path,
+    value: &Value,
+    labels_u16: bool,
+    format: Format,
+    ndim: u8,
+    spacing: &Spacing,
+    compression: io::Compression,
+) -> Result<(), String> {
     let err = |e: io::ImageError| e.to_string();
     let (dim, dtype) = match value {
         Value::Image(d) => {

@@ -235,13 +235,12 @@ impl NpyWriter {
         Ok(())
     }
     pub fn finish(mut self) -> Result<(), ImageError> {
-        use std::io::Write;
         if self.written != self.planes {
             return Err(ImageError::corrupt(&self.path, format!("internal: {} of {} planes written", self.written, self.planes)));
         }
-        if let Some(mut w) = self.w.take() {
-            w.flush().map_err(|e| ImageError::io(&self.tmp, e))?;
-            crate::util::sync(w.get_ref()).map_err(|e| ImageError::io(&self.tmp, e))?;
+        if let Some(w) = self.w.take() {
+            let f = w.into_inner().map_err(|e| ImageError::io(&self.tmp, e.into_error()))?;
+            crate::util::finish_file(f).map_err(|e| ImageError::io(&self.tmp, e))?;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
         self.written = usize::MAX;

@@ -515,6 +515,12 @@ pub fn write_tiff_with_threshold(
 enum Sink {
     File(BufWriter<File>),
     Mem(std::io::Cursor<Vec<u8>>, File),
+    /// After [`Sink::commit`].
+    Closed,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::other("internal: TIFF written after its file was closed")
 }
 
 impl Write for Sink {
@@ -522,12 +528,13 @@ impl Write for Sink {
         match self {
             Sink::File(w) => w.write(buf),
             Sink::Mem(c, _) => c.write(buf),
+            Sink::Closed => Err(closed()),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Sink::File(w) => w.flush(),
-            Sink::Mem(..) => Ok(()),
+            Sink::Mem(..) | Sink::Closed => Ok(()),
         }
     }
 }
@@ -537,22 +544,22 @@ impl Seek for Sink {
         match self {
             Sink::File(w) => w.seek(pos),
             Sink::Mem(c, _) => c.seek(pos),
+            Sink::Closed => Err(closed()),
         }
     }
 }
 
 impl Sink {
-    /// Everything written to the file (and on disk when durable: [`crate::util::set_durable`]).
+    /// Everything written to the file, which is closed ([`crate::util::finish_file`]: on disk
+    /// when durable).
     fn commit(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::File(w) => {
-                w.flush()?;
-                crate::util::sync(w.get_ref())
-            }
-            Sink::Mem(c, f) => {
+        match std::mem::replace(self, Sink::Closed) {
+            Sink::File(w) => crate::util::finish_file(w.into_inner().map_err(|e| e.into_error())?),
+            Sink::Mem(c, mut f) => {
                 f.write_all(c.get_ref())?;
-                crate::util::sync(f)
+                crate::util::finish_file(f)
             }
+            Sink::Closed => Err(closed()),
         }
     }
 }

@@ -170,16 +170,15 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame, metadata: &[(String, Strin
     let tmp = crate::util::tmp_sibling(path);
     let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
     // Buffered: the Parquet writer issues many tiny writes (thousands of 1-byte ones per table).
-    let mut buf = std::io::BufWriter::with_capacity(1 << 20, &file);
+    let mut buf = std::io::BufWriter::with_capacity(1 << 20, file);
     let res = ParquetWriter::new(&mut buf)
         .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata.to_vec())))
         .with_statistics(StatisticsOptions::default())
         .finish(df);
     let res = res
         .map_err(TableError::from)
-        .and_then(|_| std::io::Write::flush(&mut buf).map_err(|e| err(e.to_string())))
-        .and_then(|_| crate::util::sync(&file).map_err(|e| err(e.to_string())));
-    drop(buf);
+        .and_then(|_| buf.into_inner().map_err(|e| err(e.error().to_string())))
+        .and_then(|f| crate::util::finish_file(f).map_err(|e| err(e.to_string())));
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
