@@ -542,8 +542,11 @@ impl FloatBins {
         for c in &mut chunks {
             for k in 0..L {
                 let v = c[k];
-                let t = ((v - self.lo) * self.norm).max(0.0);
-                let j = t.min(nf) as i32;
+                // In [0, nbins] whatever v is (NaN and -inf give 0, +inf nbins), so the
+                // conversion is exact and needs no saturation (which would not vectorise).
+                let t = ((v - self.lo) * self.norm).max(0.0).min(nf);
+                // SAFETY: t is finite, 0 ≤ t ≤ nbins ≤ 2^24 < i32::MAX.
+                let j = unsafe { t.to_int_unchecked::<i32>() };
                 let f = t - j as f32;
                 idx[k] = j.min(last);
                 ok[k] = ((v.abs() < f32::INFINITY) & ((j == ni) | (((f >= m) | (j == 0)) & ((f <= 1.0 - m) | (j == last))))) as i32;
