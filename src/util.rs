@@ -124,6 +124,20 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     best.map(|(_, c)| c)
 }
 
+/// Waits for `h`'s thread to end. On a thread of the rayon pool, the pool's pending work runs
+/// meanwhile: the awaited thread may itself be waiting for pool work (a checkpoint packed in
+/// parallel), and a pool thread blocked in a plain join could leave nobody to run it.
+pub fn join_helping<T>(h: std::thread::JoinHandle<T>) -> std::thread::Result<T> {
+    if rayon::current_thread_index().is_some() {
+        while !h.is_finished() {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        }
+    }
+    h.join()
+}
+
 /// A zeroed vector for a large buffer. On Linux the pages are advised as transparent huge pages
 /// before first use: freshly mapped memory costs a page fault per 4 KiB on first touch (about
 /// half a millisecond per MB here), and 2 MiB pages cut that to a few faults.
@@ -227,6 +241,25 @@ mod tests {
         set_durable(false);
         assert!(SYNCS.load(std::sync::atomic::Ordering::SeqCst) > n0);
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\": 1}");
+    }
+
+    #[test]
+    fn a_pool_thread_waiting_for_a_thread_that_needs_the_pool_does_not_deadlock() {
+        // One pool thread; it waits for a thread that runs parallel work on that same pool
+        // (as a background checkpoint save does). A plain join would never return.
+        let pool = std::sync::Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        std::thread::spawn(move || {
+            let sum = p.install(|| {
+                let inner = p.clone();
+                let h = std::thread::spawn(move || inner.install(|| (0..10_000u64).into_par_iter().sum::<u64>()));
+                join_helping(h).unwrap()
+            });
+            let _ = tx.send(sum);
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("deadlocked");
+        assert_eq!(got, 10_000 * 9_999 / 2);
     }
 
     #[test]

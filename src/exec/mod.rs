@@ -322,13 +322,15 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         on_stage(&st.id);
         // Global stages and tables are checkpointed; local stages are cheaper to recompute from
         // their inputs than to write and verify, and a stage written as TIFF/npy is its own
-        // checkpoint (read back exactly on a re-run).
+        // checkpoint (read back exactly on a re-run). Saved in the background, like outputs.
         if compute[i]
             && cfg.checkpoints
             && (st.halo == crate::ops::Halo::Global || st.kind == Kind::Table)
             && voxel_output(plan, i).is_none()
         {
-            store.save(&keys[i], value).map_err(|e| format!("writing a checkpoint: {e}"))?;
+            let (store, key, value) = (store.clone(), keys[i].clone(), Arc::clone(shared));
+            let save = move || store.save(&key, &value).map_err(|e| format!("writing a checkpoint: {e}"));
+            pending.borrow_mut().push((i, std::thread::spawn(save)));
         }
         let max_label = if let Value::Labels(l) = value { Some(crate::util::max3(l)) } else { None };
         if let Some(m) = max_label {
@@ -367,7 +369,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     // Every output written (or failed) before the sample's outcome is recorded.
     let mut write_error = None;
     for (i, h) in pending.take() {
-        let r = h.join().unwrap_or_else(|_| Err("the output writer panicked".into()));
+        let r = crate::util::join_helping(h).unwrap_or_else(|_| Err("the output writer panicked".into()));
         if let Err(e) = r
             && write_error.is_none()
         {
@@ -949,11 +951,11 @@ fn write_voxels(
     out.finish().map_err(err)
 }
 
-/// Writing an image output, handed to its own thread so that encoding and fsync overlap the
+/// Writing a voxel output, handed to its own thread so that encoding and writing overlap the
 /// stages after it; joined before the sample's record is written.
 type WriteJob = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
-/// A [`WriteJob`] running.
+/// A [`WriteJob`] or a checkpoint being saved, running.
 type Writing = std::thread::JoinHandle<Result<(), String>>;
 
 #[allow(clippy::too_many_arguments)]
