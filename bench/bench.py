@@ -223,7 +223,10 @@ intensity) while tessera wrote its full table (27 columns); they now compute the
 (inertia eigenvalues, axis lengths, intensity min/max/std/sum, nearest neighbour, border
 contact), and the 5-column rows are kept for reference. 64³ tiles cost more than z-slabs mostly
 in the opening: masks are bit-packed 64 voxels a word along x, and a 64-wide tile with its
-2-voxel halo on each side spans 68 voxels, i.e. two words per row instead of one."""
+2-voxel halo on each side spans 68 voxels, i.e. two words per row instead of one. Since
+2026-11-23 tessera does not fsync its files unless run with `--durable` (like the peers, which
+never do; a killed run is still safe, see README "Checkpoints and resuming"); the `--durable`
+row shows what waiting for the disk costs here."""
 
 CHAINS = (("scipy + scikit-image", SCIPY_CHAIN), ("SimpleITK", SITK_CHAIN),
           ("scipy + scikit-image, 5 columns", SCIPY_CHAIN_5), ("SimpleITK, 5 columns", SITK_CHAIN_5))
@@ -271,6 +274,7 @@ def tiling(path, size, repeats, work):
     rows = []
     for label, extra in (("whole (auto)", ["--tile", "auto"]), (f"--tile 32x{size}x{size}", ["--tile", f"32x{size}x{size}"]),
                          ("--tile 64x64x64", ["--tile", "64x64x64"]), ("--no-checkpoint", ["--no-checkpoint"]),
+                         ("--durable (fsync every file)", ["--durable"]),
                          ("--memory 16MiB (streamed)", ["--memory", "16MiB"])):
         runs = []
         for k in range(max(repeats, 5)):
