@@ -124,6 +124,60 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     best.map(|(_, c)| c)
 }
 
+/// Bit k of the result says whether byte k of `x` (little-endian) is nonzero: eight voxels of
+/// a mask packed with a few integer operations instead of eight shifts and ors.
+#[inline]
+pub fn nonzero_bits8(x: u64) -> u8 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // The high bit of each byte: set iff the byte is nonzero (no carry crosses bytes).
+    let high = (((x & LOW7) + LOW7) | x) & 0x8080_8080_8080_8080;
+    // Gathers bit 0 of each byte into the top byte, byte k to bit k.
+    ((high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
+}
+
+/// Byte k (little-endian) of the result is bit k of `b`, as 0 or 1: the inverse of
+/// [`nonzero_bits8`] for 0/1 bytes.
+#[inline]
+pub fn bits8_to_bytes(b: u8) -> u64 {
+    // Byte k keeps only bit k of b; adding 0x7f carries it into the byte's high bit.
+    let x = (b as u64).wrapping_mul(0x0101_0101_0101_0101) & 0x8040_2010_0804_0201;
+    ((x + 0x7f7f_7f7f_7f7f_7f7f) & 0x8080_8080_8080_8080) >> 7
+}
+
+/// Packs `src` (one byte per voxel, nonzero = set) into `out`: bit i of word k is
+/// `src[64k + i] != 0`. `out` must hold `src.len().div_ceil(64)` words.
+pub fn pack_row(src: &[u8], out: &mut [u64]) {
+    for (w, chunk) in out.iter_mut().zip(src.chunks(64)) {
+        let mut word = 0u64;
+        let mut eights = chunk.chunks_exact(8);
+        for (j, e) in (&mut eights).enumerate() {
+            let x = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            word |= (nonzero_bits8(x) as u64) << (8 * j);
+        }
+        let done = chunk.len() - eights.remainder().len();
+        for (i, &v) in eights.remainder().iter().enumerate() {
+            word |= ((v != 0) as u64) << (done + i);
+        }
+        *w = word;
+    }
+}
+
+/// Unpacks [`pack_row`]'s words into one 0/1 byte per voxel (`out.len()` voxels).
+pub fn unpack_row(bits: &[u64], out: &mut [u8]) {
+    for (&word, chunk) in bits.iter().zip(out.chunks_mut(64)) {
+        let bytes = word.to_le_bytes();
+        let done = chunk.len() / 8 * 8;
+        let mut eights = chunk.chunks_exact_mut(8);
+        for (e, &b) in (&mut eights).zip(&bytes) {
+            e.copy_from_slice(&bits8_to_bytes(b).to_le_bytes());
+        }
+        let rest = eights.into_remainder();
+        for (i, o) in rest.iter_mut().enumerate() {
+            *o = ((word >> (done + i)) & 1) as u8;
+        }
+    }
+}
+
 /// Waits for `h`'s thread to end. On a thread of the rayon pool, the pool's pending work runs
 /// meanwhile: the awaited thread may itself be waiting for pool work (a checkpoint packed in
 /// parallel), and a pool thread blocked in a plain join could leave nobody to run it.
@@ -260,6 +314,37 @@ mod tests {
         });
         let got = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("deadlocked");
         assert_eq!(got, 10_000 * 9_999 / 2);
+    }
+
+    #[test]
+    fn bit_packing_matches_the_voxel_by_voxel_definition() {
+        let mut rng = crate::stats::kmeans::SplitMix::new(7);
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 65, 127, 128, 200] {
+            for density in [0u64, 1, 2, 4] {
+                let src: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let r = rng.next_u64();
+                        // Nonzero values of every kind, not only 1.
+                        if density == 0 || r % 4 >= density { 0 } else { [1u8, 2, 127, 128, 255][(r >> 8) as usize % 5] }
+                    })
+                    .collect();
+                let mut words = vec![0u64; len.div_ceil(64)];
+                pack_row(&src, &mut words);
+                for (x, &v) in src.iter().enumerate() {
+                    assert_eq!((words[x / 64] >> (x % 64)) & 1, (v != 0) as u64, "len {len} x {x}");
+                }
+                // No bits beyond the row.
+                if len % 64 != 0 {
+                    assert_eq!(words[len / 64] >> (len % 64), 0);
+                }
+                let mut back = vec![9u8; len];
+                unpack_row(&words, &mut back);
+                assert!(back.iter().zip(&src).all(|(&b, &v)| b == (v != 0) as u8), "len {len}");
+            }
+        }
+        for b in 0..=255u8 {
+            assert_eq!(nonzero_bits8(bits8_to_bytes(b)), b);
+        }
     }
 
     #[test]

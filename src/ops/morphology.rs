@@ -256,22 +256,14 @@ impl Bits {
         let mut data = vec![0u64; nz * ny * words];
         let src = m.as_standard_layout();
         let src = src.as_slice().expect("standard layout");
-        data.par_chunks_mut(words).zip(src.par_chunks(nx.max(1))).for_each(|(out, row)| {
-            for (x, &v) in row.iter().enumerate() {
-                out[x / 64] |= ((v != 0) as u64) << (x % 64);
-            }
-        });
+        data.par_chunks_mut(words).zip(src.par_chunks(nx.max(1))).for_each(|(out, row)| crate::util::pack_row(row, out));
         Bits { data, words, dims: (nz, ny, nx) }
     }
 
     fn to_mask(&self) -> Array3<u8> {
         let (nz, ny, nx) = self.dims;
         let mut out: Vec<u8> = crate::util::zeroed(nz * ny * nx);
-        out.par_chunks_mut(nx.max(1)).zip(self.data.par_chunks(self.words)).for_each(|(row, bits)| {
-            for (x, o) in row.iter_mut().enumerate() {
-                *o = ((bits[x / 64] >> (x % 64)) & 1) as u8;
-            }
-        });
+        out.par_chunks_mut(nx.max(1)).zip(self.data.par_chunks(self.words)).for_each(|(row, bits)| crate::util::unpack_row(bits, row));
         Array3::from_shape_vec((nz, ny, nx), out).expect("shape")
     }
 }

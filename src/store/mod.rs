@@ -460,14 +460,14 @@ fn pack_bits(a: &Array3<u8>) -> Option<Vec<u8>> {
     let mut out = vec![0u8; v.len().div_ceil(8)];
     // Chunks of 8 Ki voxels → 1 KiB of bits each, in parallel; each chunk reports stray values.
     let ok = out.par_chunks_mut(1024).zip(v.par_chunks(8192)).all(|(o, c)| {
-        let mut stray = 0u8;
+        let mut stray = 0u64;
         for (byte, eight) in o.iter_mut().zip(c.chunks(8)) {
-            let mut b = 0u8;
-            for (k, &x) in eight.iter().enumerate() {
-                stray |= x & !1;
-                b |= (x & 1) << k;
-            }
-            *byte = b;
+            let mut word = [0u8; 8];
+            word[..eight.len()].copy_from_slice(eight);
+            let x = u64::from_le_bytes(word);
+            stray |= x & 0xfefe_fefe_fefe_fefe;
+            // With only 0/1 bytes, "nonzero" is the low bit.
+            *byte = crate::util::nonzero_bits8(x);
         }
         stray == 0
     });
@@ -477,9 +477,8 @@ fn pack_bits(a: &Array3<u8>) -> Option<Vec<u8>> {
 fn unpack_bits(bits: &[u8], n: usize) -> Vec<u8> {
     let mut out = vec![0u8; n];
     for (eight, &b) in out.chunks_mut(8).zip(bits) {
-        for (k, x) in eight.iter_mut().enumerate() {
-            *x = (b >> k) & 1;
-        }
+        let bytes = crate::util::bits8_to_bytes(b).to_le_bytes();
+        eight.copy_from_slice(&bytes[..eight.len()]);
     }
     out
 }
