@@ -597,8 +597,8 @@ enum Enc {
 }
 
 /// Writes a (Big)TIFF z-stack with ImageJ metadata a slab at a time: the pages are the same
-/// bytes [`write_tiff`] writes for the whole stack. The file appears (temporary file, fsync,
-/// rename) only when [`StackWriter::finish`] is called after every plane was appended; a writer
+/// bytes [`write_tiff`] writes for the whole stack. The file appears (temporary file, checked
+/// close — fsync first when durable — and rename) only when [`StackWriter::finish`] is called after every plane was appended; a writer
 /// dropped earlier leaves nothing behind.
 pub struct StackWriter {
     path: std::path::PathBuf,

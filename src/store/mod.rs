@@ -7,8 +7,8 @@
 //! checkpoint file holds a header (magic, kind, shape, payload length) and the payload's blake3;
 //! it is written to a temporary file and renamed into place, and verified in full before use —
 //! a truncated or altered checkpoint is deleted and recomputed, never trusted. Checkpoints are
-//! not fsynced (a power cut can lose them, and verification then catches the torn file); the
-//! outputs users read are.
+//! never fsynced (a power cut can lose them, and verification then catches the torn file);
+//! outputs and records are with `--durable` ([`crate::util::set_durable`]).
 //!
 //! A sample's record (`samples/<sample>.json`) is written after all its outputs, atomically, and
 //! lists the stage keys and the fingerprint (size, modification time) of every output file: a re-run skips a sample whose record
