@@ -221,9 +221,10 @@ pd.DataFrame(rows).to_parquet(sys.argv[2] + "/shape.parquet")
 NOTES = """Until 2026-11-23 the peer scripts wrote a 5-column table (label, voxels, centroid, bbox, mean
 intensity) while tessera wrote its full table (27 columns); they now compute the same columns
 (inertia eigenvalues, axis lengths, intensity min/max/std/sum, nearest neighbour, border
-contact), and the 5-column rows are kept for reference. 64³ tiles cost more than z-slabs mostly
-in the opening: masks are bit-packed 64 voxels a word along x, and a 64-wide tile with its
-2-voxel halo on each side spans 68 voxels, i.e. two words per row instead of one. Since
+contact), and the 5-column rows are kept for reference. 64³ tiles cost more than z-slabs: each
+cube also computes its halo (the gaussian's is 4 voxels: 72³ voxels for 64³ of output), and in
+the opening a 64-wide tile with its 2-voxel halos spans 68 voxels, two 64-bit words per
+bit-packed row instead of one. Since
 2026-11-23 tessera does not fsync its files unless run with `--durable` (like the peers, which
 never do; a killed run is still safe, see README "Checkpoints and resuming"); the `--durable`
 row shows what waiting for the disk costs here."""
