@@ -899,11 +899,16 @@ pub fn evaluate_with(
 fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
     match v {
         Value::Image(d) => Some(d.clone()),
-        Value::Mask(m) => Some(Data::U8(crate::util::map3(m, |x| if x != 0 { 255 } else { 0 }))),
+        Value::Mask(m) => Some(Data::U8(crate::util::map3(m, mask_in_file))),
         Value::Labels(l) if labels_u16 => Some(Data::U16(crate::util::map3(l, |x| x as u16))),
         Value::Labels(l) => Some(Data::U32(l.clone())),
         Value::Table(_) => None,
     }
+}
+
+/// A mask voxel as files hold it: 0 or 255.
+fn mask_in_file(x: u8) -> u8 {
+    if x != 0 { 255 } else { 0 }
 }
 
 /// Writes a voxel value (image, mask or labels) to `path` as TIFF or npy. Masks and labels are
@@ -941,7 +946,7 @@ fn write_voxels(
     for z0 in (0..shape[0]).step_by(block) {
         let z = ndarray::s![z0..(z0 + block).min(shape[0]), .., ..];
         let slab = match value {
-            Value::Mask(m) => Data::U8(m.slice(z).mapv(|x| if x != 0 { 255 } else { 0 })),
+            Value::Mask(m) => Data::U8(m.slice(z).mapv(mask_in_file)),
             Value::Labels(l) if labels_u16 => Data::U16(l.slice(z).mapv(|x| x as u16)),
             Value::Labels(l) => Data::U32(l.slice(z).to_owned()),
             Value::Image(_) | Value::Table(_) => unreachable!("handled above"),

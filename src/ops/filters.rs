@@ -158,30 +158,17 @@ impl Op for Gaussian {
 trait Px: Copy + Send + Sync {
     fn f32(self) -> f32;
 }
-impl Px for u8 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self as f32
-    }
+macro_rules! px_as_f32 {
+    ($($t:ty),*) => {$(
+        impl Px for $t {
+            #[inline(always)]
+            fn f32(self) -> f32 {
+                self as f32
+            }
+        }
+    )*};
 }
-impl Px for u16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self as f32
-    }
-}
-impl Px for u32 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self as f32
-    }
-}
-impl Px for f32 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self
-    }
-}
+px_as_f32!(u8, u16, u32, f32);
 
 /// Gaussian smoothing of `d` (any scalar dtype, read as float32), computed on `out` (start, end
 /// per axis; the whole image is `([0; 3], d.shape())`). 2D images (`ndim == 2`) are not smoothed

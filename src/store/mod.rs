@@ -466,7 +466,7 @@ fn pack_bits(a: &Array3<u8>) -> Option<Vec<u8>> {
             word[..eight.len()].copy_from_slice(eight);
             let x = u64::from_le_bytes(word);
             stray |= x & 0xfefe_fefe_fefe_fefe;
-            // With only 0/1 bytes, "nonzero" is the low bit.
+            // Where every byte is 0 or 1 (else `stray` voids the packing), nonzero is the value.
             *byte = crate::util::nonzero_bits8(x);
         }
         stray == 0
