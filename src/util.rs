@@ -14,14 +14,14 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes the temporary files ([`tmp_sibling`] names: `<name>.tmp<pid>`) in `dir` whose
+/// Removes the temporary files ([`tmp_sibling`] names: `<name>.tmp<pid>-<n>`) in `dir` whose
 /// writing process is gone — what a killed run leaves behind. Returns how many were removed.
 pub fn remove_stale_tmp(dir: &Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pos) = name.rfind(".tmp") else { continue };
-        let Ok(pid) = name[pos + 4..].parse::<u32>() else { continue };
+        let Ok(pid) = name[pos + 4..].split('-').next().unwrap_or("").parse::<u32>() else { continue };
         if pid != std::process::id() && !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
             n += 1;
         }
@@ -105,10 +105,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// `name.tmp<pid>` beside `path`.
+/// `name.tmp<pid>-<n>` beside `path`, `n` new for every call: two threads of one process
+/// writing the same file (two samples with identical content save the same checkpoint) each
+/// get their own temporary file, and the later rename wins with the same bytes.
 pub fn tmp_sibling(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
+    name.push(format!(".tmp{}-{n}", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -345,6 +349,38 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(nonzero_bits8(bits8_to_bytes(b)), b);
         }
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("same.ckpt");
+        assert_ne!(tmp_sibling(&p), tmp_sibling(&p));
+        // Eight threads writing the same file at once: every write succeeds.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        write_atomic(&p, &[7u8; 4096]).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 4096]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn stale_temporary_files_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that cannot be alive (above the kernel's limit), in both name forms.
+        for name in ["a.tif.tmp4194999", "b.ckpt.tmp4194999-3"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let mine = tmp_sibling(&dir.path().join("c.json"));
+        std::fs::write(&mine, b"x").unwrap();
+        assert_eq!(remove_stale_tmp(dir.path()), 2);
+        assert!(mine.exists(), "this process's own temporary file stays");
     }
 
     #[test]
