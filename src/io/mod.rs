@@ -12,6 +12,7 @@
 
 mod npy;
 mod raster;
+mod tiff_contiguous;
 mod tiff_io;
 
 use std::path::{Path, PathBuf};
@@ -286,8 +287,15 @@ le_number!(u8, u16, u32, f32);
 
 /// An array's values as little-endian bytes in C order: borrowed from the array's memory when
 /// it is contiguous on a little-endian machine (no copy), converted otherwise.
-pub fn le_bytes<T: LeNumber, D: ndarray::Dimension>(a: &ndarray::Array<T, D>) -> std::borrow::Cow<'_, [u8]> {
-    match a.as_slice() {
+pub fn le_bytes<T: LeNumber, S: ndarray::Data<Elem = T>, D: ndarray::Dimension>(
+    a: &ndarray::ArrayBase<S, D>,
+) -> std::borrow::Cow<'_, [u8]> {
+    view_le_bytes(a.view())
+}
+
+/// [`le_bytes`] of a view, borrowing for the view's lifetime.
+pub fn view_le_bytes<T: LeNumber, D: ndarray::Dimension>(a: ndarray::ArrayView<'_, T, D>) -> std::borrow::Cow<'_, [u8]> {
+    match a.to_slice() {
         Some(s) if cfg!(target_endian = "little") => {
             // SAFETY: T is u8, u16, u32 or f32: any byte pattern is a valid u8 and u8 has
             // alignment 1, so viewing the slice's memory as bytes is sound.

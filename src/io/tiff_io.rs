@@ -19,6 +19,7 @@ use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::encoder::{Rational, TiffEncoder, TiffKind, colortype};
 use tiff::tags::{ResolutionUnit, Tag};
 
+use super::tiff_contiguous::{Contiguous, PageTags};
 use super::{DType, Data, Header, Image, ImageError, ReadLimits, Spacing, check_budget};
 
 /// Compression of written TIFFs.
@@ -564,36 +565,15 @@ impl Sink {
     }
 }
 
-/// A file handle shared between the TIFF encoder (which owns its writer) and the
-/// [`StackWriter`] that flushes and syncs it at the end.
-#[derive(Clone)]
-struct Shared(std::sync::Arc<std::sync::Mutex<Sink>>);
-
-impl Shared {
-    fn with<R>(&self, f: impl FnOnce(&mut Sink) -> R) -> R {
-        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut g)
-    }
-}
-
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.with(|w| w.write(buf))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.with(|w| w.flush())
-    }
-}
-
-impl Seek for Shared {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        self.with(|w| w.seek(pos))
-    }
-}
+/// The file handle shared between the TIFF encoder (which owns its writer) and the
+/// [`StackWriter`] that commits it at the end.
+type Shared = crate::util::Shared<Sink>;
 
 enum Enc {
     Classic(TiffEncoder<Shared, tiff::encoder::TiffKindStandard>),
     Big(TiffEncoder<Shared, tiff::encoder::TiffKindBig>),
+    /// Uncompressed: pixels contiguous, directories at the end, as ImageJ reads stacks.
+    Contiguous(Contiguous<Shared>),
 }
 
 /// Writes a (Big)TIFF z-stack with ImageJ metadata a slab at a time: the pages are the same
@@ -652,24 +632,29 @@ impl StackWriter {
         } else {
             Sink::File(BufWriter::with_capacity(1 << 20, f))
         };
-        let file = Shared(std::sync::Arc::new(std::sync::Mutex::new(sink)));
+        let file = Shared::new(sink);
         let terr = |e| tiff_err(path, e);
-        let enc = if big {
+        let desc = imagej_description(shape[0], ndim, spacing, dtype);
+        let enc = if compression == Compression::None {
+            let tags = PageTags {
+                description: desc.clone(),
+                software: SOFTWARE.into(),
+                x_resolution: {
+                    let r = resolution(spacing.zyx[2]);
+                    (r.n, r.d)
+                },
+                y_resolution: {
+                    let r = resolution(spacing.zyx[1]);
+                    (r.n, r.d)
+                },
+            };
+            Enc::Contiguous(Contiguous::new(file.clone(), shape, dtype, big, tags).map_err(|e| ImageError::io(&tmp, e))?)
+        } else if big {
             Enc::Big(TiffEncoder::new_big(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
         } else {
             Enc::Classic(TiffEncoder::new(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
         };
-        Ok(StackWriter {
-            path: path.to_path_buf(),
-            tmp,
-            file,
-            enc: Some(enc),
-            shape,
-            dtype,
-            written: 0,
-            desc: imagej_description(shape[0], ndim, spacing, dtype),
-            spacing: spacing.clone(),
-        })
+        Ok(StackWriter { path: path.to_path_buf(), tmp, file, enc: Some(enc), shape, dtype, written: 0, desc, spacing: spacing.clone() })
     }
 
     /// Appends the next planes (a slab of the stack's plane shape and type).
@@ -691,6 +676,9 @@ impl StackWriter {
         let r = match self.enc.as_mut() {
             Some(Enc::Classic(e)) => write_pages(&path, e, data, self.written, &self.desc, &self.spacing),
             Some(Enc::Big(e)) => write_pages(&path, e, data, self.written, &self.desc, &self.spacing),
+            Some(Enc::Contiguous(c)) => {
+                (0..nz).try_for_each(|z| c.append_plane(&plane_bytes(data, z))).map_err(|e| ImageError::io(&path, e))
+            }
             None => Ok(()),
         };
         self.written += nz;
@@ -702,8 +690,10 @@ impl StackWriter {
         if self.written != self.shape[0] {
             return Err(ImageError::corrupt(&self.path, format!("internal: {} of {} planes written", self.written, self.shape[0])));
         }
-        drop(self.enc.take());
         let tmp = self.tmp.clone();
+        if let Some(Enc::Contiguous(c)) = self.enc.take() {
+            c.finish().map_err(|e| ImageError::io(&tmp, e))?;
+        }
         self.file.with(|w| w.commit()).map_err(|e| ImageError::io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
         self.written = usize::MAX;
@@ -716,6 +706,22 @@ impl Drop for StackWriter {
         if self.written != usize::MAX {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+/// The Software tag of every page written.
+const SOFTWARE: &str = concat!("tessera ", env!("CARGO_PKG_VERSION"));
+
+/// Plane `z` of `data` as little-endian bytes (borrowed when contiguous).
+fn plane_bytes(data: &Data, z: usize) -> std::borrow::Cow<'_, [u8]> {
+    let ax = ndarray::Axis(0);
+    match data {
+        Data::U8(a) => super::view_le_bytes(a.index_axis(ax, z)),
+        Data::U16(a) => super::view_le_bytes(a.index_axis(ax, z)),
+        Data::U32(a) => super::view_le_bytes(a.index_axis(ax, z)),
+        Data::F32(a) => super::view_le_bytes(a.index_axis(ax, z)),
+        Data::Rgb8(a) => super::view_le_bytes(a.index_axis(ax, z)),
+        Data::Rgb16(a) => super::view_le_bytes(a.index_axis(ax, z)),
     }
 }
 
@@ -783,7 +789,7 @@ fn write_pages<W: Write + Seek, K: TiffKind>(
                     if first + z == 0 {
                         e.write_tag(Tag::ImageDescription, desc).map_err(terr)?;
                     }
-                    e.write_tag(Tag::Software, concat!("tessera ", env!("CARGO_PKG_VERSION"))).map_err(terr)?;
+                    e.write_tag(Tag::Software, SOFTWARE).map_err(terr)?;
                     e.write_tag(Tag::ResolutionUnit, ResolutionUnit::None.to_u16()).map_err(terr)?;
                     e.write_tag(Tag::XResolution, resolution(spacing.zyx[2])).map_err(terr)?;
                     e.write_tag(Tag::YResolution, resolution(spacing.zyx[1])).map_err(terr)?;

@@ -1,0 +1,241 @@
+//! Uncompressed TIFF and BigTIFF stacks laid out as ImageJ reads them.
+//!
+//! ImageJ 1.x (and so Fiji's File › Open) reads an uncompressed file whose description says
+//! `images=N` from its first directory only: it takes the first page's first strip offset and
+//! reads the N planes as one contiguous block from there, ignoring the other directories. A
+//! writer that puts each page's directory between the planes (as the `tiff` crate's encoder
+//! does) gives ImageJ a correct first plane and garbage after it. This writer puts the 8- or
+//! 16-byte header first, then every plane's pixels back to back (strips of at most 1 MiB,
+//! contiguous), then all directories at the end, so that both ImageJ's shortcut and an ordinary
+//! reader that follows the directory chain (tifffile, libtiff, this crate's reader) see the
+//! same voxels. Planes are appended as they come, so a stack is written slab by slab in bounded
+//! memory; only the strip offsets (a few bytes per strip) are kept until [`Contiguous::finish`].
+
+use std::io::{Seek, SeekFrom, Write};
+
+use super::DType;
+
+/// TIFF field types used here.
+const SHORT: u16 = 3;
+const LONG: u16 = 4;
+const RATIONAL: u16 = 5;
+const ASCII: u16 = 2;
+const LONG8: u16 = 16;
+
+/// Strips hold at most this many bytes (whole rows; a single row may be larger).
+const STRIP_BYTES: usize = 1 << 20;
+
+/// What every page's directory says besides its strips.
+pub struct PageTags {
+    /// ImageJ's description (first page only).
+    pub description: String,
+    pub software: String,
+    /// X and Y resolution as rationals (pixels per unit).
+    pub x_resolution: (u32, u32),
+    pub y_resolution: (u32, u32),
+}
+
+/// An uncompressed stack being written ([module docs](self)).
+pub struct Contiguous<W: Write + Seek> {
+    out: W,
+    big: bool,
+    dtype: DType,
+    ny: usize,
+    nx: usize,
+    nz: usize,
+    /// Planes appended so far.
+    written: usize,
+    /// Where the first plane starts.
+    data_start: u64,
+    tags: PageTags,
+}
+
+fn samples(dtype: DType) -> (u16, u16, u16) {
+    // (samples per pixel, bits per sample, sample format: 1 unsigned, 3 float)
+    match dtype {
+        DType::U8 => (1, 8, 1),
+        DType::U16 => (1, 16, 1),
+        DType::U32 => (1, 32, 1),
+        DType::F32 => (1, 32, 3),
+        DType::Rgb8 => (3, 8, 1),
+        DType::Rgb16 => (3, 16, 1),
+    }
+}
+
+impl<W: Write + Seek> Contiguous<W> {
+    /// Writes the header of a stack of `shape` (`[nz, ny, nx]`) planes of `dtype`.
+    pub fn new(mut out: W, shape: [usize; 3], dtype: DType, big: bool, tags: PageTags) -> std::io::Result<Self> {
+        // The first directory's offset is patched in by `finish`.
+        if big {
+            out.write_all(b"II\x2b\x00\x08\x00\x00\x00")?;
+            out.write_all(&0u64.to_le_bytes())?;
+        } else {
+            out.write_all(b"II\x2a\x00")?;
+            out.write_all(&0u32.to_le_bytes())?;
+        }
+        let data_start = if big { 16 } else { 8 };
+        Ok(Contiguous { out, big, dtype, nz: shape[0], ny: shape[1], nx: shape[2], written: 0, data_start, tags })
+    }
+
+    /// Bytes of one plane.
+    fn plane_bytes(&self) -> u64 {
+        let (spp, bits, _) = samples(self.dtype);
+        (self.ny * self.nx) as u64 * u64::from(spp) * u64::from(bits / 8)
+    }
+
+    /// Appends the next plane's pixels (little-endian, C order).
+    pub fn append_plane(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.len() as u64 != self.plane_bytes() || self.written >= self.nz {
+            return Err(std::io::Error::other(format!(
+                "internal: plane {} of {} has {} bytes, expected {}",
+                self.written,
+                self.nz,
+                bytes.len(),
+                self.plane_bytes()
+            )));
+        }
+        self.out.write_all(bytes)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Writes every page's directory after the pixels, links the header to the first, and
+    /// returns the writer (positioned at the end of the file).
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if self.written != self.nz {
+            return Err(std::io::Error::other(format!("internal: {} of {} planes written", self.written, self.nz)));
+        }
+        let (spp, bits, format) = samples(self.dtype);
+        let row_bytes = self.plane_bytes() as usize / self.ny.max(1);
+        let rows_per_strip = (STRIP_BYTES / row_bytes.max(1)).clamp(1, self.ny.max(1));
+        let strips = self.ny.div_ceil(rows_per_strip).max(1);
+        let mut pos = self.data_start + self.plane_bytes() * self.nz as u64;
+        // Directories start on a word boundary.
+        let pad = pos % 2;
+        self.out.write_all(&vec![0u8; pad as usize])?;
+        pos += pad;
+        let first_ifd = pos;
+        let mut ifd = Vec::new();
+        for z in 0..self.nz {
+            let plane0 = self.data_start + self.plane_bytes() * z as u64;
+            let offsets: Vec<u64> = (0..strips).map(|s| plane0 + (s * rows_per_strip * row_bytes) as u64).collect();
+            let counts: Vec<u64> = (0..strips).map(|s| ((self.ny - s * rows_per_strip).min(rows_per_strip) * row_bytes) as u64).collect();
+            let mut d = Dir::new(self.big);
+            d.longs(256, &[self.nx as u64]);
+            d.longs(257, &[self.ny as u64]);
+            d.shorts(258, &vec![bits; spp as usize]);
+            d.shorts(259, &[1]);
+            d.shorts(262, &[if spp == 3 { 2 } else { 1 }]);
+            if z == 0 {
+                d.ascii(270, &self.tags.description);
+            }
+            d.offsets(273, &offsets);
+            d.shorts(277, &[spp]);
+            d.longs(278, &[rows_per_strip as u64]);
+            d.offsets(279, &counts);
+            d.rational(282, self.tags.x_resolution);
+            d.rational(283, self.tags.y_resolution);
+            d.shorts(284, &[1]);
+            d.shorts(296, &[1]);
+            d.ascii(305, &self.tags.software);
+            d.shorts(339, &vec![format; spp as usize]);
+            let last = z + 1 == self.nz;
+            ifd.clear();
+            pos = d.encode(pos, last, &mut ifd);
+            self.out.write_all(&ifd)?;
+        }
+        self.out.seek(SeekFrom::Start(if self.big { 8 } else { 4 }))?;
+        if self.big {
+            self.out.write_all(&first_ifd.to_le_bytes())?;
+        } else {
+            let off = u32::try_from(first_ifd).map_err(|_| std::io::Error::other("internal: classic TIFF past 4 GiB"))?;
+            self.out.write_all(&off.to_le_bytes())?;
+        }
+        self.out.seek(SeekFrom::End(0))?;
+        Ok(self.out)
+    }
+}
+
+/// One directory's entries (tag, type, count, value bytes), sorted by tag as TIFF requires.
+struct Dir {
+    big: bool,
+    entries: Vec<(u16, u16, u64, Vec<u8>)>,
+}
+
+impl Dir {
+    fn new(big: bool) -> Self {
+        Dir { big, entries: Vec::new() }
+    }
+    fn shorts(&mut self, tag: u16, v: &[u16]) {
+        self.entries.push((tag, SHORT, v.len() as u64, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    fn longs(&mut self, tag: u16, v: &[u64]) {
+        self.entries.push((tag, LONG, v.len() as u64, v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect()));
+    }
+    /// Strip offsets and byte counts: LONG in classic TIFF, LONG8 in BigTIFF.
+    fn offsets(&mut self, tag: u16, v: &[u64]) {
+        if self.big {
+            self.entries.push((tag, LONG8, v.len() as u64, v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        } else {
+            self.longs(tag, v);
+        }
+    }
+    fn rational(&mut self, tag: u16, (n, d): (u32, u32)) {
+        let mut b = n.to_le_bytes().to_vec();
+        b.extend_from_slice(&d.to_le_bytes());
+        self.entries.push((tag, RATIONAL, 1, b));
+    }
+    fn ascii(&mut self, tag: u16, s: &str) {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.entries.push((tag, ASCII, b.len() as u64, b));
+    }
+
+    /// The directory as it is written at file offset `at`: entries, the next directory's offset
+    /// (0 when `last`), then the values too large for an entry. Returns the offset after it.
+    fn encode(&mut self, at: u64, last: bool, out: &mut Vec<u8>) -> u64 {
+        self.entries.sort_by_key(|e| e.0);
+        let (count_len, entry_len, inline, next_len) = if self.big { (8u64, 20u64, 8usize, 8u64) } else { (2, 12, 4, 4) };
+        let n = self.entries.len() as u64;
+        let mut extra_at = at + count_len + n * entry_len + next_len;
+        let mut extra = Vec::new();
+        if self.big {
+            out.extend_from_slice(&n.to_le_bytes());
+        } else {
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+        for (tag, ty, count, value) in &self.entries {
+            out.extend_from_slice(&tag.to_le_bytes());
+            out.extend_from_slice(&ty.to_le_bytes());
+            if self.big {
+                out.extend_from_slice(&count.to_le_bytes());
+            } else {
+                out.extend_from_slice(&(*count as u32).to_le_bytes());
+            }
+            if value.len() <= inline {
+                let mut v = value.clone();
+                v.resize(inline, 0);
+                out.extend_from_slice(&v);
+            } else {
+                if self.big {
+                    out.extend_from_slice(&extra_at.to_le_bytes());
+                } else {
+                    out.extend_from_slice(&(extra_at as u32).to_le_bytes());
+                }
+                extra.extend_from_slice(value);
+                if value.len() % 2 == 1 {
+                    extra.push(0);
+                }
+                extra_at += value.len().next_multiple_of(2) as u64;
+            }
+        }
+        let next = if last { 0 } else { extra_at };
+        if self.big {
+            out.extend_from_slice(&next.to_le_bytes());
+        } else {
+            out.extend_from_slice(&(next as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&extra);
+        extra_at
+    }
+}
