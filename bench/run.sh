@@ -3,6 +3,7 @@
 #   bash bench/run.sh [--size N] [--repeats R] [--write]
 #   bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--write]   (bench/big.py)
 #   bash bench/run.sh --tables [--files N] [--reuse] [--cold] [--write]               (bench/tables.py)
+#   bash bench/run.sh --samples [--counts 10,1000,10000] [--kinds tiny,small] [--write] (bench/samples.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -14,6 +15,10 @@ cargo build --release --quiet --bin tessera --example bench_ops
 if [ "${1:-}" = "--tables" ]; then
     shift
     exec "$VENV/bin/python" bench/tables.py "$@"
+fi
+if [ "${1:-}" = "--samples" ]; then
+    shift
+    exec "$VENV/bin/python" bench/samples.py "$@"
 fi
 if [ "${1:-}" = "--big" ]; then
     shift

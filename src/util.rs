@@ -89,20 +89,65 @@ pub fn finish_file(f: std::fs::File) -> std::io::Result<()> {
 /// Writes `bytes` to `path` through a temporary file in the same folder, renamed into place
 /// (fsynced first when durable: [`set_durable`]), so a reader never sees a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// As [`write_atomic`], with the contents written by `fill` through a buffer (for files too
+/// large to build in memory first).
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = tmp_sibling(path);
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        finish_file(f)
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?);
+        fill(&mut w)?;
+        finish_file(w.into_inner().map_err(|e| e.into_error())?)
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     std::fs::rename(&tmp, path)
+}
+
+/// A writer shared between an encoder that takes its writer by value (the TIFF encoder, polars'
+/// batched writers) and the code that finishes the file after the encoder is done with it.
+pub struct Shared<W>(std::sync::Arc<std::sync::Mutex<W>>);
+
+impl<W> Clone for Shared<W> {
+    fn clone(&self) -> Self {
+        Shared(std::sync::Arc::clone(&self.0))
+    }
+}
+
+impl<W> Shared<W> {
+    pub fn new(w: W) -> Self {
+        Shared(std::sync::Arc::new(std::sync::Mutex::new(w)))
+    }
+    pub fn with<R>(&self, f: impl FnOnce(&mut W) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut g)
+    }
+    /// The writer, once every other handle is gone; `None` while one is still held.
+    pub fn into_inner(self) -> Option<W> {
+        std::sync::Arc::try_unwrap(self.0).ok().map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+impl<W: Write> Write for Shared<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.with(|w| w.write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.with(|w| w.flush())
+    }
+}
+
+impl<W: std::io::Seek> std::io::Seek for Shared<W> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.with(|w| w.seek(pos))
+    }
 }
 
 /// `name.tmp<pid>-<n>` beside `path`, `n` new for every call: two threads of one process
@@ -182,18 +227,94 @@ pub fn unpack_row(bits: &[u64], out: &mut [u8]) {
     }
 }
 
-/// Waits for `h`'s thread to end. On a thread of the rayon pool, the pool's pending work runs
-/// meanwhile: the awaited thread may itself be waiting for pool work (a checkpoint packed in
-/// parallel), and a pool thread blocked in a plain join could leave nobody to run it.
-pub fn join_helping<T>(h: std::thread::JoinHandle<T>) -> std::thread::Result<T> {
-    if rayon::current_thread_index().is_some() {
-        while !h.is_finished() {
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::thread::sleep(std::time::Duration::from_micros(200));
+/// Work running on one of the long-lived background threads ([`background`]).
+pub struct Pending<T>(std::sync::mpsc::Receiver<std::thread::Result<T>>);
+
+/// A job for the background threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on a background thread: outputs are encoded and written, and checkpoints saved,
+/// while the pipeline goes on. The threads live as long as the process (a few more than the
+/// pool's), so a study of thousands of samples does not start and end thousands of threads,
+/// each with its own stack and allocator heap.
+pub fn background<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Pending<T> {
+    static QUEUE: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for k in 0..rayon::current_num_threads() + 2 {
+            let rx = std::sync::Arc::clone(&rx);
+            let spawned = std::thread::Builder::new().name(format!("tessera-writer-{k}")).spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+            started += usize::from(spawned.is_ok());
+        }
+        // Without any thread, jobs run where they are started.
+        (started > 0).then_some(tx)
+    });
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let run: Job = Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
+    });
+    match queue {
+        Some(q) => {
+            if let Err(std::sync::mpsc::SendError(run)) = q.send(run) {
+                run();
             }
         }
+        None => run(),
     }
-    h.join()
+    Pending(rx)
+}
+
+impl<T> Pending<T> {
+    /// Waits for the job to end; `Err` if it panicked. On a thread of the rayon pool, the pool's
+    /// pending work runs meanwhile: the job may itself be waiting for pool work (a checkpoint
+    /// packed in parallel), and a pool thread blocked in a plain wait could leave nobody to run
+    /// it.
+    pub fn wait(self) -> std::thread::Result<T> {
+        let gone = || -> std::thread::Result<T> { Err(Box::new("the background job was dropped")) };
+        if rayon::current_thread_index().is_some() {
+            loop {
+                match self.0.try_recv() {
+                    Ok(r) => return r,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return gone(),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {
+                        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                        }
+                    }
+                }
+            }
+        }
+        self.0.recv().unwrap_or_else(|_| gone())
+    }
+}
+
+/// Seconds since the Unix epoch as a readable UTC time, `2026-11-26 01:02:03 UTC`.
+pub fn utc_time(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// A zeroed vector for a large buffer. On Linux the pages are advised as transparent huge pages
@@ -276,6 +397,15 @@ pub fn fmt_num(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_795_568_523), "2026-11-25 01:02:03 UTC");
+        assert_eq!(utc_time(4_107_542_399), "2100-02-28 23:59:59 UTC");
+    }
+
     use super::*;
 
     #[test]
@@ -302,6 +432,13 @@ mod tests {
     }
 
     #[test]
+    fn background_jobs_return_their_result_or_their_panic() {
+        let jobs: Vec<Pending<usize>> = (0..50).map(|i| background(move || i * 2)).collect();
+        assert_eq!(jobs.into_iter().map(|p| p.wait().unwrap()).sum::<usize>(), 2 * (49 * 50 / 2));
+        assert!(background(|| panic!("boom")).wait().is_err());
+    }
+
+    #[test]
     fn a_pool_thread_waiting_for_a_thread_that_needs_the_pool_does_not_deadlock() {
         // One pool thread; it waits for a thread that runs parallel work on that same pool
         // (as a background checkpoint save does). A plain join would never return.
@@ -311,8 +448,7 @@ mod tests {
         std::thread::spawn(move || {
             let sum = p.install(|| {
                 let inner = p.clone();
-                let h = std::thread::spawn(move || inner.install(|| (0..10_000u64).into_par_iter().sum::<u64>()));
-                join_helping(h).unwrap()
+                background(move || inner.install(|| (0..10_000u64).into_par_iter().sum::<u64>())).wait().unwrap()
             });
             let _ = tx.send(sum);
         });

@@ -341,3 +341,43 @@ fn plan_out_shows_hits_and_misses_per_stage() {
     std::fs::remove_file(out.join("samples/nuclei2d/nuclei.tif")).unwrap();
     assert!(plan().contains("nuclei2d  smooth miss  mask hit  filled hit  nuclei miss  shape hit"), "{}", plan());
 }
+
+#[test]
+fn outputs_of_an_earlier_layout_are_rewritten_not_kept() {
+    // A folder written before uncompressed TIFF stacks were laid out as ImageJ reads them: the
+    // sample's record has no `layout` and its label TIFF has each page's directory between the
+    // planes (the `tiff` crate's own encoder). A re-run must not call that sample up to date.
+    use tiff::encoder::{TiffEncoder, colortype};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    assert_eq!(run(&out, &[]).status.code(), Some(0));
+    let tif = out.join("samples/nuclei3d/nuclei.tif");
+    let img = tessera::io::read_image(&tif, tessera::io::ReadLimits { max_bytes: u64::MAX }).unwrap();
+    let tessera::io::Data::U16(a) = img.data else { panic!("u16 labels") };
+    let (nz, ny, nx) = a.dim();
+    let mut enc = TiffEncoder::new(std::fs::File::create(&tif).unwrap()).unwrap();
+    for z in 0..nz {
+        let plane: Vec<u16> = a.index_axis(ndarray::Axis(0), z).iter().copied().collect();
+        let mut page = enc.new_image::<colortype::Gray16>(nx as u32, ny as u32).unwrap();
+        if z == 0 {
+            let desc = format!("ImageJ=1.11a\nimages={nz}\nslices={nz}\nunit=micron\nspacing=2.0\nloop=false\n");
+            page.encoder().write_tag(tiff::tags::Tag::ImageDescription, desc.as_str()).unwrap();
+        }
+        page.write_data(&plane).unwrap();
+    }
+    drop(enc);
+    let rec_path = out.join(".tessera/samples/nuclei3d.json");
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    assert_eq!(rec["layout"], 1, "records say their layout");
+    rec.as_object_mut().unwrap().remove("layout");
+    let fp = tessera::store::file_fingerprint(&tif).unwrap();
+    rec["outputs"]["samples/nuclei3d/nuclei.tif"] = serde_json::json!(fp);
+    std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+
+    let o = run(&out, &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json(&o)["up_to_date"], 2, "the other two samples are current");
+    assert_same(&out, &reference(tmp.path()), "after rewriting the old layout");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    assert_eq!(rec["layout"], 1);
+}

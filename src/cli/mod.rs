@@ -681,7 +681,11 @@ fn cmd_run(a: RunArgs) -> i32 {
             let note = if current > 0 { format!(" ({current} up to date)") } else { String::new() };
             let _ = writeln!(so, "{done} of {} samples done{note} in {:.2} s → {}", summary.samples.len(), summary.seconds, out.display());
         }
-        for s in summary.samples.iter().filter(|s| s.status == Status::Done) {
+        // One line per sample for a small study; a large one lists the first few (run.json and
+        // `tessera status` have every sample).
+        const LISTED: usize = 20;
+        let finished = summary.samples.iter().filter(|s| s.status == Status::Done).count();
+        for s in summary.samples.iter().filter(|s| s.status == Status::Done).take(if finished > LISTED + 5 { LISTED } else { finished }) {
             let objs: Vec<String> = s.objects.iter().map(|(k, v)| format!("{v} {k}")).collect();
             let how = if s.up_to_date {
                 "  (up to date)".to_string()
@@ -691,6 +695,9 @@ fn cmd_run(a: RunArgs) -> i32 {
                 String::new()
             };
             let _ = writeln!(so, "  {:<20} {}{how}", s.sample, objs.join(", "));
+        }
+        if finished > LISTED + 5 {
+            let _ = writeln!(so, "  … and {} more samples (run.json lists every one; `tessera status` too)", finished - LISTED);
         }
         for p in &summary.written {
             let _ = writeln!(so, "  wrote {}", out.join(p).display());

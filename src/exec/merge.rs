@@ -157,7 +157,8 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     }
     let stages = table_stages(&plan);
     let mut not_done = Vec::new();
-    let mut tables: Vec<(String, Vec<(usize, Table)>)> = Vec::new();
+    // Done samples (manifest index) and where their tables are.
+    let mut tables: Vec<(usize, Vec<TableSource>)> = Vec::new();
     let mut spacing: Option<Spacing> = None;
     for (idx, row) in manifest.rows.iter().enumerate() {
         let task = task_count.map(|n| idx % n + 1);
@@ -193,39 +194,23 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
             }
             continue;
         }
+        // Where each table will be read from (checked here, read when the study is written):
+        // the checkpoint, else the sample's Parquet file.
         let mut ts = Vec::new();
         for &i in &stages {
             let id = &plan.stages[i].id;
-            let from_store = rec.as_ref().and_then(|r| r.stages.get(id)).and_then(|k| match store.load(k) {
-                Some(Value::Table(t)) => Some(t.for_sample(&row.id, &row.meta)),
-                _ => None,
-            });
-            let t = match from_store {
-                Some(t) => t,
-                None => {
-                    let p = out.join("samples").join(&row.id).join(format!("{id}.parquet"));
-                    if !p.is_file() {
-                        not_done.push(nd(
-                            "missing",
-                            Some(id.clone()),
-                            Some(format!("no checkpoint and no {} for table '{id}': re-run the sample", p.display())),
-                        ));
-                        ts.clear();
-                        break;
-                    }
-                    // A sample's Parquet holds `sample`, `label`, metadata as written; rebuild
-                    // it from the measurements so the current manifest's metadata is used.
-                    let t = crate::table::read::read_exact(&p)?;
-                    let mut bare = Table::default();
-                    for (n, c, u) in t.columns {
-                        if n != "sample" && !row.meta.iter().any(|(k, _)| *k == n) {
-                            bare.columns.push((n, c, u));
-                        }
-                    }
-                    bare.for_sample(&row.id, &row.meta)
-                }
-            };
-            ts.push((i, t));
+            let key = rec.as_ref().and_then(|r| r.stages.get(id)).filter(|k| store.has(k)).cloned();
+            let p = out.join("samples").join(&row.id).join(format!("{id}.parquet"));
+            if key.is_none() && !p.is_file() {
+                not_done.push(nd(
+                    "missing",
+                    Some(id.clone()),
+                    Some(format!("no checkpoint and no {} for table '{id}': re-run the sample", p.display())),
+                ));
+                ts.clear();
+                break;
+            }
+            ts.push(TableSource { stage: i, key, parquet: p });
         }
         if ts.len() != stages.len() {
             continue;
@@ -239,11 +224,16 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
                 spacing = Some(Spacing { zyx: [v[0], v[1], v[2]], unit: u.to_string() });
             }
         }
-        tables.push((row.id.clone(), ts));
+        tables.push((idx, ts));
     }
-    let per_sample: Vec<(&str, &[(usize, Table)])> = tables.iter().map(|(id, ts)| (id.as_str(), ts.as_slice())).collect();
+    let load = |k: usize| -> Result<Vec<(usize, Table)>, String> {
+        let (idx, sources) = &tables[k];
+        let row = &manifest.rows[*idx];
+        sources.iter().map(|s| Ok((s.stage, s.read(&store, row)?))).collect()
+    };
+    let ids = tables.iter().map(|(idx, _)| manifest.rows[*idx].id.as_str()).collect();
     let (written, errors) = if not_done.is_empty() || allow_missing {
-        super::study::write(&plan, out, &per_sample, &spacing.unwrap_or_default())
+        super::study::write(&plan, out, &super::study::Samples { ids, tables: &load }, &spacing.unwrap_or_default())
     } else {
         (Vec::new(), Vec::new())
     };
@@ -260,6 +250,31 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     tasks_to_rerun.sort();
     tasks_to_rerun.dedup();
     Ok(MergeReport { samples: manifest.rows.len(), done: tables.len(), not_done, tasks_to_rerun, task_count, written, errors, warnings })
+}
+
+/// Where a done sample's table is: its checkpoint, else its Parquet file.
+struct TableSource {
+    stage: usize,
+    key: Option<String>,
+    parquet: PathBuf,
+}
+
+impl TableSource {
+    fn read(&self, store: &Store, row: &crate::spec::manifest::SampleRow) -> Result<Table, String> {
+        if let Some(Value::Table(t)) = self.key.as_ref().and_then(|k| store.load(k)) {
+            return Ok(t.for_sample(&row.id, &row.meta));
+        }
+        // A sample's Parquet holds `sample`, `label`, metadata as written; rebuild it from the
+        // measurements so the current manifest's metadata is used.
+        let t = crate::table::read::read_exact(&self.parquet)?;
+        let mut bare = Table::default();
+        for (n, c, u) in t.columns {
+            if n != "sample" && !row.meta.iter().any(|(k, _)| *k == n) {
+                bare.columns.push((n, c, u));
+            }
+        }
+        Ok(bare.for_sample(&row.id, &row.meta))
+    }
 }
 
 /// `errors.csv` (SPEC §4) for the study: every sample not done (with its task), and problems

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rayon::prelude::*;
-
 pub mod merge;
 pub mod stream;
 pub mod study;
@@ -314,6 +312,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         streamed: false,
         failed: None,
         complete: false,
+        layout: crate::store::OUTPUT_LAYOUT,
     });
     let pending: std::cell::RefCell<Vec<(usize, Writing)>> = Default::default();
     let sink = |i: usize, shared: &Arc<Value>, res: &mut SampleResult| -> Result<(), String> {
@@ -330,7 +329,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         {
             let (store, key, value) = (store.clone(), keys[i].clone(), Arc::clone(shared));
             let save = move || store.save(&key, &value).map_err(|e| format!("writing a checkpoint: {e}"));
-            pending.borrow_mut().push((i, std::thread::spawn(save)));
+            pending.borrow_mut().push((i, crate::util::background(save)));
         }
         let max_label = if let Value::Labels(l) = value { Some(crate::util::max3(l)) } else { None };
         if let Some(m) = max_label {
@@ -346,7 +345,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                 let job = write_output(&sample_dir, &st.id, shared, max_label, formats, ndim, &spacing, plan, row, res, i)?;
                 if let Some(job) = job {
                     // Image outputs finish in the background; they join before the record.
-                    pending.borrow_mut().push((i, std::thread::spawn(job)));
+                    pending.borrow_mut().push((i, crate::util::background(job)));
                 } else if cfg.checkpoints {
                     // What is finished survives a crash: the outputs so far, in a partial record.
                     let mut p = partial.borrow_mut();
@@ -369,7 +368,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     // Every output written (or failed) before the sample's outcome is recorded.
     let mut write_error = None;
     for (i, h) in pending.take() {
-        let r = crate::util::join_helping(h).unwrap_or_else(|_| Err("the output writer panicked".into()));
+        let r = h.wait().unwrap_or_else(|_| Err("the output writer panicked".into()));
         if let Err(e) = r
             && write_error.is_none()
         {
@@ -463,10 +462,12 @@ fn output_files(plan: &Plan, row: &SampleRow, i: usize) -> Vec<String> {
         .collect()
 }
 
-/// Whether stage `i`'s output files are those of `rec` with the same key, and verify.
+/// Whether stage `i`'s output files are those of `rec` with the same key, in the current
+/// layout, and verify.
 fn output_valid(plan: &Plan, rec: &SampleRecord, row: &SampleRow, i: usize, key: &str, out: &Path) -> bool {
     let files = output_files(plan, row, i);
     !files.is_empty()
+        && rec.layout == crate::store::OUTPUT_LAYOUT
         && rec.stages.get(&plan.stages[i].id).map(String::as_str) == Some(key)
         && files.iter().all(|f| rec.outputs.get(f).is_some_and(|h| crate::store::file_fingerprint(&out.join(f)).ok().as_ref() == Some(h)))
 }
@@ -482,7 +483,7 @@ fn up_to_date(
     out: &Path,
 ) -> Option<Vec<(usize, crate::table::Table)>> {
     let want: std::collections::BTreeMap<String, String> = plan.stages.iter().zip(keys).map(|(st, k)| (st.id.clone(), k.clone())).collect();
-    if rec.stages != want || rec.failed.is_some() || !rec.complete {
+    if rec.stages != want || rec.failed.is_some() || !rec.complete || rec.layout != crate::store::OUTPUT_LAYOUT {
         return None;
     }
     let files: Vec<String> = plan.outputs.iter().flat_map(|(i, _)| output_files(plan, row, *i)).collect();
@@ -546,6 +547,7 @@ fn finish_sample(
                 streamed: res.streamed,
                 failed: Some((res.failed_stage.clone().unwrap_or_default(), res.error.clone().unwrap_or_default())),
                 complete: false,
+                layout: crate::store::OUTPUT_LAYOUT,
             };
             let _ = store.write_record(&rec);
         }
@@ -590,6 +592,7 @@ fn finish_sample(
         streamed: res.streamed,
         failed: None,
         complete: true,
+        layout: crate::store::OUTPUT_LAYOUT,
     };
     if let Err(e) = store.write_record(&rec) {
         return res.fail("output", format!("writing the sample's record: {e}"));
@@ -961,7 +964,7 @@ fn write_voxels(
 type WriteJob = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// A [`WriteJob`] or a checkpoint being saved, running.
-type Writing = std::thread::JoinHandle<Result<(), String>>;
+type Writing = crate::util::Pending<Result<(), String>>;
 
 #[allow(clippy::too_many_arguments)]
 fn write_output(
@@ -1030,6 +1033,40 @@ pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(
     ]
 }
 
+/// `run` applied to every row, at most `in_flight` rows at a time, results in row order.
+///
+/// Each row is handed to the rayon pool by one of `in_flight` feeder threads, which waits for it
+/// before taking the next row. A pool thread that waits inside a sample (a parallel loop, a
+/// background writer) may run another queued job meanwhile; because no more than `in_flight`
+/// samples are ever queued or running, that nesting, the stack it takes and the memory held by
+/// unfinished samples are bounded by `in_flight`, whatever the number of rows. (A `par_iter`
+/// over the rows queues all of them, and a waiting thread could start sample after sample on
+/// its own stack: a study of 800 samples overflowed it.)
+fn for_each_sample<T: Send>(rows: &[SampleRow], in_flight: usize, run: impl Fn(usize, &SampleRow) -> T + Sync) -> Vec<T> {
+    let next = AtomicUsize::new(0);
+    let feeders = in_flight.clamp(1, rows.len().max(1));
+    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..feeders)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(row) = rows.get(i) else { break };
+                        // Runs on a pool thread; this feeder sleeps until it is done.
+                        mine.push((i, rayon::scope(|_| run(i, row))));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Runs every sample of `manifest` and writes the output folder.
 pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progress) -> RunSummary {
     let t0 = Instant::now();
@@ -1037,34 +1074,100 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
     let done = AtomicUsize::new(0);
     let lock = Mutex::new(());
     progress.start(manifest.rows.len());
-    let samples: Vec<SampleResult> = manifest
-        .rows
-        .par_iter()
-        .map(|row| {
-            if stop.load(Ordering::SeqCst) {
-                let mut r = SampleResult::new(row);
-                r.status = Status::Skipped;
-                r.error = Some("not run: an earlier sample failed and --fail-fast is set".into());
-                return r;
-            }
-            let t = Instant::now();
-            progress.begin(&row.id, plan.stages.len());
-            let r = run_sample(plan, row, manifest, cfg, &|stage| progress.stage(&row.id, stage));
-            if r.status == Status::Failed && cfg.fail_fast {
-                stop.store(true, Ordering::SeqCst);
-            }
-            let k = done.fetch_add(1, Ordering::SeqCst) + 1;
-            let _g = lock.lock();
-            progress.sample(k, &r, t.elapsed().as_secs_f64());
-            r
-        })
-        .collect();
+    // Study outputs are written from the samples' tables after the last sample; meanwhile the
+    // tables wait on disk, so memory does not grow with the number of samples. A sharded task
+    // writes no study outputs.
+    let spill = match cfg.task {
+        Some(_) => None,
+        None => Some(study::Spill::create(&cfg.out, manifest.rows.len())),
+    };
+    let run_one = |k: usize, row: &SampleRow| {
+        if stop.load(Ordering::SeqCst) {
+            let mut r = SampleResult::new(row);
+            r.status = Status::Skipped;
+            r.error = Some("not run: an earlier sample failed and --fail-fast is set".into());
+            return r;
+        }
+        let t = Instant::now();
+        progress.begin(&row.id, plan.stages.len());
+        let mut r = run_sample(plan, row, manifest, cfg, &|stage| progress.stage(&row.id, stage));
+        let tables = std::mem::take(&mut r.tables);
+        if r.status == Status::Done
+            && let Some(Ok(spill)) = &spill
+            && let Err(e) = spill.put(k, &tables)
+        {
+            r = r.fail("output", format!("setting its tables aside for the merged tables: {e}"));
+        }
+        if r.status == Status::Failed && cfg.fail_fast {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let k = done.fetch_add(1, Ordering::SeqCst) + 1;
+        let _g = lock.lock();
+        progress.sample(k, &r, t.elapsed().as_secs_f64());
+        r
+    };
+    let samples = for_each_sample(&manifest.rows, cfg.threads, run_one);
     progress.finish();
 
     // Merged tables and statistics, from the samples that finished, in manifest order.
-    let done: Vec<&SampleResult> = samples.iter().filter(|s| s.status == Status::Done).collect();
+    let done: Vec<usize> = (0..samples.len()).filter(|&k| samples[k].status == Status::Done).collect();
     let spacing = samples.iter().find_map(|s| s.spacing.clone()).unwrap_or_default();
-    let per_sample: Vec<(&str, &[(usize, Table)])> = done.iter().map(|s| (s.sample.as_str(), s.tables.as_slice())).collect();
-    let (written, errors) = if cfg.task.is_some() { (Vec::new(), Vec::new()) } else { study::write(plan, &cfg.out, &per_sample, &spacing) };
+    let (written, errors) = match &spill {
+        None => (Vec::new(), Vec::new()),
+        Some(Err(e)) => (Vec::new(), vec![format!("merged tables and statistics not written: {e}")]),
+        Some(Ok(spill)) => {
+            let tables = |k: usize| spill.get(done[k]);
+            let ids = done.iter().map(|&k| samples[k].sample.as_str()).collect();
+            study::write(plan, &cfg.out, &study::Samples { ids, tables: &tables }, &spacing)
+        }
+    };
     RunSummary { samples, seconds: t0.elapsed().as_secs_f64(), written, errors }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<SampleRow> {
+        (0..n).map(|i| SampleRow { line: i + 2, id: format!("s{i}"), image: PathBuf::new(), meta: Vec::new(), problem: None }).collect()
+    }
+
+    #[test]
+    fn samples_nest_no_deeper_than_the_samples_in_flight() {
+        // Each "sample" waits for a background job, as a sample waits for its output writers;
+        // a waiting pool thread may run another sample meanwhile. Queuing every sample at once
+        // (a par_iter over the rows) let that nest without bound: 800 samples overflowed the
+        // stack. However many rows, the nesting stays within the samples in flight.
+        thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+        let deepest = AtomicUsize::new(0);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let rows = rows(3000);
+        let out = pool.install(|| {
+            // for_each_sample is called from outside the pool in `run`; do the same here.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for_each_sample(&rows, 2, |k, row| {
+                        let d = DEPTH.with(|c| {
+                            c.set(c.get() + 1);
+                            c.get()
+                        });
+                        deepest.fetch_max(d, Ordering::SeqCst);
+                        let job = crate::util::background(move || {
+                            std::thread::sleep(std::time::Duration::from_micros(50));
+                            k * 2
+                        });
+                        let v = job.wait().unwrap();
+                        DEPTH.with(|c| c.set(c.get() - 1));
+                        (v, row.id.clone())
+                    })
+                })
+                .join()
+                .unwrap()
+            })
+        });
+        assert_eq!(out.len(), 3000);
+        assert!(out.iter().enumerate().all(|(k, (v, id))| *v == k * 2 && *id == format!("s{k}")), "results in row order");
+        let d = deepest.load(Ordering::SeqCst);
+        assert!(d <= 2, "samples nested {d} deep on one thread");
+    }
 }

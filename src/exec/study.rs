@@ -1,7 +1,12 @@
 //! Study-level outputs: per-sample tables stacked into `tables/<stage>.parquet` (and `.csv`
 //! when the stage asks for CSV), and the `stats:` block's files under `stats/`. One function
-//! for an unsharded `run` (tables in memory) and `tessera merge` (tables read back), so both
-//! write the same bytes.
+//! for an unsharded `run` (tables from a [`Spill`] it filled as samples finished) and `tessera
+//! merge` (tables read back from checkpoints or Parquet), so both write the same bytes.
+//!
+//! Memory does not grow with the study: samples' tables are taken one sample at a time, in
+//! manifest order, twice — a first pass checks them, finds the merged columns and reduces the
+//! statistics, a second writes the merged files a batch of rows at a time. (PCA and k-means,
+//! when asked, keep their phenotype columns of every row.)
 //!
 //! Before stacking it checks what a merge can get wrong: every sample's table must have the
 //! first one's columns and types (schema drift: outputs of different pipeline versions), must
@@ -12,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::io::Spacing;
 use crate::ops::Kind;
 use crate::plan::{Format, Plan};
-use crate::stats::analysis::{Outputs, analyse};
+use crate::stats::analysis::Outputs;
 use crate::table::{Column, Table};
 
 fn type_name(c: &Column) -> &'static str {
@@ -37,33 +42,116 @@ fn schema(t: &Table) -> Vec<(String, &'static str)> {
 /// Schema drift and duplicate checks over the tables of one stage, in sample order. Tables
 /// may differ only by the columns 3D images add (`centroid_z`, `bbox_z*`, `inertia_eig_2`).
 pub fn check(stage: &str, tables: &[(&str, &Table)]) -> Result<(), String> {
-    let Some((first_id, first)) = tables.first() else { return Ok(()) };
-    let want = schema(first);
-    for (id, t) in tables {
-        let got = schema(t);
-        if got != want {
-            let missing: Vec<String> = want.iter().filter(|c| !got.contains(c)).map(|(n, ty)| format!("{n} ({ty})")).collect();
-            let extra: Vec<String> = got.iter().filter(|c| !want.contains(c)).map(|(n, ty)| format!("{n} ({ty})")).collect();
-            return Err(format!(
-                "table '{stage}' of sample '{id}' has other columns than sample '{first_id}' (schema drift: outputs of different \
-                 pipelines?): missing [{}], extra [{}]; re-run that sample with the current pipeline",
-                missing.join(", "),
-                extra.join(", ")
-            ));
-        }
-        if let Some(Column::Str(s)) = t.get("sample")
-            && let Some(other) = s.iter().find(|s| s.as_str() != *id)
-        {
-            return Err(format!("table '{stage}' of sample '{id}' holds rows of sample '{other}'"));
-        }
-        if let Some(Column::U32(l)) = t.get("label")
-            && let Some(w) = l.windows(2).find(|w| w[1] <= w[0])
-        {
-            let what = if w[1] == w[0] { "repeats" } else { "is out of order at" };
-            return Err(format!("table '{stage}' of sample '{id}' {what} label {}", w[1]));
-        }
+    let mut first = None;
+    tables.iter().try_for_each(|(id, t)| check_next(stage, &mut first, id, t))
+}
+
+/// [`check`] for one more table: `first` is the first sample's id and columns (set by the
+/// first call).
+fn check_next(stage: &str, first: &mut Option<(String, Vec<(String, &'static str)>)>, id: &str, t: &Table) -> Result<(), String> {
+    let (first_id, want) = first.get_or_insert_with(|| (id.to_string(), schema(t)));
+    let got = schema(t);
+    if got != *want {
+        let missing: Vec<String> = want.iter().filter(|c| !got.contains(c)).map(|(n, ty)| format!("{n} ({ty})")).collect();
+        let extra: Vec<String> = got.iter().filter(|c| !want.contains(c)).map(|(n, ty)| format!("{n} ({ty})")).collect();
+        return Err(format!(
+            "table '{stage}' of sample '{id}' has other columns than sample '{first_id}' (schema drift: outputs of different \
+             pipelines?): missing [{}], extra [{}]; re-run that sample with the current pipeline",
+            missing.join(", "),
+            extra.join(", ")
+        ));
+    }
+    if let Some(Column::Str(s)) = t.get("sample")
+        && let Some(other) = s.iter().find(|s| s.as_str() != id)
+    {
+        return Err(format!("table '{stage}' of sample '{id}' holds rows of sample '{other}'"));
+    }
+    if let Some(Column::U32(l)) = t.get("label")
+        && let Some(w) = l.windows(2).find(|w| w[1] <= w[0])
+    {
+        let what = if w[1] == w[0] { "repeats" } else { "is out of order at" };
+        return Err(format!("table '{stage}' of sample '{id}' {what} label {}", w[1]));
     }
     Ok(())
+}
+
+/// The finished samples of a study in manifest order: their ids, and their tables (stage
+/// index, table) one sample at a time, as often as asked.
+pub struct Samples<'a> {
+    pub ids: Vec<&'a str>,
+    pub tables: &'a (dyn Fn(usize) -> Result<Vec<(usize, Table)>, String> + 'a),
+}
+
+/// Values (rows × columns) gathered before they are written as one batch, one Parquet row
+/// group: about 2 MiB of numbers, whatever the number of samples.
+const BATCH_VALUES: usize = 1 << 18;
+
+/// Per-sample tables set aside on disk as samples finish (in any order), for [`write`] to read
+/// back in manifest order: memory then holds a few bytes per sample instead of its rows. The
+/// file is a temporary one in `.tessera/`, removed when the spill is dropped.
+pub struct Spill {
+    path: PathBuf,
+    file: std::sync::Mutex<(std::fs::File, u64)>,
+    /// Per manifest row: (stage, offset, length) of each table.
+    at: std::sync::Mutex<Vec<Vec<(usize, u64, u64)>>>,
+}
+
+impl Spill {
+    pub fn create(out: &Path, rows: usize) -> Result<Spill, String> {
+        let dir = out.join(".tessera");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::util::remove_stale_tmp(&dir);
+        let path = crate::util::tmp_sibling(&dir.join("study-tables"));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Spill { path, file: std::sync::Mutex::new((f, 0)), at: std::sync::Mutex::new(vec![Vec::new(); rows]) })
+    }
+
+    /// Sets aside the tables of manifest row `row`.
+    pub fn put(&self, row: usize, tables: &[(usize, Table)]) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let mut placed = Vec::with_capacity(tables.len());
+        for (i, t) in tables {
+            let bytes = crate::store::encode_table(t);
+            let mut g = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let off = g.1;
+            g.0.write_all_at(&bytes, off).map_err(|e| format!("{}: {e}", self.path.display()))?;
+            g.1 += bytes.len() as u64;
+            placed.push((*i, off, bytes.len() as u64));
+        }
+        let mut at = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = at.get_mut(row) {
+            *slot = placed;
+        }
+        Ok(())
+    }
+
+    /// The tables set aside for manifest row `row`.
+    pub fn get(&self, row: usize) -> Result<Vec<(usize, Table)>, String> {
+        use std::os::unix::fs::FileExt;
+        let placed = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(row).cloned().unwrap_or_default();
+        let g = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        placed
+            .into_iter()
+            .map(|(i, off, len)| {
+                let mut b = vec![0u8; len as usize];
+                g.0.read_exact_at(&mut b, off).map_err(|e| format!("{}: {e}", self.path.display()))?;
+                let t =
+                    crate::store::decode_table(&b).ok_or_else(|| format!("{}: a set-aside table does not decode", self.path.display()))?;
+                Ok((i, t))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The files of a `stats:` block, relative to the output folder, with the tables to write.
@@ -89,49 +177,150 @@ pub fn write_table(path: &Path, t: &Table, meta: &[(String, String)]) -> Result<
     }
 }
 
+/// A merged table file being written, with its path relative to the output folder.
+type Merged = (PathBuf, crate::table::TableWriter);
+
+/// One table stage of the study: its merged columns so far, the first sample's columns (for
+/// the drift check), and what went wrong with it.
+#[derive(Default)]
+struct StageState {
+    union: Vec<(String, Column, Option<String>)>,
+    first: Option<(String, Vec<(String, &'static str)>)>,
+    error: Option<String>,
+}
+
 /// Writes merged tables and statistics from the finished samples' tables (in manifest order).
 /// Returns the files written and the problems met (each naming its stage).
-pub fn write(plan: &Plan, out: &Path, samples: &[(&str, &[(usize, Table)])], spacing: &Spacing) -> (Vec<PathBuf>, Vec<String>) {
+pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (Vec<PathBuf>, Vec<String>) {
     let mut written = Vec::new();
     let mut errors = Vec::new();
     for d in [out.to_path_buf(), out.join("tables"), out.join("stats")] {
         crate::util::remove_stale_tmp(&d);
     }
-    let of_stage = |i: usize| -> Vec<(&str, &Table)> {
-        samples.iter().filter_map(|(id, ts)| ts.iter().find(|(j, _)| *j == i).map(|(_, t)| (*id, t))).collect()
-    };
-    for (i, formats) in &plan.outputs {
-        if plan.stages[*i].kind != Kind::Table {
+    let merged: Vec<(usize, &[Format])> =
+        plan.outputs.iter().filter(|(i, _)| plan.stages[*i].kind == Kind::Table).map(|(i, f)| (*i, f.as_slice())).collect();
+    let stats_stage = plan.stats.as_ref().map(|st| st.table);
+    let mut states: std::collections::BTreeMap<usize, StageState> = Default::default();
+    for i in merged.iter().map(|(i, _)| *i).chain(stats_stage) {
+        states.entry(i).or_default();
+    }
+    let mut analysis = plan.stats.as_ref().map(|st| crate::stats::analysis::Analysis::new(st.request.clone()));
+    let mut stats_error: Option<String> = None;
+
+    // First pass: checks, merged columns, statistics.
+    for (k, id) in samples.ids.iter().enumerate() {
+        let tables = match (samples.tables)(k) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("merged tables and statistics: reading the tables of sample '{id}': {e}"));
+                return (written, errors);
+            }
+        };
+        for (i, t) in &tables {
+            let Some(state) = states.get_mut(i) else { continue };
+            if state.error.is_some() {
+                continue;
+            }
+            if let Err(e) = check_next(&plan.stages[*i].id, &mut state.first, id, t) {
+                state.error = Some(e);
+                continue;
+            }
+            crate::table::extend_schema(&mut state.union, t);
+            if Some(*i) == stats_stage
+                && stats_error.is_none()
+                && let Some(a) = analysis.as_mut()
+                && let Err(e) = a.partial(t, "").and_then(|p| a.add(t, p))
+            {
+                stats_error = Some(e);
+            }
+        }
+    }
+
+    // Second pass: the merged files, a batch of rows at a time.
+    // Per merged stage: its files being written and the rows gathered for the next batch.
+    let mut writers: Vec<(usize, Vec<Merged>, Vec<Table>)> = Vec::new();
+    for (i, formats) in &merged {
+        let stage = &plan.stages[*i].id;
+        let state = &states[i];
+        if let Some(e) = &state.error {
+            errors.push(format!("merged table '{stage}': {e}"));
             continue;
         }
-        let stage = &plan.stages[*i].id;
-        let tables = of_stage(*i);
-        let result = (|| -> Result<(), String> {
-            check(stage, &tables)?;
-            let refs: Vec<&Table> = tables.iter().map(|(_, t)| *t).collect();
-            let mut df = crate::table::concat(&refs).map_err(|e| e.to_string())?;
-            let meta = refs.first().map(|t| super::table_metadata(plan, t, spacing)).unwrap_or_default();
-            let p = PathBuf::from("tables").join(format!("{stage}.parquet"));
-            crate::table::write_parquet(&out.join(&p), &mut df, &meta).map_err(|e| e.to_string())?;
-            written.push(p);
-            if formats.contains(&Format::Csv) {
-                let p = PathBuf::from("tables").join(format!("{stage}.csv"));
-                crate::table::write_csv(&out.join(&p), &mut df).map_err(|e| e.to_string())?;
-                written.push(p);
+        let schema = Table { columns: state.union.clone() };
+        let meta = super::table_metadata(plan, &schema, spacing);
+        let mut files = vec![PathBuf::from("tables").join(format!("{stage}.parquet"))];
+        if formats.contains(&Format::Csv) {
+            files.push(PathBuf::from("tables").join(format!("{stage}.csv")));
+        }
+        let opened: Result<Vec<_>, String> = files
+            .into_iter()
+            .map(|p| {
+                crate::table::TableWriter::create(&out.join(&p), state.union.clone(), &meta).map(|w| (p, w)).map_err(|e| e.to_string())
+            })
+            .collect();
+        match opened {
+            Ok(ws) => writers.push((*i, ws, Vec::new())),
+            Err(e) => errors.push(format!("merged table '{stage}': {e}")),
+        }
+    }
+    let flush = |ws: &mut Vec<Merged>, batch: &mut Vec<Table>| -> Result<(), String> {
+        let refs: Vec<&Table> = batch.iter().collect();
+        for (_, w) in ws.iter_mut() {
+            w.write(&refs).map_err(|e| e.to_string())?;
+        }
+        batch.clear();
+        Ok(())
+    };
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    if !writers.is_empty() {
+        for (k, id) in samples.ids.iter().enumerate() {
+            let tables = match (samples.tables)(k) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("merged tables: reading the tables of sample '{id}': {e}"));
+                    return (written, errors);
+                }
+            };
+            for (i, t) in tables {
+                let Some((_, ws, batch)) = writers.iter_mut().find(|(j, _, _)| *j == i) else { continue };
+                batch.push(t);
+                if batch.iter().map(Table::rows).sum::<usize>() * ws.first().map_or(1, |(_, w)| w.columns()).max(1) >= BATCH_VALUES
+                    && let Err(e) = flush(ws, batch)
+                {
+                    failed.push((i, e));
+                }
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
+            if !failed.is_empty() {
+                break;
+            }
+        }
+    }
+    for (i, mut ws, mut batch) in writers {
+        let stage = &plan.stages[i].id;
+        if let Some((_, e)) = failed.iter().find(|(j, _)| *j == i) {
+            errors.push(format!("merged table '{stage}': {e}"));
+            continue;
+        }
+        // The rest (or, for a study without rows, one empty batch).
+        let res = flush(&mut ws, &mut batch).and_then(|_| {
+            ws.into_iter().try_for_each(|(p, w)| {
+                w.finish().map_err(|e| e.to_string())?;
+                written.push(p);
+                Ok(())
+            })
+        });
+        if let Err(e) = res {
             errors.push(format!("merged table '{stage}': {e}"));
         }
     }
-    if let Some(st) = &plan.stats {
+
+    if let (Some(st), Some(a)) = (&plan.stats, analysis) {
         let stage = &plan.stages[st.table].id;
-        let tables = of_stage(st.table);
         let result = (|| -> Result<(), String> {
-            check(stage, &tables)?;
-            let refs: Vec<&Table> = tables.iter().map(|(_, t)| *t).collect();
-            let o = analyse(&refs, &st.request)?;
+            if let Some(e) = states.get(&st.table).and_then(|s| s.error.clone()).or(stats_error) {
+                return Err(e);
+            }
+            let o = a.finish();
             let meta = vec![("tessera.pipeline_hash".to_string(), plan.hash.clone())];
             for (p, t) in stats_files(stage, &o) {
                 match t {
@@ -182,5 +371,21 @@ mod tests {
         let d = t("d", vec![1, 1], true);
         assert!(check("shape", &[("d", &d)]).unwrap_err().contains("repeats label 1"));
         assert!(check("shape", &[("x", &a)]).unwrap_err().contains("holds rows of sample 'a'"));
+    }
+
+    #[test]
+    fn spilled_tables_come_back_by_row_whatever_the_order_they_were_put_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path(), 4).unwrap();
+        let (a, b) = (t("a", vec![1, 2], true), t("b", vec![1], false));
+        spill.put(3, &[(5, b.clone())]).unwrap();
+        spill.put(0, &[(5, a.clone()), (7, b.clone())]).unwrap();
+        assert_eq!(spill.get(0).unwrap(), vec![(5, a), (7, b.clone())]);
+        assert_eq!(spill.get(3).unwrap(), vec![(5, b)]);
+        assert!(spill.get(1).unwrap().is_empty(), "a row never put has no tables");
+        let path = spill.path.clone();
+        assert!(path.starts_with(dir.path().join(".tessera")));
+        drop(spill);
+        assert!(!path.exists(), "the spill file goes with the spill");
     }
 }

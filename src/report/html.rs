@@ -164,7 +164,7 @@ pub fn render(out: &Path) -> Result<String, String> {
 
     // Provenance.
     h.push_str("<h2 id=provenance>Provenance</h2>");
-    let finished = run["finished_unix"].as_u64().map(|t| format!("{t} (Unix time)")).unwrap_or_else(|| "—".into());
+    let finished = run["finished_unix"].as_u64().map(crate::util::utc_time).unwrap_or_else(|| "—".into());
     h.push_str(&kv_table(&[
         ("tessera", format!("{} (git {})", json_str(&run["tessera"]["version"]), json_str(&run["tessera"]["git_commit"]))),
         ("pipeline file", json_str(&run["pipeline"]["file"])),
@@ -197,7 +197,7 @@ pub fn render(out: &Path) -> Result<String, String> {
         });
     let mut st = String::from("<table><thead><tr><th>sample</th><th>status</th>");
     for l in &labels_stages {
-        let _ = write!(st, "<th>{} objects</th>", esc(l));
+        let _ = write!(st, "<th><code>{}</code> count</th>", esc(l));
     }
     st.push_str("<th>seconds</th><th>input hash</th><th>error</th></tr></thead><tbody>");
     for s in &samples {

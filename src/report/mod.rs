@@ -200,49 +200,100 @@ fn absolute(p: &Path) -> String {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
+/// The provenance record of a run (SPEC §4), serialised as it is written: a study's samples
+/// are turned into JSON one at a time, never held as a JSON tree.
+#[derive(serde::Serialize)]
+pub struct RunJson<'a> {
+    tessera: serde_json::Value,
+    pipeline: serde_json::Value,
+    manifest: serde_json::Value,
+    finished_unix: u64,
+    command_line: Vec<String>,
+    working_directory: String,
+    seconds: f64,
+    threads: usize,
+    tile: String,
+    memory_budget_bytes: u64,
+    host: String,
+    samples_total: usize,
+    samples_failed: usize,
+    #[serde(serialize_with = "sample_entries")]
+    samples: &'a [SampleResult],
+    study_outputs: &'a [std::path::PathBuf],
+    study_errors: &'a [String],
+    task: Option<crate::sched::Task>,
+}
+
+/// One sample of run.json.
+#[derive(serde::Serialize)]
+struct SampleEntry<'a> {
+    sample: &'a str,
+    image: String,
+    input_hashes: &'a [String],
+    status: Status,
+    failed_stage: &'a Option<String>,
+    error: &'a Option<String>,
+    spacing: &'a Option<crate::io::Spacing>,
+    streamed: bool,
+    up_to_date: bool,
+    reused_stages: &'a [String],
+    #[serde(serialize_with = "pairs_as_map")]
+    objects: &'a [(String, u64)],
+    #[serde(serialize_with = "pairs_as_map")]
+    stage_seconds: &'a [(String, f64)],
+}
+
+fn sample_entries<S: serde::Serializer>(samples: &&[SampleResult], ser: S) -> Result<S::Ok, S::Error> {
+    ser.collect_seq(samples.iter().map(|s| SampleEntry {
+        sample: &s.sample,
+        image: absolute(&s.image),
+        input_hashes: &s.input_hashes,
+        status: s.status,
+        failed_stage: &s.failed_stage,
+        error: &s.error,
+        spacing: &s.spacing,
+        streamed: s.streamed,
+        up_to_date: s.up_to_date,
+        reused_stages: &s.reused,
+        objects: &s.objects,
+        stage_seconds: &s.timings,
+    }))
+}
+
+fn pairs_as_map<S: serde::Serializer, V: serde::Serialize>(pairs: &&[(String, V)], ser: S) -> Result<S::Ok, S::Error> {
+    ser.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
 /// The provenance record of a run (SPEC §4).
-pub fn run_json(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &RunSummary) -> serde_json::Value {
-    serde_json::json!({
-        "tessera": {"version": env!("CARGO_PKG_VERSION"), "git_commit": env!("TESSERA_GIT_COMMIT")},
-        "pipeline": {
+pub fn run_json<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &'a RunSummary) -> RunJson<'a> {
+    RunJson {
+        tessera: serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "git_commit": env!("TESSERA_GIT_COMMIT")}),
+        pipeline: serde_json::json!({
             "name": plan.spec.name,
             "file": absolute(&plan.spec.file),
             "hash": plan.hash,
             "text": plan.spec.text,
-        },
-        "manifest": {
+        }),
+        manifest: serde_json::json!({
             "file": manifest.path.as_ref().map(|p| absolute(p)),
             "hash": manifest.hash(),
             "columns": manifest.columns,
-        },
-        "finished_unix": unix_now(),
-        "command_line": std::env::args().collect::<Vec<_>>(),
-        "working_directory": std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
-        "seconds": summary.seconds,
-        "threads": cfg.threads,
-        "tile": cfg.tile.to_string(),
-        "memory_budget_bytes": cfg.memory,
-        "host": crate::util::hostname(),
-        "samples_total": summary.samples.len(),
-        "samples_failed": summary.failed(),
-        "samples": summary.samples.iter().map(|s| serde_json::json!({
-            "sample": s.sample,
-            "image": absolute(&s.image),
-            "input_hashes": s.input_hashes,
-            "status": s.status,
-            "failed_stage": s.failed_stage,
-            "error": s.error,
-            "spacing": s.spacing,
-            "streamed": s.streamed,
-            "up_to_date": s.up_to_date,
-            "reused_stages": s.reused,
-            "objects": s.objects.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-            "stage_seconds": s.timings.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-        })).collect::<Vec<_>>(),
-        "study_outputs": summary.written,
-        "study_errors": summary.errors,
-        "task": cfg.task,
-    })
+        }),
+        finished_unix: unix_now(),
+        command_line: std::env::args().collect(),
+        working_directory: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+        seconds: summary.seconds,
+        threads: cfg.threads,
+        tile: cfg.tile.to_string(),
+        memory_budget_bytes: cfg.memory,
+        host: crate::util::hostname(),
+        samples_total: summary.samples.len(),
+        samples_failed: summary.failed(),
+        samples: &summary.samples,
+        study_outputs: &summary.written,
+        study_errors: &summary.errors,
+        task: cfg.task,
+    }
 }
 
 /// Where a sharded task's provenance goes: `tasks/task-K-of-N.json` (K zero-padded so that
@@ -275,15 +326,16 @@ pub fn write_errors_csv(out: &Path, rows: &[[String; 3]]) -> std::io::Result<()>
 /// A sharded task writes its own record under `tasks/` instead, and no `errors.csv`: `tessera
 /// merge` writes the study's.
 pub fn write_records(out: &Path, plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &RunSummary) -> std::io::Result<()> {
-    let json = serde_json::to_string_pretty(&run_json(plan, manifest, cfg, summary)).map_err(std::io::Error::other)?;
+    let record = run_json(plan, manifest, cfg, summary);
+    let write = |w: &mut dyn std::io::Write| serde_json::to_writer_pretty(w, &record).map_err(std::io::Error::other);
     if let Some(task) = cfg.task {
         let p = task_record(out, task);
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d)?;
         }
-        return crate::util::write_atomic(&p, json.as_bytes());
+        return crate::util::write_atomic_with(&p, write);
     }
-    crate::util::write_atomic(&out.join("run.json"), json.as_bytes())?;
+    crate::util::write_atomic_with(&out.join("run.json"), write)?;
     let rows: Vec<[String; 3]> = summary
         .samples
         .iter()

@@ -103,16 +103,26 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Samples named on the command line: the id is the file stem.
+    /// Samples named on the command line. The id is the file name up to its first dot, made a
+    /// valid sample id ([`sample_id_from`]: accents dropped, other characters `_`) and unique
+    /// (a repeated id gets `-2`, `-3`, … in command-line order).
     pub fn from_images(images: &[PathBuf]) -> Manifest {
+        let mut taken = std::collections::HashSet::new();
         let rows = images
             .iter()
             .map(|p| {
-                let stem = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let id = match stem.find('.') {
-                    Some(0) | None => stem.clone(),
-                    Some(i) => stem[..i].to_string(),
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let stem = match name.find('.') {
+                    Some(0) | None => name.as_str(),
+                    Some(i) => &name[..i],
                 };
+                let base = sample_id_from(stem);
+                let mut id = base.clone();
+                let mut k = 1;
+                while !taken.insert(id.clone()) {
+                    k += 1;
+                    id = format!("{base}-{k}");
+                }
                 SampleRow { line: 0, id, image: p.clone(), meta: Vec::new(), problem: None }
             })
             .collect();
@@ -157,6 +167,30 @@ impl Manifest {
     }
 }
 
+/// A valid sample id (`[A-Za-z0-9._-]+`) made from a file name: Latin letters with accents
+/// lose them (`nücleï` → `nuclei`), every other character outside the set becomes `_`, and
+/// runs of `_` are kept to one; an empty result is `sample`.
+pub fn sample_id_from(name: &str) -> String {
+    let mut id = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = fold_accent(c);
+        let c = if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' };
+        if !(c == '_' && id.ends_with('_')) {
+            id.push(c);
+        }
+    }
+    let id = id.trim_matches('_');
+    if id.is_empty() { "sample".into() } else { id.to_string() }
+}
+
+/// The base letter of a Latin letter with a diacritic (Latin-1 Supplement and Latin Extended-A),
+/// `ß` as `s`; anything else unchanged.
+fn fold_accent(c: char) -> char {
+    const FROM: &str = "ÀÁÂÃÄÅàáâãäåÇçÈÉÊËèéêëÌÍÎÏìíîïÑñÒÓÔÕÖØòóôõöøÙÚÛÜùúûüÝýÿĀāĂăĄąĆćĈĉĊċČčĎďĐđĒēĔĕĖėĘęĚěĜĝĞğĠġĢģĤĥĦħĨĩĪīĬĭĮįİıĴĵĶķĹĺĻļĽľĿŀŁłŃńŅņŇňŌōŎŏŐőŔŕŖŗŘřŚśŜŝŞşŠšŢţŤťŦŧŨũŪūŬŭŮůŰűŲųŴŵŶŷŸŹźŻżŽžß";
+    const TO: &str = "AAAAAAaaaaaaCcEEEEeeeeIIIIiiiiNnOOOOOOooooooUUUUuuuuYyyAaAaAaCcCcCcCcDdDdEeEeEeEeEeGgGgGgGgHhHhIiIiIiIiIiJjKkLlLlLlLlLlNnNnNnOoOoOoRrRrRrSsSsSsSsTtTtTtUuUuUuUuUuUuWwYyYZzZzZzs";
+    FROM.chars().position(|f| f == c).and_then(|i| TO.chars().nth(i)).unwrap_or(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,9 +221,24 @@ mod tests {
     }
 
     #[test]
-    fn positional_ids_are_stems() {
-        let m = Manifest::from_images(&[PathBuf::from("x/scan_01.ome.tif"), PathBuf::from("y/scan_01.tif")]);
-        assert_eq!(m.rows[0].id, "scan_01");
-        assert!(m.rows[1].problem.as_ref().unwrap().contains("duplicate sample id 'scan_01'"));
+    fn positional_ids_are_valid_unique_stems() {
+        let m = Manifest::from_images(&[
+            PathBuf::from("x/scan_01.ome.tif"),
+            PathBuf::from("y/scan_01.tif"),
+            PathBuf::from("dossier é/nücleï 3d.tif"),
+            PathBuf::from("z/scan_01-2.tif"),
+            PathBuf::from("z/细胞.tif"),
+            PathBuf::from("z/Ärger  (copy).tif"),
+        ]);
+        let ids: Vec<&str> = m.rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["scan_01", "scan_01-2", "nuclei_3d", "scan_01-2-2", "sample", "Arger_copy"]);
+        assert!(m.rows.iter().all(|r| r.problem.is_none()), "{:?}", m.rows);
+    }
+
+    #[test]
+    fn accent_table_is_aligned() {
+        // Every folded letter is ASCII, one per accented letter.
+        let s: String = "ÀÿŽßŁő".chars().map(fold_accent).collect();
+        assert_eq!(s, "AyZsLo");
     }
 }

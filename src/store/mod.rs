@@ -72,7 +72,16 @@ pub struct SampleRecord {
     /// finished so far (they count as checkpoints after a crash) and is not complete.
     #[serde(default)]
     pub complete: bool,
+    /// How its output files are laid out ([`OUTPUT_LAYOUT`]). Outputs listed by a record of an
+    /// older layout are rewritten, never trusted: 0 (records without the field) is the layout
+    /// whose uncompressed TIFF stacks ImageJ misread.
+    #[serde(default)]
+    pub layout: u32,
 }
+
+/// The current layout of output files ([`SampleRecord::layout`]). 1: uncompressed TIFF stacks
+/// hold their pixels contiguously, as ImageJ reads them.
+pub const OUTPUT_LAYOUT: u32 = 1;
 
 /// What a raw checkpoint file holds (kept beside it as `<key>.rawmeta`): streamed stage values
 /// are too large to copy into the checkpoint format, so their spill files are adopted as they are.
@@ -381,7 +390,8 @@ fn encode(v: &Value) -> Vec<u8> {
     payload_parts(v).concat()
 }
 
-fn encode_table(t: &Table) -> Vec<u8> {
+/// A table in the checkpoint payload format (exact: every value, type and unit).
+pub fn encode_table(t: &Table) -> Vec<u8> {
     let mut b = Vec::new();
     b.push(9);
     put_u64(&mut b, t.columns.len() as u64);
@@ -481,6 +491,14 @@ fn unpack_bits(bits: &[u8], n: usize) -> Vec<u8> {
         eight.copy_from_slice(&bytes[..eight.len()]);
     }
     out
+}
+
+/// A table from [`encode_table`]'s bytes; `None` if they are not exactly one table.
+pub fn decode_table(payload: &[u8]) -> Option<Table> {
+    match decode(payload)? {
+        Value::Table(t) => Some(t),
+        _ => None,
+    }
 }
 
 fn decode(payload: &[u8]) -> Option<Value> {

@@ -124,20 +124,43 @@ impl Table {
     }
 }
 
+/// The union of the tables' columns in first-seen order (name and a column of its type, empty).
+pub fn union_schema(tables: &[&Table]) -> Vec<(String, Column, Option<String>)> {
+    let mut u = Vec::new();
+    for t in tables {
+        extend_schema(&mut u, t);
+    }
+    u
+}
+
+/// Adds the columns of `t` that `schema` lacks, at its end (empty, with their units).
+pub fn extend_schema(schema: &mut Vec<(String, Column, Option<String>)>, t: &Table) {
+    for (n, c, unit) in &t.columns {
+        if !schema.iter().any(|(m, _, _)| m == n) {
+            let empty = match c {
+                Column::U32(_) => Column::U32(Vec::new()),
+                Column::U64(_) => Column::U64(Vec::new()),
+                Column::F64(_) => Column::F64(Vec::new()),
+                Column::Str(_) => Column::Str(Vec::new()),
+                Column::Bool(_) => Column::Bool(Vec::new()),
+            };
+            schema.push((n.clone(), empty, unit.clone()));
+        }
+    }
+}
+
 /// Stacks tables (in the given order) into one frame. Columns are the union in first-seen
 /// order; a column a table lacks is null in its rows.
 pub fn concat(tables: &[&Table]) -> Result<DataFrame, TableError> {
-    let mut names: Vec<(String, &Column)> = Vec::new();
-    for t in tables {
-        for (n, c, _) in &t.columns {
-            if !names.iter().any(|(m, _)| m == n) {
-                names.push((n.clone(), c));
-            }
-        }
-    }
+    concat_as(tables, &union_schema(tables))
+}
+
+/// Stacks tables into one frame with the columns of `schema` ([`union_schema`]), in its order;
+/// a column a table lacks is null in its rows.
+pub fn concat_as(tables: &[&Table], schema: &[(String, Column, Option<String>)]) -> Result<DataFrame, TableError> {
     let total: usize = tables.iter().map(|t| t.rows()).sum();
     let mut cols = Vec::new();
-    for (name, proto) in &names {
+    for (name, proto, _) in schema {
         macro_rules! gather {
             ($var:ident, $t:ty) => {{
                 let mut v: Vec<Option<$t>> = Vec::with_capacity(total);
@@ -159,6 +182,99 @@ pub fn concat(tables: &[&Table]) -> Result<DataFrame, TableError> {
         });
     }
     Ok(DataFrame::new(total, cols)?)
+}
+
+/// A merged table written a batch of rows at a time (Parquet or CSV, by the path's extension),
+/// so that a study's table never has to be in memory whole. Each batch becomes one Parquet row
+/// group; a table written in one batch has the bytes [`write_parquet`] / [`write_csv`] give it.
+/// The file appears (temporary file, checked close, rename) at [`TableWriter::finish`].
+pub struct TableWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<crate::util::Shared<std::io::BufWriter<std::fs::File>>>,
+    schema: Vec<(String, Column, Option<String>)>,
+    enc: Option<TableEnc>,
+}
+
+enum TableEnc {
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<crate::util::Shared<std::io::BufWriter<std::fs::File>>>>),
+    Csv(polars::io::csv::write::BatchedWriter<crate::util::Shared<std::io::BufWriter<std::fs::File>>>),
+}
+
+impl TableWriter {
+    /// Starts `path` for tables of `schema`; `metadata` goes into a Parquet file's key-value
+    /// metadata (a CSV file has none).
+    pub fn create(path: &Path, schema: Vec<(String, Column, Option<String>)>, metadata: &[(String, String)]) -> Result<Self, TableError> {
+        let err = |msg: String| TableError::Write { path: path.display().to_string(), msg };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let tmp = crate::util::tmp_sibling(path);
+        let f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        let file = crate::util::Shared::new(std::io::BufWriter::with_capacity(1 << 20, f));
+        let frame_schema = concat_as(&[], &schema)?.schema().as_ref().clone();
+        let enc = if path.extension().is_some_and(|e| e == "parquet") {
+            TableEnc::Parquet(Box::new(
+                ParquetWriter::new(file.clone())
+                    .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata.to_vec())))
+                    .with_statistics(StatisticsOptions::default())
+                    .batched(&frame_schema)?,
+            ))
+        } else {
+            TableEnc::Csv(CsvWriter::new(file.clone()).include_header(true).batched(&frame_schema)?)
+        };
+        Ok(TableWriter { path: path.to_path_buf(), tmp, file: Some(file), schema, enc: Some(enc) })
+    }
+
+    /// The number of columns written.
+    pub fn columns(&self) -> usize {
+        self.schema.len()
+    }
+
+    /// Appends the rows of `tables` (one Parquet row group).
+    pub fn write(&mut self, tables: &[&Table]) -> Result<(), TableError> {
+        let df = concat_as(tables, &self.schema)?;
+        match &mut self.enc {
+            Some(TableEnc::Parquet(w)) => w.write_batch(&df)?,
+            Some(TableEnc::Csv(w)) => w.write_batch(&df)?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Completes the file.
+    pub fn finish(mut self) -> Result<(), TableError> {
+        let path = self.path.clone();
+        let err = |msg: String| TableError::Write { path: path.display().to_string(), msg };
+        let (enc, file) = (self.enc.take(), self.file.take());
+        let res = (|| -> Result<(), TableError> {
+            match enc {
+                Some(TableEnc::Parquet(w)) => {
+                    w.finish()?;
+                }
+                Some(TableEnc::Csv(mut w)) => w.finish()?,
+                None => {}
+            }
+            let buf =
+                file.and_then(crate::util::Shared::into_inner).ok_or_else(|| err("internal: the table writer is still in use".into()))?;
+            let f = buf.into_inner().map_err(|e| err(e.error().to_string()))?;
+            crate::util::finish_file(f).map_err(|e| err(e.to_string()))
+        })();
+        let done = res.and_then(|_| std::fs::rename(&self.tmp, &path).map_err(|e| err(e.to_string())));
+        if done.is_ok() {
+            self.tmp = std::path::PathBuf::new();
+        }
+        done
+    }
+}
+
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        // A writer abandoned before it finished (or whose finish failed) leaves no file.
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Writes a frame as Parquet with string key-value metadata, atomically.
@@ -226,5 +342,48 @@ mod tests {
         let csv = std::fs::read_to_string(dir.path().join("x.csv")).unwrap();
         assert_eq!(csv.lines().next().unwrap(), "sample,label,volume,centroid_z");
         assert_eq!(csv.lines().count(), 4);
+    }
+
+    #[test]
+    fn batched_writes_equal_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = [t(3, false).for_sample("a", &[]), t(2, true).for_sample("b", &[]), t(4, false).for_sample("c", &[])];
+        let refs: Vec<&Table> = parts.iter().collect();
+        let schema = union_schema(&refs);
+        for ext in ["parquet", "csv"] {
+            let one = dir.path().join(format!("one.{ext}"));
+            let mut w = TableWriter::create(&one, schema.clone(), &[("k".into(), "v".into())]).unwrap();
+            w.write(&refs).unwrap();
+            w.finish().unwrap();
+            let many = dir.path().join(format!("many.{ext}"));
+            let mut w = TableWriter::create(&many, schema.clone(), &[("k".into(), "v".into())]).unwrap();
+            for p in &refs {
+                w.write(&[p]).unwrap();
+            }
+            w.finish().unwrap();
+            if ext == "csv" {
+                // Rows appended under one header: the same bytes.
+                assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&many).unwrap());
+            } else {
+                let read = |p: &Path| ParquetReader::new(std::fs::File::open(p).unwrap()).finish().unwrap();
+                let (a, b) = (read(&one), read(&many));
+                assert!(a.equals_missing(&b), "{a}\n{b}");
+                assert_eq!(a.shape(), (9, 4));
+                assert_eq!(a.column("centroid_z").unwrap().null_count(), 7);
+            }
+        }
+        // The one-batch Parquet file has the bytes of a whole-frame write.
+        let whole = dir.path().join("whole.parquet");
+        write_parquet(&whole, &mut concat(&refs).unwrap(), &[("k".into(), "v".into())]).unwrap();
+        assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(dir.path().join("one.parquet")).unwrap());
+        let csv = dir.path().join("whole.csv");
+        write_csv(&csv, &mut concat(&refs).unwrap()).unwrap();
+        assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(dir.path().join("one.csv")).unwrap());
+        // Abandoned: no file, no temporary file.
+        let w = TableWriter::create(&dir.path().join("gone.csv"), schema, &[]).unwrap();
+        drop(w);
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("gone")).collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
