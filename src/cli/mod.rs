@@ -61,7 +61,8 @@ pub enum Command {
 pub struct RunArgs {
     /// The pipeline YAML.
     pub pipeline: PathBuf,
-    /// Images to process (sample id = file name up to its first dot); instead of a manifest.
+    /// Images to process, instead of a manifest. Sample id: the file name up to its first dot,
+    /// made valid (accents dropped, other characters `_`) and unique (`-2`, `-3`, …).
     #[arg(conflicts_with = "samples")]
     pub images: Vec<PathBuf>,
     /// Sample manifest CSV (columns `sample`, `image`, metadata...). Default: the pipeline's `samples:`.

@@ -82,10 +82,6 @@ pub struct Samples<'a> {
     pub tables: &'a (dyn Fn(usize) -> Result<Vec<(usize, Table)>, String> + 'a),
 }
 
-/// Values (rows × columns) gathered before they are written as one batch, one Parquet row
-/// group: about 2 MiB of numbers, whatever the number of samples.
-const BATCH_VALUES: usize = 1 << 18;
-
 /// Per-sample tables set aside on disk as samples finish (in any order), for [`write`] to read
 /// back in manifest order: memory then holds a few bytes per sample instead of its rows. The
 /// file is a temporary one in `.tessera/`, removed when the spill is dropped.
@@ -177,9 +173,6 @@ pub fn write_table(path: &Path, t: &Table, meta: &[(String, String)]) -> Result<
     }
 }
 
-/// A merged table file being written, with its path relative to the output folder.
-type Merged = (PathBuf, crate::table::TableWriter);
-
 /// One table stage of the study: its merged columns so far, the first sample's columns (for
 /// the drift check), and what went wrong with it.
 #[derive(Default)]
@@ -237,8 +230,7 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
     }
 
     // Second pass: the merged files, a batch of rows at a time.
-    // Per merged stage: its files being written and the rows gathered for the next batch.
-    let mut writers: Vec<(usize, Vec<Merged>, Vec<Table>)> = Vec::new();
+    let mut writers: Vec<(usize, Vec<PathBuf>, crate::table::TableWriter)> = Vec::new();
     for (i, formats) in &merged {
         let stage = &plan.stages[*i].id;
         let state = &states[i];
@@ -246,31 +238,18 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
             errors.push(format!("merged table '{stage}': {e}"));
             continue;
         }
-        let schema = Table { columns: state.union.clone() };
-        let meta = super::table_metadata(plan, &schema, spacing);
+        let meta = super::table_metadata(plan, &Table { columns: state.union.clone() }, spacing);
         let mut files = vec![PathBuf::from("tables").join(format!("{stage}.parquet"))];
         if formats.contains(&Format::Csv) {
             files.push(PathBuf::from("tables").join(format!("{stage}.csv")));
         }
-        let opened: Result<Vec<_>, String> = files
-            .into_iter()
-            .map(|p| {
-                crate::table::TableWriter::create(&out.join(&p), state.union.clone(), &meta).map(|w| (p, w)).map_err(|e| e.to_string())
-            })
-            .collect();
-        match opened {
-            Ok(ws) => writers.push((*i, ws, Vec::new())),
+        let paths: Vec<PathBuf> = files.iter().map(|p| out.join(p)).collect();
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        match crate::table::TableWriter::create(&refs, state.union.clone(), &meta) {
+            Ok(w) => writers.push((*i, files, w)),
             Err(e) => errors.push(format!("merged table '{stage}': {e}")),
         }
     }
-    let flush = |ws: &mut Vec<Merged>, batch: &mut Vec<Table>| -> Result<(), String> {
-        let refs: Vec<&Table> = batch.iter().collect();
-        for (_, w) in ws.iter_mut() {
-            w.write(&refs).map_err(|e| e.to_string())?;
-        }
-        batch.clear();
-        Ok(())
-    };
     let mut failed: Vec<(usize, String)> = Vec::new();
     if !writers.is_empty() {
         for (k, id) in samples.ids.iter().enumerate() {
@@ -281,13 +260,11 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
                     return (written, errors);
                 }
             };
-            for (i, t) in tables {
-                let Some((_, ws, batch)) = writers.iter_mut().find(|(j, _, _)| *j == i) else { continue };
-                batch.push(t);
-                if batch.iter().map(Table::rows).sum::<usize>() * ws.first().map_or(1, |(_, w)| w.columns()).max(1) >= BATCH_VALUES
-                    && let Err(e) = flush(ws, batch)
+            for (i, t) in &tables {
+                if let Some((_, _, w)) = writers.iter_mut().find(|(j, _, _)| j == i)
+                    && let Err(e) = w.push(t)
                 {
-                    failed.push((i, e));
+                    failed.push((*i, e.to_string()));
                 }
             }
             if !failed.is_empty() {
@@ -295,22 +272,15 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
             }
         }
     }
-    for (i, mut ws, mut batch) in writers {
+    for (i, files, w) in writers {
         let stage = &plan.stages[i].id;
-        if let Some((_, e)) = failed.iter().find(|(j, _)| *j == i) {
-            errors.push(format!("merged table '{stage}': {e}"));
-            continue;
-        }
-        // The rest (or, for a study without rows, one empty batch).
-        let res = flush(&mut ws, &mut batch).and_then(|_| {
-            ws.into_iter().try_for_each(|(p, w)| {
-                w.finish().map_err(|e| e.to_string())?;
-                written.push(p);
-                Ok(())
-            })
-        });
-        if let Err(e) = res {
-            errors.push(format!("merged table '{stage}': {e}"));
+        let res = match failed.iter().find(|(j, _)| *j == i) {
+            Some((_, e)) => Err(e.clone()),
+            None => w.finish().map_err(|e| e.to_string()),
+        };
+        match res {
+            Ok(()) => written.extend(files),
+            Err(e) => errors.push(format!("merged table '{stage}': {e}")),
         }
     }
 

@@ -184,95 +184,190 @@ pub fn concat_as(tables: &[&Table], schema: &[(String, Column, Option<String>)])
     Ok(DataFrame::new(total, cols)?)
 }
 
-/// A merged table written a batch of rows at a time (Parquet or CSV, by the path's extension),
-/// so that a study's table never has to be in memory whole. Each batch becomes one Parquet row
-/// group; a table written in one batch has the bytes [`write_parquet`] / [`write_csv`] give it.
-/// The file appears (temporary file, checked close, rename) at [`TableWriter::finish`].
-pub struct TableWriter {
+/// Values (rows × columns) gathered before [`TableWriter`] writes them as one batch, one
+/// Parquet row group: 1 MiB of numbers, whatever the number of tables pushed.
+pub const BATCH_VALUES: usize = 1 << 17;
+
+/// One column of the rows gathered for the next batch.
+enum Gathered {
+    U32(Vec<Option<u32>>),
+    U64(Vec<Option<u64>>),
+    F64(Vec<Option<f64>>),
+    Str(Vec<Option<String>>),
+    Bool(Vec<Option<bool>>),
+}
+
+impl Gathered {
+    fn of(proto: &Column) -> Gathered {
+        match proto {
+            Column::U32(_) => Gathered::U32(Vec::new()),
+            Column::U64(_) => Gathered::U64(Vec::new()),
+            Column::F64(_) => Gathered::F64(Vec::new()),
+            Column::Str(_) => Gathered::Str(Vec::new()),
+            Column::Bool(_) => Gathered::Bool(Vec::new()),
+        }
+    }
+    /// Appends `col`'s values, or `rows` nulls when the table lacks the column (or has it with
+    /// another type).
+    fn push(&mut self, col: Option<&Column>, rows: usize) {
+        macro_rules! extend {
+            ($v:expr, $var:ident) => {
+                match col {
+                    Some(Column::$var(x)) => $v.extend(x.iter().cloned().map(Some)),
+                    _ => $v.extend(std::iter::repeat_n(None, rows)),
+                }
+            };
+        }
+        match self {
+            Gathered::U32(v) => extend!(v, U32),
+            Gathered::U64(v) => extend!(v, U64),
+            Gathered::F64(v) => extend!(v, F64),
+            Gathered::Str(v) => extend!(v, Str),
+            Gathered::Bool(v) => extend!(v, Bool),
+        }
+    }
+    fn take(&mut self, name: &str) -> polars::prelude::Column {
+        let name = PlSmallStr::from(name);
+        match self {
+            Gathered::U32(v) => polars::prelude::Column::new(name, std::mem::take(v)),
+            Gathered::U64(v) => polars::prelude::Column::new(name, std::mem::take(v)),
+            Gathered::F64(v) => polars::prelude::Column::new(name, std::mem::take(v)),
+            Gathered::Str(v) => polars::prelude::Column::new(name, std::mem::take(v)),
+            Gathered::Bool(v) => polars::prelude::Column::new(name, std::mem::take(v)),
+        }
+    }
+}
+
+type SharedFile = crate::util::Shared<std::io::BufWriter<std::fs::File>>;
+
+enum TableEnc {
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<SharedFile>>),
+    Csv(polars::io::csv::write::BatchedWriter<SharedFile>),
+}
+
+/// One file of a [`TableWriter`]: where it goes, its temporary file while written, its encoder.
+struct TableFile {
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
-    file: Option<crate::util::Shared<std::io::BufWriter<std::fs::File>>>,
-    schema: Vec<(String, Column, Option<String>)>,
+    file: Option<SharedFile>,
     enc: Option<TableEnc>,
 }
 
-enum TableEnc {
-    Parquet(Box<polars::io::parquet::write::BatchedWriter<crate::util::Shared<std::io::BufWriter<std::fs::File>>>>),
-    Csv(polars::io::csv::write::BatchedWriter<crate::util::Shared<std::io::BufWriter<std::fs::File>>>),
+/// A merged table written to one or more files (Parquet or CSV, by each path's extension) as
+/// tables are pushed: their rows are gathered column by column and written a batch of
+/// [`BATCH_VALUES`] at a time, so a study's table never has to be in memory whole. Each batch
+/// is one Parquet row group; a table written in one batch has the bytes [`write_parquet`] /
+/// [`write_csv`] give it. The files appear (temporary file, checked close, rename) at
+/// [`TableWriter::finish`]; a writer dropped before leaves none.
+pub struct TableWriter {
+    files: Vec<TableFile>,
+    schema: Vec<(String, Column, Option<String>)>,
+    gathered: Vec<Gathered>,
+    rows: usize,
+    /// Whether a batch has been written (a table with no rows still gets one, empty).
+    wrote: bool,
 }
 
 impl TableWriter {
-    /// Starts `path` for tables of `schema`; `metadata` goes into a Parquet file's key-value
-    /// metadata (a CSV file has none).
-    pub fn create(path: &Path, schema: Vec<(String, Column, Option<String>)>, metadata: &[(String, String)]) -> Result<Self, TableError> {
-        let err = |msg: String| TableError::Write { path: path.display().to_string(), msg };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        }
-        let tmp = crate::util::tmp_sibling(path);
-        let f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        let file = crate::util::Shared::new(std::io::BufWriter::with_capacity(1 << 20, f));
+    /// Starts `paths` for tables of `schema` ([`union_schema`]); `metadata` goes into a Parquet
+    /// file's key-value metadata (a CSV file has none).
+    pub fn create(
+        paths: &[&Path],
+        schema: Vec<(String, Column, Option<String>)>,
+        metadata: &[(String, String)],
+    ) -> Result<Self, TableError> {
         let frame_schema = concat_as(&[], &schema)?.schema().as_ref().clone();
-        let enc = if path.extension().is_some_and(|e| e == "parquet") {
-            TableEnc::Parquet(Box::new(
-                ParquetWriter::new(file.clone())
-                    .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata.to_vec())))
-                    .with_statistics(StatisticsOptions::default())
-                    .batched(&frame_schema)?,
-            ))
-        } else {
-            TableEnc::Csv(CsvWriter::new(file.clone()).include_header(true).batched(&frame_schema)?)
-        };
-        Ok(TableWriter { path: path.to_path_buf(), tmp, file: Some(file), schema, enc: Some(enc) })
-    }
-
-    /// The number of columns written.
-    pub fn columns(&self) -> usize {
-        self.schema.len()
-    }
-
-    /// Appends the rows of `tables` (one Parquet row group).
-    pub fn write(&mut self, tables: &[&Table]) -> Result<(), TableError> {
-        let df = concat_as(tables, &self.schema)?;
-        match &mut self.enc {
-            Some(TableEnc::Parquet(w)) => w.write_batch(&df)?,
-            Some(TableEnc::Csv(w)) => w.write_batch(&df)?,
-            None => {}
+        let mut files = Vec::new();
+        for path in paths {
+            let err = |msg: String| TableError::Write { path: path.display().to_string(), msg };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            let tmp = crate::util::tmp_sibling(path);
+            let f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+            // Registered before the encoder starts, so that a failure below removes the file.
+            files.push(TableFile { path: path.to_path_buf(), tmp, file: None, enc: None });
+            let file = crate::util::Shared::new(std::io::BufWriter::with_capacity(1 << 20, f));
+            let enc = if path.extension().is_some_and(|e| e == "parquet") {
+                TableEnc::Parquet(Box::new(
+                    ParquetWriter::new(file.clone())
+                        .with_key_value_metadata(Some(KeyValueMetadata::from_static(metadata.to_vec())))
+                        .with_statistics(StatisticsOptions::default())
+                        .batched(&frame_schema)?,
+                ))
+            } else {
+                TableEnc::Csv(CsvWriter::new(file.clone()).include_header(true).batched(&frame_schema)?)
+            };
+            let last = files.last_mut().expect("pushed above");
+            (last.file, last.enc) = (Some(file), Some(enc));
         }
+        let gathered = schema.iter().map(|(_, c, _)| Gathered::of(c)).collect();
+        Ok(TableWriter { files, schema, gathered, rows: 0, wrote: false })
+    }
+
+    /// Adds a table's rows (columns it lacks are null), writing a batch when enough are gathered.
+    pub fn push(&mut self, t: &Table) -> Result<(), TableError> {
+        let rows = t.rows();
+        for ((name, _, _), g) in self.schema.iter().zip(&mut self.gathered) {
+            g.push(t.get(name), rows);
+        }
+        self.rows += rows;
+        if self.rows * self.schema.len().max(1) >= BATCH_VALUES { self.flush() } else { Ok(()) }
+    }
+
+    /// Writes the gathered rows as one batch.
+    fn flush(&mut self) -> Result<(), TableError> {
+        let cols: Vec<polars::prelude::Column> = self.schema.iter().zip(&mut self.gathered).map(|((n, _, _), g)| g.take(n)).collect();
+        let df = DataFrame::new(self.rows, cols)?;
+        for f in &mut self.files {
+            match &mut f.enc {
+                Some(TableEnc::Parquet(w)) => w.write_batch(&df)?,
+                Some(TableEnc::Csv(w)) => w.write_batch(&df)?,
+                None => {}
+            }
+        }
+        self.rows = 0;
+        self.wrote = true;
         Ok(())
     }
 
-    /// Completes the file.
+    /// Writes what is gathered and completes every file.
     pub fn finish(mut self) -> Result<(), TableError> {
-        let path = self.path.clone();
-        let err = |msg: String| TableError::Write { path: path.display().to_string(), msg };
-        let (enc, file) = (self.enc.take(), self.file.take());
-        let res = (|| -> Result<(), TableError> {
-            match enc {
+        if self.rows > 0 || !self.wrote {
+            self.flush()?;
+        }
+        for f in &mut self.files {
+            let err = |msg: String| TableError::Write { path: f.path.display().to_string(), msg };
+            match f.enc.take() {
                 Some(TableEnc::Parquet(w)) => {
                     w.finish()?;
                 }
                 Some(TableEnc::Csv(mut w)) => w.finish()?,
                 None => {}
             }
-            let buf =
-                file.and_then(crate::util::Shared::into_inner).ok_or_else(|| err("internal: the table writer is still in use".into()))?;
-            let f = buf.into_inner().map_err(|e| err(e.error().to_string()))?;
-            crate::util::finish_file(f).map_err(|e| err(e.to_string()))
-        })();
-        let done = res.and_then(|_| std::fs::rename(&self.tmp, &path).map_err(|e| err(e.to_string())));
-        if done.is_ok() {
-            self.tmp = std::path::PathBuf::new();
+            let buf = f
+                .file
+                .take()
+                .and_then(crate::util::Shared::into_inner)
+                .ok_or_else(|| err("internal: the table writer is still in use".into()))?;
+            let file = buf.into_inner().map_err(|e| err(e.error().to_string()))?;
+            crate::util::finish_file(file).map_err(|e| err(e.to_string()))?;
         }
-        done
+        for f in &mut self.files {
+            std::fs::rename(&f.tmp, &f.path).map_err(|e| TableError::Write { path: f.path.display().to_string(), msg: e.to_string() })?;
+            f.tmp = std::path::PathBuf::new();
+        }
+        Ok(())
     }
 }
 
 impl Drop for TableWriter {
     fn drop(&mut self) {
-        // A writer abandoned before it finished (or whose finish failed) leaves no file.
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+        // Files not completed (dropped early, or a failed finish) leave nothing behind.
+        for f in &self.files {
+            if !f.tmp.as_os_str().is_empty() {
+                let _ = std::fs::remove_file(&f.tmp);
+            }
         }
     }
 }
@@ -352,13 +447,17 @@ mod tests {
         let schema = union_schema(&refs);
         for ext in ["parquet", "csv"] {
             let one = dir.path().join(format!("one.{ext}"));
-            let mut w = TableWriter::create(&one, schema.clone(), &[("k".into(), "v".into())]).unwrap();
-            w.write(&refs).unwrap();
-            w.finish().unwrap();
-            let many = dir.path().join(format!("many.{ext}"));
-            let mut w = TableWriter::create(&many, schema.clone(), &[("k".into(), "v".into())]).unwrap();
+            let mut w = TableWriter::create(&[&one], schema.clone(), &[("k".into(), "v".into())]).unwrap();
             for p in &refs {
-                w.write(&[p]).unwrap();
+                w.push(p).unwrap();
+            }
+            w.finish().unwrap();
+            // One batch per table (as a study past BATCH_VALUES is written).
+            let many = dir.path().join(format!("many.{ext}"));
+            let mut w = TableWriter::create(&[&many], schema.clone(), &[("k".into(), "v".into())]).unwrap();
+            for p in &refs {
+                w.push(p).unwrap();
+                w.flush().unwrap();
             }
             w.finish().unwrap();
             if ext == "csv" {
@@ -380,7 +479,7 @@ mod tests {
         write_csv(&csv, &mut concat(&refs).unwrap()).unwrap();
         assert_eq!(std::fs::read(&csv).unwrap(), std::fs::read(dir.path().join("one.csv")).unwrap());
         // Abandoned: no file, no temporary file.
-        let w = TableWriter::create(&dir.path().join("gone.csv"), schema, &[]).unwrap();
+        let w = TableWriter::create(&[&dir.path().join("gone.csv"), &dir.path().join("gone.parquet")], schema, &[]).unwrap();
         drop(w);
         let left: Vec<_> =
             std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("gone")).collect();
