@@ -50,6 +50,10 @@ fn report_is_self_contained_complete_and_deterministic() {
         assert!(a.contains(section), "no '{section}' section");
     }
     assert!(a.contains(env!("CARGO_PKG_VERSION")) && a.contains("git "), "no tessera version/commit");
+    // The finish time as a reader reads it, and the samples table's count column named once.
+    let finished = a.split("<th>finished</th><td>").nth(1).and_then(|r| r.split("</td>").next()).expect("a finished row");
+    assert!(finished.len() == 23 && finished.ends_with(" UTC") && finished.starts_with("20"), "finished: {finished}");
+    assert!(a.contains("<th><code>nuclei</code> count</th>") && !a.contains("objects objects"), "the samples table's count heading");
     // Three samples: an image and a label preview each, inline.
     assert_eq!(a.matches("src=\"data:image/png;base64,").count(), 6);
     assert!(a.matches("<svg").count() >= 7, "charts: objects, 4 phenotypes, ratios, PCA");

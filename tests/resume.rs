@@ -381,3 +381,13 @@ fn outputs_of_an_earlier_layout_are_rewritten_not_kept() {
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
     assert_eq!(rec["layout"], 1);
 }
+
+#[test]
+fn no_checkpoint_keeps_nothing_in_the_state_folder_and_writes_the_same_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let o = run(&out, &["--no-checkpoint"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!out.join(".tessera").exists(), "--no-checkpoint left .tessera/ behind");
+    assert_same(&out, &reference(tmp.path()), "with --no-checkpoint");
+}

@@ -1077,9 +1077,10 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
     // Study outputs are written from the samples' tables after the last sample; meanwhile the
     // tables wait on disk, so memory does not grow with the number of samples. A sharded task
     // writes no study outputs.
+    let merges = plan.stats.is_some() || plan.outputs.iter().any(|(i, _)| plan.stages[*i].kind == Kind::Table);
     let spill = match cfg.task {
-        Some(_) => None,
-        None => Some(study::Spill::create(&cfg.out, manifest.rows.len())),
+        None if merges => Some(study::Spill::create(&cfg.out, manifest.rows.len())),
+        _ => None,
     };
     let run_one = |k: usize, row: &SampleRow| {
         if stop.load(Ordering::SeqCst) {
@@ -1113,7 +1114,9 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progres
     let done: Vec<usize> = (0..samples.len()).filter(|&k| samples[k].status == Status::Done).collect();
     let spacing = samples.iter().find_map(|s| s.spacing.clone()).unwrap_or_default();
     let (written, errors) = match &spill {
-        None => (Vec::new(), Vec::new()),
+        None if cfg.task.is_some() => (Vec::new(), Vec::new()),
+        // Nothing to merge: no tables are set aside, and study::write has no table to write.
+        None => study::write(plan, &cfg.out, &study::Samples { ids: Vec::new(), tables: &|_| Ok(Vec::new()) }, &spacing),
         Some(Err(e)) => (Vec::new(), vec![format!("merged tables and statistics not written: {e}")]),
         Some(Ok(spill)) => {
             let tables = |k: usize| spill.get(done[k]);

@@ -147,6 +147,11 @@ impl Spill {
 impl Drop for Spill {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        // A run without checkpoints leaves no `.tessera/` behind (removing a folder fails, and
+        // nothing happens, while anything is in it).
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -171,6 +176,18 @@ pub fn write_table(path: &Path, t: &Table, meta: &[(String, String)]) -> Result<
     } else {
         crate::table::write_csv(path, &mut df).map_err(|e| e.to_string())
     }
+}
+
+/// Calls `f` with each sample's id and tables, in order, while it returns `true`; `Err` names
+/// the sample whose tables could not be read.
+fn each_sample(samples: &Samples, mut f: impl FnMut(&str, &[(usize, Table)]) -> bool) -> Result<(), String> {
+    for (k, id) in samples.ids.iter().enumerate() {
+        let tables = (samples.tables)(k).map_err(|e| format!("reading the tables of sample '{id}': {e}"))?;
+        if !f(id, &tables) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// One table stage of the study: its merged columns so far, the first sample's columns (for
@@ -201,15 +218,8 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
     let mut stats_error: Option<String> = None;
 
     // First pass: checks, merged columns, statistics.
-    for (k, id) in samples.ids.iter().enumerate() {
-        let tables = match (samples.tables)(k) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(format!("merged tables and statistics: reading the tables of sample '{id}': {e}"));
-                return (written, errors);
-            }
-        };
-        for (i, t) in &tables {
+    let first = each_sample(samples, |id, tables| {
+        for (i, t) in tables {
             let Some(state) = states.get_mut(i) else { continue };
             if state.error.is_some() {
                 continue;
@@ -227,6 +237,11 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
                 stats_error = Some(e);
             }
         }
+        true
+    });
+    if let Err(e) = first {
+        errors.push(format!("merged tables and statistics: {e}"));
+        return (written, errors);
     }
 
     // Second pass: the merged files, a batch of rows at a time.
@@ -252,24 +267,19 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
     }
     let mut failed: Vec<(usize, String)> = Vec::new();
     if !writers.is_empty() {
-        for (k, id) in samples.ids.iter().enumerate() {
-            let tables = match (samples.tables)(k) {
-                Ok(t) => t,
-                Err(e) => {
-                    errors.push(format!("merged tables: reading the tables of sample '{id}': {e}"));
-                    return (written, errors);
-                }
-            };
-            for (i, t) in &tables {
+        let second = each_sample(samples, |_, tables| {
+            for (i, t) in tables {
                 if let Some((_, _, w)) = writers.iter_mut().find(|(j, _, _)| j == i)
                     && let Err(e) = w.push(t)
                 {
                     failed.push((*i, e.to_string()));
                 }
             }
-            if !failed.is_empty() {
-                break;
-            }
+            failed.is_empty()
+        });
+        if let Err(e) = second {
+            errors.push(format!("merged tables: {e}"));
+            return (written, errors);
         }
     }
     for (i, files, w) in writers {
