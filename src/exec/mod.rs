@@ -1033,7 +1033,8 @@ pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(
     ]
 }
 
-/// `run` applied to every row, at most `in_flight` rows at a time, results in row order.
+/// `run` applied to every row, at most `in_flight` rows at a time, results in row order. Called
+/// from outside the rayon pool (the command line's main thread); rows run on the global pool.
 ///
 /// Each row is handed to the rayon pool by one of `in_flight` feeder threads, which waits for it
 /// before taking the next row. A pool thread that waits inside a sample (a parallel loop, a
@@ -1143,30 +1144,22 @@ mod tests {
         // stack. However many rows, the nesting stays within the samples in flight.
         thread_local!(static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
         let deepest = AtomicUsize::new(0);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let rows = rows(3000);
-        let out = pool.install(|| {
-            // for_each_sample is called from outside the pool in `run`; do the same here.
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    for_each_sample(&rows, 2, |k, row| {
-                        let d = DEPTH.with(|c| {
-                            c.set(c.get() + 1);
-                            c.get()
-                        });
-                        deepest.fetch_max(d, Ordering::SeqCst);
-                        let job = crate::util::background(move || {
-                            std::thread::sleep(std::time::Duration::from_micros(50));
-                            k * 2
-                        });
-                        let v = job.wait().unwrap();
-                        DEPTH.with(|c| c.set(c.get() - 1));
-                        (v, row.id.clone())
-                    })
-                })
-                .join()
-                .unwrap()
-            })
+        // As `run` does, from a thread outside the pool (the test's own): samples run on the
+        // global pool.
+        let out = for_each_sample(&rows, 2, |k, row| {
+            let d = DEPTH.with(|c| {
+                c.set(c.get() + 1);
+                c.get()
+            });
+            deepest.fetch_max(d, Ordering::SeqCst);
+            let job = crate::util::background(move || {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                k * 2
+            });
+            let v = job.wait().unwrap();
+            DEPTH.with(|c| c.set(c.get() - 1));
+            (v, row.id.clone())
         });
         assert_eq!(out.len(), 3000);
         assert!(out.iter().enumerate().all(|(k, (v, id))| *v == k * 2 && *id == format!("s{k}")), "results in row order");
