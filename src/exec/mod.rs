@@ -432,7 +432,7 @@ pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: 
 /// The TIFF or `.npy` output format of stage `i`, if it has one (such a file holds the value
 /// exactly, so it doubles as the stage's checkpoint).
 fn voxel_output(plan: &Plan, i: usize) -> Option<Format> {
-    plan.outputs.iter().filter(|(o, _)| *o == i).flat_map(|(_, fs)| fs.iter().copied()).find(|f| matches!(f, Format::Tiff | Format::Npy))
+    plan.outputs.iter().filter(|(o, _)| *o == i).flat_map(|(_, fs)| fs.iter().copied()).find(|f| f.holds_voxels())
 }
 
 /// Stage `i`'s value read back from its (verified) TIFF/npy output: masks from 0/255, labels
@@ -931,7 +931,8 @@ fn write_voxels(
         Value::Image(d) => {
             return match format {
                 Format::Tiff => io::write_tiff(path, d, ndim, spacing, compression),
-                _ => io::write_npy(path, d, ndim),
+                Format::Npy => io::write_npy(path, d, ndim),
+                Format::Parquet | Format::Csv => return Err(format!("internal: an image cannot be written as {}", format.ext())),
             }
             .map_err(err);
         }
@@ -942,7 +943,8 @@ fn write_voxels(
     let shape = [dim.0, dim.1, dim.2];
     let mut out = match format {
         Format::Tiff => stream::Out::Tiff(io::StackWriter::create(path, shape, dtype, ndim, spacing, compression, None).map_err(err)?),
-        _ => stream::Out::Npy(io::NpyWriter::create(path, shape, dtype, ndim).map_err(err)?),
+        Format::Npy => stream::Out::Npy(io::NpyWriter::create(path, shape, dtype, ndim).map_err(err)?),
+        Format::Parquet | Format::Csv => return Err(format!("internal: a {} cannot be written as {}", value.kind(), format.ext())),
     };
     let plane_bytes = (shape[1] * shape[2]).max(1) * dtype.bytes_per_voxel() as usize;
     let block = ((4usize << 20) / plane_bytes).max(1);
@@ -986,7 +988,7 @@ fn write_output(
         Value::Labels(l) => max_label.unwrap_or_else(|| crate::util::max3(l)) <= u16::MAX as u32,
         _ => false,
     };
-    if let Some(bad) = formats.iter().find(|f| matches!(f, Format::Tiff | Format::Npy) == matches!(value, Value::Table(_))) {
+    if let Some(bad) = formats.iter().find(|f| f.holds_voxels() == matches!(value, Value::Table(_))) {
         return Err(format!("cannot write a {} as {}", value.kind(), bad.ext()));
     }
     if !matches!(value, Value::Table(_)) {
@@ -1004,12 +1006,14 @@ fn write_output(
         if let Value::Table(t) = value {
             let t = t.for_sample(&row.id, &row.meta);
             let mut df = t.to_frame().map_err(|e| e.to_string())?;
-            if *f == Format::Parquet {
-                let mut meta = table_metadata(plan, &t, spacing);
-                meta.push(("tessera.spacing".into(), serde_json::json!(spacing.zyx).to_string()));
-                crate::table::write_parquet(&path, &mut df, &meta).map_err(|e| e.to_string())?;
-            } else {
-                crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?;
+            match f {
+                Format::Parquet => {
+                    let mut meta = table_metadata(plan, &t, spacing);
+                    meta.push(("tessera.spacing".into(), serde_json::json!(spacing.zyx).to_string()));
+                    crate::table::write_parquet(&path, &mut df, &meta).map_err(|e| e.to_string())?;
+                }
+                Format::Csv => crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?,
+                Format::Tiff | Format::Npy => return Err(format!("internal: a table cannot be written as {}", f.ext())),
             }
         }
     }

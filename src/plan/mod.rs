@@ -36,6 +36,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether the format holds voxels (images, masks, labels) rather than a table. Every
+    /// place that asks goes through here, so a new format is placed once, here.
+    pub fn holds_voxels(self) -> bool {
+        match self {
+            Format::Tiff | Format::Npy => true,
+            Format::Parquet | Format::Csv => false,
+        }
+    }
+
     pub fn ext(self) -> &'static str {
         match self {
             Format::Tiff => "tif",
@@ -489,7 +498,7 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                 for (f, fnode) in &o.formats {
                     let allowed: &[&str] = if k == Kind::Table { &["parquet", "csv"] } else { &["tiff", "npy"] };
                     match Format::parse(f) {
-                        Some(fmt) if allowed.contains(&f.as_str()) || (f == "tif" && k != Kind::Table) => fs.push(fmt),
+                        Some(fmt) if fmt.holds_voxels() == (k != Kind::Table) => fs.push(fmt),
                         _ => diags.push(
                             Diagnostic::at(&file, fnode, format!("'{f}' is not an output format for {} stage '{}'", k, o.stage))
                                 .suggest(f, allowed.iter().copied())

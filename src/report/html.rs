@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::{plots, preview};
 use crate::ops::Kind;
-use crate::plan::{Format, Plan};
+use crate::plan::Plan;
 use crate::table::{Column, Table};
 use crate::util::fmt_num;
 
@@ -324,7 +324,7 @@ pub fn render(out: &Path) -> Result<String, String> {
             .outputs
             .iter()
             .filter(|(i, _)| plan.stages[*i].kind == Kind::Labels)
-            .find_map(|(i, fs)| fs.iter().find(|f| matches!(f, Format::Tiff | Format::Npy)).map(|f| (*i, *f)))
+            .find_map(|(i, fs)| fs.iter().find(|f| f.holds_voxels()).map(|f| (*i, *f)))
     {
         let stage = &plan.stages[li].id;
         let _ = write!(
