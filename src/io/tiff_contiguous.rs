@@ -65,6 +65,12 @@ fn samples(dtype: DType) -> (u16, u16, u16) {
 impl<W: Write + Seek> Contiguous<W> {
     /// Writes the header of a stack of `shape` (`[nz, ny, nx]`) planes of `dtype`.
     pub fn new(mut out: W, shape: [usize; 3], dtype: DType, big: bool, tags: PageTags) -> std::io::Result<Self> {
+        let (spp, bits, _) = samples(dtype);
+        let pixels = shape.iter().map(|&d| d as u64).product::<u64>() * u64::from(spp) * u64::from(bits / 8);
+        // Classic TIFF offsets are 32-bit; leave room for the directories after the pixels.
+        if !big && pixels > u64::from(u32::MAX) - (64 << 20) {
+            return Err(std::io::Error::other(format!("{pixels} bytes of pixels do not fit a classic TIFF; write BigTIFF")));
+        }
         // The first directory's offset is patched in by `finish`.
         if big {
             out.write_all(b"II\x2b\x00\x08\x00\x00\x00")?;
@@ -237,5 +243,49 @@ impl Dir {
         }
         out.extend_from_slice(&extra);
         extra_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags() -> PageTags {
+        PageTags { description: "ImageJ=1.11a\nimages=3\n".into(), software: "t".into(), x_resolution: (2, 1), y_resolution: (2, 1) }
+    }
+
+    #[test]
+    fn pixels_are_contiguous_after_the_header_and_the_directories_follow() {
+        for big in [false, true] {
+            let (nz, ny, nx) = (3usize, 5usize, 7usize);
+            let planes: Vec<Vec<u8>> = (0..nz).map(|z| (0..ny * nx * 2).map(|i| (z * 31 + i) as u8).collect()).collect();
+            let mut w = Contiguous::new(std::io::Cursor::new(Vec::new()), [nz, ny, nx], DType::U16, big, tags()).unwrap();
+            for p in &planes {
+                w.append_plane(p).unwrap();
+            }
+            let bytes = w.finish().unwrap().into_inner();
+            let start = if big { 16 } else { 8 };
+            // What ImageJ reads for an `images=N` file: every plane back to back from the first strip.
+            assert_eq!(&bytes[start..start + planes.concat().len()], &planes.concat()[..], "big={big}");
+            let first_ifd = if big {
+                u64::from_le_bytes(bytes[8..16].try_into().unwrap())
+            } else {
+                u64::from(u32::from_le_bytes(bytes[4..8].try_into().unwrap()))
+            };
+            assert_eq!(first_ifd, (start + planes.concat().len()) as u64, "directories start after the pixels");
+            assert_eq!(first_ifd % 2, 0);
+        }
+    }
+
+    #[test]
+    fn planes_of_the_wrong_size_or_count_are_refused() {
+        let mut w = Contiguous::new(std::io::Cursor::new(Vec::new()), [2, 2, 2], DType::U8, false, tags()).unwrap();
+        assert!(w.append_plane(&[0; 3]).is_err());
+        w.append_plane(&[0; 4]).unwrap();
+        assert!(w.finish().is_err(), "one of two planes");
+        assert!(
+            Contiguous::new(std::io::Cursor::new(Vec::new()), [1 << 20, 1 << 10, 1 << 10], DType::U8, false, tags()).is_err(),
+            "1 TiB in a classic TIFF"
+        );
     }
 }
