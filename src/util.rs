@@ -397,6 +397,7 @@ pub fn fmt_num(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn utc_times() {
@@ -405,8 +406,6 @@ mod tests {
         assert_eq!(utc_time(1_795_568_523), "2026-11-25 01:02:03 UTC");
         assert_eq!(utc_time(4_107_542_399), "2100-02-28 23:59:59 UTC");
     }
-
-    use super::*;
 
     #[test]
     fn numbers_read_well() {

@@ -159,28 +159,16 @@ pub fn concat(tables: &[&Table]) -> Result<DataFrame, TableError> {
 /// a column a table lacks is null in its rows.
 pub fn concat_as(tables: &[&Table], schema: &[(String, Column, Option<String>)]) -> Result<DataFrame, TableError> {
     let total: usize = tables.iter().map(|t| t.rows()).sum();
-    let mut cols = Vec::new();
-    for (name, proto, _) in schema {
-        macro_rules! gather {
-            ($var:ident, $t:ty) => {{
-                let mut v: Vec<Option<$t>> = Vec::with_capacity(total);
-                for t in tables {
-                    match t.get(name) {
-                        Some(Column::$var(x)) => v.extend(x.iter().cloned().map(Some)),
-                        _ => v.extend(std::iter::repeat_n(None, t.rows())),
-                    }
-                }
-                polars::prelude::Column::new(PlSmallStr::from(name.as_str()), v)
-            }};
-        }
-        cols.push(match proto {
-            Column::U32(_) => gather!(U32, u32),
-            Column::U64(_) => gather!(U64, u64),
-            Column::F64(_) => gather!(F64, f64),
-            Column::Str(_) => gather!(Str, String),
-            Column::Bool(_) => gather!(Bool, bool),
-        });
-    }
+    let cols = schema
+        .iter()
+        .map(|(name, proto, _)| {
+            let mut g = Gathered::of(proto);
+            for t in tables {
+                g.push(t.get(name), t.rows());
+            }
+            g.take(name)
+        })
+        .collect();
     Ok(DataFrame::new(total, cols)?)
 }
 
