@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{files, root, run_example, tessera, text};
+use common::{assert_same, files, root, run_example, tessera, text};
 
 #[test]
 fn example_pipeline_writes_the_output_folder() {
@@ -405,13 +405,52 @@ fn samples_larger_than_memory_are_streamed_with_identical_outputs() {
 fn a_sample_that_neither_fits_nor_streams_fails_alone_and_says_how_much_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    // bone-lacunae crops first (a global op): it cannot stream.
+    // bone-lacunae's `territory` (voronoi) has no out-of-core form yet; everything before it streams.
     let o = tessera(&["run", "pipelines/bone-lacunae.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--memory", "100KiB"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
-    assert!(errors.contains("bone_upper,roi,"), "{errors}");
-    assert!(errors.contains("(op `crop`) needs the whole image in memory"), "{errors}");
+    assert!(errors.contains("bone_upper,territory,"), "{errors}");
+    assert!(errors.contains("(op `voronoi`) needs the whole image in memory"), "{errors}");
     assert!(errors.contains("raise --memory to at least"), "{errors}");
+}
+
+#[test]
+fn the_bone_analysis_streams_under_a_tight_memory_budget_with_identical_outputs() {
+    // bone-lacunae with every stage that streams today (crop first, so only the kept planes are
+    // read), plus fill_holes, downsample and rescale over the image's range; `distance` and
+    // `voronoi` replaced by an intensity measurement.
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = root().join("testdata/bone.csv");
+    let yaml = std::fs::read_to_string(root().join("pipelines/bone-lacunae.yaml"))
+        .unwrap()
+        .replace("../testdata/bone.csv", manifest.to_str().unwrap())
+        .replace("  territory: {op: voronoi, labels: lacunae, mask: bone}\n", "  filled:    {op: fill_holes, input: bone}\n")
+        .replace(
+            "  to_canal:  {op: distance, input: canals, invert: true}\n",
+            "  coarse:    {op: downsample, input: roi, factor: 2}\n  stretched: {op: rescale, input: coarse, out: u8}\n",
+        )
+        .replace("intensity: {canal: to_canal}, territories: territory}", "intensity: {raw: roi, smooth: smooth}}")
+        .replace("  territory: tiff\n", "  filled: tiff\n  canals: tiff\n  stretched: tiff\n")
+        .replace("territory_volume, canal_mean", "raw_mean, smooth_max");
+    assert!(!yaml.contains("op: voronoi") && !yaml.contains("op: distance"), "{yaml}");
+    let pipeline = tmp.path().join("bone-streams.yaml");
+    std::fs::write(&pipeline, &yaml).unwrap();
+    let run = |dir: &str, extra: &[&str]| {
+        let out = tmp.path().join(dir);
+        let mut args = vec!["run", pipeline.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"];
+        args.extend_from_slice(extra);
+        let o = tessera(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        out
+    };
+    let whole = run("whole", &[]);
+    for memory in ["4MiB", "100KiB"] {
+        let out = run(memory, &["--memory", memory]);
+        assert_same(&whole, &out, &format!("--memory {memory}"));
+        let rj: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert!(rj["samples"].as_array().unwrap().iter().all(|s| s["streamed"] == true), "--memory {memory}: every sample streams");
+        assert!(!out.join(".tessera/spill").exists(), "spill files left behind");
+    }
 }
 
 #[test]

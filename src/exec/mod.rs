@@ -155,7 +155,7 @@ pub fn resolve_spacing(file: Option<&Spacing>, plan: &Plan, ndim: u8) -> Spacing
 }
 
 /// How much larger than the sample's voxels stage `i`'s input voxels are (after a downsample).
-fn input_scale(plan: &Plan, bound: &Bound, i: usize) -> [f64; 3] {
+pub(crate) fn input_scale(plan: &Plan, bound: &Bound, i: usize) -> [f64; 3] {
     match plan.stages[i].inputs.first().map(|(_, r)| *r) {
         Some(Ref::Stage(j)) => bound.metas[j].scale,
         _ => [1.0; 3],
@@ -163,7 +163,7 @@ fn input_scale(plan: &Plan, bound: &Bound, i: usize) -> [f64; 3] {
 }
 
 /// `spacing` with each axis multiplied by `scale`.
-fn scaled(spacing: &Spacing, scale: [f64; 3]) -> Spacing {
+pub(crate) fn scaled(spacing: &Spacing, scale: [f64; 3]) -> Spacing {
     Spacing { zyx: [spacing.zyx[0] * scale[0], spacing.zyx[1] * scale[1], spacing.zyx[2] * scale[2]], unit: spacing.unit.clone() }
 }
 
@@ -803,16 +803,9 @@ pub fn evaluate_with(
             continue;
         }
         // The run of local stages to compute starting here, if any.
-        let mut group = tiled::Group { stages: Vec::new(), halos: Vec::new() };
-        let mut j = i;
-        while j < n
-            && compute[j]
-            && let Some(h) = local_halo(j)
-        {
-            group.stages.push(j);
-            group.halos.push(h);
-            j += 1;
-        }
+        let group = tiled::group_from(i, n, &|k| if compute[k] { local_halo(k) } else { None }, &|a, b| {
+            bound.metas[a].shape == bound.metas[b].shape
+        });
         let shape = bound.metas[i].shape;
         let tiles = if group.stages.is_empty() {
             Vec::new()

@@ -8,15 +8,15 @@
 //!
 //! What streams, and how:
 //! - runs of local stages: per slab with the run's halo above and below, through the same fused
-//!   tile evaluation as in memory ([`super::tiled`]);
-//! - `threshold` by Otsu/Li/triangle: a histogram pass (two for float images) and an apply pass;
-//! - `label`: slab labelling with provisional ids spilled to disk, unions across seams, then a
-//!   renumbering pass ([`SlabLabeller`]);
-//! - `measure`: one [`Accumulator`] fed slab by slab (a second pass for float intensities).
+//!   tile evaluation as in memory ([`super::tiled`]), grouped by the same rule
+//!   ([`tiled::group_from`]);
+//! - global ops: each in its own out-of-core form ([`crate::ops::Op::stream`], see
+//!   [`crate::ops::slab`]): this module gives it its inputs as [`Volume`]s read by plane
+//!   ranges, scratch volumes, and a destination for its slabs ([`StageIo`]). It names no op.
 //!
-//! Each of these gives the whole-image result bit for bit (the tests compare them). Other global
-//! ops (`fill_holes`, `distance`, `voronoi`, `crop`, `downsample`, `rescale` over the image's
-//! range) need the whole image: a sample that needs them and does not fit fails with a message
+//! Each gives the whole-image result bit for bit (`tests/stream.rs` runs every registry op).
+//! A global op without an out-of-core form (`distance`, `voronoi` for now) says so through
+//! [`crate::ops::Op::streams`]: a sample that needs one and does not fit fails with a message
 //! saying so and how much memory would do.
 
 use std::fs::File;
@@ -26,13 +26,11 @@ use std::time::Instant;
 
 use ndarray::Array3;
 
-use super::tiled::{self, Feed, Group, GroupRun};
+use super::tiled::{self, Feed, GroupRun};
 use super::tiles::Region;
 use crate::io::{self, Compression, DType, Data, Header, NpyWriter, Spacing, StackWriter};
-use crate::ops::label::{Label, SlabLabeller};
-use crate::ops::measure::{Accumulator, Measure};
-use crate::ops::threshold::{self, Method, Threshold};
-use crate::ops::{Ctx, Kind, Meta, Op, Value};
+use crate::ops::slab::{self, Scratch, Slabs, Volume};
+use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
 
 /// Everything a streamed sample needs.
@@ -72,11 +70,13 @@ enum Store {
     Source {
         reader: std::sync::Arc<io::PlaneReader>,
         dtype: DType,
+        shape: [usize; 3],
     },
     /// `owned`: a temporary spill, removed once no later stage reads it (otherwise a checkpoint).
     Spill {
         path: PathBuf,
         elem: Elem,
+        shape: [usize; 3],
         owned: bool,
     },
 }
@@ -155,17 +155,26 @@ fn from_bytes(elem: Elem, raw: Vec<u8>, sh: (usize, usize, usize)) -> Value {
 }
 
 impl Store {
-    fn read(&self, z0: usize, z1: usize, plane: (usize, usize)) -> Result<Value, String> {
+    fn shape(&self) -> [usize; 3] {
+        match self {
+            Store::Source { shape, .. } | Store::Spill { shape, .. } => *shape,
+        }
+    }
+}
+
+impl Volume for Store {
+    fn meta(&self) -> Meta {
+        let (kind, dtype) = match self {
+            Store::Source { dtype, .. } | Store::Spill { elem: Elem::Image(dtype), .. } => (Kind::Image, Some(*dtype)),
+            Store::Spill { elem: Elem::Mask, .. } => (Kind::Mask, None),
+            Store::Spill { elem: Elem::Labels, .. } => (Kind::Labels, None),
+        };
+        Meta { kind, dtype, shape: self.shape(), ndim: 3, scale: [1.0; 3] }
+    }
+    fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
         match self {
             Store::Source { reader, .. } => reader.read(z0, z1).map(Value::Image).map_err(|e| e.to_string()),
-            Store::Spill { path, elem, .. } => {
-                let n = (z1 - z0) * plane.0 * plane.1;
-                let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-                f.seek(SeekFrom::Start((z0 * plane.0 * plane.1 * elem.bytes()) as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
-                let mut raw = vec![0u8; n * elem.bytes()];
-                f.read_exact(&mut raw).map_err(|e| format!("{}: spill file cut short: {e}", path.display()))?;
-                Ok(from_bytes(*elem, raw, (z1 - z0, plane.0, plane.1)))
-            }
+            Store::Spill { path, elem, shape, .. } => read_raw(path, *elem, (shape[1], shape[2]), z0, z1),
         }
     }
     fn bytes_per_voxel(&self) -> u64 {
@@ -176,6 +185,16 @@ impl Store {
     }
 }
 
+/// Planes `z0..z1` of a raw file of `elem` values with planes of `plane` voxels.
+fn read_raw(path: &Path, elem: Elem, plane: (usize, usize), z0: usize, z1: usize) -> Result<Value, String> {
+    let n = (z1 - z0) * plane.0 * plane.1;
+    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.seek(SeekFrom::Start((z0 * plane.0 * plane.1 * elem.bytes()) as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut raw = vec![0u8; n * elem.bytes()];
+    f.read_exact(&mut raw).map_err(|e| format!("{}: spill file cut short: {e}", path.display()))?;
+    Ok(from_bytes(elem, raw, (z1 - z0, plane.0, plane.1)))
+}
+
 /// Appends slabs to a spill file.
 struct Spill {
     path: PathBuf,
@@ -183,6 +202,9 @@ struct Spill {
     elem: Option<Elem>,
     hash: blake3::Hasher,
     bytes: u64,
+    /// Planes appended, and their size.
+    planes: usize,
+    plane: (usize, usize),
 }
 
 impl Spill {
@@ -190,15 +212,23 @@ impl Spill {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("{name}.raw"));
         let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Spill { path, w: BufWriter::with_capacity(1 << 20, f), elem: None, hash: blake3::Hasher::new(), bytes: 0 })
+        Ok(Spill { path, w: BufWriter::with_capacity(1 << 20, f), elem: None, hash: blake3::Hasher::new(), bytes: 0, planes: 0, plane: (0, 0) })
     }
     fn append(&mut self, v: &Value) -> Result<(), String> {
         let e = Elem::of(v)?;
-        self.elem.get_or_insert(e);
+        let (nz, ny, nx) = value_dim(v);
+        if *self.elem.get_or_insert(e) != e || (self.planes > 0 && self.plane != (ny, nx)) {
+            return Err(format!("internal: {}: slabs of different kinds or plane sizes", self.path.display()));
+        }
+        self.plane = (ny, nx);
+        self.planes += nz;
         let raw = raw_bytes(v);
         self.hash.update(&raw);
         self.bytes += raw.len() as u64;
         self.w.write_all(&raw).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+    fn shape(&self) -> [usize; 3] {
+        [self.planes, self.plane.0, self.plane.1]
     }
     /// The finished spill: a checkpoint of `key` when there is a store, a temporary otherwise.
     fn finish(mut self, ck: Option<&crate::store::Store>, key: &str) -> Result<Store, String> {
@@ -212,9 +242,12 @@ impl Spill {
                     blake3: self.hash.finalize().to_hex().to_string(),
                 };
                 let path = store.adopt_raw(key, &self.path, &meta)?;
-                Ok(Store::Spill { path, elem, owned: false })
+                Ok(Store::Spill { path, elem, shape: self.shape(), owned: false })
             }
-            None => Ok(Store::Spill { path: self.path, elem, owned: true }),
+            None => {
+                let shape = self.shape();
+                Ok(Store::Spill { path: self.path, elem, shape, owned: true })
+            }
         }
     }
 }
@@ -240,8 +273,6 @@ impl Out {
     }
 }
 
-/// One slab of a measure stage's inputs: labels, intensity images, territories.
-type MeasureSlab = (Array3<u32>, Vec<Data>, Option<Array3<u32>>);
 
 /// Streams one sample. Tables go to `sink` (with their plan index); label counts are pushed to
 /// `objects`; image outputs are written here. Errors name the failing stage's plan index.
@@ -274,21 +305,12 @@ pub fn not_streamable(s: &Streamed) -> Option<(usize, String)> {
         return Some((0, "colour images are not streamed".into()));
     }
     for (i, st) in plan.stages.iter().enumerate() {
-        let op = s.bound.ops[i].as_ref();
         if local_halo(s, i).is_some() {
             continue;
         }
-        let name = op.info().name;
-        match name {
-            "label" | "measure" => {}
-            "threshold" => {
-                let Ok(t) = serde_json::from_value::<Threshold>(op.params_json()) else { return Some((i, "internal".into())) };
-                let float = input_meta(s, i, 0).dtype == Some(DType::F32);
-                if t.method == Method::Li && float {
-                    return Some((i, format!("stage '{}': li on a float image needs every value at once; use otsu or triangle", st.id)));
-                }
-            }
-            _ => return Some((i, format!("stage '{}' (op `{name}`) needs the whole image in memory", st.id))),
+        let ins: Vec<Meta> = (0..st.inputs.len()).map(|k| input_meta(s, i, k)).collect();
+        if let Err(why) = s.bound.ops[i].streams(&ins) {
+            return Some((i, format!("stage '{}' (op `{}`) {why}", st.id, st.op.info().name)));
         }
     }
     None
@@ -304,8 +326,10 @@ fn input_meta(s: &Streamed, i: usize, k: usize) -> Meta {
     }
 }
 
-fn ctx_of<'a>(s: &'a Streamed, _i: usize) -> Ctx<'a> {
-    Ctx { sample: s.sample, spacing: s.spacing.zyx, unit: &s.spacing.unit, ndim: s.ndim }
+/// Stage `i`'s context: the sample's spacing, scaled after a downsample.
+fn ctx_of<'a>(s: &'a Streamed, i: usize) -> Ctx<'a> {
+    let spacing = super::scaled(s.spacing, super::input_scale(s.plan, s.bound, i)).zyx;
+    Ctx { sample: s.sample, spacing, unit: &s.spacing.unit, ndim: s.ndim }
 }
 
 fn local_halo(s: &Streamed, i: usize) -> Option<[usize; 3]> {
@@ -324,11 +348,6 @@ fn slab_planes(s: &Streamed, plane: usize, bpv: u64, halo: usize) -> usize {
     (fit as usize).saturating_sub(2 * halo).max(1)
 }
 
-/// Slab cores `[z0, z1)` covering `nz` planes.
-fn slabs(nz: usize, thick: usize) -> Vec<(usize, usize)> {
-    (0..nz).step_by(thick.max(1)).map(|z| (z, (z + thick).min(nz))).collect()
-}
-
 fn run(
     s: &Streamed,
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
@@ -341,15 +360,12 @@ fn run(
     }
     let plan = s.plan;
     let n = plan.stages.len();
-    let [nz, ny, nx] = s.headers[0].shape;
-    let plane = (ny, nx);
     let last_use = plan.last_use();
     let reads = |i: usize| plan.stage_inputs(i);
-    let outputs_of = |i: usize| plan.outputs.iter().find(|(o, _)| *o == i).map(|(_, f)| f.clone()).unwrap_or_default();
     let mut sources: Vec<Store> = Vec::new();
     for (p, h) in s.paths.iter().zip(s.headers) {
         let reader = io::PlaneReader::open(p).map_err(|e| (0, e.to_string()))?;
-        sources.push(Store::Source { reader: std::sync::Arc::new(reader), dtype: h.dtype });
+        sources.push(Store::Source { reader: std::sync::Arc::new(reader), dtype: h.dtype, shape: h.shape });
     }
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // Backward from what must exist (output files to rewrite, tables to merge): a value later
@@ -379,7 +395,7 @@ fn run(
             } else if let Some((path, meta)) = reuse.and_then(|c| c.raw(&s.keys[i]))
                 && let Some(elem) = Elem::parse(&meta.elem)
             {
-                stores[i] = Some(Store::Spill { path, elem, owned: false });
+                stores[i] = Some(Store::Spill { path, elem, shape: s.bound.metas[i].shape, owned: false });
                 reused.push(plan.stages[i].id.clone());
                 continue;
             }
@@ -398,47 +414,6 @@ fn run(
             Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
         }
     };
-    let open_outputs = |i: usize, dtype: DType| -> Result<Vec<Out>, String> {
-        let st = &plan.stages[i];
-        let mut v = Vec::new();
-        if s.valid[i] {
-            return Ok(v);
-        }
-        for f in outputs_of(i) {
-            let path = s.sample_dir.join(format!("{}.{}", st.id, f.ext()));
-            let sp = Spacing { zyx: s.spacing.zyx, unit: s.spacing.unit.clone() };
-            v.push(match f {
-                Format::Tiff => {
-                    Out::Tiff(StackWriter::create(&path, [nz, ny, nx], dtype, s.ndim, &sp, s.compression, None).map_err(|e| e.to_string())?)
-                }
-                Format::Npy => Out::Npy(NpyWriter::create(&path, [nz, ny, nx], dtype, s.ndim).map_err(|e| e.to_string())?),
-                Format::Parquet | Format::Csv => return Err(format!("cannot write {} as {}", st.kind.with_article(), f.ext())),
-            });
-        }
-        Ok(v)
-    };
-    let write_out = |outs: &mut Vec<Out>, v: &Value, u16_labels: bool| -> Result<(), String> {
-        if outs.is_empty() {
-            return Ok(());
-        }
-        let d = super::file_data(v, u16_labels).ok_or("internal: no voxel data to write")?;
-        for o in outs.iter_mut() {
-            o.append(&d).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
-    let finish_out = |outs: Vec<Out>| -> Result<(), String> {
-        for o in outs {
-            o.finish().map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
-    let file_dtype = |m: &Meta, labels_u16: bool| match m.kind {
-        Kind::Mask => DType::U8,
-        Kind::Labels if labels_u16 => DType::U16,
-        Kind::Labels => DType::U32,
-        _ => m.dtype.unwrap_or(DType::F32),
-    };
 
     let mut i = 0;
     while i < n {
@@ -451,19 +426,13 @@ fn run(
             i += 1;
             continue;
         }
-        let mut group = Group { stages: Vec::new(), halos: Vec::new() };
-        let mut j = i;
-        while j < n
-            && compute[j]
-            && let Some(h) = local_halo(s, j)
-        {
-            group.stages.push(j);
-            group.halos.push(h);
-            j += 1;
-        }
+        let group = tiled::group_from(i, n, &|k| if compute[k] { local_halo(s, k) } else { None }, &|a, b| {
+            s.bound.metas[a].shape == s.bound.metas[b].shape
+        });
         if !group.stages.is_empty() {
             // A run of local stages, slab by slab with the run's halo.
             let last = *group.stages.last().expect("a group has stages");
+            let [nz, ny, nx] = s.bound.metas[i].shape;
             let pos = |k: usize| group.stages.iter().position(|&g| g == k);
             let mut feed_stores: Vec<Store> = Vec::new();
             let mut feeds = Vec::new();
@@ -480,28 +449,19 @@ fn run(
                 }
                 feeds.push(f);
             }
-            let keep: Vec<bool> =
-                group.stages.iter().map(|&k| spilled(k) || (!outputs_of(k).is_empty() && !s.valid[k]) || k == last).collect();
+            let keep: Vec<bool> = group.stages.iter().map(|&k| spilled(k) || writes(s, k) || k == last).collect();
             let down = group.downstream(&reads);
             let halo = group.total_halo(&down)[0];
             let bpv = feed_stores.iter().map(Store::bytes_per_voxel).sum::<u64>()
                 + group.stages.iter().map(|&k| tiled::bytes_per_voxel(&s.bound.metas[k])).sum::<u64>();
             let thick = slab_planes(s, ny * nx, bpv, halo);
-            let mut spills: Vec<Option<Spill>> = Vec::new();
-            let mut outs: Vec<Vec<Out>> = Vec::new();
+            let mut dests: Vec<Dest> = Vec::new();
             for (p, &k) in group.stages.iter().enumerate() {
-                let spill = if keep[p] && last_use[k] > last {
-                    Some(Spill::create(&s.spill_dir, &plan.stages[k].id).map_err(|e| (k, e))?)
-                } else {
-                    None
-                };
-                spills.push(spill);
-                let o = if keep[p] { open_outputs(k, file_dtype(&s.bound.metas[k], false)).map_err(|e| (k, e))? } else { Vec::new() };
-                outs.push(o);
+                dests.push(Dest::new(s, k, keep[p] && last_use[k] > last && spilled(k), keep[p]).map_err(|e| (k, e))?);
             }
-            for (z0, z1) in slabs(nz, thick) {
+            for (z0, z1) in slab::ranges(nz, thick) {
                 let (r0, r1) = (z0.saturating_sub(halo), (z1 + halo).min(nz));
-                let full: Vec<Value> = feed_stores.iter().map(|st| st.read(r0, r1, plane)).collect::<Result<_, _>>().map_err(|e| (i, e))?;
+                let full: Vec<Value> = feed_stores.iter().map(|st| st.read(r0, r1)).collect::<Result<_, _>>().map_err(|e| (i, e))?;
                 let refs: Vec<&Value> = full.iter().collect();
                 let core = Region { start: [z0 - r0, 0, 0], end: [z1 - r0, ny, nx] };
                 let run = GroupRun {
@@ -519,160 +479,41 @@ fn run(
                     let Some(v) = v else { continue };
                     // The group's values span the slab with its halo; keep the core planes.
                     let v = if (r0, r1) == (z0, z1) { v } else { tiled::crop(&v, &core) };
-                    let k = group.stages[p];
-                    if let Some(sp) = spills[p].as_mut() {
-                        sp.append(&v).map_err(|e| (k, e))?;
-                    }
-                    write_out(&mut outs[p], &v, false).map_err(|e| (k, e))?;
+                    dests[p].emit(v, s).map_err(|e| (group.stages[p], e))?;
                 }
             }
-            for (p, (sp, o)) in spills.into_iter().zip(outs).enumerate() {
+            for (p, d) in dests.into_iter().enumerate() {
                 let k = group.stages[p];
-                if let Some(sp) = sp {
-                    stores[k] = Some(sp.finish(ck, &s.keys[k]).map_err(|e| (k, e))?);
+                if let Some(store) = d.finish(s).map_err(|e| (k, e))? {
+                    stores[k] = Some(store);
                 }
-                finish_out(o).map_err(|e| (k, e))?;
             }
             let ids: Vec<&str> = group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
             timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
             i = last;
         } else {
-            let op: &dyn Op = s.bound.ops[i].as_ref();
+            // A global op, in its own out-of-core form.
             let fail = |e: String| (i, e);
-            match op.info().name {
-                "threshold" => {
-                    let t: Threshold = serde_json::from_value(op.params_json()).map_err(|e| fail(e.to_string()))?;
-                    let input = store_of(&stores, &st.inputs[0].1);
-                    let float = input_meta(s, i, 0).dtype == Some(DType::F32);
-                    let thick = slab_planes(s, ny * nx, input.bytes_per_voxel() + 1, 0);
-                    let value = threshold::streamed(t.method, t.nbins as usize, float, &mut |visit| {
-                        for (z0, z1) in slabs(nz, thick) {
-                            let Value::Image(d) = input.read(z0, z1, plane)? else { return Err("threshold: input is not an image".into()) };
-                            visit(&d)?;
-                        }
-                        Ok(())
-                    })
-                    .map_err(fail)?;
-                    let mut spill = if spilled(i) { Some(Spill::create(&s.spill_dir, &st.id).map_err(fail)?) } else { None };
-                    let mut outs = open_outputs(i, DType::U8).map_err(fail)?;
-                    for (z0, z1) in slabs(nz, thick) {
-                        let Value::Image(d) = input.read(z0, z1, plane).map_err(fail)? else {
-                            return Err(fail("threshold: input is not an image".into()));
-                        };
-                        let m = Value::Mask(threshold::apply(&d, value, t.invert).map_err(fail)?);
-                        if let Some(sp) = spill.as_mut() {
-                            sp.append(&m).map_err(fail)?;
-                        }
-                        write_out(&mut outs, &m, false).map_err(fail)?;
+            let inputs: Vec<Store> = st.inputs.iter().map(|(_, r)| store_of(&stores, r)).collect();
+            let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i), true).map_err(fail)?) };
+            let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
+            let table = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
+            match (io.dest.take(), table) {
+                (Some(d), None) => {
+                    if st.kind == Kind::Labels {
+                        objects.push((st.id.clone(), d.max.unwrap_or(0) as u64));
                     }
-                    if let Some(sp) = spill {
-                        stores[i] = Some(sp.finish(ck, &s.keys[i]).map_err(fail)?);
+                    if let Some(store) = d.finish(s).map_err(fail)? {
+                        stores[i] = Some(store);
                     }
-                    finish_out(outs).map_err(fail)?;
                 }
-                "label" => {
-                    let l: Label = serde_json::from_value(op.params_json()).map_err(|e| fail(e.to_string()))?;
-                    let input = store_of(&stores, &st.inputs[0].1);
-                    let thick = slab_planes(s, ny * nx, 1 + 4 + 4, 0);
-                    let mut labeller = SlabLabeller::new(l.connectivity_for(s.ndim), ny, nx);
-                    let mut prov = Spill::create(&s.spill_dir, &format!("{}.provisional", st.id)).map_err(fail)?;
-                    for (z0, z1) in slabs(nz, thick) {
-                        let Value::Mask(m) = input.read(z0, z1, plane).map_err(fail)? else {
-                            return Err(fail("label: input is not a mask".into()));
-                        };
-                        prov.append(&Value::Labels(labeller.add(&m).map_err(fail)?)).map_err(fail)?;
-                    }
-                    let prov = prov.finish(None, "").map_err(fail)?;
-                    let (min, max) = l.size_range();
-                    let (remap, count) = labeller.resolve(min, max);
-                    objects.push((st.id.clone(), count as u64));
-                    let u16_labels = count <= u16::MAX as u32;
-                    let mut outs = open_outputs(i, if u16_labels { DType::U16 } else { DType::U32 }).map_err(fail)?;
-                    // The provisional file is rewritten in place with the final ids: it becomes
-                    // this stage's spill when a later stage reads it, and is removed otherwise.
-                    let Store::Spill { path: prov_path, .. } = &prov else { return Err(fail("internal: provisional labels".into())) };
-                    let mut rw = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(prov_path)
-                        .map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
-                    let keep = spilled(i);
-                    let mut hash = blake3::Hasher::new();
-                    for (z0, z1) in slabs(nz, thick) {
-                        let Value::Labels(p) = prov.read(z0, z1, plane).map_err(fail)? else {
-                            return Err(fail("internal: provisional labels".into()));
-                        };
-                        let v = Value::Labels(p.mapv(|x| remap[x as usize]));
-                        if keep {
-                            let raw = raw_bytes(&v);
-                            hash.update(&raw);
-                            rw.seek(SeekFrom::Start((z0 * ny * nx * 4) as u64))
-                                .map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
-                            rw.write_all(&raw).map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
-                        }
-                        write_out(&mut outs, &v, u16_labels).map_err(fail)?;
-                    }
-                    rw.flush().map_err(|e| fail(format!("{}: {e}", prov_path.display())))?;
-                    drop(rw);
-                    if !keep {
-                        let _ = std::fs::remove_file(prov_path);
-                    } else if let Some(store) = ck {
-                        let meta = crate::store::RawMeta {
-                            elem: Elem::Labels.name().into(),
-                            bytes: (nz * ny * nx * 4) as u64,
-                            blake3: hash.finalize().to_hex().to_string(),
-                        };
-                        let path = store.adopt_raw(&s.keys[i], prov_path, &meta).map_err(fail)?;
-                        stores[i] = Some(Store::Spill { path, elem: Elem::Labels, owned: false });
-                    } else {
-                        stores[i] = Some(prov.clone());
-                    }
-                    finish_out(outs).map_err(fail)?;
-                }
-                "measure" => {
-                    let m: Measure = serde_json::from_value(op.params_json()).map_err(|e| fail(e.to_string()))?;
-                    let ins: Vec<Store> = st.inputs.iter().map(|(_, r)| store_of(&stores, r)).collect();
-                    let n_int = m.intensity.len();
-                    let bpv = ins.iter().map(Store::bytes_per_voxel).sum::<u64>();
-                    let thick = slab_planes(s, ny * nx, bpv, 0);
-                    let mut acc = Accumulator::default();
-                    let read_all = |z0: usize, z1: usize| -> Result<MeasureSlab, String> {
-                        let Value::Labels(l) = ins[0].read(z0, z1, plane)? else { return Err("measure: `labels` is not labels".into()) };
-                        let mut images = Vec::new();
-                        for store in &ins[1..1 + n_int] {
-                            let Value::Image(d) = store.read(z0, z1, plane)? else {
-                                return Err("measure: intensity is not an image".into());
-                            };
-                            images.push(d);
-                        }
-                        let terr = match ins.get(1 + n_int) {
-                            Some(store) => match store.read(z0, z1, plane)? {
-                                Value::Labels(t) => Some(t),
-                                _ => return Err("measure: territories are not labels".into()),
-                            },
-                            None => None,
-                        };
-                        Ok((l, images, terr))
-                    };
-                    for (z0, z1) in slabs(nz, thick) {
-                        let (l, images, terr) = read_all(z0, z1).map_err(fail)?;
-                        let refs: Vec<&Data> = images.iter().collect();
-                        acc.add(&l, &refs, terr.as_ref(), z0);
-                    }
-                    if acc.needs_second_pass() {
-                        for (z0, z1) in slabs(nz, thick) {
-                            let (l, images, _) = read_all(z0, z1).map_err(fail)?;
-                            let refs: Vec<&Data> = images.iter().collect();
-                            acc.add_second(&l, &refs, z0);
-                        }
-                    }
-                    let names: Vec<&str> = m.intensity.keys().map(String::as_str).collect();
-                    let table = Value::Table(acc.finish(&names, [nz, ny, nx], &ctx_of(s, i)));
+                (None, Some(table @ Value::Table(_))) => {
                     if let Some(store) = ck {
                         store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
                     }
                     sink(i, &table).map_err(fail)?;
                 }
-                other => return Err(fail(format!("internal: `{other}` is not streamed"))),
+                _ => return Err(fail(format!("internal: `{}` gave no {}", st.op.info().name, st.kind))),
             }
             timings.push((st.id.clone(), t0.elapsed().as_secs_f64()));
         }
@@ -687,6 +528,197 @@ fn run(
         i += 1;
     }
     Ok(())
+}
+
+/// Whether stage `k`'s output files are (re)written by this run.
+fn writes(s: &Streamed, k: usize) -> bool {
+    !s.valid[k] && s.plan.outputs.iter().any(|(o, fs)| *o == k && !fs.is_empty())
+}
+
+/// `(z, y, x)` of a voxel value.
+fn value_dim(v: &Value) -> (usize, usize, usize) {
+    match v {
+        Value::Mask(a) => a.dim(),
+        Value::Labels(a) => a.dim(),
+        Value::Image(d) => {
+            let [z, y, x] = d.shape();
+            (z, y, x)
+        }
+        Value::Table(_) => (0, 0, 0),
+    }
+}
+
+/// Where a streamed stage's slabs go, in z order: its spill file (when later stages read it) and
+/// its output files (opened at the first slab, when the file type is known).
+struct Dest {
+    stage: usize,
+    spill: Option<Spill>,
+    /// Whether output files are written (not current from the last run).
+    write: bool,
+    outs: Option<Vec<Out>>,
+    /// Labels: the largest id (declared by the op, or seen).
+    max: Option<u32>,
+    planes: usize,
+}
+
+impl Dest {
+    fn new(s: &Streamed, k: usize, spill: bool, write: bool) -> Result<Dest, String> {
+        let spill = if spill { Some(Spill::create(&s.spill_dir, &s.plan.stages[k].id)?) } else { None };
+        Ok(Dest { stage: k, spill, write: write && writes(s, k), outs: None, max: None, planes: 0 })
+    }
+    fn emit(&mut self, v: Value, s: &Streamed) -> Result<(), String> {
+        let (nz, ny, nx) = value_dim(&v);
+        let [_, my, mx] = s.bound.metas[self.stage].shape;
+        if (ny, nx) != (my, mx) {
+            return Err(format!("internal: slab planes {ny}×{nx}, expected {my}×{mx}"));
+        }
+        self.planes += nz;
+        if let Some(sp) = self.spill.as_mut() {
+            sp.append(&v)?;
+        }
+        if !self.write {
+            return Ok(());
+        }
+        let u16_labels = match &v {
+            Value::Labels(_) => self.max.ok_or("internal: labels emitted before their largest id")? <= u16::MAX as u32,
+            _ => false,
+        };
+        if self.outs.is_none() {
+            let dtype = match &v {
+                Value::Mask(_) => DType::U8,
+                Value::Labels(_) if u16_labels => DType::U16,
+                Value::Labels(_) => DType::U32,
+                Value::Image(d) => d.dtype(),
+                Value::Table(_) => return Err("internal: a table is not written slab by slab".into()),
+            };
+            self.outs = Some(open_outputs(s, self.stage, dtype)?);
+        }
+        let d = super::file_data(&v, u16_labels).ok_or("internal: no voxel data to write")?;
+        for o in self.outs.iter_mut().flatten() {
+            o.append(&d).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+    /// Closes the outputs; the spill, if any, becomes the stage's store.
+    fn finish(self, s: &Streamed) -> Result<Option<Store>, String> {
+        let want = s.bound.metas[self.stage].shape[0];
+        if self.planes != want {
+            return Err(format!("internal: {} planes streamed, expected {want}", self.planes));
+        }
+        for o in self.outs.into_iter().flatten() {
+            o.finish().map_err(|e| e.to_string())?;
+        }
+        match self.spill {
+            Some(sp) => sp.finish(s.checkpoints, &s.keys[self.stage]).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Stage `i`'s output files, created for slabs of `dtype`.
+fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<Out>, String> {
+    let st = &s.plan.stages[i];
+    let shape = s.bound.metas[i].shape;
+    let sp = super::scaled(s.spacing, s.bound.metas[i].scale);
+    let mut v = Vec::new();
+    for (_, formats) in s.plan.outputs.iter().filter(|(o, _)| *o == i) {
+        for f in formats {
+            let path = s.sample_dir.join(format!("{}.{}", st.id, f.ext()));
+            v.push(match f {
+                Format::Tiff => Out::Tiff(StackWriter::create(&path, shape, dtype, s.ndim, &sp, s.compression, None).map_err(|e| e.to_string())?),
+                Format::Npy => Out::Npy(NpyWriter::create(&path, shape, dtype, s.ndim).map_err(|e| e.to_string())?),
+                Format::Parquet | Format::Csv => return Err(format!("cannot write {} as {}", st.kind.with_article(), f.ext())),
+            });
+        }
+    }
+    Ok(v)
+}
+
+/// What a global op running out of core sees of the executor ([`Slabs`]).
+struct StageIo<'a> {
+    s: &'a Streamed<'a>,
+    stage: usize,
+    inputs: Vec<Store>,
+    dest: Option<Dest>,
+    /// Scratch volumes made so far (for unique names).
+    scratch: usize,
+}
+
+impl Slabs for StageIo<'_> {
+    fn input(&self, k: usize) -> &dyn Volume {
+        &self.inputs[k]
+    }
+    fn planes(&self, bytes_per_voxel: u64) -> usize {
+        let [_, ny, nx] = self.inputs.first().map(Store::shape).unwrap_or([1; 3]);
+        slab_planes(self.s, ny * nx, bytes_per_voxel, 0)
+    }
+    fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String> {
+        self.scratch += 1;
+        let name = format!("{}.{}.{name}", self.s.plan.stages[self.stage].id, self.scratch);
+        Ok(Box::new(ScratchFile { spill: Spill::create(&self.s.spill_dir, &name)? }))
+    }
+    fn labels_max(&mut self, max: u32) {
+        if let Some(d) = self.dest.as_mut() {
+            d.max = Some(max);
+        }
+    }
+    fn emit(&mut self, v: Value) -> Result<(), String> {
+        match self.dest.as_mut() {
+            Some(d) => d.emit(v, self.s),
+            None => Err("internal: a table stage emitted voxels".into()),
+        }
+    }
+}
+
+/// A scratch volume: a spill file appended to and read back (removed when dropped).
+struct ScratchFile {
+    spill: Spill,
+}
+
+impl Volume for ScratchFile {
+    fn meta(&self) -> Meta {
+        let (kind, dtype) = match self.spill.elem {
+            Some(Elem::Mask) => (Kind::Mask, None),
+            Some(Elem::Image(d)) => (Kind::Image, Some(d)),
+            Some(Elem::Labels) | None => (Kind::Labels, None),
+        };
+        Meta { kind, dtype, shape: self.spill.shape(), ndim: 3, scale: [1.0; 3] }
+    }
+    fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+        let elem = self.spill.elem.ok_or("internal: reading an empty scratch volume")?;
+        if z1 > self.spill.planes || z0 > z1 {
+            return Err(format!("internal: planes {z0}..{z1} of a scratch volume of {}", self.spill.planes));
+        }
+        read_raw(&self.spill.path, elem, self.spill.plane, z0, z1)
+    }
+    fn bytes_per_voxel(&self) -> u64 {
+        self.spill.elem.map(|e| e.bytes() as u64).unwrap_or(4)
+    }
+}
+
+impl Scratch for ScratchFile {
+    fn append(&mut self, v: &Value) -> Result<(), String> {
+        self.spill.append(v)?;
+        // Readable at once.
+        self.spill.w.flush().map_err(|e| format!("{}: {e}", self.spill.path.display()))
+    }
+    fn overwrite(&mut self, z0: usize, v: &Value) -> Result<(), String> {
+        let (nz, ny, nx) = value_dim(v);
+        if Some(Elem::of(v)?) != self.spill.elem || (ny, nx) != self.spill.plane || z0 + nz > self.spill.planes {
+            return Err("internal: overwriting a scratch volume with other data".into());
+        }
+        let path = &self.spill.path;
+        let bytes = self.spill.elem.map(Elem::bytes).unwrap_or(1);
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.seek(SeekFrom::Start((z0 * ny * nx * bytes) as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(&raw_bytes(v)).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.spill.path);
+    }
 }
 
 /// Bytes the whole-image run of a sample needs at most: its sources plus the two largest stage

@@ -56,6 +56,24 @@ impl Group {
     }
 }
 
+/// The group of local stages the executors fuse starting at stage `start` (of `n`): consecutive
+/// stages for which `local` gives a halo (a local op, and one to compute), all with the first
+/// one's shape (`same_shape`). Empty when `start` itself is not local. This one rule decides
+/// fusion in memory, over slabs, and in `tessera plan`.
+pub fn group_from(start: usize, n: usize, local: &dyn Fn(usize) -> Option<Zyx>, same_shape: &dyn Fn(usize, usize) -> bool) -> Group {
+    let mut group = Group { stages: Vec::new(), halos: Vec::new() };
+    let mut j = start;
+    while j < n
+        && same_shape(start, j)
+        && let Some(h) = local(j)
+    {
+        group.stages.push(j);
+        group.halos.push(h);
+        j += 1;
+    }
+    group
+}
+
 /// Whether a stage can join a fused group: a local op whose output has its input's shape and
 /// whose inputs and output are voxel data (not tables).
 pub fn is_local(op: &dyn Op, ctx: &Ctx, meta: &Meta, input_metas: &[&Meta]) -> Option<Zyx> {
@@ -269,6 +287,19 @@ mod tests {
         let d = g.downstream(&reads);
         assert_eq!(d, vec![[2, 3, 0], [0, 3, 0], [0, 0, 0]]);
         assert_eq!(g.total_halo(&d), [3, 4, 1]);
+    }
+
+    #[test]
+    fn groups_are_consecutive_local_stages_of_one_shape() {
+        // 0, 1 local (shape A); 2 local but shape B; 3 global; 4, 5 local.
+        let local = |k: usize| if k == 3 { None } else { Some([k, 0, 0]) };
+        let shape = |k: usize| if k == 2 { 1 } else { 0 };
+        let same = |a: usize, b: usize| shape(a) == shape(b);
+        assert_eq!(group_from(0, 6, &local, &same).stages, vec![0, 1]);
+        assert_eq!(group_from(2, 6, &local, &same).stages, vec![2]);
+        assert!(group_from(3, 6, &local, &same).stages.is_empty());
+        let g = group_from(4, 6, &local, &same);
+        assert_eq!((g.stages, g.halos), (vec![4, 5], vec![[4, 0, 0], [5, 0, 0]]));
     }
 
     #[test]

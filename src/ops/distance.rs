@@ -43,6 +43,7 @@ pub static DISTANCE: OpInfo = OpInfo {
     ],
     build: build::<Distance>,
     fields: fields_of::<Distance>,
+    examples: &["input: {mask}", "input: {labels}, invert: true"],
 };
 
 impl Op for Distance {

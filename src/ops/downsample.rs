@@ -5,6 +5,7 @@ use ndarray::Array3;
 use serde::{Deserialize, Serialize};
 
 use super::filters::Sizes;
+use super::slab::Slabs;
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, default_input, expect_image, fields_of};
 use crate::io::{DType, Data};
 
@@ -35,6 +36,7 @@ pub static DOWNSAMPLE: OpInfo = OpInfo {
     ],
     build: build::<Downsample>,
     fields: fields_of::<Downsample>,
+    examples: &["input: {image}, factor: 2", "input: {image}, factor: [2, 1, 3]"],
 };
 
 impl Downsample {
@@ -81,6 +83,25 @@ impl Op for Downsample {
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
+    }
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Ok(())
+    }
+    fn keeps_shape(&self) -> bool {
+        false
+    }
+    /// Output planes a slab at a time, each from the whole blocks of input planes under it.
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+        let f = self.factors(ctx.ndim);
+        let out_nz = io.input(0).shape()[0] / f[0];
+        // Per output plane: f[0] input planes, plus the output's f32.
+        let per_plane = (f[0] as u64 * io.input(0).bytes_per_voxel()).max(1);
+        let planes = io.planes(per_plane + 4);
+        for (z0, z1) in super::slab::ranges(out_nz, planes) {
+            let Value::Image(d) = io.input(0).read(z0 * f[0], z1 * f[0])? else { return Err("downsample: input is not an image".into()) };
+            io.emit(Value::Image(Data::F32(block_mean(&d, f)?)))?;
+        }
+        Ok(None)
     }
 }
 

@@ -81,6 +81,7 @@ pub static GAUSSIAN: OpInfo = OpInfo {
     ],
     build: build::<Gaussian>,
     fields: fields_of::<Gaussian>,
+    examples: &["input: {image}, sigma: 1.0", "input: {image}, sigma: [0.6, 1.2, 0.8]"],
 };
 
 impl Gaussian {
@@ -599,6 +600,7 @@ macro_rules! window_op {
             params: WINDOW_PARAMS,
             build: build::<$ty>,
             fields: fields_of::<WindowParams>,
+            examples: &["input: {image}, size: 3", "input: {image}, size: [3, 1, 3]"],
         };
 
         impl Op for $ty {

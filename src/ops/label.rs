@@ -4,6 +4,7 @@ use ndarray::Array3;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -43,6 +44,7 @@ pub static LABEL: OpInfo = OpInfo {
     ],
     build: build::<Label>,
     fields: fields_of::<Label>,
+    examples: &["input: {mask}, connectivity: 6", "input: {mask}, connectivity: 26, min_size: 3"],
 };
 
 impl Label {
@@ -116,6 +118,29 @@ impl Op for Label {
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
+    }
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Ok(())
+    }
+    /// Slabs labelled with provisional ids set aside on disk and joined across seams
+    /// ([`SlabLabeller`]), then a pass that renumbers them.
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+        let [nz, ny, nx] = io.input(0).shape();
+        let planes = io.planes(1 + 4 + 4);
+        let mut labeller = SlabLabeller::new(self.connectivity_for(ctx.ndim), ny, nx);
+        let mut prov = io.scratch("provisional")?;
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Mask(m) = io.input(0).read(z0, z1)? else { return Err("label: input is not a mask".into()) };
+            prov.append(&Value::Labels(labeller.add(&m)?))?;
+        }
+        let (min, max) = self.size_range();
+        let (remap, count) = labeller.resolve(min, max);
+        io.labels_max(count);
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Labels(p) = prov.read(z0, z1)? else { return Err("label: provisional labels".into()) };
+            io.emit(Value::Labels(p.mapv(|x| remap[x as usize])))?;
+        }
+        Ok(None)
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use ndarray::{Array3, ArrayView3, s};
 use serde::{Deserialize, Serialize};
 
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
 use crate::io::Data;
 use crate::table::{Column, Table};
@@ -78,6 +79,7 @@ pub static MEASURE: OpInfo = OpInfo {
     ],
     build: build::<Measure>,
     fields: fields_of::<Measure>,
+    examples: &["labels: {labels}", "labels: {labels}, intensity: {raw: {image}}", "labels: {labels}, intensity: {raw: {image}}, territories: {labels}"],
 };
 
 impl Op for Measure {
@@ -155,7 +157,51 @@ impl Op for Measure {
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Ok(())
+    }
+    /// One [`Accumulator`] fed slab by slab (a second pass for float intensities).
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+        let shape = io.input(0).shape();
+        let n_int = self.intensity.len();
+        let n_in = 1 + n_int + self.territories.is_some() as usize;
+        let planes = io.planes((0..n_in).map(|k| io.input(k).bytes_per_voxel()).sum());
+        let read = |z0: usize, z1: usize| -> Result<MeasureSlab, String> {
+            let Value::Labels(l) = io.input(0).read(z0, z1)? else { return Err("measure: `labels` is not labels".into()) };
+            let mut images = Vec::new();
+            for k in 1..1 + n_int {
+                let Value::Image(d) = io.input(k).read(z0, z1)? else { return Err("measure: intensity is not an image".into()) };
+                images.push(d);
+            }
+            let terr = match self.territories.is_some() {
+                true => match io.input(1 + n_int).read(z0, z1)? {
+                    Value::Labels(t) => Some(t),
+                    _ => return Err("measure: territories are not labels".into()),
+                },
+                false => None,
+            };
+            Ok((l, images, terr))
+        };
+        let mut acc = Accumulator::default();
+        for (z0, z1) in slab::ranges(shape[0], planes) {
+            let (l, images, terr) = read(z0, z1)?;
+            let refs: Vec<&Data> = images.iter().collect();
+            acc.add(&l, &refs, terr.as_ref(), z0);
+        }
+        if acc.needs_second_pass() {
+            for (z0, z1) in slab::ranges(shape[0], planes) {
+                let (l, images, _) = read(z0, z1)?;
+                let refs: Vec<&Data> = images.iter().collect();
+                acc.add_second(&l, &refs, z0);
+            }
+        }
+        let names: Vec<&str> = self.intensity.keys().map(String::as_str).collect();
+        Ok(Some(Value::Table(acc.finish(&names, shape, ctx))))
+    }
 }
+
+/// One slab of a measure stage's inputs: labels, intensity images, territories.
+type MeasureSlab = (Array3<u32>, Vec<Data>, Option<Array3<u32>>);
 
 #[derive(Clone, Copy)]
 struct Acc {

@@ -12,6 +12,7 @@ pub mod kdtree;
 pub mod label;
 pub mod measure;
 pub mod morphology;
+pub mod slab;
 pub mod threshold;
 pub mod transform;
 pub mod voronoi;
@@ -189,6 +190,23 @@ pub trait Op: Send + Sync + Debug {
     }
     /// The parameters, canonically serialised (defaults filled in), for plans and cache keys.
     fn params_json(&self) -> serde_json::Value;
+    /// Whether the output has the shape of the inputs (false for ops that cut or resample:
+    /// `tessera plan` groups stages by shape without a sample at hand).
+    fn keeps_shape(&self) -> bool {
+        true
+    }
+    /// Whether a global op runs out of core ([`Op::stream`]) on inputs like these; `Err` says
+    /// why not. Local ops are streamed by the executor (per slab, with their halo) and are
+    /// never asked.
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Err("needs the whole image in memory".into())
+    }
+    /// The out-of-core form of a global op (see [`slab`]): reads its inputs through `io`, emits
+    /// voxel outputs slab by slab in z order and returns `None`, or returns its table. Must
+    /// equal [`Op::run`] on the whole inputs bit for bit.
+    fn stream(&self, _io: &mut dyn slab::Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+        Err(format!("internal: `{}` has no out-of-core form", self.info().name))
+    }
 }
 
 /// One parameter's documentation.
@@ -219,6 +237,11 @@ pub struct OpInfo {
     pub build: fn(serde_yaml::Value) -> Result<Box<dyn Op>, ParamIssue>,
     #[serde(skip)]
     pub fields: fn() -> &'static [&'static str],
+    /// Parameter sets the tests run the op with (every one, in memory, tiled and streamed): a
+    /// YAML flow mapping's body, with `{image}`, `{mask}` and `{labels}` standing for an
+    /// earlier stage of that kind.
+    #[serde(skip)]
+    pub examples: &'static [&'static str],
 }
 
 impl OpInfo {
@@ -339,6 +362,7 @@ mod tests {
             docs.sort();
             assert_eq!(fields, docs, "op {}: documented parameters differ from its struct fields", info.name);
             assert!(!info.summary.is_empty() && !info.doc.is_empty(), "op {} lacks docs", info.name);
+            assert!(!info.examples.is_empty(), "op {} has no examples for the tests", info.name);
         }
     }
 

@@ -11,6 +11,8 @@ use ndarray::Array3;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::label::SlabLabeller;
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -89,6 +91,7 @@ macro_rules! morph_op {
             params: MORPH_PARAMS,
             build: build::<$ty>,
             fields: fields_of::<MorphParams>,
+            examples: &["input: {mask}, radius: 1", "input: {mask}, radius: 1, shape: cube"],
         };
 
         impl Op for $ty {
@@ -364,6 +367,7 @@ pub static FILL_HOLES: OpInfo = OpInfo {
     params: &[ParamDoc { name: "input", ty: "stage (mask)", default: None, doc: "The mask." }],
     build: build::<FillHoles>,
     fields: fields_of::<FillHoles>,
+    examples: &["input: {mask}"],
 };
 
 impl Op for FillHoles {
@@ -385,6 +389,45 @@ impl Op for FillHoles {
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
+    }
+    fn streams(&self, inputs: &[Meta]) -> Result<(), String> {
+        match inputs[0].ndim {
+            3 => Ok(()),
+            _ => Err("2D images are not streamed".into()),
+        }
+    }
+    /// The background labelled slab by slab with face connectivity ([`SlabLabeller`] on the
+    /// inverted mask), noting which components touch the volume's border; then a pass that
+    /// fills every background component that does not.
+    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+        let [nz, ny, nx] = io.input(0).shape();
+        let planes = io.planes(1 + 4 + 4);
+        let mut labeller = SlabLabeller::new(6, ny, nx);
+        let mut prov = io.scratch("background")?;
+        let mut border: Vec<u32> = Vec::new();
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Mask(m) = io.input(0).read(z0, z1)? else { return Err("fill_holes: input is not a mask".into()) };
+            let ids = labeller.add(&m.mapv(|v| (v == 0) as u8))?;
+            for ((z, y, x), &id) in ids.indexed_iter() {
+                let edge = y == 0 || x == 0 || y + 1 == ny || x + 1 == nx || z0 + z == 0 || z0 + z + 1 == nz;
+                if id != 0 && edge {
+                    border.push(id);
+                }
+            }
+            border.sort_unstable();
+            border.dedup();
+            prov.append(&Value::Labels(ids))?;
+        }
+        let (remap, count) = labeller.resolve(0, u64::MAX);
+        let mut open = vec![false; count as usize + 1];
+        for id in border {
+            open[remap[id as usize] as usize] = true;
+        }
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Labels(p) = prov.read(z0, z1)? else { return Err("fill_holes: provisional labels".into()) };
+            io.emit(Value::Mask(p.mapv(|id| (id == 0 || !open[remap[id as usize] as usize]) as u8)))?;
+        }
+        Ok(None)
     }
 }
 

@@ -3,6 +3,7 @@
 use ndarray::Array3;
 use serde::{Deserialize, Serialize};
 
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, default_input, expect_image, fields_of};
 use crate::io::Data;
 
@@ -75,6 +76,7 @@ pub static THRESHOLD: OpInfo = OpInfo {
     ],
     build: build::<Threshold>,
     fields: fields_of::<Threshold>,
+    examples: &["input: {image}, method: otsu", "input: {image}, method: li", "input: {image}, method: triangle, invert: true", "input: {image}, method: fixed, value: 120"],
 };
 
 impl Op for Threshold {
@@ -123,6 +125,36 @@ impl Op for Threshold {
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
+    }
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Ok(())
+    }
+    /// Passes over the image for its histogram (one for integer images, two for float ones:
+    /// range, then bins; Li on float images sorts and iterates, see [`li_streamed`]), then one
+    /// that applies the threshold.
+    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+        let float = io.input(0).meta().dtype == Some(crate::io::DType::F32);
+        let planes = io.planes(io.input(0).bytes_per_voxel() + 1);
+        let nz = io.input(0).shape()[0];
+        let t = match self.method {
+            Method::Fixed => self.value.unwrap_or(0.0),
+            Method::Li if float => li_streamed(io)?,
+            m => {
+                let input = io.input(0);
+                streamed(m, self.nbins as usize, float, &mut |visit| {
+                    for (z0, z1) in slab::ranges(nz, planes) {
+                        let Value::Image(d) = input.read(z0, z1)? else { return Err("threshold: input is not an image".into()) };
+                        visit(&d)?;
+                    }
+                    Ok(())
+                })?
+            }
+        };
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Image(d) = io.input(0).read(z0, z1)? else { return Err("threshold: input is not an image".into()) };
+            io.emit(Value::Mask(apply(&d, t, self.invert)?))?;
+        }
+        Ok(None)
     }
 }
 
@@ -288,6 +320,147 @@ fn li_float(data: &Data) -> Result<f64, String> {
     Ok(t_next + min)
 }
 
+/// Li on a float image seen a slab at a time, equal to [`li_float`] bit for bit: a pass for the
+/// minimum; a pass that sums the shifted values in raster order and sets each slab's sorted
+/// distinct values aside (the tolerance is half the smallest gap between distinct values, found
+/// by merging those runs); then one pass per iteration, summing in raster order as in memory.
+fn li_streamed(io: &mut dyn Slabs) -> Result<f64, String> {
+    /// Values per scratch plane of a sorted run (runs are padded to whole planes).
+    const WIDTH: usize = 4096;
+    let nz = io.input(0).shape()[0];
+    let planes = io.planes(io.input(0).bytes_per_voxel() + 8);
+    let each = |io: &dyn Slabs, f: &mut dyn FnMut(&Array3<f32>)| -> Result<(), String> {
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Image(Data::F32(a)) = io.input(0).read(z0, z1)? else { return Err("li: expected a float image".into()) };
+            f(&a);
+        }
+        Ok(())
+    };
+    let (mut min, mut max, mut count) = (f64::INFINITY, f64::NEG_INFINITY, 0usize);
+    each(io, &mut |a| {
+        for &x in a.iter().filter(|x| x.is_finite()) {
+            min = min.min(x as f64);
+            max = max.max(x as f64);
+            count += 1;
+        }
+    })?;
+    if count == 0 {
+        return Err("li: the image has no finite values".into());
+    }
+    if max == min {
+        return Ok(min);
+    }
+    let minf = min as f32;
+    // Shifted values are finite and ≥ 0, so their bit patterns sort as the values do.
+    let mut runs = io.scratch("li-runs")?;
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut next_plane = 0;
+    let mut total = 0f64;
+    let mut failed = Ok(());
+    each(io, &mut |a| {
+        let mut bits: Vec<u32> = Vec::with_capacity(a.len());
+        for &x in a.iter().filter(|x| x.is_finite()) {
+            let v = x - minf;
+            total += v as f64;
+            bits.push(v.to_bits());
+        }
+        bits.sort_unstable();
+        bits.dedup();
+        if bits.is_empty() || failed.is_err() {
+            return;
+        }
+        let n = bits.len();
+        let np = n.div_ceil(WIDTH);
+        bits.resize(np * WIDTH, u32::MAX);
+        let chunk = Array3::from_shape_vec((np, 1, WIDTH), bits).expect("whole planes");
+        failed = runs.append(&Value::Labels(chunk));
+        spans.push((next_plane, n));
+        next_plane += np;
+    })?;
+    failed?;
+    let gap = min_gap(runs.as_ref(), &spans, WIDTH)?;
+    drop(runs);
+    let tol = gap / 2.0;
+    let mut t_next = total / count as f64;
+    let mut t_curr = -2.0 * tol;
+    while (t_next - t_curr).abs() > tol {
+        t_curr = t_next;
+        let (mut fn_, mut fs, mut bn, mut bs) = (0usize, 0f64, 0usize, 0f64);
+        each(io, &mut |a| {
+            for &x in a.iter().filter(|x| x.is_finite()) {
+                let x = (x - minf) as f64;
+                if x > t_curr {
+                    fn_ += 1;
+                    fs += x;
+                } else {
+                    bn += 1;
+                    bs += x;
+                }
+            }
+        })?;
+        if fn_ == 0 || bn == 0 {
+            break;
+        }
+        let (mean_fore, mean_back) = (fs / fn_ as f64, bs / bn as f64);
+        if mean_back == 0.0 {
+            break;
+        }
+        t_next = (mean_back - mean_fore) / (mean_back.ln() - mean_fore.ln());
+    }
+    Ok(t_next + min)
+}
+
+/// The smallest difference between consecutive distinct values of sorted, deduplicated runs of
+/// non-negative f32 bit patterns (`spans`: first plane and length of each run in `runs`), by a
+/// k-way merge that holds one plane of each run.
+fn min_gap(runs: &dyn slab::Volume, spans: &[(usize, usize)], width: usize) -> Result<f64, String> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    struct Cursor {
+        plane: usize,
+        buf: Vec<u32>,
+        at: usize,
+        left: usize,
+    }
+    let load = |c: &mut Cursor| -> Result<(), String> {
+        let Value::Labels(a) = runs.read(c.plane, c.plane + 1)? else { return Err("li: scratch run".into()) };
+        c.buf = a.into_raw_vec_and_offset().0;
+        c.plane += 1;
+        c.at = 0;
+        Ok(())
+    };
+    let mut cursors = Vec::with_capacity(spans.len());
+    let mut heap = BinaryHeap::new();
+    for (k, &(plane, len)) in spans.iter().enumerate() {
+        let mut c = Cursor { plane, buf: Vec::new(), at: 0, left: len };
+        load(&mut c)?;
+        heap.push(Reverse((c.buf[0], k)));
+        cursors.push(c);
+    }
+    let (mut prev, mut gap) = (None::<f64>, f64::INFINITY);
+    while let Some(Reverse((bits, k))) = heap.pop() {
+        let v = f32::from_bits(bits) as f64;
+        match prev {
+            Some(p) if v == p => {}
+            Some(p) => {
+                gap = gap.min(v - p);
+                prev = Some(v);
+            }
+            None => prev = Some(v),
+        }
+        let c = &mut cursors[k];
+        c.left -= 1;
+        c.at += 1;
+        if c.left > 0 {
+            if c.at == width {
+                load(c)?;
+            }
+            heap.push(Reverse((c.buf[c.at], k)));
+        }
+    }
+    Ok(gap)
+}
+
 /// The triangle threshold as scikit-image computes it (dense histogram, peak-to-tail line).
 pub fn triangle(data: &Data, nbins: usize) -> Result<f64, String> {
     let (hist, centers, first): (Vec<u64>, Vec<f64>, Option<f64>) = match int_values(data) {
@@ -437,9 +610,7 @@ pub fn streamed(
         };
     }
     if method == Method::Li {
-        return Err("li on a float image needs every value at once, so it is not streamed: use otsu or triangle, \
-                    or raise --memory so the image fits"
-            .into());
+        return Err("internal: li on a float image streams through li_streamed".into());
     }
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     let (mut first, mut first_number): (Option<f64>, Option<f64>) = (None, None);

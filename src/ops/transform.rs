@@ -3,6 +3,7 @@
 use ndarray::{Array3, s};
 use serde::{Deserialize, Serialize};
 
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, default_input, fields_of};
 use crate::io::{DType, Data};
 
@@ -26,6 +27,7 @@ pub static INVERT: OpInfo = OpInfo {
     params: &[ParamDoc { name: "input", ty: "stage (image or mask)", default: Some("image"), doc: "What to invert." }],
     build: build::<Invert>,
     fields: fields_of::<Invert>,
+    examples: &["input: {image}", "input: {mask}"],
 };
 
 impl Op for Invert {
@@ -79,6 +81,7 @@ pub static GRAYSCALE: OpInfo = OpInfo {
     params: &[ParamDoc { name: "input", ty: "stage (image)", default: Some("image"), doc: "The colour image." }],
     build: build::<Grayscale>,
     fields: fields_of::<Grayscale>,
+    examples: &["input: {image}"],
 };
 
 impl Op for Grayscale {
@@ -173,6 +176,7 @@ pub static CROP: OpInfo = OpInfo {
     ],
     build: build::<Crop>,
     fields: fields_of::<Crop>,
+    examples: &["input: {image}, fraction: {zmin: 0.2, zmax: 0.9, ymin: 0.1, xmax: 0.8}", "input: {mask}, fraction: {zmin: 0.3, xmin: 0.25}", "input: {labels}, fraction: {zmax: 0.7, ymax: 0.6}"],
 };
 
 impl Crop {
@@ -265,22 +269,58 @@ impl Op for Crop {
             Value::Table(_) => return Err("crop: a table cannot be cropped".into()),
         };
         let (lo, hi) = self.resolve(shape, ctx.ndim).map_err(|e| e.message)?;
-        let sl = s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]];
-        Ok(match inputs[0] {
-            Value::Image(Data::U8(a)) => Value::Image(Data::U8(a.slice(sl).to_owned())),
-            Value::Image(Data::U16(a)) => Value::Image(Data::U16(a.slice(sl).to_owned())),
-            Value::Image(Data::U32(a)) => Value::Image(Data::U32(a.slice(sl).to_owned())),
-            Value::Image(Data::F32(a)) => Value::Image(Data::F32(a.slice(sl).to_owned())),
-            Value::Image(Data::Rgb8(a)) => Value::Image(Data::Rgb8(a.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], ..]).to_owned())),
-            Value::Image(Data::Rgb16(a)) => Value::Image(Data::Rgb16(a.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], ..]).to_owned())),
-            Value::Mask(m) => Value::Mask(m.slice(sl).to_owned()),
-            Value::Labels(l) => Value::Labels(l.slice(sl).to_owned()),
-            Value::Table(_) => unreachable!(),
-        })
+        cut(inputs[0], lo, hi)
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Ok(())
+    }
+    fn keeps_shape(&self) -> bool {
+        false
+    }
+    /// Reads only the planes it keeps, a slab at a time (labels: a first pass for their largest
+    /// id, which the file type depends on).
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+        let m = io.input(0).meta();
+        let (lo, hi) = self.resolve(m.shape, ctx.ndim).map_err(|e| e.message)?;
+        let planes = io.planes(2 * io.input(0).bytes_per_voxel());
+        let cut = |io: &dyn Slabs, z0: usize, z1: usize| -> Result<Value, String> {
+            let v = io.input(0).read(lo[0] + z0, lo[0] + z1)?;
+            cut(&v, [0, lo[1], lo[2]], [z1 - z0, hi[1], hi[2]])
+        };
+        if m.kind == Kind::Labels {
+            let mut max = 0;
+            for (z0, z1) in slab::ranges(hi[0] - lo[0], planes) {
+                if let Value::Labels(l) = cut(io, z0, z1)? {
+                    max = max.max(crate::util::max3(&l));
+                }
+            }
+            io.labels_max(max);
+        }
+        for (z0, z1) in slab::ranges(hi[0] - lo[0], planes) {
+            let v = cut(io, z0, z1)?;
+            io.emit(v)?;
+        }
+        Ok(None)
+    }
+}
+
+/// The voxels of `v` in the box `[lo, hi)`.
+fn cut(v: &Value, lo: [usize; 3], hi: [usize; 3]) -> Result<Value, String> {
+    let sl = s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2]];
+    Ok(match v {
+        Value::Image(Data::U8(a)) => Value::Image(Data::U8(a.slice(sl).to_owned())),
+        Value::Image(Data::U16(a)) => Value::Image(Data::U16(a.slice(sl).to_owned())),
+        Value::Image(Data::U32(a)) => Value::Image(Data::U32(a.slice(sl).to_owned())),
+        Value::Image(Data::F32(a)) => Value::Image(Data::F32(a.slice(sl).to_owned())),
+        Value::Image(Data::Rgb8(a)) => Value::Image(Data::Rgb8(a.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], ..]).to_owned())),
+        Value::Image(Data::Rgb16(a)) => Value::Image(Data::Rgb16(a.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], ..]).to_owned())),
+        Value::Mask(m) => Value::Mask(m.slice(sl).to_owned()),
+        Value::Labels(l) => Value::Labels(l.slice(sl).to_owned()),
+        Value::Table(_) => return Err("crop: a table cannot be cropped".into()),
+    })
 }
 
 #[cfg(test)]
@@ -384,6 +424,7 @@ pub static RESCALE: OpInfo = OpInfo {
     ],
     build: build::<Rescale>,
     fields: fields_of::<Rescale>,
+    examples: &["input: {image}, out: u8", "input: {image}, in_range: [10, 200], out: f32", "input: {image}, out: u16"],
 };
 
 impl Op for Rescale {
@@ -423,10 +464,36 @@ impl Op for Rescale {
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+    fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
+        Ok(())
+    }
+    /// A pass for the image's range (`in_range: image`), then one that maps each slab with it.
+    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+        let nz = io.input(0).shape()[0];
+        let planes = io.planes(io.input(0).bytes_per_voxel() + 4);
+        let range = match self.in_range {
+            Range::Named(RangeName::Image) => {
+                let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+                for (z0, z1) in slab::ranges(nz, planes) {
+                    let Value::Image(d) = io.input(0).read(z0, z1)? else { return Err("rescale: input is not an image".into()) };
+                    let (a, b) = image_range(&d)?;
+                    lo = lo.min(a);
+                    hi = hi.max(b);
+                }
+                Range::Values(if lo > hi { [0.0, 0.0] } else { [lo, hi] })
+            }
+            ref r => r.clone(),
+        };
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let Value::Image(d) = io.input(0).read(z0, z1)? else { return Err("rescale: input is not an image".into()) };
+            io.emit(Value::Image(rescale(&d, &range, self.out)?))?;
+        }
+        Ok(None)
+    }
 }
 
-/// skimage.exposure.rescale_intensity for our types.
-pub fn rescale(d: &Data, in_range: &Range, out: OutType) -> Result<Data, String> {
+/// The smallest and largest value of an image, NaN left out (`(inf, -inf)` when there is none).
+fn image_range(d: &Data) -> Result<(f64, f64), String> {
     let values: Box<dyn Iterator<Item = f64> + '_> = match d {
         Data::U8(a) => Box::new(a.iter().map(|&v| v as f64)),
         Data::U16(a) => Box::new(a.iter().map(|&v| v as f64)),
@@ -434,6 +501,16 @@ pub fn rescale(d: &Data, in_range: &Range, out: OutType) -> Result<Data, String>
         Data::F32(a) => Box::new(a.iter().map(|&v| v as f64)),
         _ => return Err("rescale: RGB input (add a grayscale stage)".into()),
     };
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| !v.is_nan()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    Ok((lo, hi))
+}
+
+/// skimage.exposure.rescale_intensity for our types.
+pub fn rescale(d: &Data, in_range: &Range, out: OutType) -> Result<Data, String> {
     let (imin, imax) = match in_range {
         Range::Values([lo, hi]) => (*lo, *hi),
         Range::Named(RangeName::Dtype) => match d {
@@ -442,14 +519,10 @@ pub fn rescale(d: &Data, in_range: &Range, out: OutType) -> Result<Data, String>
             Data::U32(_) => (0.0, u32::MAX as f64),
             _ => (0.0, 1.0),
         },
-        Range::Named(RangeName::Image) => {
-            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-            for v in values.filter(|v| !v.is_nan()) {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-            if lo > hi { (0.0, 0.0) } else { (lo, hi) }
-        }
+        Range::Named(RangeName::Image) => match image_range(d)? {
+            (lo, hi) if lo > hi => (0.0, 0.0),
+            r => r,
+        },
     };
     let (omin, omax) = match out {
         OutType::U8 => (0.0, 255.0),

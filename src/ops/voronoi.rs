@@ -35,6 +35,7 @@ pub static VORONOI: OpInfo = OpInfo {
     ],
     build: build::<Voronoi>,
     fields: fields_of::<Voronoi>,
+    examples: &["labels: {labels}, mask: {mask}"],
 };
 
 impl Op for Voronoi {

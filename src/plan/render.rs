@@ -111,27 +111,42 @@ pub fn json(plan: &Plan) -> serde_json::Value {
     })
 }
 
-/// Runs of consecutive local stages (what the executor fuses per tile), with the context a tile
-/// of the run needs (voxel halos as declared; physical-unit ones are resolved per sample).
+/// Runs of consecutive local stages (what the executor fuses per tile, by the executor's own
+/// rule, [`crate::exec::tiled::group_from`]), with the context a tile of the run needs (voxel
+/// halos as declared; physical-unit ones are resolved per sample). Shapes are not known
+/// without a sample: stages share one when each keeps its first input's ([`Op::keeps_shape`]).
+///
+/// [`Op::keeps_shape`]: crate::ops::Op::keeps_shape
 pub fn fused_runs(plan: &Plan) -> Vec<(Vec<String>, [usize; 3])> {
-    use crate::exec::tiled::Group;
-    use crate::ops::Halo;
+    use crate::ops::{Halo, Kind};
+    let n = plan.stages.len();
+    // Shape classes: sources share 0 (a run's inputs are checked per sample), a stage that
+    // changes the shape starts a new class.
+    let mut class = vec![0usize; n];
+    for (i, st) in plan.stages.iter().enumerate() {
+        class[i] = match (st.op.keeps_shape(), st.inputs.first().map(|(_, r)| *r)) {
+            (true, Some(Ref::Stage(j))) => class[j],
+            (true, _) => 0,
+            (false, _) => i + 1,
+        };
+    }
+    let local = |k: usize| {
+        let st = &plan.stages[k];
+        let ins_ok = !st.inputs.is_empty() && st.inputs.iter().all(|(_, r)| !matches!(r, Ref::Stage(j) if plan.stages[*j].kind == Kind::Table || class[*j] != class[k]));
+        match st.halo {
+            Halo::Local(h) if st.kind != Kind::Table && ins_ok => Some(h),
+            _ => None,
+        }
+    };
     let mut out = Vec::new();
     let mut i = 0;
-    while i < plan.stages.len() {
-        let mut g = Group { stages: Vec::new(), halos: Vec::new() };
-        while let Some(st) = plan.stages.get(i)
-            && let Halo::Local(h) = st.halo
-            && st.kind != crate::ops::Kind::Table
-        {
-            g.stages.push(i);
-            g.halos.push(h);
-            i += 1;
-        }
+    while i < n {
+        let g = crate::exec::tiled::group_from(i, n, &local, &|a, b| class[a] == class[b]);
         if g.stages.is_empty() {
             i += 1;
             continue;
         }
+        i = g.stages[g.stages.len() - 1] + 1;
         let reads = |k: usize| plan.stage_inputs(k);
         let down = g.downstream(&reads);
         let halo = g.total_halo(&down);

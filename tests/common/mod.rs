@@ -103,3 +103,49 @@ pub fn kill_runs(args: &[String], attempts: usize, length_ms: u64, seed: u64) ->
     }
     kills
 }
+
+/// A pipeline built from registry ops: a prelude gives a mask `m0` (Otsu on the image) and labels
+/// `l0`; then each step `(op index in REGISTRY, example index)` runs that op's example with
+/// `{image}`, `{mask}`, `{labels}` replaced by the latest stage of that kind. Every voxel stage is
+/// written as `.npy` and every table as Parquet. `None` when a step's example needs nothing of
+/// that kind, or the pipeline does not compile.
+pub fn registry_chain(steps: &[(usize, usize)]) -> Option<String> {
+    use tessera::ops::{Kind, REGISTRY};
+    let mut y = String::from(
+        "version: 1\nname: chain\nstages:\n  m0: {op: threshold, input: image, method: otsu}\n  l0: {op: label, input: m0, connectivity: 26}\n",
+    );
+    let mut latest = vec![(Kind::Image, "image".to_string()), (Kind::Mask, "m0".to_string()), (Kind::Labels, "l0".to_string())];
+    let mut kinds = vec![("m0".to_string(), Kind::Mask), ("l0".to_string(), Kind::Labels)];
+    for (k, &(op, ex)) in steps.iter().enumerate() {
+        let info = REGISTRY[op % REGISTRY.len()];
+        let mut body = info.examples[ex % info.examples.len()].to_string();
+        let mut first: Option<(usize, Kind)> = None;
+        for (kind, stage) in &latest {
+            let ph = format!("{{{}}}", kind.name());
+            if let Some(at) = body.find(&ph) {
+                first = Some(match first {
+                    Some((p, fk)) if p < at => (p, fk),
+                    _ => (at, *kind),
+                });
+                body = body.replace(&ph, stage);
+            }
+        }
+        let out = if info.same_kind { first.map(|(_, k)| k).unwrap_or(info.output) } else { info.output };
+        let id = format!("s{k}");
+        y += &format!("  {id}: {{op: {}, {body}}}\n", info.name);
+        kinds.push((id.clone(), out));
+        if out != Kind::Table {
+            latest.iter_mut().filter(|(k, _)| *k == out).for_each(|(_, s)| *s = id.clone());
+        }
+    }
+    y += "outputs:\n";
+    for (id, kind) in &kinds {
+        y += &format!("  {id}: {}\n", if *kind == Kind::Table { "parquet" } else { "npy" });
+    }
+    let (spec, d) = tessera::spec::parse_str(Path::new("chain.yaml"), y.clone());
+    if !d.is_empty() {
+        return None;
+    }
+    let (plan, d) = tessera::plan::compile(spec?, None, None);
+    plan.filter(|_| d.is_empty()).map(|_| y)
+}

@@ -1,0 +1,74 @@
+//! The out-of-core form of global ops: how an op runs over z-slabs of volumes on disk.
+//!
+//! Local ops need nothing here: the executor runs them per slab with their halo, fused as in
+//! memory. A global op (a reduction, a renumbering, a change of shape) that can run on a volume
+//! larger than memory implements [`Op::stream`](super::Op::stream) in its own file, in terms of
+//! this interface: it reads its inputs a range of planes at a time, in any order and as many
+//! passes as it needs; keeps per-slab partial results (histograms, union-find, accumulators);
+//! may set intermediate volumes aside on disk ([`Slabs::scratch`]); and hands its output to the
+//! executor slab by slab, in z order ([`Slabs::emit`]). The executor names no op: it only
+//! decides where volumes live (source files, spill files, checkpoints) and where emitted slabs go
+//! (later stages, output files).
+//!
+//! What the executor guarantees: every [`Volume`] read returns exactly the planes asked for,
+//! the same bytes the in-memory value holds. What the op guarantees: the emitted slabs,
+//! concatenated, equal [`Op::run`](super::Op::run) on the whole inputs bit for bit (the property
+//! tests in `tests/stream.rs` check every op of the registry).
+
+use super::{Meta, Value};
+
+/// A full-size volume on disk, read by plane ranges.
+pub trait Volume: Send + Sync {
+    /// Its kind, type and shape.
+    fn meta(&self) -> Meta;
+    /// `[z, y, x]`.
+    fn shape(&self) -> [usize; 3] {
+        self.meta().shape
+    }
+    /// Planes `z0..z1`.
+    fn read(&self, z0: usize, z1: usize) -> Result<Value, String>;
+    /// Bytes one voxel takes in memory once read.
+    fn bytes_per_voxel(&self) -> u64;
+}
+
+/// A volume an op writes itself, slab by slab in z order, then reads back.
+pub trait Scratch: Volume {
+    /// Appends the next planes (all of one kind and plane size).
+    fn append(&mut self, v: &Value) -> Result<(), String>;
+    /// Replaces planes `z0..` (already appended) with `v`, of the same kind and element size.
+    fn overwrite(&mut self, z0: usize, v: &Value) -> Result<(), String>;
+}
+
+/// What the executor gives a global op running out of core.
+pub trait Slabs {
+    /// Input `k` (in [`Op::inputs`](super::Op::inputs) order).
+    fn input(&self, k: usize) -> &dyn Volume;
+    /// Planes per slab for a pass that holds `bytes_per_voxel` bytes per voxel of a slab at
+    /// once (inputs read plus what the op allocates per voxel), within the memory budget.
+    fn planes(&self, bytes_per_voxel: u64) -> usize;
+    /// A new, empty scratch volume (removed when the stage ends).
+    fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String>;
+    /// Labels outputs: the largest id the emitted slabs will hold (files store labels as u16
+    /// when it fits, as in memory). Must be called before the first labels slab is emitted.
+    fn labels_max(&mut self, max: u32);
+    /// The next planes of the output, in z order (voxel outputs only).
+    fn emit(&mut self, v: Value) -> Result<(), String>;
+}
+
+/// Slab cores `[z0, z1)` of `thick` planes covering `nz` planes, in z order.
+pub fn ranges(nz: usize, thick: usize) -> impl Iterator<Item = (usize, usize)> {
+    let t = thick.max(1);
+    (0..nz).step_by(t).map(move |z| (z, (z + t).min(nz)))
+}
+
+/// The largest label in a volume, read slab by slab (for ops that pass labels through).
+pub fn max_label(v: &dyn Volume, planes: usize) -> Result<u32, String> {
+    let mut max = 0;
+    for (z0, z1) in ranges(v.shape()[0], planes) {
+        match v.read(z0, z1)? {
+            Value::Labels(l) => max = max.max(crate::util::max3(&l)),
+            other => return Err(format!("expected labels, found {}", other.kind().with_article())),
+        }
+    }
+    Ok(max)
+}
