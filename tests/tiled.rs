@@ -1,6 +1,7 @@
 //! Tiled equals whole: random images, random pipelines of local ops (fused and tiled) followed by
-//! global ones, random tile shapes (down to one voxel thin) and thread counts; every stage's
-//! output must equal the whole-image run byte for byte.
+//! global ones, and random chains drawn from the op registry; random tile shapes (down to one
+//! voxel thin) and thread counts; every stage's output must equal the whole-image run byte for
+//! byte.
 
 mod common;
 
@@ -136,6 +137,32 @@ proptest! {
         let shape = img.shape();
         let whole = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(shape), 1);
         // A tile shape drawn from the seed, so it can depend on the image's shape (thin tiles often).
+        let core: [usize; 3] = [0, 1, 2].map(|k| {
+            let r = (seed >> (k * 16)) & 0xffff;
+            if r % 3 == 0 { 1 } else { 1 + (r as usize) % shape[k] }
+        });
+        let tiled = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(core), threads);
+        for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
+            prop_assert!(same(a, b), "stage {} differs with tile {:?}, {} threads, shape {:?}\n{}", plan.stages[i].id, core, threads, shape, yaml);
+        }
+    }
+}
+
+/// Random chains of registry ops (so a new op is covered without editing this file).
+fn registry_pipeline() -> impl Strategy<Value = String> {
+    prop::collection::vec((0usize..64, 0usize..8), 1..6).prop_filter_map("compiles", |steps| common::registry_chain(&steps))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tiled_registry_chains_equal_whole((img, ndim) in image(), yaml in registry_pipeline(), seed in any::<u64>(), threads in 1usize..4) {
+        let plan = compile(&yaml);
+        prop_assume!(bind(&plan, &img, ndim).is_some());
+        let spacing = Spacing { zyx: [2.0, 0.5, 0.7], unit: "um".into() };
+        let shape = img.shape();
+        let whole = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(shape), 1);
         let core: [usize; 3] = [0, 1, 2].map(|k| {
             let r = (seed >> (k * 16)) & 0xffff;
             if r % 3 == 0 { 1 } else { 1 + (r as usize) % shape[k] }
