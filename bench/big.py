@@ -6,7 +6,8 @@
 Makes a Z×Y×X u8 volume of random ellipsoids plus noise (the same density as bench.py's),
 generated slab by slab straight into a BigTIFF so that even 2048×2048×1024 (4 GiB) needs little
 memory to make. Runs gaussian(σ=1) → Otsu → opening(r=1) → label(26) → measure with
-`tessera run --memory SIZE` under /usr/bin/time, and prints wall time, peak RSS and the objects
+`tessera run --memory SIZE` under /usr/bin/time, and prints wall time, peak RSS, the peak disk
+used beyond the outputs (spills, scratch volumes, checkpoints under .tessera/) and the objects
 found. With --compare it also runs the same chain in memory (when that fits) and checks that the
 label TIFF and the table are byte-identical. --write appends the row to BENCHMARKS.md.
 """
@@ -62,18 +63,49 @@ def make_volume(path, shape, seed=1, slab=32):
     return count
 
 
+def tree_bytes(path, skip=None):
+    """Bytes of the files under `path` (leaving out the folder named `skip`)."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        if skip:
+            dirs[:] = [d for d in dirs if d != skip]
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass  # removed while we looked
+    return total
+
+
 def run(exe, pipe, path, out, memory, extra=()):
+    """Runs tessera under /usr/bin/time; also samples the output folder's size every 50 ms, for
+    the disk the run used beyond its outputs (spills, scratch, checkpoints) at its peak."""
+    import threading
     cmd = ["/usr/bin/time", "-f", "%e %M", exe, "run", pipe, path, "--out", out, "--threads", "2",
            "--progress", "never", "--json", *extra]
     if memory:
         cmd += ["--memory", memory]
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_bytes(out))
+            done.wait(0.05)
+
+    t = threading.Thread(target=sample)
+    t.start()
     p = subprocess.run(cmd, capture_output=True, text=True)
+    done.set()
+    t.join()
     if p.returncode != 0:
         raise SystemExit(f"tessera failed:\n{p.stdout}\n{p.stderr}")
     secs, kib = p.stderr.strip().splitlines()[-1].split()
     report = json.load(open(os.path.join(out, "run.json")))
     sample = report["samples"][0]
-    return float(secs), int(kib) / 1024, sample["objects"].get("objects", 0), sample["streamed"]
+    outputs = tree_bytes(out, skip=".tessera")
+    beyond = max(peak[0], tree_bytes(out)) - outputs
+    return float(secs), int(kib) / 1024, sample["objects"].get("objects", 0), sample["streamed"], beyond / 2 ** 20
 
 
 def main():
@@ -101,16 +133,16 @@ def main():
     pipe = os.path.join(work, "big.yaml")
     open(pipe, "w").write(PIPELINE)
     extra = ["--no-checkpoint"] if a.no_checkpoint else []
-    secs, rss, objects, streamed = run(exe, pipe, path, os.path.join(work, "streamed"), a.memory, extra)
+    secs, rss, objects, streamed, disk = run(exe, pipe, path, os.path.join(work, "streamed"), a.memory, extra)
     rate = np.prod(a.shape) / secs / 1e6
     line = (f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | --memory {a.memory}{' --no-checkpoint' if extra else ''} | "
-            f"{'streamed' if streamed else 'in memory'} | {secs:.1f} | {rss:.0f} | {objects} | {rate:.0f} |")
+            f"{'streamed' if streamed else 'in memory'} | {secs:.1f} | {rss:.0f} | {disk:.0f} | {objects} | {rate:.0f} |")
     print(line, flush=True)
     rows = [line]
     if a.compare:
-        secs2, rss2, objects2, streamed2 = run(exe, pipe, path, os.path.join(work, "whole"), None)
+        secs2, rss2, objects2, streamed2, disk2 = run(exe, pipe, path, os.path.join(work, "whole"), None, extra)
         rows.append(f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | default | "
-                    f"{'streamed' if streamed2 else 'in memory'} | {secs2:.1f} | {rss2:.0f} | {objects2} | "
+                    f"{'streamed' if streamed2 else 'in memory'} | {secs2:.1f} | {rss2:.0f} | {disk2:.0f} | {objects2} | "
                     f"{np.prod(a.shape) / secs2 / 1e6:.0f} |")
         print(rows[-1], flush=True)
         for f in ("samples/big/objects.tif", "samples/big/shape.parquet", "tables/shape.parquet"):
@@ -121,7 +153,8 @@ def main():
     if a.write:
         md = os.path.join(ROOT, "BENCHMARKS.md")
         text = open(md).read() if os.path.exists(md) else "# Benchmarks\n"
-        head = "| volume | budget | mode | time (s) | peak RSS (MiB) | objects | Mvoxel/s |\n|---|---|---|---|---|---|---|\n"
+        head = ("| volume | budget | mode | time (s) | peak RSS (MiB) | disk beyond outputs, peak (MiB) | objects | Mvoxel/s |\n"
+                "|---|---|---|---|---|---|---|---|\n")
         section = f"\n### Out of core ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores; bench/big.py)\n\n"
         text += section + head + "\n".join(rows) + "\n"
         open(md, "w").write(text)

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub mod merge;
+pub mod spill;
 pub mod stream;
 pub mod study;
 pub mod tiled;

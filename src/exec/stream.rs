@@ -19,17 +19,15 @@
 //! [`crate::ops::Op::streams`]: a sample that needs one and does not fit fails with a message
 //! saying so and how much memory would do.
 
-use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::Array3;
-
+use super::spill::{self, Elem, value_dim};
 use super::tiled::{self, Feed, GroupRun};
 use super::tiles::Region;
 use crate::io::{self, Compression, DType, Data, Header, NpyWriter, Spacing, StackWriter};
-use crate::ops::slab::{self, Scratch, Slabs, Volume};
+use crate::ops::slab::{self, Outcome, Scratch, Slabs, Volume};
 use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
 
@@ -64,192 +62,167 @@ pub struct Streamed<'a> {
     pub force: bool,
 }
 
-/// A full-size value on disk, read by plane ranges.
-#[derive(Debug, Clone)]
-enum Store {
+/// A full-size stage value, read by plane ranges: a source file, a spill file (or checkpoint),
+/// or computed on the fly from other stores (a run of local stages, recomputed per read).
+#[derive(Clone)]
+enum Store<'a> {
     Source {
-        reader: std::sync::Arc<io::PlaneReader>,
+        reader: Arc<io::PlaneReader>,
         dtype: DType,
         shape: [usize; 3],
     },
-    /// `owned`: a temporary spill, removed once no later stage reads it (otherwise a checkpoint).
-    Spill {
-        path: PathBuf,
-        elem: Elem,
-        shape: [usize; 3],
-        owned: bool,
-    },
+    Spill(Arc<spill::Reader>),
+    /// Stage `.1` (a position in the group) of a fused run of local stages.
+    Computed(Arc<Computed<'a>>, usize),
 }
 
-/// The element type of a spill file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Elem {
-    Mask,
-    Labels,
-    Image(DType),
+/// A run of local stages computed per slab read: the stores it reads, with its halo.
+struct Computed<'a> {
+    s: &'a Streamed<'a>,
+    group: tiled::Group,
+    ops: Vec<OpRef<'a>>,
+    feeds: Vec<Vec<Feed>>,
+    inputs: Vec<Store<'a>>,
+    shape: [usize; 3],
+    /// Planes of context above and below a slab the group needs from its inputs.
+    halo: usize,
 }
 
-impl Elem {
-    fn of(v: &Value) -> Result<Elem, String> {
-        match v {
-            Value::Mask(_) => Ok(Elem::Mask),
-            Value::Labels(_) => Ok(Elem::Labels),
-            Value::Image(d) if !d.dtype().is_rgb() => Ok(Elem::Image(d.dtype())),
-            Value::Image(_) => Err("colour images are not streamed".into()),
-            Value::Table(_) => Err("internal: a table is not spilled".into()),
-        }
-    }
-    fn name(self) -> &'static str {
+/// An op of a computed run: the plan's, or the local op a global one finished with.
+enum OpRef<'a> {
+    Bound(&'a dyn crate::ops::Op),
+    Owned(Box<dyn crate::ops::Op>),
+}
+
+impl OpRef<'_> {
+    fn get(&self) -> &dyn crate::ops::Op {
         match self {
-            Elem::Mask => "mask",
-            Elem::Labels => "labels",
-            Elem::Image(DType::U8) => "u8",
-            Elem::Image(DType::U16) => "u16",
-            Elem::Image(DType::U32) => "u32",
-            Elem::Image(_) => "f32",
-        }
-    }
-    fn parse(s: &str) -> Option<Elem> {
-        Some(match s {
-            "mask" => Elem::Mask,
-            "labels" => Elem::Labels,
-            "u8" => Elem::Image(DType::U8),
-            "u16" => Elem::Image(DType::U16),
-            "u32" => Elem::Image(DType::U32),
-            "f32" => Elem::Image(DType::F32),
-            _ => return None,
-        })
-    }
-    fn bytes(self) -> usize {
-        match self {
-            Elem::Mask => 1,
-            Elem::Labels => 4,
-            Elem::Image(d) => d.bytes_per_voxel() as usize,
+            OpRef::Bound(o) => *o,
+            OpRef::Owned(o) => o.as_ref(),
         }
     }
 }
 
-/// Little-endian bytes of a slab (borrowed from it where possible; [`io::le_bytes`]).
-fn raw_bytes(v: &Value) -> std::borrow::Cow<'_, [u8]> {
-    match v {
-        Value::Mask(a) => io::le_bytes(a),
-        Value::Labels(a) => io::le_bytes(a),
-        Value::Image(d) => io::data_le_bytes(d).unwrap_or_default(),
-        Value::Table(_) => std::borrow::Cow::Borrowed(&[]),
-    }
-}
-
-fn from_bytes(elem: Elem, raw: Vec<u8>, sh: (usize, usize, usize)) -> Value {
-    fn le<const W: usize, T>(raw: &[u8], f: fn([u8; W]) -> T) -> Vec<T> {
-        raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunk size"))).collect()
-    }
-    let arr = |v| Array3::from_shape_vec(sh, v).expect("spill slab size");
-    match elem {
-        Elem::Mask => Value::Mask(Array3::from_shape_vec(sh, raw).expect("spill slab size")),
-        Elem::Labels => Value::Labels(arr(le(&raw, u32::from_le_bytes))),
-        Elem::Image(DType::U8) => Value::Image(Data::U8(Array3::from_shape_vec(sh, raw).expect("spill slab size"))),
-        Elem::Image(DType::U16) => Value::Image(Data::U16(Array3::from_shape_vec(sh, le(&raw, u16::from_le_bytes)).expect("size"))),
-        Elem::Image(DType::U32) => Value::Image(Data::U32(arr(le(&raw, u32::from_le_bytes)))),
-        Elem::Image(_) => Value::Image(Data::F32(Array3::from_shape_vec(sh, le(&raw, f32::from_le_bytes)).expect("size"))),
-    }
-}
-
-impl Store {
-    fn shape(&self) -> [usize; 3] {
-        match self {
-            Store::Source { shape, .. } | Store::Spill { shape, .. } => *shape,
+impl<'a> Computed<'a> {
+    /// A run of the plan's stages (`ops` overrides stage ops where a global op finished local).
+    fn new(s: &'a Streamed<'a>, group: tiled::Group, mut ops: Vec<OpRef<'a>>, stores: &[Option<Store<'a>>], sources: &[Store<'a>]) -> Computed<'a> {
+        let plan = s.plan;
+        let pos = |k: usize| group.stages.iter().position(|&g| g == k);
+        let mut inputs: Vec<Store<'a>> = Vec::new();
+        let mut feeds = Vec::new();
+        for &k in &group.stages {
+            let mut f = Vec::new();
+            for (_, r) in &plan.stages[k].inputs {
+                f.push(match r {
+                    Ref::Stage(x) if pos(*x).is_some() => Feed::Group(pos(*x).unwrap_or(0)),
+                    Ref::Stage(x) => {
+                        inputs.push(stores[*x].clone().expect("inputs computed before use"));
+                        Feed::Full(inputs.len() - 1)
+                    }
+                    Ref::Source(x) => {
+                        inputs.push(sources[*x].clone());
+                        Feed::Full(inputs.len() - 1)
+                    }
+                });
+            }
+            feeds.push(f);
         }
+        let reads = |i: usize| plan.stage_inputs(i);
+        let down = group.downstream(&reads);
+        let halo = group.total_halo(&down)[0];
+        ops.truncate(group.stages.len());
+        let shape = s.bound.metas[group.stages[0]].shape;
+        Computed { s, group, ops, feeds, inputs, shape, halo }
+    }
+    /// Planes `z0..z1` of the stages marked in `keep` (positions in the group).
+    fn run(&self, z0: usize, z1: usize, keep: &[bool]) -> Result<Vec<Option<Value>>, String> {
+        let s = self.s;
+        let [nz, ny, nx] = self.shape;
+        let (r0, r1) = (z0.saturating_sub(self.halo), (z1 + self.halo).min(nz));
+        let full: Vec<Value> = self.inputs.iter().map(|st| st.read(r0, r1)).collect::<Result<_, _>>()?;
+        let refs: Vec<&Value> = full.iter().collect();
+        let core = Region { start: [z0 - r0, 0, 0], end: [z1 - r0, ny, nx] };
+        let run = GroupRun {
+            group: &self.group,
+            ops: self.ops.iter().map(OpRef::get).collect(),
+            inputs: self.feeds.clone(),
+            ctxs: self.group.stages.iter().map(|&k| ctx_of(s, k)).collect(),
+            keep: keep.to_vec(),
+            shape: [r1 - r0, ny, nx],
+            tiles: vec![core],
+            threads: s.threads,
+        };
+        let reads = |i: usize| s.plan.stage_inputs(i);
+        // The slab's core planes, computed from the slab with its halo.
+        tiled::run_core(&run, &refs, &reads, core).map_err(|(p, e)| format!("stage '{}': {e}", s.plan.stages[self.group.stages[p]].id))
     }
 }
 
-impl Volume for Store {
+impl Volume for Store<'_> {
     fn meta(&self) -> Meta {
         let (kind, dtype) = match self {
-            Store::Source { dtype, .. } | Store::Spill { elem: Elem::Image(dtype), .. } => (Kind::Image, Some(*dtype)),
-            Store::Spill { elem: Elem::Mask, .. } => (Kind::Mask, None),
-            Store::Spill { elem: Elem::Labels, .. } => (Kind::Labels, None),
+            Store::Source { dtype, .. } => (Kind::Image, Some(*dtype)),
+            Store::Spill(r) => match r.elem() {
+                Elem::Mask => (Kind::Mask, None),
+                Elem::Labels => (Kind::Labels, None),
+                Elem::Image(d) => (Kind::Image, Some(d)),
+            },
+            Store::Computed(c, p) => {
+                let m = &c.s.bound.metas[c.group.stages[*p]];
+                (m.kind, m.dtype)
+            }
         };
         Meta { kind, dtype, shape: self.shape(), ndim: 3, scale: [1.0; 3] }
+    }
+    fn shape(&self) -> [usize; 3] {
+        match self {
+            Store::Source { shape, .. } => *shape,
+            Store::Spill(r) => r.shape(),
+            Store::Computed(c, _) => c.shape,
+        }
     }
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
         match self {
             Store::Source { reader, .. } => reader.read(z0, z1).map(Value::Image).map_err(|e| e.to_string()),
-            Store::Spill { path, elem, shape, .. } => read_raw(path, *elem, (shape[1], shape[2]), z0, z1),
+            Store::Spill(r) => r.read(z0, z1),
+            Store::Computed(c, p) => {
+                let keep: Vec<bool> = (0..c.group.stages.len()).map(|k| k == *p).collect();
+                c.run(z0, z1, &keep)?.swap_remove(*p).ok_or_else(|| "internal: a computed stage gave nothing".into())
+            }
         }
     }
     fn bytes_per_voxel(&self) -> u64 {
         match self {
             Store::Source { dtype, .. } => dtype.bytes_per_voxel(),
-            Store::Spill { elem, .. } => elem.bytes() as u64,
-        }
-    }
-}
-
-/// Planes `z0..z1` of a raw file of `elem` values with planes of `plane` voxels.
-fn read_raw(path: &Path, elem: Elem, plane: (usize, usize), z0: usize, z1: usize) -> Result<Value, String> {
-    let n = (z1 - z0) * plane.0 * plane.1;
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.seek(SeekFrom::Start((z0 * plane.0 * plane.1 * elem.bytes()) as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut raw = vec![0u8; n * elem.bytes()];
-    f.read_exact(&mut raw).map_err(|e| format!("{}: spill file cut short: {e}", path.display()))?;
-    Ok(from_bytes(elem, raw, (z1 - z0, plane.0, plane.1)))
-}
-
-/// Appends slabs to a spill file.
-struct Spill {
-    path: PathBuf,
-    w: BufWriter<File>,
-    elem: Option<Elem>,
-    hash: blake3::Hasher,
-    bytes: u64,
-    /// Planes appended, and their size.
-    planes: usize,
-    plane: (usize, usize),
-}
-
-impl Spill {
-    fn create(dir: &Path, name: &str) -> Result<Spill, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join(format!("{name}.raw"));
-        let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Spill { path, w: BufWriter::with_capacity(1 << 20, f), elem: None, hash: blake3::Hasher::new(), bytes: 0, planes: 0, plane: (0, 0) })
-    }
-    fn append(&mut self, v: &Value) -> Result<(), String> {
-        let e = Elem::of(v)?;
-        let (nz, ny, nx) = value_dim(v);
-        if *self.elem.get_or_insert(e) != e || (self.planes > 0 && self.plane != (ny, nx)) {
-            return Err(format!("internal: {}: slabs of different kinds or plane sizes", self.path.display()));
-        }
-        self.plane = (ny, nx);
-        self.planes += nz;
-        let raw = raw_bytes(v);
-        self.hash.update(&raw);
-        self.bytes += raw.len() as u64;
-        self.w.write_all(&raw).map_err(|e| format!("{}: {e}", self.path.display()))
-    }
-    fn shape(&self) -> [usize; 3] {
-        [self.planes, self.plane.0, self.plane.1]
-    }
-    /// The finished spill: a checkpoint of `key` when there is a store, a temporary otherwise.
-    fn finish(mut self, ck: Option<&crate::store::Store>, key: &str) -> Result<Store, String> {
-        self.w.flush().map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let elem = self.elem.ok_or_else(|| format!("{}: nothing was spilled", self.path.display()))?;
-        match ck {
-            Some(store) => {
-                let meta = crate::store::RawMeta {
-                    elem: elem.name().into(),
-                    bytes: self.bytes,
-                    blake3: self.hash.finalize().to_hex().to_string(),
-                };
-                let path = store.adopt_raw(key, &self.path, &meta)?;
-                Ok(Store::Spill { path, elem, shape: self.shape(), owned: false })
-            }
-            None => {
-                let shape = self.shape();
-                Ok(Store::Spill { path: self.path, elem, shape, owned: true })
+            Store::Spill(r) => r.elem().bytes() as u64,
+            // Its inputs (with theirs) and every stage of the run.
+            Store::Computed(c, _) => {
+                c.inputs.iter().map(Volume::bytes_per_voxel).sum::<u64>()
+                    + c.group.stages.iter().map(|&k| tiled::bytes_per_voxel(&c.s.bound.metas[k])).sum::<u64>()
             }
         }
     }
+    fn halo(&self) -> usize {
+        match self {
+            Store::Computed(c, _) => c.halo + c.inputs.iter().map(Volume::halo).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+}
+
+/// A finished spill: a checkpoint of `key` when there is a store, a temporary otherwise.
+fn finish_spill<'a>(w: spill::Writer, ck: Option<&crate::store::Store>, key: &str) -> Result<Store<'a>, String> {
+    let elem = w.elem();
+    let (reader, bytes, blake3) = w.finish(ck.is_none())?;
+    let reader = match (ck, elem) {
+        (Some(store), Some(elem)) => {
+            let meta = crate::store::RawMeta { elem: elem.name().into(), format: spill::FORMAT.into(), bytes, blake3 };
+            let path = store.adopt_raw(key, reader.path(), &meta)?;
+            reader.keep_at(path)
+        }
+        _ => reader,
+    };
+    Ok(Store::Spill(Arc::new(reader)))
 }
 
 /// A stage's image outputs, written slab by slab.
@@ -348,8 +321,8 @@ fn slab_planes(s: &Streamed, plane: usize, bpv: u64, halo: usize) -> usize {
     (fit as usize).saturating_sub(2 * halo).max(1)
 }
 
-fn run(
-    s: &Streamed,
+fn run<'a>(
+    s: &'a Streamed<'a>,
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
     objects: &mut Vec<(String, u64)>,
     timings: &mut Vec<(String, f64)>,
@@ -365,7 +338,7 @@ fn run(
     let mut sources: Vec<Store> = Vec::new();
     for (p, h) in s.paths.iter().zip(s.headers) {
         let reader = io::PlaneReader::open(p).map_err(|e| (0, e.to_string()))?;
-        sources.push(Store::Source { reader: std::sync::Arc::new(reader), dtype: h.dtype, shape: h.shape });
+        sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
     }
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // Backward from what must exist (output files to rewrite, tables to merge): a value later
@@ -393,9 +366,11 @@ fn run(
                     continue;
                 }
             } else if let Some((path, meta)) = reuse.and_then(|c| c.raw(&s.keys[i]))
-                && let Some(elem) = Elem::parse(&meta.elem)
+                && meta.format == spill::FORMAT
+                && let Ok(r) = spill::Reader::open(&path)
+                && r.shape() == s.bound.metas[i].shape
             {
-                stores[i] = Some(Store::Spill { path, elem, shape: s.bound.metas[i].shape, owned: false });
+                stores[i] = Some(Store::Spill(Arc::new(r)));
                 reused.push(plan.stages[i].id.clone());
                 continue;
             }
@@ -406,14 +381,9 @@ fn run(
         }
     }
     reused.reverse();
-    // A computed stage's value is spilled when a later computed stage reads it.
+    // A global stage's emitted value is spilled when a later computed stage reads it (local
+    // stages are recomputed where they are read instead).
     let spilled = |k: usize| (k + 1..n).any(|m| compute[m] && reads(m).contains(&k));
-    let store_of = |stores: &Vec<Option<Store>>, r: &Ref| -> Store {
-        match r {
-            Ref::Source(k) => sources[*k].clone(),
-            Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
-        }
-    };
 
     let mut i = 0;
     while i < n {
@@ -430,76 +400,34 @@ fn run(
             s.bound.metas[a].shape == s.bound.metas[b].shape
         });
         if !group.stages.is_empty() {
-            // A run of local stages, slab by slab with the run's halo.
+            // A run of local stages: computed where it is read, and written here if it has
+            // output files.
             let last = *group.stages.last().expect("a group has stages");
-            let [nz, ny, nx] = s.bound.metas[i].shape;
-            let pos = |k: usize| group.stages.iter().position(|&g| g == k);
-            let mut feed_stores: Vec<Store> = Vec::new();
-            let mut feeds = Vec::new();
-            for &k in &group.stages {
-                let mut f = Vec::new();
-                for (_, r) in &plan.stages[k].inputs {
-                    f.push(match r {
-                        Ref::Stage(x) if pos(*x).is_some() => Feed::Group(pos(*x).unwrap_or(0)),
-                        _ => {
-                            feed_stores.push(store_of(&stores, r));
-                            Feed::Full(feed_stores.len() - 1)
-                        }
-                    });
-                }
-                feeds.push(f);
+            let ops = group.stages.iter().map(|&k| OpRef::Bound(s.bound.ops[k].as_ref())).collect();
+            let comp = Arc::new(Computed::new(s, group, ops, &stores, &sources));
+            materialise(s, &comp).map_err(|(p, e)| (comp.group.stages[p], e))?;
+            for (p, &k) in comp.group.stages.iter().enumerate() {
+                stores[k] = Some(Store::Computed(Arc::clone(&comp), p));
             }
-            let keep: Vec<bool> = group.stages.iter().map(|&k| spilled(k) || writes(s, k) || k == last).collect();
-            let down = group.downstream(&reads);
-            let halo = group.total_halo(&down)[0];
-            let bpv = feed_stores.iter().map(Store::bytes_per_voxel).sum::<u64>()
-                + group.stages.iter().map(|&k| tiled::bytes_per_voxel(&s.bound.metas[k])).sum::<u64>();
-            let thick = slab_planes(s, ny * nx, bpv, halo);
-            let mut dests: Vec<Dest> = Vec::new();
-            for (p, &k) in group.stages.iter().enumerate() {
-                dests.push(Dest::new(s, k, keep[p] && last_use[k] > last && spilled(k), keep[p]).map_err(|e| (k, e))?);
-            }
-            for (z0, z1) in slab::ranges(nz, thick) {
-                let (r0, r1) = (z0.saturating_sub(halo), (z1 + halo).min(nz));
-                let full: Vec<Value> = feed_stores.iter().map(|st| st.read(r0, r1)).collect::<Result<_, _>>().map_err(|e| (i, e))?;
-                let refs: Vec<&Value> = full.iter().collect();
-                let core = Region { start: [z0 - r0, 0, 0], end: [z1 - r0, ny, nx] };
-                let run = GroupRun {
-                    group: &group,
-                    ops: group.stages.iter().map(|&k| s.bound.ops[k].as_ref()).collect(),
-                    inputs: feeds.clone(),
-                    ctxs: group.stages.iter().map(|&k| ctx_of(s, k)).collect(),
-                    keep: keep.clone(),
-                    shape: [r1 - r0, ny, nx],
-                    tiles: vec![core],
-                    threads: s.threads,
-                };
-                let out = tiled::run_group(&run, &refs, &reads).map_err(|(p, e)| (group.stages[p], e))?;
-                for (p, v) in out.into_iter().enumerate() {
-                    let Some(v) = v else { continue };
-                    // The group's values span the slab with its halo; keep the core planes.
-                    let v = if (r0, r1) == (z0, z1) { v } else { tiled::crop(&v, &core) };
-                    dests[p].emit(v, s).map_err(|e| (group.stages[p], e))?;
-                }
-            }
-            for (p, d) in dests.into_iter().enumerate() {
-                let k = group.stages[p];
-                if let Some(store) = d.finish(s).map_err(|e| (k, e))? {
-                    stores[k] = Some(store);
-                }
-            }
-            let ids: Vec<&str> = group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
+            let ids: Vec<&str> = comp.group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
             timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
             i = last;
         } else {
             // A global op, in its own out-of-core form.
             let fail = |e: String| (i, e);
-            let inputs: Vec<Store> = st.inputs.iter().map(|(_, r)| store_of(&stores, r)).collect();
+            let inputs: Vec<Store> = st
+                .inputs
+                .iter()
+                .map(|(_, r)| match r {
+                    Ref::Source(k) => sources[*k].clone(),
+                    Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
+                })
+                .collect();
             let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i), true).map_err(fail)?) };
             let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
-            let table = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
-            match (io.dest.take(), table) {
-                (Some(d), None) => {
+            let outcome = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
+            match (io.dest.take(), outcome) {
+                (Some(d), Outcome::Emitted) => {
                     if st.kind == Kind::Labels {
                         objects.push((st.id.clone(), d.max.unwrap_or(0) as u64));
                     }
@@ -507,25 +435,63 @@ fn run(
                         stores[i] = Some(store);
                     }
                 }
-                (None, Some(table @ Value::Table(_))) => {
+                (Some(d), Outcome::Local(op)) if st.kind != Kind::Labels => {
+                    // Nothing was emitted: the rest is a local op, computed where it is read.
+                    d.abandon();
+                    let group = tiled::Group { stages: vec![i], halos: vec![[0; 3]] };
+                    let comp = Arc::new(Computed::new(s, group, vec![OpRef::Owned(op)], &stores, &sources));
+                    materialise(s, &comp).map_err(|(_, e)| fail(e))?;
+                    stores[i] = Some(Store::Computed(comp, 0));
+                }
+                (None, Outcome::Table(table @ Value::Table(_))) => {
                     if let Some(store) = ck {
                         store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
                     }
                     sink(i, &table).map_err(fail)?;
                 }
-                _ => return Err(fail(format!("internal: `{}` gave no {}", st.op.info().name, st.kind))),
+                _ => return Err(fail(format!("internal: `{}` did not give {}", st.op.info().name, st.kind.with_article()))),
             }
             timings.push((st.id.clone(), t0.elapsed().as_secs_f64()));
         }
-        // Spill files no later stage reads are removed as soon as possible.
+        // What no later stage reads is dropped (a temporary spill file with its last reader).
         for (k, store) in stores.iter_mut().enumerate().take(i + 1) {
-            if last_use[k] <= i
-                && let Some(Store::Spill { path, owned: true, .. }) = store.take()
-            {
-                let _ = std::fs::remove_file(path);
+            if last_use[k] <= i {
+                *store = None;
             }
         }
         i += 1;
+    }
+    Ok(())
+}
+
+/// Writes the output files of a computed run's stages (those not current), in one pass over
+/// slabs. An error names the failing stage's position in the run.
+fn materialise(s: &Streamed, comp: &Computed) -> Result<(), (usize, String)> {
+    let keep: Vec<bool> = comp.group.stages.iter().map(|&k| writes(s, k)).collect();
+    if !keep.iter().any(|&w| w) {
+        return Ok(());
+    }
+    let mut dests: Vec<Option<Dest>> = Vec::new();
+    for (p, &k) in comp.group.stages.iter().enumerate() {
+        dests.push(if keep[p] { Some(Dest::new(s, k, false, true).map_err(|e| (p, e))?) } else { None });
+    }
+    let [nz, ny, nx] = comp.shape;
+    let bpv = comp.inputs.iter().map(Volume::bytes_per_voxel).sum::<u64>()
+        + comp.group.stages.iter().map(|&k| tiled::bytes_per_voxel(&s.bound.metas[k])).sum::<u64>();
+    let halo = comp.halo + comp.inputs.iter().map(Volume::halo).max().unwrap_or(0);
+    let thick = slab_planes(s, ny * nx, bpv, halo);
+    for (z0, z1) in slab::ranges(nz, thick) {
+        let out = comp.run(z0, z1, &keep).map_err(|e| (0, e))?;
+        for (p, v) in out.into_iter().enumerate() {
+            if let (Some(v), Some(d)) = (v, dests[p].as_mut()) {
+                d.emit(v, s).map_err(|e| (p, e))?;
+            }
+        }
+    }
+    for (p, d) in dests.into_iter().enumerate() {
+        if let Some(d) = d {
+            d.finish(s).map_err(|e| (p, e))?;
+        }
     }
     Ok(())
 }
@@ -535,24 +501,11 @@ fn writes(s: &Streamed, k: usize) -> bool {
     !s.valid[k] && s.plan.outputs.iter().any(|(o, fs)| *o == k && !fs.is_empty())
 }
 
-/// `(z, y, x)` of a voxel value.
-fn value_dim(v: &Value) -> (usize, usize, usize) {
-    match v {
-        Value::Mask(a) => a.dim(),
-        Value::Labels(a) => a.dim(),
-        Value::Image(d) => {
-            let [z, y, x] = d.shape();
-            (z, y, x)
-        }
-        Value::Table(_) => (0, 0, 0),
-    }
-}
-
 /// Where a streamed stage's slabs go, in z order: its spill file (when later stages read it) and
 /// its output files (opened at the first slab, when the file type is known).
 struct Dest {
     stage: usize,
-    spill: Option<Spill>,
+    spill: Option<spill::Writer>,
     /// Whether output files are written (not current from the last run).
     write: bool,
     outs: Option<Vec<Out>>,
@@ -563,7 +516,7 @@ struct Dest {
 
 impl Dest {
     fn new(s: &Streamed, k: usize, spill: bool, write: bool) -> Result<Dest, String> {
-        let spill = if spill { Some(Spill::create(&s.spill_dir, &s.plan.stages[k].id)?) } else { None };
+        let spill = if spill { Some(spill::Writer::create(&s.spill_dir, &s.plan.stages[k].id)?) } else { None };
         Ok(Dest { stage: k, spill, write: write && writes(s, k), outs: None, max: None, planes: 0 })
     }
     fn emit(&mut self, v: Value, s: &Streamed) -> Result<(), String> {
@@ -599,8 +552,14 @@ impl Dest {
         }
         Ok(())
     }
+    /// Gives up a destination nothing was emitted to (its spill file is removed).
+    fn abandon(self) {
+        if let Some(sp) = self.spill {
+            let _ = std::fs::remove_file(sp.path());
+        }
+    }
     /// Closes the outputs; the spill, if any, becomes the stage's store.
-    fn finish(self, s: &Streamed) -> Result<Option<Store>, String> {
+    fn finish<'a>(self, s: &Streamed) -> Result<Option<Store<'a>>, String> {
         let want = s.bound.metas[self.stage].shape[0];
         if self.planes != want {
             return Err(format!("internal: {} planes streamed, expected {want}", self.planes));
@@ -609,7 +568,7 @@ impl Dest {
             o.finish().map_err(|e| e.to_string())?;
         }
         match self.spill {
-            Some(sp) => sp.finish(s.checkpoints, &s.keys[self.stage]).map(Some),
+            Some(sp) => finish_spill(sp, s.checkpoints, &s.keys[self.stage]).map(Some),
             None => Ok(None),
         }
     }
@@ -638,7 +597,7 @@ fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<Out>, String
 struct StageIo<'a> {
     s: &'a Streamed<'a>,
     stage: usize,
-    inputs: Vec<Store>,
+    inputs: Vec<Store<'a>>,
     dest: Option<Dest>,
     /// Scratch volumes made so far (for unique names).
     scratch: usize,
@@ -649,13 +608,14 @@ impl Slabs for StageIo<'_> {
         &self.inputs[k]
     }
     fn planes(&self, bytes_per_voxel: u64) -> usize {
-        let [_, ny, nx] = self.inputs.first().map(Store::shape).unwrap_or([1; 3]);
-        slab_planes(self.s, ny * nx, bytes_per_voxel, 0)
+        let [_, ny, nx] = self.inputs.first().map(Volume::shape).unwrap_or([1; 3]);
+        let halo = self.inputs.iter().map(Volume::halo).max().unwrap_or(0);
+        slab_planes(self.s, ny * nx, bytes_per_voxel, halo)
     }
     fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String> {
         self.scratch += 1;
         let name = format!("{}.{}.{name}", self.s.plan.stages[self.stage].id, self.scratch);
-        Ok(Box::new(ScratchFile { spill: Spill::create(&self.s.spill_dir, &name)? }))
+        Ok(Box::new(ScratchFile { w: spill::Writer::create(&self.s.spill_dir, &name)? }))
     }
     fn labels_max(&mut self, max: u32) {
         if let Some(d) = self.dest.as_mut() {
@@ -672,52 +632,35 @@ impl Slabs for StageIo<'_> {
 
 /// A scratch volume: a spill file appended to and read back (removed when dropped).
 struct ScratchFile {
-    spill: Spill,
+    w: spill::Writer,
 }
 
 impl Volume for ScratchFile {
     fn meta(&self) -> Meta {
-        let (kind, dtype) = match self.spill.elem {
+        let (kind, dtype) = match self.w.elem() {
             Some(Elem::Mask) => (Kind::Mask, None),
             Some(Elem::Image(d)) => (Kind::Image, Some(d)),
             Some(Elem::Labels) | None => (Kind::Labels, None),
         };
-        Meta { kind, dtype, shape: self.spill.shape(), ndim: 3, scale: [1.0; 3] }
+        Meta { kind, dtype, shape: self.w.shape(), ndim: 3, scale: [1.0; 3] }
     }
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
-        let elem = self.spill.elem.ok_or("internal: reading an empty scratch volume")?;
-        if z1 > self.spill.planes || z0 > z1 {
-            return Err(format!("internal: planes {z0}..{z1} of a scratch volume of {}", self.spill.planes));
-        }
-        read_raw(&self.spill.path, elem, self.spill.plane, z0, z1)
+        self.w.read(z0, z1)
     }
     fn bytes_per_voxel(&self) -> u64 {
-        self.spill.elem.map(|e| e.bytes() as u64).unwrap_or(4)
+        self.w.elem().map(|e| e.bytes() as u64).unwrap_or(4)
     }
 }
 
 impl Scratch for ScratchFile {
     fn append(&mut self, v: &Value) -> Result<(), String> {
-        self.spill.append(v)?;
-        // Readable at once.
-        self.spill.w.flush().map_err(|e| format!("{}: {e}", self.spill.path.display()))
-    }
-    fn overwrite(&mut self, z0: usize, v: &Value) -> Result<(), String> {
-        let (nz, ny, nx) = value_dim(v);
-        if Some(Elem::of(v)?) != self.spill.elem || (ny, nx) != self.spill.plane || z0 + nz > self.spill.planes {
-            return Err("internal: overwriting a scratch volume with other data".into());
-        }
-        let path = &self.spill.path;
-        let bytes = self.spill.elem.map(Elem::bytes).unwrap_or(1);
-        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        f.seek(SeekFrom::Start((z0 * ny * nx * bytes) as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
-        f.write_all(&raw_bytes(v)).map_err(|e| format!("{}: {e}", path.display()))
+        self.w.append(v)
     }
 }
 
 impl Drop for ScratchFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.spill.path);
+        let _ = std::fs::remove_file(self.w.path());
     }
 }
 

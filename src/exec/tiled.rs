@@ -147,7 +147,14 @@ pub fn run_group(run: &GroupRun, full: &[&Value], reads: &dyn Fn(usize) -> Vec<u
 }
 
 /// A tile's cores of the kept stages, or the failing stage's position in the group and why.
-type TileResult = Result<Vec<Option<Value>>, (usize, String)>;
+pub type TileResult = Result<Vec<Option<Value>>, (usize, String)>;
+
+/// Evaluates a group on one tile core only, returning the kept stages over that core (nothing
+/// is pasted into full-size values): a slab with its halo planes, streamed.
+pub fn run_core(run: &GroupRun, full: &[&Value], reads: &dyn Fn(usize) -> Vec<usize>, core: Region) -> TileResult {
+    let down = run.group.downstream(reads);
+    run_tile(run, full, &down, core)
+}
 
 /// One tile: every group stage over its grown region; returns the cores of the kept stages.
 fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> TileResult {
@@ -158,17 +165,20 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
         let h = run.group.halos[i];
         let region_in = core.grow([0, 1, 2].map(|k| down[i][k] + h[k]), run.shape);
         let region_out = core.grow(down[i], run.shape);
-        let ins: Vec<Value> = run.inputs[i]
+        // Inputs that already span the region are used as they are, not copied.
+        let whole = Region::whole(run.shape);
+        let ins: Vec<std::borrow::Cow<Value>> = run.inputs[i]
             .iter()
             .map(|f| match *f {
-                Feed::Full(j) => crop(full[j], &region_in),
+                Feed::Full(j) if region_in == whole => std::borrow::Cow::Borrowed(full[j]),
+                Feed::Full(j) => std::borrow::Cow::Owned(crop(full[j], &region_in)),
                 Feed::Group(j) => {
                     let (r, v) = local[j].as_ref().expect("group stages computed in order");
-                    crop(v, &r.local(&region_in))
+                    if *r == region_in { std::borrow::Cow::Borrowed(v) } else { std::borrow::Cow::Owned(crop(v, &r.local(&region_in))) }
                 }
             })
             .collect();
-        let refs: Vec<&Value> = ins.iter().collect();
+        let refs: Vec<&Value> = ins.iter().map(|c| c.as_ref()).collect();
         let want = region_in.local(&region_out);
         let v = if region_in == region_out {
             run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?

@@ -91,7 +91,7 @@ impl Op for Downsample {
         false
     }
     /// Output planes a slab at a time, each from the whole blocks of input planes under it.
-    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<super::slab::Outcome, String> {
         let f = self.factors(ctx.ndim);
         let out_nz = io.input(0).shape()[0] / f[0];
         // Per output plane: f[0] input planes, plus the output's f32.
@@ -101,7 +101,7 @@ impl Op for Downsample {
             let Value::Image(d) = io.input(0).read(z0 * f[0], z1 * f[0])? else { return Err("downsample: input is not an image".into()) };
             io.emit(Value::Image(Data::F32(block_mean(&d, f)?)))?;
         }
-        Ok(None)
+        Ok(super::slab::Outcome::Emitted)
     }
 }
 

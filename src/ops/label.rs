@@ -124,7 +124,7 @@ impl Op for Label {
     }
     /// Slabs labelled with provisional ids set aside on disk and joined across seams
     /// ([`SlabLabeller`]), then a pass that renumbers them.
-    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let [nz, ny, nx] = io.input(0).shape();
         let planes = io.planes(1 + 4 + 4);
         let mut labeller = SlabLabeller::new(self.connectivity_for(ctx.ndim), ny, nx);
@@ -140,7 +140,7 @@ impl Op for Label {
             let Value::Labels(p) = prov.read(z0, z1)? else { return Err("label: provisional labels".into()) };
             io.emit(Value::Labels(p.mapv(|x| remap[x as usize])))?;
         }
-        Ok(None)
+        Ok(slab::Outcome::Emitted)
     }
 }
 

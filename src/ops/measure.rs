@@ -161,7 +161,7 @@ impl Op for Measure {
         Ok(())
     }
     /// One [`Accumulator`] fed slab by slab (a second pass for float intensities).
-    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let shape = io.input(0).shape();
         let n_int = self.intensity.len();
         let n_in = 1 + n_int + self.territories.is_some() as usize;
@@ -196,7 +196,7 @@ impl Op for Measure {
             }
         }
         let names: Vec<&str> = self.intensity.keys().map(String::as_str).collect();
-        Ok(Some(Value::Table(acc.finish(&names, shape, ctx))))
+        Ok(slab::Outcome::Table(Value::Table(acc.finish(&names, shape, ctx))))
     }
 }
 

@@ -201,10 +201,11 @@ pub trait Op: Send + Sync + Debug {
     fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
         Err("needs the whole image in memory".into())
     }
-    /// The out-of-core form of a global op (see [`slab`]): reads its inputs through `io`, emits
-    /// voxel outputs slab by slab in z order and returns `None`, or returns its table. Must
-    /// equal [`Op::run`] on the whole inputs bit for bit.
-    fn stream(&self, _io: &mut dyn slab::Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+    /// The out-of-core form of a global op (see [`slab`]): reads its inputs through `io`, then
+    /// emits voxel outputs slab by slab in z order, returns its table, or returns the local op
+    /// that finishes the job ([`slab::Outcome`]). Must equal [`Op::run`] on the whole inputs
+    /// bit for bit.
+    fn stream(&self, _io: &mut dyn slab::Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         Err(format!("internal: `{}` has no out-of-core form", self.info().name))
     }
 }

@@ -399,7 +399,7 @@ impl Op for FillHoles {
     /// The background labelled slab by slab with face connectivity ([`SlabLabeller`] on the
     /// inverted mask), noting which components touch the volume's border; then a pass that
     /// fills every background component that does not.
-    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         let [nz, ny, nx] = io.input(0).shape();
         let planes = io.planes(1 + 4 + 4);
         let mut labeller = SlabLabeller::new(6, ny, nx);
@@ -427,7 +427,7 @@ impl Op for FillHoles {
             let Value::Labels(p) = prov.read(z0, z1)? else { return Err("fill_holes: provisional labels".into()) };
             io.emit(Value::Mask(p.mapv(|id| (id == 0 || !open[remap[id as usize] as usize]) as u8)))?;
         }
-        Ok(None)
+        Ok(slab::Outcome::Emitted)
     }
 }
 

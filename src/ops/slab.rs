@@ -15,7 +15,19 @@
 //! concatenated, equal [`Op::run`](super::Op::run) on the whole inputs bit for bit (the property
 //! tests in `tests/stream.rs` check every op of the registry).
 
-use super::{Meta, Value};
+use super::{Meta, Op, Value};
+
+/// How a global op's out-of-core form ends.
+pub enum Outcome {
+    /// Its voxels were emitted slab by slab ([`Slabs::emit`]).
+    Emitted,
+    /// Its table.
+    Table(Value),
+    /// What remains is local: this op, on the same inputs, gives the output (a threshold once
+    /// the histogram passes have fixed its value). The executor then computes the stage per
+    /// slab where it is read, fused with its readers, instead of writing it to disk.
+    Local(Box<dyn Op>),
+}
 
 /// A full-size volume on disk, read by plane ranges.
 pub trait Volume: Send + Sync {
@@ -27,16 +39,19 @@ pub trait Volume: Send + Sync {
     }
     /// Planes `z0..z1`.
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String>;
-    /// Bytes one voxel takes in memory once read.
+    /// Bytes one voxel takes in memory while a slab is read (for a volume computed on the
+    /// fly: its inputs' and intermediates' too).
     fn bytes_per_voxel(&self) -> u64;
+    /// Planes of context a read adds on each side (volumes computed on the fly from a halo).
+    fn halo(&self) -> usize {
+        0
+    }
 }
 
 /// A volume an op writes itself, slab by slab in z order, then reads back.
 pub trait Scratch: Volume {
-    /// Appends the next planes (all of one kind and plane size).
+    /// Appends the next planes (all of one kind and plane size); they can be read at once.
     fn append(&mut self, v: &Value) -> Result<(), String>;
-    /// Replaces planes `z0..` (already appended) with `v`, of the same kind and element size.
-    fn overwrite(&mut self, z0: usize, v: &Value) -> Result<(), String>;
 }
 
 /// What the executor gives a global op running out of core.

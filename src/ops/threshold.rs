@@ -130,9 +130,9 @@ impl Op for Threshold {
         Ok(())
     }
     /// Passes over the image for its histogram (one for integer images, two for float ones:
-    /// range, then bins; Li on float images sorts and iterates, see [`li_streamed`]), then one
-    /// that applies the threshold.
-    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+    /// range, then bins; Li on float images sorts and iterates, see [`li_streamed`]); applying
+    /// the value found is then local (a fixed threshold).
+    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         let float = io.input(0).meta().dtype == Some(crate::io::DType::F32);
         let planes = io.planes(io.input(0).bytes_per_voxel() + 1);
         let nz = io.input(0).shape()[0];
@@ -150,11 +150,8 @@ impl Op for Threshold {
                 })?
             }
         };
-        for (z0, z1) in slab::ranges(nz, planes) {
-            let Value::Image(d) = io.input(0).read(z0, z1)? else { return Err("threshold: input is not an image".into()) };
-            io.emit(Value::Mask(apply(&d, t, self.invert)?))?;
-        }
-        Ok(None)
+        // What is left is local: the same threshold at the value found.
+        Ok(slab::Outcome::Local(Box::new(Threshold { method: Method::Fixed, value: Some(t), ..self.clone() })))
     }
 }
 
@@ -612,22 +609,25 @@ pub fn streamed(
     if method == Method::Li {
         return Err("internal: li on a float image streams through li_streamed".into());
     }
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 18;
     let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
     let (mut first, mut first_number): (Option<f64>, Option<f64>) = (None, None);
     pass(&mut |d| {
         let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-        for &v in a.iter() {
-            if first.is_none() {
-                first = Some(v as f64);
-            }
-            if first_number.is_none() && !v.is_nan() {
-                first_number = Some(v as f64);
-            }
-            if v.is_finite() {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
+        if first.is_none() {
+            first = a.iter().next().map(|&v| v as f64);
         }
+        if first_number.is_none() {
+            first_number = a.iter().copied().find(|v| !v.is_nan()).map(f64::from);
+        }
+        let none = (f32::INFINITY, f32::NEG_INFINITY);
+        let (l, h) = match a.as_slice() {
+            Some(v) => v.par_chunks(CHUNK).map(finite_min_max).reduce(|| none, |(a, b), (c, d)| (a.min(c), b.max(d))),
+            None => a.iter().filter(|v| v.is_finite()).fold(none, |(l, h), &v| (l.min(v), h.max(v))),
+        };
+        lo = lo.min(l);
+        hi = hi.max(h);
         Ok(())
     })?;
     let (counts, centers) = if lo > hi {
@@ -639,7 +639,28 @@ pub fn streamed(
         let mut counts = vec![0u64; nbins];
         pass(&mut |d| {
             let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-            bins.count(a.iter().copied(), &mut counts);
+            let part = match a.as_slice() {
+                Some(v) => v
+                    .par_chunks(CHUNK)
+                    .map(|c| {
+                        let mut k = vec![0u64; nbins];
+                        bins.count_slice(c, &mut k);
+                        k
+                    })
+                    .reduce(
+                        || vec![0u64; nbins],
+                        |mut a, b| {
+                            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                            a
+                        },
+                    ),
+                None => {
+                    let mut k = vec![0u64; nbins];
+                    bins.count(a.iter().copied(), &mut k);
+                    k
+                }
+            };
+            counts.iter_mut().zip(part).for_each(|(x, y)| *x += y);
             Ok(())
         })?;
         (counts, bins.centers())

@@ -282,7 +282,7 @@ impl Op for Crop {
     }
     /// Reads only the planes it keeps, a slab at a time (labels: a first pass for their largest
     /// id, which the file type depends on).
-    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<Option<Value>, String> {
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let m = io.input(0).meta();
         let (lo, hi) = self.resolve(m.shape, ctx.ndim).map_err(|e| e.message)?;
         let planes = io.planes(2 * io.input(0).bytes_per_voxel());
@@ -303,7 +303,7 @@ impl Op for Crop {
             let v = cut(io, z0, z1)?;
             io.emit(v)?;
         }
-        Ok(None)
+        Ok(slab::Outcome::Emitted)
     }
 }
 
@@ -467,8 +467,8 @@ impl Op for Rescale {
     fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
         Ok(())
     }
-    /// A pass for the image's range (`in_range: image`), then one that maps each slab with it.
-    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<Option<Value>, String> {
+    /// A pass for the image's range (`in_range: image`); mapping with it is then local.
+    fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         let nz = io.input(0).shape()[0];
         let planes = io.planes(io.input(0).bytes_per_voxel() + 4);
         let range = match self.in_range {
@@ -484,11 +484,8 @@ impl Op for Rescale {
             }
             ref r => r.clone(),
         };
-        for (z0, z1) in slab::ranges(nz, planes) {
-            let Value::Image(d) = io.input(0).read(z0, z1)? else { return Err("rescale: input is not an image".into()) };
-            io.emit(Value::Image(rescale(&d, &range, self.out)?))?;
-        }
-        Ok(None)
+        // What is left is local: the same mapping from the range found.
+        Ok(slab::Outcome::Local(Box::new(Rescale { in_range: range, ..self.clone() })))
     }
 }
 

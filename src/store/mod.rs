@@ -89,6 +89,9 @@ pub const OUTPUT_LAYOUT: u32 = 1;
 pub struct RawMeta {
     /// `mask`, `labels`, `u8`, `u16`, `u32` or `f32`.
     pub elem: String,
+    /// The file's layout (`exec::spill::FORMAT`); checkpoints of another layout are not taken.
+    #[serde(default)]
+    pub format: String,
     pub bytes: u64,
     pub blake3: String,
 }

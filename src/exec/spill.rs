@@ -1,0 +1,378 @@
+//! Spill files: full-size stage values set aside on disk while a sample streams, read back by
+//! plane ranges.
+//!
+//! A spill file holds one volume of one element type as zstd-compressed chunks of whole planes
+//! (about 1 MiB of voxels each, compressed in parallel), then an index of the chunks and a
+//! trailer. Masks and labels shrink tens of times, so streaming a volume costs little disk
+//! beyond its outputs; the format is internal (checkpoints made of spills name it in their
+//! metadata, [`FORMAT`], and others are not taken).
+//!
+//! Trailer (little-endian u64s, then 8 magic bytes): chunk count, planes per chunk, planes, y,
+//! x, element code, `TSPILL01`; the index before it: (offset, length) per chunk.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use ndarray::Array3;
+use rayon::prelude::*;
+
+use crate::io::{self, DType, Data};
+use crate::ops::Value;
+
+/// Names this layout in checkpoint metadata.
+pub const FORMAT: &str = "zstd-chunks-1";
+const MAGIC: &[u8; 8] = b"TSPILL01";
+const TRAILER: usize = 6 * 8 + 8;
+/// Raw bytes per chunk (at least one plane).
+const CHUNK_BYTES: usize = 1 << 20;
+const LEVEL: i32 = 1;
+
+/// The element type of a spill file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    Mask,
+    Labels,
+    Image(DType),
+}
+
+impl Elem {
+    pub fn of(v: &Value) -> Result<Elem, String> {
+        match v {
+            Value::Mask(_) => Ok(Elem::Mask),
+            Value::Labels(_) => Ok(Elem::Labels),
+            Value::Image(d) if !d.dtype().is_rgb() => Ok(Elem::Image(d.dtype())),
+            Value::Image(_) => Err("colour images are not streamed".into()),
+            Value::Table(_) => Err("internal: a table is not spilled".into()),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::Mask => "mask",
+            Elem::Labels => "labels",
+            Elem::Image(DType::U8) => "u8",
+            Elem::Image(DType::U16) => "u16",
+            Elem::Image(DType::U32) => "u32",
+            Elem::Image(_) => "f32",
+        }
+    }
+    const ALL: [Elem; 6] =
+        [Elem::Mask, Elem::Labels, Elem::Image(DType::U8), Elem::Image(DType::U16), Elem::Image(DType::U32), Elem::Image(DType::F32)];
+    fn code(self) -> u64 {
+        Elem::ALL.iter().position(|e| *e == self).unwrap_or(5) as u64
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::Mask => 1,
+            Elem::Labels => 4,
+            Elem::Image(d) => d.bytes_per_voxel() as usize,
+        }
+    }
+}
+
+/// `(z, y, x)` of a voxel value.
+pub fn value_dim(v: &Value) -> (usize, usize, usize) {
+    match v {
+        Value::Mask(a) => a.dim(),
+        Value::Labels(a) => a.dim(),
+        Value::Image(d) => {
+            let [z, y, x] = d.shape();
+            (z, y, x)
+        }
+        Value::Table(_) => (0, 0, 0),
+    }
+}
+
+/// Little-endian bytes of a slab (borrowed from it where possible; [`io::le_bytes`]).
+fn raw_bytes(v: &Value) -> std::borrow::Cow<'_, [u8]> {
+    match v {
+        Value::Mask(a) => io::le_bytes(a),
+        Value::Labels(a) => io::le_bytes(a),
+        Value::Image(d) => io::data_le_bytes(d).unwrap_or_default(),
+        Value::Table(_) => std::borrow::Cow::Borrowed(&[]),
+    }
+}
+
+fn from_bytes(elem: Elem, raw: Vec<u8>, sh: (usize, usize, usize)) -> Value {
+    fn le<const W: usize, T>(raw: &[u8], f: fn([u8; W]) -> T) -> Vec<T> {
+        raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunk size"))).collect()
+    }
+    let arr = |v| Array3::from_shape_vec(sh, v).expect("spill slab size");
+    match elem {
+        Elem::Mask => Value::Mask(Array3::from_shape_vec(sh, raw).expect("spill slab size")),
+        Elem::Labels => Value::Labels(arr(le(&raw, u32::from_le_bytes))),
+        Elem::Image(DType::U8) => Value::Image(Data::U8(Array3::from_shape_vec(sh, raw).expect("spill slab size"))),
+        Elem::Image(DType::U16) => Value::Image(Data::U16(Array3::from_shape_vec(sh, le(&raw, u16::from_le_bytes)).expect("size"))),
+        Elem::Image(DType::U32) => Value::Image(Data::U32(arr(le(&raw, u32::from_le_bytes)))),
+        Elem::Image(_) => Value::Image(Data::F32(Array3::from_shape_vec(sh, le(&raw, f32::from_le_bytes)).expect("size"))),
+    }
+}
+
+/// Where the chunks are: (offset, compressed length) each, `chunk` planes per chunk.
+#[derive(Debug, Clone, Default)]
+struct Layout {
+    elem: Option<Elem>,
+    plane: (usize, usize),
+    chunk: usize,
+    index: Vec<(u64, u64)>,
+}
+
+impl Layout {
+    fn plane_bytes(&self) -> usize {
+        self.plane.0 * self.plane.1 * self.elem.map(Elem::bytes).unwrap_or(1)
+    }
+    /// Planes `z0..z1` (in written chunks, or in `pending` for the chunk being filled).
+    fn read(&self, file: &File, path: &Path, z0: usize, z1: usize, pending: &[u8]) -> Result<Value, String> {
+        let elem = self.elem.ok_or_else(|| format!("internal: {}: read before anything was spilled", path.display()))?;
+        let pb = self.plane_bytes();
+        let mut raw = Vec::with_capacity((z1 - z0) * pb);
+        let mut z = z0;
+        while z < z1 {
+            let c = z / self.chunk;
+            let first = c * self.chunk;
+            let upto = z1.min(first + self.chunk);
+            let take = |bytes: &[u8]| -> Result<Vec<u8>, String> {
+                let (a, b) = ((z - first) * pb, (upto - first) * pb);
+                bytes.get(a..b).map(<[u8]>::to_vec).ok_or_else(|| format!("{}: spill file cut short", path.display()))
+            };
+            match self.index.get(c) {
+                Some(&(off, len)) => {
+                    let mut comp = vec![0u8; len as usize];
+                    file.read_exact_at(&mut comp, off).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let plain = zstd::bulk::decompress(&comp, self.chunk * pb).map_err(|e| format!("{}: {e}", path.display()))?;
+                    raw.extend(take(&plain)?);
+                }
+                None if c == self.index.len() => raw.extend(take(pending)?),
+                None => return Err(format!("internal: {}: planes {z0}..{z1} were not spilled", path.display())),
+            }
+            z = upto;
+        }
+        Ok(from_bytes(elem, raw, (z1 - z0, self.plane.0, self.plane.1)))
+    }
+}
+
+/// A spill file being written, slab by slab in z order; what is written can be read already.
+pub struct Writer {
+    path: PathBuf,
+    w: BufWriter<File>,
+    layout: Layout,
+    planes: usize,
+    /// Raw planes of the chunk being filled.
+    pending: Vec<u8>,
+    offset: u64,
+    hash: blake3::Hasher,
+    /// A handle for reads while writing.
+    reader: File,
+}
+
+impl Writer {
+    pub fn create(dir: &Path, name: &str) -> Result<Writer, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(format!("{name}.spill"));
+        let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let reader = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Writer {
+            path,
+            w: BufWriter::with_capacity(1 << 20, f),
+            layout: Layout::default(),
+            planes: 0,
+            pending: Vec::new(),
+            offset: 0,
+            hash: blake3::Hasher::new(),
+            reader,
+        })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn elem(&self) -> Option<Elem> {
+        self.layout.elem
+    }
+    pub fn shape(&self) -> [usize; 3] {
+        [self.planes, self.layout.plane.0, self.layout.plane.1]
+    }
+    /// Appends the next planes (one element type and plane size throughout).
+    pub fn append(&mut self, v: &Value) -> Result<(), String> {
+        let e = Elem::of(v)?;
+        let (nz, ny, nx) = value_dim(v);
+        if self.layout.elem.is_none() {
+            let pb = (ny * nx * e.bytes()).max(1);
+            self.layout = Layout { elem: Some(e), plane: (ny, nx), chunk: (CHUNK_BYTES / pb).max(1), index: Vec::new() };
+        } else if self.layout.elem != Some(e) || self.layout.plane != (ny, nx) {
+            return Err(format!("internal: {}: slabs of different kinds or plane sizes", self.path.display()));
+        }
+        self.planes += nz;
+        self.pending.extend_from_slice(&raw_bytes(v));
+        let chunk_bytes = self.layout.chunk * self.layout.plane_bytes();
+        let full = self.pending.len() / chunk_bytes;
+        if full > 0 {
+            let rest = self.pending.split_off(full * chunk_bytes);
+            let done = std::mem::replace(&mut self.pending, rest);
+            self.write_chunks(&done, chunk_bytes)?;
+        }
+        Ok(())
+    }
+    fn write_chunks(&mut self, raw: &[u8], chunk_bytes: usize) -> Result<(), String> {
+        let comp: Vec<std::io::Result<Vec<u8>>> = raw.par_chunks(chunk_bytes).map(|c| zstd::bulk::compress(c, LEVEL)).collect();
+        for c in comp {
+            let c = c.map_err(|e| format!("{}: compressing: {e}", self.path.display()))?;
+            self.put(&c)?;
+            self.layout.index.push((self.offset - c.len() as u64, c.len() as u64));
+        }
+        // Readable at once.
+        self.w.flush().map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.hash.update(bytes);
+        self.offset += bytes.len() as u64;
+        self.w.write_all(bytes).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+    /// Planes `z0..z1` of what was appended so far.
+    pub fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+        if z1 > self.planes || z0 > z1 {
+            return Err(format!("internal: planes {z0}..{z1} of a spill of {}", self.planes));
+        }
+        self.layout.read(&self.reader, &self.path, z0, z1, &self.pending)
+    }
+    /// Writes the last chunk, the index and the trailer: the file, its size and blake3.
+    pub fn finish(mut self, owned: bool) -> Result<(Reader, u64, String), String> {
+        let elem = self.layout.elem.ok_or_else(|| format!("{}: nothing was spilled", self.path.display()))?;
+        let pending = std::mem::take(&mut self.pending);
+        if !pending.is_empty() {
+            let cb = self.layout.chunk * self.layout.plane_bytes();
+            self.write_chunks(&pending, cb)?;
+        }
+        let mut tail = Vec::with_capacity(self.layout.index.len() * 16 + TRAILER);
+        for (o, l) in &self.layout.index {
+            tail.extend(o.to_le_bytes());
+            tail.extend(l.to_le_bytes());
+        }
+        let l = &self.layout;
+        for v in [l.index.len() as u64, l.chunk as u64, self.planes as u64, l.plane.0 as u64, l.plane.1 as u64, elem.code()] {
+            tail.extend(v.to_le_bytes());
+        }
+        tail.extend(MAGIC);
+        self.put(&tail)?;
+        self.w.flush().map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let file = File::open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let shape = self.shape();
+        let reader = Reader { path: self.path.clone(), file, layout: self.layout.clone(), shape, owned };
+        Ok((reader, self.offset, self.hash.finalize().to_hex().to_string()))
+    }
+}
+
+/// A finished spill file, read by plane ranges; removed when dropped if `owned` (a temporary).
+#[derive(Debug)]
+pub struct Reader {
+    path: PathBuf,
+    file: File,
+    layout: Layout,
+    shape: [usize; 3],
+    owned: bool,
+}
+
+impl Reader {
+    /// A finished spill file on disk (a checkpoint), not removed when dropped.
+    pub fn open(path: &Path) -> Result<Reader, String> {
+        let bad = |why: &str| format!("{}: not a spill file ({why})", path.display());
+        let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+        if len < TRAILER as u64 {
+            return Err(bad("too short"));
+        }
+        let mut t = [0u8; TRAILER];
+        file.seek(SeekFrom::Start(len - TRAILER as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.read_exact(&mut t).map_err(|e| format!("{}: {e}", path.display()))?;
+        if &t[48..] != MAGIC {
+            return Err(bad("no trailer"));
+        }
+        let u = |k: usize| u64::from_le_bytes(t[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
+        let (n, chunk, planes, ny, nx, code) = (u(0), u(1), u(2), u(3), u(4), u(5));
+        let elem = *Elem::ALL.get(code as usize).ok_or_else(|| bad("element type"))?;
+        if chunk == 0 || n.checked_mul(16).is_none_or(|b| b + TRAILER as u64 > len) || n != planes.div_ceil(chunk) {
+            return Err(bad("index"));
+        }
+        let mut raw = vec![0u8; n as usize * 16];
+        let at = len - TRAILER as u64 - raw.len() as u64;
+        file.read_exact_at(&mut raw, at).map_err(|e| format!("{}: {e}", path.display()))?;
+        let index: Vec<(u64, u64)> = raw
+            .chunks_exact(16)
+            .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
+            .collect();
+        let layout = Layout { elem: Some(elem), plane: (ny as usize, nx as usize), chunk: chunk as usize, index };
+        Ok(Reader { path: path.to_path_buf(), file, layout, shape: [planes as usize, ny as usize, nx as usize], owned: false })
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn elem(&self) -> Elem {
+        self.layout.elem.unwrap_or(Elem::Mask)
+    }
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+    /// Planes `z0..z1`.
+    pub fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+        if z1 > self.shape[0] || z0 > z1 {
+            return Err(format!("internal: planes {z0}..{z1} of a spill of {}", self.shape[0]));
+        }
+        self.layout.read(&self.file, &self.path, z0, z1, &[])
+    }
+    /// Moves the file (a checkpoint adopts it); it is no longer removed when dropped.
+    pub fn keep_at(mut self, path: PathBuf) -> Reader {
+        self.path = path;
+        self.owned = false;
+        self
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slabs_round_trip_through_compressed_chunks_at_any_range() {
+        let dir = tempfile::tempdir().unwrap();
+        // 37 planes of 300×200 u32: 240 KB a plane, so 4 planes a chunk and a partial last chunk.
+        let a = Array3::from_shape_fn((37, 300, 200), |(z, y, x)| ((z * 7 + y / 9) as u32) * 1000 + (x as u32 / 50));
+        let mut w = Writer::create(dir.path(), "t").unwrap();
+        for z in (0..37).step_by(5) {
+            let z1 = (z + 5).min(37);
+            w.append(&Value::Labels(a.slice(ndarray::s![z..z1, .., ..]).to_owned())).unwrap();
+            // Readable while being written, pending planes included.
+            assert_eq!(w.read(0, z1).unwrap(), Value::Labels(a.slice(ndarray::s![0..z1, .., ..]).to_owned()));
+        }
+        let (r, bytes, _) = w.finish(true).unwrap();
+        assert!(bytes < (37 * 300 * 200 * 4 / 10) as u64, "labels compress: {bytes} bytes");
+        for (z0, z1) in [(0, 37), (3, 4), (4, 9), (35, 37), (0, 1), (12, 12)] {
+            assert_eq!(r.read(z0, z1).unwrap(), Value::Labels(a.slice(ndarray::s![z0..z1, .., ..]).to_owned()), "{z0}..{z1}");
+        }
+        let again = Reader::open(r.path()).unwrap();
+        assert_eq!((again.shape(), again.elem()), ([37, 300, 200], Elem::Labels));
+        assert_eq!(again.read(10, 30).unwrap(), r.read(10, 30).unwrap());
+        assert!(r.read(30, 38).is_err());
+        let path = r.path().to_path_buf();
+        drop(again);
+        drop(r);
+        assert!(!path.exists(), "a temporary spill is removed with its last reader");
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.spill");
+        std::fs::write(&p, b"short").unwrap();
+        assert!(Reader::open(&p).unwrap_err().contains("not a spill file"));
+        std::fs::write(&p, vec![7u8; 200]).unwrap();
+        assert!(Reader::open(&p).unwrap_err().contains("no trailer"));
+    }
+}
