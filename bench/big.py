@@ -80,7 +80,10 @@ def tree_bytes(path, skip=None):
 def run(exe, pipe, path, out, memory, extra=()):
     """Runs tessera under /usr/bin/time; also samples the output folder's size every 50 ms, for
     the disk the run used beyond its outputs (spills, scratch, checkpoints) at its peak."""
+    import shutil
     import threading
+    # A fresh folder: a folder from an earlier run would be up to date and skip the work.
+    shutil.rmtree(out, ignore_errors=True)
     cmd = ["/usr/bin/time", "-f", "%e %M", exe, "run", pipe, path, "--out", out, "--threads", "2",
            "--progress", "never", "--json", *extra]
     if memory:

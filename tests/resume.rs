@@ -308,6 +308,17 @@ fn streamed_samples_resume_from_stage_checkpoints_after_sigkill() {
     let o = tessera(&args(&out, &["--memory", "150KiB", "--json"]));
     assert_eq!(json(&o)["up_to_date"], 2, "a finished streamed run is up to date");
     assert!(!out.join(".tessera/spill").exists(), "spill files left behind");
+    // A deleted label file is rewritten from the labels' checkpoint (the spill `shape` read),
+    // not recomputed, and the run says so.
+    std::fs::remove_file(out.join("samples/bone3d/objects.npy")).unwrap();
+    let o = tessera(&args(&out, &["--memory", "150KiB", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_same(&out, &reference, "a deleted streamed output rewritten");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let bone = run["samples"].as_array().unwrap().iter().find(|s| s["sample"] == "bone3d").unwrap().clone();
+    assert_eq!(bone["streamed"], true);
+    assert_eq!(bone["reused_stages"], serde_json::json!(["objects", "shape"]), "{bone}");
+    assert!(bone["stage_seconds"].get("smooth").is_none(), "nothing before the labels was recomputed: {bone}");
 }
 
 #[test]

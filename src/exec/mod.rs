@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub mod merge;
+pub mod schedule;
 pub mod spill;
 pub mod stream;
 pub mod study;
@@ -261,31 +262,17 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     // Backward from what must exist (outputs to write, tables to merge): reuse a verified
     // checkpoint where there is one, compute otherwise (and then its inputs are needed).
     let n = plan.stages.len();
-    let mut required = vec![false; n];
-    for (i, _) in &plan.outputs {
-        required[*i] = !valid[*i] || plan.stages[*i].kind == Kind::Table;
-    }
-    let mut reuse = Reuse { preset: vec![None; n], compute: vec![false; n] };
-    for i in (0..n).rev() {
-        if !required[i] {
-            continue;
-        }
-        if cfg.checkpoints
-            && !cfg.force
-            && let Some(v) = store.load(&keys[i]).or_else(|| if valid[i] { read_back(plan, &bound, row, i, &cfg.out) } else { None })
-        {
-            reuse.preset[i] = Some(v);
-            res.reused.push(plan.stages[i].id.clone());
-            continue;
-        }
-        reuse.compute[i] = true;
-        for (_, r) in &plan.stages[i].inputs {
-            if let Ref::Stage(j) = r {
-                required[*j] = true;
-            }
-        }
-    }
-    res.reused.reverse();
+    let mut preset: Vec<Option<Value>> = vec![None; n];
+    let decisions = schedule::decide(required_stages(plan, &valid), &|i| plan.stage_inputs(i), &mut |i| {
+        let found = (cfg.checkpoints && !cfg.force)
+            .then(|| store.load(&keys[i]).or_else(|| if valid[i] { read_back(plan, &bound, row, i, &cfg.out) } else { None }))
+            .flatten();
+        let hit = found.is_some();
+        preset[i] = found;
+        hit
+    });
+    res.reused = (0..n).filter(|&i| decisions[i] == schedule::Decision::Reuse).map(|i| plan.stages[i].id.clone()).collect();
+    let reuse = Reuse { preset, compute: decisions.iter().map(|d| *d == schedule::Decision::Compute).collect() };
     let reads_sources = (0..n).any(|i| reuse.compute[i] && plan.stages[i].inputs.iter().any(|(_, r)| matches!(r, Ref::Source(_))));
     let limits = ReadLimits { max_bytes: cfg.memory };
     let mut sources: Vec<Value> = Vec::new();
@@ -381,6 +368,16 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
         return res.fail(&id, e);
     }
     finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res)
+}
+
+/// The stages whose values a run must have: outputs not current from the last run (to write),
+/// and tables (to merge, whether or not their files are current).
+fn required_stages(plan: &Plan, valid: &[bool]) -> Vec<bool> {
+    let mut required = vec![false; plan.stages.len()];
+    for (i, _) in &plan.outputs {
+        required[*i] = !valid[*i] || plan.stages[*i].kind == Kind::Table;
+    }
+    required
 }
 
 /// What a run into `out` would find for one sample, per stage: `true` when the stage's value
@@ -784,40 +781,50 @@ pub fn evaluate_with(
     // Shared, so that an output writer running in the background can hold a value that later
     // stages no longer need.
     let mut values: Vec<Option<Arc<Value>>> = vec![None; n];
-    let mut i = 0;
-    while i < n {
-        let t0 = Instant::now();
-        if !compute[i] {
-            if let Some(v) = preset[i].take() {
-                let v = Arc::new(v);
-                sink(i, &v).map_err(|e| (i, e))?;
-                values[i] = Some(v);
-            }
-            if !opts.keep_all {
-                for (k, v) in values.iter_mut().enumerate().take(i + 1) {
-                    if last_use[k] <= i {
-                        *v = None;
-                    }
+    // Free what no later stage reads (unless every stage is to be kept).
+    let free = |values: &mut Vec<Option<Arc<Value>>>, i: usize| {
+        if !opts.keep_all {
+            for (k, v) in values.iter_mut().enumerate().take(i + 1) {
+                if last_use[k] <= i {
+                    *v = None;
                 }
             }
-            i += 1;
-            continue;
         }
-        // The run of local stages to compute starting here, if any.
-        let group = tiled::group_from(i, n, &|k| if compute[k] { local_halo(k) } else { None }, &|a, b| {
-            bound.metas[a].shape == bound.metas[b].shape
-        });
-        let shape = bound.metas[i].shape;
-        let tiles = if group.stages.is_empty() {
+    };
+    let decisions: Vec<schedule::Decision> = (0..n)
+        .map(|i| match (compute[i], preset[i].is_some()) {
+            (true, _) => schedule::Decision::Compute,
+            (false, true) => schedule::Decision::Reuse,
+            (false, false) => schedule::Decision::Skip,
+        })
+        .collect();
+    let same_shape = |a: usize, b: usize| bound.metas[a].shape == bound.metas[b].shape;
+    for step in schedule::steps(&decisions, &local_halo, &same_shape) {
+        let t0 = Instant::now();
+        let group = match step {
+            schedule::Step::Reuse(i) => {
+                if let Some(v) = preset[i].take() {
+                    let v = Arc::new(v);
+                    sink(i, &v).map_err(|e| (i, e))?;
+                    values[i] = Some(v);
+                }
+                free(&mut values, i);
+                continue;
+            }
+            schedule::Step::Global(i) => tiled::Group { stages: vec![i], halos: Vec::new() },
+            schedule::Step::Fused(g) => g,
+        };
+        let first = group.stages[0];
+        let last = *group.stages.last().expect("a step has stages");
+        let tiles = if group.halos.is_empty() {
             Vec::new()
         } else {
             let bpv = group.stages.iter().map(|&k| tiled::bytes_per_voxel(&bound.metas[k])).sum::<u64>()
-                + plan.stages[i].inputs.iter().map(|(_, r)| tiled::bytes_per_voxel(meta_of(r))).sum::<u64>();
+                + plan.stages[first].inputs.iter().map(|(_, r)| tiled::bytes_per_voxel(meta_of(r))).sum::<u64>();
             let down = group.downstream(&reads);
-            tiles::plan_tiles(shape, opts.tile, group.total_halo(&down), bpv, opts.memory, opts.threads)
+            tiles::plan_tiles(bound.metas[first].shape, opts.tile, group.total_halo(&down), bpv, opts.memory, opts.threads)
         };
         if tiles.len() > 1 {
-            let last = *group.stages.last().expect("a group has stages");
             let pos = |k: usize| group.stages.iter().position(|&g| g == k);
             let mut full: Vec<&Value> = Vec::new();
             let mut feeds = Vec::new();
@@ -845,7 +852,7 @@ pub fn evaluate_with(
                 inputs: feeds,
                 ctxs: group.stages.iter().map(|&k| ctx_of(k)).collect(),
                 keep,
-                shape,
+                shape: bound.metas[first].shape,
                 tiles,
                 threads: opts.threads,
             };
@@ -861,32 +868,28 @@ pub fn evaluate_with(
             }
             let ids: Vec<&str> = group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
             timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
-            i = last;
+            free(&mut values, last);
         } else {
-            let out = {
-                let ins: Vec<&Value> = plan.stages[i]
-                    .inputs
-                    .iter()
-                    .map(|(_, r)| match r {
-                        Ref::Source(s) => &sources[*s],
-                        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
-                    })
-                    .collect();
-                Arc::new(bound.ops[i].run(&ins, &ctx_of(i)).map_err(|e| (i, e))?)
-            };
-            sink(i, &out).map_err(|e| (i, e))?;
-            timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));
-            values[i] = Some(out);
-        }
-        // Free what no later stage reads (unless every stage is to be kept).
-        if !opts.keep_all {
-            for (k, v) in values.iter_mut().enumerate().take(i + 1) {
-                if last_use[k] <= i {
-                    *v = None;
-                }
+            // One tile (or a global stage): each stage on whole arrays, in turn.
+            for &i in &group.stages {
+                let t0 = Instant::now();
+                let out = {
+                    let ins: Vec<&Value> = plan.stages[i]
+                        .inputs
+                        .iter()
+                        .map(|(_, r)| match r {
+                            Ref::Source(s) => &sources[*s],
+                            Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
+                        })
+                        .collect();
+                    Arc::new(bound.ops[i].run(&ins, &ctx_of(i)).map_err(|e| (i, e))?)
+                };
+                sink(i, &out).map_err(|e| (i, e))?;
+                timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));
+                values[i] = Some(out);
+                free(&mut values, i);
             }
         }
-        i += 1;
     }
     Ok(())
 }

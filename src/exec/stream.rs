@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::schedule::{self, Decision, Step};
 use super::spill::{self, Elem, value_dim};
 use super::tiled::{self, Feed, GroupRun};
 use super::tiles::Region;
@@ -342,126 +343,129 @@ fn run<'a>(
     }
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // Backward from what must exist (output files to rewrite, tables to merge): a value later
-    // stages read comes from a verified checkpoint when there is one, else it is computed.
+    // stages read comes from a verified checkpoint when there is one (a table, or a global
+    // stage's spill), else it is computed.
     let ck = s.checkpoints;
-    let mut compute = vec![false; n];
-    let mut required = vec![false; n];
     let mut preset: Vec<Option<Value>> = vec![None; n];
-    for (i, _) in &plan.outputs {
-        if !s.valid[*i] {
-            compute[*i] = true;
-        } else if plan.stages[*i].kind == Kind::Table {
-            required[*i] = true;
+    let decisions = schedule::decide(super::required_stages(plan, s.valid), &reads, &mut |i| {
+        let Some(c) = ck.filter(|_| !s.force) else { return false };
+        if plan.stages[i].kind == Kind::Table {
+            preset[i] = c.load(&s.keys[i]).filter(|v| matches!(v, Value::Table(_)));
+            return preset[i].is_some();
         }
-    }
-    for i in (0..n).rev() {
-        if !compute[i] && !required[i] {
-            continue;
-        }
-        if !compute[i] {
-            let reuse = ck.filter(|_| !s.force);
-            if plan.stages[i].kind == Kind::Table {
-                if let Some(v @ Value::Table(_)) = reuse.and_then(|c| c.load(&s.keys[i])) {
-                    preset[i] = Some(v);
-                    continue;
+        match c.raw(&s.keys[i]) {
+            Some((path, meta)) if meta.format == spill::FORMAT => match spill::Reader::open(&path) {
+                Ok(r) if r.shape() == s.bound.metas[i].shape => {
+                    stores[i] = Some(Store::Spill(Arc::new(r)));
+                    true
                 }
-            } else if let Some((path, meta)) = reuse.and_then(|c| c.raw(&s.keys[i]))
-                && meta.format == spill::FORMAT
-                && let Ok(r) = spill::Reader::open(&path)
-                && r.shape() == s.bound.metas[i].shape
-            {
-                stores[i] = Some(Store::Spill(Arc::new(r)));
-                reused.push(plan.stages[i].id.clone());
-                continue;
-            }
-            compute[i] = true;
+                _ => false,
+            },
+            _ => false,
         }
-        for j in reads(i) {
-            required[j] = true;
-        }
-    }
-    reused.reverse();
+    });
+    reused.extend((0..n).filter(|&i| decisions[i] == Decision::Reuse).map(|i| plan.stages[i].id.clone()));
     // A global stage's emitted value is spilled when a later computed stage reads it (local
     // stages are recomputed where they are read instead).
-    let spilled = |k: usize| (k + 1..n).any(|m| compute[m] && reads(m).contains(&k));
+    let spilled = |k: usize| (k + 1..n).any(|m| decisions[m] == Decision::Compute && reads(m).contains(&k));
+    let local = |k: usize| local_halo(s, k);
+    let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
 
-    let mut i = 0;
-    while i < n {
+    for step in schedule::steps(&decisions, &local, &same_shape) {
         let t0 = Instant::now();
-        let st = &plan.stages[i];
-        if !compute[i] {
-            if let Some(v) = preset[i].take() {
-                sink(i, &v).map_err(|e| (i, e))?;
-            }
-            i += 1;
-            continue;
-        }
-        let group = tiled::group_from(i, n, &|k| if compute[k] { local_halo(s, k) } else { None }, &|a, b| {
-            s.bound.metas[a].shape == s.bound.metas[b].shape
-        });
-        if !group.stages.is_empty() {
-            // A run of local stages: computed where it is read, and written here if it has
-            // output files.
-            let last = *group.stages.last().expect("a group has stages");
-            let ops = group.stages.iter().map(|&k| OpRef::Bound(s.bound.ops[k].as_ref())).collect();
-            let comp = Arc::new(Computed::new(s, group, ops, &stores, &sources));
-            materialise(s, &comp).map_err(|(p, e)| (comp.group.stages[p], e))?;
-            for (p, &k) in comp.group.stages.iter().enumerate() {
-                stores[k] = Some(Store::Computed(Arc::clone(&comp), p));
-            }
-            let ids: Vec<&str> = comp.group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
-            timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
-            i = last;
-        } else {
-            // A global op, in its own out-of-core form.
-            let fail = |e: String| (i, e);
-            let inputs: Vec<Store> = st
-                .inputs
-                .iter()
-                .map(|(_, r)| match r {
-                    Ref::Source(k) => sources[*k].clone(),
-                    Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
-                })
-                .collect();
-            let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i), true).map_err(fail)?) };
-            let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
-            let outcome = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
-            match (io.dest.take(), outcome) {
-                (Some(d), Outcome::Emitted) => {
-                    if st.kind == Kind::Labels {
-                        objects.push((st.id.clone(), d.max.unwrap_or(0) as u64));
-                    }
-                    if let Some(store) = d.finish(s).map_err(fail)? {
-                        stores[i] = Some(store);
-                    }
+        let i = match &step {
+            Step::Reuse(i) => {
+                let i = *i;
+                if let Some(v) = preset[i].take() {
+                    sink(i, &v).map_err(|e| (i, e))?;
+                } else if writes(s, i)
+                    && let Some(store) = &stores[i]
+                {
+                    // A checkpoint of a stage whose output files must be rewritten.
+                    copy_out(s, i, store).map_err(|e| (i, e))?;
                 }
-                (Some(d), Outcome::Local(op)) if st.kind != Kind::Labels => {
-                    // Nothing was emitted: the rest is a local op, computed where it is read.
-                    d.abandon();
-                    let group = tiled::Group { stages: vec![i], halos: vec![[0; 3]] };
-                    let comp = Arc::new(Computed::new(s, group, vec![OpRef::Owned(op)], &stores, &sources));
-                    materialise(s, &comp).map_err(|(_, e)| fail(e))?;
-                    stores[i] = Some(Store::Computed(comp, 0));
-                }
-                (None, Outcome::Table(table @ Value::Table(_))) => {
-                    if let Some(store) = ck {
-                        store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
-                    }
-                    sink(i, &table).map_err(fail)?;
-                }
-                _ => return Err(fail(format!("internal: `{}` did not give {}", st.op.info().name, st.kind.with_article()))),
+                i
             }
-            timings.push((st.id.clone(), t0.elapsed().as_secs_f64()));
-        }
+            Step::Fused(group) => {
+                // A run of local stages: computed where it is read, and written here if it has
+                // output files.
+                let ops = group.stages.iter().map(|&k| OpRef::Bound(s.bound.ops[k].as_ref())).collect();
+                let comp = Arc::new(Computed::new(s, group.clone(), ops, &stores, &sources));
+                materialise(s, &comp).map_err(|(p, e)| (comp.group.stages[p], e))?;
+                for (p, &k) in comp.group.stages.iter().enumerate() {
+                    stores[k] = Some(Store::Computed(Arc::clone(&comp), p));
+                }
+                let ids: Vec<&str> = comp.group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
+                timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
+                *group.stages.last().expect("a run has stages")
+            }
+            Step::Global(i) => {
+                // A global op, in its own out-of-core form.
+                let i = *i;
+                let st = &plan.stages[i];
+                let fail = |e: String| (i, e);
+                let inputs: Vec<Store> = st
+                    .inputs
+                    .iter()
+                    .map(|(_, r)| match r {
+                        Ref::Source(k) => sources[*k].clone(),
+                        Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
+                    })
+                    .collect();
+                let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i), true).map_err(fail)?) };
+                let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
+                let outcome = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
+                match (io.dest.take(), outcome) {
+                    (Some(d), Outcome::Emitted) => {
+                        if st.kind == Kind::Labels {
+                            objects.push((st.id.clone(), d.max.unwrap_or(0) as u64));
+                        }
+                        if let Some(store) = d.finish(s).map_err(fail)? {
+                            stores[i] = Some(store);
+                        }
+                    }
+                    (Some(d), Outcome::Local(op)) if st.kind != Kind::Labels => {
+                        // Nothing was emitted: the rest is a local op, computed where it is read.
+                        d.abandon();
+                        let group = tiled::Group { stages: vec![i], halos: vec![[0; 3]] };
+                        let comp = Arc::new(Computed::new(s, group, vec![OpRef::Owned(op)], &stores, &sources));
+                        materialise(s, &comp).map_err(|(_, e)| fail(e))?;
+                        stores[i] = Some(Store::Computed(comp, 0));
+                    }
+                    (None, Outcome::Table(table @ Value::Table(_))) => {
+                        if let Some(store) = ck {
+                            store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
+                        }
+                        sink(i, &table).map_err(fail)?;
+                    }
+                    _ => return Err(fail(format!("internal: `{}` did not give {}", st.op.info().name, st.kind.with_article()))),
+                }
+                timings.push((st.id.clone(), t0.elapsed().as_secs_f64()));
+                i
+            }
+        };
         // What no later stage reads is dropped (a temporary spill file with its last reader).
         for (k, store) in stores.iter_mut().enumerate().take(i + 1) {
             if last_use[k] <= i {
                 *store = None;
             }
         }
-        i += 1;
     }
     Ok(())
+}
+
+/// Writes stage `i`'s output files from its stored value (a checkpoint), slab by slab.
+fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<(), String> {
+    let mut d = Dest::new(s, i, false, true)?;
+    let [nz, ny, nx] = store.shape();
+    let thick = slab_planes(s, ny * nx, 2 * store.bytes_per_voxel(), 0);
+    if s.bound.metas[i].kind == Kind::Labels {
+        d.max = Some(slab::max_label(store, thick)?);
+    }
+    for (z0, z1) in slab::ranges(nz, thick) {
+        d.emit(store.read(z0, z1)?, s)?;
+    }
+    d.finish(s).map(|_| ())
 }
 
 /// Writes the output files of a computed run's stages (those not current), in one pass over
