@@ -295,9 +295,8 @@ fn every_registry_op_streams_as_in_memory() {
     }
     let ctx_meta = tessera::ops::Meta { kind: tessera::ops::Kind::Mask, dtype: None, shape: [9, 11, 12], ndim: 3, scale: [1.0; 3] };
     for info in REGISTRY {
-        let op = (info.build)(serde_yaml::from_str(&info.examples[0].replace("{image}", "image").replace("{mask}", "m0").replace("{labels}", "l0")).unwrap_or_else(|_| {
-            serde_yaml::from_str(&format!("{{{}}}", info.examples[0].replace("{image}", "image").replace("{mask}", "m0").replace("{labels}", "l0"))).unwrap()
-        })).unwrap();
+        let body = info.examples[0].replace("{image}", "image").replace("{mask}", "m0").replace("{labels}", "l0");
+        let op = (info.build)(tessera::ops::Params::parse(&format!("{{{body}}}")).unwrap()).unwrap();
         let global = matches!(op.halo(), tessera::ops::Halo::Global);
         let refuses = global && op.streams(&[ctx_meta.clone(), ctx_meta.clone()]).is_err();
         assert!(refuses || streamed.contains(info.name), "op {} streams but was never run streamed", info.name);

@@ -92,7 +92,7 @@ pub struct RunArgs {
     pub fail_fast: bool,
     /// Progress on stderr: a bar on a terminal, plain lines otherwise.
     #[arg(long, value_enum, default_value = "auto")]
-    pub progress: ProgressMode,
+    pub progress: ProgressArg,
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -650,9 +650,9 @@ fn cmd_run(a: RunArgs) -> i32 {
         force: a.force,
         checkpoints: !a.no_checkpoint,
     };
-    let progress = Progress::new(a.progress);
+    let progress = Progress::new(a.progress.into());
     let summary = crate::exec::run(&plan, &manifest, &cfg, &progress);
-    if let Err(e) = crate::report::write_records(&out, &plan, &manifest, &cfg, &summary) {
+    if let Err(e) = crate::exec::provenance::write_records(&out, &plan, &manifest, &cfg, &summary) {
         eprintln!("error: writing run records in {}: {e}", out.display());
         return 1;
     }
@@ -746,5 +746,27 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+}
+
+
+/// `--progress`: when to show progress (the command line's spelling of [`ProgressMode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressArg {
+    /// A bar on a terminal, plain lines otherwise.
+    Auto,
+    /// A bar even when stderr is not a terminal.
+    Always,
+    /// Nothing but errors.
+    Never,
+}
+
+impl From<ProgressArg> for ProgressMode {
+    fn from(a: ProgressArg) -> ProgressMode {
+        match a {
+            ProgressArg::Auto => ProgressMode::Auto,
+            ProgressArg::Always => ProgressMode::Always,
+            ProgressArg::Never => ProgressMode::Never,
+        }
     }
 }

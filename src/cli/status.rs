@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+use crate::record::{RunRecord, Status};
 use crate::store::{SampleRecord, Store};
 
 /// One sample's state in an output folder.
@@ -20,42 +21,33 @@ pub struct SampleState {
 }
 
 /// The state of every sample the last run knew of.
-pub fn states(out: &Path) -> Result<(serde_json::Value, Vec<SampleState>), String> {
+pub fn states(out: &Path) -> Result<(RunRecord, Vec<SampleState>), String> {
     // run.json, and the records of sharded tasks (the latest record of a sample wins).
-    let prov = crate::exec::merge::provenance(out)?;
-    let run = prov[0].json.clone();
-    let mut order: Vec<String> = Vec::new();
-    let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for p in &prov {
-        for s in p.json["samples"].as_array().into_iter().flatten() {
-            let id = s["sample"].as_str().unwrap_or("").to_string();
-            if !latest.contains_key(&id) {
-                order.push(id.clone());
-            }
-            latest.insert(id, s.clone());
-        }
-    }
+    let prov = crate::record::load(out)?;
+    let samples = crate::record::latest_samples(&prov);
+    let run = prov[0].run.clone();
     let store = Store::new(out);
     let records: BTreeMap<String, SampleRecord> = store.records().into_iter().map(|r| (r.sample.clone(), r)).collect();
-    let stage_ids = stage_ids(&run);
+    let stage_ids: Vec<String> = run.plan(None, &prov[0].file).map(|p| p.stages.iter().map(|s| s.id.clone()).collect()).unwrap_or_default();
     let mut v = Vec::new();
-    for s in order.iter().filter_map(|id| latest.get(id).cloned()) {
-        let id = s["sample"].as_str().unwrap_or("").to_string();
+    for s in samples {
+        let id = s.sample.clone();
         let rec = records.get(&id);
         let outputs_present = |r: &SampleRecord| r.outputs.keys().all(|f| out.join(f).is_file());
-        let (status, error) = match (rec, s["status"].as_str()) {
+        let (status, error) = match (rec, s.status) {
             (Some(r), _) if r.complete && r.failed.is_none() && outputs_present(r) => ("done", None),
             (Some(r), _) if r.failed.is_some() => ("failed", r.failed.as_ref().map(|(st, e)| format!("stage '{st}': {e}"))),
-            (None, Some("failed")) => {
-                ("failed", Some(format!("stage '{}': {}", s["failed_stage"].as_str().unwrap_or("?"), s["error"].as_str().unwrap_or(""))))
-            }
+            (None, Status::Failed) => (
+                "failed",
+                Some(format!("stage '{}': {}", s.failed_stage.as_deref().unwrap_or("?"), s.error.as_deref().unwrap_or(""))),
+            ),
             // A run with --no-checkpoint leaves no records: trust run.json.
-            (None, Some("done")) if !store.root().join("samples").exists() => ("done", None),
+            (None, Status::Done) if !store.root().join("samples").exists() => ("done", None),
             _ => ("missing", None),
         };
         let failed_stage = rec
             .and_then(|r| r.failed.as_ref().map(|(st, _)| st.clone()))
-            .or_else(|| (status == "failed").then(|| s["failed_stage"].as_str().unwrap_or("").to_string()));
+            .or_else(|| (status == "failed").then(|| s.failed_stage.clone().unwrap_or_default()));
         let stages = stage_ids
             .iter()
             .map(|st| {
@@ -77,18 +69,6 @@ pub fn states(out: &Path) -> Result<(serde_json::Value, Vec<SampleState>), Strin
     Ok((run, v))
 }
 
-/// Stage ids in plan order, from the pipeline text in run.json.
-fn stage_ids(run: &serde_json::Value) -> Vec<String> {
-    let text = run["pipeline"]["text"].as_str().unwrap_or("");
-    let file = run["pipeline"]["file"].as_str().unwrap_or("pipeline.yaml");
-    let (spec, _) = crate::spec::parse_str(Path::new(file), text.to_string());
-    let Some(spec) = spec else { return Vec::new() };
-    match crate::plan::compile(spec, None, None) {
-        (Some(plan), _) => plan.stages.iter().map(|s| s.id.clone()).collect(),
-        _ => Vec::new(),
-    }
-}
-
 pub fn cmd_status(out: &Path, json: bool) -> i32 {
     let (run, states) = match states(out) {
         Ok(s) => s,
@@ -102,7 +82,7 @@ pub fn cmd_status(out: &Path, json: bool) -> i32 {
     if json {
         let v = serde_json::json!({
             "out": out.display().to_string(),
-            "pipeline": run["pipeline"]["name"],
+            "pipeline": run.pipeline.name,
             "done": done, "failed": failed, "missing": missing,
             "samples": states.iter().map(|s| serde_json::json!({
                 "sample": s.sample, "status": s.status, "error": s.error,
@@ -112,12 +92,12 @@ pub fn cmd_status(out: &Path, json: bool) -> i32 {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         let mut so = std::io::stdout().lock();
-        let hash = run["pipeline"]["hash"].as_str().unwrap_or("");
+        let hash = &run.pipeline.hash;
         let _ = writeln!(
             so,
             "{}: pipeline '{}' ({}), {} samples: {done} done, {failed} failed, {missing} missing",
             out.display(),
-            run["pipeline"]["name"].as_str().unwrap_or("?"),
+            run.pipeline.name,
             &hash[..hash.len().min(16)],
             states.len()
         );

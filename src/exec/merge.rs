@@ -14,41 +14,10 @@ use crate::io::Spacing;
 use crate::ops::Kind;
 use crate::ops::Value;
 use crate::plan::Plan;
+use crate::record::{Provenance, SampleEntry, Status, latest_samples};
 use crate::spec::manifest::Manifest;
 use crate::store::Store;
 use crate::table::Table;
-
-/// What a run (or a task of a sharded run) recorded: run.json or tasks/<k>-of-<n>.json.
-#[derive(Debug, Clone)]
-pub struct Provenance {
-    pub file: PathBuf,
-    pub json: serde_json::Value,
-}
-
-/// The provenance files of an output folder: `run.json` first, then task files in name order.
-pub fn provenance(out: &Path) -> Result<Vec<Provenance>, String> {
-    let mut files = Vec::new();
-    let run = out.join("run.json");
-    if run.is_file() {
-        files.push(run);
-    }
-    if let Ok(rd) = std::fs::read_dir(out.join("tasks")) {
-        let mut tasks: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
-        tasks.sort();
-        files.extend(tasks);
-    }
-    if files.is_empty() {
-        return Err(format!("{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)", out.display()));
-    }
-    files
-        .into_iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            let json = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
-            Ok(Provenance { file: f, json })
-        })
-        .collect()
-}
 
 /// A sample that is not done.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -79,16 +48,12 @@ pub struct MergeReport {
 /// The pipeline and manifest a folder was made with.
 pub fn study(prov: &[Provenance]) -> Result<(Plan, Manifest, Vec<String>), String> {
     let first = &prov[0];
-    let j = &first.json;
-    let text = j["pipeline"]["text"].as_str().ok_or_else(|| format!("{}: no pipeline text", first.file.display()))?;
-    let pfile = PathBuf::from(j["pipeline"]["file"].as_str().unwrap_or("pipeline.yaml"));
+    let r = &first.run;
     let mut warnings = Vec::new();
-    let manifest = match j["manifest"]["file"].as_str() {
+    let manifest = match &r.manifest.file {
         Some(m) => {
             let m = Manifest::read(Path::new(m)).map_err(|e| format!("{e} (the manifest recorded in {})", first.file.display()))?;
-            if let Some(h) = j["manifest"]["hash"].as_str()
-                && h != m.hash()
-            {
+            if !r.manifest.hash.is_empty() && r.manifest.hash != m.hash() {
                 warnings.push(format!(
                     "{} changed since the run: samples are merged as it lists them now",
                     m.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
@@ -98,31 +63,15 @@ pub fn study(prov: &[Provenance]) -> Result<(Plan, Manifest, Vec<String>), Strin
         }
         None => {
             // Images named on the command line: every provenance file lists its samples.
-            let mut images = Vec::new();
-            for p in prov {
-                for s in p.json["samples"].as_array().into_iter().flatten() {
-                    images.push((s["sample"].as_str().unwrap_or("").to_string(), PathBuf::from(s["image"].as_str().unwrap_or(""))));
-                }
-            }
+            let mut images: Vec<(String, PathBuf)> =
+                prov.iter().flat_map(|p| p.run.samples.iter().map(|s| (s.sample.clone(), PathBuf::from(&s.image)))).collect();
             images.sort();
             images.dedup();
             Manifest::from_images(&images.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
         }
     };
-    let (spec, diags) = crate::spec::parse_str(&pfile, text.to_string());
-    let spec = spec.ok_or_else(|| {
-        let msgs: Vec<String> = diags.iter().map(|d| d.message.clone()).collect();
-        format!("the pipeline recorded in {} no longer parses: {}", first.file.display(), msgs.join("; "))
-    })?;
-    let firstrow = manifest.rows.iter().find(|r| r.problem.is_none());
-    match crate::plan::compile(spec, Some(&manifest.columns), firstrow) {
-        (Some(plan), d) if d.is_empty() => Ok((plan, manifest, warnings)),
-        (_, d) => Err(format!(
-            "the pipeline recorded in {} does not compile against the manifest: {}",
-            first.file.display(),
-            d.iter().map(|d| d.message.clone()).collect::<Vec<_>>().join("; ")
-        )),
-    }
+    let plan = r.plan(Some(&manifest), &first.file)?;
+    Ok((plan, manifest, warnings))
 }
 
 /// Table stages a study needs: merged outputs and the statistics table.
@@ -140,21 +89,13 @@ fn table_stages(plan: &Plan) -> Vec<usize> {
 /// `allow_missing` (then the merged outputs hold the samples that are done, as an unsharded run
 /// with failures writes them).
 pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
-    let prov = provenance(out)?;
+    let prov = crate::record::load(out)?;
     let (plan, manifest, warnings) = study(&prov)?;
     let store = Store::new(out);
     // Provenance per sample: the latest file that lists it wins (tasks re-run later come last
     // by name only when re-submitted under the same name; status comes from records first).
-    let mut recorded: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let mut task_count = None;
-    for p in &prov {
-        if let Some(n) = p.json["task"]["count"].as_u64() {
-            task_count = Some(n as usize);
-        }
-        for s in p.json["samples"].as_array().into_iter().flatten() {
-            recorded.insert(s["sample"].as_str().unwrap_or("").to_string(), s.clone());
-        }
-    }
+    let task_count = prov.iter().filter_map(|p| p.run.task.map(|t| t.count)).last();
+    let recorded: BTreeMap<String, SampleEntry> = latest_samples(&prov).into_iter().map(|s| (s.sample.clone(), s)).collect();
     let stages = table_stages(&plan);
     let mut not_done = Vec::new();
     // Done samples (manifest index) and where their tables are.
@@ -183,13 +124,11 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
         }
         let done = match &rec {
             Some(r) => r.complete && r.outputs.keys().all(|f| out.join(f).is_file()),
-            None => prov_s.is_some_and(|s| s["status"] == "done"),
+            None => prov_s.is_some_and(|s| s.status == Status::Done),
         };
         if !done {
-            match prov_s.filter(|s| s["status"] == "failed") {
-                Some(s) => {
-                    not_done.push(nd("failed", s["failed_stage"].as_str().map(str::to_string), s["error"].as_str().map(str::to_string)))
-                }
+            match prov_s.filter(|s| s.status == Status::Failed) {
+                Some(s) => not_done.push(nd("failed", s.failed_stage.clone(), s.error.clone())),
                 None => not_done.push(nd("missing", None, None)),
             }
             continue;
@@ -215,14 +154,8 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
         if ts.len() != stages.len() {
             continue;
         }
-        if spacing.is_none()
-            && let Some(sp) = prov_s.map(|s| &s["spacing"])
-            && let (Some(z), Some(u)) = (sp["zyx"].as_array(), sp["unit"].as_str())
-        {
-            let v: Vec<f64> = z.iter().filter_map(|x| x.as_f64()).collect();
-            if v.len() == 3 {
-                spacing = Some(Spacing { zyx: [v[0], v[1], v[2]], unit: u.to_string() });
-            }
+        if spacing.is_none() {
+            spacing = prov_s.and_then(|s| s.spacing.clone());
         }
         tables.push((idx, ts));
     }
@@ -241,7 +174,7 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     if let Err(e) = write_errors_csv(out, &not_done, &errors) {
         errors.push(format!("errors.csv: {e}"));
     }
-    if prov.iter().any(|p| p.json["task"].is_object())
+    if prov.iter().any(|p| p.run.task.is_some())
         && let Err(e) = write_study_record(out, &prov, &manifest)
     {
         errors.push(format!("run.json: {e}"));
@@ -293,28 +226,22 @@ fn write_errors_csv(out: &Path, not_done: &[NotDone], errors: &[String]) -> std:
         })
         .chain(errors.iter().map(|e| [String::new(), "merge".into(), e.clone()]))
         .collect();
-    crate::report::write_errors_csv(out, &rows)
+    super::provenance::write_errors_csv(out, &rows)
 }
 
 /// The study's `run.json` after a sharded run: the tasks' provenance with every sample in
 /// manifest order (the latest record of each), and the task records it came from.
 fn write_study_record(out: &Path, prov: &[Provenance], manifest: &Manifest) -> std::io::Result<()> {
-    let tasks: Vec<&Provenance> = prov.iter().filter(|p| p.json["task"].is_object()).collect();
-    let mut base = tasks.last().map(|p| p.json.clone()).unwrap_or_default();
-    let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for p in &tasks {
-        for s in p.json["samples"].as_array().into_iter().flatten() {
-            latest.insert(s["sample"].as_str().unwrap_or("").to_string(), s.clone());
-        }
-    }
-    let samples: Vec<serde_json::Value> = manifest.rows.iter().filter_map(|r| latest.get(&r.id).cloned()).collect();
-    let failed = samples.iter().filter(|s| s["status"] != "done").count();
-    base["samples_total"] = serde_json::json!(manifest.rows.len());
-    base["samples_failed"] = serde_json::json!(failed + manifest.rows.len() - samples.len());
-    base["samples"] = serde_json::Value::Array(samples);
-    base["task"] = serde_json::Value::Null;
-    base["merged_from"] =
-        serde_json::json!(tasks.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect::<Vec<_>>());
-    let text = serde_json::to_string_pretty(&base).map_err(std::io::Error::other)?;
-    crate::util::write_atomic(&out.join("run.json"), text.as_bytes())
+    let tasks: Vec<Provenance> = prov.iter().filter(|p| p.run.task.is_some()).cloned().collect();
+    let Some(last) = tasks.last() else { return Ok(()) };
+    let latest: BTreeMap<String, SampleEntry> = latest_samples(&tasks).into_iter().map(|s| (s.sample.clone(), s)).collect();
+    let samples: Vec<SampleEntry> = manifest.rows.iter().filter_map(|r| latest.get(&r.id).cloned()).collect();
+    let failed = samples.iter().filter(|s| s.status != Status::Done).count();
+    let mut base = last.run.clone();
+    base.samples_total = manifest.rows.len();
+    base.samples_failed = failed + manifest.rows.len() - samples.len();
+    base.samples = samples;
+    base.task = None;
+    base.merged_from = Some(tasks.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect());
+    super::provenance::write_record(&out.join("run.json"), &base)
 }

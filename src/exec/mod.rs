@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub mod merge;
+pub mod provenance;
 pub mod schedule;
 pub mod spill;
 pub mod stream;
@@ -27,7 +28,6 @@ pub use tiles::TileSize;
 use crate::io::{self, Data, ReadLimits, Spacing};
 use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
-use crate::report::Progress;
 use crate::spec::manifest::{Manifest, SampleRow};
 use crate::store::{SampleRecord, Store};
 use crate::table::Table;
@@ -51,13 +51,31 @@ pub struct RunConfig {
     pub task: Option<crate::sched::Task>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Done,
-    Failed,
-    /// Not run because an earlier sample failed under `--fail-fast`.
-    Skipped,
+pub use crate::record::Status;
+
+/// What a run tells whoever watches it (the command line's progress display, `report::Progress`).
+pub trait Observer: Sync {
+    /// The run starts, with `samples` samples.
+    fn start(&self, samples: usize);
+    /// A sample starts (it has `stages` stages).
+    fn begin(&self, sample: &str, stages: usize);
+    /// A sample finished a stage.
+    fn stage(&self, sample: &str, stage: &str);
+    /// The `k`-th sample to end ended, after `seconds`.
+    fn sample(&self, k: usize, result: &SampleResult, seconds: f64);
+    /// The last sample ended.
+    fn finish(&self);
+}
+
+/// Watches nothing (tests, library callers).
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn start(&self, _: usize) {}
+    fn begin(&self, _: &str, _: usize) {}
+    fn stage(&self, _: &str, _: &str) {}
+    fn sample(&self, _: usize, _: &SampleResult, _: f64) {}
+    fn finish(&self) {}
 }
 
 /// What happened to one sample.
@@ -1070,7 +1088,7 @@ fn for_each_sample<T: Send>(rows: &[SampleRow], in_flight: usize, run: impl Fn(u
 }
 
 /// Runs every sample of `manifest` and writes the output folder.
-pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &Progress) -> RunSummary {
+pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Observer) -> RunSummary {
     let t0 = Instant::now();
     let stop = AtomicBool::new(false);
     let done = AtomicUsize::new(0);

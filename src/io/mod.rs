@@ -106,7 +106,7 @@ impl Data {
 }
 
 /// Physical voxel size, `[z, y, x]`, in `unit`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spacing {
     pub zyx: [f64; 3],
     pub unit: String,

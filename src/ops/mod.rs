@@ -235,7 +235,7 @@ pub struct OpInfo {
     pub doc: &'static str,
     pub params: &'static [ParamDoc],
     #[serde(skip)]
-    pub build: fn(serde_yaml::Value) -> Result<Box<dyn Op>, ParamIssue>,
+    pub build: fn(Params) -> Result<Box<dyn Op>, ParamIssue>,
     #[serde(skip)]
     pub fields: fn() -> &'static [&'static str],
     /// Parameter sets the tests run the op with (every one, in memory, tiled and streamed): a
@@ -279,9 +279,24 @@ pub fn lookup(name: &str) -> Option<&'static OpInfo> {
     REGISTRY.iter().copied().find(|o| o.name == name)
 }
 
+/// A stage's parameters as written in the pipeline (placeholders already substituted), which
+/// [`OpInfo::build`] turns into an op.
+#[derive(Debug, Clone)]
+pub struct Params(serde_yaml::Value);
+
+impl Params {
+    pub(crate) fn new(v: serde_yaml::Value) -> Params {
+        Params(v)
+    }
+    /// Parameters from YAML text (a flow mapping such as `{input: image, sigma: 1.0}`).
+    pub fn parse(yaml: &str) -> Result<Params, String> {
+        serde_yaml::from_str(yaml).map(Params).map_err(|e| e.to_string())
+    }
+}
+
 /// Builds an op struct from its parameters, with the failing parameter's path on error.
-pub(crate) fn build<T: DeserializeOwned + Op + 'static>(v: serde_yaml::Value) -> Result<Box<dyn Op>, ParamIssue> {
-    match serde_path_to_error::deserialize::<_, T>(v) {
+pub(crate) fn build<T: DeserializeOwned + Op + 'static>(p: Params) -> Result<Box<dyn Op>, ParamIssue> {
+    match serde_path_to_error::deserialize::<_, T>(p.0) {
         Ok(op) => Ok(Box::new(op)),
         Err(e) => {
             let path = e.path().to_string();

@@ -299,7 +299,7 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                 v
             }
         };
-        match (info.build)(concrete) {
+        match (info.build)(crate::ops::Params::new(concrete)) {
             Ok(op) => {
                 for issue in op.check() {
                     if placeholders.iter().any(|p| path_string(&p.path) == issue.field) && first_row.is_none() {
@@ -633,7 +633,7 @@ impl Plan {
             } else {
                 let v = substitute(&st.params, &st.placeholders, row)
                     .map_err(|m| BindError { stage: Some(i), issue: ParamIssue::new("", m) })?;
-                let op = (st.op.info().build)(v).map_err(|issue| BindError { stage: Some(i), issue })?;
+                let op = (st.op.info().build)(crate::ops::Params::new(v)).map_err(|issue| BindError { stage: Some(i), issue })?;
                 if let Some(issue) = op.check().into_iter().next() {
                     return Err(BindError { stage: Some(i), issue });
                 }

@@ -5,13 +5,12 @@
 //! sample's image beside its labels). Everything comes from files in the folder, in manifest
 //! order, so the same folder gives the same bytes.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use super::{plots, preview};
 use crate::ops::Kind;
-use crate::plan::Plan;
+use crate::record::{SampleEntry, Status};
 use crate::table::{Column, Table};
 use crate::util::fmt_num;
 
@@ -65,11 +64,11 @@ fn kv_table(rows: &[(&str, String)]) -> String {
     s
 }
 
-fn json_str(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "—".into(),
-        other => other.to_string(),
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Done => "done",
+        Status::Failed => "failed",
+        Status::Skipped => "skipped",
     }
 }
 
@@ -97,14 +96,6 @@ fn table(out: &Path, rel: &str, text: &[String]) -> Option<Table> {
     Some(t)
 }
 
-/// The pipeline recorded in the provenance, compiled without a manifest.
-fn plan_of(run: &serde_json::Value) -> Option<Plan> {
-    let text = run["pipeline"]["text"].as_str()?;
-    let file = PathBuf::from(run["pipeline"]["file"].as_str().unwrap_or("pipeline.yaml"));
-    let (spec, _) = crate::spec::parse_str(&file, text.to_string());
-    crate::plan::compile(spec?, None, None).0
-}
-
 fn middle_plane(path: &Path) -> Result<crate::io::Data, String> {
     let h = crate::io::read_header(path).map_err(|e| e.to_string())?;
     let z = h.shape[0] / 2;
@@ -125,24 +116,11 @@ image-rendering:pixelated;width:256px;margin-right:.3em;background:#000}.charts{
 
 /// Renders the report of an output folder.
 pub fn render(out: &Path) -> Result<String, String> {
-    let prov = crate::exec::merge::provenance(out)?;
-    let run = &prov[0].json;
-    let mut samples: Vec<serde_json::Value> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    for p in &prov {
-        for s in p.json["samples"].as_array().into_iter().flatten() {
-            let id = s["sample"].as_str().unwrap_or("").to_string();
-            match index.get(&id) {
-                Some(&i) => samples[i] = s.clone(),
-                None => {
-                    index.insert(id, samples.len());
-                    samples.push(s.clone());
-                }
-            }
-        }
-    }
-    let plan = plan_of(run);
-    let name = run["pipeline"]["name"].as_str().unwrap_or("?");
+    let prov = crate::record::load(out)?;
+    let run = &prov[0].run;
+    let samples = crate::record::latest_samples(&prov);
+    let plan = run.plan(None, &prov[0].file).ok();
+    let name = run.pipeline.name.as_str();
     let mut h = String::new();
     let _ = write!(
         h,
@@ -150,7 +128,7 @@ pub fn render(out: &Path) -> Result<String, String> {
          <title>tessera report: {}</title><style>{STYLE}</style></head><body>\n",
         esc(name)
     );
-    let done = samples.iter().filter(|s| s["status"] == "done").count();
+    let done = samples.iter().filter(|s| s.status == Status::Done).count();
     let _ = write!(h, "<h1>{}</h1>", esc(name));
     if let Some(d) = plan.as_ref().and_then(|p| p.spec.description.clone()) {
         let _ = write!(h, "<p>{}</p>", esc(d.trim()));
@@ -164,31 +142,29 @@ pub fn render(out: &Path) -> Result<String, String> {
 
     // Provenance.
     h.push_str("<h2 id=provenance>Provenance</h2>");
-    let finished = run["finished_unix"].as_u64().map(crate::util::utc_time).unwrap_or_else(|| "—".into());
+    let finished = Some(run.finished_unix).filter(|&t| t > 0).map(crate::util::utc_time).unwrap_or_else(|| "—".into());
+    let or_dash = |v: &str| if v.is_empty() { "—".to_string() } else { v.to_string() };
     h.push_str(&kv_table(&[
-        ("tessera", format!("{} (git {})", json_str(&run["tessera"]["version"]), json_str(&run["tessera"]["git_commit"]))),
-        ("pipeline file", json_str(&run["pipeline"]["file"])),
-        ("pipeline hash (blake3)", json_str(&run["pipeline"]["hash"])),
-        ("manifest", json_str(&run["manifest"]["file"])),
-        ("manifest hash (blake3)", json_str(&run["manifest"]["hash"])),
-        ("host", json_str(&run["host"])),
-        ("threads", json_str(&run["threads"])),
-        ("memory budget", run["memory_budget_bytes"].as_u64().map(crate::util::human_bytes).unwrap_or_else(|| "—".into())),
-        ("tile", json_str(&run["tile"])),
+        ("tessera", format!("{} (git {})", or_dash(&run.tessera.version), or_dash(&run.tessera.git_commit))),
+        ("pipeline file", or_dash(&run.pipeline.file)),
+        ("pipeline hash (blake3)", or_dash(&run.pipeline.hash)),
+        ("manifest", run.manifest.file.clone().unwrap_or_else(|| "—".into())),
+        ("manifest hash (blake3)", or_dash(&run.manifest.hash)),
+        ("host", or_dash(&run.host)),
+        ("threads", run.threads.to_string()),
+        ("memory budget", Some(run.memory_budget_bytes).filter(|&b| b > 0).map(crate::util::human_bytes).unwrap_or_else(|| "—".into())),
+        ("tile", or_dash(&run.tile)),
         ("finished", finished),
-        (
-            "command",
-            run["command_line"].as_array().map(|a| a.iter().map(json_str).collect::<Vec<_>>().join(" ")).unwrap_or_else(|| "—".into()),
-        ),
+        ("command", if run.command_line.is_empty() { "—".into() } else { run.command_line.join(" ") }),
         ("records", prov.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect::<Vec<_>>().join(", ")),
     ]));
-    let _ = write!(h, "<h3>Pipeline</h3><pre>{}</pre>", esc(run["pipeline"]["text"].as_str().unwrap_or("")));
+    let _ = write!(h, "<h3>Pipeline</h3><pre>{}</pre>", esc(&run.pipeline.text));
 
     // Samples.
     h.push_str("<h2 id=samples>Samples</h2>");
     let labels_stages: Vec<String> = samples
         .iter()
-        .flat_map(|s| s["objects"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default())
+        .flat_map(|s| s.objects.iter().map(|(k, _)| k.clone()))
         .fold(Vec::new(), |mut v, k| {
             if !v.contains(&k) {
                 v.push(k);
@@ -200,21 +176,22 @@ pub fn render(out: &Path) -> Result<String, String> {
         let _ = write!(st, "<th><code>{}</code> count</th>", esc(l));
     }
     st.push_str("<th>seconds</th><th>input hash</th><th>error</th></tr></thead><tbody>");
+    let count = |s: &SampleEntry, l: &str| s.objects.iter().find(|(k, _)| k == l).map(|(_, n)| *n);
     for s in &samples {
-        let status = s["status"].as_str().unwrap_or("?");
+        let status = status_name(s.status);
         let _ = write!(
             st,
             "<tr><td>{}</td><td{}>{}</td>",
-            esc(&json_str(&s["sample"])),
-            if status == "done" { "" } else { " class=failed" },
+            esc(&s.sample),
+            if s.status == Status::Done { "" } else { " class=failed" },
             esc(status)
         );
         for l in &labels_stages {
-            let _ = write!(st, "<td class=n>{}</td>", s["objects"][l].as_u64().map(|n| n.to_string()).unwrap_or_default());
+            let _ = write!(st, "<td class=n>{}</td>", count(s, l).map(|n| n.to_string()).unwrap_or_default());
         }
-        let secs: f64 = s["stage_seconds"].as_object().map(|o| o.values().filter_map(|v| v.as_f64()).sum()).unwrap_or(0.0);
-        let hash = s["input_hashes"][0].as_str().map(|x| x[..x.len().min(12)].to_string()).unwrap_or_default();
-        let err = match (s["failed_stage"].as_str(), s["error"].as_str()) {
+        let secs: f64 = s.stage_seconds.iter().map(|(_, v)| v).sum();
+        let hash = s.input_hashes.first().map(|x| x[..x.len().min(12)].to_string()).unwrap_or_default();
+        let err = match (&s.failed_stage, &s.error) {
             (Some(stg), Some(e)) => format!("stage '{stg}': {e}"),
             _ => String::new(),
         };
@@ -223,8 +200,8 @@ pub fn render(out: &Path) -> Result<String, String> {
     st.push_str("</tbody></table>");
     h.push_str(&st);
     if let Some(l) = labels_stages.first() {
-        let names: Vec<String> = samples.iter().map(|s| json_str(&s["sample"])).collect();
-        let counts: Vec<f64> = samples.iter().map(|s| s["objects"][l].as_u64().map(|n| n as f64).unwrap_or(f64::NAN)).collect();
+        let names: Vec<String> = samples.iter().map(|s| s.sample.clone()).collect();
+        let counts: Vec<f64> = samples.iter().map(|s| count(s, l).map(|n| n as f64).unwrap_or(f64::NAN)).collect();
         h.push_str(&plots::bars(&format!("objects per sample ({l})"), &names, &counts, "objects", None)?);
     }
 
@@ -332,15 +309,13 @@ pub fn render(out: &Path) -> Result<String, String> {
             "<h2 id=previews>Label previews: {}</h2><p class=note>Middle plane of each sample's image (contrast stretched) beside its labels.</p><div class=grid>",
             esc(stage)
         );
-        let shown: Vec<&serde_json::Value> = samples.iter().filter(|s| s["status"] == "done").take(MAX_PREVIEWS).collect();
+        let shown: Vec<&SampleEntry> = samples.iter().filter(|s| s.status == Status::Done).take(MAX_PREVIEWS).collect();
         for s in &shown {
-            let id = json_str(&s["sample"]);
+            let id = s.sample.clone();
             let lab = out.join("samples").join(&id).join(format!("{stage}.{}", f.ext()));
-            let mut raw = PathBuf::from(json_str(&s["image"]));
-            if raw.is_relative()
-                && let Some(wd) = run["working_directory"].as_str()
-            {
-                raw = Path::new(wd).join(raw);
+            let mut raw = PathBuf::from(&s.image);
+            if raw.is_relative() && !run.working_directory.is_empty() {
+                raw = Path::new(&run.working_directory).join(raw);
             }
             let _ = write!(h, "<div class=preview><b>{}</b><br>", esc(&id));
             match middle_plane(&raw).and_then(|d| preview::gray(&d, 0, PREVIEW_SIDE)) {

@@ -1,11 +1,10 @@
-//! What a run tells its user: progress on stderr, `run.json` provenance and `errors.csv`.
+//! What a run tells its user: progress on stderr, and the HTML report of an output folder.
 
 pub mod html;
 pub mod plots;
 pub mod preview;
 
 use std::io::IsTerminal;
-use std::path::Path;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,12 +13,10 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::exec::{RunConfig, RunSummary, SampleResult, Status};
-use crate::plan::Plan;
-use crate::spec::manifest::Manifest;
+use crate::exec::{Observer, SampleResult, Status};
 
 /// When to show progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
     /// A bar on a terminal, plain lines otherwise.
     Auto,
@@ -96,7 +93,10 @@ impl Progress {
         });
         Progress { multi, bar: pb, lines: mode != ProgressMode::Never && !bar, state, ticker: Mutex::new(None) }
     }
-    pub fn start(&self, n: usize) {
+}
+
+impl Observer for Progress {
+    fn start(&self, n: usize) {
         self.state.total.store(n, Ordering::SeqCst);
         if let Some(b) = &self.bar {
             b.set_length(n as u64);
@@ -116,8 +116,7 @@ impl Progress {
             }
         }
     }
-    /// A sample starts (it has `stages` stages).
-    pub fn begin(&self, sample: &str, stages: usize) {
+    fn begin(&self, sample: &str, stages: usize) {
         let bar = self.multi.as_ref().map(|m| {
             let pb = m.add(ProgressBar::new(stages as u64));
             pb.set_style(
@@ -131,8 +130,7 @@ impl Progress {
             r.insert(sample.to_string(), (0, stages, String::new(), bar));
         }
     }
-    /// A sample finished a stage.
-    pub fn stage(&self, sample: &str, stage: &str) {
+    fn stage(&self, sample: &str, stage: &str) {
         if let Ok(mut r) = self.state.running.lock()
             && let Some(e) = r.get_mut(sample)
         {
@@ -144,7 +142,7 @@ impl Progress {
             }
         }
     }
-    pub fn sample(&self, k: usize, r: &SampleResult, secs: f64) {
+    fn sample(&self, k: usize, r: &SampleResult, secs: f64) {
         self.state.done.fetch_add(1, Ordering::SeqCst);
         if r.status == Status::Failed {
             self.state.failed.fetch_add(1, Ordering::SeqCst);
@@ -178,7 +176,7 @@ impl Progress {
             eprintln!("tessera: {line}");
         }
     }
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Ok(mut t) = self.ticker.lock()
             && let Some((tx, h)) = t.take()
         {
@@ -191,157 +189,3 @@ impl Progress {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// A path as an absolute one where it exists (so `tessera merge` finds it from any folder).
-fn absolute(p: &Path) -> String {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
-}
-
-/// The provenance record of a run (SPEC §4), serialised as it is written: a study's samples
-/// are turned into JSON one at a time, never held as a JSON tree.
-#[derive(serde::Serialize)]
-pub struct RunJson<'a> {
-    tessera: serde_json::Value,
-    pipeline: serde_json::Value,
-    manifest: serde_json::Value,
-    finished_unix: u64,
-    command_line: Vec<String>,
-    working_directory: String,
-    seconds: f64,
-    threads: usize,
-    tile: String,
-    memory_budget_bytes: u64,
-    host: String,
-    samples_total: usize,
-    samples_failed: usize,
-    #[serde(serialize_with = "sample_entries")]
-    samples: &'a [SampleResult],
-    study_outputs: &'a [std::path::PathBuf],
-    study_errors: &'a [String],
-    task: Option<crate::sched::Task>,
-}
-
-/// One sample of run.json.
-#[derive(serde::Serialize)]
-struct SampleEntry<'a> {
-    sample: &'a str,
-    image: String,
-    input_hashes: &'a [String],
-    status: Status,
-    failed_stage: &'a Option<String>,
-    error: &'a Option<String>,
-    spacing: &'a Option<crate::io::Spacing>,
-    streamed: bool,
-    up_to_date: bool,
-    reused_stages: &'a [String],
-    #[serde(serialize_with = "pairs_as_map")]
-    objects: &'a [(String, u64)],
-    #[serde(serialize_with = "pairs_as_map")]
-    stage_seconds: &'a [(String, f64)],
-}
-
-fn sample_entries<S: serde::Serializer>(samples: &&[SampleResult], ser: S) -> Result<S::Ok, S::Error> {
-    ser.collect_seq(samples.iter().map(|s| SampleEntry {
-        sample: &s.sample,
-        image: absolute(&s.image),
-        input_hashes: &s.input_hashes,
-        status: s.status,
-        failed_stage: &s.failed_stage,
-        error: &s.error,
-        spacing: &s.spacing,
-        streamed: s.streamed,
-        up_to_date: s.up_to_date,
-        reused_stages: &s.reused,
-        objects: &s.objects,
-        stage_seconds: &s.timings,
-    }))
-}
-
-fn pairs_as_map<S: serde::Serializer, V: serde::Serialize>(pairs: &&[(String, V)], ser: S) -> Result<S::Ok, S::Error> {
-    ser.collect_map(pairs.iter().map(|(k, v)| (k, v)))
-}
-
-/// The provenance record of a run (SPEC §4).
-pub fn run_json<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &'a RunSummary) -> RunJson<'a> {
-    RunJson {
-        tessera: serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "git_commit": env!("TESSERA_GIT_COMMIT")}),
-        pipeline: serde_json::json!({
-            "name": plan.spec.name,
-            "file": absolute(&plan.spec.file),
-            "hash": plan.hash,
-            "text": plan.spec.text,
-        }),
-        manifest: serde_json::json!({
-            "file": manifest.path.as_ref().map(|p| absolute(p)),
-            "hash": manifest.hash(),
-            "columns": manifest.columns,
-        }),
-        finished_unix: unix_now(),
-        command_line: std::env::args().collect(),
-        working_directory: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
-        seconds: summary.seconds,
-        threads: cfg.threads,
-        tile: cfg.tile.to_string(),
-        memory_budget_bytes: cfg.memory,
-        host: crate::util::hostname(),
-        samples_total: summary.samples.len(),
-        samples_failed: summary.failed(),
-        samples: &summary.samples,
-        study_outputs: &summary.written,
-        study_errors: &summary.errors,
-        task: cfg.task,
-    }
-}
-
-/// Where a sharded task's provenance goes: `tasks/task-K-of-N.json` (K zero-padded so that
-/// names sort in task order).
-pub fn task_record(out: &Path, task: crate::sched::Task) -> std::path::PathBuf {
-    let w = task.count.to_string().len();
-    out.join("tasks").join(format!("task-{:0w$}-of-{}.json", task.index, task.count))
-}
-
-/// Writes `DIR/errors.csv` (SPEC §4: `sample,stage,error`), or removes a stale one when there
-/// is nothing to report. Used by `run` and `merge`.
-pub fn write_errors_csv(out: &Path, rows: &[[String; 3]]) -> std::io::Result<()> {
-    let path = out.join("errors.csv");
-    if rows.is_empty() {
-        if path.exists() {
-            std::fs::remove_file(&path)?;
-        }
-        return Ok(());
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
-    for r in rows {
-        w.write_record(r).map_err(std::io::Error::other)?;
-    }
-    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::util::write_atomic(&path, &bytes)
-}
-
-/// Writes `run.json`, and `errors.csv` when something failed (removing a stale one otherwise).
-/// A sharded task writes its own record under `tasks/` instead, and no `errors.csv`: `tessera
-/// merge` writes the study's.
-pub fn write_records(out: &Path, plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &RunSummary) -> std::io::Result<()> {
-    let record = run_json(plan, manifest, cfg, summary);
-    let write = |w: &mut dyn std::io::Write| serde_json::to_writer_pretty(w, &record).map_err(std::io::Error::other);
-    if let Some(task) = cfg.task {
-        let p = task_record(out, task);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        return crate::util::write_atomic_with(&p, write);
-    }
-    crate::util::write_atomic_with(&out.join("run.json"), write)?;
-    let rows: Vec<[String; 3]> = summary
-        .samples
-        .iter()
-        .filter(|s| s.status != Status::Done)
-        .map(|s| [s.sample.clone(), s.failed_stage.clone().unwrap_or_default(), s.error.clone().unwrap_or_default()])
-        .chain(summary.errors.iter().map(|e| [String::new(), "merge".into(), e.clone()]))
-        .collect();
-    write_errors_csv(out, &rows)
-}

@@ -11,7 +11,7 @@ pub mod submit;
 use std::fmt;
 
 /// Shard `index` (1-based) of `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Task {
     pub index: usize,
     pub count: usize,
