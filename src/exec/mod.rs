@@ -30,7 +30,7 @@ use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
 use crate::spec::manifest::{Manifest, SampleRow};
 use crate::store::{SampleRecord, Store};
-use crate::table::Table;
+use crate::table::{Table, TableFormat};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -942,25 +942,15 @@ fn write_voxels(
     compression: io::Compression,
 ) -> Result<(), String> {
     let err = |e: io::ImageError| e.to_string();
+    let Format::Voxels(vf) = format else { return Err(format!("internal: a {} cannot be written as {}", value.kind(), format.ext())) };
     let (dim, dtype) = match value {
-        Value::Image(d) => {
-            return match format {
-                Format::Tiff => io::write_tiff(path, d, ndim, spacing, compression),
-                Format::Npy => io::write_npy(path, d, ndim),
-                Format::Parquet | Format::Csv => return Err(format!("internal: an image cannot be written as {}", format.ext())),
-            }
-            .map_err(err);
-        }
+        Value::Image(d) => return io::write_voxels(path, vf, d, ndim, spacing, compression).map_err(err),
         Value::Mask(m) => (m.dim(), io::DType::U8),
         Value::Labels(l) => (l.dim(), if labels_u16 { io::DType::U16 } else { io::DType::U32 }),
         Value::Table(_) => return Err("internal: a table has no voxels to write".into()),
     };
     let shape = [dim.0, dim.1, dim.2];
-    let mut out = match format {
-        Format::Tiff => stream::Out::Tiff(io::StackWriter::create(path, shape, dtype, ndim, spacing, compression, None).map_err(err)?),
-        Format::Npy => stream::Out::Npy(io::NpyWriter::create(path, shape, dtype, ndim).map_err(err)?),
-        Format::Parquet | Format::Csv => return Err(format!("internal: a {} cannot be written as {}", value.kind(), format.ext())),
-    };
+    let mut out = io::VoxelWriter::create(path, vf, shape, dtype, ndim, spacing, compression).map_err(err)?;
     let plane_bytes = (shape[1] * shape[2]).max(1) * dtype.bytes_per_voxel() as usize;
     let block = ((4usize << 20) / plane_bytes).max(1);
     for z0 in (0..shape[0]).step_by(block) {
@@ -1022,13 +1012,13 @@ fn write_output(
             let t = t.for_sample(&row.id, &row.meta);
             let mut df = t.to_frame().map_err(|e| e.to_string())?;
             match f {
-                Format::Parquet => {
+                Format::Table(TableFormat::Parquet) => {
                     let mut meta = table_metadata(plan, &t, spacing);
                     meta.push(("tessera.spacing".into(), serde_json::json!(spacing.zyx).to_string()));
                     crate::table::write_parquet(&path, &mut df, &meta).map_err(|e| e.to_string())?;
                 }
-                Format::Csv => crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?,
-                Format::Tiff | Format::Npy => return Err(format!("internal: a table cannot be written as {}", f.ext())),
+                Format::Table(TableFormat::Csv) => crate::table::write_csv(&path, &mut df).map_err(|e| e.to_string())?,
+                Format::Voxels(_) => return Err(format!("internal: a table cannot be written as {}", f.ext())),
             }
         }
     }

@@ -27,7 +27,7 @@ use super::schedule::{self, Decision, Step};
 use super::spill::{self, Elem, value_dim};
 use super::tiled::{self, Feed, GroupRun};
 use super::tiles::Region;
-use crate::io::{self, Compression, DType, Data, Header, NpyWriter, Spacing, StackWriter};
+use crate::io::{self, Compression, DType, Header, Spacing, VoxelWriter};
 use crate::ops::slab::{self, Outcome, Scratch, Slabs, Volume};
 use crate::ops::{Ctx, Kind, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
@@ -225,28 +225,6 @@ fn finish_spill<'a>(w: spill::Writer, ck: Option<&crate::store::Store>, key: &st
     };
     Ok(Store::Spill(Arc::new(reader)))
 }
-
-/// A stage's image outputs, written slab by slab.
-pub(super) enum Out {
-    Tiff(StackWriter),
-    Npy(NpyWriter),
-}
-
-impl Out {
-    pub(super) fn append(&mut self, d: &Data) -> Result<(), crate::io::ImageError> {
-        match self {
-            Out::Tiff(w) => w.append(d),
-            Out::Npy(w) => w.append(d),
-        }
-    }
-    pub(super) fn finish(self) -> Result<(), crate::io::ImageError> {
-        match self {
-            Out::Tiff(w) => w.finish(),
-            Out::Npy(w) => w.finish(),
-        }
-    }
-}
-
 
 /// Streams one sample. Tables go to `sink` (with their plan index); label counts are pushed to
 /// `objects`; image outputs are written here. Errors name the failing stage's plan index.
@@ -512,7 +490,7 @@ struct Dest {
     spill: Option<spill::Writer>,
     /// Whether output files are written (not current from the last run).
     write: bool,
-    outs: Option<Vec<Out>>,
+    outs: Option<Vec<VoxelWriter>>,
     /// Labels: the largest id (declared by the op, or seen).
     max: Option<u32>,
     planes: usize,
@@ -579,7 +557,7 @@ impl Dest {
 }
 
 /// Stage `i`'s output files, created for slabs of `dtype`.
-fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<Out>, String> {
+fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<VoxelWriter>, String> {
     let st = &s.plan.stages[i];
     let shape = s.bound.metas[i].shape;
     let sp = super::scaled(s.spacing, s.bound.metas[i].scale);
@@ -588,9 +566,8 @@ fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<Out>, String
         for f in formats {
             let path = s.sample_dir.join(format!("{}.{}", st.id, f.ext()));
             v.push(match f {
-                Format::Tiff => Out::Tiff(StackWriter::create(&path, shape, dtype, s.ndim, &sp, s.compression, None).map_err(|e| e.to_string())?),
-                Format::Npy => Out::Npy(NpyWriter::create(&path, shape, dtype, s.ndim).map_err(|e| e.to_string())?),
-                Format::Parquet | Format::Csv => return Err(format!("cannot write {} as {}", st.kind.with_article(), f.ext())),
+                Format::Voxels(vf) => VoxelWriter::create(&path, *vf, shape, dtype, s.ndim, &sp, s.compression).map_err(|e| e.to_string())?,
+                Format::Table(_) => return Err(format!("cannot write {} as {}", st.kind.with_article(), f.ext())),
             });
         }
     }

@@ -255,7 +255,7 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
         }
         let meta = super::table_metadata(plan, &Table { columns: state.union.clone() }, spacing);
         let mut files = vec![PathBuf::from("tables").join(format!("{stage}.parquet"))];
-        if formats.contains(&Format::Csv) {
+        if formats.contains(&Format::Table(crate::table::TableFormat::Csv)) {
             files.push(PathBuf::from("tables").join(format!("{stage}.csv")));
         }
         let paths: Vec<PathBuf> = files.iter().map(|p| out.join(p)).collect();

@@ -213,6 +213,79 @@ pub(crate) fn check_budget(path: &Path, shape: [usize; 3], dtype: DType, limits:
     Ok(())
 }
 
+/// A voxel file format tessera writes (images, masks, labels). Reading recognises these and
+/// more (PNG/JPEG, folders of slices). Adding a format: a variant here, its name and extension,
+/// and its writer in [`VoxelWriter`]; the compiler points at every match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoxelFormat {
+    Tiff,
+    Npy,
+}
+
+impl VoxelFormat {
+    pub fn ext(self) -> &'static str {
+        match self {
+            VoxelFormat::Tiff => "tif",
+            VoxelFormat::Npy => "npy",
+        }
+    }
+    /// The format a pipeline's `outputs:` names.
+    pub fn parse(name: &str) -> Option<VoxelFormat> {
+        match name {
+            "tiff" | "tif" => Some(VoxelFormat::Tiff),
+            "npy" => Some(VoxelFormat::Npy),
+            _ => None,
+        }
+    }
+}
+
+/// A voxel file being written slab by slab in z order; it appears at its path only when
+/// finished.
+pub enum VoxelWriter {
+    Tiff(StackWriter),
+    Npy(NpyWriter),
+}
+
+impl VoxelWriter {
+    /// A file of `shape` voxels of `dtype` (`spacing` and `compression` where the format has them).
+    pub fn create(
+        path: &Path,
+        format: VoxelFormat,
+        shape: [usize; 3],
+        dtype: DType,
+        ndim: u8,
+        spacing: &Spacing,
+        compression: Compression,
+    ) -> Result<VoxelWriter, ImageError> {
+        Ok(match format {
+            VoxelFormat::Tiff => VoxelWriter::Tiff(StackWriter::create(path, shape, dtype, ndim, spacing, compression, None)?),
+            VoxelFormat::Npy => VoxelWriter::Npy(NpyWriter::create(path, shape, dtype, ndim)?),
+        })
+    }
+    /// The next planes.
+    pub fn append(&mut self, d: &Data) -> Result<(), ImageError> {
+        match self {
+            VoxelWriter::Tiff(w) => w.append(d),
+            VoxelWriter::Npy(w) => w.append(d),
+        }
+    }
+    pub fn finish(self) -> Result<(), ImageError> {
+        match self {
+            VoxelWriter::Tiff(w) => w.finish(),
+            VoxelWriter::Npy(w) => w.finish(),
+        }
+    }
+}
+
+/// Writes a whole image in a voxel format.
+pub fn write_voxels(path: &Path, format: VoxelFormat, data: &Data, ndim: u8, spacing: &Spacing, compression: Compression) -> Result<(), ImageError> {
+    match format {
+        VoxelFormat::Tiff => write_tiff(path, data, ndim, spacing, compression),
+        VoxelFormat::Npy => write_npy(path, data, ndim),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Tiff,

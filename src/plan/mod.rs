@@ -25,42 +25,28 @@ pub enum Ref {
     Stage(usize),
 }
 
-/// Output file formats.
+/// Output file formats: voxel files (written by [`crate::io`]) or tables (by [`crate::table`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(untagged)]
 pub enum Format {
-    Tiff,
-    Npy,
-    Parquet,
-    Csv,
+    Voxels(crate::io::VoxelFormat),
+    Table(crate::table::TableFormat),
 }
 
 impl Format {
-    /// Whether the format holds voxels (images, masks, labels) rather than a table. Every
-    /// place that asks goes through here, so a new format is placed once, here.
+    /// Whether the format holds voxels (images, masks, labels) rather than a table.
     pub fn holds_voxels(self) -> bool {
-        match self {
-            Format::Tiff | Format::Npy => true,
-            Format::Parquet | Format::Csv => false,
-        }
+        matches!(self, Format::Voxels(_))
     }
 
     pub fn ext(self) -> &'static str {
         match self {
-            Format::Tiff => "tif",
-            Format::Npy => "npy",
-            Format::Parquet => "parquet",
-            Format::Csv => "csv",
+            Format::Voxels(v) => v.ext(),
+            Format::Table(t) => t.ext(),
         }
     }
     fn parse(s: &str) -> Option<Format> {
-        Some(match s {
-            "tiff" | "tif" => Format::Tiff,
-            "npy" => Format::Npy,
-            "parquet" => Format::Parquet,
-            "csv" => Format::Csv,
-            _ => return None,
-        })
+        crate::io::VoxelFormat::parse(s).map(Format::Voxels).or_else(|| crate::table::TableFormat::parse(s).map(Format::Table))
     }
 }
 
@@ -517,8 +503,8 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
         None => {
             for (p, &i) in order.iter().enumerate() {
                 match kinds[i] {
-                    Kind::Labels => outputs.push((p, vec![Format::Tiff])),
-                    Kind::Table => outputs.push((p, vec![Format::Parquet])),
+                    Kind::Labels => outputs.push((p, vec![Format::Voxels(crate::io::VoxelFormat::Tiff)])),
+                    Kind::Table => outputs.push((p, vec![Format::Table(crate::table::TableFormat::Parquet)])),
                     _ => {}
                 }
             }
@@ -719,7 +705,10 @@ mod tests {
         assert_eq!(ids, vec!["m", "l", "t"]);
         assert_eq!(p.stages[1].kind, Kind::Labels);
         assert_eq!(p.stages[0].halo, Halo::Global);
-        assert_eq!(p.outputs, vec![(1, vec![Format::Tiff]), (2, vec![Format::Parquet])]);
+        assert_eq!(
+            p.outputs,
+            vec![(1, vec![Format::Voxels(crate::io::VoxelFormat::Tiff)]), (2, vec![Format::Table(crate::table::TableFormat::Parquet)])]
+        );
     }
 
     #[test]

@@ -10,6 +10,31 @@ pub mod read;
 
 use polars::prelude::*;
 
+/// A table file format (the per-sample, merged and statistics tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    Parquet,
+    Csv,
+}
+
+impl TableFormat {
+    pub fn ext(self) -> &'static str {
+        match self {
+            TableFormat::Parquet => "parquet",
+            TableFormat::Csv => "csv",
+        }
+    }
+    /// The format a pipeline's `outputs:` names.
+    pub fn parse(name: &str) -> Option<TableFormat> {
+        match name {
+            "parquet" => Some(TableFormat::Parquet),
+            "csv" => Some(TableFormat::Csv),
+            _ => None,
+        }
+    }
+}
+
 /// One column's values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Column {
