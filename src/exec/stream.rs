@@ -105,6 +105,14 @@ impl OpRef<'_> {
 }
 
 impl<'a> Computed<'a> {
+    /// Bytes held while `planes` planes are computed: its inputs over the slab with the run's
+    /// context, and every stage of the run over that (an upper bound: later stages need less).
+    fn slab_bytes(&self, planes: usize) -> u64 {
+        let t = planes + 2 * self.halo;
+        let [_, y, x] = self.shape;
+        self.inputs.iter().map(|v| v.slab_bytes(t)).sum::<u64>()
+            + self.group.stages.iter().map(|&k| (t * y * x) as u64 * tiled::bytes_per_voxel(&self.s.bound.metas[k])).sum::<u64>()
+    }
     /// A run of the plan's stages (`ops` overrides stage ops where a global op finished local).
     fn new(s: &'a Streamed<'a>, group: tiled::Group, mut ops: Vec<OpRef<'a>>, stores: &[Option<Store<'a>>], sources: &[Store<'a>]) -> Computed<'a> {
         let plan = s.plan;
@@ -209,6 +217,17 @@ impl Volume for Store<'_> {
             _ => 0,
         }
     }
+    fn slab_bytes(&self, planes: usize) -> u64 {
+        match self {
+            // Its inputs over the slab with the run's context, and every stage of the run over
+            // that (an upper bound: later stages need less context).
+            Store::Computed(c, _) => c.slab_bytes(planes),
+            _ => {
+                let [_, y, x] = self.shape();
+                (planes * y * x) as u64 * self.bytes_per_voxel()
+            }
+        }
+    }
 }
 
 /// A finished spill: a checkpoint of `key` when there is a store, a temporary otherwise.
@@ -290,15 +309,26 @@ fn local_halo(s: &Streamed, i: usize) -> Option<[usize; 3]> {
     tiled::is_local(s.bound.ops[i].as_ref(), &ctx_of(s, i), &s.bound.metas[i], &refs)
 }
 
-/// Planes per slab for a step reading `bpv` bytes per voxel with `halo` planes above and below.
-fn slab_planes(s: &Streamed, plane: usize, bpv: u64, halo: usize) -> usize {
+/// The most planes per slab (at least 1, at most `nz`) whose `need` (bytes held for a slab of
+/// that many planes, [`Volume::slab_bytes`]) fits a quarter of the budget (`--memory`; the rest
+/// is the process, the writers and the allocator's slack).
+fn fit_planes(s: &Streamed, nz: usize, need: &dyn Fn(usize) -> u64) -> usize {
     if let Some(t) = s.slab {
         return t.max(1);
     }
-    let per_plane = (plane as u64).saturating_mul(bpv.max(1));
-    let fit = (s.memory / 4) / per_plane.max(1);
-    (fit as usize).saturating_sub(2 * halo).max(1)
+    let budget = s.memory / 4;
+    // Needs grow with t: the largest t that fits, by bisection.
+    let (mut lo, mut hi) = (1usize, nz.max(1));
+    if need(hi) <= budget {
+        return hi;
+    }
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        if need(mid) <= budget { lo = mid } else { hi = mid }
+    }
+    lo
 }
+
 
 fn run<'a>(
     s: &'a Streamed<'a>,
@@ -435,8 +465,8 @@ fn run<'a>(
 /// Writes stage `i`'s output files from its stored value (a checkpoint), slab by slab.
 fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<(), String> {
     let mut d = Dest::new(s, i, false, true)?;
-    let [nz, ny, nx] = store.shape();
-    let thick = slab_planes(s, ny * nx, 2 * store.bytes_per_voxel(), 0);
+    let nz = store.shape()[0];
+    let thick = fit_planes(s, nz, &|t| 2 * store.slab_bytes(t));
     if s.bound.metas[i].kind == Kind::Labels {
         d.max = Some(slab::max_label(store, thick)?);
     }
@@ -457,11 +487,8 @@ fn materialise(s: &Streamed, comp: &Computed) -> Result<(), (usize, String)> {
     for (p, &k) in comp.group.stages.iter().enumerate() {
         dests.push(if keep[p] { Some(Dest::new(s, k, false, true).map_err(|e| (p, e))?) } else { None });
     }
-    let [nz, ny, nx] = comp.shape;
-    let bpv = comp.inputs.iter().map(Volume::bytes_per_voxel).sum::<u64>()
-        + comp.group.stages.iter().map(|&k| tiled::bytes_per_voxel(&s.bound.metas[k])).sum::<u64>();
-    let halo = comp.halo + comp.inputs.iter().map(Volume::halo).max().unwrap_or(0);
-    let thick = slab_planes(s, ny * nx, bpv, halo);
+    let nz = comp.shape[0];
+    let thick = fit_planes(s, nz, &|t| comp.slab_bytes(t));
     for (z0, z1) in slab::ranges(nz, thick) {
         let out = comp.run(z0, z1, &keep).map_err(|e| (0, e))?;
         for (p, v) in out.into_iter().enumerate() {
@@ -588,10 +615,10 @@ impl Slabs for StageIo<'_> {
     fn input(&self, k: usize) -> &dyn Volume {
         &self.inputs[k]
     }
-    fn planes(&self, bytes_per_voxel: u64) -> usize {
-        let [_, ny, nx] = self.inputs.first().map(Volume::shape).unwrap_or([1; 3]);
-        let halo = self.inputs.iter().map(Volume::halo).max().unwrap_or(0);
-        slab_planes(self.s, ny * nx, bytes_per_voxel, halo)
+    fn planes(&self, extra_bytes_per_voxel: u64) -> usize {
+        let [nz, ny, nx] = self.inputs.first().map(Volume::shape).unwrap_or([1; 3]);
+        let extra = (ny * nx) as u64 * extra_bytes_per_voxel;
+        fit_planes(self.s, nz, &|t| self.inputs.iter().map(|v| v.slab_bytes(t)).sum::<u64>() + t as u64 * extra)
     }
     fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String> {
         self.scratch += 1;

@@ -94,9 +94,8 @@ impl Op for Downsample {
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<super::slab::Outcome, String> {
         let f = self.factors(ctx.ndim);
         let out_nz = io.input(0).shape()[0] / f[0];
-        // Per output plane: f[0] input planes, plus the output's f32.
-        let per_plane = (f[0] as u64 * io.input(0).bytes_per_voxel()).max(1);
-        let planes = io.planes(per_plane + 4);
+        // Slabs of input planes (with the output's f32 beside them), whole blocks at a time.
+        let planes = (io.planes(4) / f[0]).max(1);
         for (z0, z1) in super::slab::ranges(out_nz, planes) {
             let Value::Image(d) = io.input(0).read(z0 * f[0], z1 * f[0])? else { return Err("downsample: input is not an image".into()) };
             io.emit(Value::Image(Data::F32(block_mean(&d, f)?)))?;

@@ -126,7 +126,8 @@ impl Op for Label {
     /// ([`SlabLabeller`]), then a pass that renumbers them.
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let [nz, ny, nx] = io.input(0).shape();
-        let planes = io.planes(1 + 4 + 4);
+        // Beside the mask: provisional ids, and the renumbered slab.
+        let planes = io.planes(4 + 4);
         let mut labeller = SlabLabeller::new(self.connectivity_for(ctx.ndim), ny, nx);
         let mut prov = io.scratch("provisional")?;
         for (z0, z1) in slab::ranges(nz, planes) {

@@ -164,8 +164,7 @@ impl Op for Measure {
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let shape = io.input(0).shape();
         let n_int = self.intensity.len();
-        let n_in = 1 + n_int + self.territories.is_some() as usize;
-        let planes = io.planes((0..n_in).map(|k| io.input(k).bytes_per_voxel()).sum());
+        let planes = io.planes(0);
         let read = |z0: usize, z1: usize| -> Result<MeasureSlab, String> {
             let Value::Labels(l) = io.input(0).read(z0, z1)? else { return Err("measure: `labels` is not labels".into()) };
             let mut images = Vec::new();

@@ -401,7 +401,8 @@ impl Op for FillHoles {
     /// fills every background component that does not.
     fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         let [nz, ny, nx] = io.input(0).shape();
-        let planes = io.planes(1 + 4 + 4);
+        // Beside the mask: the inverted mask, provisional ids, the filled slab.
+        let planes = io.planes(1 + 4 + 1);
         let mut labeller = SlabLabeller::new(6, ny, nx);
         let mut prov = io.scratch("background")?;
         let mut border: Vec<u32> = Vec::new();

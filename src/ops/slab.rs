@@ -46,6 +46,12 @@ pub trait Volume: Send + Sync {
     fn halo(&self) -> usize {
         0
     }
+    /// Bytes held at once while `planes` planes are read (for a volume computed on the fly: the
+    /// slabs of its inputs, with their context, and of its intermediate stages).
+    fn slab_bytes(&self, planes: usize) -> u64 {
+        let [_, y, x] = self.shape();
+        (planes * y * x) as u64 * self.bytes_per_voxel()
+    }
 }
 
 /// A volume an op writes itself, slab by slab in z order, then reads back.
@@ -58,9 +64,10 @@ pub trait Scratch: Volume {
 pub trait Slabs {
     /// Input `k` (in [`Op::inputs`](super::Op::inputs) order).
     fn input(&self, k: usize) -> &dyn Volume;
-    /// Planes per slab for a pass that holds `bytes_per_voxel` bytes per voxel of a slab at
-    /// once (inputs read plus what the op allocates per voxel), within the memory budget.
-    fn planes(&self, bytes_per_voxel: u64) -> usize;
+    /// Planes per slab for a pass that reads a slab of every input (with whatever computing
+    /// them takes) and holds `extra_bytes_per_voxel` more of its own per voxel of the slab,
+    /// within the memory budget; at least 1.
+    fn planes(&self, extra_bytes_per_voxel: u64) -> usize;
     /// A new, empty scratch volume (removed when the stage ends).
     fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String>;
     /// Labels outputs: the largest id the emitted slabs will hold (files store labels as u16

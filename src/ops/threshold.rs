@@ -134,7 +134,7 @@ impl Op for Threshold {
     /// the value found is then local (a fixed threshold).
     fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         let float = io.input(0).meta().dtype == Some(crate::io::DType::F32);
-        let planes = io.planes(io.input(0).bytes_per_voxel() + 1);
+        let planes = io.planes(0);
         let nz = io.input(0).shape()[0];
         let t = match self.method {
             Method::Fixed => self.value.unwrap_or(0.0),
@@ -325,7 +325,8 @@ fn li_streamed(io: &mut dyn Slabs) -> Result<f64, String> {
     /// Values per scratch plane of a sorted run (runs are padded to whole planes).
     const WIDTH: usize = 4096;
     let nz = io.input(0).shape()[0];
-    let planes = io.planes(io.input(0).bytes_per_voxel() + 8);
+    // Beside the image: its shifted values as bits, sorted.
+    let planes = io.planes(4);
     let each = |io: &dyn Slabs, f: &mut dyn FnMut(&Array3<f32>)| -> Result<(), String> {
         for (z0, z1) in slab::ranges(nz, planes) {
             let Value::Image(Data::F32(a)) = io.input(0).read(z0, z1)? else { return Err("li: expected a float image".into()) };

@@ -285,7 +285,7 @@ impl Op for Crop {
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let m = io.input(0).meta();
         let (lo, hi) = self.resolve(m.shape, ctx.ndim).map_err(|e| e.message)?;
-        let planes = io.planes(2 * io.input(0).bytes_per_voxel());
+        let planes = io.planes(io.input(0).bytes_per_voxel());
         let cut = |io: &dyn Slabs, z0: usize, z1: usize| -> Result<Value, String> {
             let v = io.input(0).read(lo[0] + z0, lo[0] + z1)?;
             cut(&v, [0, lo[1], lo[2]], [z1 - z0, hi[1], hi[2]])
@@ -470,7 +470,7 @@ impl Op for Rescale {
     /// A pass for the image's range (`in_range: image`); mapping with it is then local.
     fn stream(&self, io: &mut dyn Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         let nz = io.input(0).shape()[0];
-        let planes = io.planes(io.input(0).bytes_per_voxel() + 4);
+        let planes = io.planes(0);
         let range = match self.in_range {
             Range::Named(RangeName::Image) => {
                 let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
