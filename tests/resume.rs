@@ -351,6 +351,10 @@ fn plan_out_shows_hits_and_misses_per_stage() {
     assert!(plan().contains("neuron3d  smooth hit  mask hit  filled hit  nuclei hit  shape hit"), "{}", plan());
     std::fs::remove_file(out.join("samples/nuclei2d/nuclei.tif")).unwrap();
     assert!(plan().contains("nuclei2d  smooth miss  mask hit  filled hit  nuclei miss  shape hit"), "{}", plan());
+    // The steps the run would take: the deleted label image is recomputed from the filled mask,
+    // which its TIFF output gives back; the other samples are up to date.
+    assert!(plan().contains("in memory: reuse filled; whole nuclei; reuse shape"), "{}", plan());
+    assert!(plan().contains("up to date: nothing to run"), "{}", plan());
 }
 
 #[test]

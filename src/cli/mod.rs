@@ -271,6 +271,10 @@ pub struct PlanArgs {
     /// Samples for --out (default: the pipeline's `samples:`).
     #[arg(long, value_name = "MANIFEST.csv")]
     pub samples: Option<PathBuf>,
+    /// The memory budget a run would have (with --out: which samples would stream). Default:
+    /// 3/4 of RAM, as `run`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -489,14 +493,23 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
         Ok(m) => m,
         Err(code) => return code,
     };
+    let memory = a.memory.unwrap_or_else(crate::io::default_memory_budget);
     let mut so = std::io::stdout().lock();
-    let _ = writeln!(so, "in {} (hit: stored and reused; miss: computed when needed):", out.display());
+    let _ = writeln!(
+        so,
+        "in {} (hit: stored and reused; miss: computed when needed), and the steps a run with --memory {} would take:",
+        out.display(),
+        crate::util::human_bytes(memory)
+    );
     let w = manifest.rows.iter().map(|r| r.id.len()).max().unwrap_or(6);
     for row in &manifest.rows {
         match crate::exec::stage_hits(p, row, &manifest, out) {
             Ok(hits) => {
                 let cols: Vec<String> = hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
                 let _ = writeln!(so, "  {:<w$}  {}", row.id, cols.join("  "));
+                if let Ok(sp) = crate::exec::sample_steps(p, row, &manifest, out, memory) {
+                    let _ = writeln!(so, "  {:<w$}  {}", "", sp.describe(p));
+                }
             }
             Err(e) => {
                 let _ = writeln!(so, "  {:<w$}  cannot plan: {e}", row.id);

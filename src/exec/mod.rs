@@ -417,6 +417,75 @@ pub fn stage_hits(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path)
         .collect())
 }
 
+/// What a run into `out` would do with one sample: whether it is up to date, streamed or run in
+/// memory, and its steps ([`schedule::steps`], from the same decisions the executors make).
+#[derive(Debug, Clone)]
+pub struct SampleSteps {
+    pub up_to_date: bool,
+    pub streamed: bool,
+    pub steps: Vec<schedule::Step>,
+}
+
+impl SampleSteps {
+    /// One line: `in memory: reuse a; fuse b+c; d; …` (`out of core` for streamed global stages).
+    pub fn describe(&self, plan: &Plan) -> String {
+        if self.up_to_date {
+            return "up to date: nothing to run".into();
+        }
+        let ids = |v: &[usize]| v.iter().map(|&k| plan.stages[k].id.as_str()).collect::<Vec<_>>().join("+");
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                schedule::Step::Reuse(i) => format!("reuse {}", plan.stages[*i].id),
+                schedule::Step::Fused(g) if self.streamed => format!("per slab {}", ids(&g.stages)),
+                schedule::Step::Fused(g) => format!("fuse {}", ids(&g.stages)),
+                schedule::Step::Global(i) if self.streamed => format!("out of core {}", plan.stages[*i].id),
+                schedule::Step::Global(i) => format!("whole {}", plan.stages[*i].id),
+            })
+            .collect();
+        format!("{}: {}", if self.streamed { "streamed" } else { "in memory" }, if steps.is_empty() { "nothing".into() } else { steps.join("; ") })
+    }
+}
+
+/// The steps a run into `out` with budget `memory` would take for `row` (nothing is computed).
+pub fn sample_steps(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path, memory: u64) -> Result<SampleSteps, String> {
+    let Prepared { headers, bound, keys, spacing, ndim, .. } = prepare(plan, row, manifest).map_err(|(_, e)| e)?;
+    let store = Store::new(out);
+    let rec = store.record(&row.id);
+    if rec.as_ref().is_some_and(|r| up_to_date(plan, &store, row, r, &keys, out).is_some()) {
+        return Ok(SampleSteps { up_to_date: true, streamed: rec.is_some_and(|r| r.streamed), steps: Vec::new() });
+    }
+    let n = plan.stages.len();
+    let valid: Vec<bool> = (0..n).map(|i| rec.as_ref().is_some_and(|r| output_valid(plan, r, row, i, &keys[i], out))).collect();
+    let streamed = stream::whole_run_bytes(plan, &bound, &headers) > memory;
+    let decisions = schedule::decide(required_stages(plan, &valid), &|i| plan.stage_inputs(i), &mut |i| {
+        // As the executors take them: in memory, any checkpoint or a current output read back;
+        // streamed, a table's checkpoint or a global stage's spill.
+        match (streamed, plan.stages[i].kind) {
+            (false, _) => store.has(&keys[i]) || valid[i],
+            (true, Kind::Table) => store.has(&keys[i]),
+            (true, _) => store.has_raw(&keys[i]),
+        }
+    });
+    let src_meta = |k: usize| Meta { kind: Kind::Image, dtype: Some(headers[k].dtype), shape: headers[k].shape, ndim, scale: [1.0; 3] };
+    let local = |i: usize| {
+        let ins: Vec<Meta> = plan.stages[i]
+            .inputs
+            .iter()
+            .map(|(_, r)| match r {
+                Ref::Source(k) => src_meta(*k),
+                Ref::Stage(j) => bound.metas[*j].clone(),
+            })
+            .collect();
+        let refs: Vec<&Meta> = ins.iter().collect();
+        let ctx = Ctx { sample: &row.id, spacing: scaled(&spacing, input_scale(plan, &bound, i)).zyx, unit: &spacing.unit, ndim };
+        tiled::is_local(bound.ops[i].as_ref(), &ctx, &bound.metas[i], &refs)
+    };
+    let steps = schedule::steps(&decisions, &local, &|a, b| bound.metas[a].shape == bound.metas[b].shape);
+    Ok(SampleSteps { up_to_date: false, streamed, steps })
+}
+
 /// Every stage's checkpoint key for one sample (SPEC §5: what can change a stage's output).
 pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: &Spacing, ndim: u8) -> Vec<String> {
     let mut keys: Vec<String> = Vec::with_capacity(plan.stages.len());

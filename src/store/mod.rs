@@ -151,7 +151,12 @@ impl Store {
 
     /// Whether a checkpoint file exists for `key` (not verified).
     pub fn has(&self, key: &str) -> bool {
-        self.ckpt_path(key).is_file() || self.ckpt_path(key).with_extension("raw").is_file()
+        self.ckpt_path(key).is_file() || self.has_raw(key)
+    }
+
+    /// Whether `key` has a raw checkpoint (a streamed stage's spill; not verified here).
+    pub fn has_raw(&self, key: &str) -> bool {
+        self.ckpt_path(key).with_extension("raw").is_file()
     }
 
     /// Moves a finished raw value file (a streamed stage's spill) into the store as the checkpoint
