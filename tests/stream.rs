@@ -95,12 +95,20 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
         // Only ops that say they have no out-of-core form may refuse, and with a message that
         // names the stage.
         let st = &plan.stages[i];
-        let ins: Vec<tessera::ops::Meta> = st.inputs.iter().map(|(_, r)| match r {
-            tessera::plan::Ref::Stage(j) => bound.metas[*j].clone(),
-            tessera::plan::Ref::Source(_) => tessera::ops::Meta {
-                kind: tessera::ops::Kind::Image, dtype: Some(headers[0].dtype), shape: headers[0].shape, ndim: 3, scale: [1.0; 3],
-            },
-        }).collect();
+        let ins: Vec<tessera::ops::Meta> = st
+            .inputs
+            .iter()
+            .map(|(_, r)| match r {
+                tessera::plan::Ref::Stage(j) => bound.metas[*j].clone(),
+                tessera::plan::Ref::Source(_) => tessera::ops::Meta {
+                    kind: tessera::ops::Kind::Image,
+                    dtype: Some(headers[0].dtype),
+                    shape: headers[0].shape,
+                    ndim: 3,
+                    scale: [1.0; 3],
+                },
+            })
+            .collect();
         prop_assert!(bound.ops[i].streams(&ins).is_err(), "{} refused although its op streams: {why}", st.id);
         prop_assert!(why.contains(&format!("stage '{}'", st.id)), "{why}");
         return Ok(false);
@@ -270,11 +278,8 @@ fn every_registry_op_streams_as_in_memory() {
         let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
         (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
     });
-    let volumes = [
-        Data::U8(base.mapv(|v| v as u8)),
-        Data::U16(base.mapv(|v| (v * 7.0) as u16)),
-        Data::F32(base.mapv(|v| v as f32 * 0.25 + 0.1)),
-    ];
+    let volumes =
+        [Data::U8(base.mapv(|v| v as u8)), Data::U16(base.mapv(|v| (v * 7.0) as u16)), Data::F32(base.mapv(|v| v as f32 * 0.25 + 0.1))];
     let dir = tempfile::tempdir().unwrap();
     let mut streamed = std::collections::BTreeSet::new();
     for (op, info) in REGISTRY.iter().enumerate() {

@@ -762,7 +762,6 @@ mod tests {
     }
 }
 
-
 /// `--progress`: when to show progress (the command line's spelling of [`ProgressMode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressArg {

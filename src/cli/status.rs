@@ -37,10 +37,9 @@ pub fn states(out: &Path) -> Result<(RunRecord, Vec<SampleState>), String> {
         let (status, error) = match (rec, s.status) {
             (Some(r), _) if r.complete && r.failed.is_none() && outputs_present(r) => ("done", None),
             (Some(r), _) if r.failed.is_some() => ("failed", r.failed.as_ref().map(|(st, e)| format!("stage '{st}': {e}"))),
-            (None, Status::Failed) => (
-                "failed",
-                Some(format!("stage '{}': {}", s.failed_stage.as_deref().unwrap_or("?"), s.error.as_deref().unwrap_or(""))),
-            ),
+            (None, Status::Failed) => {
+                ("failed", Some(format!("stage '{}': {}", s.failed_stage.as_deref().unwrap_or("?"), s.error.as_deref().unwrap_or(""))))
+            }
             // A run with --no-checkpoint leaves no records: trust run.json.
             (None, Status::Done) if !store.root().join("samples").exists() => ("done", None),
             _ => ("missing", None),

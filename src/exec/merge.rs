@@ -94,7 +94,7 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     let store = Store::new(out);
     // Provenance per sample: the latest file that lists it wins (tasks re-run later come last
     // by name only when re-submitted under the same name; status comes from records first).
-    let task_count = prov.iter().filter_map(|p| p.run.task.map(|t| t.count)).last();
+    let task_count = prov.iter().filter_map(|p| p.run.task.map(|t| t.count)).next_back();
     let recorded: BTreeMap<String, SampleEntry> = latest_samples(&prov).into_iter().map(|s| (s.sample.clone(), s)).collect();
     let stages = table_stages(&plan);
     let mut not_done = Vec::new();

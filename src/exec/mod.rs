@@ -1,13 +1,16 @@
 //! The executor: runs a compiled [`Plan`] over samples and writes the output folder (SPEC §4).
 //!
-//! Samples run in parallel on the caller's rayon pool; within a sample, stages run in plan
-//! order on whole images, each value freed once its last consumer and its outputs are done.
-//! A sample that fails — unreadable input, a bind error, an op error — is recorded with its
-//! stage and message and the others go on (unless `fail_fast`). Merged tables and statistics
-//! are written from the successful samples in manifest order, so they never depend on timing.
-//!
-//! The per-stage loop is the seam for the tiled executor: a stage's op, inputs and halo are all
-//! it needs, and global ops already declare themselves as such.
+//! Samples run in parallel on the caller's rayon pool ([`for_each_sample`]). Each sample is
+//! prepared (headers, binding, checkpoint keys), then scheduled ([`schedule`]: what is reused,
+//! what is computed, which local stages fuse) and run by one of two executors following that
+//! schedule: in memory ([`evaluate_with`]: fused runs over tiles, [`tiled`]; global stages on
+//! whole arrays; each value freed once its last consumer and its outputs are done), or, when
+//! the sample does not fit `--memory`, slab by slab from disk ([`stream`]: fused runs computed
+//! per slab where they are read, global ops in their own out-of-core forms, spills in
+//! [`spill`]). A sample that fails — unreadable input, a bind error, an op error — is recorded
+//! with its stage and message and the others go on (unless `fail_fast`). Merged tables and
+//! statistics are written from the successful samples in manifest order ([`study`]), so they
+//! never depend on timing; the run's record is written by [`provenance`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -444,7 +447,11 @@ impl SampleSteps {
                 schedule::Step::Global(i) => format!("whole {}", plan.stages[*i].id),
             })
             .collect();
-        format!("{}: {}", if self.streamed { "streamed" } else { "in memory" }, if steps.is_empty() { "nothing".into() } else { steps.join("; ") })
+        format!(
+            "{}: {}",
+            if self.streamed { "streamed" } else { "in memory" },
+            if steps.is_empty() { "nothing".into() } else { steps.join("; ") }
+        )
     }
 }
 

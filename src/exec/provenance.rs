@@ -57,7 +57,11 @@ pub fn run_record<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary
             hash: plan.hash.clone(),
             text: plan.spec.text.clone(),
         },
-        manifest: ManifestRef { file: manifest.path.as_ref().map(|p| absolute(p)), hash: manifest.hash(), columns: manifest.columns.clone() },
+        manifest: ManifestRef {
+            file: manifest.path.as_ref().map(|p| absolute(p)),
+            hash: manifest.hash(),
+            columns: manifest.columns.clone(),
+        },
         finished_unix: unix_now(),
         command_line: std::env::args().collect(),
         working_directory: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
@@ -100,7 +104,9 @@ pub fn write_record<S: Serialize>(path: &Path, record: &RunRecord<S>) -> std::io
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
-    crate::util::write_atomic_with(path, |w: &mut dyn std::io::Write| serde_json::to_writer_pretty(w, record).map_err(std::io::Error::other))
+    crate::util::write_atomic_with(path, |w: &mut dyn std::io::Write| {
+        serde_json::to_writer_pretty(w, record).map_err(std::io::Error::other)
+    })
 }
 
 /// Writes `run.json`, and `errors.csv` when something failed (removing a stale one otherwise).

@@ -131,6 +131,9 @@ mod tests {
         assert_eq!(s, vec![g(vec![0]), Step::Global(1), g(vec![2]), Step::Reuse(3), Step::Global(4), g(vec![5, 6])]);
         // A skipped stage has no step; a reused local stage breaks a run.
         let d = [Skip, Compute, Compute, Compute, Compute, Reuse, Compute];
-        assert_eq!(steps(&d, &local, &same), vec![Step::Global(1), g(vec![2]), Step::Global(3), Step::Global(4), Step::Reuse(5), g(vec![6])]);
+        assert_eq!(
+            steps(&d, &local, &same),
+            vec![Step::Global(1), g(vec![2]), Step::Global(3), Step::Global(4), Step::Reuse(5), g(vec![6])]
+        );
     }
 }

@@ -114,7 +114,13 @@ impl<'a> Computed<'a> {
             + self.group.stages.iter().map(|&k| (t * y * x) as u64 * tiled::bytes_per_voxel(&self.s.bound.metas[k])).sum::<u64>()
     }
     /// A run of the plan's stages (`ops` overrides stage ops where a global op finished local).
-    fn new(s: &'a Streamed<'a>, group: tiled::Group, mut ops: Vec<OpRef<'a>>, stores: &[Option<Store<'a>>], sources: &[Store<'a>]) -> Computed<'a> {
+    fn new(
+        s: &'a Streamed<'a>,
+        group: tiled::Group,
+        mut ops: Vec<OpRef<'a>>,
+        stores: &[Option<Store<'a>>],
+        sources: &[Store<'a>],
+    ) -> Computed<'a> {
         let plan = s.plan;
         let pos = |k: usize| group.stages.iter().position(|&g| g == k);
         let mut inputs: Vec<Store<'a>> = Vec::new();
@@ -328,7 +334,6 @@ fn fit_planes(s: &Streamed, nz: usize, need: &dyn Fn(usize) -> u64) -> usize {
     }
     lo
 }
-
 
 fn run<'a>(
     s: &'a Streamed<'a>,
@@ -593,7 +598,9 @@ fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<VoxelWriter>
         for f in formats {
             let path = s.sample_dir.join(format!("{}.{}", st.id, f.ext()));
             v.push(match f {
-                Format::Voxels(vf) => VoxelWriter::create(&path, *vf, shape, dtype, s.ndim, &sp, s.compression).map_err(|e| e.to_string())?,
+                Format::Voxels(vf) => {
+                    VoxelWriter::create(&path, *vf, shape, dtype, s.ndim, &sp, s.compression).map_err(|e| e.to_string())?
+                }
                 Format::Table(_) => return Err(format!("cannot write {} as {}", st.kind.with_article(), f.ext())),
             });
         }

@@ -279,7 +279,14 @@ impl VoxelWriter {
 }
 
 /// Writes a whole image in a voxel format.
-pub fn write_voxels(path: &Path, format: VoxelFormat, data: &Data, ndim: u8, spacing: &Spacing, compression: Compression) -> Result<(), ImageError> {
+pub fn write_voxels(
+    path: &Path,
+    format: VoxelFormat,
+    data: &Data,
+    ndim: u8,
+    spacing: &Spacing,
+    compression: Compression,
+) -> Result<(), ImageError> {
     match format {
         VoxelFormat::Tiff => write_tiff(path, data, ndim, spacing, compression),
         VoxelFormat::Npy => write_npy(path, data, ndim),

@@ -79,7 +79,11 @@ pub static MEASURE: OpInfo = OpInfo {
     ],
     build: build::<Measure>,
     fields: fields_of::<Measure>,
-    examples: &["labels: {labels}", "labels: {labels}, intensity: {raw: {image}}", "labels: {labels}, intensity: {raw: {image}}, territories: {labels}"],
+    examples: &[
+        "labels: {labels}",
+        "labels: {labels}, intensity: {raw: {image}}",
+        "labels: {labels}, intensity: {raw: {image}}, territories: {labels}",
+    ],
 };
 
 impl Op for Measure {

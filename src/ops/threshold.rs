@@ -76,7 +76,12 @@ pub static THRESHOLD: OpInfo = OpInfo {
     ],
     build: build::<Threshold>,
     fields: fields_of::<Threshold>,
-    examples: &["input: {image}, method: otsu", "input: {image}, method: li", "input: {image}, method: triangle, invert: true", "input: {image}, method: fixed, value: 120"],
+    examples: &[
+        "input: {image}, method: otsu",
+        "input: {image}, method: li",
+        "input: {image}, method: triangle, invert: true",
+        "input: {image}, method: fixed, value: 120",
+    ],
 };
 
 impl Op for Threshold {

@@ -176,7 +176,11 @@ pub static CROP: OpInfo = OpInfo {
     ],
     build: build::<Crop>,
     fields: fields_of::<Crop>,
-    examples: &["input: {image}, fraction: {zmin: 0.2, zmax: 0.9, ymin: 0.1, xmax: 0.8}", "input: {mask}, fraction: {zmin: 0.3, xmin: 0.25}", "input: {labels}, fraction: {zmax: 0.7, ymax: 0.6}"],
+    examples: &[
+        "input: {image}, fraction: {zmin: 0.2, zmax: 0.9, ymin: 0.1, xmax: 0.8}",
+        "input: {mask}, fraction: {zmin: 0.3, xmin: 0.25}",
+        "input: {labels}, fraction: {zmax: 0.7, ymax: 0.6}",
+    ],
 };
 
 impl Crop {

@@ -132,7 +132,8 @@ pub fn fused_runs(plan: &Plan) -> Vec<(Vec<String>, [usize; 3])> {
     }
     let local = |k: usize| {
         let st = &plan.stages[k];
-        let ins_ok = !st.inputs.is_empty() && st.inputs.iter().all(|(_, r)| !matches!(r, Ref::Stage(j) if plan.stages[*j].kind == Kind::Table || class[*j] != class[k]));
+        let ins_ok = !st.inputs.is_empty()
+            && st.inputs.iter().all(|(_, r)| !matches!(r, Ref::Stage(j) if plan.stages[*j].kind == Kind::Table || class[*j] != class[k]));
         match st.halo {
             Halo::Local(h) if st.kind != Kind::Table && ins_ok => Some(h),
             _ => None,

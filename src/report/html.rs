@@ -162,15 +162,12 @@ pub fn render(out: &Path) -> Result<String, String> {
 
     // Samples.
     h.push_str("<h2 id=samples>Samples</h2>");
-    let labels_stages: Vec<String> = samples
-        .iter()
-        .flat_map(|s| s.objects.iter().map(|(k, _)| k.clone()))
-        .fold(Vec::new(), |mut v, k| {
-            if !v.contains(&k) {
-                v.push(k);
-            }
-            v
-        });
+    let labels_stages: Vec<String> = samples.iter().flat_map(|s| s.objects.iter().map(|(k, _)| k.clone())).fold(Vec::new(), |mut v, k| {
+        if !v.contains(&k) {
+            v.push(k);
+        }
+        v
+    });
     let mut st = String::from("<table><thead><tr><th>sample</th><th>status</th>");
     for l in &labels_stages {
         let _ = write!(st, "<th><code>{}</code> count</th>", esc(l));
