@@ -415,24 +415,23 @@ fn a_sample_that_neither_fits_nor_streams_fails_alone_and_says_how_much_memory()
 }
 
 #[test]
-fn the_bone_analysis_streams_under_a_tight_memory_budget_with_identical_outputs() {
+fn the_bone_analysis_but_voronoi_streams_under_a_tight_memory_budget_with_identical_outputs() {
     // bone-lacunae with every stage that streams today (crop first, so only the kept planes are
-    // read), plus fill_holes, downsample and rescale over the image's range; `distance` and
-    // `voronoi` replaced by an intensity measurement.
+    // read; the distance to canals), plus fill_holes, downsample and rescale over the image's
+    // range; `voronoi` replaced by an intensity measurement.
     let tmp = tempfile::tempdir().unwrap();
     let manifest = root().join("testdata/bone.csv");
     let yaml = std::fs::read_to_string(root().join("pipelines/bone-lacunae.yaml"))
         .unwrap()
         .replace("../testdata/bone.csv", manifest.to_str().unwrap())
-        .replace("  territory: {op: voronoi, labels: lacunae, mask: bone}\n", "  filled:    {op: fill_holes, input: bone}\n")
         .replace(
-            "  to_canal:  {op: distance, input: canals, invert: true}\n",
-            "  coarse:    {op: downsample, input: roi, factor: 2}\n  stretched: {op: rescale, input: coarse, out: u8}\n",
+            "  territory: {op: voronoi, labels: lacunae, mask: bone}\n",
+            "  filled:    {op: fill_holes, input: bone}\n  coarse:    {op: downsample, input: roi, factor: 2}\n  stretched: {op: rescale, input: coarse, out: u8}\n",
         )
-        .replace("intensity: {canal: to_canal}, territories: territory}", "intensity: {raw: roi, smooth: smooth}}")
-        .replace("  territory: tiff\n", "  filled: tiff\n  canals: tiff\n  stretched: tiff\n")
-        .replace("territory_volume, canal_mean", "raw_mean, smooth_max");
-    assert!(!yaml.contains("op: voronoi") && !yaml.contains("op: distance"), "{yaml}");
+        .replace("intensity: {canal: to_canal}, territories: territory}", "intensity: {canal: to_canal, raw: roi, smooth: smooth}}")
+        .replace("  territory: tiff\n", "  filled: tiff\n  canals: tiff\n  stretched: tiff\n  to_canal: tiff\n")
+        .replace("territory_volume, canal_mean", "canal_mean, raw_mean, smooth_max");
+    assert!(!yaml.contains("op: voronoi") && yaml.contains("op: distance"), "{yaml}");
     let pipeline = tmp.path().join("bone-streams.yaml");
     std::fs::write(&pipeline, &yaml).unwrap();
     let run = |dir: &str, extra: &[&str]| {

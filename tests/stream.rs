@@ -69,6 +69,7 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
     // Streamed.
     let sample_dir = dir.join(format!("out{thick}"));
     let paths = vec![source.to_path_buf()];
+    let header_shape = header.shape;
     let headers = vec![header];
     let keys = vec![String::new(); plan.stages.len()];
     let valid = vec![false; plan.stages.len()];
@@ -80,7 +81,9 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
         spacing: &spacing,
         ndim: 3,
         sample: "s",
-        memory: u64::MAX,
+        // Slabs are `thick` planes whatever the budget; the budget still decides how ops that
+        // cut their data another way do it: `distance` takes blocks of about `thick` rows.
+        memory: 32 * (header_shape[0] * header_shape[2] * thick) as u64,
         threads: 2,
         spill_dir: dir.join("spill"),
         sample_dir: sample_dir.clone(),

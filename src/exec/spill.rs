@@ -174,7 +174,8 @@ impl Writer {
         let reader = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Writer {
             path,
-            w: BufWriter::with_capacity(1 << 20, f),
+            // Chunks are written whole; a small buffer, since a stage may fill hundreds at once.
+            w: BufWriter::with_capacity(64 << 10, f),
             layout: Layout::default(),
             planes: 0,
             pending: Vec::new(),

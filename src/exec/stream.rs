@@ -15,7 +15,7 @@
 //!   ranges, scratch volumes, and a destination for its slabs ([`StageIo`]). It names no op.
 //!
 //! Each gives the whole-image result bit for bit (`tests/stream.rs` runs every registry op).
-//! A global op without an out-of-core form (`distance`, `voronoi` for now) says so through
+//! A global op without an out-of-core form (`voronoi` for now) says so through
 //! [`crate::ops::Op::streams`]: a sample that needs one and does not fit fails with a message
 //! saying so and how much memory would do.
 
@@ -626,6 +626,9 @@ impl Slabs for StageIo<'_> {
         let [nz, ny, nx] = self.inputs.first().map(Volume::shape).unwrap_or([1; 3]);
         let extra = (ny * nx) as u64 * extra_bytes_per_voxel;
         fit_planes(self.s, nz, &|t| self.inputs.iter().map(|v| v.slab_bytes(t)).sum::<u64>() + t as u64 * extra)
+    }
+    fn memory(&self) -> u64 {
+        self.s.memory / 4
     }
     fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String> {
         self.scratch += 1;

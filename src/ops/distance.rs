@@ -2,10 +2,11 @@
 //! `scipy.ndimage.distance_transform_edt(mask, sampling=spacing)`: separable lower envelopes of
 //! parabolas (Felzenszwalb & Huttenlocher) along x, then y, then z, in float64.
 
-use ndarray::{Array3, Axis};
+use ndarray::{Array3, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 use crate::io::{DType, Data};
 
@@ -79,6 +80,18 @@ impl Op for Distance {
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+    fn streams(&self, inputs: &[Meta]) -> Result<(), String> {
+        match inputs[0].ndim {
+            3 => Ok(()),
+            _ => Err("2D images are not streamed".into()),
+        }
+    }
+    /// Planes through x and y a slab at a time, set aside by blocks of rows; each block along z
+    /// whole; the result gathered back into slabs ([`edt_streamed`]).
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
+        edt_streamed(io, ctx.spacing, self.invert)?;
+        Ok(slab::Outcome::Emitted)
+    }
 }
 
 /// Builds the lower envelope of the parabolas y = f[q] + ((x − q)·w)² over the finite f[q]:
@@ -133,6 +146,17 @@ fn line_sq(f: &mut [f64], w: f64, v: &mut Vec<usize>, z: &mut Vec<f64>, out: &mu
 /// Euclidean distance (physical units) of each foreground voxel to the nearest background
 /// voxel (`invert`: of background to foreground), as float32.
 pub fn edt(mask: &Array3<u8>, spacing: [f64; 3], ndim: u8, invert: bool) -> Array3<f32> {
+    let mut d = plane_passes(mask, spacing, invert);
+    if ndim != 2 {
+        axis_pass(&mut d, 0, spacing[0]);
+    }
+    d.par_mapv_inplace(f32::sqrt);
+    d
+}
+
+/// The passes within planes: squared distances along x, then y, of every plane of `mask` (a
+/// whole image or any z-slab of it: planes do not see each other yet).
+fn plane_passes(mask: &Array3<u8>, spacing: [f64; 3], invert: bool) -> Array3<f32> {
     // Squared distances are stored as float32 between passes (half the memory traffic) and
     // every line is transformed in float64; the relative error stays below 1e-7.
     let nx = mask.dim().2;
@@ -151,40 +175,92 @@ pub fn edt(mask: &Array3<u8>, spacing: [f64; 3], ndim: u8, invert: bool) -> Arra
             },
         );
     }
-    // y, then z: gather each column into a buffer, transform, scatter back; one plane (y) or
-    // one row of planes (z) per task, buffers reused.
-    let passes: &[usize] = if ndim == 2 { &[1] } else { &[1, 0] };
-    for &axis in passes {
-        let w = spacing[axis];
-        let n = d.len_of(Axis(axis));
-        if n == 0 {
-            continue;
-        }
-        let other = if axis == 1 { 0 } else { 1 };
-        d.axis_iter_mut(Axis(other)).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            |(cols, v, z, out), mut plane| {
-                // `plane` is (n × nx), x contiguous: transpose it into one contiguous line per x,
-                // transform the lines, transpose back.
-                cols.resize(n * nx, 0f64);
-                for (k, row) in plane.rows().into_iter().enumerate() {
-                    for (x, &val) in row.iter().enumerate() {
-                        cols[x * n + k] = val as f64;
-                    }
-                }
-                for line in cols.chunks_mut(n) {
-                    line_sq(line, w, v, z, out);
-                }
-                for (k, mut row) in plane.rows_mut().into_iter().enumerate() {
-                    for (x, val) in row.iter_mut().enumerate() {
-                        *val = cols[x * n + k] as f32;
-                    }
-                }
-            },
-        );
-    }
-    d.par_mapv_inplace(f32::sqrt);
+    axis_pass(&mut d, 1, spacing[1]);
     d
+}
+
+/// Squared distances along `axis` (1: y, 0: z) of every line of `d`: each column gathered into a
+/// buffer, transformed, scattered back; one plane (y) or one row of planes (z) per task.
+fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
+    let n = d.len_of(Axis(axis));
+    let nx = d.dim().2;
+    if n == 0 {
+        return;
+    }
+    let other = if axis == 1 { 0 } else { 1 };
+    d.axis_iter_mut(Axis(other)).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(cols, v, z, out), mut plane| {
+            // `plane` is (n × nx), x contiguous: transpose it into one contiguous line per x,
+            // transform the lines, transpose back.
+            cols.resize(n * nx, 0f64);
+            for (k, row) in plane.rows().into_iter().enumerate() {
+                for (x, &val) in row.iter().enumerate() {
+                    cols[x * n + k] = val as f64;
+                }
+            }
+            for line in cols.chunks_mut(n) {
+                line_sq(line, w, v, z, out);
+            }
+            for (k, mut row) in plane.rows_mut().into_iter().enumerate() {
+                for (x, val) in row.iter_mut().enumerate() {
+                    *val = cols[x * n + k] as f32;
+                }
+            }
+        },
+    );
+}
+
+/// [`edt`] out of core, in three passes: (1) each z-slab's planes through the x and y passes,
+/// their rows set aside in blocks of rows (one scratch volume per block, all planes of those
+/// rows); (2) each block whole along z — the z pass and the square root — set aside again;
+/// (3) the result gathered back into z-slabs from the blocks and emitted. Every line is
+/// transformed exactly as in memory, so the values are the same bits.
+fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(), String> {
+    let [nz, ny, nx] = io.input(0).shape();
+    // Rows per block: a block of all planes (f32, plus the float64 lines of the z pass per
+    // thread) within the budget.
+    let per_row = (nz * nx) as u64 * 4;
+    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, ny.max(1) as u64) as usize;
+    // At most 256 blocks (each an open scratch file being filled), whatever the budget.
+    let rows = rows.max(ny.div_ceil(256));
+    let blocks: Vec<(usize, usize)> = slab::ranges(ny, rows).collect();
+    let mut xy: Vec<Box<dyn slab::Scratch>> = Vec::new();
+    for b in 0..blocks.len() {
+        xy.push(io.scratch(&format!("xy{b}"))?);
+    }
+    // Beside the mask: the float32 squared distances.
+    let planes = io.planes(4);
+    for (z0, z1) in slab::ranges(nz, planes) {
+        let m = match io.input(0).read(z0, z1)? {
+            Value::Mask(m) => m,
+            Value::Labels(l) => l.mapv(|v| (v != 0) as u8),
+            _ => return Err("distance: input is not a mask or labels".into()),
+        };
+        let d = plane_passes(&m, spacing, invert);
+        for (b, &(y0, y1)) in blocks.iter().enumerate() {
+            xy[b].append(&Value::Image(Data::F32(d.slice(s![.., y0..y1, ..]).to_owned())))?;
+        }
+    }
+    let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
+    for (b, block) in xy.into_iter().enumerate() {
+        let Value::Image(Data::F32(mut d)) = block.read(0, nz)? else { return Err("distance: scratch block".into()) };
+        drop(block);
+        axis_pass(&mut d, 0, spacing[0]);
+        d.par_mapv_inplace(f32::sqrt);
+        let mut out = io.scratch(&format!("z{b}"))?;
+        out.append(&Value::Image(Data::F32(d)))?;
+        done.push(out);
+    }
+    for (z0, z1) in slab::ranges(nz, planes) {
+        let mut slab: Array3<f32> = crate::util::zeros3((z1 - z0, ny, nx));
+        for (b, &(y0, y1)) in blocks.iter().enumerate() {
+            let Value::Image(Data::F32(part)) = done[b].read(z0, z1)? else { return Err("distance: scratch block".into()) };
+            slab.slice_mut(s![.., y0..y1, ..]).assign(&part);
+        }
+        io.emit(Value::Image(Data::F32(slab)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub trait Slabs {
     /// them takes) and holds `extra_bytes_per_voxel` more of its own per voxel of the slab,
     /// within the memory budget; at least 1.
     fn planes(&self, extra_bytes_per_voxel: u64) -> usize;
+    /// The bytes a pass may hold at once (a quarter of `--memory`, as slabs are sized), for ops
+    /// that cut their data another way than by planes.
+    fn memory(&self) -> u64;
     /// A new, empty scratch volume (removed when the stage ends).
     fn scratch(&mut self, name: &str) -> Result<Box<dyn Scratch>, String>;
     /// Labels outputs: the largest id the emitted slabs will hold (files store labels as u16
