@@ -405,33 +405,35 @@ fn samples_larger_than_memory_are_streamed_with_identical_outputs() {
 fn a_sample_that_neither_fits_nor_streams_fails_alone_and_says_how_much_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    // bone-lacunae's `territory` (voronoi) has no out-of-core form yet; everything before it streams.
-    let o = tessera(&["run", "pipelines/bone-lacunae.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--memory", "100KiB"]);
+    // Every op streams 3D volumes; 2D images are not streamed.
+    let o = tessera(&["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never", "--memory", "20KiB"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
-    assert!(errors.contains("bone_upper,territory,"), "{errors}");
-    assert!(errors.contains("(op `voronoi`) needs the whole image in memory"), "{errors}");
+    assert!(errors.contains("nuclei2d,smooth,"), "{errors}");
+    assert!(errors.contains("cannot be streamed from disk: 2D images are not streamed"), "{errors}");
     assert!(errors.contains("raise --memory to at least"), "{errors}");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let neuron = run["samples"].as_array().unwrap().iter().find(|s| s["sample"] == "neuron3d").unwrap().clone();
+    assert_eq!((neuron["status"].as_str(), neuron["streamed"].as_bool()), (Some("done"), Some(true)), "the 3D sample streams: {neuron}");
 }
 
 #[test]
-fn the_bone_analysis_but_voronoi_streams_under_a_tight_memory_budget_with_identical_outputs() {
-    // bone-lacunae with every stage that streams today (crop first, so only the kept planes are
-    // read; the distance to canals), plus fill_holes, downsample and rescale over the image's
-    // range; `voronoi` replaced by an intensity measurement.
+fn the_bone_analysis_streams_under_a_tight_memory_budget_with_identical_outputs() {
+    // The whole bone-lacunae analysis (crop first, so only the kept planes are read; labels,
+    // territories, distance to canals, measurements), plus fill_holes, downsample and rescale
+    // over the image's range, at 4 MiB and 100 KiB against the in-memory run.
     let tmp = tempfile::tempdir().unwrap();
     let manifest = root().join("testdata/bone.csv");
     let yaml = std::fs::read_to_string(root().join("pipelines/bone-lacunae.yaml"))
         .unwrap()
         .replace("../testdata/bone.csv", manifest.to_str().unwrap())
         .replace(
-            "  territory: {op: voronoi, labels: lacunae, mask: bone}\n",
-            "  filled:    {op: fill_holes, input: bone}\n  coarse:    {op: downsample, input: roi, factor: 2}\n  stretched: {op: rescale, input: coarse, out: u8}\n",
+            "  to_canal:  {op: distance, input: canals, invert: true}\n",
+            "  to_canal:  {op: distance, input: canals, invert: true}\n  filled:    {op: fill_holes, input: bone}\n  coarse:    {op: downsample, input: roi, factor: 2}\n  stretched: {op: rescale, input: coarse, out: u8}\n",
         )
-        .replace("intensity: {canal: to_canal}, territories: territory}", "intensity: {canal: to_canal, raw: roi, smooth: smooth}}")
-        .replace("  territory: tiff\n", "  filled: tiff\n  canals: tiff\n  stretched: tiff\n  to_canal: tiff\n")
-        .replace("territory_volume, canal_mean", "canal_mean, raw_mean, smooth_max");
-    assert!(!yaml.contains("op: voronoi") && yaml.contains("op: distance"), "{yaml}");
+        .replace("intensity: {canal: to_canal}", "intensity: {canal: to_canal, raw: roi, smooth: smooth}")
+        .replace("  territory: tiff\n", "  territory: tiff\n  filled: tiff\n  canals: tiff\n  stretched: tiff\n  to_canal: tiff\n");
+    assert!(yaml.contains("op: voronoi") && yaml.contains("op: fill_holes"), "{yaml}");
     let pipeline = tmp.path().join("bone-streams.yaml");
     std::fs::write(&pipeline, &yaml).unwrap();
     let run = |dir: &str, extra: &[&str]| {

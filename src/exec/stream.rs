@@ -15,9 +15,9 @@
 //!   ranges, scratch volumes, and a destination for its slabs ([`StageIo`]). It names no op.
 //!
 //! Each gives the whole-image result bit for bit (`tests/stream.rs` runs every registry op).
-//! A global op without an out-of-core form (`voronoi` for now) says so through
-//! [`crate::ops::Op::streams`]: a sample that needs one and does not fit fails with a message
-//! saying so and how much memory would do.
+//! Every op has an out-of-core form for 3D grey volumes; one without (a future op, or 2D and
+//! colour images) says so through [`crate::ops::Op::streams`], and a sample that needs it and
+//! does not fit fails with a message saying so and how much memory would do.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -5,9 +5,10 @@
 //! lexicographically, decomposes over axes, so three 1D passes of a lower envelope of parabolas
 //! (as in the distance transform) that keep label ties give the brute-force answer.
 
-use ndarray::{Array3, Axis, Zip};
+use ndarray::{Array3, Axis, Zip, s};
 use serde::{Deserialize, Serialize};
 
+use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -67,6 +68,18 @@ impl Op for Voronoi {
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+    fn streams(&self, inputs: &[Meta]) -> Result<(), String> {
+        match inputs[0].ndim {
+            3 => Ok(()),
+            _ => Err("2D images are not streamed".into()),
+        }
+    }
+    /// The passes within planes a slab at a time, set aside by blocks of rows; each block along
+    /// z whole; the result gathered back into slabs ([`voronoi_streamed`]).
+    fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
+        voronoi_streamed(io, ctx.spacing)?;
+        Ok(slab::Outcome::Emitted)
+    }
 }
 
 /// One line: for each i, the lexicographic min over q of (f[q] + ((i−q)·w)², lab[q]).
@@ -111,22 +124,9 @@ fn line(f: &mut [f64], lab: &mut [u32], w: f64, v: &mut Vec<usize>, z: &mut Vec<
 
 /// Territories of `labels` inside `mask`.
 pub fn voronoi(labels: &Array3<u32>, mask: &Array3<u8>, spacing: [f64; 3], ndim: u8) -> Array3<u32> {
-    let mut f: Array3<f64> = crate::util::map3(labels, |l| if l > 0 { 0.0 } else { f64::INFINITY });
-    let mut lab = crate::util::map3(labels, |l| l);
-    let first = if ndim == 2 { 1 } else { 0 };
-    for axis in (first..3).rev() {
-        let w = spacing[axis];
-        Zip::from(f.lanes_mut(Axis(axis))).and(lab.lanes_mut(Axis(axis))).par_for_each(|mut fl, mut ll| {
-            let mut fv: Vec<f64> = fl.iter().copied().collect();
-            let mut lv: Vec<u32> = ll.iter().copied().collect();
-            line(&mut fv, &mut lv, w, &mut Vec::new(), &mut Vec::new());
-            for (d, s) in fl.iter_mut().zip(&fv) {
-                *d = *s;
-            }
-            for (d, s) in ll.iter_mut().zip(&lv) {
-                *d = *s;
-            }
-        });
+    let (mut f, mut lab) = plane_passes(labels, spacing);
+    if ndim != 2 {
+        axis_pass(&mut f, &mut lab, 0, spacing[0]);
     }
     Zip::from(&mut lab).and(mask).for_each(|l, &m| {
         if m == 0 {
@@ -134,6 +134,118 @@ pub fn voronoi(labels: &Array3<u32>, mask: &Array3<u8>, spacing: [f64; 3], ndim:
         }
     });
     lab
+}
+
+/// The passes within planes, x then y: the nearest (squared distance, label) within each plane
+/// of `labels`, a whole image or any z-slab of it.
+fn plane_passes(labels: &Array3<u32>, spacing: [f64; 3]) -> (Array3<f64>, Array3<u32>) {
+    let mut f: Array3<f64> = crate::util::map3(labels, |l| if l > 0 { 0.0 } else { f64::INFINITY });
+    let mut lab = crate::util::map3(labels, |l| l);
+    axis_pass(&mut f, &mut lab, 2, spacing[2]);
+    axis_pass(&mut f, &mut lab, 1, spacing[1]);
+    (f, lab)
+}
+
+/// One pass along `axis` over every line of `f` and `lab`.
+fn axis_pass(f: &mut Array3<f64>, lab: &mut Array3<u32>, axis: usize, w: f64) {
+    Zip::from(f.lanes_mut(Axis(axis))).and(lab.lanes_mut(Axis(axis))).par_for_each(|mut fl, mut ll| {
+        let mut fv: Vec<f64> = fl.iter().copied().collect();
+        let mut lv: Vec<u32> = ll.iter().copied().collect();
+        line(&mut fv, &mut lv, w, &mut Vec::new(), &mut Vec::new());
+        for (d, s) in fl.iter_mut().zip(&fv) {
+            *d = *s;
+        }
+        for (d, s) in ll.iter_mut().zip(&lv) {
+            *d = *s;
+        }
+    });
+}
+
+/// `f64` values kept exactly in a `u32` scratch volume: each value as two words (low, high),
+/// so planes are twice as wide.
+fn f64_to_words(f: &Array3<f64>) -> Array3<u32> {
+    let (z, y, x) = f.dim();
+    let mut w = Vec::with_capacity(2 * f.len());
+    for &v in f.iter() {
+        let b = v.to_bits();
+        w.push(b as u32);
+        w.push((b >> 32) as u32);
+    }
+    Array3::from_shape_vec((z, y, 2 * x), w).expect("two words a value")
+}
+
+fn words_to_f64(w: &Array3<u32>) -> Array3<f64> {
+    let (z, y, x2) = w.dim();
+    let v: Vec<f64> = w
+        .as_standard_layout()
+        .as_slice()
+        .expect("standard")
+        .chunks_exact(2)
+        .map(|p| f64::from_bits(p[0] as u64 | (p[1] as u64) << 32))
+        .collect();
+    Array3::from_shape_vec((z, y, x2 / 2), v).expect("two words a value")
+}
+
+/// [`voronoi`] out of core, as `distance` streams: (1) each z-slab through the passes within
+/// planes, its rows (distances, labels, mask) set aside by blocks of rows; (2) each block whole
+/// along z, the mask applied, set aside again; (3) gathered back into z-slabs and emitted. Every
+/// line is computed as in memory, so the labels are the same.
+fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String> {
+    let [nz, ny, nx] = io.input(0).shape();
+    // Per voxel of a block: the f64 distance, the label, the mask, and the line buffers.
+    let per_row = (nz * nx) as u64 * (8 + 4 + 1 + 12);
+    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, ny.max(1) as u64) as usize;
+    let rows = rows.max(ny.div_ceil(256));
+    let blocks: Vec<(usize, usize)> = slab::ranges(ny, rows).collect();
+    let mut parts: Vec<[Box<dyn slab::Scratch>; 3]> = Vec::new();
+    for b in 0..blocks.len() {
+        parts.push([io.scratch(&format!("f{b}"))?, io.scratch(&format!("l{b}"))?, io.scratch(&format!("m{b}"))?]);
+    }
+    // Beside the labels and mask: the f64 distances, the labels again, and the line buffers.
+    let planes = io.planes(8 + 4 + 12);
+    for (z0, z1) in slab::ranges(nz, planes) {
+        let (Value::Labels(l), Value::Mask(m)) = (io.input(0).read(z0, z1)?, io.input(1).read(z0, z1)?) else {
+            return Err("voronoi: needs labels and a mask".into());
+        };
+        let (f, lab) = plane_passes(&l, spacing);
+        for (b, &(y0, y1)) in blocks.iter().enumerate() {
+            let rows = s![.., y0..y1, ..];
+            parts[b][0].append(&Value::Labels(f64_to_words(&f.slice(rows).to_owned())))?;
+            parts[b][1].append(&Value::Labels(lab.slice(rows).to_owned()))?;
+            parts[b][2].append(&Value::Mask(m.slice(rows).to_owned()))?;
+        }
+    }
+    let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
+    let mut max = 0u32;
+    for (b, [f, l, m]) in parts.into_iter().enumerate() {
+        let (Value::Labels(fw), Value::Labels(mut lab), Value::Mask(mask)) = (f.read(0, nz)?, l.read(0, nz)?, m.read(0, nz)?) else {
+            return Err("voronoi: scratch block".into());
+        };
+        drop((f, l, m));
+        let mut fb = words_to_f64(&fw);
+        drop(fw);
+        axis_pass(&mut fb, &mut lab, 0, spacing[0]);
+        Zip::from(&mut lab).and(&mask).for_each(|l, &m| {
+            if m == 0 {
+                *l = 0;
+            }
+        });
+        max = max.max(crate::util::max3(&lab));
+        let mut out = io.scratch(&format!("t{b}"))?;
+        out.append(&Value::Labels(lab))?;
+        done.push(out);
+    }
+    io.labels_max(max);
+    let planes = io.planes(4);
+    for (z0, z1) in slab::ranges(nz, planes) {
+        let mut slab: Array3<u32> = crate::util::zeros3((z1 - z0, ny, nx));
+        for (b, &(y0, y1)) in blocks.iter().enumerate() {
+            let Value::Labels(part) = done[b].read(z0, z1)? else { return Err("voronoi: scratch block".into()) };
+            slab.slice_mut(s![.., y0..y1, ..]).assign(&part);
+        }
+        io.emit(Value::Labels(slab))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
