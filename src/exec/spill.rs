@@ -2,13 +2,14 @@
 //! plane ranges.
 //!
 //! A spill file holds one volume of one element type as zstd-compressed chunks of whole planes
-//! (about 1 MiB of voxels each, compressed in parallel), then an index of the chunks and a
-//! trailer. Masks and labels shrink tens of times, so streaming a volume costs little disk
-//! beyond its outputs; the format is internal (checkpoints made of spills name it in their
-//! metadata, [`FORMAT`], and others are not taken).
+//! (each append cut into chunks of about 1 MiB of voxels, compressed in parallel and written at
+//! once, so a writer holds nothing between appends: a stage may fill hundreds of them), then an
+//! index of the chunks and a trailer. Masks and labels shrink tens of times, so streaming a
+//! volume costs little disk beyond its outputs; the format is internal (checkpoints made of
+//! spills name it in their metadata, [`FORMAT`], and others are not taken).
 //!
-//! Trailer (little-endian u64s, then 8 magic bytes): chunk count, planes per chunk, planes, y,
-//! x, element code, `TSPILL01`; the index before it: (offset, length) per chunk.
+//! Trailer (little-endian u64s, then 8 magic bytes): chunk count, planes, y, x, element code,
+//! `TSPILL02`; the index before it: (first plane, offset, length) per chunk.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,9 +23,9 @@ use crate::io::{self, DType, Data};
 use crate::ops::Value;
 
 /// Names this layout in checkpoint metadata.
-pub const FORMAT: &str = "zstd-chunks-1";
-const MAGIC: &[u8; 8] = b"TSPILL01";
-const TRAILER: usize = 6 * 8 + 8;
+pub const FORMAT: &str = "zstd-chunks-2";
+const MAGIC: &[u8; 8] = b"TSPILL02";
+const TRAILER: usize = 5 * 8 + 8;
 /// Raw bytes per chunk (at least one plane).
 const CHUNK_BYTES: usize = 1 << 20;
 const LEVEL: i32 = 1;
@@ -109,44 +110,42 @@ fn from_bytes(elem: Elem, raw: Vec<u8>, sh: (usize, usize, usize)) -> Value {
     }
 }
 
-/// Where the chunks are: (offset, compressed length) each, `chunk` planes per chunk.
+/// Where the chunks are: (first plane, offset, compressed length) each, in plane order.
 #[derive(Debug, Clone, Default)]
 struct Layout {
     elem: Option<Elem>,
     plane: (usize, usize),
-    chunk: usize,
-    index: Vec<(u64, u64)>,
+    index: Vec<(usize, u64, u64)>,
+    planes: usize,
 }
 
 impl Layout {
     fn plane_bytes(&self) -> usize {
         self.plane.0 * self.plane.1 * self.elem.map(Elem::bytes).unwrap_or(1)
     }
-    /// Planes `z0..z1` (in written chunks, or in `pending` for the chunk being filled).
-    fn read(&self, file: &File, path: &Path, z0: usize, z1: usize, pending: &[u8]) -> Result<Value, String> {
+    /// Planes `z0..z1`.
+    fn read(&self, file: &File, path: &Path, z0: usize, z1: usize) -> Result<Value, String> {
         let elem = self.elem.ok_or_else(|| format!("internal: {}: read before anything was spilled", path.display()))?;
+        if z1 > self.planes || z0 > z1 {
+            return Err(format!("internal: planes {z0}..{z1} of a spill of {}", self.planes));
+        }
         let pb = self.plane_bytes();
         let mut raw = Vec::with_capacity((z1 - z0) * pb);
+        // The chunk holding z0, then on.
+        let mut c = self.index.partition_point(|&(first, _, _)| first <= z0).saturating_sub(1);
         let mut z = z0;
         while z < z1 {
-            let c = z / self.chunk;
-            let first = c * self.chunk;
-            let upto = z1.min(first + self.chunk);
-            let take = |bytes: &[u8]| -> Result<Vec<u8>, String> {
-                let (a, b) = ((z - first) * pb, (upto - first) * pb);
-                bytes.get(a..b).map(<[u8]>::to_vec).ok_or_else(|| format!("{}: spill file cut short", path.display()))
-            };
-            match self.index.get(c) {
-                Some(&(off, len)) => {
-                    let mut comp = vec![0u8; len as usize];
-                    file.read_exact_at(&mut comp, off).map_err(|e| format!("{}: {e}", path.display()))?;
-                    let plain = zstd::bulk::decompress(&comp, self.chunk * pb).map_err(|e| format!("{}: {e}", path.display()))?;
-                    raw.extend(take(&plain)?);
-                }
-                None if c == self.index.len() => raw.extend(take(pending)?),
-                None => return Err(format!("internal: {}: planes {z0}..{z1} were not spilled", path.display())),
-            }
+            let &(first, off, len) = self.index.get(c).ok_or_else(|| format!("{}: spill index cut short", path.display()))?;
+            let end = self.index.get(c + 1).map(|e| e.0).unwrap_or(self.planes);
+            let upto = z1.min(end);
+            let mut comp = vec![0u8; len as usize];
+            file.read_exact_at(&mut comp, off).map_err(|e| format!("{}: {e}", path.display()))?;
+            let plain = zstd::bulk::decompress(&comp, (end - first) * pb).map_err(|e| format!("{}: {e}", path.display()))?;
+            let part =
+                plain.get((z - first) * pb..(upto - first) * pb).ok_or_else(|| format!("{}: spill file cut short", path.display()))?;
+            raw.extend_from_slice(part);
             z = upto;
+            c += 1;
         }
         Ok(from_bytes(elem, raw, (z1 - z0, self.plane.0, self.plane.1)))
     }
@@ -157,13 +156,8 @@ pub struct Writer {
     path: PathBuf,
     w: BufWriter<File>,
     layout: Layout,
-    planes: usize,
-    /// Raw planes of the chunk being filled.
-    pending: Vec<u8>,
     offset: u64,
     hash: blake3::Hasher,
-    /// A handle for reads while writing.
-    reader: File,
 }
 
 impl Writer {
@@ -171,17 +165,13 @@ impl Writer {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join(format!("{name}.spill"));
         let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let reader = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Writer {
             path,
             // Chunks are written whole; a small buffer, since a stage may fill hundreds at once.
             w: BufWriter::with_capacity(64 << 10, f),
             layout: Layout::default(),
-            planes: 0,
-            pending: Vec::new(),
             offset: 0,
             hash: blake3::Hasher::new(),
-            reader,
         })
     }
     pub fn path(&self) -> &Path {
@@ -191,36 +181,31 @@ impl Writer {
         self.layout.elem
     }
     pub fn shape(&self) -> [usize; 3] {
-        [self.planes, self.layout.plane.0, self.layout.plane.1]
+        [self.layout.planes, self.layout.plane.0, self.layout.plane.1]
     }
-    /// Appends the next planes (one element type and plane size throughout).
+    /// Appends the next planes (one element type and plane size throughout), compressed and
+    /// written before it returns.
     pub fn append(&mut self, v: &Value) -> Result<(), String> {
         let e = Elem::of(v)?;
         let (nz, ny, nx) = value_dim(v);
         if self.layout.elem.is_none() {
-            let pb = (ny * nx * e.bytes()).max(1);
-            self.layout = Layout { elem: Some(e), plane: (ny, nx), chunk: (CHUNK_BYTES / pb).max(1), index: Vec::new() };
+            self.layout = Layout { elem: Some(e), plane: (ny, nx), index: Vec::new(), planes: 0 };
         } else if self.layout.elem != Some(e) || self.layout.plane != (ny, nx) {
             return Err(format!("internal: {}: slabs of different kinds or plane sizes", self.path.display()));
         }
-        self.planes += nz;
-        self.pending.extend_from_slice(&raw_bytes(v));
-        let chunk_bytes = self.layout.chunk * self.layout.plane_bytes();
-        let full = self.pending.len() / chunk_bytes;
-        if full > 0 {
-            let rest = self.pending.split_off(full * chunk_bytes);
-            let done = std::mem::replace(&mut self.pending, rest);
-            self.write_chunks(&done, chunk_bytes)?;
+        if nz == 0 {
+            return Ok(());
         }
-        Ok(())
-    }
-    fn write_chunks(&mut self, raw: &[u8], chunk_bytes: usize) -> Result<(), String> {
-        let comp: Vec<std::io::Result<Vec<u8>>> = raw.par_chunks(chunk_bytes).map(|c| zstd::bulk::compress(c, LEVEL)).collect();
-        for c in comp {
+        let pb = self.layout.plane_bytes().max(1);
+        let per_chunk = (CHUNK_BYTES / pb).max(1);
+        let raw = raw_bytes(v);
+        let comp: Vec<std::io::Result<Vec<u8>>> = raw.par_chunks(per_chunk * pb).map(|c| zstd::bulk::compress(c, LEVEL)).collect();
+        for (k, c) in comp.into_iter().enumerate() {
             let c = c.map_err(|e| format!("{}: compressing: {e}", self.path.display()))?;
+            self.layout.index.push((self.layout.planes + k * per_chunk, self.offset, c.len() as u64));
             self.put(&c)?;
-            self.layout.index.push((self.offset - c.len() as u64, c.len() as u64));
         }
+        self.layout.planes += nz;
         // Readable at once.
         self.w.flush().map_err(|e| format!("{}: {e}", self.path.display()))
     }
@@ -231,26 +216,20 @@ impl Writer {
     }
     /// Planes `z0..z1` of what was appended so far.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
-        if z1 > self.planes || z0 > z1 {
-            return Err(format!("internal: planes {z0}..{z1} of a spill of {}", self.planes));
-        }
-        self.layout.read(&self.reader, &self.path, z0, z1, &self.pending)
+        let f = File::open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        self.layout.read(&f, &self.path, z0, z1)
     }
-    /// Writes the last chunk, the index and the trailer: the file, its size and blake3.
+    /// Writes the index and the trailer: the file, its size and blake3.
     pub fn finish(mut self, owned: bool) -> Result<(Reader, u64, String), String> {
         let elem = self.layout.elem.ok_or_else(|| format!("{}: nothing was spilled", self.path.display()))?;
-        let pending = std::mem::take(&mut self.pending);
-        if !pending.is_empty() {
-            let cb = self.layout.chunk * self.layout.plane_bytes();
-            self.write_chunks(&pending, cb)?;
-        }
-        let mut tail = Vec::with_capacity(self.layout.index.len() * 16 + TRAILER);
-        for (o, l) in &self.layout.index {
+        let mut tail = Vec::with_capacity(self.layout.index.len() * 24 + TRAILER);
+        for (first, o, l) in &self.layout.index {
+            tail.extend((*first as u64).to_le_bytes());
             tail.extend(o.to_le_bytes());
             tail.extend(l.to_le_bytes());
         }
         let l = &self.layout;
-        for v in [l.index.len() as u64, l.chunk as u64, self.planes as u64, l.plane.0 as u64, l.plane.1 as u64, elem.code()] {
+        for v in [l.index.len() as u64, l.planes as u64, l.plane.0 as u64, l.plane.1 as u64, elem.code()] {
             tail.extend(v.to_le_bytes());
         }
         tail.extend(MAGIC);
@@ -285,23 +264,27 @@ impl Reader {
         let mut t = [0u8; TRAILER];
         file.seek(SeekFrom::Start(len - TRAILER as u64)).map_err(|e| format!("{}: {e}", path.display()))?;
         file.read_exact(&mut t).map_err(|e| format!("{}: {e}", path.display()))?;
-        if &t[48..] != MAGIC {
+        if &t[40..] != MAGIC {
             return Err(bad("no trailer"));
         }
         let u = |k: usize| u64::from_le_bytes(t[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
-        let (n, chunk, planes, ny, nx, code) = (u(0), u(1), u(2), u(3), u(4), u(5));
+        let (n, planes, ny, nx, code) = (u(0), u(1), u(2), u(3), u(4));
         let elem = *Elem::ALL.get(code as usize).ok_or_else(|| bad("element type"))?;
-        if chunk == 0 || n.checked_mul(16).is_none_or(|b| b + TRAILER as u64 > len) || n != planes.div_ceil(chunk) {
+        if n.checked_mul(24).is_none_or(|b| b + TRAILER as u64 > len) {
             return Err(bad("index"));
         }
-        let mut raw = vec![0u8; n as usize * 16];
+        let mut raw = vec![0u8; n as usize * 24];
         let at = len - TRAILER as u64 - raw.len() as u64;
         file.read_exact_at(&mut raw, at).map_err(|e| format!("{}: {e}", path.display()))?;
-        let index: Vec<(u64, u64)> = raw
-            .chunks_exact(16)
-            .map(|c| (u64::from_le_bytes(c[..8].try_into().expect("8")), u64::from_le_bytes(c[8..].try_into().expect("8"))))
-            .collect();
-        let layout = Layout { elem: Some(elem), plane: (ny as usize, nx as usize), chunk: chunk as usize, index };
+        let word = |c: &[u8], k: usize| u64::from_le_bytes(c[k * 8..k * 8 + 8].try_into().expect("8"));
+        let index: Vec<(usize, u64, u64)> = raw.chunks_exact(24).map(|c| (word(c, 0) as usize, word(c, 1), word(c, 2))).collect();
+        let ordered = index.first().is_none_or(|e| e.0 == 0)
+            && index.windows(2).all(|w| w[0].0 < w[1].0)
+            && index.last().is_none_or(|e| (e.0 as u64) < planes);
+        if !ordered || (n == 0) != (planes == 0) {
+            return Err(bad("index"));
+        }
+        let layout = Layout { elem: Some(elem), plane: (ny as usize, nx as usize), index, planes: planes as usize };
         Ok(Reader { path: path.to_path_buf(), file, layout, shape: [planes as usize, ny as usize, nx as usize], owned: false })
     }
     pub fn path(&self) -> &Path {
@@ -315,10 +298,7 @@ impl Reader {
     }
     /// Planes `z0..z1`.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
-        if z1 > self.shape[0] || z0 > z1 {
-            return Err(format!("internal: planes {z0}..{z1} of a spill of {}", self.shape[0]));
-        }
-        self.layout.read(&self.file, &self.path, z0, z1, &[])
+        self.layout.read(&self.file, &self.path, z0, z1)
     }
     /// Moves the file (a checkpoint adopts it); it is no longer removed when dropped.
     pub fn keep_at(mut self, path: PathBuf) -> Reader {
@@ -343,13 +323,14 @@ mod tests {
     #[test]
     fn slabs_round_trip_through_compressed_chunks_at_any_range() {
         let dir = tempfile::tempdir().unwrap();
-        // 37 planes of 300×200 u32: 240 KB a plane, so 4 planes a chunk and a partial last chunk.
+        // 37 planes of 300×200 u32: 240 KB a plane, 4 planes a chunk; appends of 5 planes make
+        // chunks of 4 and 1.
         let a = Array3::from_shape_fn((37, 300, 200), |(z, y, x)| ((z * 7 + y / 9) as u32) * 1000 + (x as u32 / 50));
         let mut w = Writer::create(dir.path(), "t").unwrap();
         for z in (0..37).step_by(5) {
             let z1 = (z + 5).min(37);
             w.append(&Value::Labels(a.slice(ndarray::s![z..z1, .., ..]).to_owned())).unwrap();
-            // Readable while being written, pending planes included.
+            // Readable while being written.
             assert_eq!(w.read(0, z1).unwrap(), Value::Labels(a.slice(ndarray::s![0..z1, .., ..]).to_owned()));
         }
         let (r, bytes, _) = w.finish(true).unwrap();

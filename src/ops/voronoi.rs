@@ -161,29 +161,32 @@ fn axis_pass(f: &mut Array3<f64>, lab: &mut Array3<u32>, axis: usize, w: f64) {
     });
 }
 
-/// `f64` values kept exactly in a `u32` scratch volume: each value as two words (low, high),
-/// so planes are twice as wide.
-fn f64_to_words(f: &Array3<f64>) -> Array3<u32> {
+/// A block's state in one `u32` scratch volume, four words a voxel: the f64 distance exactly
+/// (low, high), the label, the mask (planes four times as wide).
+fn pack(f: &Array3<f64>, lab: &Array3<u32>, mask: &Array3<u8>) -> Array3<u32> {
     let (z, y, x) = f.dim();
-    let mut w = Vec::with_capacity(2 * f.len());
-    for &v in f.iter() {
+    let mut w = Vec::with_capacity(4 * f.len());
+    for ((&v, &l), &m) in f.iter().zip(lab.iter()).zip(mask.iter()) {
         let b = v.to_bits();
-        w.push(b as u32);
-        w.push((b >> 32) as u32);
+        w.extend([b as u32, (b >> 32) as u32, l, m as u32]);
     }
-    Array3::from_shape_vec((z, y, 2 * x), w).expect("two words a value")
+    Array3::from_shape_vec((z, y, 4 * x), w).expect("four words a voxel")
 }
 
-fn words_to_f64(w: &Array3<u32>) -> Array3<f64> {
-    let (z, y, x2) = w.dim();
-    let v: Vec<f64> = w
-        .as_standard_layout()
-        .as_slice()
-        .expect("standard")
-        .chunks_exact(2)
-        .map(|p| f64::from_bits(p[0] as u64 | (p[1] as u64) << 32))
-        .collect();
-    Array3::from_shape_vec((z, y, x2 / 2), v).expect("two words a value")
+fn unpack(w: &Array3<u32>) -> (Array3<f64>, Array3<u32>, Array3<u8>) {
+    let (z, y, x4) = w.dim();
+    let sh = (z, y, x4 / 4);
+    let words = w.as_standard_layout();
+    let words = words.as_slice().expect("standard");
+    let f: Vec<f64> = words.chunks_exact(4).map(|p| f64::from_bits(p[0] as u64 | (p[1] as u64) << 32)).collect();
+    let l: Vec<u32> = words.chunks_exact(4).map(|p| p[2]).collect();
+    let m: Vec<u8> = words.chunks_exact(4).map(|p| p[3] as u8).collect();
+    let shaped = "four words a voxel";
+    (
+        Array3::from_shape_vec(sh, f).expect(shaped),
+        Array3::from_shape_vec(sh, l).expect(shaped),
+        Array3::from_shape_vec(sh, m).expect(shaped),
+    )
 }
 
 /// [`voronoi`] out of core, as `distance` streams: (1) each z-slab through the passes within
@@ -192,17 +195,19 @@ fn words_to_f64(w: &Array3<u32>) -> Array3<f64> {
 /// line is computed as in memory, so the labels are the same.
 fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String> {
     let [nz, ny, nx] = io.input(0).shape();
-    // Per voxel of a block: the f64 distance, the label, the mask, and the line buffers.
-    let per_row = (nz * nx) as u64 * (8 + 4 + 1 + 12);
+    // Per voxel of a block: its packed words as read, then the f64 distance, the label, the
+    // mask, and the line buffers.
+    let per_row = (nz * nx) as u64 * (16 + 8 + 4 + 1 + 12);
     let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, ny.max(1) as u64) as usize;
     let rows = rows.max(ny.div_ceil(256));
     let blocks: Vec<(usize, usize)> = slab::ranges(ny, rows).collect();
-    let mut parts: Vec<[Box<dyn slab::Scratch>; 3]> = Vec::new();
+    let mut parts: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for b in 0..blocks.len() {
-        parts.push([io.scratch(&format!("f{b}"))?, io.scratch(&format!("l{b}"))?, io.scratch(&format!("m{b}"))?]);
+        parts.push(io.scratch(&format!("b{b}"))?);
     }
-    // Beside the labels and mask: the f64 distances, the labels again, and the line buffers.
-    let planes = io.planes(8 + 4 + 12);
+    // Beside the labels and mask: the f64 distances, the labels again, the packed block rows,
+    // and the line buffers.
+    let planes = io.planes(8 + 4 + 16 + 12);
     for (z0, z1) in slab::ranges(nz, planes) {
         let (Value::Labels(l), Value::Mask(m)) = (io.input(0).read(z0, z1)?, io.input(1).read(z0, z1)?) else {
             return Err("voronoi: needs labels and a mask".into());
@@ -210,20 +215,16 @@ fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String>
         let (f, lab) = plane_passes(&l, spacing);
         for (b, &(y0, y1)) in blocks.iter().enumerate() {
             let rows = s![.., y0..y1, ..];
-            parts[b][0].append(&Value::Labels(f64_to_words(&f.slice(rows).to_owned())))?;
-            parts[b][1].append(&Value::Labels(lab.slice(rows).to_owned()))?;
-            parts[b][2].append(&Value::Mask(m.slice(rows).to_owned()))?;
+            parts[b].append(&Value::Labels(pack(&f.slice(rows).to_owned(), &lab.slice(rows).to_owned(), &m.slice(rows).to_owned())))?;
         }
     }
     let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
     let mut max = 0u32;
-    for (b, [f, l, m]) in parts.into_iter().enumerate() {
-        let (Value::Labels(fw), Value::Labels(mut lab), Value::Mask(mask)) = (f.read(0, nz)?, l.read(0, nz)?, m.read(0, nz)?) else {
-            return Err("voronoi: scratch block".into());
-        };
-        drop((f, l, m));
-        let mut fb = words_to_f64(&fw);
-        drop(fw);
+    for (b, part) in parts.into_iter().enumerate() {
+        let Value::Labels(words) = part.read(0, nz)? else { return Err("voronoi: scratch block".into()) };
+        drop(part);
+        let (mut fb, mut lab, mask) = unpack(&words);
+        drop(words);
         axis_pass(&mut fb, &mut lab, 0, spacing[0]);
         Zip::from(&mut lab).and(&mask).for_each(|l, &m| {
             if m == 0 {
