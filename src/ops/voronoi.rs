@@ -82,14 +82,27 @@ impl Op for Voronoi {
     }
 }
 
+/// Buffers one thread reuses from line to line.
+#[derive(Default)]
+struct Scratch {
+    f0: Vec<f64>,
+    l0: Vec<u32>,
+    v: Vec<usize>,
+    z: Vec<f64>,
+}
+
 /// One line: for each i, the lexicographic min over q of (f[q] + ((i−q)·w)², lab[q]).
-fn line(f: &mut [f64], lab: &mut [u32], w: f64, v: &mut Vec<usize>, z: &mut Vec<f64>) {
+fn line(f: &mut [f64], lab: &mut [u32], w: f64, sc: &mut Scratch) {
     let n = f.len();
+    let Scratch { f0, l0, v, z } = sc;
     super::distance::lower_envelope(f, w, v, z);
     if v.is_empty() {
         return;
     }
-    let (f0, l0) = (f.to_vec(), lab.to_vec());
+    f0.clear();
+    f0.extend_from_slice(f);
+    l0.clear();
+    l0.extend_from_slice(lab);
     let mut k = 0;
     for i in 0..n {
         let x = i as f64;
@@ -146,19 +159,46 @@ fn plane_passes(labels: &Array3<u32>, spacing: [f64; 3]) -> (Array3<f64>, Array3
     (f, lab)
 }
 
-/// One pass along `axis` over every line of `f` and `lab`.
+/// One pass along `axis` over every line of `f` and `lab`, in parallel, each thread reusing its
+/// buffers: rows (x) in place; columns (y, z) gathered a plane at a time into contiguous lines
+/// and scattered back, as the distance transform does.
 fn axis_pass(f: &mut Array3<f64>, lab: &mut Array3<u32>, axis: usize, w: f64) {
-    Zip::from(f.lanes_mut(Axis(axis))).and(lab.lanes_mut(Axis(axis))).par_for_each(|mut fl, mut ll| {
-        let mut fv: Vec<f64> = fl.iter().copied().collect();
-        let mut lv: Vec<u32> = ll.iter().copied().collect();
-        line(&mut fv, &mut lv, w, &mut Vec::new(), &mut Vec::new());
-        for (d, s) in fl.iter_mut().zip(&fv) {
-            *d = *s;
-        }
-        for (d, s) in ll.iter_mut().zip(&lv) {
-            *d = *s;
-        }
-    });
+    use rayon::prelude::*;
+    let (_, _, nx) = f.dim();
+    if f.is_empty() {
+        return;
+    }
+    if axis == 2 {
+        let fs = f.as_slice_mut().expect("standard layout");
+        let ls = lab.as_slice_mut().expect("standard layout");
+        fs.par_chunks_mut(nx).zip(ls.par_chunks_mut(nx)).for_each_init(Scratch::default, |sc, (fr, lr)| line(fr, lr, w, sc));
+        return;
+    }
+    let n = f.len_of(Axis(axis));
+    let other = if axis == 1 { 0 } else { 1 };
+    f.axis_iter_mut(Axis(other)).into_par_iter().zip(lab.axis_iter_mut(Axis(other))).for_each_init(
+        || (Scratch::default(), Vec::new(), Vec::new()),
+        |(sc, cf, cl), (mut fp, mut lp)| {
+            // `fp`, `lp` are (n × nx), x contiguous: one contiguous line per x.
+            cf.resize(n * nx, 0f64);
+            cl.resize(n * nx, 0u32);
+            for (k, (fr, lr)) in fp.rows().into_iter().zip(lp.rows()).enumerate() {
+                for (x, (&a, &b)) in fr.iter().zip(lr.iter()).enumerate() {
+                    cf[x * n + k] = a;
+                    cl[x * n + k] = b;
+                }
+            }
+            for (fl, ll) in cf.chunks_mut(n).zip(cl.chunks_mut(n)) {
+                line(fl, ll, w, sc);
+            }
+            for (k, (mut fr, mut lr)) in fp.rows_mut().into_iter().zip(lp.rows_mut()).enumerate() {
+                for (x, (a, b)) in fr.iter_mut().zip(lr.iter_mut()).enumerate() {
+                    *a = cf[x * n + k];
+                    *b = cl[x * n + k];
+                }
+            }
+        },
+    );
 }
 
 /// A block's state in one `u32` scratch volume, four words a voxel: the f64 distance exactly
