@@ -41,16 +41,29 @@ fn bits(d: &Data) -> Vec<u32> {
 /// Runs `plan` on `img` whole and streamed (slabs of `thick` planes) and compares everything.
 /// Returns false when the plan is not streamable (then the streamed run must say why).
 fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Result<bool, TestCaseError> {
+    check_with(plan, img, source, thick, dir, [2.0, 0.5, 0.75], 2)
+}
+
+/// [`check`] with a spacing and a thread count.
+fn check_with(
+    plan: &Plan,
+    img: &Data,
+    source: &Path,
+    thick: usize,
+    dir: &Path,
+    zyx: [f64; 3],
+    threads: usize,
+) -> Result<bool, TestCaseError> {
     let row = SampleRow { line: 0, id: "s".into(), image: source.to_path_buf(), meta: Vec::new(), problem: None };
     let header = tessera::io::read_header(source).expect("header");
     let bound = match plan.bind(&row, std::slice::from_ref(&header)) {
         Ok(b) => b,
         Err(_) => return Ok(false),
     };
-    let spacing = Spacing { zyx: [2.0, 0.5, 0.75], unit: "um".into() };
+    let spacing = Spacing { zyx, unit: "um".into() };
     // Whole.
     let mut whole: Vec<Option<Value>> = vec![None; plan.stages.len()];
-    let opts = EvalOpts { tile: TileSize::Auto, memory: u64::MAX, threads: 2, keep_all: true };
+    let opts = EvalOpts { tile: TileSize::Auto, memory: u64::MAX, threads, keep_all: true };
     evaluate(
         plan,
         &bound,
@@ -84,7 +97,7 @@ fn check(plan: &Plan, img: &Data, source: &Path, thick: usize, dir: &Path) -> Re
         // Slabs are `thick` planes whatever the budget; the budget still decides how ops that
         // cut their data another way do it: `distance` takes blocks of about `thick` rows.
         memory: 32 * (header_shape[0] * header_shape[2] * thick) as u64,
-        threads: 2,
+        threads,
         spill_dir: dir.join("spill"),
         sample_dir: sample_dir.clone(),
         compression: Compression::None,
@@ -308,5 +321,40 @@ fn every_registry_op_streams_as_in_memory() {
         let global = matches!(op.halo(), tessera::ops::Halo::Global);
         let refuses = global && op.streams(&[ctx_meta.clone(), ctx_meta.clone()]).is_err();
         assert!(refuses || streamed.contains(info.name), "op {} streams but was never run streamed", info.name);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 80, ..ProptestConfig::default() })]
+
+    /// Distance maps and territories out of core: random volumes, anisotropic spacings, slabs down
+    /// to one plane, blocks of rows down to one row, 1–3 threads (in a pool of that size).
+    #[test]
+    fn streamed_distance_and_voronoi_equal_whole(
+        img in volume(),
+        which in 0usize..4,
+        spacing in prop_oneof![Just([1.0, 1.0, 1.0]), Just([2.0, 0.5, 0.75]), Just([0.7, 0.7, 0.7]), Just([3.0, 1.0, 0.3])],
+        thick in 1usize..5,
+        threads in 1usize..4,
+    ) {
+        // A single plane is read back as a 2D image, which is not streamed.
+        prop_assume!(img.shape()[0] > 1);
+        let stage = [
+            "d: {op: distance, input: m}",
+            "d: {op: distance, input: m, invert: true}",
+            "d: {op: distance, input: l, invert: true}",
+            "d: {op: voronoi, labels: l, mask: b}",
+        ][which];
+        let yaml = format!(
+            "version: 1\nname: t\nstages:\n  m: {{op: threshold, input: image, method: otsu}}\n  b: {{op: invert, input: m}}\n  \
+             l: {{op: label, input: m, connectivity: 6}}\n  {stage}\noutputs:\n  m: npy\n  b: npy\n  l: npy\n  d: npy\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("v.tif");
+        tessera::io::write_tiff(&src, &img, 3, &Spacing::default(), Compression::None).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let plan = compile(&yaml);
+        let ran = pool.install(|| check_with(&plan, &img, &src, thick, dir.path(), spacing, threads))?;
+        prop_assert!(ran, "distance and voronoi stream");
     }
 }
