@@ -547,6 +547,10 @@ pub fn ops_text(op: Option<&str>) -> Result<String, String> {
                 let _ = writeln!(s, "  {:<13} {}{}\n      {}", p.name, p.ty, d, p.doc);
             }
             let _ = writeln!(s, "\n{}", o.doc);
+            let _ = writeln!(s, "\nout of core (a sample larger than --memory):");
+            for l in crate::ops::out_of_core(o) {
+                let _ = writeln!(s, "  {l}");
+            }
         }
     }
     Ok(s)

@@ -275,6 +275,29 @@ pub static REGISTRY: &[&OpInfo] = &[
     &measure::MEASURE,
 ];
 
+/// How an op runs on a sample that does not fit in memory (for `tessera ops`), from its
+/// examples: local ops per slab with their halo; global ops in their own out-of-core form or,
+/// without one, needing the whole image.
+pub fn out_of_core(info: &OpInfo) -> Vec<String> {
+    let meta = Meta { kind: Kind::Image, dtype: Some(DType::U8), shape: [64, 64, 64], ndim: 3, scale: [1.0; 3] };
+    let mut v: Vec<String> = Vec::new();
+    for ex in info.examples {
+        let body = ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels");
+        let Ok(params) = Params::parse(&format!("{{{body}}}")) else { continue };
+        let Ok(op) = (info.build)(params) else { continue };
+        let how = match (op.halo(), op.streams(&[meta.clone(), meta.clone(), meta.clone()])) {
+            (Halo::Local(_), _) => "per slab, fused with the local stages around it, with its halo above and below".to_string(),
+            (Halo::Global, Ok(())) => "in its own passes over slabs (3D grey volumes)".to_string(),
+            (Halo::Global, Err(why)) => why,
+        };
+        let line = format!("{how}; e.g. {{{}}}", ex.replace("{image}", "…").replace("{mask}", "…").replace("{labels}", "…"));
+        if !v.iter().any(|l| l.starts_with(&how)) {
+            v.push(line);
+        }
+    }
+    v
+}
+
 pub fn lookup(name: &str) -> Option<&'static OpInfo> {
     REGISTRY.iter().copied().find(|o| o.name == name)
 }
@@ -380,6 +403,16 @@ mod tests {
             assert!(!info.summary.is_empty() && !info.doc.is_empty(), "op {} lacks docs", info.name);
             assert!(!info.examples.is_empty(), "op {} has no examples for the tests", info.name);
         }
+    }
+
+    #[test]
+    fn every_op_says_how_it_runs_out_of_core() {
+        for info in REGISTRY {
+            let v = out_of_core(info);
+            assert!(!v.is_empty(), "op {}: no example builds", info.name);
+        }
+        // Every op streams 3D grey volumes today.
+        assert!(REGISTRY.iter().flat_map(|i| out_of_core(i)).all(|l| !l.starts_with("needs the whole image")));
     }
 
     #[test]
