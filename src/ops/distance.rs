@@ -159,24 +159,51 @@ pub fn edt(mask: &Array3<u8>, spacing: [f64; 3], ndim: u8, invert: bool) -> Arra
 fn plane_passes(mask: &Array3<u8>, spacing: [f64; 3], invert: bool) -> Array3<f32> {
     // Squared distances are stored as float32 between passes (half the memory traffic) and
     // every line is transformed in float64; the relative error stays below 1e-7.
-    let nx = mask.dim().2;
-    let mut d: Array3<f32> = crate::util::map3(mask, |v| if (v != 0) != invert { f32::INFINITY } else { 0.0 });
+    let (nz, ny, nx) = mask.dim();
+    let mut d: Array3<f32> = crate::util::zeros3((nz, ny, nx));
     if nx > 0 {
         let w = spacing[2];
-        d.as_slice_mut().expect("standard layout").par_chunks_mut(nx).for_each_init(
-            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            |(line, v, z, out), row| {
-                line.clear();
-                line.extend(row.iter().map(|&x| x as f64));
-                line_sq(line, w, v, z, out);
-                for (o, &x) in row.iter_mut().zip(line.iter()) {
-                    *o = x as f32;
-                }
-            },
-        );
+        let m = mask.as_standard_layout();
+        let m = m.as_slice().expect("standard layout");
+        d.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(nx)
+            .zip(m.par_chunks(nx))
+            .for_each_init(Vec::new, |left, (row, mrow)| x_row(mrow, row, w, invert, left));
     }
     axis_pass(&mut d, 1, spacing[1]);
     d
+}
+
+/// The pass along x of one row, straight from the mask: every site (a voxel the distance is
+/// measured to) is at 0, so the lower envelope of the parabolas is the nearest site on either
+/// side — found by two scans — and the value ((i − q)·w)², computed as [`line_sq`] computes it
+/// (the same float64 product of the same integer and `w`, squared; + 0.0 changes nothing), so
+/// the result is the same bits. Rows without a site stay +inf.
+fn x_row(mrow: &[u8], row: &mut [f32], w: f64, invert: bool, left: &mut Vec<u32>) {
+    let site = |v: u8| (v != 0) == invert;
+    let n = mrow.len();
+    left.clear();
+    let mut last: Option<usize> = None;
+    for (i, &v) in mrow.iter().enumerate() {
+        if site(v) {
+            last = Some(i);
+        }
+        left.push(last.map_or(u32::MAX, |q| (i - q) as u32));
+    }
+    let mut next: Option<usize> = None;
+    for i in (0..n).rev() {
+        if site(mrow[i]) {
+            next = Some(i);
+        }
+        let k = left[i].min(next.map_or(u32::MAX, |q| (q - i) as u32));
+        row[i] = if k == u32::MAX {
+            f32::INFINITY
+        } else {
+            let d = k as f64 * w;
+            (d * d) as f32
+        };
+    }
 }
 
 /// Squared distances along `axis` (1: y, 0: z) of every line of `d`: each column gathered into a
