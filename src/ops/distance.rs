@@ -126,6 +126,10 @@ pub(crate) fn lower_envelope(f: &[f64], w: f64, v: &mut Vec<usize>, z: &mut Vec<
 
 /// Squared distance transform of one line in place: `f[i]` becomes min_q ((i−q)·w)² + f[q].
 fn line_sq(f: &mut [f64], w: f64, v: &mut Vec<usize>, z: &mut Vec<f64>, out: &mut Vec<f64>) {
+    // A line of sites only (0 everywhere) is its own result: (0·w)² + 0 = 0.
+    if f.iter().all(|&x| x == 0.0) {
+        return;
+    }
     let n = f.len();
     lower_envelope(f, w, v, z);
     if v.is_empty() {
