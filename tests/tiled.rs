@@ -125,26 +125,41 @@ fn image() -> impl Strategy<Value = (Data, u8)> {
     })
 }
 
+/// Runs `yaml` on `img` whole and over tiles of a shape drawn from `seed` with `threads`
+/// threads; every stage must be the same bytes. Plans that do not bind (windows larger than
+/// the image: a user error) are rejected as cases.
+fn tiled_matches_whole(yaml: &str, img: &Data, ndim: u8, seed: u64, threads: usize) -> Result<(), TestCaseError> {
+    let plan = compile(yaml);
+    prop_assume!(bind(&plan, img, ndim).is_some());
+    let spacing = Spacing { zyx: [2.0, 0.5, 0.7], unit: "um".into() };
+    let shape = img.shape();
+    let whole = run_all(&plan, img, ndim, &spacing, TileSize::Fixed(shape), 1);
+    // A tile shape drawn from the seed, so it can depend on the image's shape (thin tiles often).
+    let core: [usize; 3] = [0, 1, 2].map(|k| {
+        let r = (seed >> (k * 16)) & 0xffff;
+        if r.is_multiple_of(3) { 1 } else { 1 + (r as usize) % shape[k] }
+    });
+    let tiled = run_all(&plan, img, ndim, &spacing, TileSize::Fixed(core), threads);
+    for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
+        prop_assert!(
+            same(a, b),
+            "stage {} differs with tile {:?}, {} threads, shape {:?}\n{}",
+            plan.stages[i].id,
+            core,
+            threads,
+            shape,
+            yaml
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
     fn tiled_equals_whole((img, ndim) in image(), yaml in pipeline(), seed in any::<u64>(), threads in 1usize..4) {
-        let plan = compile(&yaml);
-        // Windows larger than the image are refused when the plan is bound (a user error).
-        prop_assume!(bind(&plan, &img, ndim).is_some());
-        let spacing = Spacing { zyx: [2.0, 0.5, 0.7], unit: "um".into() };
-        let shape = img.shape();
-        let whole = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(shape), 1);
-        // A tile shape drawn from the seed, so it can depend on the image's shape (thin tiles often).
-        let core: [usize; 3] = [0, 1, 2].map(|k| {
-            let r = (seed >> (k * 16)) & 0xffff;
-            if r % 3 == 0 { 1 } else { 1 + (r as usize) % shape[k] }
-        });
-        let tiled = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(core), threads);
-        for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
-            prop_assert!(same(a, b), "stage {} differs with tile {:?}, {} threads, shape {:?}\n{}", plan.stages[i].id, core, threads, shape, yaml);
-        }
+        tiled_matches_whole(&yaml, &img, ndim, seed, threads)?;
     }
 }
 
@@ -158,19 +173,7 @@ proptest! {
 
     #[test]
     fn tiled_registry_chains_equal_whole((img, ndim) in image(), yaml in registry_pipeline(), seed in any::<u64>(), threads in 1usize..4) {
-        let plan = compile(&yaml);
-        prop_assume!(bind(&plan, &img, ndim).is_some());
-        let spacing = Spacing { zyx: [2.0, 0.5, 0.7], unit: "um".into() };
-        let shape = img.shape();
-        let whole = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(shape), 1);
-        let core: [usize; 3] = [0, 1, 2].map(|k| {
-            let r = (seed >> (k * 16)) & 0xffff;
-            if r % 3 == 0 { 1 } else { 1 + (r as usize) % shape[k] }
-        });
-        let tiled = run_all(&plan, &img, ndim, &spacing, TileSize::Fixed(core), threads);
-        for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
-            prop_assert!(same(a, b), "stage {} differs with tile {:?}, {} threads, shape {:?}\n{}", plan.stages[i].id, core, threads, shape, yaml);
-        }
+        tiled_matches_whole(&yaml, &img, ndim, seed, threads)?;
     }
 }
 

@@ -248,14 +248,9 @@ fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
 /// (3) the result gathered back into z-slabs from the blocks and emitted. Every line is
 /// transformed exactly as in memory, so the values are the same bits.
 fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(), String> {
-    let [nz, ny, nx] = io.input(0).shape();
-    // Rows per block: a block of all planes (f32, plus the float64 lines of the z pass per
-    // thread) within the budget.
-    let per_row = (nz * nx) as u64 * 4;
-    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, ny.max(1) as u64) as usize;
-    // At most 256 blocks (each an open scratch file being filled), whatever the budget.
-    let rows = rows.max(ny.div_ceil(256));
-    let blocks: Vec<(usize, usize)> = slab::ranges(ny, rows).collect();
+    let nz = io.input(0).shape()[0];
+    // A block of all planes: float32, plus the float64 lines of the z pass per thread.
+    let blocks = slab::row_blocks(io, 4);
     let mut xy: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for b in 0..blocks.len() {
         xy.push(io.scratch(&format!("xy{b}"))?);
@@ -283,15 +278,7 @@ fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(
         out.append(&Value::Image(Data::F32(d)))?;
         done.push(out);
     }
-    for (z0, z1) in slab::ranges(nz, planes) {
-        let mut slab: Array3<f32> = crate::util::zeros3((z1 - z0, ny, nx));
-        for (b, &(y0, y1)) in blocks.iter().enumerate() {
-            let Value::Image(Data::F32(part)) = done[b].read(z0, z1)? else { return Err("distance: scratch block".into()) };
-            slab.slice_mut(s![.., y0..y1, ..]).assign(&part);
-        }
-        io.emit(Value::Image(Data::F32(slab)))?;
-    }
-    Ok(())
+    slab::emit_blocks(io, &blocks, &done, planes)
 }
 
 #[cfg(test)]

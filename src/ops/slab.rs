@@ -97,3 +97,56 @@ pub fn max_label(v: &dyn Volume, planes: usize) -> Result<u32, String> {
     }
     Ok(max)
 }
+
+/// Blocks of rows `[y0, y1)` for an op whose last pass runs along z over whole blocks (all
+/// planes of some rows: `distance`, `voronoi`): as many rows a block as fit half of
+/// [`Slabs::memory`] at `bytes_per_voxel`, and at most 256 blocks (each an open scratch volume
+/// being filled), whatever the budget.
+pub fn row_blocks(io: &dyn Slabs, bytes_per_voxel: u64) -> Vec<(usize, usize)> {
+    let [nz, ny, nx] = io.input(0).shape();
+    let per_row = (nz * nx) as u64 * bytes_per_voxel;
+    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, ny.max(1) as u64) as usize;
+    ranges(ny, rows.max(ny.div_ceil(256))).collect()
+}
+
+/// Emits a volume set aside as blocks of rows (`parts[b]` holds every plane of rows
+/// `blocks[b]`) as z-slabs of `planes` planes, in z order.
+pub fn emit_blocks(io: &mut dyn Slabs, blocks: &[(usize, usize)], parts: &[Box<dyn Scratch>], planes: usize) -> Result<(), String> {
+    let nz = parts.first().map_or(0, |p| p.shape()[0]);
+    for (z0, z1) in ranges(nz, planes) {
+        let rows: Vec<Value> = parts.iter().map(|p| p.read(z0, z1)).collect::<Result<_, _>>()?;
+        if rows.len() != blocks.len() {
+            return Err("internal: a block of rows without its scratch volume".into());
+        }
+        io.emit(stack_rows(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// Values of one kind and type side by side along y (blocks of rows back into whole planes).
+fn stack_rows(parts: &[Value]) -> Result<Value, String> {
+    use crate::io::Data;
+    use ndarray::{Array3, ArrayView3, Axis, concatenate};
+    fn stack<T: Clone>(parts: &[Value], get: impl Fn(&Value) -> Option<ArrayView3<'_, T>>) -> Result<Array3<T>, String> {
+        let views: Vec<ArrayView3<T>> =
+            parts.iter().map(&get).collect::<Option<_>>().ok_or("internal: blocks of rows of different kinds")?;
+        concatenate(Axis(1), &views).map_err(|e| e.to_string())
+    }
+    Ok(match parts.first() {
+        Some(Value::Mask(_)) => Value::Mask(stack(parts, |v| if let Value::Mask(a) = v { Some(a.view()) } else { None })?),
+        Some(Value::Labels(_)) => Value::Labels(stack(parts, |v| if let Value::Labels(a) = v { Some(a.view()) } else { None })?),
+        Some(Value::Image(Data::U8(_))) => {
+            Value::Image(Data::U8(stack(parts, |v| if let Value::Image(Data::U8(a)) = v { Some(a.view()) } else { None })?))
+        }
+        Some(Value::Image(Data::U16(_))) => {
+            Value::Image(Data::U16(stack(parts, |v| if let Value::Image(Data::U16(a)) = v { Some(a.view()) } else { None })?))
+        }
+        Some(Value::Image(Data::U32(_))) => {
+            Value::Image(Data::U32(stack(parts, |v| if let Value::Image(Data::U32(a)) = v { Some(a.view()) } else { None })?))
+        }
+        Some(Value::Image(Data::F32(_))) => {
+            Value::Image(Data::F32(stack(parts, |v| if let Value::Image(Data::F32(a)) = v { Some(a.view()) } else { None })?))
+        }
+        _ => return Err("internal: blocks of rows hold no grey voxels".into()),
+    })
+}

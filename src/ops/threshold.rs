@@ -296,12 +296,27 @@ fn li_float(data: &Data) -> Result<f64, String> {
     sorted.sort_by(f64::total_cmp);
     sorted.dedup();
     let tol = sorted.windows(2).map(|p| p[1] - p[0]).fold(f64::INFINITY, f64::min) / 2.0;
-    let mut t_next = v.iter().sum::<f64>() / v.len() as f64;
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let t = li_iterate(mean, tol, &mut |see| {
+        v.iter().for_each(|&x| see(x));
+        Ok(())
+    })?;
+    Ok(t + min)
+}
+
+/// Shows every value of an image, in raster order, to the function it is given.
+type ValuePass<'a> = dyn FnMut(&mut dyn FnMut(f64)) -> Result<(), String> + 'a;
+
+/// Li's iteration from the mean of the shifted values to a tolerance `tol`; `pass` shows every
+/// shifted finite value in raster order (one pass per iteration, so float64 sums are the same
+/// whether the image is whole or seen a slab at a time).
+fn li_iterate(mean: f64, tol: f64, pass: &mut ValuePass) -> Result<f64, String> {
+    let mut t_next = mean;
     let mut t_curr = -2.0 * tol;
     while (t_next - t_curr).abs() > tol {
         t_curr = t_next;
         let (mut fn_, mut fs, mut bn, mut bs) = (0usize, 0f64, 0usize, 0f64);
-        for &x in &v {
+        pass(&mut |x| {
             if x > t_curr {
                 fn_ += 1;
                 fs += x;
@@ -309,7 +324,7 @@ fn li_float(data: &Data) -> Result<f64, String> {
                 bn += 1;
                 bs += x;
             }
-        }
+        })?;
         if fn_ == 0 || bn == 0 {
             break;
         }
@@ -319,7 +334,7 @@ fn li_float(data: &Data) -> Result<f64, String> {
         }
         t_next = (mean_back - mean_fore) / (mean_back.ln() - mean_fore.ln());
     }
-    Ok(t_next + min)
+    Ok(t_next)
 }
 
 /// Li on a float image seen a slab at a time, equal to [`li_float`] bit for bit: a pass for the
@@ -383,34 +398,10 @@ fn li_streamed(io: &mut dyn Slabs) -> Result<f64, String> {
     failed?;
     let gap = min_gap(runs.as_ref(), &spans, WIDTH)?;
     drop(runs);
-    let tol = gap / 2.0;
-    let mut t_next = total / count as f64;
-    let mut t_curr = -2.0 * tol;
-    while (t_next - t_curr).abs() > tol {
-        t_curr = t_next;
-        let (mut fn_, mut fs, mut bn, mut bs) = (0usize, 0f64, 0usize, 0f64);
-        each(io, &mut |a| {
-            for &x in a.iter().filter(|x| x.is_finite()) {
-                let x = (x - minf) as f64;
-                if x > t_curr {
-                    fn_ += 1;
-                    fs += x;
-                } else {
-                    bn += 1;
-                    bs += x;
-                }
-            }
-        })?;
-        if fn_ == 0 || bn == 0 {
-            break;
-        }
-        let (mean_fore, mean_back) = (fs / fn_ as f64, bs / bn as f64);
-        if mean_back == 0.0 {
-            break;
-        }
-        t_next = (mean_back - mean_fore) / (mean_back.ln() - mean_fore.ln());
-    }
-    Ok(t_next + min)
+    let t = li_iterate(total / count as f64, gap / 2.0, &mut |see| {
+        each(io, &mut |a| a.iter().filter(|x| x.is_finite()).for_each(|&x| see((x - minf) as f64)))
+    })?;
+    Ok(t + min)
 }
 
 /// The smallest difference between consecutive distinct values of sorted, deduplicated runs of

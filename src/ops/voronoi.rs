@@ -141,12 +141,17 @@ pub fn voronoi(labels: &Array3<u32>, mask: &Array3<u8>, spacing: [f64; 3], ndim:
     if ndim != 2 {
         axis_pass(&mut f, &mut lab, 0, spacing[0]);
     }
-    Zip::from(&mut lab).and(mask).for_each(|l, &m| {
+    outside_to_zero(&mut lab, mask);
+    lab
+}
+
+/// Territories stop at the mask: labels outside it are 0.
+fn outside_to_zero(lab: &mut Array3<u32>, mask: &Array3<u8>) {
+    Zip::from(lab).and(mask).for_each(|l, &m| {
         if m == 0 {
             *l = 0;
         }
     });
-    lab
 }
 
 /// The passes within planes, x then y: the nearest (squared distance, label) within each plane
@@ -234,13 +239,10 @@ fn unpack(w: &Array3<u32>) -> (Array3<f64>, Array3<u32>, Array3<u8>) {
 /// along z, the mask applied, set aside again; (3) gathered back into z-slabs and emitted. Every
 /// line is computed as in memory, so the labels are the same.
 fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String> {
-    let [nz, ny, nx] = io.input(0).shape();
+    let nz = io.input(0).shape()[0];
     // Per voxel of a block: its packed words as read, then the f64 distance, the label, the
     // mask, and the line buffers.
-    let per_row = (nz * nx) as u64 * (16 + 8 + 4 + 1 + 12);
-    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, ny.max(1) as u64) as usize;
-    let rows = rows.max(ny.div_ceil(256));
-    let blocks: Vec<(usize, usize)> = slab::ranges(ny, rows).collect();
+    let blocks = slab::row_blocks(io, 16 + 8 + 4 + 1 + 12);
     let mut parts: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for b in 0..blocks.len() {
         parts.push(io.scratch(&format!("b{b}"))?);
@@ -266,11 +268,7 @@ fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String>
         let (mut fb, mut lab, mask) = unpack(&words);
         drop(words);
         axis_pass(&mut fb, &mut lab, 0, spacing[0]);
-        Zip::from(&mut lab).and(&mask).for_each(|l, &m| {
-            if m == 0 {
-                *l = 0;
-            }
-        });
+        outside_to_zero(&mut lab, &mask);
         max = max.max(crate::util::max3(&lab));
         let mut out = io.scratch(&format!("t{b}"))?;
         out.append(&Value::Labels(lab))?;
@@ -278,15 +276,7 @@ fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String>
     }
     io.labels_max(max);
     let planes = io.planes(4);
-    for (z0, z1) in slab::ranges(nz, planes) {
-        let mut slab: Array3<u32> = crate::util::zeros3((z1 - z0, ny, nx));
-        for (b, &(y0, y1)) in blocks.iter().enumerate() {
-            let Value::Labels(part) = done[b].read(z0, z1)? else { return Err("voronoi: scratch block".into()) };
-            slab.slice_mut(s![.., y0..y1, ..]).assign(&part);
-        }
-        io.emit(Value::Labels(slab))?;
-    }
-    Ok(())
+    slab::emit_blocks(io, &blocks, &done, planes)
 }
 
 #[cfg(test)]
