@@ -503,13 +503,11 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
     );
     let w = manifest.rows.iter().map(|r| r.id.len()).max().unwrap_or(6);
     for row in &manifest.rows {
-        match crate::exec::stage_hits(p, row, &manifest, out) {
-            Ok(hits) => {
-                let cols: Vec<String> = hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
+        match crate::exec::sample_steps(p, row, &manifest, out, memory) {
+            Ok(sp) => {
+                let cols: Vec<String> = sp.hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
                 let _ = writeln!(so, "  {:<w$}  {}", row.id, cols.join("  "));
-                if let Ok(sp) = crate::exec::sample_steps(p, row, &manifest, out, memory) {
-                    let _ = writeln!(so, "  {:<w$}  {}", "", sp.describe(p));
-                }
+                let _ = writeln!(so, "  {:<w$}  {}", "", sp.describe(p));
             }
             Err(e) => {
                 let _ = writeln!(so, "  {:<w$}  cannot plan: {e}", row.id);

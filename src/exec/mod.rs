@@ -401,29 +401,13 @@ fn required_stages(plan: &Plan, valid: &[bool]) -> Vec<bool> {
     required
 }
 
-/// What a run into `out` would find for one sample, per stage: `true` when the stage's value
-/// is stored (a checkpoint, or a current output file) or the whole sample is up to date.
-/// `Err` says why the sample cannot be planned (a missing or unreadable input, a bind error).
-pub fn stage_hits(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path) -> Result<Vec<(String, bool)>, String> {
-    let Prepared { keys, .. } = prepare(plan, row, manifest).map_err(|(_, e)| e)?;
-    let store = Store::new(out);
-    let rec = store.record(&row.id);
-    let current = rec.as_ref().is_some_and(|r| up_to_date(plan, &store, row, r, &keys, out).is_some());
-    Ok(plan
-        .stages
-        .iter()
-        .enumerate()
-        .map(|(i, st)| {
-            let hit = current || store.has(&keys[i]) || rec.as_ref().is_some_and(|r| output_valid(plan, r, row, i, &keys[i], out));
-            (st.id.clone(), hit)
-        })
-        .collect())
-}
-
-/// What a run into `out` would do with one sample: whether it is up to date, streamed or run in
-/// memory, and its steps ([`schedule::steps`], from the same decisions the executors make).
+/// What a run into `out` would find and do for one sample: per stage whether its value is
+/// stored (a checkpoint, or a current output file; every stage when the sample is up to date),
+/// whether it is up to date, streamed or run in memory, and its steps ([`schedule::steps`], from
+/// the same decisions the executors make).
 #[derive(Debug, Clone)]
 pub struct SampleSteps {
+    pub hits: Vec<(String, bool)>,
     pub up_to_date: bool,
     pub streamed: bool,
     pub steps: Vec<schedule::Step>,
@@ -455,15 +439,25 @@ impl SampleSteps {
     }
 }
 
-/// The steps a run into `out` with budget `memory` would take for `row` (nothing is computed).
+/// What a run into `out` with budget `memory` would find and do for `row` (nothing is
+/// computed). `Err` says why the sample cannot be planned (a missing or unreadable input, a
+/// bind error).
 pub fn sample_steps(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path, memory: u64) -> Result<SampleSteps, String> {
     let Prepared { headers, bound, keys, spacing, ndim, .. } = prepare(plan, row, manifest).map_err(|(_, e)| e)?;
     let store = Store::new(out);
     let rec = store.record(&row.id);
-    if rec.as_ref().is_some_and(|r| up_to_date(plan, &store, row, r, &keys, out).is_some()) {
-        return Ok(SampleSteps { up_to_date: true, streamed: rec.is_some_and(|r| r.streamed), steps: Vec::new() });
-    }
     let n = plan.stages.len();
+    let hits = |all: bool, valid: &[bool]| {
+        plan.stages.iter().enumerate().map(|(i, st)| (st.id.clone(), all || store.has(&keys[i]) || valid[i])).collect()
+    };
+    if rec.as_ref().is_some_and(|r| up_to_date(plan, &store, row, r, &keys, out).is_some()) {
+        return Ok(SampleSteps {
+            hits: hits(true, &vec![true; n]),
+            up_to_date: true,
+            streamed: rec.is_some_and(|r| r.streamed),
+            steps: Vec::new(),
+        });
+    }
     let valid: Vec<bool> = (0..n).map(|i| rec.as_ref().is_some_and(|r| output_valid(plan, r, row, i, &keys[i], out))).collect();
     let streamed = stream::whole_run_bytes(plan, &bound, &headers) > memory;
     let decisions = schedule::decide(required_stages(plan, &valid), &|i| plan.stage_inputs(i), &mut |i| {
@@ -490,7 +484,7 @@ pub fn sample_steps(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Pat
         tiled::is_local(bound.ops[i].as_ref(), &ctx, &bound.metas[i], &refs)
     };
     let steps = schedule::steps(&decisions, &local, &|a, b| bound.metas[a].shape == bound.metas[b].shape);
-    Ok(SampleSteps { up_to_date: false, streamed, steps })
+    Ok(SampleSteps { hits: hits(false, &valid), up_to_date: false, streamed, steps })
 }
 
 /// Every stage's checkpoint key for one sample (SPEC §5: what can change a stage's output).
