@@ -425,7 +425,7 @@ fn run<'a>(
                         Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
                     })
                     .collect();
-                let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i), true).map_err(fail)?) };
+                let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i)).map_err(fail)?) };
                 let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
                 let outcome = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
                 match (io.dest.take(), outcome) {
@@ -469,7 +469,7 @@ fn run<'a>(
 
 /// Writes stage `i`'s output files from its stored value (a checkpoint), slab by slab.
 fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<(), String> {
-    let mut d = Dest::new(s, i, false, true)?;
+    let mut d = Dest::new(s, i, false)?;
     let nz = store.shape()[0];
     let thick = fit_planes(s, nz, &|t| 2 * store.slab_bytes(t));
     if s.bound.metas[i].kind == Kind::Labels {
@@ -490,7 +490,7 @@ fn materialise(s: &Streamed, comp: &Computed) -> Result<(), (usize, String)> {
     }
     let mut dests: Vec<Option<Dest>> = Vec::new();
     for (p, &k) in comp.group.stages.iter().enumerate() {
-        dests.push(if keep[p] { Some(Dest::new(s, k, false, true).map_err(|e| (p, e))?) } else { None });
+        dests.push(if keep[p] { Some(Dest::new(s, k, false).map_err(|e| (p, e))?) } else { None });
     }
     let nz = comp.shape[0];
     let thick = fit_planes(s, nz, &|t| comp.slab_bytes(t));
@@ -529,9 +529,9 @@ struct Dest {
 }
 
 impl Dest {
-    fn new(s: &Streamed, k: usize, spill: bool, write: bool) -> Result<Dest, String> {
+    fn new(s: &Streamed, k: usize, spill: bool) -> Result<Dest, String> {
         let spill = if spill { Some(spill::Writer::create(&s.spill_dir, &s.plan.stages[k].id)?) } else { None };
-        Ok(Dest { stage: k, spill, write: write && writes(s, k), outs: None, max: None, planes: 0 })
+        Ok(Dest { stage: k, spill, write: writes(s, k), outs: None, max: None, planes: 0 })
     }
     fn emit(&mut self, v: Value, s: &Streamed) -> Result<(), String> {
         let (nz, ny, nx) = value_dim(&v);
