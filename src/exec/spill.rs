@@ -30,6 +30,26 @@ const TRAILER: usize = 5 * 8 + 8;
 const CHUNK_BYTES: usize = 1 << 20;
 const LEVEL: i32 = 1;
 
+thread_local! {
+    /// Each thread's zstd contexts, kept: making one allocates and clears hundreds of KiB,
+    /// which cost more than compressing the small chunks of thin blocks of rows.
+    static ZSTD: std::cell::RefCell<Option<(zstd::bulk::Compressor<'static>, zstd::bulk::Decompressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `f` with this thread's zstd compressor (at [`LEVEL`]) and decompressor.
+fn with_zstd<T>(
+    f: impl FnOnce(&mut (zstd::bulk::Compressor<'static>, zstd::bulk::Decompressor<'static>)) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((zstd::bulk::Compressor::new(LEVEL)?, zstd::bulk::Decompressor::new()?));
+        }
+        f(slot.as_mut().expect("just made"))
+    })
+}
+
 /// The element type of a spill file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elem {
@@ -140,7 +160,7 @@ impl Layout {
             let upto = z1.min(end);
             let mut comp = vec![0u8; len as usize];
             file.read_exact_at(&mut comp, off).map_err(|e| format!("{}: {e}", path.display()))?;
-            let plain = zstd::bulk::decompress(&comp, (end - first) * pb).map_err(|e| format!("{}: {e}", path.display()))?;
+            let plain = with_zstd(|z| z.1.decompress(&comp, (end - first) * pb)).map_err(|e| format!("{}: {e}", path.display()))?;
             let part =
                 plain.get((z - first) * pb..(upto - first) * pb).ok_or_else(|| format!("{}: spill file cut short", path.display()))?;
             raw.extend_from_slice(part);
@@ -199,7 +219,7 @@ impl Writer {
         let pb = self.layout.plane_bytes().max(1);
         let per_chunk = (CHUNK_BYTES / pb).max(1);
         let raw = raw_bytes(v);
-        let comp: Vec<std::io::Result<Vec<u8>>> = raw.par_chunks(per_chunk * pb).map(|c| zstd::bulk::compress(c, LEVEL)).collect();
+        let comp: Vec<std::io::Result<Vec<u8>>> = raw.par_chunks(per_chunk * pb).map(|c| with_zstd(|z| z.0.compress(c))).collect();
         for (k, c) in comp.into_iter().enumerate() {
             let c = c.map_err(|e| format!("{}: compressing: {e}", self.path.display()))?;
             self.layout.index.push((self.layout.planes + k * per_chunk, self.offset, c.len() as u64));
