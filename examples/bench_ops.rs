@@ -49,7 +49,7 @@ fn main() {
     put("measure", t);
     let (t, _) = best(repeats, || distance::edt(&opened, [1.0; 3], 3, false));
     put("distance", t);
-    let (t, _) = best(repeats, || voronoi::voronoi(&labels, &mask, [1.0; 3], 3));
+    let (t, _) = best(repeats, || voronoi::voronoi(&labels, &mask, [1.0; 3], 3).unwrap());
     put("voronoi", t);
     put("objects", n as f64);
     println!("{}", serde_json::Value::Object(times));

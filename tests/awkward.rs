@@ -25,7 +25,7 @@ fn empty_image() {
     assert_eq!(table.rows(), 0);
     assert!(table.names().contains(&"nn_distance") && table.names().contains(&"raw_mean"));
     assert!(distance::edt(&mask, [1.0; 3], 3, false).iter().all(|&d| d == 0.0));
-    assert!(voronoi::voronoi(&labels, &Array3::from_elem((4, 5, 6), 1), [1.0; 3], 3).iter().all(|&l| l == 0));
+    assert!(voronoi::voronoi(&labels, &Array3::from_elem((4, 5, 6), 1), [1.0; 3], 3).unwrap().iter().all(|&l| l == 0));
     assert_eq!(fill_holes(&mask, 3).sum(), 0);
     let se = Element::new(1.0, Shape::Ball, RadiusUnit::Voxel, [1.0; 3], 3);
     assert_eq!(morph(&mask, &se, Morph::Closing).sum(), 0);
@@ -74,7 +74,7 @@ fn objects_on_every_corner_and_single_voxels() {
     assert_eq!(t.u32("nn_label"), vec![2, 1, 1, 2, 1, 2, 3, 4]);
     assert_eq!(t.get("touches_border"), Some(&Column::Bool(vec![true; 8])));
     // Voronoi of the corners over the whole cube: the centre ties eight ways and goes to label 1.
-    let v = voronoi::voronoi(&labels, &Array3::from_elem((3, 3, 3), 1), [1.0; 3], 3);
+    let v = voronoi::voronoi(&labels, &Array3::from_elem((3, 3, 3), 1), [1.0; 3], 3).unwrap();
     assert_eq!(v[[1, 1, 1]], 1);
     assert_eq!(v[[2, 2, 1]], 7);
 }

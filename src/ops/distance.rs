@@ -94,55 +94,99 @@ impl Op for Distance {
     }
 }
 
-/// Builds the lower envelope of the parabolas y = f[q] + ((x − q)·w)² over the finite f[q]:
-/// `v` holds the sites in order and `z[k]` where site `v[k]` becomes the lowest. A parabola that
-/// only touches the envelope at one point is kept, so callers can break ties there (Voronoi);
-/// distances are the same either way.
-pub(crate) fn lower_envelope(f: &[f64], w: f64, v: &mut Vec<usize>, z: &mut Vec<f64>) {
-    v.clear();
-    z.clear();
-    let w2 = w * w;
-    for (q, &fq) in f.iter().enumerate() {
-        if fq.is_infinite() {
-            continue;
-        }
-        while let Some(&p) = v.last() {
-            // Intersection of the parabolas from p and q, in index units.
-            let s = ((fq + w2 * (q * q) as f64) - (f[p] + w2 * (p * p) as f64)) / (2.0 * w2 * (q as f64 - p as f64));
-            if s < *z.last().unwrap_or(&f64::NEG_INFINITY) {
-                v.pop();
-                z.pop();
-            } else {
-                z.push(s);
-                break;
+/// The lower envelope of the parabolas y = f[q] + w2·(x − q)² over the finite f[q]
+/// (Felzenszwalb & Huttenlocher), with where each of its parabolas becomes the lowest kept as a
+/// fraction, so that neither building nor reading it divides (a division's latency was most of
+/// the time of a pass).
+#[derive(Default)]
+pub(crate) struct Envelope {
+    segs: Vec<Seg>,
+}
+
+/// One parabola of an [`Envelope`].
+#[derive(Clone, Copy)]
+struct Seg {
+    /// Its site.
+    q: usize,
+    /// Where it becomes the lowest, `num / den` (`den` ≥ 0; the first at −∞, −1/0).
+    num: f64,
+    den: f64,
+    /// f[q] + w2·q².
+    a: f64,
+}
+
+impl Envelope {
+    /// Builds it for `f`. A parabola whose region is empty by no more than `slack` (in index
+    /// units) is kept — at 0, one that only touches the envelope at a point — so callers can
+    /// break ties there (Voronoi, whose slack also covers the rounding of the breakpoints);
+    /// distances are the same either way.
+    pub fn build(&mut self, f: &[f64], w2: f64, slack: f64) {
+        let segs = &mut self.segs;
+        segs.clear();
+        for (q, &fq) in f.iter().enumerate() {
+            if fq.is_infinite() {
+                continue;
             }
+            let a = fq + w2 * (q * q) as f64;
+            let mut seg = Seg { q, num: -1.0, den: 0.0, a };
+            while let Some(last) = segs.last() {
+                // Where the parabolas from the last site and q meet, n / d (index units),
+                // against where the last one's region starts: both denominators are ≥ 0.
+                let (n, d) = (a - last.a, 2.0 * w2 * (q - last.q) as f64);
+                if n * last.den < (last.num - slack * last.den) * d {
+                    segs.pop();
+                } else {
+                    (seg.num, seg.den) = (n, d);
+                    break;
+                }
+            }
+            segs.push(seg);
         }
-        if v.is_empty() {
-            z.push(f64::NEG_INFINITY);
-        }
-        v.push(q);
+    }
+    /// The number of parabolas on it.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.segs.len()
+    }
+    /// The site of its `k`th parabola.
+    #[inline]
+    pub fn site(&self, k: usize) -> usize {
+        self.segs[k].q
+    }
+    /// Whether the `k`th parabola's region starts before `x`.
+    #[inline]
+    pub fn starts_before(&self, k: usize, x: f64) -> bool {
+        let s = &self.segs[k];
+        s.num < x * s.den
+    }
+    /// Whether the `k`th parabola's region starts at or before `x`.
+    #[inline]
+    pub fn starts_by(&self, k: usize, x: f64) -> bool {
+        let s = &self.segs[k];
+        s.num <= x * s.den
     }
 }
 
 /// Squared distance transform of one line in place: `f[i]` becomes min_q ((i−q)·w)² + f[q].
-fn line_sq(f: &mut [f64], w: f64, v: &mut Vec<usize>, z: &mut Vec<f64>, out: &mut Vec<f64>) {
+fn line_sq(f: &mut [f64], w: f64, env: &mut Envelope, out: &mut Vec<f64>) {
     // A line of sites only (0 everywhere) is its own result: (0·w)² + 0 = 0.
     if f.iter().all(|&x| x == 0.0) {
         return;
     }
     let n = f.len();
-    lower_envelope(f, w, v, z);
-    if v.is_empty() {
+    env.build(f, w * w, 0.0);
+    if env.len() == 0 {
         return; // no finite site: the line stays infinite
     }
     out.clear();
-    let mut k = 0;
+    let (mut k, last) = (0, env.len() - 1);
     for i in 0..n {
-        while k + 1 < v.len() && z[k + 1] < i as f64 {
+        while k < last && env.starts_before(k + 1, i as f64) {
             k += 1;
         }
-        let d = (i as f64 - v[k] as f64) * w;
-        out.push(d * d + f[v[k]]);
+        let q = env.site(k);
+        let d = (i as f64 - q as f64) * w;
+        out.push(d * d + f[q]);
     }
     f.copy_from_slice(out);
 }
@@ -210,6 +254,10 @@ fn x_row(mrow: &[u8], row: &mut [f32], w: f64, invert: bool, left: &mut Vec<u32>
     }
 }
 
+/// Columns a pass across rows gathers at once: one cache line of float32 per row, each read
+/// once (rows a power of two apart share cache sets, so a wider gather would read them again).
+const COLS: usize = 16;
+
 /// Squared distances along `axis` (1: y, 0: z) of every line of `d`: each column gathered into a
 /// buffer, transformed, scattered back; one plane (y) or one row of planes (z) per task.
 fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
@@ -220,22 +268,27 @@ fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
     }
     let other = if axis == 1 { 0 } else { 1 };
     d.axis_iter_mut(Axis(other)).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-        |(cols, v, z, out), mut plane| {
-            // `plane` is (n × nx), x contiguous: transpose it into one contiguous line per x,
-            // transform the lines, transpose back.
-            cols.resize(n * nx, 0f64);
-            for (k, row) in plane.rows().into_iter().enumerate() {
-                for (x, &val) in row.iter().enumerate() {
-                    cols[x * n + k] = val as f64;
+        || (Vec::new(), Envelope::default(), Vec::new()),
+        |(cols, env, out), mut plane| {
+            // `plane` is (n × nx), x contiguous: COLS columns at a time (one cache line of each
+            // row) gathered into contiguous lines, transformed, scattered back.
+            cols.resize(n * COLS, 0f64);
+            for x0 in (0..nx).step_by(COLS) {
+                let c = COLS.min(nx - x0);
+                for (k, row) in plane.rows().into_iter().enumerate() {
+                    let row = &row.as_slice().expect("rows are contiguous")[x0..x0 + c];
+                    for (j, &val) in row.iter().enumerate() {
+                        cols[j * n + k] = val as f64;
+                    }
                 }
-            }
-            for line in cols.chunks_mut(n) {
-                line_sq(line, w, v, z, out);
-            }
-            for (k, mut row) in plane.rows_mut().into_iter().enumerate() {
-                for (x, val) in row.iter_mut().enumerate() {
-                    *val = cols[x * n + k] as f32;
+                for line in cols.chunks_mut(n).take(c) {
+                    line_sq(line, w, env, out);
+                }
+                for (k, mut row) in plane.rows_mut().into_iter().enumerate() {
+                    let row = &mut row.as_slice_mut().expect("rows are contiguous")[x0..x0 + c];
+                    for (j, val) in row.iter_mut().enumerate() {
+                        *val = cols[j * n + k] as f32;
+                    }
                 }
             }
         },
@@ -274,9 +327,9 @@ fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(
         drop(block);
         axis_pass(&mut d, 0, spacing[0]);
         d.par_mapv_inplace(f32::sqrt);
-        let mut out = io.scratch(&format!("z{b}"))?;
-        out.append(&Value::Image(Data::F32(d)))?;
-        done.push(out);
+        done.push(slab::keep_block(io, &format!("z{b}"), nz, planes, |z0, z1| {
+            Value::Image(Data::F32(d.slice(s![z0..z1, .., ..]).to_owned()))
+        })?);
     }
     slab::emit_blocks(io, &blocks, &done, planes)
 }

@@ -109,6 +109,25 @@ pub fn row_blocks(io: &dyn Slabs, bytes_per_voxel: u64) -> Vec<(usize, usize)> {
     ranges(ny, rows.max(ny.div_ceil(256))).collect()
 }
 
+/// Sets a block of rows (all planes) aside as a new scratch volume `name`, appended `planes`
+/// planes at a time, the slab height [`emit_blocks`] will read it by: a scratch volume is cut
+/// into compressed chunks at least at every append, so each slab emitted then decompresses
+/// only its own planes of each block (not a larger chunk again for every slab).
+/// `slab(z0, z1)` gives the block's planes `z0..z1`.
+pub fn keep_block(
+    io: &mut dyn Slabs,
+    name: &str,
+    nz: usize,
+    planes: usize,
+    slab: impl Fn(usize, usize) -> Value,
+) -> Result<Box<dyn Scratch>, String> {
+    let mut out = io.scratch(name)?;
+    for (z0, z1) in ranges(nz, planes) {
+        out.append(&slab(z0, z1))?;
+    }
+    Ok(out)
+}
+
 /// Emits a volume set aside as blocks of rows (`parts[b]` holds every plane of rows
 /// `blocks[b]`) as z-slabs of `planes` planes, in z order.
 pub fn emit_blocks(io: &mut dyn Slabs, blocks: &[(usize, usize)], parts: &[Box<dyn Scratch>], planes: usize) -> Result<(), String> {

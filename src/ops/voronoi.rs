@@ -1,11 +1,13 @@
 //! Voronoi territories: every voxel of a mask takes the label of the nearest object voxel
 //! (Euclidean, physical spacing; ties → the lower label).
 //!
-//! Exact by separability: the nearest (squared distance, label) pair, compared
-//! lexicographically, decomposes over axes, so three 1D passes of a lower envelope of parabolas
-//! (as in the distance transform) that keep label ties give the brute-force answer.
+//! Exact: squared distances are compared as integers ([`Metric`]: in units of 2⁻³² of the finest
+//! axis's squared spacing, so for isotropic spacing exactly the squared voxel distance), and
+//! the nearest (squared distance, label) pair, compared lexicographically, decomposes over axes:
+//! three 1D passes of a lower envelope of parabolas (as in the distance transform; built in
+//! float64, then every parabola near a breakpoint weighed exactly) give the brute-force answer.
 
-use ndarray::{Array3, Axis, Zip, s};
+use ndarray::{Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder, s};
 use serde::{Deserialize, Serialize};
 
 use super::slab::{self, Slabs};
@@ -27,7 +29,9 @@ pub static VORONOI: OpInfo = OpInfo {
     summary: "Labels + mask → labels: each mask voxel takes the label of the nearest object (its territory).",
     doc: "For every voxel of `mask`, the label of the nearest voxel of any object in `labels`, by \
           straight-line Euclidean distance in physical units (the spacing); ties go to the lower \
-          label. Voxels outside the mask are 0, so measuring the result gives each object's \
+          label. Distances are compared exactly, as integers (for isotropic spacing the squared \
+          distance in voxels; otherwise the axes' squared spacing ratios rounded to 2^-32), so \
+          equal distances are ties whatever the voxel size. Voxels outside the mask are 0, so measuring the result gives each object's \
           territory inside the mask (e.g. the bone volume served by each lacuna). A sample with no \
           objects gives an all-zero image.",
     params: &[
@@ -63,7 +67,7 @@ impl Op for Voronoi {
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
         let (Value::Labels(l), Value::Mask(m)) = (inputs[0], inputs[1]) else { return Err("voronoi: needs labels and a mask".into()) };
-        Ok(Value::Labels(voronoi(l, m, ctx.spacing, ctx.ndim)))
+        Ok(Value::Labels(voronoi(l, m, ctx.spacing, ctx.ndim)?))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -82,220 +86,418 @@ impl Op for Voronoi {
     }
 }
 
-/// Buffers one thread reuses from line to line.
+/// No object voxel in reach (a row, plane or column without one).
+const NONE: u32 = u32::MAX;
+/// How far (in voxels) a breakpoint of the lower envelope, rounded in float64, may be from
+/// where two parabolas really meet: far more than the rounding error, far less than a voxel.
+const TIE: f64 = 0.01;
+/// In a packed block word: where the site index ends and the mask bit begins.
+const MASK_BIT: u32 = 1 << 31;
+/// No site, in a packed block word.
+const NO_SITE: u32 = NONE & !MASK_BIT;
+
+/// Squared distances, exactly: per axis, d² times the axis's squared spacing over the finest
+/// axis's, in units of 2⁻³² (so exact integers for isotropic spacing, and ratios rounded to
+/// 2⁻³² otherwise), as u128 — sums of three never overflow for axes up to 2²⁰ voxels and
+/// spacings within a factor 10⁶. Float64 copies (`w2`) build the envelopes.
+pub struct Metric {
+    /// `t[a][d]`: d² along axis a (z, y, x), exactly.
+    t: [Vec<u128>; 3],
+    /// The same weight per axis as float64, in units of the finest axis's squared spacing.
+    w2: [f64; 3],
+}
+
+impl Metric {
+    pub fn new(spacing: [f64; 3], shape: [usize; 3]) -> Result<Metric, String> {
+        let finest = spacing.iter().copied().fold(f64::INFINITY, f64::min);
+        if finest.is_nan() || finest <= 0.0 || spacing.iter().any(|s| !s.is_finite() || s / finest > 1e6) {
+            return Err(format!("voronoi: spacing {spacing:?} must be positive and within a factor 10^6 across axes"));
+        }
+        if shape.iter().any(|&n| n > 1 << 20) {
+            return Err(format!("voronoi: an axis of more than 2^20 voxels ({shape:?}) is not supported"));
+        }
+        let unit = (1u64 << 32) as f64;
+        let weight = |a: usize| ((spacing[a] / finest).powi(2) * unit).round() as u128;
+        let t = [0, 1, 2].map(|a| (0..shape[a].max(1) as u128).map(|d| d * d * weight(a)).collect());
+        let w2 = [0, 1, 2].map(|a| weight(a) as f64 / unit);
+        Ok(Metric { t, w2 })
+    }
+    /// d² along `axis` for |d| = `d`.
+    fn sq(&self, axis: usize, d: usize) -> u128 {
+        self.t[axis][d]
+    }
+}
+
+/// Columns gathered at once in the pass along y: one cache line of each row's sites.
+const CHUNK: usize = 8;
+
+/// Buffers one thread reuses from chunk to chunk: `c` lines of `n` squared distances (float64
+/// for the envelope, exact for the comparisons), labels, a per-voxel word the caller keeps (the
+/// row pass's x), and the picks.
 #[derive(Default)]
 struct Scratch {
-    f0: Vec<f64>,
-    l0: Vec<u32>,
-    v: Vec<usize>,
-    z: Vec<f64>,
+    f: Vec<f64>,
+    e: Vec<u128>,
+    lab: Vec<u32>,
+    keep: Vec<u32>,
+    pick: Vec<u32>,
+    env: super::distance::Envelope,
 }
 
-/// One line: for each i, the lexicographic min over q of (f[q] + ((i−q)·w)², lab[q]).
-fn line(f: &mut [f64], lab: &mut [u32], w: f64, sc: &mut Scratch) {
-    let n = f.len();
-    let Scratch { f0, l0, v, z } = sc;
-    super::distance::lower_envelope(f, w, v, z);
-    if v.is_empty() {
+impl Scratch {
+    /// Room for `len` voxels (whose values the caller sets, each one: [`Scratch::set`]).
+    fn reset(&mut self, len: usize) {
+        self.f.resize(len, f64::INFINITY);
+        self.e.resize(len, 0);
+        self.lab.resize(len, 0);
+        self.keep.resize(len, NONE);
+        self.pick.resize(len, NONE);
+    }
+    /// Voxel `at` of the lines: a site (squared distance so far, float64 and exact; label;
+    /// the caller's word), or none.
+    #[inline]
+    fn set(&mut self, at: usize, site: Option<(f64, u128, u32, u32)>) {
+        let (f, e, l, keep) = site.unwrap_or((f64::INFINITY, 0, 0, NONE));
+        (self.f[at], self.e[at], self.lab[at], self.keep[at]) = (f, e, l, keep);
+    }
+
+    /// Each of the lines of `n` along `axis` through [`line`].
+    fn lines(&mut self, n: usize, axis: usize, m: &Metric) {
+        let Scratch { f, e, lab, pick, env, .. } = self;
+        for (((f, e), lab), pick) in f.chunks(n).zip(e.chunks(n)).zip(lab.chunks(n)).zip(pick.chunks_mut(n)) {
+            line(f, e, lab, axis, m, env, pick);
+        }
+    }
+}
+
+/// One line along `axis` of sites (squared distance so far: `f[q]` approximately, +inf for
+/// none, and `e[q]` exactly; label `lab[q]`): `pick[i]` becomes the q with the
+/// lexicographically least (e[q] + (i−q)², lab[q]) in the exact metric, [`NONE`] on a line
+/// without a site.
+fn line(f: &[f64], e: &[u128], lab: &[u32], axis: usize, m: &Metric, env: &mut super::distance::Envelope, pick: &mut [u32]) {
+    env.build(f, m.w2[axis], TIE);
+    if env.len() == 0 {
+        pick.fill(NONE);
         return;
     }
-    f0.clear();
-    f0.extend_from_slice(f);
-    l0.clear();
-    l0.extend_from_slice(lab);
-    let mut k = 0;
-    for i in 0..n {
+    let (mut k, last) = (0, env.len() - 1);
+    for (i, p) in pick.iter_mut().enumerate() {
         let x = i as f64;
-        while k + 1 < v.len() && z[k + 1] < x {
+        while k < last && env.starts_before(k + 1, x) {
             k += 1;
         }
-        let val = |q: usize| {
-            let d = (x - q as f64) * w;
-            d * d + f0[q]
-        };
-        let mut best = (val(v[k]), l0[v[k]]);
-        // Parabolas whose region starts exactly here tie with the current one.
-        let mut j = k + 1;
-        while j < v.len() && z[j] <= x {
-            let cand = (val(v[j]), l0[v[j]]);
-            if cand.0 < best.0 || (cand.0 == best.0 && cand.1 < best.1) {
+        // The envelope's breakpoints are rounded: near one (within TIE of x), every parabola
+        // whose region reaches there is weighed exactly, so the nearest wins and exact ties go
+        // to the lower label. Elsewhere the lowest parabola is the nearest site.
+        let near_next = k < last && env.starts_by(k + 1, x + TIE);
+        let near_prev = k > 0 && !env.starts_before(k, x - TIE);
+        if !near_next && !near_prev {
+            *p = env.site(k) as u32;
+            continue;
+        }
+        let val = |q: usize| (m.sq(axis, i.abs_diff(q)) + e[q], lab[q], q);
+        let mut best = val(env.site(k));
+        let mut take = |q: usize| {
+            let cand = val(q);
+            if (cand.0, cand.1) < (best.0, best.1) {
                 best = cand;
             }
+        };
+        let mut j = k + 1;
+        while j <= last && env.starts_by(j, x + TIE) {
+            take(env.site(j));
             j += 1;
         }
-        // Also the neighbours in the envelope at an exact tie (equal values from both sides).
-        if k > 0 {
-            let cand = (val(v[k - 1]), l0[v[k - 1]]);
-            if cand.0 == best.0 && cand.1 < best.1 {
-                best = cand;
+        let mut j = k;
+        while j > 0 && !env.starts_before(j, x - TIE) {
+            take(env.site(j - 1));
+            j -= 1;
+        }
+        *p = best.2 as u32;
+    }
+}
+
+/// The pass along x of one row of labels: `out[i]` is the x of the nearest object voxel of the
+/// row (the lower label at equal distance), [`NONE`] in a row without one. Two scans: the
+/// nearest site on each side is the lower envelope of parabolas that are all 0 at their sites.
+fn x_row(lrow: &[u32], out: &mut [u32]) {
+    let mut last = NONE;
+    for (o, (i, &l)) in out.iter_mut().zip(lrow.iter().enumerate()) {
+        if l != 0 {
+            last = i as u32;
+        }
+        *o = last;
+    }
+    if last == NONE {
+        return;
+    }
+    let mut next = NONE;
+    for i in (0..lrow.len()).rev() {
+        if lrow[i] != 0 {
+            next = i as u32;
+        }
+        let (left, at) = (out[i], i as u32);
+        // The nearer site is the lesser; at equal distance, the lower label.
+        if next != NONE && (left == NONE || next - at < at - left || (next - at == at - left && lrow[next as usize] < lrow[left as usize]))
+        {
+            out[i] = next;
+        }
+    }
+}
+
+/// The nearest site within one plane of `labels` (`ny × nx`, x contiguous) for each voxel, as
+/// its position `y << 16 | x` in the plane ([`NONE`] in a plane without objects): x by
+/// [`x_row`], then y over chunks of columns, each voxel's row candidate weighed by its squared
+/// x distance.
+fn plane_sites(lp: &[u32], sites: &mut [u32], nx: usize, m: &Metric, sc: &mut Scratch) {
+    if nx == 0 {
+        return;
+    }
+    let ny = lp.len() / nx;
+    for (lr, sr) in lp.chunks(nx).zip(sites.chunks_mut(nx)) {
+        x_row(lr, sr);
+    }
+    let c = CHUNK;
+    for x0 in (0..nx).step_by(c) {
+        let cols = c.min(nx - x0);
+        sc.reset(cols * ny);
+        for (y, (sr, lr)) in sites.chunks(nx).zip(lp.chunks(nx)).enumerate() {
+            for (j, &q) in sr[x0..x0 + cols].iter().enumerate() {
+                let dx = (x0 + j).abs_diff(q as usize);
+                sc.set(j * ny + y, (q != NONE).then(|| ((dx * dx) as f64 * m.w2[2], m.sq(2, dx), lr[q as usize], q)));
             }
         }
-        f[i] = best.0;
-        lab[i] = best.1;
+        sc.lines(ny, 1, m);
+        for (y, sr) in sites.chunks_mut(nx).enumerate() {
+            for (j, s) in sr[x0..x0 + cols].iter_mut().enumerate() {
+                let p = sc.pick[j * ny + y];
+                *s = if p == NONE { NONE } else { p << 16 | sc.keep[j * ny + p as usize] };
+            }
+        }
     }
 }
 
-/// Territories of `labels` inside `mask`.
-pub fn voronoi(labels: &Array3<u32>, mask: &Array3<u8>, spacing: [f64; 3], ndim: u8) -> Array3<u32> {
-    let (mut f, mut lab) = plane_passes(labels, spacing);
-    if ndim != 2 {
-        axis_pass(&mut f, &mut lab, 0, spacing[0]);
-    }
-    outside_to_zero(&mut lab, mask);
-    lab
+/// A site's row and column in its plane.
+fn yx(s: u32) -> (usize, usize) {
+    ((s >> 16) as usize, (s & 0xffff) as usize)
 }
 
-/// Territories stop at the mask: labels outside it are 0.
-fn outside_to_zero(lab: &mut Array3<u32>, mask: &Array3<u8>) {
-    Zip::from(lab).and(mask).for_each(|l, &m| {
-        if m == 0 {
-            *l = 0;
+/// The pass along z of one row of a block (`words`: planes × 2nx as [`pack`] writes them),
+/// chunks of columns at a time, into `out` (planes × nx): each voxel's nearest label, 0 outside
+/// the mask.
+fn z_row(words: ArrayView2<u32>, mut out: ArrayViewMut2<u32>, y: usize, m: &Metric, sc: &mut Scratch) {
+    let (n, nx) = out.dim();
+    // Eight voxels are one cache line of words: each line of a plane is read once.
+    let c = 8;
+    let mut labels = [0u32; 8];
+    for x0 in (0..nx).step_by(c) {
+        let cols = c.min(nx - x0);
+        sc.reset(cols * n);
+        for (k, w) in words.rows().into_iter().enumerate() {
+            let w = &w.as_slice().expect("rows of words are contiguous")[2 * x0..2 * (x0 + cols)];
+            for (j, p) in w.chunks_exact(2).enumerate() {
+                let s = p[1] & !MASK_BIT;
+                let (qy, qx) = yx(s);
+                let (dy, dx) = (y.abs_diff(qy), (x0 + j).abs_diff(qx));
+                let site = s != NO_SITE;
+                sc.set(
+                    j * n + k,
+                    site.then(|| ((dy * dy) as f64 * m.w2[1] + (dx * dx) as f64 * m.w2[2], m.sq(1, dy) + m.sq(2, dx), p[0], 0)),
+                );
+            }
+        }
+        sc.lines(n, 0, m);
+        for (k, (w, mut o)) in words.rows().into_iter().zip(out.rows_mut()).enumerate() {
+            for (j, l) in labels[..cols].iter_mut().enumerate() {
+                let q = sc.pick[j * n + k];
+                *l = if q == NONE || w[2 * (x0 + j) + 1] & MASK_BIT == 0 { 0 } else { sc.lab[j * n + q as usize] };
+            }
+            o.as_slice_mut().expect("rows of labels are contiguous")[x0..x0 + cols].copy_from_slice(&labels[..cols]);
+        }
+    }
+}
+
+/// The pass along z over a block of rows `y0..` (all planes): `words` (planes × rows × 2nx, as
+/// [`pack`] writes them) into `out` (planes × rows × nx), a row per task.
+fn z_block(words: ArrayView3<u32>, y0: usize, m: &Metric, mut out: ArrayViewMut3<u32>) {
+    use rayon::prelude::*;
+    out.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .zip(words.axis_iter(Axis(1)))
+        .enumerate()
+        .for_each_init(Scratch::default, |sc, (r, (o, w))| z_row(w, o, y0 + r, m, sc));
+}
+
+/// Plane sizes the sites can address: 16 bits of x, 15 of y (packed blocks keep a bit for the
+/// mask).
+fn check_plane(ny: usize, nx: usize) -> Result<(), String> {
+    if ny >= 1 << 15 || nx >= 1 << 16 {
+        return Err(format!("voronoi: planes of {ny}×{nx} voxels are larger than it supports (fewer than 32768 rows of fewer than 65536)"));
+    }
+    Ok(())
+}
+
+/// Each plane of `labels` (a whole image or a z-slab, x contiguous) through [`plane_sites`].
+fn sites_of(ls: &[u32], (nz, ny, nx): (usize, usize, usize), m: &Metric) -> Array3<u32> {
+    use rayon::prelude::*;
+    let mut sites: Array3<u32> = crate::util::zeros3((nz, ny, nx));
+    if ny * nx > 0 {
+        sites
+            .as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(ny * nx)
+            .zip(ls.par_chunks(ny * nx))
+            .for_each_init(Scratch::default, |sc, (sp, lp)| plane_sites(lp, sp, nx, m, sc));
+    }
+    sites
+}
+
+/// A (planes × rows × cols) buffer whose planes are a cache line apart from a multiple of
+/// 4 KiB, so that walking down its planes does not map every plane to the same cache sets (as
+/// a power-of-two plane size would).
+fn padded(buf: &mut Vec<u32>, (n, rows, cols): (usize, usize, usize)) -> ArrayViewMut3<'_, u32> {
+    let pitch = (rows * cols).div_ceil(1024) * 1024 + 16;
+    buf.resize(n * pitch, 0);
+    ArrayViewMut3::from_shape((n, rows, cols).strides((pitch, cols, 1)), &mut buf[..]).expect("the buffer holds every plane")
+}
+
+/// Territories of `labels` inside `mask`. The sites within planes go into the output volume;
+/// then blocks of rows at a time are packed ([`pack`]), passed along z ([`z_block`]) and
+/// written back over their sites.
+pub fn voronoi(labels: &Array3<u32>, mask: &Array3<u8>, spacing: [f64; 3], ndim: u8) -> Result<Array3<u32>, String> {
+    use rayon::prelude::*;
+    let (nz, ny, nx) = labels.dim();
+    check_plane(ny, nx)?;
+    let m = Metric::new(spacing, [nz, ny, nx])?;
+    let labels = labels.as_standard_layout();
+    let mask = mask.as_standard_layout();
+    let ls = labels.as_slice().expect("standard layout");
+    let mut sites = sites_of(ls, (nz, ny, nx), &m);
+    let plane = ny * nx;
+    if plane == 0 {
+        return Ok(sites);
+    }
+    if ndim == 2 || nz == 1 {
+        let ms = mask.as_slice().expect("standard layout");
+        let ss = sites.as_slice_mut().expect("standard layout");
+        ss.par_chunks_mut(plane).zip(ms.par_chunks(plane)).enumerate().for_each(|(k, (sp, mp))| {
+            for (s, &mv) in sp.iter_mut().zip(mp) {
+                *s = if mv == 0 || *s == NONE {
+                    0
+                } else {
+                    let (qy, qx) = yx(*s);
+                    ls[k * plane + qy * nx + qx]
+                };
+            }
+        });
+        return Ok(sites);
+    }
+    // Blocks of about 32 MiB (12 bytes a voxel), at least two rows (one per thread).
+    let rows = (32usize << 20) / (12 * nz * nx).max(1);
+    let rows = rows.clamp(2.min(ny), ny);
+    let (mut wbuf, mut obuf) = (Vec::new(), Vec::new());
+    for y0 in (0..ny).step_by(rows) {
+        let y1 = (y0 + rows).min(ny);
+        let mut words = padded(&mut wbuf, (nz, y1 - y0, 2 * nx));
+        pack(ls, sites.view(), mask.view(), (y0, y1), words.view_mut());
+        let mut out = padded(&mut obuf, (nz, y1 - y0, nx));
+        z_block(words.view(), y0, &m, out.view_mut());
+        sites
+            .slice_mut(s![.., y0..y1, ..])
+            .axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(out.axis_iter(Axis(0)))
+            .for_each(|(mut d, o)| d.assign(&o));
+    }
+    Ok(sites)
+}
+
+/// Rows `y0..y1` of a slab into `w` (planes × rows × 2nx): two words a voxel, the label of its
+/// nearest site within its plane and the site (with the mask in the top bit).
+fn pack(labels: &[u32], sites: ArrayView3<u32>, mask: ArrayView3<u8>, (y0, y1): (usize, usize), mut w: ArrayViewMut3<u32>) {
+    use rayon::prelude::*;
+    let (_, ny, nx) = sites.dim();
+    w.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(z, mut wp)| {
+        for (r, mut wr) in wp.rows_mut().into_iter().enumerate() {
+            let y = y0 + r;
+            let wr = wr.as_slice_mut().expect("rows of words are contiguous");
+            for ((p, &s), &mv) in wr.chunks_exact_mut(2).zip(sites.slice(s![z, y, ..])).zip(mask.slice(s![z, y, ..])) {
+                let m = if mv != 0 { MASK_BIT } else { 0 };
+                if s == NONE {
+                    (p[0], p[1]) = (0, NO_SITE | m);
+                } else {
+                    let (qy, qx) = yx(s);
+                    (p[0], p[1]) = (labels[(z * ny + qy) * nx + qx], s | m);
+                }
+            }
         }
     });
-}
-
-/// The passes within planes, x then y: the nearest (squared distance, label) within each plane
-/// of `labels`, a whole image or any z-slab of it.
-fn plane_passes(labels: &Array3<u32>, spacing: [f64; 3]) -> (Array3<f64>, Array3<u32>) {
-    let mut f: Array3<f64> = crate::util::map3(labels, |l| if l > 0 { 0.0 } else { f64::INFINITY });
-    let mut lab = crate::util::map3(labels, |l| l);
-    axis_pass(&mut f, &mut lab, 2, spacing[2]);
-    axis_pass(&mut f, &mut lab, 1, spacing[1]);
-    (f, lab)
-}
-
-/// One pass along `axis` over every line of `f` and `lab`, in parallel, each thread reusing its
-/// buffers: rows (x) in place; columns (y, z) gathered a plane at a time into contiguous lines
-/// and scattered back, as the distance transform does.
-fn axis_pass(f: &mut Array3<f64>, lab: &mut Array3<u32>, axis: usize, w: f64) {
-    use rayon::prelude::*;
-    let (_, _, nx) = f.dim();
-    if f.is_empty() {
-        return;
-    }
-    if axis == 2 {
-        let fs = f.as_slice_mut().expect("standard layout");
-        let ls = lab.as_slice_mut().expect("standard layout");
-        fs.par_chunks_mut(nx).zip(ls.par_chunks_mut(nx)).for_each_init(Scratch::default, |sc, (fr, lr)| line(fr, lr, w, sc));
-        return;
-    }
-    let n = f.len_of(Axis(axis));
-    let other = if axis == 1 { 0 } else { 1 };
-    f.axis_iter_mut(Axis(other)).into_par_iter().zip(lab.axis_iter_mut(Axis(other))).for_each_init(
-        || (Scratch::default(), Vec::new(), Vec::new()),
-        |(sc, cf, cl), (mut fp, mut lp)| {
-            // `fp`, `lp` are (n × nx), x contiguous: one contiguous line per x.
-            cf.resize(n * nx, 0f64);
-            cl.resize(n * nx, 0u32);
-            for (k, (fr, lr)) in fp.rows().into_iter().zip(lp.rows()).enumerate() {
-                for (x, (&a, &b)) in fr.iter().zip(lr.iter()).enumerate() {
-                    cf[x * n + k] = a;
-                    cl[x * n + k] = b;
-                }
-            }
-            for (fl, ll) in cf.chunks_mut(n).zip(cl.chunks_mut(n)) {
-                line(fl, ll, w, sc);
-            }
-            for (k, (mut fr, mut lr)) in fp.rows_mut().into_iter().zip(lp.rows_mut()).enumerate() {
-                for (x, (a, b)) in fr.iter_mut().zip(lr.iter_mut()).enumerate() {
-                    *a = cf[x * n + k];
-                    *b = cl[x * n + k];
-                }
-            }
-        },
-    );
-}
-
-/// A block's state in one `u32` scratch volume, four words a voxel: the f64 distance exactly
-/// (low, high), the label, the mask (planes four times as wide).
-fn pack(f: &Array3<f64>, lab: &Array3<u32>, mask: &Array3<u8>) -> Array3<u32> {
-    let (z, y, x) = f.dim();
-    let mut w = Vec::with_capacity(4 * f.len());
-    for ((&v, &l), &m) in f.iter().zip(lab.iter()).zip(mask.iter()) {
-        let b = v.to_bits();
-        w.extend([b as u32, (b >> 32) as u32, l, m as u32]);
-    }
-    Array3::from_shape_vec((z, y, 4 * x), w).expect("four words a voxel")
-}
-
-fn unpack(w: &Array3<u32>) -> (Array3<f64>, Array3<u32>, Array3<u8>) {
-    let (z, y, x4) = w.dim();
-    let sh = (z, y, x4 / 4);
-    let words = w.as_standard_layout();
-    let words = words.as_slice().expect("standard");
-    let f: Vec<f64> = words.chunks_exact(4).map(|p| f64::from_bits(p[0] as u64 | (p[1] as u64) << 32)).collect();
-    let l: Vec<u32> = words.chunks_exact(4).map(|p| p[2]).collect();
-    let m: Vec<u8> = words.chunks_exact(4).map(|p| p[3] as u8).collect();
-    let shaped = "four words a voxel";
-    (
-        Array3::from_shape_vec(sh, f).expect(shaped),
-        Array3::from_shape_vec(sh, l).expect(shaped),
-        Array3::from_shape_vec(sh, m).expect(shaped),
-    )
+    debug_assert_eq!(y1 - y0, w.dim().1);
 }
 
 /// [`voronoi`] out of core, as `distance` streams: (1) each z-slab through the passes within
-/// planes, its rows (distances, labels, mask) set aside by blocks of rows; (2) each block whole
-/// along z, the mask applied, set aside again; (3) gathered back into z-slabs and emitted. Every
-/// line is computed as in memory, so the labels are the same.
+/// planes, its rows set aside by blocks of rows, two words a voxel ([`pack`]); (2) each block
+/// whole along z ([`z_block`]), set aside again; (3) gathered back into z-slabs and emitted.
+/// Every line is computed as in memory, so the labels are the same.
 fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String> {
-    let nz = io.input(0).shape()[0];
-    // Per voxel of a block: its packed words as read, then the f64 distance, the label, the
-    // mask, and the line buffers.
-    let blocks = slab::row_blocks(io, 16 + 8 + 4 + 1 + 12);
+    let [nz, ny, nx] = io.input(0).shape();
+    check_plane(ny, nx)?;
+    let m = Metric::new(spacing, [nz, ny, nx])?;
+    // Per voxel of a block: its words as read and its labels.
+    let blocks = slab::row_blocks(io, 8 + 4);
     let mut parts: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for b in 0..blocks.len() {
         parts.push(io.scratch(&format!("b{b}"))?);
     }
-    // Beside the labels and mask: the f64 distances, the labels again, the packed block rows,
-    // and the line buffers.
-    let planes = io.planes(8 + 4 + 16 + 12);
+    // Beside the labels and mask: the sites, and the packed rows.
+    let planes = io.planes(4 + 8);
     for (z0, z1) in slab::ranges(nz, planes) {
-        let (Value::Labels(l), Value::Mask(m)) = (io.input(0).read(z0, z1)?, io.input(1).read(z0, z1)?) else {
+        let (Value::Labels(l), Value::Mask(mask)) = (io.input(0).read(z0, z1)?, io.input(1).read(z0, z1)?) else {
             return Err("voronoi: needs labels and a mask".into());
         };
-        let (f, lab) = plane_passes(&l, spacing);
+        let l = l.as_standard_layout();
+        let ls = l.as_slice().expect("standard layout");
+        let sites = sites_of(ls, l.dim(), &m);
         for (b, &(y0, y1)) in blocks.iter().enumerate() {
-            let rows = s![.., y0..y1, ..];
-            parts[b].append(&Value::Labels(pack(&f.slice(rows).to_owned(), &lab.slice(rows).to_owned(), &m.slice(rows).to_owned())))?;
+            let mut words = Array3::<u32>::zeros((z1 - z0, y1 - y0, 2 * nx));
+            pack(ls, sites.view(), mask.view(), (y0, y1), words.view_mut());
+            parts[b].append(&Value::Labels(words))?;
         }
     }
     let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
     let mut max = 0u32;
+    let emit = io.planes(4);
     for (b, part) in parts.into_iter().enumerate() {
         let Value::Labels(words) = part.read(0, nz)? else { return Err("voronoi: scratch block".into()) };
         drop(part);
-        let (mut fb, mut lab, mask) = unpack(&words);
+        let (y0, y1) = blocks[b];
+        let mut lab: Array3<u32> = crate::util::zeros3((nz, y1 - y0, nx));
+        z_block(words.view(), y0, &m, lab.view_mut());
         drop(words);
-        axis_pass(&mut fb, &mut lab, 0, spacing[0]);
-        outside_to_zero(&mut lab, &mask);
         max = max.max(crate::util::max3(&lab));
-        let mut out = io.scratch(&format!("t{b}"))?;
-        out.append(&Value::Labels(lab))?;
-        done.push(out);
+        done.push(slab::keep_block(io, &format!("t{b}"), nz, emit, |z0, z1| Value::Labels(lab.slice(s![z0..z1, .., ..]).to_owned()))?);
     }
     io.labels_max(max);
-    let planes = io.planes(4);
-    slab::emit_blocks(io, &blocks, &done, planes)
+    slab::emit_blocks(io, &blocks, &done, emit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Every object voxel weighed against every mask voxel, in the exact metric.
     fn brute(labels: &Array3<u32>, mask: &Array3<u8>, s: [f64; 3]) -> Array3<u32> {
+        let (nz, ny, nx) = labels.dim();
+        let m = Metric::new(s, [nz, ny, nx]).unwrap();
         let objs: Vec<((usize, usize, usize), u32)> = labels.indexed_iter().filter(|(_, l)| **l > 0).map(|(i, l)| (i, *l)).collect();
         Array3::from_shape_fn(labels.dim(), |(z, y, x)| {
             if mask[[z, y, x]] == 0 {
                 return 0;
             }
-            let mut best = (f64::INFINITY, 0u32);
+            let mut best = (u128::MAX, 0u32);
             for &((a, b, c), l) in &objs {
-                let (dz, dy, dx) = ((z as f64 - a as f64) * s[0], (y as f64 - b as f64) * s[1], (x as f64 - c as f64) * s[2]);
-                let d = dz * dz + dy * dy + dx * dx;
-                if d < best.0 || (d == best.0 && l < best.1) {
-                    best = (d, l);
-                }
+                let d = m.sq(0, z.abs_diff(a)) + m.sq(1, y.abs_diff(b)) + m.sq(2, x.abs_diff(c));
+                best = best.min((d, l));
             }
             best.1
         })
@@ -308,16 +510,22 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (seed >> 33) % m
         };
-        for (trial, s) in [[1.0, 1.0, 1.0], [2.0, 0.5, 1.0], [1.0, 1.0, 0.5]].iter().cycle().take(300).enumerate() {
-            let dims = (1 + rnd(6) as usize, 2 + rnd(9) as usize, 2 + rnd(9) as usize);
+        let spacings = [[1.0, 1.0, 1.0], [2.0, 0.5, 1.0], [1.0, 1.0, 0.5], [0.7, 0.7, 0.7], [2.1, 0.3, 0.3], [0.7, 0.35, 0.35]];
+        for (trial, s) in spacings.iter().cycle().take(3000).enumerate() {
+            let big = trial % 10 == 0;
+            let dims = if big {
+                (4 + rnd(12) as usize, 8 + rnd(24) as usize, 8 + rnd(24) as usize)
+            } else {
+                (1 + rnd(6) as usize, 2 + rnd(9) as usize, 2 + rnd(9) as usize)
+            };
             let mut labels = Array3::<u32>::zeros(dims);
-            for _ in 0..1 + rnd(6) {
+            for _ in 0..1 + rnd(if big { 40 } else { 6 }) {
                 let (z, y, x) = (rnd(dims.0 as u64) as usize, rnd(dims.1 as u64) as usize, rnd(dims.2 as u64) as usize);
                 labels[[z, y, x]] = 1 + rnd(5) as u32;
             }
             let mask = Array3::from_shape_fn(dims, |_| (rnd(4) != 0) as u8);
             let ndim = if dims.0 == 1 { 2 } else { 3 };
-            assert_eq!(voronoi(&labels, &mask, *s, ndim), brute(&labels, &mask, *s), "trial {trial} spacing {s:?}");
+            assert_eq!(voronoi(&labels, &mask, *s, ndim).unwrap(), brute(&labels, &mask, *s), "trial {trial} spacing {s:?}");
         }
     }
 
@@ -327,6 +535,18 @@ mod tests {
         labels[[0, 0, 0]] = 7;
         labels[[0, 0, 4]] = 3;
         let mask = Array3::from_elem((1, 1, 5), 1u8);
-        assert_eq!(voronoi(&labels, &mask, [1.0; 3], 2).into_raw_vec_and_offset().0, vec![7, 7, 3, 3, 3]);
+        assert_eq!(voronoi(&labels, &mask, [1.0; 3], 2).unwrap().into_raw_vec_and_offset().0, vec![7, 7, 3, 3, 3]);
+    }
+
+    #[test]
+    fn isotropic_ties_are_exact_at_any_spacing() {
+        // (3,4,0) and (5,0,0) are both 25 voxels² away: equal at 0.7 µm too, so the lower label.
+        let mut labels = Array3::<u32>::zeros((6, 5, 1));
+        labels[[3, 4, 0]] = 9;
+        labels[[5, 0, 0]] = 2;
+        let mask = Array3::from_elem((6, 5, 1), 1u8);
+        assert_eq!(voronoi(&labels, &mask, [0.7; 3], 3).unwrap()[[0, 0, 0]], 2);
+        labels[[5, 0, 0]] = 10;
+        assert_eq!(voronoi(&labels, &mask, [0.7; 3], 3).unwrap()[[0, 0, 0]], 9);
     }
 }
