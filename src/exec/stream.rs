@@ -73,6 +73,9 @@ enum Store<'a> {
         shape: [usize; 3],
     },
     Spill(Arc<spill::Reader>),
+    /// A spill (or checkpoint) of an op's stored form ([`slab::Stored`]), decoded on reading
+    /// into a value like `meta`.
+    Decoded(Arc<spill::Reader>, Arc<dyn slab::Stored>, Meta),
     /// Stage `.1` (a position in the group) of a fused run of local stages.
     Computed(Arc<Computed<'a>>, usize),
 }
@@ -186,6 +189,7 @@ impl Volume for Store<'_> {
                 let m = &c.s.bound.metas[c.group.stages[*p]];
                 (m.kind, m.dtype)
             }
+            Store::Decoded(_, _, m) => (m.kind, m.dtype),
         };
         Meta { kind, dtype, shape: self.shape(), ndim: 3, scale: [1.0; 3] }
     }
@@ -194,12 +198,14 @@ impl Volume for Store<'_> {
             Store::Source { shape, .. } => *shape,
             Store::Spill(r) => r.shape(),
             Store::Computed(c, _) => c.shape,
+            Store::Decoded(_, _, m) => m.shape,
         }
     }
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
         match self {
             Store::Source { reader, .. } => reader.read(z0, z1).map(Value::Image).map_err(|e| e.to_string()),
             Store::Spill(r) => r.read(z0, z1),
+            Store::Decoded(r, codec, _) => codec.decode(r.read(z0, z1)?, z0),
             Store::Computed(c, p) => {
                 let keep: Vec<bool> = (0..c.group.stages.len()).map(|k| k == *p).collect();
                 c.run(z0, z1, &keep)?.swap_remove(*p).ok_or_else(|| "internal: a computed stage gave nothing".into())
@@ -210,6 +216,13 @@ impl Volume for Store<'_> {
         match self {
             Store::Source { dtype, .. } => dtype.bytes_per_voxel(),
             Store::Spill(r) => r.elem().bytes() as u64,
+            // The stored words as read (per voxel of the value) and the value decoded.
+            Store::Decoded(r, codec, m) => {
+                let [_, y, x] = m.shape;
+                let [_, sy, sx] = codec.shape(m.shape);
+                let per = (sy * sx) as u64 * r.elem().bytes() as u64 / (y * x).max(1) as u64;
+                per + tiled::bytes_per_voxel(m)
+            }
             // Its inputs (with theirs) and every stage of the run.
             Store::Computed(c, _) => {
                 c.inputs.iter().map(Volume::bytes_per_voxel).sum::<u64>()
@@ -236,19 +249,37 @@ impl Volume for Store<'_> {
     }
 }
 
-/// A finished spill: a checkpoint of `key` when there is a store, a temporary otherwise.
-fn finish_spill<'a>(w: spill::Writer, ck: Option<&crate::store::Store>, key: &str) -> Result<Store<'a>, String> {
+/// A finished spill: a checkpoint of `key` when there is a store, a temporary otherwise. With
+/// `stored`, it holds the op's stored form of a value like the meta given.
+fn finish_spill<'a>(
+    w: spill::Writer,
+    ck: Option<&crate::store::Store>,
+    key: &str,
+    stored: Option<(Arc<dyn slab::Stored>, Meta)>,
+) -> Result<Store<'a>, String> {
     let elem = w.elem();
     let (reader, bytes, blake3) = w.finish(ck.is_none())?;
     let reader = match (ck, elem) {
         (Some(store), Some(elem)) => {
-            let meta = crate::store::RawMeta { elem: elem.name().into(), format: spill::FORMAT.into(), bytes, blake3 };
+            let format = layout(stored.as_ref().map(|(c, _)| c.as_ref()));
+            let meta = crate::store::RawMeta { elem: elem.name().into(), format, bytes, blake3 };
             let path = store.adopt_raw(key, reader.path(), &meta)?;
             reader.keep_at(path)
         }
         _ => reader,
     };
-    Ok(Store::Spill(Arc::new(reader)))
+    Ok(match stored {
+        Some((codec, meta)) => Store::Decoded(Arc::new(reader), codec, meta),
+        None => Store::Spill(Arc::new(reader)),
+    })
+}
+
+/// The layout named in a checkpoint's metadata: the spill format, with the stored form's name.
+fn layout(stored: Option<&dyn slab::Stored>) -> String {
+    match stored {
+        Some(c) => format!("{}+{}", spill::FORMAT, c.name()),
+        None => spill::FORMAT.into(),
+    }
 }
 
 /// Streams one sample. Tables go to `sink` (with their plan index); label counts are pushed to
@@ -309,6 +340,11 @@ fn ctx_of<'a>(s: &'a Streamed, i: usize) -> Ctx<'a> {
     Ctx { sample: s.sample, spacing, unit: &s.spacing.unit, ndim: s.ndim }
 }
 
+/// Stage `i`'s stored form out of core, if its op has one.
+fn stored_form(s: &Streamed, i: usize) -> Option<Arc<dyn slab::Stored>> {
+    s.bound.ops[i].stored(&ctx_of(s, i))
+}
+
 fn local_halo(s: &Streamed, i: usize) -> Option<[usize; 3]> {
     let ins: Vec<Meta> = (0..s.plan.stages[i].inputs.len()).map(|k| input_meta(s, i, k)).collect();
     let refs: Vec<&Meta> = ins.iter().collect();
@@ -366,11 +402,17 @@ fn run<'a>(
             preset[i] = c.load(&s.keys[i]).filter(|v| matches!(v, Value::Table(_)));
             return preset[i].is_some();
         }
+        let codec = stored_form(s, i);
         match c.raw(&s.keys[i]) {
-            Some((path, meta)) if meta.format == spill::FORMAT => match spill::Reader::open(&path) {
-                Ok(r) if r.shape() == s.bound.metas[i].shape => {
-                    stores[i] = Some(Store::Spill(Arc::new(r)));
-                    true
+            Some((path, meta)) if meta.format == layout(codec.as_deref()) => match spill::Reader::open(&path) {
+                Ok(r) => {
+                    let m = &s.bound.metas[i];
+                    stores[i] = match codec {
+                        Some(codec) if r.shape() == codec.shape(m.shape) => Some(Store::Decoded(Arc::new(r), codec, m.clone())),
+                        None if r.shape() == m.shape => Some(Store::Spill(Arc::new(r))),
+                        _ => None,
+                    };
+                    stores[i].is_some()
                 }
                 _ => false,
             },
@@ -425,7 +467,10 @@ fn run<'a>(
                         Ref::Stage(j) => stores[*j].clone().expect("inputs computed before use"),
                     })
                     .collect();
-                let dest = if st.kind == Kind::Table { None } else { Some(Dest::new(s, i, spilled(i)).map_err(fail)?) };
+                let dest = match st.kind {
+                    Kind::Table => None,
+                    _ => Some(Dest { stored: stored_form(s, i), ..Dest::new(s, i, spilled(i)).map_err(fail)? }),
+                };
                 let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
                 let outcome = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
                 match (io.dest.take(), outcome) {
@@ -526,19 +571,24 @@ struct Dest {
     /// Labels: the largest id (declared by the op, or seen).
     max: Option<u32>,
     planes: usize,
+    /// The op's stored form, when it emits that ([`slab::Stored`]): spilled as emitted,
+    /// decoded for the output files.
+    stored: Option<Arc<dyn slab::Stored>>,
 }
 
 impl Dest {
     fn new(s: &Streamed, k: usize, spill: bool) -> Result<Dest, String> {
         let spill = if spill { Some(spill::Writer::create(&s.spill_dir, &s.plan.stages[k].id)?) } else { None };
-        Ok(Dest { stage: k, spill, write: writes(s, k), outs: None, max: None, planes: 0 })
+        Ok(Dest { stage: k, spill, write: writes(s, k), outs: None, max: None, planes: 0, stored: None })
     }
     fn emit(&mut self, v: Value, s: &Streamed) -> Result<(), String> {
         let (nz, ny, nx) = value_dim(&v);
-        let [_, my, mx] = s.bound.metas[self.stage].shape;
+        let meta = &s.bound.metas[self.stage];
+        let [_, my, mx] = self.stored.as_ref().map_or(meta.shape, |c| c.shape(meta.shape));
         if (ny, nx) != (my, mx) {
             return Err(format!("internal: slab planes {ny}×{nx}, expected {my}×{mx}"));
         }
+        let z0 = self.planes;
         self.planes += nz;
         if let Some(sp) = self.spill.as_mut() {
             sp.append(&v)?;
@@ -546,6 +596,10 @@ impl Dest {
         if !self.write {
             return Ok(());
         }
+        let v = match &self.stored {
+            Some(codec) => codec.decode(v, z0)?,
+            None => v,
+        };
         let u16_labels = match &v {
             Value::Labels(_) => self.max.ok_or("internal: labels emitted before their largest id")? <= u16::MAX as u32,
             _ => false,
@@ -581,8 +635,9 @@ impl Dest {
         for o in self.outs.into_iter().flatten() {
             o.finish().map_err(|e| e.to_string())?;
         }
+        let stored = self.stored.map(|c| (c, s.bound.metas[self.stage].clone()));
         match self.spill {
-            Some(sp) => finish_spill(sp, s.checkpoints, &s.keys[self.stage]).map(Some),
+            Some(sp) => finish_spill(sp, s.checkpoints, &s.keys[self.stage], stored).map(Some),
             None => Ok(None),
         }
     }

@@ -87,10 +87,14 @@ impl Op for Distance {
         }
     }
     /// Planes through x and y a slab at a time, set aside by blocks of rows; each block along z
-    /// whole; the result gathered back into slabs ([`edt_streamed`]).
+    /// whole; the result gathered back into slabs ([`edt_streamed`]) as each voxel's nearest
+    /// site ([`NearestSites`]).
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         edt_streamed(io, ctx.spacing, self.invert)?;
         Ok(slab::Outcome::Emitted)
+    }
+    fn stored(&self, ctx: &Ctx) -> Option<std::sync::Arc<dyn slab::Stored>> {
+        Some(std::sync::Arc::new(NearestSites { spacing: ctx.spacing }))
     }
 }
 
@@ -167,27 +171,43 @@ impl Envelope {
     }
 }
 
-/// Squared distance transform of one line in place: `f[i]` becomes min_q ((i−q)·w)² + f[q].
-fn line_sq(f: &mut [f64], w: f64, env: &mut Envelope, out: &mut Vec<f64>) {
-    // A line of sites only (0 everywhere) is its own result: (0·w)² + 0 = 0.
+/// Which parabola gives each position of a line its value (see [`line_sq`]): `pick[i]` is the
+/// q with the least ((i−q)·w)² + f[q] on the lower envelope, [`NONE`] on a line without a
+/// site.
+fn line_arg(f: &[f64], w: f64, env: &mut Envelope, pick: &mut [u32]) {
+    // A line of sites only (0 everywhere): each position is its own site.
     if f.iter().all(|&x| x == 0.0) {
+        for (i, p) in pick.iter_mut().enumerate() {
+            *p = i as u32;
+        }
         return;
     }
-    let n = f.len();
     env.build(f, w * w, 0.0);
     if env.len() == 0 {
-        return; // no finite site: the line stays infinite
+        pick.fill(NONE);
+        return;
     }
-    out.clear();
     let (mut k, last) = (0, env.len() - 1);
-    for i in 0..n {
+    for (i, p) in pick.iter_mut().enumerate() {
         while k < last && env.starts_before(k + 1, i as f64) {
             k += 1;
         }
-        let q = env.site(k);
-        let d = (i as f64 - q as f64) * w;
-        out.push(d * d + f[q]);
+        *p = env.site(k) as u32;
     }
+}
+
+/// Squared distance transform of one line in place: `f[i]` becomes min_q ((i−q)·w)² + f[q].
+fn line_sq(f: &mut [f64], w: f64, env: &mut Envelope, pick: &mut Vec<u32>, out: &mut Vec<f64>) {
+    pick.resize(f.len(), NONE);
+    line_arg(f, w, env, pick);
+    if pick.first() == Some(&NONE) {
+        return; // no finite site: the line stays infinite
+    }
+    out.clear();
+    out.extend(pick.iter().enumerate().map(|(i, &q)| {
+        let d = (i as f64 - q as f64) * w;
+        d * d + f[q as usize]
+    }));
     f.copy_from_slice(out);
 }
 
@@ -268,8 +288,8 @@ fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
     }
     let other = if axis == 1 { 0 } else { 1 };
     d.axis_iter_mut(Axis(other)).into_par_iter().for_each_init(
-        || (Vec::new(), Envelope::default(), Vec::new()),
-        |(cols, env, out), mut plane| {
+        || (Vec::new(), Envelope::default(), Vec::new(), Vec::new()),
+        |(cols, env, pick, out), mut plane| {
             // `plane` is (n × nx), x contiguous: COLS columns at a time (one cache line of each
             // row) gathered into contiguous lines, transformed, scattered back.
             cols.resize(n * COLS, 0f64);
@@ -282,7 +302,7 @@ fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
                     }
                 }
                 for line in cols.chunks_mut(n).take(c) {
-                    line_sq(line, w, env, out);
+                    line_sq(line, w, env, pick, out);
                 }
                 for (k, mut row) in plane.rows_mut().into_iter().enumerate() {
                     let row = &mut row.as_slice_mut().expect("rows are contiguous")[x0..x0 + c];
@@ -295,20 +315,181 @@ fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
     );
 }
 
-/// [`edt`] out of core, in three passes: (1) each z-slab's planes through the x and y passes,
-/// their rows set aside in blocks of rows (one scratch volume per block, all planes of those
-/// rows); (2) each block whole along z — the z pass and the square root — set aside again;
-/// (3) the result gathered back into z-slabs from the blocks and emitted. Every line is
-/// transformed exactly as in memory, so the values are the same bits.
+/// No site: in a stored plane index or a site word.
+const NONE: u32 = u32::MAX;
+
+/// A site's row and column in its plane (`y << 16 | x`).
+fn yx(s: u32) -> (usize, usize) {
+    ((s >> 16) as usize, (s & 0xffff) as usize)
+}
+
+/// What the in-memory passes store (float32) for a nearest site `dx` columns away; then `dy`
+/// rows and `dx` columns away; then the distance to one also `dz` planes away — the same float
+/// operations in the same order as [`x_row`], [`line_sq`] and the square root, so a voxel's
+/// value follows from its nearest site, bit for bit.
+fn fx(dx: usize, wx: f64) -> f32 {
+    let d = dx as f64 * wx;
+    (d * d) as f32
+}
+
+fn fxy(dy: usize, dx: usize, [_, wy, wx]: [f64; 3]) -> f32 {
+    let d = dy as f64 * wy;
+    (d * d + fx(dx, wx) as f64) as f32
+}
+
+fn fxyz(dz: usize, dy: usize, dx: usize, w: [f64; 3]) -> f32 {
+    let d = dz as f64 * w[0];
+    ((d * d + fxy(dy, dx, w) as f64) as f32).sqrt()
+}
+
+/// Buffers one thread reuses (streamed passes).
+#[derive(Default)]
+struct Lines {
+    f: Vec<f64>,
+    keep: Vec<u32>,
+    pick: Vec<u32>,
+    env: Envelope,
+}
+
+/// The nearest site within one plane of the mask (`mp`, `ny × nx`) for each voxel, as
+/// `y << 16 | x` ([`NONE`] in a plane without one): along x by two scans, then along y over
+/// chunks of columns by [`line_arg`] — the choices [`x_row`] and the y pass make in memory.
+fn plane_sites(mp: &[u8], sp: &mut [u32], nx: usize, invert: bool, w: [f64; 3], sc: &mut Lines) {
+    if nx == 0 {
+        return;
+    }
+    let ny = mp.len() / nx;
+    let site = |v: u8| (v != 0) == invert;
+    for (mr, sr) in mp.chunks(nx).zip(sp.chunks_mut(nx)) {
+        let mut last = NONE;
+        for (i, (&v, o)) in mr.iter().zip(sr.iter_mut()).enumerate() {
+            if site(v) {
+                last = i as u32;
+            }
+            *o = last;
+        }
+        if last == NONE {
+            continue;
+        }
+        let mut next = NONE;
+        for i in (0..nx).rev() {
+            if site(mr[i]) {
+                next = i as u32;
+            }
+            let (left, at) = (sr[i], i as u32);
+            if next != NONE && (left == NONE || next - at < at - left) {
+                sr[i] = next;
+            }
+        }
+    }
+    for x0 in (0..nx).step_by(COLS) {
+        let c = COLS.min(nx - x0);
+        sc.f.resize(c * ny, 0.0);
+        sc.keep.resize(c * ny, NONE);
+        sc.pick.resize(c * ny, NONE);
+        for (y, sr) in sp.chunks(nx).enumerate() {
+            for (j, &q) in sr[x0..x0 + c].iter().enumerate() {
+                sc.f[j * ny + y] = if q == NONE { f64::INFINITY } else { fx((x0 + j).abs_diff(q as usize), w[2]) as f64 };
+                sc.keep[j * ny + y] = q;
+            }
+        }
+        for (f, p) in sc.f.chunks(ny).zip(sc.pick.chunks_mut(ny)).take(c) {
+            line_arg(f, w[1], &mut sc.env, p);
+        }
+        for (y, sr) in sp.chunks_mut(nx).enumerate() {
+            for (j, s) in sr[x0..x0 + c].iter_mut().enumerate() {
+                let p = sc.pick[j * ny + y];
+                *s = if p == NONE { NONE } else { p << 16 | sc.keep[j * ny + p as usize] };
+            }
+        }
+    }
+}
+
+/// The pass along z of one row of a block (`sites`: planes × nx, as [`plane_sites`] gives
+/// them) into `out` (planes × 2nx): each voxel's nearest site as two words, its plane and its
+/// position there (`NONE, NONE` for none).
+fn z_row(sites: ndarray::ArrayView2<u32>, mut out: ndarray::ArrayViewMut2<u32>, y: usize, w: [f64; 3], sc: &mut Lines) {
+    let (n, nx) = sites.dim();
+    for x0 in (0..nx).step_by(COLS) {
+        let c = COLS.min(nx - x0);
+        sc.f.resize(c * n, 0.0);
+        sc.pick.resize(c * n, NONE);
+        for (k, row) in sites.rows().into_iter().enumerate() {
+            for (j, &s) in row.iter().skip(x0).take(c).enumerate() {
+                let (qy, qx) = yx(s);
+                sc.f[j * n + k] = if s == NONE { f64::INFINITY } else { fxy(y.abs_diff(qy), (x0 + j).abs_diff(qx), w) as f64 };
+            }
+        }
+        for (f, p) in sc.f.chunks(n).zip(sc.pick.chunks_mut(n)).take(c) {
+            line_arg(f, w[0], &mut sc.env, p);
+        }
+        for (k, mut o) in out.rows_mut().into_iter().enumerate() {
+            let o = o.as_slice_mut().expect("rows of words are contiguous");
+            for j in 0..c {
+                let p = sc.pick[j * n + k];
+                let s = if p == NONE { NONE } else { sites[[p as usize, x0 + j]] };
+                (o[2 * (x0 + j)], o[2 * (x0 + j) + 1]) = (p, s);
+            }
+        }
+    }
+}
+
+/// How streamed distances are kept: each voxel's nearest site (plane, `y << 16 | x`), two
+/// words — constant over each site's region, so it compresses tens of times where the float32
+/// distances hardly compress at all — decoded into the distances where they are read.
+pub struct NearestSites {
+    pub spacing: [f64; 3],
+}
+
+impl slab::Stored for NearestSites {
+    fn name(&self) -> &'static str {
+        "distance-nearest-sites-1"
+    }
+    fn shape(&self, [z, y, x]: [usize; 3]) -> [usize; 3] {
+        [z, y, 2 * x]
+    }
+    fn decode(&self, stored: Value, z0: usize) -> Result<Value, String> {
+        let Value::Labels(words) = stored else { return Err("distance: stored nearest sites are not words".into()) };
+        let words = words.as_standard_layout();
+        let (nz, ny, nx2) = words.dim();
+        let nx = nx2 / 2;
+        let mut d: Array3<f32> = crate::util::zeros3((nz, ny, nx));
+        let w = self.spacing;
+        d.axis_iter_mut(Axis(0)).into_par_iter().zip(words.axis_iter(Axis(0))).enumerate().for_each(|(k, (mut dp, wp))| {
+            let z = z0 + k;
+            for (y, (mut dr, wr)) in dp.rows_mut().into_iter().zip(wp.rows()).enumerate() {
+                let wr = wr.to_slice().ok_or(()).expect("stored rows are contiguous");
+                for (x, (v, p)) in dr.iter_mut().zip(wr.chunks_exact(2)).enumerate() {
+                    *v = if p[0] == NONE {
+                        f32::INFINITY
+                    } else {
+                        let (qy, qx) = yx(p[1]);
+                        fxyz(z.abs_diff(p[0] as usize), y.abs_diff(qy), x.abs_diff(qx), w)
+                    };
+                }
+            }
+        });
+        Ok(Value::Image(Data::F32(d)))
+    }
+}
+
+/// [`edt`] out of core, emitting [`NearestSites`]: (1) each z-slab's planes through the passes
+/// within planes, as each voxel's nearest site in its plane, set aside in blocks of rows (one
+/// scratch volume per block, all planes of those rows); (2) each block whole along z, set aside
+/// again as each voxel's nearest site; (3) gathered back into z-slabs and emitted. The choices
+/// are those of the in-memory passes, so the decoded values are the same bits.
 fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(), String> {
-    let nz = io.input(0).shape()[0];
-    // A block of all planes: float32, plus the float64 lines of the z pass per thread.
-    let blocks = slab::row_blocks(io, 4);
+    let [nz, ny, nx] = io.input(0).shape();
+    if ny >= 0xffff || nx >= 0xffff {
+        return Err(format!("distance: planes of {ny}×{nx} voxels are more than it streams (fewer than 65535 on each side)"));
+    }
+    // A block of all planes: its sites, the two words out, and the lines of the z pass.
+    let blocks = slab::row_blocks(io, 4 + 8);
     let mut xy: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for b in 0..blocks.len() {
         xy.push(io.scratch(&format!("xy{b}"))?);
     }
-    // Beside the mask: the float32 squared distances.
+    // Beside the mask: the sites.
     let planes = io.planes(4);
     for (z0, z1) in slab::ranges(nz, planes) {
         let m = match io.input(0).read(z0, z1)? {
@@ -316,22 +497,36 @@ fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(
             Value::Labels(l) => l.mapv(|v| (v != 0) as u8),
             _ => return Err("distance: input is not a mask or labels".into()),
         };
-        let d = plane_passes(&m, spacing, invert);
+        let m = m.as_standard_layout();
+        let mut sites: Array3<u32> = crate::util::zeros3(m.dim());
+        if ny * nx > 0 {
+            sites
+                .as_slice_mut()
+                .expect("standard layout")
+                .par_chunks_mut(ny * nx)
+                .zip(m.as_slice().expect("standard layout").par_chunks(ny * nx))
+                .for_each_init(Lines::default, |sc, (sp, mp)| plane_sites(mp, sp, nx, invert, spacing, sc));
+        }
         for (b, &(y0, y1)) in blocks.iter().enumerate() {
-            xy[b].append(&Value::Image(Data::F32(d.slice(s![.., y0..y1, ..]).to_owned())))?;
+            xy[b].append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned()))?;
         }
     }
+    let emit = io.planes(8);
     let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for (b, block) in xy.into_iter().enumerate() {
-        let Value::Image(Data::F32(mut d)) = block.read(0, nz)? else { return Err("distance: scratch block".into()) };
+        let Value::Labels(sites) = block.read(0, nz)? else { return Err("distance: scratch block".into()) };
         drop(block);
-        axis_pass(&mut d, 0, spacing[0]);
-        d.par_mapv_inplace(f32::sqrt);
-        done.push(slab::keep_block(io, &format!("z{b}"), nz, planes, |z0, z1| {
-            Value::Image(Data::F32(d.slice(s![z0..z1, .., ..]).to_owned()))
-        })?);
+        let (y0, y1) = blocks[b];
+        let mut out: Array3<u32> = crate::util::zeros3((nz, y1 - y0, 2 * nx));
+        out.axis_iter_mut(Axis(1))
+            .into_par_iter()
+            .zip(sites.axis_iter(Axis(1)))
+            .enumerate()
+            .for_each_init(Lines::default, |sc, (r, (o, sr))| z_row(sr, o, y0 + r, spacing, sc));
+        drop(sites);
+        done.push(slab::keep_block(io, &format!("z{b}"), nz, emit, |z0, z1| Value::Labels(out.slice(s![z0..z1, .., ..]).to_owned()))?);
     }
-    slab::emit_blocks(io, &blocks, &done, planes)
+    slab::emit_blocks(io, &blocks, &done, emit)
 }
 
 #[cfg(test)]

@@ -208,6 +208,12 @@ pub trait Op: Send + Sync + Debug {
     fn stream(&self, _io: &mut dyn slab::Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         Err(format!("internal: `{}` has no out-of-core form", self.info().name))
     }
+    /// A compact form of its own that [`Op::stream`] emits instead of the voxels, which the
+    /// executor keeps on disk (spill, checkpoint) and decodes where the stage is read or
+    /// written ([`slab::Stored`]); `None`: the voxels themselves.
+    fn stored(&self, _ctx: &Ctx) -> Option<std::sync::Arc<dyn slab::Stored>> {
+        None
+    }
 }
 
 /// One parameter's documentation.

@@ -29,6 +29,20 @@ pub enum Outcome {
     Local(Box<dyn Op>),
 }
 
+/// The compact form a global op keeps its streamed output in ([`Op::stored`](super::Op::stored)),
+/// for values that compress badly but are determined by something that compresses well (a
+/// float distance map by each voxel's nearest site): the op emits slabs of the stored form; the
+/// executor spills and checkpoints those, and decodes them wherever the stage is read or
+/// written, so no full-size copy of the voxels is ever on disk.
+pub trait Stored: Send + Sync {
+    /// Names the form (with a version) in checkpoint metadata.
+    fn name(&self) -> &'static str;
+    /// The stored form's shape for a value of shape `shape`.
+    fn shape(&self, shape: [usize; 3]) -> [usize; 3];
+    /// The value's planes `z0..` from the same planes of the stored form.
+    fn decode(&self, stored: Value, z0: usize) -> Result<Value, String>;
+}
+
 /// A full-size volume on disk, read by plane ranges.
 pub trait Volume: Send + Sync {
     /// Its kind, type and shape.
@@ -76,7 +90,8 @@ pub trait Slabs {
     /// Labels outputs: the largest id the emitted slabs will hold (files store labels as u16
     /// when it fits, as in memory). Must be called before the first labels slab is emitted.
     fn labels_max(&mut self, max: u32);
-    /// The next planes of the output, in z order (voxel outputs only).
+    /// The next planes of the output, in z order (voxel outputs only; in the op's stored form
+    /// when it has one).
     fn emit(&mut self, v: Value) -> Result<(), String>;
 }
 

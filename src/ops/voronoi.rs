@@ -23,7 +23,8 @@ pub struct Voronoi {
 pub static VORONOI: OpInfo = OpInfo {
     name: "voronoi",
     family: "distance",
-    version: 1,
+    // 2: ties compared exactly (2026-11-26).
+    version: 2,
     output: Kind::Labels,
     same_kind: false,
     summary: "Labels + mask → labels: each mask voxel takes the label of the nearest object (its territory).",
