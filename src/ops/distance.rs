@@ -237,40 +237,57 @@ fn plane_passes(mask: &Array3<u8>, spacing: [f64; 3], invert: bool) -> Array3<f3
             .expect("standard layout")
             .par_chunks_mut(nx)
             .zip(m.par_chunks(nx))
-            .for_each_init(Vec::new, |left, (row, mrow)| x_row(mrow, row, w, invert, left));
+            .for_each_init(Vec::new, |near, (row, mrow)| x_row(mrow, row, w, invert, near));
     }
     axis_pass(&mut d, 1, spacing[1]);
     d
 }
 
+/// No site: in a row, plane or line without one (and in stored nearest sites).
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// A site's row and column in its plane (`y << 16 | x`).
+pub(crate) fn yx(s: u32) -> (usize, usize) {
+    ((s >> 16) as usize, (s & 0xffff) as usize)
+}
+
+/// For each position `i` of a row of `n`, the position of the nearest site (`is_site`), by two
+/// scans; at equal distance the left one, unless `right_wins(left, right)`. [`NONE`]
+/// throughout a row without a site. The pass along x of `distance` (in memory and streamed)
+/// and of `voronoi` (which breaks ties by label).
+pub(crate) fn nearest_in_row(n: usize, is_site: impl Fn(usize) -> bool, right_wins: impl Fn(u32, u32) -> bool, out: &mut [u32]) {
+    let mut last = NONE;
+    for (i, o) in out.iter_mut().enumerate().take(n) {
+        if is_site(i) {
+            last = i as u32;
+        }
+        *o = last;
+    }
+    if last == NONE {
+        return;
+    }
+    let mut next = NONE;
+    for i in (0..n).rev() {
+        if is_site(i) {
+            next = i as u32;
+        }
+        let (left, at) = (out[i], i as u32);
+        if next != NONE && (left == NONE || next - at < at - left || (next - at == at - left && right_wins(left, next))) {
+            out[i] = next;
+        }
+    }
+}
+
 /// The pass along x of one row, straight from the mask: every site (a voxel the distance is
 /// measured to) is at 0, so the lower envelope of the parabolas is the nearest site on either
-/// side — found by two scans — and the value ((i − q)·w)², computed as [`line_sq`] computes it
+/// side ([`nearest_in_row`]) and the value ((i − q)·w)², computed as [`line_sq`] computes it
 /// (the same float64 product of the same integer and `w`, squared; + 0.0 changes nothing), so
 /// the result is the same bits. Rows without a site stay +inf.
-fn x_row(mrow: &[u8], row: &mut [f32], w: f64, invert: bool, left: &mut Vec<u32>) {
-    let site = |v: u8| (v != 0) == invert;
-    let n = mrow.len();
-    left.clear();
-    let mut last: Option<usize> = None;
-    for (i, &v) in mrow.iter().enumerate() {
-        if site(v) {
-            last = Some(i);
-        }
-        left.push(last.map_or(u32::MAX, |q| (i - q) as u32));
-    }
-    let mut next: Option<usize> = None;
-    for i in (0..n).rev() {
-        if site(mrow[i]) {
-            next = Some(i);
-        }
-        let k = left[i].min(next.map_or(u32::MAX, |q| (q - i) as u32));
-        row[i] = if k == u32::MAX {
-            f32::INFINITY
-        } else {
-            let d = k as f64 * w;
-            (d * d) as f32
-        };
+fn x_row(mrow: &[u8], row: &mut [f32], w: f64, invert: bool, near: &mut Vec<u32>) {
+    near.resize(mrow.len(), NONE);
+    nearest_in_row(mrow.len(), |i| (mrow[i] != 0) == invert, |_, _| false, near);
+    for (i, (v, &q)) in row.iter_mut().zip(near.iter()).enumerate() {
+        *v = if q == NONE { f32::INFINITY } else { fx(i.abs_diff(q as usize), w) };
     }
 }
 
@@ -315,14 +332,6 @@ fn axis_pass(d: &mut Array3<f32>, axis: usize, w: f64) {
     );
 }
 
-/// No site: in a stored plane index or a site word.
-const NONE: u32 = u32::MAX;
-
-/// A site's row and column in its plane (`y << 16 | x`).
-fn yx(s: u32) -> (usize, usize) {
-    ((s >> 16) as usize, (s & 0xffff) as usize)
-}
-
 /// What the in-memory passes store (float32) for a nearest site `dx` columns away; then `dy`
 /// rows and `dx` columns away; then the distance to one also `dz` planes away — the same float
 /// operations in the same order as [`x_row`], [`line_sq`] and the square root, so a voxel's
@@ -359,28 +368,8 @@ fn plane_sites(mp: &[u8], sp: &mut [u32], nx: usize, invert: bool, w: [f64; 3], 
         return;
     }
     let ny = mp.len() / nx;
-    let site = |v: u8| (v != 0) == invert;
     for (mr, sr) in mp.chunks(nx).zip(sp.chunks_mut(nx)) {
-        let mut last = NONE;
-        for (i, (&v, o)) in mr.iter().zip(sr.iter_mut()).enumerate() {
-            if site(v) {
-                last = i as u32;
-            }
-            *o = last;
-        }
-        if last == NONE {
-            continue;
-        }
-        let mut next = NONE;
-        for i in (0..nx).rev() {
-            if site(mr[i]) {
-                next = i as u32;
-            }
-            let (left, at) = (sr[i], i as u32);
-            if next != NONE && (left == NONE || next - at < at - left) {
-                sr[i] = next;
-            }
-        }
+        nearest_in_row(nx, |i| (mr[i] != 0) == invert, |_, _| false, sr);
     }
     for x0 in (0..nx).step_by(COLS) {
         let c = COLS.min(nx - x0);

@@ -10,6 +10,7 @@
 use ndarray::{Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder, s};
 use serde::{Deserialize, Serialize};
 
+use super::distance::{NONE, nearest_in_row, yx};
 use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 
@@ -87,8 +88,6 @@ impl Op for Voronoi {
     }
 }
 
-/// No object voxel in reach (a row, plane or column without one).
-const NONE: u32 = u32::MAX;
 /// How far (in voxels) a breakpoint of the lower envelope, rounded in float64, may be from
 /// where two parabolas really meet: far more than the rounding error, far less than a voxel.
 const TIE: f64 = 0.01;
@@ -219,31 +218,10 @@ fn line(f: &[f64], e: &[u128], lab: &[u32], axis: usize, m: &Metric, env: &mut s
 }
 
 /// The pass along x of one row of labels: `out[i]` is the x of the nearest object voxel of the
-/// row (the lower label at equal distance), [`NONE`] in a row without one. Two scans: the
-/// nearest site on each side is the lower envelope of parabolas that are all 0 at their sites.
+/// row (the lower label at equal distance), [`NONE`] in a row without one: the nearest site on
+/// each side is the lower envelope of parabolas that are all 0 at their sites.
 fn x_row(lrow: &[u32], out: &mut [u32]) {
-    let mut last = NONE;
-    for (o, (i, &l)) in out.iter_mut().zip(lrow.iter().enumerate()) {
-        if l != 0 {
-            last = i as u32;
-        }
-        *o = last;
-    }
-    if last == NONE {
-        return;
-    }
-    let mut next = NONE;
-    for i in (0..lrow.len()).rev() {
-        if lrow[i] != 0 {
-            next = i as u32;
-        }
-        let (left, at) = (out[i], i as u32);
-        // The nearer site is the lesser; at equal distance, the lower label.
-        if next != NONE && (left == NONE || next - at < at - left || (next - at == at - left && lrow[next as usize] < lrow[left as usize]))
-        {
-            out[i] = next;
-        }
-    }
+    nearest_in_row(lrow.len(), |i| lrow[i] != 0, |l, r| lrow[r as usize] < lrow[l as usize], out);
 }
 
 /// The nearest site within one plane of `labels` (`ny × nx`, x contiguous) for each voxel, as
@@ -276,11 +254,6 @@ fn plane_sites(lp: &[u32], sites: &mut [u32], nx: usize, m: &Metric, sc: &mut Sc
             }
         }
     }
-}
-
-/// A site's row and column in its plane.
-fn yx(s: u32) -> (usize, usize) {
-    ((s >> 16) as usize, (s & 0xffff) as usize)
 }
 
 /// The pass along z of one row of a block (`words`: planes × 2nx as [`pack`] writes them),
