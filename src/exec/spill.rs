@@ -105,28 +105,17 @@ pub fn value_dim(v: &Value) -> (usize, usize, usize) {
     }
 }
 
-/// Little-endian bytes of a slab (borrowed from it where possible; [`io::le_bytes`]).
-fn raw_bytes(v: &Value) -> std::borrow::Cow<'_, [u8]> {
+/// Little-endian bytes of planes `z0..z1` of a slab (borrowed where contiguous).
+fn planes_bytes(v: &Value, z0: usize, z1: usize) -> std::borrow::Cow<'_, [u8]> {
+    let r = ndarray::s![z0..z1, .., ..];
     match v {
-        Value::Mask(a) => io::le_bytes(a),
-        Value::Labels(a) => io::le_bytes(a),
-        Value::Image(d) => io::data_le_bytes(d).unwrap_or_default(),
-        Value::Table(_) => std::borrow::Cow::Borrowed(&[]),
-    }
-}
-
-fn from_bytes(elem: Elem, raw: Vec<u8>, sh: (usize, usize, usize)) -> Value {
-    fn le<const W: usize, T>(raw: &[u8], f: fn([u8; W]) -> T) -> Vec<T> {
-        raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunk size"))).collect()
-    }
-    let arr = |v| Array3::from_shape_vec(sh, v).expect("spill slab size");
-    match elem {
-        Elem::Mask => Value::Mask(Array3::from_shape_vec(sh, raw).expect("spill slab size")),
-        Elem::Labels => Value::Labels(arr(le(&raw, u32::from_le_bytes))),
-        Elem::Image(DType::U8) => Value::Image(Data::U8(Array3::from_shape_vec(sh, raw).expect("spill slab size"))),
-        Elem::Image(DType::U16) => Value::Image(Data::U16(Array3::from_shape_vec(sh, le(&raw, u16::from_le_bytes)).expect("size"))),
-        Elem::Image(DType::U32) => Value::Image(Data::U32(arr(le(&raw, u32::from_le_bytes)))),
-        Elem::Image(_) => Value::Image(Data::F32(Array3::from_shape_vec(sh, le(&raw, f32::from_le_bytes)).expect("size"))),
+        Value::Mask(a) => io::view_le_bytes(a.slice(r)),
+        Value::Labels(a) => io::view_le_bytes(a.slice(r)),
+        Value::Image(Data::U8(a)) => io::view_le_bytes(a.slice(r)),
+        Value::Image(Data::U16(a)) => io::view_le_bytes(a.slice(r)),
+        Value::Image(Data::U32(a)) => io::view_le_bytes(a.slice(r)),
+        Value::Image(Data::F32(a)) => io::view_le_bytes(a.slice(r)),
+        Value::Image(_) | Value::Table(_) => std::borrow::Cow::Borrowed(&[]),
     }
 }
 
@@ -149,25 +138,66 @@ impl Layout {
         if z1 > self.planes || z0 > z1 {
             return Err(format!("internal: planes {z0}..{z1} of a spill of {}", self.planes));
         }
+        Ok(match elem {
+            Elem::Mask => Value::Mask(self.fill(file, path, z0, z1)?),
+            Elem::Labels => Value::Labels(self.fill(file, path, z0, z1)?),
+            Elem::Image(DType::U8) => Value::Image(Data::U8(self.fill(file, path, z0, z1)?)),
+            Elem::Image(DType::U16) => Value::Image(Data::U16(self.fill(file, path, z0, z1)?)),
+            Elem::Image(DType::U32) => Value::Image(Data::U32(self.fill(file, path, z0, z1)?)),
+            Elem::Image(_) => Value::Image(Data::F32(self.fill(file, path, z0, z1)?)),
+        })
+    }
+
+    /// The values of planes `z0..z1`: the chunks holding them are read and decompressed in
+    /// parallel, each straight into its place when it lies wholly inside the range.
+    fn fill<T: io::LeNumber + Default + Send>(&self, file: &File, path: &Path, z0: usize, z1: usize) -> Result<Array3<T>, String> {
         let pb = self.plane_bytes();
-        let mut raw = Vec::with_capacity((z1 - z0) * pb);
-        // The chunk holding z0, then on.
-        let mut c = self.index.partition_point(|&(first, _, _)| first <= z0).saturating_sub(1);
+        let mut out: Array3<T> = crate::util::zeros3((z1 - z0, self.plane.0, self.plane.1));
+        let all = out.as_slice_mut().ok_or("internal: a fresh array is contiguous")?;
+        if z0 == z1 {
+            return Ok(out);
+        }
+        let bytes = io::bytes_mut(all);
+        // Each chunk overlapping z0..z1 with the part of `bytes` its planes fill.
+        let first = self.index.partition_point(|&(first, _, _)| first <= z0).saturating_sub(1);
+        let mut parts = Vec::new();
+        let mut rest = &mut bytes[..];
         let mut z = z0;
-        while z < z1 {
-            let &(first, off, len) = self.index.get(c).ok_or_else(|| format!("{}: spill index cut short", path.display()))?;
+        for c in first.. {
+            if z >= z1 {
+                break;
+            }
+            let &(start, off, len) = self.index.get(c).ok_or_else(|| format!("{}: spill index cut short", path.display()))?;
             let end = self.index.get(c + 1).map(|e| e.0).unwrap_or(self.planes);
             let upto = z1.min(end);
-            let mut comp = vec![0u8; len as usize];
-            file.read_exact_at(&mut comp, off).map_err(|e| format!("{}: {e}", path.display()))?;
-            let plain = with_zstd(|z| z.1.decompress(&comp, (end - first) * pb)).map_err(|e| format!("{}: {e}", path.display()))?;
-            let part =
-                plain.get((z - first) * pb..(upto - first) * pb).ok_or_else(|| format!("{}: spill file cut short", path.display()))?;
-            raw.extend_from_slice(part);
+            if start > z || upto <= z {
+                return Err(format!("{}: spill index out of order", path.display()));
+            }
+            let (here, tail) = rest.split_at_mut((upto - z) * pb);
+            parts.push((start, end, z, off, len, here));
+            rest = tail;
             z = upto;
-            c += 1;
         }
-        Ok(from_bytes(elem, raw, (z1 - z0, self.plane.0, self.plane.1)))
+        parts.into_par_iter().try_for_each(|(start, end, from, off, len, dest)| {
+            let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+            let mut comp = vec![0u8; len as usize];
+            file.read_exact_at(&mut comp, off).map_err(fail)?;
+            let whole = (end - start) * pb;
+            if dest.len() == whole {
+                let n = with_zstd(|z| z.1.decompress_to_buffer(&comp, dest)).map_err(fail)?;
+                if n != whole {
+                    return Err(format!("{}: spill chunk cut short", path.display()));
+                }
+            } else {
+                let plain = with_zstd(|z| z.1.decompress(&comp, whole)).map_err(fail)?;
+                let at = (from - start) * pb;
+                let part = plain.get(at..at + dest.len()).ok_or_else(|| format!("{}: spill file cut short", path.display()))?;
+                dest.copy_from_slice(part);
+            }
+            Ok(())
+        })?;
+        io::fix_le(out.as_slice_mut().ok_or("internal: a fresh array is contiguous")?);
+        Ok(out)
     }
 }
 
@@ -218,8 +248,9 @@ impl Writer {
         }
         let pb = self.layout.plane_bytes().max(1);
         let per_chunk = (CHUNK_BYTES / pb).max(1);
-        let raw = raw_bytes(v);
-        let comp: Vec<std::io::Result<Vec<u8>>> = raw.par_chunks(per_chunk * pb).map(|c| with_zstd(|z| z.0.compress(c))).collect();
+        let chunks: Vec<usize> = (0..nz).step_by(per_chunk).collect();
+        let comp: Vec<std::io::Result<Vec<u8>>> =
+            chunks.into_par_iter().map(|a| with_zstd(|z| z.0.compress(&planes_bytes(v, a, (a + per_chunk).min(nz))))).collect();
         for (k, c) in comp.into_iter().enumerate() {
             let c = c.map_err(|e| format!("{}: compressing: {e}", self.path.display()))?;
             self.layout.index.push((self.layout.planes + k * per_chunk, self.offset, c.len() as u64));

@@ -352,6 +352,8 @@ pub fn read_image(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> 
 /// A plain number type that files and checkpoints store little-endian.
 pub trait LeNumber: Copy {
     fn extend_le(self, out: &mut Vec<u8>);
+    /// The value whose native bytes are these little-endian ones.
+    fn from_le(self) -> Self;
 }
 
 macro_rules! le_number {
@@ -359,6 +361,9 @@ macro_rules! le_number {
         impl LeNumber for $t {
             fn extend_le(self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn from_le(self) -> Self {
+                <$t>::from_le_bytes(self.to_ne_bytes())
             }
         }
     )*};
@@ -371,6 +376,22 @@ pub fn le_bytes<T: LeNumber, S: ndarray::Data<Elem = T>, D: ndarray::Dimension>(
     a: &ndarray::ArrayBase<S, D>,
 ) -> std::borrow::Cow<'_, [u8]> {
     view_le_bytes(a.view())
+}
+
+/// A slice's memory as bytes, to be filled with the values' little-endian bytes and then
+/// passed to [`fix_le`].
+pub fn bytes_mut<T: LeNumber>(s: &mut [T]) -> &mut [u8] {
+    // SAFETY: T is u8, u16, u32 or f32: every byte pattern is a valid T, and u8 has alignment
+    // 1, so the slice's memory may be written as bytes.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut u8, std::mem::size_of_val(s)) }
+}
+
+/// Values whose memory was filled with little-endian bytes ([`bytes_mut`]) made native: nothing
+/// to do on a little-endian machine.
+pub fn fix_le<T: LeNumber>(s: &mut [T]) {
+    if cfg!(target_endian = "big") {
+        s.iter_mut().for_each(|x| *x = x.from_le());
+    }
 }
 
 /// [`le_bytes`] of a view, borrowing for the view's lifetime.
