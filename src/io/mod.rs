@@ -353,7 +353,7 @@ pub fn read_image(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> 
 pub trait LeNumber: Copy {
     fn extend_le(self, out: &mut Vec<u8>);
     /// The value whose native bytes are these little-endian ones.
-    fn from_le(self) -> Self;
+    fn le_to_native(self) -> Self;
 }
 
 macro_rules! le_number {
@@ -362,7 +362,7 @@ macro_rules! le_number {
             fn extend_le(self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
-            fn from_le(self) -> Self {
+            fn le_to_native(self) -> Self {
                 <$t>::from_le_bytes(self.to_ne_bytes())
             }
         }
@@ -390,7 +390,7 @@ pub fn bytes_mut<T: LeNumber>(s: &mut [T]) -> &mut [u8] {
 /// to do on a little-endian machine.
 pub fn fix_le<T: LeNumber>(s: &mut [T]) {
     if cfg!(target_endian = "big") {
-        s.iter_mut().for_each(|x| *x = x.from_le());
+        s.iter_mut().for_each(|x| *x = x.le_to_native());
     }
 }
 
