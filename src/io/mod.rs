@@ -12,8 +12,8 @@
 
 mod npy;
 mod raster;
-mod tiff_contiguous;
 mod tiff_io;
+mod tiff_stack;
 
 use std::path::{Path, PathBuf};
 

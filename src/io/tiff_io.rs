@@ -11,15 +11,15 @@
 //! centimetres. Resolution in inches (the 72-dpi default of most writers) is ignored.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek, Write};
+use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
 use ndarray::{Array3, Array4};
 use tiff::decoder::{Decoder, DecodingResult, Limits};
-use tiff::encoder::{Rational, TiffEncoder, TiffKind, colortype};
-use tiff::tags::{ResolutionUnit, Tag};
+use tiff::encoder::Rational;
+use tiff::tags::Tag;
 
-use super::tiff_contiguous::{Contiguous, PageTags};
+use super::tiff_stack::{PageTags, Stack};
 use super::{DType, Data, Header, Image, ImageError, ReadLimits, Spacing, check_budget};
 
 /// Compression of written TIFFs.
@@ -31,17 +31,6 @@ pub enum Compression {
     Lzw,
     Deflate,
     Packbits,
-}
-
-impl Compression {
-    fn to_tiff(self) -> tiff::encoder::Compression {
-        match self {
-            Compression::None => tiff::encoder::Compression::Uncompressed,
-            Compression::Lzw => tiff::encoder::Compression::Lzw,
-            Compression::Deflate => tiff::encoder::Compression::Deflate(tiff::encoder::DeflateLevel::Balanced),
-            Compression::Packbits => tiff::encoder::Compression::Packbits,
-        }
-    }
 }
 
 type Dec = Decoder<BufReader<File>>;
@@ -504,92 +493,22 @@ pub fn write_tiff_with_threshold(
     compression: Compression,
     big: bool,
 ) -> Result<(), ImageError> {
-    // Whole stacks up to 256 MiB are encoded in memory and written in one go: the encoder seeks
-    // back to patch every page's directory, and each seek would flush a file buffer.
-    let bytes = data.shape().iter().map(|&d| d as u64).product::<u64>() * data.dtype().bytes_per_voxel();
-    let mut w = StackWriter::open(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big), bytes < 256 << 20)?;
+    let mut w = StackWriter::create(path, data.shape(), data.dtype(), ndim, spacing, compression, Some(big))?;
     w.append(data)?;
     w.finish()
 }
 
-/// Where the encoder's bytes go: a buffered file, or memory written to the file at the end.
-enum Sink {
-    File(BufWriter<File>),
-    Mem(std::io::Cursor<Vec<u8>>, File),
-    /// After [`Sink::commit`].
-    Closed,
-}
-
-fn closed() -> std::io::Error {
-    std::io::Error::other("internal: TIFF written after its file was closed")
-}
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Sink::File(w) => w.write(buf),
-            Sink::Mem(c, _) => c.write(buf),
-            Sink::Closed => Err(closed()),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::File(w) => w.flush(),
-            Sink::Mem(..) | Sink::Closed => Ok(()),
-        }
-    }
-}
-
-impl Seek for Sink {
-    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
-        match self {
-            Sink::File(w) => w.seek(pos),
-            Sink::Mem(c, _) => c.seek(pos),
-            Sink::Closed => Err(closed()),
-        }
-    }
-}
-
-impl Sink {
-    /// Everything written to the file, which is closed ([`crate::util::finish_file`]: on disk
-    /// when durable).
-    fn commit(&mut self) -> std::io::Result<()> {
-        match std::mem::replace(self, Sink::Closed) {
-            Sink::File(w) => crate::util::finish_file(w.into_inner().map_err(|e| e.into_error())?),
-            Sink::Mem(c, mut f) => {
-                f.write_all(c.get_ref())?;
-                crate::util::finish_file(f)
-            }
-            Sink::Closed => Err(closed()),
-        }
-    }
-}
-
-/// The file handle shared between the TIFF encoder (which owns its writer) and the
-/// [`StackWriter`] that commits it at the end.
-type Shared = crate::util::Shared<Sink>;
-
-enum Enc {
-    Classic(TiffEncoder<Shared, tiff::encoder::TiffKindStandard>),
-    Big(TiffEncoder<Shared, tiff::encoder::TiffKindBig>),
-    /// Uncompressed: pixels contiguous, directories at the end, as ImageJ reads stacks.
-    Contiguous(Contiguous<Shared>),
-}
-
-/// Writes a (Big)TIFF z-stack with ImageJ metadata a slab at a time: the pages are the same
-/// bytes [`write_tiff`] writes for the whole stack. The file appears (temporary file, checked
-/// close — fsync first when durable — and rename) only when [`StackWriter::finish`] is called after every plane was appended; a writer
-/// dropped earlier leaves nothing behind.
+/// Writes a (Big)TIFF z-stack with ImageJ metadata a slab at a time ([`Stack`]): the same bytes
+/// as [`write_tiff`] of the whole stack. The file appears (temporary file, checked close —
+/// fsync first when durable — and rename) only when [`StackWriter::finish`] is called after
+/// every plane was appended; a writer dropped earlier leaves nothing behind.
 pub struct StackWriter {
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
-    file: Shared,
-    enc: Option<Enc>,
+    stack: Option<Stack<BufWriter<File>>>,
     shape: [usize; 3],
     dtype: DType,
     written: usize,
-    desc: String,
-    spacing: Spacing,
 }
 
 impl StackWriter {
@@ -604,22 +523,6 @@ impl StackWriter {
         compression: Compression,
         big: Option<bool>,
     ) -> Result<StackWriter, ImageError> {
-        Self::open(path, shape, dtype, ndim, spacing, compression, big, false)
-    }
-
-    /// As [`StackWriter::create`]; `in_memory` encodes into memory and writes the file at
-    /// [`StackWriter::finish`] (the same bytes).
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        path: &Path,
-        shape: [usize; 3],
-        dtype: DType,
-        ndim: u8,
-        spacing: &Spacing,
-        compression: Compression,
-        big: Option<bool>,
-        in_memory: bool,
-    ) -> Result<StackWriter, ImageError> {
         let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.bytes_per_voxel();
         let big = big.unwrap_or(bytes >= BIGTIFF_FROM);
         if let Some(dir) = path.parent() {
@@ -627,34 +530,21 @@ impl StackWriter {
         }
         let tmp = crate::util::tmp_sibling(path);
         let f = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
-        let sink = if in_memory {
-            Sink::Mem(std::io::Cursor::new(Vec::with_capacity((bytes as usize).saturating_add(1 << 16))), f)
-        } else {
-            Sink::File(BufWriter::with_capacity(1 << 20, f))
+        let tags = PageTags {
+            description: imagej_description(shape[0], ndim, spacing, dtype),
+            software: SOFTWARE.into(),
+            x_resolution: {
+                let r = resolution(spacing.zyx[2]);
+                (r.n, r.d)
+            },
+            y_resolution: {
+                let r = resolution(spacing.zyx[1]);
+                (r.n, r.d)
+            },
         };
-        let file = Shared::new(sink);
-        let terr = |e| tiff_err(path, e);
-        let desc = imagej_description(shape[0], ndim, spacing, dtype);
-        let enc = if compression == Compression::None {
-            let tags = PageTags {
-                description: desc.clone(),
-                software: SOFTWARE.into(),
-                x_resolution: {
-                    let r = resolution(spacing.zyx[2]);
-                    (r.n, r.d)
-                },
-                y_resolution: {
-                    let r = resolution(spacing.zyx[1]);
-                    (r.n, r.d)
-                },
-            };
-            Enc::Contiguous(Contiguous::new(file.clone(), shape, dtype, big, tags).map_err(|e| ImageError::io(&tmp, e))?)
-        } else if big {
-            Enc::Big(TiffEncoder::new_big(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
-        } else {
-            Enc::Classic(TiffEncoder::new(file.clone()).map_err(terr)?.with_compression(compression.to_tiff()))
-        };
-        Ok(StackWriter { path: path.to_path_buf(), tmp, file, enc: Some(enc), shape, dtype, written: 0, desc, spacing: spacing.clone() })
+        let stack =
+            Stack::new(BufWriter::with_capacity(1 << 20, f), shape, dtype, big, compression, tags).map_err(|e| ImageError::io(&tmp, e))?;
+        Ok(StackWriter { path: path.to_path_buf(), tmp, stack: Some(stack), shape, dtype, written: 0 })
     }
 
     /// Appends the next planes (a slab of the stack's plane shape and type).
@@ -672,17 +562,10 @@ impl StackWriter {
                 ),
             ));
         }
-        let path = self.path.clone();
-        let r = match self.enc.as_mut() {
-            Some(Enc::Classic(e)) => write_pages(&path, e, data, self.written, &self.desc, &self.spacing),
-            Some(Enc::Big(e)) => write_pages(&path, e, data, self.written, &self.desc, &self.spacing),
-            Some(Enc::Contiguous(c)) => {
-                (0..nz).try_for_each(|z| c.append_plane(&plane_bytes(data, z))).map_err(|e| ImageError::io(&path, e))
-            }
-            None => Ok(()),
-        };
+        let stack = self.stack.as_mut().ok_or_else(|| ImageError::corrupt(&self.path, "internal: appended after finishing"))?;
+        stack.append(&slab_bytes(data)).map_err(|e| ImageError::io(&self.tmp, e))?;
         self.written += nz;
-        r
+        Ok(())
     }
 
     /// Completes the file: every plane must have been appended.
@@ -691,10 +574,10 @@ impl StackWriter {
             return Err(ImageError::corrupt(&self.path, format!("internal: {} of {} planes written", self.written, self.shape[0])));
         }
         let tmp = self.tmp.clone();
-        if let Some(Enc::Contiguous(c)) = self.enc.take() {
-            c.finish().map_err(|e| ImageError::io(&tmp, e))?;
-        }
-        self.file.with(|w| w.commit()).map_err(|e| ImageError::io(&tmp, e))?;
+        let stack = self.stack.take().ok_or_else(|| ImageError::corrupt(&self.path, "internal: finished twice"))?;
+        let w = stack.finish().map_err(|e| ImageError::io(&tmp, e))?;
+        let f = w.into_inner().map_err(|e| ImageError::io(&tmp, e.into_error()))?;
+        crate::util::finish_file(f).map_err(|e| ImageError::io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
         self.written = usize::MAX;
         Ok(())
@@ -712,16 +595,15 @@ impl Drop for StackWriter {
 /// The Software tag of every page written.
 const SOFTWARE: &str = concat!("tessera ", env!("CARGO_PKG_VERSION"));
 
-/// Plane `z` of `data` as little-endian bytes (borrowed when contiguous).
-fn plane_bytes(data: &Data, z: usize) -> std::borrow::Cow<'_, [u8]> {
-    let ax = ndarray::Axis(0);
+/// The voxels of `data` as little-endian bytes in C order (borrowed when contiguous).
+fn slab_bytes(data: &Data) -> std::borrow::Cow<'_, [u8]> {
     match data {
-        Data::U8(a) => super::view_le_bytes(a.index_axis(ax, z)),
-        Data::U16(a) => super::view_le_bytes(a.index_axis(ax, z)),
-        Data::U32(a) => super::view_le_bytes(a.index_axis(ax, z)),
-        Data::F32(a) => super::view_le_bytes(a.index_axis(ax, z)),
-        Data::Rgb8(a) => super::view_le_bytes(a.index_axis(ax, z)),
-        Data::Rgb16(a) => super::view_le_bytes(a.index_axis(ax, z)),
+        Data::U8(a) => super::le_bytes(a),
+        Data::U16(a) => super::le_bytes(a),
+        Data::U32(a) => super::le_bytes(a),
+        Data::F32(a) => super::le_bytes(a),
+        Data::Rgb8(a) => super::le_bytes(a),
+        Data::Rgb16(a) => super::le_bytes(a),
     }
 }
 
@@ -758,55 +640,6 @@ pub(crate) fn imagej_description(nz: usize, ndim: u8, spacing: &Spacing, dtype: 
     }
     d.push_str("loop=false\n");
     d
-}
-
-/// Writes the planes of `data` as the pages `first..` of a stack.
-fn write_pages<W: Write + Seek, K: TiffKind>(
-    path: &Path,
-    enc: &mut TiffEncoder<W, K>,
-    data: &Data,
-    first: usize,
-    desc: &str,
-    spacing: &Spacing,
-) -> Result<(), ImageError> {
-    let [nz, ny, nx] = data.shape();
-    let terr = |e| tiff_err(path, e);
-    macro_rules! pages {
-        ($arr:expr, $ct:ty) => {{
-            for z in 0..nz {
-                let plane = $arr.index_axis(ndarray::Axis(0), z);
-                let owned;
-                let slice = match plane.as_slice() {
-                    Some(s) => s,
-                    None => {
-                        owned = plane.iter().copied().collect::<Vec<_>>();
-                        &owned[..]
-                    }
-                };
-                let mut img = enc.new_image::<$ct>(nx as u32, ny as u32).map_err(terr)?;
-                {
-                    let e = img.encoder();
-                    if first + z == 0 {
-                        e.write_tag(Tag::ImageDescription, desc).map_err(terr)?;
-                    }
-                    e.write_tag(Tag::Software, SOFTWARE).map_err(terr)?;
-                    e.write_tag(Tag::ResolutionUnit, ResolutionUnit::None.to_u16()).map_err(terr)?;
-                    e.write_tag(Tag::XResolution, resolution(spacing.zyx[2])).map_err(terr)?;
-                    e.write_tag(Tag::YResolution, resolution(spacing.zyx[1])).map_err(terr)?;
-                }
-                img.write_data(slice).map_err(terr)?;
-            }
-        }};
-    }
-    match data {
-        Data::U8(a) => pages!(a, colortype::Gray8),
-        Data::U16(a) => pages!(a, colortype::Gray16),
-        Data::U32(a) => pages!(a, colortype::Gray32),
-        Data::F32(a) => pages!(a, colortype::Gray32Float),
-        Data::Rgb8(a) => pages!(a, colortype::RGB8),
-        Data::Rgb16(a) => pages!(a, colortype::RGB16),
-    }
-    Ok(())
 }
 
 #[cfg(test)]

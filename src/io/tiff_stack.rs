@@ -1,19 +1,28 @@
-//! Uncompressed TIFF and BigTIFF stacks laid out as ImageJ reads them.
+//! TIFF and BigTIFF stacks written as ImageJ reads them, a slab at a time, every codec.
 //!
 //! ImageJ 1.x (and so Fiji's File › Open) reads an uncompressed file whose description says
 //! `images=N` from its first directory only: it takes the first page's first strip offset and
 //! reads the N planes as one contiguous block from there, ignoring the other directories. A
 //! writer that puts each page's directory between the planes (as the `tiff` crate's encoder
 //! does) gives ImageJ a correct first plane and garbage after it. This writer puts the 8- or
-//! 16-byte header first, then every plane's pixels back to back (strips of at most 1 MiB,
-//! contiguous), then all directories at the end, so that both ImageJ's shortcut and an ordinary
-//! reader that follows the directory chain (tifffile, libtiff, this crate's reader) see the
-//! same voxels. Planes are appended as they come, so a stack is written slab by slab in bounded
-//! memory; only the strip offsets (a few bytes per strip) are kept until [`Contiguous::finish`].
+//! 16-byte header first, then every plane's strips back to back, then all directories at the
+//! end, so that both ImageJ's shortcut and an ordinary reader that follows the directory chain
+//! (tifffile, libtiff, this crate's reader) see the same voxels. Compressed stacks (LZW,
+//! deflate, PackBits) are laid out the same way; ImageJ follows their directories (it takes the
+//! shortcut only for uncompressed files).
+//!
+//! Planes are appended as they come, so a stack is written slab by slab in bounded memory; only
+//! the strips' offsets and lengths (16 bytes a strip) are kept until [`Stack::finish`]. The
+//! strips of an append are compressed in parallel, each on its own, so the bytes written do
+//! not depend on the number of threads or on how the stack was cut into slabs.
 
 use std::io::{Seek, SeekFrom, Write};
 
+use rayon::prelude::*;
+use tiff::encoder::compression::{CompressionAlgorithm, Deflate, DeflateLevel, Lzw, Packbits};
+
 use super::DType;
+use super::tiff_io::Compression;
 
 /// TIFF field types used here.
 const SHORT: u16 = 3;
@@ -22,8 +31,12 @@ const RATIONAL: u16 = 5;
 const ASCII: u16 = 2;
 const LONG8: u16 = 16;
 
-/// Strips hold at most this many bytes (whole rows; a single row may be larger).
+/// Strips hold at most this many bytes before compression (whole rows; a single row may be
+/// larger).
 const STRIP_BYTES: usize = 1 << 20;
+/// An append compresses at most this many bytes of planes at a time (so a whole volume written
+/// at once does not hold all of its compressed strips).
+const BATCH_BYTES: usize = 64 << 20;
 
 /// What every page's directory says besides its strips.
 pub struct PageTags {
@@ -35,18 +48,21 @@ pub struct PageTags {
     pub y_resolution: (u32, u32),
 }
 
-/// An uncompressed stack being written ([module docs](self)).
-pub struct Contiguous<W: Write + Seek> {
+/// A stack being written ([module docs](self)).
+pub struct Stack<W: Write + Seek> {
     out: W,
     big: bool,
     dtype: DType,
+    compression: Compression,
     ny: usize,
     nx: usize,
     nz: usize,
     /// Planes appended so far.
     written: usize,
-    /// Where the first plane starts.
-    data_start: u64,
+    /// Where the next strip goes.
+    pos: u64,
+    /// Compressed stacks: every strip's (offset, length) so far, in page order.
+    strips: Vec<(u64, u64)>,
     tags: PageTags,
 }
 
@@ -62,13 +78,45 @@ fn samples(dtype: DType) -> (u16, u16, u16) {
     }
 }
 
-impl<W: Write + Seek> Contiguous<W> {
+/// The Compression tag's value.
+fn compression_code(c: Compression) -> u16 {
+    match c {
+        Compression::None => 1,
+        Compression::Lzw => 5,
+        Compression::Deflate => 8,
+        Compression::Packbits => 32773,
+    }
+}
+
+/// One strip (whole rows of `row_bytes`) compressed on its own. PackBits packs each row
+/// separately, as TIFF requires.
+fn compress(c: Compression, strip: &[u8], row_bytes: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(strip.len() / 4 + 64);
+    match c {
+        Compression::None => out.extend_from_slice(strip),
+        Compression::Lzw => {
+            Lzw.write_to(&mut out, strip)?;
+        }
+        Compression::Deflate => {
+            Deflate::with_level(DeflateLevel::Balanced).write_to(&mut out, strip)?;
+        }
+        Compression::Packbits => {
+            for row in strip.chunks(row_bytes.max(1)) {
+                Packbits.write_to(&mut out, row)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl<W: Write + Seek> Stack<W> {
     /// Writes the header of a stack of `shape` (`[nz, ny, nx]`) planes of `dtype`.
-    pub fn new(mut out: W, shape: [usize; 3], dtype: DType, big: bool, tags: PageTags) -> std::io::Result<Self> {
+    pub fn new(mut out: W, shape: [usize; 3], dtype: DType, big: bool, compression: Compression, tags: PageTags) -> std::io::Result<Self> {
         let (spp, bits, _) = samples(dtype);
         let pixels = shape.iter().map(|&d| d as u64).product::<u64>() * u64::from(spp) * u64::from(bits / 8);
-        // Classic TIFF offsets are 32-bit; leave room for the directories after the pixels.
-        if !big && pixels > u64::from(u32::MAX) - (64 << 20) {
+        // Classic TIFF offsets are 32-bit; leave room for the directories after the pixels
+        // (compressed strips are checked as they are written).
+        if !big && compression == Compression::None && pixels > u64::from(u32::MAX) - (64 << 20) {
             return Err(std::io::Error::other(format!("{pixels} bytes of pixels do not fit a classic TIFF; write BigTIFF")));
         }
         // The first directory's offset is patched in by `finish`.
@@ -79,29 +127,55 @@ impl<W: Write + Seek> Contiguous<W> {
             out.write_all(b"II\x2a\x00")?;
             out.write_all(&0u32.to_le_bytes())?;
         }
-        let data_start = if big { 16 } else { 8 };
-        Ok(Contiguous { out, big, dtype, nz: shape[0], ny: shape[1], nx: shape[2], written: 0, data_start, tags })
+        let pos = if big { 16 } else { 8 };
+        Ok(Stack { out, big, dtype, compression, nz: shape[0], ny: shape[1], nx: shape[2], written: 0, pos, strips: Vec::new(), tags })
     }
 
     /// Bytes of one plane.
-    fn plane_bytes(&self) -> u64 {
+    fn plane_bytes(&self) -> usize {
         let (spp, bits, _) = samples(self.dtype);
-        (self.ny * self.nx) as u64 * u64::from(spp) * u64::from(bits / 8)
+        self.ny * self.nx * usize::from(spp) * usize::from(bits / 8)
     }
 
-    /// Appends the next plane's pixels (little-endian, C order).
-    pub fn append_plane(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if bytes.len() as u64 != self.plane_bytes() || self.written >= self.nz {
+    /// Bytes of one row, and rows per strip.
+    fn strip_rows(&self) -> (usize, usize) {
+        let row_bytes = self.plane_bytes() / self.ny.max(1);
+        (row_bytes, (STRIP_BYTES / row_bytes.max(1)).clamp(1, self.ny.max(1)))
+    }
+
+    /// Appends the next planes' pixels (little-endian, C order, whole planes).
+    pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let pb = self.plane_bytes();
+        let planes = bytes.len().checked_div(pb).unwrap_or(0);
+        if pb == 0 || !bytes.len().is_multiple_of(pb) || self.written + planes > self.nz {
             return Err(std::io::Error::other(format!(
-                "internal: plane {} of {} has {} bytes, expected {}",
+                "internal: {} bytes after plane {} of {}, expected whole planes of {pb} bytes",
+                bytes.len(),
                 self.written,
                 self.nz,
-                bytes.len(),
-                self.plane_bytes()
             )));
         }
-        self.out.write_all(bytes)?;
-        self.written += 1;
+        if self.compression == Compression::None {
+            self.out.write_all(bytes)?;
+            self.pos += bytes.len() as u64;
+        } else {
+            let (row_bytes, rows) = self.strip_rows();
+            let c = self.compression;
+            for batch in bytes.chunks((BATCH_BYTES / pb).max(1) * pb) {
+                let strips: Vec<&[u8]> = batch.chunks(pb).flat_map(|plane| plane.chunks(rows * row_bytes)).collect();
+                let packed: Vec<std::io::Result<Vec<u8>>> = strips.into_par_iter().map(|s| compress(c, s, row_bytes)).collect();
+                for p in packed {
+                    let p = p?;
+                    if !self.big && self.pos + p.len() as u64 > u64::from(u32::MAX) - (64 << 20) {
+                        return Err(std::io::Error::other("compressed pixels do not fit a classic TIFF; write BigTIFF"));
+                    }
+                    self.out.write_all(&p)?;
+                    self.strips.push((self.pos, p.len() as u64));
+                    self.pos += p.len() as u64;
+                }
+            }
+        }
+        self.written += planes;
         Ok(())
     }
 
@@ -112,10 +186,10 @@ impl<W: Write + Seek> Contiguous<W> {
             return Err(std::io::Error::other(format!("internal: {} of {} planes written", self.written, self.nz)));
         }
         let (spp, bits, format) = samples(self.dtype);
-        let row_bytes = self.plane_bytes() as usize / self.ny.max(1);
-        let rows_per_strip = (STRIP_BYTES / row_bytes.max(1)).clamp(1, self.ny.max(1));
+        let (row_bytes, rows_per_strip) = self.strip_rows();
         let strips = self.ny.div_ceil(rows_per_strip).max(1);
-        let mut pos = self.data_start + self.plane_bytes() * self.nz as u64;
+        let data_start = if self.big { 16 } else { 8 };
+        let mut pos = self.pos;
         // Directories start on a word boundary.
         let pad = pos % 2;
         self.out.write_all(&vec![0u8; pad as usize])?;
@@ -123,14 +197,24 @@ impl<W: Write + Seek> Contiguous<W> {
         let first_ifd = pos;
         let mut ifd = Vec::new();
         for z in 0..self.nz {
-            let plane0 = self.data_start + self.plane_bytes() * z as u64;
-            let offsets: Vec<u64> = (0..strips).map(|s| plane0 + (s * rows_per_strip * row_bytes) as u64).collect();
-            let counts: Vec<u64> = (0..strips).map(|s| ((self.ny - s * rows_per_strip).min(rows_per_strip) * row_bytes) as u64).collect();
+            let (offsets, counts): (Vec<u64>, Vec<u64>) = if self.compression == Compression::None {
+                let plane0 = data_start + (self.plane_bytes() * z) as u64;
+                (0..strips)
+                    .map(|s| {
+                        (
+                            plane0 + (s * rows_per_strip * row_bytes) as u64,
+                            ((self.ny - s * rows_per_strip).min(rows_per_strip) * row_bytes) as u64,
+                        )
+                    })
+                    .unzip()
+            } else {
+                self.strips.get(z * strips..(z + 1) * strips).unwrap_or_default().iter().copied().unzip()
+            };
             let mut d = Dir::new(self.big);
             d.longs(256, &[self.nx as u64]);
             d.longs(257, &[self.ny as u64]);
             d.shorts(258, &vec![bits; spp as usize]);
-            d.shorts(259, &[1]);
+            d.shorts(259, &[compression_code(self.compression)]);
             d.shorts(262, &[if spp == 3 { 2 } else { 1 }]);
             if z == 0 {
                 d.ascii(270, &self.tags.description);
@@ -259,9 +343,9 @@ mod tests {
         for big in [false, true] {
             let (nz, ny, nx) = (3usize, 5usize, 7usize);
             let planes: Vec<Vec<u8>> = (0..nz).map(|z| (0..ny * nx * 2).map(|i| (z * 31 + i) as u8).collect()).collect();
-            let mut w = Contiguous::new(std::io::Cursor::new(Vec::new()), [nz, ny, nx], DType::U16, big, tags()).unwrap();
+            let mut w = Stack::new(std::io::Cursor::new(Vec::new()), [nz, ny, nx], DType::U16, big, Compression::None, tags()).unwrap();
             for p in &planes {
-                w.append_plane(p).unwrap();
+                w.append(p).unwrap();
             }
             let bytes = w.finish().unwrap().into_inner();
             let start = if big { 16 } else { 8 };
@@ -277,14 +361,56 @@ mod tests {
         }
     }
 
+    /// A compressed stack of planes of several strips, appended in slabs of `cuts`, under a pool
+    /// of `threads`.
+    fn compressed(c: Compression, planes: &[Vec<u8>], ny: usize, nx: usize, cuts: &[usize], threads: usize) -> Vec<u8> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut w = Stack::new(std::io::Cursor::new(Vec::new()), [planes.len(), ny, nx], DType::U16, false, c, tags()).unwrap();
+            let mut z = 0;
+            for &n in cuts {
+                w.append(&planes[z..z + n].concat()).unwrap();
+                z += n;
+            }
+            w.finish().unwrap().into_inner()
+        })
+    }
+
+    #[test]
+    fn compressed_strips_are_the_same_bytes_whatever_the_threads_or_slabs_and_decode() {
+        // 600 rows of 1,000 u16: 524 rows a strip, two strips a plane.
+        let (nz, ny, nx) = (5usize, 600usize, 1000usize);
+        let planes: Vec<Vec<u8>> =
+            (0..nz).map(|z| (0..ny * nx).flat_map(|i| (((i / 97) * 13 + z * 1000 + (i % 7)) as u16).to_le_bytes()).collect()).collect();
+        for c in [Compression::Lzw, Compression::Deflate, Compression::Packbits] {
+            let one = compressed(c, &planes, ny, nx, &[5], 1);
+            assert_eq!(one, compressed(c, &planes, ny, nx, &[2, 1, 2], 4), "{c:?}");
+            if c != Compression::Packbits {
+                assert!(one.len() < planes.concat().len(), "{c:?} compresses");
+            }
+            let mut dec = tiff::decoder::Decoder::new(std::io::Cursor::new(&one)).unwrap();
+            for (z, plane) in planes.iter().enumerate() {
+                if z > 0 {
+                    dec.next_image().unwrap();
+                }
+                let want: Vec<u16> = plane.chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+                match dec.read_image().unwrap() {
+                    tiff::decoder::DecodingResult::U16(v) => assert_eq!(v, want, "{c:?} plane {z}"),
+                    _ => panic!("not u16"),
+                }
+            }
+            assert!(!dec.more_images());
+        }
+    }
+
     #[test]
     fn planes_of_the_wrong_size_or_count_are_refused() {
-        let mut w = Contiguous::new(std::io::Cursor::new(Vec::new()), [2, 2, 2], DType::U8, false, tags()).unwrap();
-        assert!(w.append_plane(&[0; 3]).is_err());
-        w.append_plane(&[0; 4]).unwrap();
+        let mut w = Stack::new(std::io::Cursor::new(Vec::new()), [2, 2, 2], DType::U8, false, Compression::None, tags()).unwrap();
+        assert!(w.append(&[0; 3]).is_err());
+        w.append(&[0; 4]).unwrap();
         assert!(w.finish().is_err(), "one of two planes");
         assert!(
-            Contiguous::new(std::io::Cursor::new(Vec::new()), [1 << 20, 1 << 10, 1 << 10], DType::U8, false, tags()).is_err(),
+            Stack::new(std::io::Cursor::new(Vec::new()), [1 << 20, 1 << 10, 1 << 10], DType::U8, false, Compression::None, tags()).is_err(),
             "1 TiB in a classic TIFF"
         );
     }
