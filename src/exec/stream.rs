@@ -425,6 +425,26 @@ fn run<'a>(
     let spilled = |k: usize| (k + 1..n).any(|m| decisions[m] == Decision::Compute && reads(m).contains(&k));
     let local = |k: usize| local_halo(s, k);
     let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
+    // A run of local stages is computed where it is read, so each later global step that reads
+    // it (directly or through other local stages) computes it again. A stage of the run read
+    // by two or more such steps is spilled instead, in one pass, and read back from there.
+    let shared = |group: &[usize]| -> Vec<bool> {
+        group
+            .iter()
+            .map(|&k| {
+                let (mut seen, mut todo, mut readers) = (vec![false; n], vec![k], 0);
+                while let Some(j) = todo.pop() {
+                    for m in j + 1..n {
+                        if !seen[m] && !group.contains(&m) && decisions[m] == Decision::Compute && reads(m).contains(&j) {
+                            seen[m] = true;
+                            if local(m).is_some() { todo.push(m) } else { readers += 1 }
+                        }
+                    }
+                }
+                readers >= 2
+            })
+            .collect()
+    };
 
     for step in schedule::steps(&decisions, &local, &same_shape) {
         let t0 = Instant::now();
@@ -446,9 +466,9 @@ fn run<'a>(
                 // output files.
                 let ops = group.stages.iter().map(|&k| OpRef::Bound(s.bound.ops[k].as_ref())).collect();
                 let comp = Arc::new(Computed::new(s, group.clone(), ops, &stores, &sources));
-                materialise(s, &comp).map_err(|(p, e)| (comp.group.stages[p], e))?;
-                for (p, &k) in comp.group.stages.iter().enumerate() {
-                    stores[k] = Some(Store::Computed(Arc::clone(&comp), p));
+                let spilled = materialise(s, &comp, &shared(&group.stages)).map_err(|(p, e)| (comp.group.stages[p], e))?;
+                for ((p, &k), spill) in comp.group.stages.iter().enumerate().zip(spilled) {
+                    stores[k] = Some(spill.unwrap_or_else(|| Store::Computed(Arc::clone(&comp), p)));
                 }
                 let ids: Vec<&str> = comp.group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
                 timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
@@ -487,8 +507,8 @@ fn run<'a>(
                         d.abandon();
                         let group = tiled::Group { stages: vec![i], halos: vec![[0; 3]] };
                         let comp = Arc::new(Computed::new(s, group, vec![OpRef::Owned(op)], &stores, &sources));
-                        materialise(s, &comp).map_err(|(_, e)| fail(e))?;
-                        stores[i] = Some(Store::Computed(comp, 0));
+                        let spilled = materialise(s, &comp, &shared(&[i])).map_err(|(_, e)| fail(e))?;
+                        stores[i] = Some(spilled.into_iter().next().flatten().unwrap_or(Store::Computed(comp, 0)));
                     }
                     (None, Outcome::Table(table @ Value::Table(_))) => {
                         if let Some(store) = ck {
@@ -526,16 +546,18 @@ fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<(), String> {
     d.finish(s).map(|_| ())
 }
 
-/// Writes the output files of a computed run's stages (those not current), in one pass over
-/// slabs. An error names the failing stage's position in the run.
-fn materialise(s: &Streamed, comp: &Computed) -> Result<(), (usize, String)> {
-    let keep: Vec<bool> = comp.group.stages.iter().map(|&k| writes(s, k)).collect();
+/// Writes the output files of a computed run's stages (those not current) and spills the
+/// stages marked in `spill` (positions in the run), in one pass over slabs; gives the spills'
+/// stores. An error names the failing stage's position in the run.
+fn materialise<'a>(s: &'a Streamed, comp: &Computed, spill: &[bool]) -> Result<Vec<Option<Store<'a>>>, (usize, String)> {
+    let stages = &comp.group.stages;
+    let keep: Vec<bool> = stages.iter().zip(spill).map(|(&k, &sp)| writes(s, k) || sp).collect();
     if !keep.iter().any(|&w| w) {
-        return Ok(());
+        return Ok(vec![None; stages.len()]);
     }
     let mut dests: Vec<Option<Dest>> = Vec::new();
-    for (p, &k) in comp.group.stages.iter().enumerate() {
-        dests.push(if keep[p] { Some(Dest::new(s, k, false).map_err(|e| (p, e))?) } else { None });
+    for (p, &k) in stages.iter().enumerate() {
+        dests.push(if keep[p] { Some(Dest::new(s, k, spill[p]).map_err(|e| (p, e))?) } else { None });
     }
     let nz = comp.shape[0];
     let thick = fit_planes(s, nz, &|t| comp.slab_bytes(t));
@@ -547,12 +569,16 @@ fn materialise(s: &Streamed, comp: &Computed) -> Result<(), (usize, String)> {
             }
         }
     }
+    let mut stores = Vec::new();
     for (p, d) in dests.into_iter().enumerate() {
-        if let Some(d) = d {
-            d.finish(s).map_err(|e| (p, e))?;
-        }
+        stores.push(match d {
+            // A temporary spill: it is recomputed, not taken from a checkpoint, on a re-run.
+            Some(d) if spill[p] => d.finish_temporary(s).map_err(|e| (p, e))?,
+            Some(d) => d.finish(s).map_err(|e| (p, e)).map(|_| None)?,
+            None => None,
+        });
     }
-    Ok(())
+    Ok(stores)
 }
 
 /// Whether stage `k`'s output files are (re)written by this run.
@@ -628,6 +654,10 @@ impl Dest {
     }
     /// Closes the outputs; the spill, if any, becomes the stage's store.
     fn finish<'a>(self, s: &Streamed) -> Result<Option<Store<'a>>, String> {
+        self.finish_to(s, s.checkpoints)
+    }
+    /// As [`Dest::finish`], the spill made a checkpoint in `ck` (a temporary without).
+    fn finish_to<'a>(self, s: &Streamed, ck: Option<&crate::store::Store>) -> Result<Option<Store<'a>>, String> {
         let want = s.bound.metas[self.stage].shape[0];
         if self.planes != want {
             return Err(format!("internal: {} planes streamed, expected {want}", self.planes));
@@ -637,9 +667,13 @@ impl Dest {
         }
         let stored = self.stored.map(|c| (c, s.bound.metas[self.stage].clone()));
         match self.spill {
-            Some(sp) => finish_spill(sp, s.checkpoints, &s.keys[self.stage], stored).map(Some),
+            Some(sp) => finish_spill(sp, ck, &s.keys[self.stage], stored).map(Some),
             None => Ok(None),
         }
+    }
+    /// As [`Dest::finish`], the spill kept only while it is read (not as a checkpoint).
+    fn finish_temporary<'a>(self, s: &Streamed) -> Result<Option<Store<'a>>, String> {
+        self.finish_to(s, None)
     }
 }
 
