@@ -9,7 +9,8 @@
 //! What streams, and how:
 //! - runs of local stages: per slab with the run's halo above and below, through the same fused
 //!   tile evaluation as in memory ([`super::tiled`]), grouped by the same rule
-//!   ([`tiled::group_from`]);
+//!   ([`tiled::group_from`]); computed where they are read, except that a stage two or more
+//!   later global steps read is spilled once and read back;
 //! - global ops: each in its own out-of-core form ([`crate::ops::Op::stream`], see
 //!   [`crate::ops::slab`]): this module gives it its inputs as [`Volume`]s read by plane
 //!   ranges, scratch volumes, and a destination for its slabs ([`StageIo`]). It names no op.
