@@ -320,14 +320,24 @@ pub fn utc_time(unix: u64) -> String {
 /// A zeroed vector for a large buffer. On Linux the pages are advised as transparent huge pages
 /// before first use: freshly mapped memory costs a page fault per 4 KiB on first touch (about
 /// half a millisecond per MB here), and 2 MiB pages cut that to a few faults.
-pub fn zeroed<T: Copy + Default>(n: usize) -> Vec<T> {
-    let v: Vec<T> = vec![T::default(); n];
-    advise_huge(&v);
+///
+/// Buffers of 8 MiB and more are zeroed by all threads: the allocator hands back memory that
+/// was used before, which it must clear, and one thread clearing hundreds of MB leaves the
+/// others idle.
+pub fn zeroed<T: Copy + Default + Send>(n: usize) -> Vec<T> {
+    if n.saturating_mul(std::mem::size_of::<T>()) < 8 << 20 {
+        return vec![T::default(); n];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    advise_huge_raw(v.as_ptr() as usize, n * std::mem::size_of::<T>());
+    v.spare_capacity_mut()[..n].par_chunks_mut(1 << 18).for_each(|c| c.fill(std::mem::MaybeUninit::new(T::default())));
+    // SAFETY: the first n elements were just initialised.
+    unsafe { v.set_len(n) };
     v
 }
 
 /// A zeroed 3D array backed by [`zeroed`] memory.
-pub fn zeros3<T: Copy + Default>(dims: (usize, usize, usize)) -> ndarray::Array3<T> {
+pub fn zeros3<T: Copy + Default + Send>(dims: (usize, usize, usize)) -> ndarray::Array3<T> {
     ndarray::Array3::from_shape_vec(dims, zeroed(dims.0 * dims.1 * dims.2)).expect("shape matches length")
 }
 

@@ -160,11 +160,31 @@ pub fn emit_blocks(io: &mut dyn Slabs, blocks: &[(usize, usize)], parts: &[Box<d
 /// Values of one kind and type side by side along y (blocks of rows back into whole planes).
 fn stack_rows(parts: &[Value]) -> Result<Value, String> {
     use crate::io::Data;
-    use ndarray::{Array3, ArrayView3, Axis, concatenate};
-    fn stack<T: Clone>(parts: &[Value], get: impl Fn(&Value) -> Option<ArrayView3<'_, T>>) -> Result<Array3<T>, String> {
+    use ndarray::{Array3, ArrayView3, Axis};
+    use rayon::prelude::*;
+    /// In standard layout (ndarray's `concatenate` along y gives planes strided apart, which
+    /// every later copy to bytes would walk voxel by voxel), a plane per task.
+    fn stack<T: Copy + Default + Send + Sync>(
+        parts: &[Value],
+        get: impl Fn(&Value) -> Option<ArrayView3<'_, T>>,
+    ) -> Result<Array3<T>, String> {
         let views: Vec<ArrayView3<T>> =
             parts.iter().map(&get).collect::<Option<_>>().ok_or("internal: blocks of rows of different kinds")?;
-        concatenate(Axis(1), &views).map_err(|e| e.to_string())
+        let (nz, _, nx) = views.first().map_or((0, 0, 0), |v| v.dim());
+        if views.iter().any(|v| (v.dim().0, v.dim().2) != (nz, nx)) {
+            return Err("internal: blocks of rows of different plane counts or widths".into());
+        }
+        let ny = views.iter().map(|v| v.dim().1).sum();
+        let mut out: Array3<T> = crate::util::zeros3((nz, ny, nx));
+        out.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(z, mut plane)| {
+            let mut y = 0;
+            for v in &views {
+                let rows = v.dim().1;
+                plane.slice_mut(ndarray::s![y..y + rows, ..]).assign(&v.index_axis(Axis(0), z));
+                y += rows;
+            }
+        });
+        Ok(out)
     }
     Ok(match parts.first() {
         Some(Value::Mask(_)) => Value::Mask(stack(parts, |v| if let Value::Mask(a) = v { Some(a.view()) } else { None })?),
