@@ -168,16 +168,18 @@ impl Op for Measure {
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let shape = io.input(0).shape();
         let n_int = self.intensity.len();
-        let planes = io.planes(0);
-        let read = |z0: usize, z1: usize| -> Result<MeasureSlab, String> {
-            let Value::Labels(l) = io.input(0).read(z0, z1)? else { return Err("measure: `labels` is not labels".into()) };
+        // Two slabs at a time: the next is read while the current one is added.
+        let planes = (io.planes(0) / 2).max(1);
+        let inputs: Vec<&dyn slab::Volume> = (0..1 + n_int + usize::from(self.territories.is_some())).map(|k| io.input(k)).collect();
+        let read = |z0: usize, z1: usize, second: bool| -> Result<MeasureSlab, String> {
+            let Value::Labels(l) = inputs[0].read(z0, z1)? else { return Err("measure: `labels` is not labels".into()) };
             let mut images = Vec::new();
             for k in 1..1 + n_int {
-                let Value::Image(d) = io.input(k).read(z0, z1)? else { return Err("measure: intensity is not an image".into()) };
+                let Value::Image(d) = inputs[k].read(z0, z1)? else { return Err("measure: intensity is not an image".into()) };
                 images.push(d);
             }
-            let terr = match self.territories.is_some() {
-                true => match io.input(1 + n_int).read(z0, z1)? {
+            let terr = match self.territories.is_some() && !second {
+                true => match inputs[1 + n_int].read(z0, z1)? {
                     Value::Labels(t) => Some(t),
                     _ => return Err("measure: territories are not labels".into()),
                 },
@@ -185,18 +187,19 @@ impl Op for Measure {
             };
             Ok((l, images, terr))
         };
+        let ranges: Vec<(usize, usize)> = slab::ranges(shape[0], planes).collect();
         let mut acc = Accumulator::default();
-        for (z0, z1) in slab::ranges(shape[0], planes) {
-            let (l, images, terr) = read(z0, z1)?;
+        slab::pipelined(&ranges, &|z0, z1| read(z0, z1, false), |(l, images, terr), z0, _| {
             let refs: Vec<&Data> = images.iter().collect();
             acc.add(&l, &refs, terr.as_ref(), z0);
-        }
+            Ok(())
+        })?;
         if acc.needs_second_pass() {
-            for (z0, z1) in slab::ranges(shape[0], planes) {
-                let (l, images, _) = read(z0, z1)?;
+            slab::pipelined(&ranges, &|z0, z1| read(z0, z1, true), |(l, images, _), z0, _| {
                 let refs: Vec<&Data> = images.iter().collect();
                 acc.add_second(&l, &refs, z0);
-            }
+                Ok(())
+            })?;
         }
         let names: Vec<&str> = self.intensity.keys().map(String::as_str).collect();
         Ok(slab::Outcome::Table(Value::Table(acc.finish(&names, shape, ctx))))

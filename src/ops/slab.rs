@@ -124,6 +124,25 @@ pub fn row_blocks(io: &dyn Slabs, bytes_per_voxel: u64) -> Vec<(usize, usize)> {
     ranges(ny, rows.max(ny.div_ceil(256))).collect()
 }
 
+/// Reads the slabs `ranges` in order and hands each to `use_slab`, reading the next one while
+/// the current one is used (on the other threads): a pass whose use of a slab is sequential
+/// (accumulating in raster order) overlaps it with reading and decoding. Two slabs are held at
+/// once, so size them for that.
+pub fn pipelined<T: Send>(
+    ranges: &[(usize, usize)],
+    read: &(dyn Fn(usize, usize) -> Result<T, String> + Sync),
+    mut use_slab: impl FnMut(T, usize, usize) -> Result<(), String> + Send,
+) -> Result<(), String> {
+    let mut next = ranges.first().map(|&(a, b)| read(a, b));
+    for (i, &(z0, z1)) in ranges.iter().enumerate() {
+        let cur = next.take().ok_or("internal: a slab was not read ahead")??;
+        let (used, ahead) = rayon::join(|| use_slab(cur, z0, z1), || ranges.get(i + 1).map(|&(a, b)| read(a, b)));
+        used?;
+        next = ahead;
+    }
+    Ok(())
+}
+
 /// Sets a block of rows (all planes) aside as a new scratch volume `name`, appended `planes`
 /// planes at a time, the slab height [`emit_blocks`] will read it by: a scratch volume is cut
 /// into compressed chunks at least at every append, so each slab emitted then decompresses
