@@ -174,8 +174,8 @@ impl Op for Measure {
         let read = |z0: usize, z1: usize, second: bool| -> Result<MeasureSlab, String> {
             let Value::Labels(l) = inputs[0].read(z0, z1)? else { return Err("measure: `labels` is not labels".into()) };
             let mut images = Vec::new();
-            for k in 1..1 + n_int {
-                let Value::Image(d) = inputs[k].read(z0, z1)? else { return Err("measure: intensity is not an image".into()) };
+            for input in &inputs[1..1 + n_int] {
+                let Value::Image(d) = input.read(z0, z1)? else { return Err("measure: intensity is not an image".into()) };
                 images.push(d);
             }
             let terr = match self.territories.is_some() && !second {
