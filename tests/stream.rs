@@ -106,6 +106,7 @@ fn check_with(
         keys: &keys,
         valid: &valid,
         force: false,
+        on_stage: &|_| {},
     };
     if let Some((i, why)) = not_streamable(&s) {
         // Only ops that say they have no out-of-core form may refuse, and with a message that

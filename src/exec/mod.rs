@@ -277,7 +277,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     let need = stream::whole_run_bytes(plan, &bound, &headers);
     if need > cfg.memory {
         let ck = cfg.checkpoints.then_some(&store);
-        let res = run_streamed(plan, row, cfg, &bound, &paths, &headers, need, (ck, &keys, &valid), res);
+        let res = run_streamed(plan, row, cfg, &bound, &paths, &headers, need, (ck, &keys, &valid), on_stage, res);
         return finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res);
     }
     // Backward from what must exist (outputs to write, tables to merge): reuse a verified
@@ -697,6 +697,7 @@ fn run_streamed(
     headers: &[io::Header],
     need: u64,
     (checkpoints, keys, valid): (Option<&Store>, &[String], &[bool]),
+    on_stage: &(dyn Fn(&str) + Sync),
     mut res: SampleResult,
 ) -> SampleResult {
     let ndim = headers[0].ndim;
@@ -722,6 +723,7 @@ fn run_streamed(
         keys,
         valid,
         force: cfg.force,
+        on_stage,
     };
     if let Some((i, why)) = stream::not_streamable(&s) {
         let stage = plan.stages.get(i).map(|s| s.id.clone()).unwrap_or_else(|| "input".into());

@@ -10,7 +10,8 @@
 //! - runs of local stages: per slab with the run's halo above and below, through the same fused
 //!   tile evaluation as in memory ([`super::tiled`]), grouped by the same rule
 //!   ([`tiled::group_from`]); computed where they are read, except that a stage two or more
-//!   later global steps read is spilled once and read back;
+//!   later global steps read is spilled once (a checkpoint, like a global stage's spill) and
+//!   read back;
 //! - global ops: each in its own out-of-core form ([`crate::ops::Op::stream`], see
 //!   [`crate::ops::slab`]): this module gives it its inputs as [`Volume`]s read by plane
 //!   ranges, scratch volumes, and a destination for its slabs ([`StageIo`]). It names no op.
@@ -62,6 +63,8 @@ pub struct Streamed<'a> {
     pub valid: &'a [bool],
     /// Ignore existing checkpoints.
     pub force: bool,
+    /// Told each stage's id when it is done (computed, reused or spilled), for progress.
+    pub on_stage: &'a (dyn Fn(&str) + Sync),
 }
 
 /// A full-size stage value, read by plane ranges: a source file, a spill file (or checkpoint),
@@ -523,6 +526,13 @@ fn run<'a>(
                 i
             }
         };
+        let done: Vec<usize> = match &step {
+            Step::Fused(group) => group.stages.clone(),
+            Step::Reuse(_) | Step::Global(_) => vec![i],
+        };
+        for k in done {
+            (s.on_stage)(&plan.stages[k].id);
+        }
         // What no later stage reads is dropped (a temporary spill file with its last reader).
         for (k, store) in stores.iter_mut().enumerate().take(i + 1) {
             if last_use[k] <= i {
@@ -573,9 +583,9 @@ fn materialise<'a>(s: &'a Streamed, comp: &Computed, spill: &[bool]) -> Result<V
     let mut stores = Vec::new();
     for (p, d) in dests.into_iter().enumerate() {
         stores.push(match d {
-            // A temporary spill: it is recomputed, not taken from a checkpoint, on a re-run.
-            Some(d) if spill[p] => d.finish_temporary(s).map_err(|e| (p, e))?,
-            Some(d) => d.finish(s).map_err(|e| (p, e)).map(|_| None)?,
+            // A spill becomes the stage's checkpoint, as a global stage's does: a re-run takes
+            // it instead of computing the run again.
+            Some(d) => d.finish(s).map_err(|e| (p, e))?,
             None => None,
         });
     }
@@ -655,10 +665,6 @@ impl Dest {
     }
     /// Closes the outputs; the spill, if any, becomes the stage's store.
     fn finish<'a>(self, s: &Streamed) -> Result<Option<Store<'a>>, String> {
-        self.finish_to(s, s.checkpoints)
-    }
-    /// As [`Dest::finish`], the spill made a checkpoint in `ck` (a temporary without).
-    fn finish_to<'a>(self, s: &Streamed, ck: Option<&crate::store::Store>) -> Result<Option<Store<'a>>, String> {
         let want = s.bound.metas[self.stage].shape[0];
         if self.planes != want {
             return Err(format!("internal: {} planes streamed, expected {want}", self.planes));
@@ -668,13 +674,9 @@ impl Dest {
         }
         let stored = self.stored.map(|c| (c, s.bound.metas[self.stage].clone()));
         match self.spill {
-            Some(sp) => finish_spill(sp, ck, &s.keys[self.stage], stored).map(Some),
+            Some(sp) => finish_spill(sp, s.checkpoints, &s.keys[self.stage], stored).map(Some),
             None => Ok(None),
         }
-    }
-    /// As [`Dest::finish`], the spill kept only while it is read (not as a checkpoint).
-    fn finish_temporary<'a>(self, s: &Streamed) -> Result<Option<Store<'a>>, String> {
-        self.finish_to(s, None)
     }
 }
 
