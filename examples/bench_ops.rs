@@ -1,7 +1,9 @@
 //! Times tessera's ops in-process on one volume, for bench/bench.py (which times the Python
 //! peers on the same file and prints ratios). Prints one JSON object: op → best seconds.
 //!
-//!     cargo run --release --example bench_ops -- VOLUME.tif REPEATS
+//!     cargo run --release --example bench_ops -- VOLUME.tif REPEATS [OP,OP...]
+//!
+//! With a list of ops, only those are timed (the others run once, for their results).
 
 use std::time::Instant;
 
@@ -25,32 +27,44 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: bench_ops VOLUME.tif REPEATS");
     let repeats: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let only: Option<Vec<String>> = args.next().map(|s| s.split(',').map(str::to_string).collect());
+    let timed = |k: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == k));
     let img = read_image(std::path::Path::new(&path), ReadLimits::default()).expect("read volume");
     let ctx = Ctx { sample: "bench", spacing: [1.0; 3], unit: "um", ndim: 3 };
     let mut times = serde_json::Map::new();
     let mut put = |k: &str, t: f64| {
-        times.insert(k.to_string(), serde_json::json!(t));
+        if timed(k) {
+            times.insert(k.to_string(), serde_json::json!(t));
+        }
     };
+    // Repeats for op `k`: once when it is not timed.
+    let reps = |k: &str| if timed(k) { repeats } else { 1 };
 
-    let (t, smooth) = best(repeats, || filters::smooth(&img.data, [1.0; 3], 4.0, 3, ([0; 3], img.data.shape())).unwrap());
+    let (t, smooth) = best(reps("gaussian_s1"), || filters::smooth(&img.data, [1.0; 3], 4.0, 3, ([0; 3], img.data.shape())).unwrap());
     put("gaussian_s1", t);
-    let (t, _) = best(repeats, || filters::window_filter(&img.data, [3, 3, 3], filters::Rank::Median).unwrap());
-    put("median_3", t);
+    if timed("median_3") {
+        let (t, _) = best(repeats, || filters::window_filter(&img.data, [3, 3, 3], filters::Rank::Median).unwrap());
+        put("median_3", t);
+    }
     let smooth = Data::F32(smooth);
-    let (t, thr) = best(repeats, || threshold::otsu(&smooth, 256).unwrap());
+    let (t, thr) = best(reps("otsu"), || threshold::otsu(&smooth, 256).unwrap());
     put("otsu", t);
     let mask = threshold::apply(&smooth, thr, false).unwrap();
     let se = morphology::Element::new(1.0, morphology::Shape::Ball, morphology::RadiusUnit::Voxel, [1.0; 3], 3);
-    let (t, opened) = best(repeats, || morphology::morph(&mask, &se, morphology::Morph::Opening));
+    let (t, opened) = best(reps("opening_ball1"), || morphology::morph(&mask, &se, morphology::Morph::Opening));
     put("opening_ball1", t);
-    let (t, (labels, n)) = best(repeats, || label::label(&opened, 26).unwrap());
+    let (t, (labels, n)) = best(reps("label_26"), || label::label(&opened, 26).unwrap());
     put("label_26", t);
-    let (t, _) = best(repeats, || measure::measure(&labels, &[("raw", &img.data)], &ctx));
-    put("measure", t);
-    let (t, _) = best(repeats, || distance::edt(&opened, [1.0; 3], 3, false));
-    put("distance", t);
-    let (t, _) = best(repeats, || voronoi::voronoi(&labels, &mask, [1.0; 3], 3).unwrap());
-    put("voronoi", t);
-    put("objects", n as f64);
+    let ops: [(&str, &dyn Fn()); 3] = [
+        ("measure", &|| drop(measure::measure(&labels, &[("raw", &img.data)], &ctx))),
+        ("distance", &|| drop(distance::edt(&opened, [1.0; 3], 3, false))),
+        ("voronoi", &|| drop(voronoi::voronoi(&labels, &mask, [1.0; 3], 3).unwrap())),
+    ];
+    for (k, f) in ops {
+        if timed(k) {
+            put(k, best(repeats, f).0);
+        }
+    }
+    times.insert("objects".into(), serde_json::json!(n as f64));
     println!("{}", serde_json::Value::Object(times));
 }
