@@ -72,6 +72,46 @@ def ball(r):
     return z * z + y * y + x * x <= r * r
 
 
+def chain(img):
+    """The benchmark chain's values, as the peers compute them: smoothed, Otsu mask, opened mask,
+    26-connected labels."""
+    import scipy.ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    sm = ndi.gaussian_filter(img.astype(np.float32), 1.0)
+    mask = sm > threshold_otsu(sm)
+    opened = ndi.binary_opening(mask, ball(1))
+    labels, _ = ndi.label(opened, np.ones((3, 3, 3)))
+    return sm, mask, opened, labels
+
+
+def voronoi_peers(labels, mask):
+    """Territories of the objects inside the mask (tessera's voronoi), two ways a user would
+    write it; neither sends exact ties to the lower label, so their labels differ from
+    tessera's at ties (timing only)."""
+    import scipy.ndimage as ndi
+    import SimpleITK as sitk
+
+    slab = sitk.GetImageFromArray(labels.astype(np.uint32))
+
+    def scipy_voronoi():
+        _, idx = ndi.distance_transform_edt(labels == 0, return_indices=True)
+        t = labels[tuple(idx)]
+        t[~mask] = 0
+        return t
+
+    def sitk_voronoi():
+        f = sitk.DanielssonDistanceMapImageFilter()
+        f.InputIsBinaryOff()
+        f.UseImageSpacingOn()
+        f.Execute(slab)
+        t = sitk.GetArrayFromImage(f.GetVoronoiMap())
+        t[~mask] = 0
+        return t
+
+    return scipy_voronoi, sitk_voronoi
+
+
 def peers(img, repeats):
     import scipy.ndimage as ndi
     from skimage.filters import threshold_otsu
@@ -119,24 +159,7 @@ def peers(img, repeats):
         "edt": best(repeats, lambda: edt.edt(opened, parallel=2))[0],
     }
 
-    # Territories of the objects inside the mask (tessera's voronoi), two ways a user would
-    # write it; neither sends exact ties to the lower label, so their labels differ from
-    # tessera's at ties (timing only).
-    def scipy_voronoi():
-        _, idx = ndi.distance_transform_edt(labels == 0, return_indices=True)
-        t = labels[tuple(idx)]
-        t[~mask] = 0
-        return t
-
-    def sitk_voronoi():
-        f = sitk.DanielssonDistanceMapImageFilter()
-        f.InputIsBinaryOff()
-        f.UseImageSpacingOn()
-        f.Execute(slab)
-        t = sitk.GetArrayFromImage(f.GetVoronoiMap())
-        t[~mask] = 0
-        return t
-
+    scipy_voronoi, sitk_voronoi = voronoi_peers(labels, mask)
     res["voronoi"] = {
         "scipy (edt indices)": best(repeats, scipy_voronoi)[0],
         "SimpleITK (Danielsson)": best(1, sitk_voronoi)[0],
@@ -155,32 +178,12 @@ def run_tessera_ops(path, repeats, only=None):
 def large_peers(img, repeats):
     """distance and voronoi on a larger volume (their peers are too slow to repeat there)."""
     import scipy.ndimage as ndi
-    from skimage.filters import threshold_otsu
     import edt
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
-    sm = ndi.gaussian_filter(img.astype(np.float32), 1.0)
-    mask = sm > threshold_otsu(sm)
-    opened = ndi.binary_opening(mask, ball(1))
-    labels, _ = ndi.label(opened, np.ones((3, 3, 3)))
-    slab = sitk.GetImageFromArray(labels.astype(np.uint32))
-
-    def scipy_voronoi():
-        _, idx = ndi.distance_transform_edt(labels == 0, return_indices=True)
-        t = labels[tuple(idx)]
-        t[~mask] = 0
-        return t
-
-    def sitk_voronoi():
-        f = sitk.DanielssonDistanceMapImageFilter()
-        f.InputIsBinaryOff()
-        f.UseImageSpacingOn()
-        f.Execute(slab)
-        t = sitk.GetArrayFromImage(f.GetVoronoiMap())
-        t[~mask] = 0
-        return t
-
+    _, mask, opened, labels = chain(img)
+    scipy_voronoi, sitk_voronoi = voronoi_peers(labels, mask)
     return {
         "distance": {"scipy": best(1, lambda: ndi.distance_transform_edt(opened))[0],
                      "edt": best(repeats, lambda: edt.edt(opened, parallel=2))[0]},
