@@ -410,15 +410,22 @@ pub fn view_le_bytes<T: LeNumber, D: ndarray::Dimension>(a: ndarray::ArrayView<'
     }
 }
 
-/// The voxels of gray `data` as little-endian bytes in C order ([`le_bytes`]); `None` for RGB.
-pub fn data_le_bytes(data: &Data) -> Option<std::borrow::Cow<'_, [u8]>> {
+/// The voxels of `data` (RGB samples interleaved) as little-endian bytes in C order
+/// ([`le_bytes`]).
+pub fn voxel_le_bytes(data: &Data) -> std::borrow::Cow<'_, [u8]> {
     match data {
-        Data::U8(a) => Some(le_bytes(a)),
-        Data::U16(a) => Some(le_bytes(a)),
-        Data::U32(a) => Some(le_bytes(a)),
-        Data::F32(a) => Some(le_bytes(a)),
-        Data::Rgb8(_) | Data::Rgb16(_) => None,
+        Data::U8(a) => le_bytes(a),
+        Data::U16(a) => le_bytes(a),
+        Data::U32(a) => le_bytes(a),
+        Data::F32(a) => le_bytes(a),
+        Data::Rgb8(a) => le_bytes(a),
+        Data::Rgb16(a) => le_bytes(a),
     }
+}
+
+/// [`voxel_le_bytes`] of gray `data`; `None` for RGB.
+pub fn data_le_bytes(data: &Data) -> Option<std::borrow::Cow<'_, [u8]>> {
+    (!data.dtype().is_rgb()).then(|| voxel_le_bytes(data))
 }
 
 /// Reads planes `z0..z1` of a stack without decoding the others (TIFF pages, `.npy` by seeking,

@@ -563,7 +563,7 @@ impl StackWriter {
             ));
         }
         let stack = self.stack.as_mut().ok_or_else(|| ImageError::corrupt(&self.path, "internal: appended after finishing"))?;
-        stack.append(&slab_bytes(data)).map_err(|e| ImageError::io(&self.tmp, e))?;
+        stack.append(&super::voxel_le_bytes(data)).map_err(|e| ImageError::io(&self.tmp, e))?;
         self.written += nz;
         Ok(())
     }
@@ -594,18 +594,6 @@ impl Drop for StackWriter {
 
 /// The Software tag of every page written.
 const SOFTWARE: &str = concat!("tessera ", env!("CARGO_PKG_VERSION"));
-
-/// The voxels of `data` as little-endian bytes in C order (borrowed when contiguous).
-fn slab_bytes(data: &Data) -> std::borrow::Cow<'_, [u8]> {
-    match data {
-        Data::U8(a) => super::le_bytes(a),
-        Data::U16(a) => super::le_bytes(a),
-        Data::U32(a) => super::le_bytes(a),
-        Data::F32(a) => super::le_bytes(a),
-        Data::Rgb8(a) => super::le_bytes(a),
-        Data::Rgb16(a) => super::le_bytes(a),
-    }
-}
 
 /// `1/spacing` as a rational that reads back exactly for spacings with up to six decimals.
 fn resolution(spacing: f64) -> Rational {
