@@ -22,8 +22,16 @@ fn bind(plan: &Plan, image: &Data, ndim: u8) -> Option<tessera::plan::Bound> {
     plan.bind(&row, &[header]).ok()
 }
 
-/// Every stage's value (all kept) for one tiling and thread count.
-fn run_all(plan: &Plan, image: &Data, ndim: u8, spacing: &Spacing, tile: TileSize, threads: usize) -> Vec<Option<Value>> {
+/// Every stage's value (all kept) for one tiling and thread count, or the failing stage and its
+/// error.
+fn run_all(
+    plan: &Plan,
+    image: &Data,
+    ndim: u8,
+    spacing: &Spacing,
+    tile: TileSize,
+    threads: usize,
+) -> Result<Vec<Option<Value>>, (usize, String)> {
     let bound = bind(plan, image, ndim).expect("binds");
     let sources = vec![Value::Image(image.clone())];
     let opts = EvalOpts { tile, memory: u64::MAX, threads, keep_all: true };
@@ -45,9 +53,8 @@ fn run_all(plan: &Plan, image: &Data, ndim: u8, spacing: &Spacing, tile: TileSiz
             },
             &mut timings,
         )
-    })
-    .expect("runs");
-    out
+    })?;
+    Ok(out)
 }
 
 /// Byte-for-byte equality (NaN equals NaN when its bits do; tables compare by their exact
@@ -140,6 +147,16 @@ fn tiled_matches_whole(yaml: &str, img: &Data, ndim: u8, seed: u64, threads: usi
         if r.is_multiple_of(3) { 1 } else { 1 + (r as usize) % shape[k] }
     });
     let tiled = run_all(&plan, img, ndim, &spacing, TileSize::Fixed(core), threads);
+    // A chain a sample cannot run (random ops can leave no finite value for a threshold to
+    // find) must fail the same way, at the same stage, however it is tiled.
+    let (whole, tiled) = match (whole, tiled) {
+        (Ok(w), Ok(t)) => (w, t),
+        (Err(w), t) => {
+            prop_assert_eq!(t.err(), Some(w), "tile {:?}, {} threads", core, threads);
+            return Ok(());
+        }
+        (Ok(_), Err(e)) => return Err(TestCaseError::fail(format!("tiled run failed but not whole: {e:?}"))),
+    };
     for (i, (a, b)) in whole.iter().zip(&tiled).enumerate() {
         prop_assert!(
             same(a, b),
@@ -184,9 +201,9 @@ fn one_voxel_tiles_on_a_fixed_chain() {
     );
     let img = Data::U8(Array3::from_shape_fn((6, 9, 11), |(z, y, x)| ((z * 37 + y * 11 + x * 5) % 200) as u8 + 20));
     let spacing = Spacing::default();
-    let whole = run_all(&plan, &img, 3, &spacing, TileSize::Fixed([6, 9, 11]), 1);
+    let whole = run_all(&plan, &img, 3, &spacing, TileSize::Fixed([6, 9, 11]), 1).expect("runs");
     for core in [[1, 1, 1], [1, 9, 11], [6, 1, 11], [6, 9, 1], [2, 3, 4]] {
-        let tiled = run_all(&plan, &img, 3, &spacing, TileSize::Fixed(core), 2);
+        let tiled = run_all(&plan, &img, 3, &spacing, TileSize::Fixed(core), 2).expect("runs");
         assert!(whole.iter().zip(&tiled).all(|(a, b)| same(a, b)), "tile {core:?}");
     }
     // Something was actually computed.
