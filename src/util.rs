@@ -22,7 +22,8 @@ pub fn remove_stale_tmp(dir: &Path) -> usize {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pos) = name.rfind(".tmp") else { continue };
         let Ok(pid) = name[pos + 4..].split('-').next().unwrap_or("").parse::<u32>() else { continue };
-        if pid != std::process::id() && !pid_alive(pid) && std::fs::remove_file(e.path()).is_ok() {
+        let gone = |p: &Path| if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+        if pid != std::process::id() && !pid_alive(pid) && gone(&e.path()).is_ok() {
             n += 1;
         }
     }
@@ -67,6 +68,25 @@ pub fn sync(f: &std::fs::File) -> std::io::Result<()> {
     }
     SYNCS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     f.sync_all()
+}
+
+/// fsyncs every file and folder under `dir` when the process is durable ([`set_durable`]) —
+/// a store of many files (OME-Zarr) before it is renamed into place. Symbolic links are not
+/// followed.
+pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    if !DURABLE.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            sync_tree(&e.path())?;
+        } else if t.is_file() {
+            sync(&std::fs::File::open(e.path())?)?;
+        }
+    }
+    sync(&std::fs::File::open(dir)?)
 }
 
 /// Ends writing `f`: fsynced when durable ([`set_durable`]), then closed with its error

@@ -152,7 +152,16 @@ impl RunSummary {
 
 /// Paths of a sample's sources: `image`, then each `sources:` column's file.
 fn source_paths(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<Vec<PathBuf>, String> {
-    let mut v = vec![row.image.clone()];
+    // An OME-Zarr image's resolution level: the manifest's `level` column (0, the full
+    // resolution, when absent or empty).
+    let image = match row.value("level").map(str::trim).filter(|l| !l.is_empty()) {
+        Some(l) => {
+            let level: usize = l.parse().map_err(|_| format!("`level` must be a whole number (0 is full resolution), found '{l}'"))?;
+            io::level_path(&row.image, level).map_err(|e| e.to_string())?
+        }
+        None => row.image.clone(),
+    };
+    let mut v = vec![image];
     let base = manifest.path.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
     for (name, col, _) in &plan.spec.sources {
         match row.value(col) {
@@ -351,7 +360,7 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
                 }
             } else {
                 let spacing = scaled(&spacing, bound.metas[i].scale);
-                let job = write_output(&sample_dir, &st.id, shared, max_label, formats, ndim, &spacing, plan, row, res, i)?;
+                let job = write_output(&sample_dir, &st.id, shared, max_label, formats, (ndim, &paths[0]), &spacing, plan, row, res, i)?;
                 if let Some(job) = job {
                     // Image outputs finish in the background; they join before the record.
                     pending.borrow_mut().push((i, crate::util::background(job)));
@@ -525,7 +534,7 @@ fn voxel_output(plan: &Plan, i: usize) -> Option<Format> {
 /// from u16/u32, images as written. `None` if there is no such output or it does not fit.
 fn read_back(plan: &Plan, bound: &Bound, row: &SampleRow, i: usize, out: &Path) -> Option<Value> {
     let f = voxel_output(plan, i)?;
-    let path = out.join("samples").join(&row.id).join(format!("{}.{}", plan.stages[i].id, f.ext()));
+    let path = io::output_voxels(&out.join("samples").join(&row.id).join(format!("{}.{}", plan.stages[i].id, f.ext())));
     let data = io::read_image(&path, ReadLimits { max_bytes: u64::MAX }).ok()?.data;
     if data.shape() != bound.metas[i].shape {
         return None;
@@ -760,7 +769,7 @@ fn run_streamed(
                     &Arc::new(value.clone()),
                     None,
                     formats,
-                    ndim,
+                    (ndim, &paths[0]),
                     &spacing,
                     plan,
                     row,
@@ -1001,28 +1010,29 @@ fn mask_in_file(x: u8) -> u8 {
     if x != 0 { 255 } else { 0 }
 }
 
-/// Writes a voxel value (image, mask or labels) to `path` as TIFF or npy. Masks and labels are
-/// converted to the file's type ([`file_data`]) a few MiB of planes at a time, so writing one
-/// takes no copy of the whole value.
-fn write_voxels(
-    path: &Path,
-    value: &Value,
-    labels_u16: bool,
-    format: Format,
-    ndim: u8,
-    spacing: &Spacing,
-    compression: io::Compression,
-) -> Result<(), String> {
+/// How a value of `kind` is written as voxels ([`io::Role`]).
+pub(crate) fn voxel_role(kind: Kind) -> io::Role {
+    match kind {
+        Kind::Mask => io::Role::Mask,
+        Kind::Labels => io::Role::Labels,
+        Kind::Image | Kind::Table => io::Role::Image,
+    }
+}
+
+/// Writes a voxel value (image, mask or labels) to `path` in a voxel format. Masks and labels
+/// are converted to the file's type ([`file_data`]) a few MiB of planes at a time, so writing
+/// one takes no copy of the whole value.
+fn write_voxels(path: &Path, value: &Value, labels_u16: bool, format: Format, meta: &io::VoxelMeta) -> Result<(), String> {
     let err = |e: io::ImageError| e.to_string();
     let Format::Voxels(vf) = format else { return Err(format!("internal: a {} cannot be written as {}", value.kind(), format.ext())) };
     let (dim, dtype) = match value {
-        Value::Image(d) => return io::write_voxels(path, vf, d, ndim, spacing, compression).map_err(err),
+        Value::Image(d) => return io::write_voxels(path, vf, d, meta).map_err(err),
         Value::Mask(m) => (m.dim(), io::DType::U8),
         Value::Labels(l) => (l.dim(), if labels_u16 { io::DType::U16 } else { io::DType::U32 }),
         Value::Table(_) => return Err("internal: a table has no voxels to write".into()),
     };
     let shape = [dim.0, dim.1, dim.2];
-    let mut out = io::VoxelWriter::create(path, vf, shape, dtype, ndim, spacing, compression).map_err(err)?;
+    let mut out = io::VoxelWriter::create(path, vf, shape, dtype, meta).map_err(err)?;
     let plane_bytes = (shape[1] * shape[2]).max(1) * dtype.bytes_per_voxel() as usize;
     let block = ((4usize << 20) / plane_bytes).max(1);
     for z0 in (0..shape[0]).step_by(block) {
@@ -1053,7 +1063,8 @@ fn write_output(
     // The largest label of a labels value, when the caller has it already.
     max_label: Option<u32>,
     formats: &[Format],
-    ndim: u8,
+    // The sample's dimensionality and image.
+    (ndim, image): (u8, &Path),
     spacing: &Spacing,
     plan: &Plan,
     row: &SampleRow,
@@ -1071,9 +1082,11 @@ fn write_output(
     if !matches!(value, Value::Table(_)) {
         let jobs: Vec<(PathBuf, Format)> = formats.iter().map(|f| (dir.join(format!("{stage}.{}", f.ext())), *f)).collect();
         let (spacing, compression, value) = (spacing.clone(), plan.spec.compression, Arc::clone(shared));
+        let (role, image) = (voxel_role(value.kind()), image.to_path_buf());
         return Ok(Some(Box::new(move || {
             for (path, f) in jobs {
-                write_voxels(&path, &value, labels_u16, f, ndim, &spacing, compression)?;
+                let meta = io::VoxelMeta { ndim, spacing: &spacing, compression, role, source: Some(&image) };
+                write_voxels(&path, &value, labels_u16, f, &meta)?;
             }
             Ok(())
         })));

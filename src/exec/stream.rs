@@ -691,7 +691,14 @@ fn open_outputs(s: &Streamed, i: usize, dtype: DType) -> Result<Vec<VoxelWriter>
             let path = s.sample_dir.join(format!("{}.{}", st.id, f.ext()));
             v.push(match f {
                 Format::Voxels(vf) => {
-                    VoxelWriter::create(&path, *vf, shape, dtype, s.ndim, &sp, s.compression).map_err(|e| e.to_string())?
+                    let meta = io::VoxelMeta {
+                        ndim: s.ndim,
+                        spacing: &sp,
+                        compression: s.compression,
+                        role: super::voxel_role(st.kind),
+                        source: s.paths.first().map(PathBuf::as_path),
+                    };
+                    VoxelWriter::create(&path, *vf, shape, dtype, &meta).map_err(|e| e.to_string())?
                 }
                 Format::Table(_) => return Err(format!("cannot write {} as {}", st.kind.with_article(), f.ext())),
             });

@@ -14,6 +14,7 @@ mod npy;
 mod raster;
 mod tiff_io;
 mod tiff_stack;
+mod zarr;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ use ndarray::{Array3, Array4};
 
 pub use npy::{NpyWriter, write as write_npy};
 pub use tiff_io::{Compression, StackWriter, write_tiff, write_tiff_with_threshold as write_tiff_as};
+pub use zarr::{Role, ZarrWriter, level_path};
 
 /// The sample types an image can have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -221,6 +223,9 @@ pub(crate) fn check_budget(path: &Path, shape: [usize; 3], dtype: DType, limits:
 pub enum VoxelFormat {
     Tiff,
     Npy,
+    /// OME-Zarr 0.5: a folder `<stage>.ome.zarr`.
+    #[serde(rename = "ome-zarr")]
+    OmeZarr,
 }
 
 impl VoxelFormat {
@@ -228,6 +233,7 @@ impl VoxelFormat {
         match self {
             VoxelFormat::Tiff => "tif",
             VoxelFormat::Npy => "npy",
+            VoxelFormat::OmeZarr => "ome.zarr",
         }
     }
     /// The format a pipeline's `outputs:` names.
@@ -235,9 +241,24 @@ impl VoxelFormat {
         match name {
             "tiff" | "tif" => Some(VoxelFormat::Tiff),
             "npy" => Some(VoxelFormat::Npy),
+            "ome-zarr" | "zarr" => Some(VoxelFormat::OmeZarr),
             _ => None,
         }
     }
+}
+
+/// What a voxel output is, beyond its shape and type: what each format records of it.
+#[derive(Debug, Clone, Copy)]
+pub struct VoxelMeta<'a> {
+    /// 2 for a single plane, 3 for a stack.
+    pub ndim: u8,
+    pub spacing: &'a Spacing,
+    /// TIFF compression.
+    pub compression: Compression,
+    /// Image, mask or labels (OME-Zarr: how levels are downsampled, `image-label` metadata).
+    pub role: Role,
+    /// The sample's image (OME-Zarr: labels of an OME-Zarr image are written as its labels).
+    pub source: Option<&'a Path>,
 }
 
 /// A voxel file being written slab by slab in z order; it appears at its path only when
@@ -245,22 +266,20 @@ impl VoxelFormat {
 pub enum VoxelWriter {
     Tiff(StackWriter),
     Npy(NpyWriter),
+    Zarr(Box<ZarrWriter>),
 }
 
 impl VoxelWriter {
-    /// A file of `shape` voxels of `dtype` (`spacing` and `compression` where the format has them).
-    pub fn create(
-        path: &Path,
-        format: VoxelFormat,
-        shape: [usize; 3],
-        dtype: DType,
-        ndim: u8,
-        spacing: &Spacing,
-        compression: Compression,
-    ) -> Result<VoxelWriter, ImageError> {
+    /// A file of `shape` voxels of `dtype`, described by `meta` where the format records it.
+    pub fn create(path: &Path, format: VoxelFormat, shape: [usize; 3], dtype: DType, meta: &VoxelMeta) -> Result<VoxelWriter, ImageError> {
         Ok(match format {
-            VoxelFormat::Tiff => VoxelWriter::Tiff(StackWriter::create(path, shape, dtype, ndim, spacing, compression, None)?),
-            VoxelFormat::Npy => VoxelWriter::Npy(NpyWriter::create(path, shape, dtype, ndim)?),
+            VoxelFormat::Tiff => {
+                VoxelWriter::Tiff(StackWriter::create(path, shape, dtype, meta.ndim, meta.spacing, meta.compression, None)?)
+            }
+            VoxelFormat::Npy => VoxelWriter::Npy(NpyWriter::create(path, shape, dtype, meta.ndim)?),
+            VoxelFormat::OmeZarr => {
+                VoxelWriter::Zarr(Box::new(ZarrWriter::create(path, shape, dtype, meta.ndim, meta.spacing, meta.role, meta.source)?))
+            }
         })
     }
     /// The next planes.
@@ -268,29 +287,35 @@ impl VoxelWriter {
         match self {
             VoxelWriter::Tiff(w) => w.append(d),
             VoxelWriter::Npy(w) => w.append(d),
+            VoxelWriter::Zarr(w) => w.append(d),
         }
     }
     pub fn finish(self) -> Result<(), ImageError> {
         match self {
             VoxelWriter::Tiff(w) => w.finish(),
             VoxelWriter::Npy(w) => w.finish(),
+            VoxelWriter::Zarr(w) => w.finish(),
         }
     }
 }
 
 /// Writes a whole image in a voxel format.
-pub fn write_voxels(
-    path: &Path,
-    format: VoxelFormat,
-    data: &Data,
-    ndim: u8,
-    spacing: &Spacing,
-    compression: Compression,
-) -> Result<(), ImageError> {
+pub fn write_voxels(path: &Path, format: VoxelFormat, data: &Data, meta: &VoxelMeta) -> Result<(), ImageError> {
     match format {
-        VoxelFormat::Tiff => write_tiff(path, data, ndim, spacing, compression),
-        VoxelFormat::Npy => write_npy(path, data, ndim),
+        VoxelFormat::Tiff => write_tiff(path, data, meta.ndim, meta.spacing, meta.compression),
+        VoxelFormat::Npy => write_npy(path, data, meta.ndim),
+        VoxelFormat::OmeZarr => {
+            let mut w = VoxelWriter::create(path, format, data.shape(), data.dtype(), meta)?;
+            w.append(data)?;
+            w.finish()
+        }
     }
+}
+
+/// The path to read a voxel output back from: the labels inside a store tessera wrote linked to
+/// an OME-Zarr image, the path itself otherwise.
+pub fn output_voxels(path: &Path) -> PathBuf {
+    zarr::linked_labels(path).unwrap_or_else(|| path.to_path_buf())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,9 +324,13 @@ enum Format {
     Raster,
     Npy,
     Folder,
+    Zarr,
 }
 
 fn format_of(path: &Path) -> Result<Format, ImageError> {
+    if zarr::is_zarr(path) {
+        return Ok(Format::Zarr);
+    }
     if path.is_dir() {
         return Ok(Format::Folder);
     }
@@ -310,13 +339,17 @@ fn format_of(path: &Path) -> Result<Format, ImageError> {
         "tif" | "tiff" | "btf" | "tf8" => Ok(Format::Tiff),
         "png" | "jpg" | "jpeg" => Ok(Format::Raster),
         "npy" => Ok(Format::Npy),
+        "zarr" if !path.exists() => Err(ImageError::NotFound { path: path.to_path_buf() }),
+        "zarr" => Err(ImageError::corrupt(path, "not a Zarr store: no zarr.json, .zarray, .zgroup or .zattrs")),
         _ => {
             if !path.exists() {
                 return Err(ImageError::NotFound { path: path.to_path_buf() });
             }
             Err(ImageError::unsupported(
                 path,
-                format!("unknown image type '.{ext}' (expected .tif/.tiff, .png, .jpg/.jpeg, .npy or a folder of slices)"),
+                format!(
+                    "unknown image type '.{ext}' (expected .tif/.tiff, .png, .jpg/.jpeg, .npy, an OME-Zarr .zarr or a folder of slices)"
+                ),
             ))
         }
     }
@@ -328,6 +361,7 @@ pub fn read_header(path: &Path) -> Result<Header, ImageError> {
         Format::Tiff => tiff_io::read_header(path),
         Format::Raster => raster::read_header(path),
         Format::Npy => npy::read_header(path),
+        Format::Zarr => zarr::read_header(path),
         Format::Folder => {
             let slices = folder_slices(path)?;
             let first = read_header(&slices[0])?;
@@ -345,6 +379,7 @@ pub fn read_image(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> 
         Format::Tiff => tiff_io::read(path, limits),
         Format::Raster => raster::read(path, limits),
         Format::Npy => npy::read(path, limits),
+        Format::Zarr => zarr::read(path, limits, None),
         Format::Folder => read_folder(path, limits),
     }
 }
@@ -434,6 +469,7 @@ pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Res
     let img = match format_of(path)? {
         Format::Tiff => tiff_io::read_range(path, limits, Some((z0, z1)))?,
         Format::Npy => npy::read_range(path, limits, Some((z0, z1)))?,
+        Format::Zarr => zarr::read(path, limits, Some((z0, z1)))?,
         Format::Raster if (z0, z1) == (0, 1) => raster::read(path, limits)?,
         Format::Raster => return Err(ImageError::corrupt(path, format!("planes {z0}..{z1} asked of a single-plane image"))),
         Format::Folder => {
@@ -447,11 +483,12 @@ pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Res
     Ok(img.data)
 }
 
-/// Reads plane ranges of one image again and again: a TIFF stays open (each range costs only its
-/// own pages); other formats are read per range with [`read_planes`].
+/// Reads plane ranges of one image again and again: a TIFF or Zarr store stays open (each range
+/// costs only its own pages or chunks); other formats are read per range with [`read_planes`].
 pub struct PlaneReader {
     path: PathBuf,
     tiff: Option<std::sync::Mutex<tiff_io::Pages>>,
+    zarr: Option<zarr::Reader>,
 }
 
 impl std::fmt::Debug for PlaneReader {
@@ -462,14 +499,19 @@ impl std::fmt::Debug for PlaneReader {
 
 impl PlaneReader {
     pub fn open(path: &Path) -> Result<PlaneReader, ImageError> {
-        let tiff = match format_of(path)? {
-            Format::Tiff => Some(std::sync::Mutex::new(tiff_io::Pages::open(path)?)),
-            _ => None,
-        };
-        Ok(PlaneReader { path: path.to_path_buf(), tiff })
+        let (mut tiff, mut zarr) = (None, None);
+        match format_of(path)? {
+            Format::Tiff => tiff = Some(std::sync::Mutex::new(tiff_io::Pages::open(path)?)),
+            Format::Zarr => zarr = Some(zarr::Reader::open(path)?),
+            _ => {}
+        }
+        Ok(PlaneReader { path: path.to_path_buf(), tiff, zarr })
     }
     /// Planes `z0..z1`.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
+        if let Some(z) = &self.zarr {
+            return z.read(z0, z1);
+        }
         match &self.tiff {
             Some(m) => m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(z0, z1),
             None => read_planes(&self.path, z0, z1, ReadLimits { max_bytes: u64::MAX }),
@@ -595,10 +637,24 @@ pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// Content hash of a file or of every file of a slice folder (blake3, hex).
+/// Content hash of a file, of every file of a slice folder, or of the files an OME-Zarr image
+/// is read from (its group's metadata and its array's files, each with its path in the store)
+/// (blake3, hex).
 pub fn hash_input(path: &Path) -> Result<String, ImageError> {
     let mut hasher = blake3::Hasher::new();
-    let files = if path.is_dir() { folder_slices(path)? } else { vec![path.to_path_buf()] };
+    let files = if zarr::is_zarr(path) {
+        let files = zarr::input_files(path)?;
+        let root = path.parent().unwrap_or(path);
+        for f in &files {
+            hasher.update(f.strip_prefix(root).unwrap_or(f).to_string_lossy().as_bytes());
+            hasher.update(&[0]);
+        }
+        files
+    } else if path.is_dir() {
+        folder_slices(path)?
+    } else {
+        vec![path.to_path_buf()]
+    };
     for f in files {
         let file = std::fs::File::open(&f).map_err(|e| ImageError::io(&f, e))?;
         hasher.update_reader(file).map_err(|e| ImageError::io(&f, e))?;

@@ -118,10 +118,40 @@ impl Drop for Lock {
 /// An output file's fingerprint for the sample record: its size and modification time in
 /// nanoseconds (what make and cargo trust). Any rewrite, truncation or in-place edit changes it;
 /// hashing every output on every run would cost more than the checkpoints themselves.
+///
+/// A folder output (an OME-Zarr store) is fingerprinted by the path, size and modification time
+/// of every file and link in it (links are not followed): a deleted, added or rewritten chunk
+/// changes it.
 pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
-    let md = std::fs::metadata(path)?;
+    let md = std::fs::symlink_metadata(path)?;
+    if md.is_dir() {
+        let mut entries = Vec::new();
+        tree_entries(path, path, &mut entries)?;
+        entries.sort();
+        let mut h = blake3::Hasher::new();
+        for e in &entries {
+            h.update(e.as_bytes());
+            h.update(b"\n");
+        }
+        return Ok(format!("tree:{}:{}", entries.len(), h.finalize().to_hex()));
+    }
     let t = md.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     Ok(format!("{}:{t}", md.len()))
+}
+
+fn tree_entries(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let md = std::fs::symlink_metadata(e.path())?;
+        if md.is_dir() {
+            tree_entries(root, &e.path(), out)?;
+        } else {
+            let t = md.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let rel = e.path().strip_prefix(root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push(format!("{rel}\t{}\t{t}", md.len()));
+        }
+    }
+    Ok(())
 }
 
 /// blake3 of a file's bytes.

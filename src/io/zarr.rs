@@ -1,0 +1,965 @@
+//! OME-Zarr (OME-NGFF 0.4 on Zarr v2, 0.5 on Zarr v3): the only place that knows about Zarr.
+//!
+//! Arrays are read and written through the `zarrs` crate (pinned in Cargo.toml: its API changes
+//! between 0.x releases), which brings every chunk codec the NGFF tools write (zstd, gzip,
+//! blosc, crc32c, sharding, transpose). The NGFF metadata — `multiscales`, `axes`,
+//! `coordinateTransformations`, `image-label` — is plain JSON and handled here.
+//!
+//! Reading: an image group (its first multiscale's level 0) or one array of it (another level)
+//! is a z-stack whose axes are the `space` axes; other axes (time, channel) must have length 1.
+//! Planes are read by chunks, so a volume larger than memory streams.
+//!
+//! Writing ([`ZarrWriter`]): an NGFF 0.5 image group, level 0 plus 2× levels (mean for images,
+//! nearest for masks and labels) until the smallest side is at most 256; chunks of 256×256 in
+//! y and x, as many planes as keep a chunk row under 128 MiB (at most 64); zstd. Slabs arrive in
+//! z order and every level is written chunk row by chunk row, chunks in parallel, in bounded
+//! memory. The store is built under a temporary name and renamed into place when complete.
+//! Labels whose sample image is an NGFF 0.5 image group are written as that image's `labels/`
+//! group in a store of their own whose levels link (symlinks) to the image's arrays, so the
+//! input is never modified and napari opens image and labels together.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::Array3;
+use rayon::prelude::*;
+use serde_json::{Value as Json, json};
+use zarrs::array::{Array, ArrayBuilder, data_type};
+use zarrs::filesystem::FilesystemStore;
+
+use super::{DType, Data, Header, Image, ImageError, ReadLimits, Spacing, check_budget};
+
+/// The NGFF version tessera writes.
+const NGFF_VERSION: &str = "0.5";
+/// Chunk side in y and x.
+const CHUNK_YX: usize = 256;
+/// Largest chunk row (one chunk depth of planes) a level buffers, in bytes.
+const ROW_BYTES: usize = 128 << 20;
+/// Levels are added while the smallest side is larger than this.
+const SMALLEST_SIDE: usize = 256;
+/// zstd level of written chunks.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Whether `path` is a Zarr node (group or array, v2 or v3).
+pub(crate) fn is_zarr(path: &Path) -> bool {
+    path.is_dir() && ["zarr.json", ".zarray", ".zgroup", ".zattrs"].iter().any(|f| path.join(f).is_file())
+}
+
+/// What a node's metadata files say.
+struct Node {
+    array: bool,
+    v3: bool,
+    attrs: Json,
+}
+
+fn read_json(path: &Path) -> Result<Option<Json>, ImageError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| ImageError::corrupt(path, format!("invalid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ImageError::io(path, e)),
+    }
+}
+
+fn node(dir: &Path) -> Result<Option<Node>, ImageError> {
+    if let Some(j) = read_json(&dir.join("zarr.json"))? {
+        let array = match j.get("node_type").and_then(Json::as_str) {
+            Some("array") => true,
+            Some("group") => false,
+            other => {
+                return Err(ImageError::corrupt(&dir.join("zarr.json"), format!("node_type {other:?}, expected \"array\" or \"group\"")));
+            }
+        };
+        return Ok(Some(Node { array, v3: true, attrs: j.get("attributes").cloned().unwrap_or_else(|| json!({})) }));
+    }
+    let attrs = read_json(&dir.join(".zattrs"))?;
+    if dir.join(".zarray").is_file() {
+        return Ok(Some(Node { array: true, v3: false, attrs: attrs.unwrap_or_else(|| json!({})) }));
+    }
+    if dir.join(".zgroup").is_file() || attrs.is_some() {
+        return Ok(Some(Node { array: false, v3: false, attrs: attrs.unwrap_or_else(|| json!({})) }));
+    }
+    Ok(None)
+}
+
+/// The OME attributes of a node: under `ome` in 0.5, the attributes themselves in 0.4.
+fn ome(attrs: &Json) -> &Json {
+    attrs.get("ome").unwrap_or(attrs)
+}
+
+#[derive(Debug, Clone)]
+struct AxisMeta {
+    name: String,
+    kind: Option<String>,
+    unit: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Dataset {
+    path: String,
+    scale: Option<Vec<f64>>,
+    /// The dataset's `coordinateTransformations` as the file has them.
+    transforms: Json,
+}
+
+#[derive(Debug, Clone)]
+struct Multiscale {
+    axes: Vec<AxisMeta>,
+    datasets: Vec<Dataset>,
+    /// A scale applying to every dataset.
+    scale: Option<Vec<f64>>,
+    /// The multiscale as the file has it.
+    raw: Json,
+}
+
+fn transforms(j: Option<&Json>) -> (Option<Vec<f64>>, Option<Vec<f64>>) {
+    let (mut scale, mut translation) = (None, None);
+    for t in j.and_then(Json::as_array).into_iter().flatten() {
+        let v = |k: &str| t.get(k).and_then(Json::as_array).map(|a| a.iter().map(|x| x.as_f64().unwrap_or(1.0)).collect::<Vec<f64>>());
+        match t.get("type").and_then(Json::as_str) {
+            Some("scale") => scale = v("scale"),
+            Some("translation") => translation = v("translation"),
+            _ => {}
+        }
+    }
+    (scale, translation)
+}
+
+/// The first multiscale of a group, if it has one.
+fn multiscale(dir: &Path, attrs: &Json) -> Result<Option<Multiscale>, ImageError> {
+    let Some(ms) = ome(attrs).get("multiscales") else { return Ok(None) };
+    let m = ms.as_array().and_then(|a| a.first()).ok_or_else(|| ImageError::corrupt(dir, "`multiscales` is not a non-empty list"))?;
+    let axes = m
+        .get("axes")
+        .and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|x| match x {
+                    Json::String(s) => AxisMeta { name: s.clone(), kind: None, unit: None },
+                    _ => AxisMeta {
+                        name: x.get("name").and_then(Json::as_str).unwrap_or("").to_string(),
+                        kind: x.get("type").and_then(Json::as_str).map(str::to_string),
+                        unit: x.get("unit").and_then(Json::as_str).map(str::to_string),
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let datasets: Vec<Dataset> = m
+        .get("datasets")
+        .and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| {
+                    let path = d.get("path")?.as_str()?.trim_matches('/').to_string();
+                    let t = d.get("coordinateTransformations");
+                    let scale = transforms(t).0;
+                    Some(Dataset { path, scale, transforms: t.cloned().unwrap_or(Json::Null) })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if datasets.is_empty() {
+        return Err(ImageError::corrupt(dir, "the first multiscale lists no datasets"));
+    }
+    let scale = transforms(m.get("coordinateTransformations")).0;
+    Ok(Some(Multiscale { axes, datasets, scale, raw: m.clone() }))
+}
+
+/// The sample types a Zarr array may have and how they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    U8,
+    U16,
+    U32,
+    F32,
+    /// Read as f32, as TIFF does.
+    I8,
+    I16,
+    F64,
+}
+
+impl Stored {
+    fn of(dt: &zarrs::array::DataType) -> Option<Stored> {
+        [
+            (data_type::uint8(), Stored::U8),
+            (data_type::uint16(), Stored::U16),
+            (data_type::uint32(), Stored::U32),
+            (data_type::float32(), Stored::F32),
+            (data_type::int8(), Stored::I8),
+            (data_type::int16(), Stored::I16),
+            (data_type::float64(), Stored::F64),
+        ]
+        .into_iter()
+        .find(|(d, _)| d == dt)
+        .map(|(_, s)| s)
+    }
+    fn dtype(self) -> DType {
+        match self {
+            Stored::U8 => DType::U8,
+            Stored::U16 => DType::U16,
+            Stored::U32 => DType::U32,
+            Stored::F32 | Stored::I8 | Stored::I16 | Stored::F64 => DType::F32,
+        }
+    }
+}
+
+/// An image in a Zarr store: which array, how its dimensions map to z, y, x, its spacing.
+struct Located {
+    array: Array<FilesystemStore>,
+    /// For each array dimension: `Some(0|1|2)` for z, y, x; `None` for a dimension of length 1
+    /// that is dropped (time, channel).
+    dims: Vec<Option<usize>>,
+    shape: [usize; 3],
+    ndim: u8,
+    stored: Stored,
+    spacing: Option<Spacing>,
+    /// The image group and multiscale the array belongs to, and its level in it.
+    group: Option<(PathBuf, Multiscale, usize)>,
+    v3: bool,
+}
+
+fn open_array(dir: &Path) -> Result<Array<FilesystemStore>, ImageError> {
+    let store = FilesystemStore::new(dir).map_err(|e| ImageError::corrupt(dir, e))?;
+    Array::open(Arc::new(store), "/").map_err(|e| ImageError::corrupt(dir, e))
+}
+
+fn zarr_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
+    ImageError::corrupt(path, e)
+}
+
+/// The unit NGFF axes name (UDUNITS-2) as tessera spells it, and back.
+fn unit_from_ngff(u: &str) -> String {
+    match u {
+        "micrometer" => "um".into(),
+        "nanometer" => "nm".into(),
+        "millimeter" => "mm".into(),
+        "centimeter" => "cm".into(),
+        "meter" => "m".into(),
+        "angstrom" => "angstrom".into(),
+        other => other.into(),
+    }
+}
+
+fn unit_to_ngff(u: &str) -> Option<&'static str> {
+    Some(match u {
+        "um" | "µm" | "micron" | "micrometer" => "micrometer",
+        "nm" | "nanometer" => "nanometer",
+        "mm" | "millimeter" => "millimeter",
+        "cm" | "centimeter" => "centimeter",
+        "m" | "meter" => "meter",
+        "angstrom" => "angstrom",
+        _ => return None,
+    })
+}
+
+fn locate(path: &Path) -> Result<Located, ImageError> {
+    let Some(n) = node(path)? else {
+        return Err(ImageError::corrupt(path, "not a Zarr node: no zarr.json, .zarray, .zgroup or .zattrs"));
+    };
+    let (array_dir, group) = if n.array {
+        // An array: its level and spacing come from the parent image group, if it is one.
+        let name = path.file_name().and_then(|s| s.to_str()).unwrap_or("").to_string();
+        let parent = path.parent().map(Path::to_path_buf);
+        let group = parent.and_then(|p| {
+            let pn = node(&p).ok().flatten().filter(|pn| !pn.array)?;
+            let ms = multiscale(&p, &pn.attrs).ok().flatten()?;
+            let level = ms.datasets.iter().position(|d| d.path == name)?;
+            Some((p, ms, level))
+        });
+        (path.to_path_buf(), group)
+    } else {
+        let ms = multiscale(path, &n.attrs)?.ok_or_else(|| {
+            ImageError::unsupported(
+                path,
+                "a Zarr group without OME-NGFF `multiscales`: give the path of an image group (e.g. scan.ome.zarr) or of one of its arrays (scan.ome.zarr/0)",
+            )
+        })?;
+        (path.join(&ms.datasets[0].path), Some((path.to_path_buf(), ms, 0)))
+    };
+    let array = open_array(&array_dir)?;
+    let v3 = node(&array_dir)?.is_some_and(|a| a.v3);
+    let shape: Vec<u64> = array.shape().to_vec();
+    let nd = shape.len();
+    let stored = Stored::of(array.data_type()).ok_or_else(|| {
+        ImageError::unsupported(
+            &array_dir,
+            format!("{} samples (supported: uint8/16/32 and float32; int8/int16/float64 are read as float32)", array.data_type()),
+        )
+    })?;
+    let axes: Option<&[AxisMeta]> = group.as_ref().map(|(_, ms, _)| ms.axes.as_slice()).filter(|a| a.len() == nd);
+    let spatial: Vec<usize> = match axes {
+        Some(a) => (0..nd)
+            .filter(|&i| match &a[i].kind {
+                Some(k) => k == "space",
+                None => matches!(a[i].name.as_str(), "z" | "y" | "x"),
+            })
+            .collect(),
+        None => (nd.saturating_sub(3)..nd).collect(),
+    };
+    let axis_name = |i: usize| axes.map(|a| a[i].name.clone()).unwrap_or_else(|| format!("dimension {i}"));
+    if !(2..=3).contains(&spatial.len()) {
+        return Err(ImageError::unsupported(&array_dir, format!("{} spatial axes (expected 2 or 3) among {nd} dimensions", spatial.len())));
+    }
+    let mut dims = vec![None; nd];
+    for i in 0..nd {
+        if let Some(p) = spatial.iter().position(|&s| s == i) {
+            dims[i] = Some(p + 3 - spatial.len());
+        } else if shape[i] != 1 {
+            return Err(ImageError::unsupported(
+                &array_dir,
+                format!(
+                    "axis `{}` has {} entries; tessera reads one channel and one time point (write them as separate images)",
+                    axis_name(i),
+                    shape[i]
+                ),
+            ));
+        }
+    }
+    let len = |i: usize| usize::try_from(shape[i]).map_err(|_| zarr_err(&array_dir, "shape does not fit in memory addresses"));
+    let shape3 =
+        if spatial.len() == 3 { [len(spatial[0])?, len(spatial[1])?, len(spatial[2])?] } else { [1, len(spatial[0])?, len(spatial[1])?] };
+    let spacing = group.as_ref().and_then(|(_, ms, level)| {
+        let d = &ms.datasets[*level];
+        let mut scale = d.scale.clone().filter(|s| s.len() == nd)?;
+        if let Some(g) = ms.scale.as_ref().filter(|g| g.len() == nd) {
+            scale.iter_mut().zip(g).for_each(|(s, g)| *s *= g);
+        }
+        let unit = axes.and_then(|a| spatial.iter().rev().find_map(|&i| a[i].unit.clone())).map(|u| unit_from_ngff(&u));
+        let mut zyx = [1.0; 3];
+        for (k, &i) in spatial.iter().enumerate() {
+            zyx[k + 3 - spatial.len()] = scale[i];
+        }
+        Some(Spacing { zyx, unit: unit.unwrap_or_else(|| "pixel".into()) })
+    });
+    Ok(Located { array, dims, shape: shape3, ndim: spatial.len() as u8, stored, spacing, group, v3 })
+}
+
+/// The path of level `level` of an OME-Zarr image group (the manifest's `level` column).
+pub fn level_path(path: &Path, level: usize) -> Result<PathBuf, ImageError> {
+    let n = node(path)?.ok_or_else(|| ImageError::corrupt(path, "`level` is given but this is not a Zarr image group"))?;
+    let ms = (!n.array)
+        .then(|| multiscale(path, &n.attrs))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| ImageError::unsupported(path, "`level` is given but this is not an OME-Zarr image group with `multiscales`"))?;
+    let d = ms.datasets.get(level).ok_or_else(|| {
+        ImageError::corrupt(
+            path,
+            format!("level {level} asked of an image with {} levels (0..{})", ms.datasets.len(), ms.datasets.len() - 1),
+        )
+    })?;
+    Ok(path.join(&d.path))
+}
+
+pub fn read_header(path: &Path) -> Result<Header, ImageError> {
+    let l = locate(path)?;
+    Ok(Header { shape: l.shape, dtype: l.stored.dtype(), ndim: l.ndim, spacing: l.spacing })
+}
+
+/// Reads planes `z0..z1` (all when `None`).
+pub fn read(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> Result<Image, ImageError> {
+    let r = Reader::open(path)?;
+    let (z0, z1) = range.unwrap_or((0, r.loc.shape[0]));
+    check_budget(path, [z1.saturating_sub(z0), r.loc.shape[1], r.loc.shape[2]], r.loc.stored.dtype(), limits)?;
+    let data = r.read(z0, z1)?;
+    Ok(Image { data, ndim: r.loc.ndim, spacing: r.loc.spacing.clone() })
+}
+
+/// An open Zarr image, read plane range by plane range (chunks decoded in parallel).
+pub struct Reader {
+    path: PathBuf,
+    loc: Located,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, ImageError> {
+        Ok(Reader { path: path.to_path_buf(), loc: locate(path)? })
+    }
+    pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
+        let [nz, ny, nx] = self.loc.shape;
+        if z0 > z1 || z1 > nz {
+            return Err(ImageError::corrupt(&self.path, format!("planes {z0}..{z1} asked of a stack of {nz}")));
+        }
+        let ranges: Vec<Range<u64>> = self
+            .loc
+            .dims
+            .iter()
+            .map(|d| match d {
+                None => 0..1,
+                Some(0) => z0 as u64..z1 as u64,
+                Some(a) => 0..self.loc.shape[*a] as u64,
+            })
+            .collect();
+        let shape = (z1 - z0, ny, nx);
+        let err = |e: zarrs::array::ArrayError| zarr_err(&self.path, e);
+        macro_rules! get {
+            ($t:ty) => {{
+                let v: Vec<$t> = self.loc.array.retrieve_array_subset(&ranges).map_err(err)?;
+                Array3::from_shape_vec(shape, v).map_err(|e| zarr_err(&self.path, e))?
+            }};
+        }
+        Ok(match self.loc.stored {
+            Stored::U8 => Data::U8(get!(u8)),
+            Stored::U16 => Data::U16(get!(u16)),
+            Stored::U32 => Data::U32(get!(u32)),
+            Stored::F32 => Data::F32(get!(f32)),
+            Stored::I8 => Data::F32(get!(i8).mapv(f32::from)),
+            Stored::I16 => Data::F32(get!(i16).mapv(f32::from)),
+            Stored::F64 => Data::F32(get!(f64).mapv(|x| x as f32)),
+        })
+    }
+}
+
+/// The files a Zarr image's voxels and spacing come from, for the input hash: the image group's
+/// metadata and every file of the array read, in path order.
+pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let l = locate(path)?;
+    let mut files = Vec::new();
+    if let Some((g, _, level)) = &l.group {
+        for f in ["zarr.json", ".zgroup", ".zattrs"] {
+            if g.join(f).is_file() {
+                files.push(g.join(f));
+            }
+        }
+        let dir = g.join(l.group.as_ref().map(|x| &x.1.datasets[*level].path).cloned().unwrap_or_default());
+        walk(&dir, &mut files)?;
+    } else {
+        walk(path, &mut files)?;
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
+    for e in std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))? {
+        let p = e.map_err(|e| ImageError::io(dir, e))?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// What a written voxel output holds: how levels are downsampled and what metadata it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Image,
+    Mask,
+    Labels,
+}
+
+/// A sample type tessera writes to Zarr.
+trait Px: Copy + Default + Send + Sync + zarrs::array::Element + Into<zarrs::array::builder::ArrayBuilderFillValue> + 'static {
+    fn mean(v: &[Self]) -> Self;
+    fn data_type() -> zarrs::array::DataType;
+    fn as_u32(self) -> u32;
+}
+
+macro_rules! px_int {
+    ($t:ty, $dt:ident) => {
+        impl Px for $t {
+            fn mean(v: &[Self]) -> Self {
+                let n = v.len() as u64;
+                let s: u64 = v.iter().map(|&x| x as u64).sum();
+                ((s + n / 2) / n) as $t
+            }
+            fn data_type() -> zarrs::array::DataType {
+                data_type::$dt()
+            }
+            fn as_u32(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+px_int!(u8, uint8);
+px_int!(u16, uint16);
+px_int!(u32, uint32);
+
+impl Px for f32 {
+    fn mean(v: &[Self]) -> Self {
+        (v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64) as f32
+    }
+    fn data_type() -> zarrs::array::DataType {
+        data_type::float32()
+    }
+    fn as_u32(self) -> u32 {
+        0
+    }
+}
+
+/// How a level's planes are made.
+enum Src {
+    /// The planes appended.
+    Input,
+    /// The mean of 2×2×2 blocks (2×2 for 2D) of the level above.
+    Mean,
+    /// Level-0 voxels picked by index: `z[i]`, `y[j]`, `x[k]` are the level-0 indices of this
+    /// level's plane `i`, row `j`, column `k`.
+    Nearest { z: Vec<usize>, y: Vec<usize>, x: Vec<usize>, next: usize },
+}
+
+struct Level<T> {
+    array: Array<FilesystemStore>,
+    /// For each array dimension: `Some(0|1|2)` z, y, x; `None` a dimension of length 1.
+    dims: Vec<Option<usize>>,
+    shape: [usize; 3],
+    chunk: [usize; 3],
+    /// The planes of the chunk row being filled.
+    buf: Vec<T>,
+    received: usize,
+    /// Mean: a plane of the level above waiting for its pair.
+    pending: Option<Vec<T>>,
+    src: Src,
+}
+
+impl<T: Px> Level<T> {
+    fn plane_len(&self) -> usize {
+        self.shape[1] * self.shape[2]
+    }
+    fn accept(&mut self, plane: &[T], path: &Path) -> Result<(), ImageError> {
+        if self.received >= self.shape[0] {
+            return Err(ImageError::corrupt(path, format!("more than the {} planes declared", self.shape[0])));
+        }
+        self.buf.extend_from_slice(plane);
+        self.received += 1;
+        if self.buf.len() == self.chunk[0] * self.plane_len() || self.received == self.shape[0] {
+            self.flush(path)?;
+        }
+        Ok(())
+    }
+    /// Writes the buffered chunk row, its chunks in parallel.
+    fn flush(&mut self, path: &Path) -> Result<(), ImageError> {
+        let [_, ny, nx] = self.shape;
+        let [cz, cy, cx] = self.chunk;
+        let planes = self.buf.len() / self.plane_len().max(1);
+        let row = (self.received - planes) / cz;
+        let (gy, gx) = (ny.div_ceil(cy), nx.div_ceil(cx));
+        let buf = &self.buf;
+        (0..gy * gx).into_par_iter().try_for_each(|c| {
+            let (iy, ix) = (c / gx, c % gx);
+            let mut chunk = vec![T::default(); cz * cy * cx];
+            let (y0, x0) = (iy * cy, ix * cx);
+            let (h, w) = (cy.min(ny - y0), cx.min(nx - x0));
+            for z in 0..planes {
+                for y in 0..h {
+                    let src = &buf[(z * ny + y0 + y) * nx + x0..][..w];
+                    chunk[(z * cy + y) * cx..][..w].copy_from_slice(src);
+                }
+            }
+            let idx: Vec<u64> = self.dims.iter().map(|d| [row, iy, ix].get(d.unwrap_or(usize::MAX)).copied().unwrap_or(0) as u64).collect();
+            self.array.store_chunk(&idx, chunk).map_err(|e| zarr_err(path, e))
+        })?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Every level of one store being written, for one sample type.
+struct Pyramid<T> {
+    levels: Vec<Level<T>>,
+    ndim: u8,
+    /// Labels: the largest seen.
+    max: u32,
+    role: Role,
+}
+
+impl<T: Px> Pyramid<T> {
+    fn push(&mut self, k: usize, plane: Vec<T>, path: &Path) -> Result<(), ImageError> {
+        self.levels[k].accept(&plane, path)?;
+        let z = self.levels[k].received - 1;
+        let nx0 = self.levels[0].shape[2];
+        for j in k + 1..self.levels.len() {
+            let out: Vec<Vec<T>> = match &mut self.levels[j].src {
+                Src::Mean if j == k + 1 => {
+                    let last = z + 1 == self.levels[k].shape[0];
+                    let pair = if self.ndim == 3 && z.is_multiple_of(2) && !last {
+                        self.levels[j].pending = Some(plane.clone());
+                        None
+                    } else if self.ndim == 3 && z % 2 == 1 {
+                        Some((self.levels[j].pending.take().unwrap_or_default(), plane.clone()))
+                    } else {
+                        Some((Vec::new(), plane.clone()))
+                    };
+                    match pair {
+                        Some((a, b)) => vec![mean_plane(
+                            &a,
+                            &b,
+                            [self.levels[k].shape[1], self.levels[k].shape[2]],
+                            [self.levels[j].shape[1], self.levels[j].shape[2]],
+                        )],
+                        None => vec![],
+                    }
+                }
+                Src::Nearest { z: zm, y, x, next } if k == 0 => {
+                    let mut v = Vec::new();
+                    while *next < zm.len() && zm[*next] == z {
+                        let mut p = Vec::with_capacity(y.len() * x.len());
+                        for &yy in y.iter() {
+                            p.extend(x.iter().map(|&xx| plane[yy * nx0 + xx]));
+                        }
+                        v.push(p);
+                        *next += 1;
+                    }
+                    v
+                }
+                _ => vec![],
+            };
+            for p in out {
+                self.push(j, p, path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The mean of 2×2 blocks of one plane (`a` empty) or of 2×2×2 blocks of two planes, over the
+/// voxels that exist at the edges.
+fn mean_plane<T: Px>(a: &[T], b: &[T], [ny, nx]: [usize; 2], [my, mx]: [usize; 2]) -> Vec<T> {
+    let mut out = vec![T::default(); my * mx];
+    out.par_chunks_mut(mx).enumerate().for_each(|(y, row)| {
+        let mut v: Vec<T> = Vec::with_capacity(8);
+        for (x, o) in row.iter_mut().enumerate() {
+            v.clear();
+            for yy in 2 * y..(2 * y + 2).min(ny) {
+                for xx in 2 * x..(2 * x + 2).min(nx) {
+                    if !a.is_empty() {
+                        v.push(a[yy * nx + xx]);
+                    }
+                    v.push(b[yy * nx + xx]);
+                }
+            }
+            *o = T::mean(&v);
+        }
+    });
+    out
+}
+
+enum Typed {
+    U8(Pyramid<u8>),
+    U16(Pyramid<u16>),
+    U32(Pyramid<u32>),
+    F32(Pyramid<f32>),
+}
+
+/// The axes, levels and link of the store being written.
+struct Layout {
+    /// Where the label levels go inside the store ("" for an image at the root).
+    labels_at: Option<String>,
+    /// The image group the labels belong to (linked store), with its multiscale and first level.
+    link: Option<(PathBuf, Multiscale, usize)>,
+    /// Per level: shape and the `coordinateTransformations` to record.
+    levels: Vec<([usize; 3], Json)>,
+    dims: Vec<Option<usize>>,
+    axes: Json,
+}
+
+/// An OME-Zarr 0.5 store written slab by slab in z order; it appears at its path when finished.
+pub struct ZarrWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    name: String,
+    role: Role,
+    layout: Layout,
+    typed: Typed,
+}
+
+/// Chunk shape for a level: 256×256 in y and x, and as many planes as keep a row of chunks
+/// under [`ROW_BYTES`] (a power of two, at most 64).
+fn chunk_shape(shape: [usize; 3], bytes: usize, ndim: u8) -> [usize; 3] {
+    let plane = (shape[1].div_ceil(CHUNK_YX) * CHUNK_YX * shape[2].div_ceil(CHUNK_YX) * CHUNK_YX * bytes).max(1);
+    let mut cz = 1;
+    while ndim == 3 && cz < 64 && cz * 2 * plane <= ROW_BYTES && cz * 2 <= shape[0].next_power_of_two() {
+        cz *= 2;
+    }
+    [cz, CHUNK_YX.min(shape[1]).max(1), CHUNK_YX.min(shape[2]).max(1)]
+}
+
+impl ZarrWriter {
+    /// A store of `shape` voxels of `dtype`. `source` is the sample's image: when it is an NGFF
+    /// 0.5 image group whose level matches `shape` and `role` is labels, the store links to it.
+    pub fn create(
+        path: &Path,
+        shape: [usize; 3],
+        dtype: DType,
+        ndim: u8,
+        spacing: &Spacing,
+        role: Role,
+        source: Option<&Path>,
+    ) -> Result<ZarrWriter, ImageError> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image").trim_end_matches(".ome.zarr").to_string();
+        let tmp = crate::util::tmp_sibling(path);
+        std::fs::create_dir_all(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
+        let link = match (role, source) {
+            (Role::Labels, Some(src)) if is_zarr(src) => match locate(src) {
+                Ok(l) if l.v3 && l.shape == shape && l.ndim == ndim => {
+                    l.group.filter(|(g, _, _)| node(g).ok().flatten().is_some_and(|n| n.v3))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let layout = match &link {
+            Some((g, ms, level)) => linked_layout(g, ms, *level, shape)?,
+            None => own_layout(shape, ndim, spacing, role),
+        };
+        let labels_at = link.as_ref().map(|_| format!("labels/{name}"));
+        let layout = Layout { labels_at, link, ..layout };
+        let base = match &layout.labels_at {
+            Some(l) => tmp.join(l),
+            None => tmp.clone(),
+        };
+        let typed = match dtype {
+            DType::U8 => Typed::U8(pyramid::<u8>(&base, &layout, ndim, role)?),
+            DType::U16 => Typed::U16(pyramid::<u16>(&base, &layout, ndim, role)?),
+            DType::U32 => Typed::U32(pyramid::<u32>(&base, &layout, ndim, role)?),
+            DType::F32 => Typed::F32(pyramid::<f32>(&base, &layout, ndim, role)?),
+            DType::Rgb8 | DType::Rgb16 => return Err(ImageError::unsupported(path, "RGB images as OME-Zarr (write them as TIFF)")),
+        };
+        Ok(ZarrWriter { path: path.to_path_buf(), tmp, name, role, layout, typed })
+    }
+
+    /// The next planes.
+    pub fn append(&mut self, d: &Data) -> Result<(), ImageError> {
+        let path = self.path.clone();
+        macro_rules! go {
+            ($p:ident, $a:ident) => {{
+                let [nz, ny, nx] = d.shape();
+                let a = $a.as_standard_layout();
+                let s = a.as_slice().expect("standard layout");
+                if $p.role == Role::Labels {
+                    $p.max = $p.max.max(s.par_iter().map(|&x| x.as_u32()).max().unwrap_or(0));
+                }
+                for z in 0..nz {
+                    $p.push(0, s[z * ny * nx..(z + 1) * ny * nx].to_vec(), &path)?;
+                }
+                Ok(())
+            }};
+        }
+        match (&mut self.typed, d) {
+            (Typed::U8(p), Data::U8(a)) => go!(p, a),
+            (Typed::U16(p), Data::U16(a)) => go!(p, a),
+            (Typed::U32(p), Data::U32(a)) => go!(p, a),
+            (Typed::F32(p), Data::F32(a)) => go!(p, a),
+            _ => Err(ImageError::corrupt(&self.path, format!("internal: {} planes appended to a store of another type", d.dtype()))),
+        }
+    }
+
+    pub fn finish(self) -> Result<(), ImageError> {
+        let (received, expected, max) = match &self.typed {
+            Typed::U8(p) => {
+                (p.levels.iter().map(|l| l.received).collect::<Vec<_>>(), p.levels.iter().map(|l| l.shape[0]).collect::<Vec<_>>(), p.max)
+            }
+            Typed::U16(p) => (p.levels.iter().map(|l| l.received).collect(), p.levels.iter().map(|l| l.shape[0]).collect(), p.max),
+            Typed::U32(p) => (p.levels.iter().map(|l| l.received).collect(), p.levels.iter().map(|l| l.shape[0]).collect(), p.max),
+            Typed::F32(p) => (p.levels.iter().map(|l| l.received).collect(), p.levels.iter().map(|l| l.shape[0]).collect(), 0),
+        };
+        if received != expected {
+            return Err(ImageError::corrupt(&self.path, format!("internal: levels got {received:?} planes, expected {expected:?}")));
+        }
+        let datasets: Vec<Json> = self
+            .layout
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| json!({"path": i.to_string(), "coordinateTransformations": t}))
+            .collect();
+        let method = match self.role {
+            Role::Image => "mean",
+            Role::Mask | Role::Labels => "nearest",
+        };
+        let mut ms = json!({
+            "name": self.name,
+            "axes": self.layout.axes,
+            "datasets": datasets,
+            "type": method,
+            "metadata": {"software": "tessera", "version": env!("CARGO_PKG_VERSION"), "method": method},
+        });
+        let mut ome = serde_json::Map::new();
+        ome.insert("version".into(), json!(NGFF_VERSION));
+        if self.role == Role::Labels {
+            let mut il = json!({"version": NGFF_VERSION, "colors": label_colors(max)});
+            if self.layout.link.is_some() {
+                il["source"] = json!({"image": "../../"});
+            }
+            ome.insert("image-label".into(), il);
+        }
+        match (&self.layout.link, &self.layout.labels_at) {
+            (Some((g, src_ms, first)), Some(at)) => {
+                // The linked store: the image's levels (from `first` on) as links, then labels/.
+                ms["axes"] = src_ms.raw.get("axes").cloned().unwrap_or(Json::Null);
+                let mut image_ms = src_ms.raw.clone();
+                let kept: Vec<Json> = src_ms.raw["datasets"].as_array().map(|a| a[*first..].to_vec()).unwrap_or_default();
+                image_ms["datasets"] = Json::Array(kept);
+                let g_abs = std::fs::canonicalize(g).map_err(|e| ImageError::io(g, e))?;
+                for d in &src_ms.datasets[*first..] {
+                    let to = self.tmp.join(&d.path);
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| ImageError::io(parent, e))?;
+                    }
+                    std::os::unix::fs::symlink(g_abs.join(&d.path), &to).map_err(|e| ImageError::io(&to, e))?;
+                }
+                write_group(&self.tmp, json!({"version": NGFF_VERSION, "multiscales": [image_ms]}))?;
+                write_group(&self.tmp.join("labels"), json!({"version": NGFF_VERSION, "labels": [self.name]}))?;
+                ome.insert("multiscales".into(), json!([ms]));
+                write_group(&self.tmp.join(at), Json::Object(ome))?;
+            }
+            _ => {
+                ome.insert("multiscales".into(), json!([ms]));
+                write_group(&self.tmp, Json::Object(ome))?;
+            }
+        }
+        crate::util::sync_tree(&self.tmp).map_err(|e| ImageError::io(&self.tmp, e))?;
+        if self.path.exists() {
+            std::fs::remove_dir_all(&self.path).map_err(|e| ImageError::io(&self.path, e))?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))
+    }
+}
+
+impl Drop for ZarrWriter {
+    /// A store not finished (an error, a panic elsewhere) leaves nothing behind.
+    fn drop(&mut self) {
+        if self.tmp.exists() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// A group's `zarr.json` with these OME attributes.
+fn write_group(dir: &Path, ome: Json) -> Result<(), ImageError> {
+    std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
+    let j = json!({"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}});
+    let p = dir.join("zarr.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&j).expect("JSON") + "\n").map_err(|e| ImageError::io(&p, e))
+}
+
+/// One colour per label 1..=max, the same for every run (hues spaced by the golden angle).
+fn label_colors(max: u32) -> Json {
+    Json::Array(
+        (1..=max)
+            .map(|v| {
+                let h = (v as f64 * 0.618_033_988_749_895).fract() * 6.0;
+                let (i, f) = (h.floor() as u32, h.fract());
+                let (p, q, t) = (0.25, 1.0 - 0.75 * f, 0.25 + 0.75 * f);
+                let (r, g, b) = match i {
+                    0 => (1.0, t, p),
+                    1 => (q, 1.0, p),
+                    2 => (p, 1.0, t),
+                    3 => (p, q, 1.0),
+                    4 => (t, p, 1.0),
+                    _ => (1.0, p, q),
+                };
+                let c = |x: f64| (x * 255.0).round() as u32;
+                json!({"label-value": v, "rgba": [c(r), c(g), c(b), 255]})
+            })
+            .collect(),
+    )
+}
+
+/// tessera's own levels: level 0 and halvings until the smallest side is at most 256.
+fn own_layout(shape: [usize; 3], ndim: u8, spacing: &Spacing, role: Role) -> Layout {
+    let spatial = if ndim == 3 { 0..3 } else { 1..3 };
+    let mut levels = Vec::new();
+    let mut s = shape;
+    let mut f = 1.0f64;
+    loop {
+        let scale: Vec<f64> = spatial.clone().map(|a| spacing.zyx[a] * f).collect();
+        let mut t = vec![json!({"type": "scale", "scale": scale})];
+        if role == Role::Image && f > 1.0 {
+            // A mean of f voxels is centred half a block in.
+            let tr: Vec<f64> = spatial.clone().map(|a| spacing.zyx[a] * (f - 1.0) / 2.0).collect();
+            t.push(json!({"type": "translation", "translation": tr}));
+        }
+        levels.push((s, Json::Array(t)));
+        if spatial.clone().map(|a| s[a]).min().unwrap_or(0) <= SMALLEST_SIDE {
+            break;
+        }
+        for a in spatial.clone() {
+            s[a] = s[a].div_ceil(2);
+        }
+        f *= 2.0;
+    }
+    let unit = unit_to_ngff(&spacing.unit);
+    let axes: Vec<Json> = ["z", "y", "x"][spatial.clone()]
+        .iter()
+        .map(|n| match unit {
+            Some(u) => json!({"name": n, "type": "space", "unit": u}),
+            None => json!({"name": n, "type": "space"}),
+        })
+        .collect();
+    Layout { labels_at: None, link: None, levels, dims: spatial.map(Some).collect(), axes: Json::Array(axes) }
+}
+
+/// Labels linked to an NGFF image group: the image's levels from `first` on, same shapes and
+/// transformations, same axes.
+fn linked_layout(g: &Path, ms: &Multiscale, first: usize, shape: [usize; 3]) -> Result<Layout, ImageError> {
+    let l0 = locate(&g.join(&ms.datasets[first].path))?;
+    let mut levels = Vec::new();
+    for d in &ms.datasets[first..] {
+        let l = locate(&g.join(&d.path))?;
+        levels.push((l.shape, d.transforms.clone()));
+    }
+    if levels[0].0 != shape {
+        return Err(ImageError::corrupt(g, "internal: linked level does not match the labels' shape"));
+    }
+    Ok(Layout { labels_at: None, link: None, levels, dims: l0.dims, axes: ms.raw.get("axes").cloned().unwrap_or(Json::Null) })
+}
+
+fn pyramid<T: Px>(base: &Path, layout: &Layout, ndim: u8, role: Role) -> Result<Pyramid<T>, ImageError> {
+    let bytes = std::mem::size_of::<T>();
+    let s0 = layout.levels[0].0;
+    let mut levels = Vec::new();
+    for (k, (shape, level_transforms)) in layout.levels.iter().enumerate() {
+        let chunk = chunk_shape(*shape, bytes, ndim);
+        let dir = base.join(k.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| ImageError::io(&dir, e))?;
+        let store = FilesystemStore::new(&dir).map_err(|e| zarr_err(&dir, e))?;
+        let ashape: Vec<u64> = layout.dims.iter().map(|d| d.map_or(1, |a| shape[a]) as u64).collect();
+        let achunk: Vec<u64> = layout.dims.iter().map(|d| d.map_or(1, |a| chunk[a]) as u64).collect();
+        let names: Vec<String> = match layout.axes.as_array() {
+            Some(a) if a.len() == layout.dims.len() => {
+                a.iter().map(|x| x.get("name").and_then(Json::as_str).unwrap_or("").to_string()).collect()
+            }
+            _ => layout.dims.iter().map(|d| ["z", "y", "x"][d.unwrap_or(0)].to_string()).collect(),
+        };
+        let array = ArrayBuilder::new(ashape, achunk, T::data_type(), T::default())
+            .bytes_to_bytes_codecs(vec![Arc::new(zarrs::array::codec::ZstdCodec::new(ZSTD_LEVEL, false))])
+            .dimension_names(Some(names))
+            .build(Arc::new(store), "/")
+            .map_err(|e| zarr_err(&dir, e))?;
+        array.store_metadata().map_err(|e| zarr_err(&dir, e))?;
+        let src = if k == 0 {
+            Src::Input
+        } else if role == Role::Image && layout.link.is_none() {
+            Src::Mean
+        } else {
+            // Nearest: the level-0 voxel whose centre is nearest below this voxel's centre.
+            let (scale, translation) = transforms(Some(level_transforms));
+            let (scale0, translation0) = transforms(Some(&layout.levels[0].1));
+            let nd = layout.dims.len();
+            let map = |a: usize| -> Vec<usize> {
+                let i = layout.dims.iter().position(|d| *d == Some(a));
+                let get = |v: &Option<Vec<f64>>, d: f64| i.and_then(|i| v.as_ref().filter(|v| v.len() == nd).map(|v| v[i])).unwrap_or(d);
+                let r = get(&scale, (s0[a] as f64) / (shape[a] as f64)) / get(&scale0, 1.0);
+                let off = (get(&translation, 0.0) - get(&translation0, 0.0)) / get(&scale0, 1.0);
+                (0..shape[a]).map(|j| ((off + j as f64 * r + 1e-9).floor().max(0.0) as usize).min(s0[a] - 1)).collect()
+            };
+            Src::Nearest { z: map(0), y: map(1), x: map(2), next: 0 }
+        };
+        levels.push(Level { array, dims: layout.dims.clone(), shape: *shape, chunk, buf: Vec::new(), received: 0, pending: None, src });
+    }
+    Ok(Pyramid { levels, ndim, max: 0, role })
+}
+
+/// The labels inside a store written by [`ZarrWriter`] linked to its sample's image
+/// (`<name>.ome.zarr/labels/<name>`), if `path` is one.
+pub(crate) fn linked_labels(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".ome.zarr")?;
+    let p = path.join("labels").join(name);
+    is_zarr(&p).then_some(p)
+}
