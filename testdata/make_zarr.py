@@ -7,8 +7,9 @@ testdata/nuclei2d.tif, written by ome-zarr-py's `write_image` as NGFF 0.4 (Zarr 
 `cargo test` needs no Python. Re-create with:
 
     python -m venv v && v/bin/pip install ome-zarr zarr tifffile numcodecs
-    v/bin/python testdata/make_zarr.py
+    v/bin/python testdata/make_zarr.py [--out DIR]
 
+(CI writes a fresh set with the installed versions into a temporary folder with --out.)
 Versions used for the committed files: see testdata/formats/zarr/VERSIONS.
 """
 
@@ -25,7 +26,7 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import write_image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "formats", "zarr")
+OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else os.path.join(HERE, "formats", "zarr")
 
 
 def store(name, img, fmt, axes, scale, options, scale_factors=(2,)):
