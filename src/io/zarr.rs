@@ -11,7 +11,7 @@
 //!
 //! Writing ([`ZarrWriter`]): an NGFF 0.5 image group, level 0 plus 2× levels (mean for images,
 //! nearest for masks and labels) until the smallest side is at most 256; chunks of 256×256 in
-//! y and x, as many planes as keep a chunk row under 128 MiB (at most 64); zstd. Slabs arrive in
+//! y and x, as many planes as keep a chunk row under 32 MiB (at most 64); zstd. Slabs arrive in
 //! z order and every level is written chunk row by chunk row, chunks in parallel, in bounded
 //! memory. The store is built under a temporary name and renamed into place when complete.
 //! Labels whose sample image is an NGFF 0.5 image group are written as that image's `labels/`
@@ -35,7 +35,7 @@ const NGFF_VERSION: &str = "0.5";
 /// Chunk side in y and x.
 const CHUNK_YX: usize = 256;
 /// Largest chunk row (one chunk depth of planes) a level buffers, in bytes.
-const ROW_BYTES: usize = 128 << 20;
+const ROW_BYTES: usize = 32 << 20;
 /// Levels are added while the smallest side is larger than this.
 const SMALLEST_SIDE: usize = 256;
 /// zstd level of written chunks.
