@@ -2,6 +2,7 @@
 """Out-of-core figures: the benchmark chain on a volume larger than its --memory budget.
 
     bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--no-checkpoint] [--write]
+    bash bench/run.sh --big --zarr [--zarr-chunks Z Y X] [--shape Z Y X] [--memory SIZE] [--write]
 
 Makes a Z×Y×X u8 volume of random ellipsoids plus noise (the same density as bench.py's),
 generated slab by slab straight into a BigTIFF so that even 2048×2048×1024 (4 GiB) needs little
@@ -10,6 +11,11 @@ memory to make. Runs gaussian(σ=1) → Otsu → opening(r=1) → label(26) → 
 used beyond the outputs (spills, scratch volumes, checkpoints under .tessera/) and the objects
 found. With --compare it also runs the same chain in memory (when that fits) and checks that the
 label TIFF and the table are byte-identical. --write appends the row to BENCHMARKS.md.
+
+With --zarr it also stores the volume as OME-Zarr (NGFF 0.5, one level, zstd level 3 chunks of
+--zarr-chunks, written by zarr-python a slab at a time) and runs the same streamed chain from the
+uncompressed TIFF and from the Zarr store, one after the other at the same --memory: time, peak
+RSS, stored size, and the label TIFF and table compared byte for byte.
 """
 import argparse
 import json
@@ -61,6 +67,23 @@ def make_volume(path, shape, seed=1, slab=32):
             vol += noise
             tw.write(np.clip(vol, 0, 255).astype(np.uint8), contiguous=True)
     return count
+
+
+def make_zarr(tif, path, chunks):
+    """The TIFF's voxels as an OME-Zarr 0.5 image (one level, zstd 3), a chunk row at a time."""
+    import shutil
+
+    import zarr
+    shutil.rmtree(path, ignore_errors=True)
+    src = tifffile.memmap(tif)
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    a = g.create_array("0", shape=src.shape, chunks=tuple(chunks), dtype=src.dtype,
+                       compressors=[zarr.codecs.ZstdCodec(level=3)], dimension_names=["z", "y", "x"])
+    for z0 in range(0, src.shape[0], chunks[0]):
+        a[z0:z0 + chunks[0]] = src[z0:z0 + chunks[0]]
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]}
 
 
 def tree_bytes(path, skip=None):
@@ -120,6 +143,8 @@ def main():
     ap.add_argument("--work", default=None, help="folder for the volume and outputs (needs ~10× the volume free)")
     ap.add_argument("--reuse", action="store_true", help="keep WORK/big.tif if it has the right shape")
     ap.add_argument("--no-checkpoint", action="store_true", help="run with --no-checkpoint (spills are not kept: less disk)")
+    ap.add_argument("--zarr", action="store_true", help="also run from the volume stored as OME-Zarr (zstd) and compare")
+    ap.add_argument("--zarr-chunks", type=int, nargs=3, default=[64, 256, 256], metavar=("Z", "Y", "X"))
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp()
     os.makedirs(work, exist_ok=True)
@@ -136,6 +161,8 @@ def main():
     pipe = os.path.join(work, "big.yaml")
     open(pipe, "w").write(PIPELINE)
     extra = ["--no-checkpoint"] if a.no_checkpoint else []
+    if a.zarr:
+        return zarr_vs_tiff(a, exe, pipe, path, work, gib, extra)
     secs, rss, objects, streamed, disk = run(exe, pipe, path, os.path.join(work, "streamed"), a.memory, extra)
     rate = np.prod(a.shape) / secs / 1e6
     line = (f"| {a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB) | --memory {a.memory}{' --no-checkpoint' if extra else ''} | "
@@ -161,6 +188,34 @@ def main():
         section = f"\n### Out of core ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores; bench/big.py)\n\n"
         text += section + head + "\n".join(rows) + "\n"
         open(md, "w").write(text)
+
+
+def zarr_vs_tiff(a, exe, pipe, tif, work, gib, extra):
+    zpath = os.path.join(work, "big.ome.zarr")
+    t0 = time.perf_counter()
+    make_zarr(tif, zpath, a.zarr_chunks)
+    print(f"OME-Zarr written in {time.perf_counter() - t0:.0f} s: {tree_bytes(zpath) / 2 ** 30:.2f} GiB", flush=True)
+    shape = f"{a.shape[0]}×{a.shape[1]}×{a.shape[2]} u8 ({gib:.2f} GiB)"
+    rows = []
+    for name, src, stored in [("uncompressed TIFF", tif, os.path.getsize(tif)),
+                              (f"OME-Zarr, zstd 3, chunks {'×'.join(map(str, a.zarr_chunks))}", zpath, tree_bytes(zpath))]:
+        out = os.path.join(work, "from-zarr" if src == zpath else "from-tiff")
+        secs, rss, objects, streamed, _ = run(exe, pipe, src, out, a.memory, extra)
+        assert streamed, "the chain was not streamed: lower --memory"
+        rows.append(f"| {shape} | {name} | {stored / 2 ** 30:.2f} | --memory {a.memory} | {secs:.1f} | {rss:.0f} | {objects} |")
+        print(rows[-1], flush=True)
+    for f in ("samples/big/objects.tif", "samples/big/shape.parquet", "tables/shape.parquet"):
+        same = open(os.path.join(work, "from-tiff", f), "rb").read() == open(os.path.join(work, "from-zarr", f), "rb").read()
+        print(f"{f}: {'identical' if same else 'DIFFERENT'}")
+        if not same:
+            raise SystemExit(1)
+    if a.write:
+        md = os.path.join(ROOT, "BENCHMARKS.md")
+        head = ("| volume | input | stored (GiB) | budget | time (s) | peak RSS (MiB) | objects |\n"
+                "|---|---|---|---|---|---|---|\n")
+        section = (f"\n### Streamed from OME-Zarr and from TIFF ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+                   f"{os.cpu_count()} cores; bench/big.py --zarr)\n\n")
+        open(md, "a").write(section + head + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks tessera against scipy, scikit-image, cc3d, SimpleITK and edt on the same volume.
 #   bash bench/run.sh [--size N] [--repeats R] [--write]
-#   bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--write]   (bench/big.py)
+#   bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--zarr] [--write]   (bench/big.py)
 #   bash bench/run.sh --tables [--files N] [--reuse] [--cold] [--write]               (bench/tables.py)
 #   bash bench/run.sh --samples [--counts 10,1000,10000] [--kinds tiny,small] [--write] (bench/samples.py)
 set -euo pipefail
@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
 VENV="${TESSERA_BENCH_VENV:-$HOME/.cache/tessera-bench-venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    numpy scipy scikit-image scikit-learn tifffile imagecodecs pandas pyarrow connected-components-3d SimpleITK edt
+    numpy scipy scikit-image scikit-learn tifffile imagecodecs pandas pyarrow connected-components-3d SimpleITK edt zarr
 cargo build --release --quiet --bin tessera --example bench_ops
 if [ "${1:-}" = "--tables" ]; then
     shift

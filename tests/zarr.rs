@@ -74,11 +74,10 @@ fn a_level_is_chosen_by_path_or_by_the_manifest_level_column() {
     }
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("s.csv");
-    std::fs::write(
-        &csv,
-        format!("sample,image,level\nhalf,{},1\nbad,{},x\n", fixture("v05_default").display(), fixture("v05_default").display()),
-    )
-    .unwrap();
+    // For a TIFF, `level` is ordinary metadata.
+    let tif = root().join("testdata/nuclei3d.tif");
+    let rows = format!("sample,image,level\nhalf,{z},1\nbad,{z},x\ntif,{},high\n", tif.display(), z = fixture("v05_default").display());
+    std::fs::write(&csv, rows).unwrap();
     let out = dir.path().join("out");
     let o = tessera(&[
         "run",
@@ -93,6 +92,9 @@ fn a_level_is_chosen_by_path_or_by_the_manifest_level_column() {
     assert!(!o.status.success(), "{}", text(&o.stderr));
     let h = read_header(&out.join("samples/half/nuclei.tif")).unwrap();
     assert_eq!(h.shape, [31, 30, 28]);
+    assert_eq!(read_header(&out.join("samples/tif/nuclei.tif")).unwrap().shape, [31, 61, 57]);
+    let table = std::fs::read_to_string(out.join("tables/shape.csv")).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("tif,1,high,")), "{table}");
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
     assert!(errors.contains("bad,input") && errors.contains("`level` must be a whole number"), "{errors}");
 }
@@ -375,4 +377,62 @@ fn stores_tessera_cannot_read_say_why() {
     std::fs::write(&cs[0], b"not zstd").unwrap();
     let e = read_image(&bad, ReadLimits::default()).unwrap_err().to_string();
     assert!(e.contains("bad.ome.zarr"), "{e}");
+}
+
+#[test]
+fn a_cached_reader_gives_every_plane_range_as_read_whole() {
+    // Chunks of 8 planes (and shards of 8): ranges inside a row, across rows, overlapping the
+    // last one (a halo) and out of order all equal the same planes of the whole read.
+    for f in ["v05_zstd_8x16x16", "v05_sharded", "v04_gzip"] {
+        let whole = read(&fixture(f)).data;
+        let Data::U16(whole) = whole else { panic!() };
+        let r = tessera::io::PlaneReader::open_cached(&fixture(f), 1 << 20).unwrap();
+        for (z0, z1) in [(0, 3), (1, 9), (7, 20), (18, 31), (0, 31), (5, 6), (30, 31), (2, 2), (8, 16), (3, 12)] {
+            let Data::U16(got) = r.read(z0, z1).unwrap() else { panic!() };
+            assert_eq!(got, whole.slice(ndarray::s![z0..z1, .., ..]), "{f} {z0}..{z1}");
+        }
+        assert!(r.read(5, 32).is_err(), "{f}: past the last plane");
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_zarr_outputs() {
+    // A study of OME-Zarr inputs (0.5 with linked labels, 0.4, sharded) and a TIFF, every voxel
+    // output as OME-Zarr: killed at seeded moments, then run once more.
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("study.csv");
+    let rows: Vec<String> = ["v05_default", "v04_gzip", "v05_sharded", "v05_2d"]
+        .iter()
+        .map(|f| format!("{f},{}", fixture(f).display()))
+        .chain([format!("tif,{}", root().join("testdata/nuclei3d.tif").display())])
+        .collect();
+    std::fs::write(&m, format!("sample,image\n{}\n", rows.join("\n"))).unwrap();
+    let t0 = std::time::Instant::now();
+    let reference = run(dir.path(), &m, "reference", &["--threads", "1"]);
+    let length = (t0.elapsed().as_millis() as u64).max(20);
+    let out = dir.path().join("killed");
+    let args: Vec<String> = [
+        "run",
+        dir.path().join("p.yaml").to_str().unwrap(),
+        "--samples",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--progress",
+        "never",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let kills = common::kill_runs(&args, 10, length, 0x5851_f42d_4c95_7f2d);
+    assert!(kills >= 3, "only {kills} runs were killed mid-way");
+    run(dir.path(), &m, "killed", &["--threads", "1"]);
+    common::assert_same(&reference.join("samples"), &out.join("samples"), "after SIGKILLs");
+    common::assert_same(&reference.join("tables"), &out.join("tables"), "after SIGKILLs");
+    let mut leftovers = Vec::new();
+    chunks(&out.join("samples"), &mut leftovers);
+    let tmp: Vec<_> = leftovers.iter().filter(|p| p.strip_prefix(&out).unwrap().to_string_lossy().contains(".tmp")).collect();
+    assert!(tmp.is_empty(), "temporary stores left: {tmp:?}");
 }

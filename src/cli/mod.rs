@@ -424,11 +424,13 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
                             continue;
                         }
                         let mut headers = Vec::new();
-                        let mut paths = vec![row.image.clone()];
-                        let base = m.path.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
-                        for (_, col, _) in &plan.spec.sources {
-                            paths.push(base.join(row.value(col).unwrap_or("")));
-                        }
+                        let paths = match crate::exec::source_paths(&plan, row, m) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                warnings.push(format!("sample '{}': {e}", row.id));
+                                continue;
+                            }
+                        };
                         let mut readable = true;
                         for p in &paths {
                             match crate::io::read_header(p) {

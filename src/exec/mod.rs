@@ -150,11 +150,13 @@ impl RunSummary {
     }
 }
 
-/// Paths of a sample's sources: `image`, then each `sources:` column's file.
-fn source_paths(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<Vec<PathBuf>, String> {
+/// A sample's source files: its image (at the manifest's `level` for an OME-Zarr image), then
+/// the `sources:` columns' paths, relative to the manifest.
+pub fn source_paths(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<Vec<PathBuf>, String> {
     // An OME-Zarr image's resolution level: the manifest's `level` column (0, the full
-    // resolution, when absent or empty).
-    let image = match row.value("level").map(str::trim).filter(|l| !l.is_empty()) {
+    // resolution, when absent or empty). For other images `level` is ordinary metadata.
+    let level = row.value("level").map(str::trim).filter(|l| !l.is_empty() && io::is_zarr(&row.image));
+    let image = match level {
         Some(l) => {
             let level: usize = l.parse().map_err(|_| format!("`level` must be a whole number (0 is full resolution), found '{l}'"))?;
             io::level_path(&row.image, level).map_err(|e| e.to_string())?

@@ -391,7 +391,9 @@ fn run<'a>(
     let reads = |i: usize| plan.stage_inputs(i);
     let mut sources: Vec<Store> = Vec::new();
     for (p, h) in s.paths.iter().zip(s.headers) {
-        let reader = io::PlaneReader::open(p).map_err(|e| (0, e.to_string()))?;
+        // A Zarr source keeps a partly read row of chunks for the next slab, within an eighth of
+        // the budget (the slack `fit_planes` leaves).
+        let reader = io::PlaneReader::open_cached(p, s.memory / 8).map_err(|e| (0, e.to_string()))?;
         sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
     }
     let mut stores: Vec<Option<Store>> = vec![None; n];

@@ -312,6 +312,11 @@ pub fn write_voxels(path: &Path, format: VoxelFormat, data: &Data, meta: &VoxelM
     }
 }
 
+/// Whether `path` is a Zarr group or array (an OME-Zarr image or one of its levels).
+pub fn is_zarr(path: &Path) -> bool {
+    zarr::is_zarr(path)
+}
+
 /// The path to read a voxel output back from: the labels inside a store tessera wrote linked to
 /// an OME-Zarr image, the path itself otherwise.
 pub fn output_voxels(path: &Path) -> PathBuf {
@@ -499,10 +504,16 @@ impl std::fmt::Debug for PlaneReader {
 
 impl PlaneReader {
     pub fn open(path: &Path) -> Result<PlaneReader, ImageError> {
+        PlaneReader::open_cached(path, 0)
+    }
+    /// As [`open`](Self::open); a Zarr image keeps the row of chunks a read needed in part, when
+    /// it is at most `cache_bytes`, for the next read (consecutive ranges then decode each chunk
+    /// once).
+    pub fn open_cached(path: &Path, cache_bytes: u64) -> Result<PlaneReader, ImageError> {
         let (mut tiff, mut zarr) = (None, None);
         match format_of(path)? {
             Format::Tiff => tiff = Some(std::sync::Mutex::new(tiff_io::Pages::open(path)?)),
-            Format::Zarr => zarr = Some(zarr::Reader::open(path)?),
+            Format::Zarr => zarr = Some(zarr::Reader::open_cached(path, cache_bytes)?),
             _ => {}
         }
         Ok(PlaneReader { path: path.to_path_buf(), tiff, zarr })
@@ -575,7 +586,20 @@ fn read_slices(dir: &Path, slices: &[PathBuf], z0: usize, z1: usize, limits: Rea
     Ok(Image { data: stack(planes), ndim: 3, spacing: first.spacing })
 }
 
-/// Concatenates single-plane data along z (all planes have the same type and plane shape).
+/// Planes `z0..z1` of `d`, copied.
+fn slice_planes(d: &Data, z0: usize, z1: usize) -> Data {
+    let z = ndarray::s![z0..z1, .., ..];
+    match d {
+        Data::U8(a) => Data::U8(a.slice(z).to_owned()),
+        Data::U16(a) => Data::U16(a.slice(z).to_owned()),
+        Data::U32(a) => Data::U32(a.slice(z).to_owned()),
+        Data::F32(a) => Data::F32(a.slice(z).to_owned()),
+        Data::Rgb8(a) => Data::Rgb8(a.slice(ndarray::s![z0..z1, .., .., ..]).to_owned()),
+        Data::Rgb16(a) => Data::Rgb16(a.slice(ndarray::s![z0..z1, .., .., ..]).to_owned()),
+    }
+}
+
+/// Concatenates data along z (all pieces have the same type and plane shape).
 fn stack(planes: Vec<Data>) -> Data {
     use ndarray::{Axis, concatenate};
     macro_rules! cat {

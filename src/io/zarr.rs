@@ -370,17 +370,71 @@ pub fn read(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> R
 pub struct Reader {
     path: PathBuf,
     loc: Located,
+    /// Planes per chunk (or shard) in z.
+    cz: usize,
+    /// The last row of chunks decoded in part for a read (first plane, planes), kept while it
+    /// is at most `cache_limit` bytes: reads of consecutive plane ranges with halos (how streamed
+    /// samples read) then decode each chunk once instead of once per range that touches it.
+    cache: std::sync::Mutex<Option<(usize, Data)>>,
+    cache_limit: u64,
 }
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, ImageError> {
-        Ok(Reader { path: path.to_path_buf(), loc: locate(path)? })
+        Reader::open_cached(path, 0)
     }
+    /// A reader that keeps the last partly read row of chunks when it is at most `cache_limit`
+    /// bytes.
+    pub fn open_cached(path: &Path, cache_limit: u64) -> Result<Reader, ImageError> {
+        let loc = locate(path)?;
+        let zdim = loc.dims.iter().position(|d| *d == Some(0));
+        let cz = match zdim {
+            Some(i) => {
+                let first = vec![0u64; loc.dims.len()];
+                let shape = loc.array.chunk_shape(&first).map_err(|e| zarr_err(path, e))?;
+                usize::try_from(shape[i].get()).unwrap_or(usize::MAX).max(1)
+            }
+            None => 1,
+        };
+        Ok(Reader { path: path.to_path_buf(), loc, cz, cache: std::sync::Mutex::new(None), cache_limit })
+    }
+
     pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
-        let [nz, ny, nx] = self.loc.shape;
+        let nz = self.loc.shape[0];
         if z0 > z1 || z1 > nz {
             return Err(ImageError::corrupt(&self.path, format!("planes {z0}..{z1} asked of a stack of {nz}")));
         }
+        let row_bytes = (self.cz.min(nz) * self.loc.shape[1] * self.loc.shape[2]) as u64 * self.loc.stored.dtype().bytes_per_voxel();
+        if self.cz == 1 || z0 == z1 || row_bytes > self.cache_limit {
+            return self.decode(z0, z1);
+        }
+        // Whole rows of chunks: the rows [z0, z1) covers in full are read straight; a row it
+        // covers in part comes from (or goes to) the cache.
+        let mut pieces = Vec::new();
+        let mut z = z0;
+        while z < z1 {
+            let r0 = z / self.cz * self.cz;
+            let r1 = (r0 + self.cz).min(nz);
+            if z == r0 && z1 >= r1 {
+                pieces.push(self.decode(r0, r1)?);
+                z = r1;
+                continue;
+            }
+            let end = z1.min(r1);
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.as_ref().is_none_or(|(c0, _)| *c0 != r0) {
+                *cache = Some((r0, self.decode(r0, r1)?));
+            }
+            let (_, row) = cache.as_ref().expect("just filled");
+            pieces.push(super::slice_planes(row, z - r0, end - r0));
+            z = end;
+        }
+        Ok(if pieces.len() == 1 { pieces.pop().expect("one piece") } else { super::stack(pieces) })
+    }
+
+    /// Planes `z0..z1`, decoded (chunks in parallel).
+    fn decode(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
+        let [_, ny, nx] = self.loc.shape;
         let ranges: Vec<Range<u64>> = self
             .loc
             .dims
@@ -569,8 +623,8 @@ struct Pyramid<T> {
 }
 
 impl<T: Px> Pyramid<T> {
-    fn push(&mut self, k: usize, plane: Vec<T>, path: &Path) -> Result<(), ImageError> {
-        self.levels[k].accept(&plane, path)?;
+    fn push(&mut self, k: usize, plane: &[T], path: &Path) -> Result<(), ImageError> {
+        self.levels[k].accept(plane, path)?;
         let z = self.levels[k].received - 1;
         let nx0 = self.levels[0].shape[2];
         for j in k + 1..self.levels.len() {
@@ -578,12 +632,12 @@ impl<T: Px> Pyramid<T> {
                 Src::Mean if j == k + 1 => {
                     let last = z + 1 == self.levels[k].shape[0];
                     let pair = if self.ndim == 3 && z.is_multiple_of(2) && !last {
-                        self.levels[j].pending = Some(plane.clone());
+                        self.levels[j].pending = Some(plane.to_vec());
                         None
                     } else if self.ndim == 3 && z % 2 == 1 {
-                        Some((self.levels[j].pending.take().unwrap_or_default(), plane.clone()))
+                        Some((self.levels[j].pending.take().unwrap_or_default(), plane.to_vec()))
                     } else {
-                        Some((Vec::new(), plane.clone()))
+                        Some((Vec::new(), plane.to_vec()))
                     };
                     match pair {
                         Some((a, b)) => vec![mean_plane(
@@ -610,7 +664,7 @@ impl<T: Px> Pyramid<T> {
                 _ => vec![],
             };
             for p in out {
-                self.push(j, p, path)?;
+                self.push(j, &p, path)?;
             }
         }
         Ok(())
@@ -735,7 +789,7 @@ impl ZarrWriter {
                     $p.max = $p.max.max(s.par_iter().map(|&x| x.as_u32()).max().unwrap_or(0));
                 }
                 for z in 0..nz {
-                    $p.push(0, s[z * ny * nx..(z + 1) * ny * nx].to_vec(), &path)?;
+                    $p.push(0, &s[z * ny * nx..(z + 1) * ny * nx], &path)?;
                 }
                 Ok(())
             }};
@@ -835,7 +889,10 @@ fn write_group(dir: &Path, ome: Json) -> Result<(), ImageError> {
     std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
     let j = json!({"zarr_format": 3, "node_type": "group", "attributes": {"ome": ome}});
     let p = dir.join("zarr.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&j).expect("JSON") + "\n").map_err(|e| ImageError::io(&p, e))
+    // Indented for people, unless large (one colour per label of 10⁵ labels).
+    let pretty = serde_json::to_string_pretty(&j).expect("JSON");
+    let text = if pretty.len() <= 1 << 16 { pretty } else { serde_json::to_string(&j).expect("JSON") };
+    std::fs::write(&p, text + "\n").map_err(|e| ImageError::io(&p, e))
 }
 
 /// One colour per label 1..=max, the same for every run (hues spaced by the golden angle).

@@ -482,7 +482,7 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                 let k = kinds[i];
                 let mut fs = Vec::new();
                 for (f, fnode) in &o.formats {
-                    let allowed: &[&str] = if k == Kind::Table { &["parquet", "csv"] } else { &["tiff", "npy"] };
+                    let allowed: &[&str] = if k == Kind::Table { &["parquet", "csv"] } else { &["tiff", "npy", "ome-zarr"] };
                     match Format::parse(f) {
                         Some(fmt) if fmt.holds_voxels() == (k != Kind::Table) => fs.push(fmt),
                         _ => diags.push(

@@ -309,7 +309,7 @@ pub fn render(out: &Path) -> Result<String, String> {
         let shown: Vec<&SampleEntry> = samples.iter().filter(|s| s.status == Status::Done).take(MAX_PREVIEWS).collect();
         for s in &shown {
             let id = s.sample.clone();
-            let lab = out.join("samples").join(&id).join(format!("{stage}.{}", f.ext()));
+            let lab = crate::io::output_voxels(&out.join("samples").join(&id).join(format!("{stage}.{}", f.ext())));
             let mut raw = PathBuf::from(&s.image);
             if raw.is_relative() && !run.working_directory.is_empty() {
                 raw = Path::new(&run.working_directory).join(raw);

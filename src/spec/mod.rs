@@ -276,7 +276,11 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
                 NodeKind::Scalar(s, _) => vec![(s.clone(), v.clone())],
                 NodeKind::Seq(items) => items.iter().filter_map(|i| i.as_str().map(|s| (s.to_string(), i.clone()))).collect(),
                 NodeKind::Map(_) => {
-                    diags.push(Diagnostic::at(file, v, "an output format is a name (tiff, npy, parquet, csv) or a list of names"));
+                    diags.push(Diagnostic::at(
+                        file,
+                        v,
+                        "an output format is a name (tiff, npy, ome-zarr, parquet, csv) or a list of names",
+                    ));
                     continue;
                 }
             };
