@@ -6,7 +6,10 @@ For every `<stage>.ome.zarr` under the given output folders:
   written in the metadata, and the labels (a linked store: the image and its `labels/` group);
 - zarr-python reads every level; level 0 equals tessera's TIFF output of the same stage when
   the run wrote one, and each level's shape is the one the metadata promises;
-- the ome-zarr-models validator accepts the metadata (Image, or ImageLabel for labels).
+- the ome-zarr-models validator accepts the metadata (Image, or ImageLabel for labels);
+- napari opens it through the napari-ome-zarr plugin (napari's reader machinery, headless: a
+  ViewerModel, no window) as an Image or Labels layer — both for a linked store — with the
+  level-0 scale and every level.
 
 Usage: check_zarr.py OUT_DIR...
 """
@@ -20,6 +23,20 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr_models import open_ome_zarr
+
+import npe2
+from napari.components import ViewerModel
+
+npe2.PluginManager.instance().discover()
+
+
+def napari_layers(path):
+    """(layer type, scale, level shapes) of what napari opens from `path`."""
+    out = []
+    for layer in ViewerModel().open(path, plugin="napari-ome-zarr"):
+        data = layer.data if layer.multiscale else [layer.data]
+        out.append((type(layer).__name__, [float(x) for x in layer.scale], [tuple(d.shape) for d in data]))
+    return out
 
 
 def ome(group):
@@ -67,16 +84,22 @@ def main():
                     label_levels, kind, _ = check_multiscale(os.path.join(path, "labels", stage), tif)
                     assert kind == "ImageLabel", (path, kind)
                     assert [a.shape for a in label_levels] == [a.shape for a in image_levels], path
+                    kinds = [k for k, _, _ in napari_layers(path)]
+                    assert kinds == ["Image", "Labels"], (path, kinds)
                     print(f"ok {path}: image {len(image_levels)} levels + labels/{stage} (linked)")
                 else:
                     levels, kind, nodes = check_multiscale(path, tif)
                     is_label = "image-label" in ome(zarr.open_group(path, mode="r"))
                     assert kind == ("ImageLabel" if is_label else "Image"), (path, kind)
+                    g = zarr.open_group(path, mode="r")
+                    scale0 = ome(g)["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+                    layers = napari_layers(path)
+                    assert layers == [("Labels" if is_label else "Image", scale0, [a.shape for a in levels])], (path, layers)
                     print(f"ok {path}: {kind}, levels {[a.shape for a in levels]}")
                 n += 1
             dirs[:] = [d for d in dirs if not d.endswith(".ome.zarr") and d != ".tessera"]
     assert n > 0, "no .ome.zarr stores found"
-    print(f"{n} OME-Zarr stores open in ome-zarr-py and zarr-python and validate (ome-zarr-models)")
+    print(f"{n} OME-Zarr stores open in ome-zarr-py, zarr-python and napari (napari-ome-zarr) and validate (ome-zarr-models)")
 
 
 if __name__ == "__main__":
