@@ -918,28 +918,34 @@ fn label_colors(max: u32) -> Json {
     )
 }
 
-/// tessera's own levels: level 0 and halvings until the smallest side is at most 256.
+/// tessera's own levels: level 0 and halvings until the smallest side longer than 1 is at most
+/// 256.
 fn own_layout(shape: [usize; 3], ndim: u8, spacing: &Spacing, role: Role) -> Layout {
     let spatial = if ndim == 3 { 0..3 } else { 1..3 };
     let mut levels = Vec::new();
     let mut s = shape;
-    let mut f = 1.0f64;
+    // Per axis, how many level-0 voxels one voxel of this level spans (axes of length 1, such
+    // as a stack of one plane, are not halved).
+    let mut f = [1.0f64; 3];
     loop {
-        let scale: Vec<f64> = spatial.clone().map(|a| spacing.zyx[a] * f).collect();
+        let scale: Vec<f64> = spatial.clone().map(|a| spacing.zyx[a] * f[a]).collect();
         let mut t = vec![json!({"type": "scale", "scale": scale})];
-        if role == Role::Image && f > 1.0 {
+        if role == Role::Image && !levels.is_empty() {
             // A mean of f voxels is centred half a block in.
-            let tr: Vec<f64> = spatial.clone().map(|a| spacing.zyx[a] * (f - 1.0) / 2.0).collect();
+            let tr: Vec<f64> = spatial.clone().map(|a| spacing.zyx[a] * (f[a] - 1.0) / 2.0).collect();
             t.push(json!({"type": "translation", "translation": tr}));
         }
         levels.push((s, Json::Array(t)));
-        if spatial.clone().map(|a| s[a]).min().unwrap_or(0) <= SMALLEST_SIDE {
+        let smallest = spatial.clone().map(|a| s[a]).filter(|&n| n > 1).min();
+        if smallest.is_none_or(|n| n <= SMALLEST_SIDE) {
             break;
         }
         for a in spatial.clone() {
-            s[a] = s[a].div_ceil(2);
+            if s[a] > 1 {
+                s[a] = s[a].div_ceil(2);
+                f[a] *= 2.0;
+            }
         }
-        f *= 2.0;
     }
     let unit = unit_to_ngff(&spacing.unit);
     let axes: Vec<Json> = ["z", "y", "x"][spatial.clone()]
@@ -1019,4 +1025,30 @@ pub(crate) fn linked_labels(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?.strip_suffix(".ome.zarr")?;
     let p = path.join("labels").join(name);
     is_zarr(&p).then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes_and_scales(shape: [usize; 3], ndim: u8, role: Role) -> Vec<([usize; 3], Json)> {
+        let sp = Spacing { zyx: [2.0, 0.5, 0.5], unit: "um".into() };
+        own_layout(shape, ndim, &sp, role).levels
+    }
+
+    #[test]
+    fn levels_halve_every_axis_longer_than_one_until_the_smallest_is_at_most_256() {
+        let l = shapes_and_scales([2160, 2560, 2560], 3, Role::Labels);
+        let shapes: Vec<[usize; 3]> = l.iter().map(|x| x.0).collect();
+        assert_eq!(shapes, [[2160, 2560, 2560], [1080, 1280, 1280], [540, 640, 640], [270, 320, 320], [135, 160, 160]]);
+        assert_eq!(l[4].1, json!([{"type": "scale", "scale": [32.0, 8.0, 8.0]}]));
+        // A 3D stack of one plane keeps z; its scale stays.
+        let l = shapes_and_scales([1, 600, 600], 3, Role::Image);
+        assert_eq!(l.iter().map(|x| x.0).collect::<Vec<_>>(), [[1, 600, 600], [1, 300, 300], [1, 150, 150]]);
+        assert_eq!(l[2].1, json!([{"type": "scale", "scale": [2.0, 2.0, 2.0]}, {"type": "translation", "translation": [0.0, 0.75, 0.75]}]));
+        assert_eq!(shapes_and_scales([31, 61, 57], 3, Role::Image).len(), 1);
+        let l = shapes_and_scales([1, 513, 512], 2, Role::Mask);
+        assert_eq!(l.iter().map(|x| x.0).collect::<Vec<_>>(), [[1, 513, 512], [1, 257, 256]]);
+        assert_eq!(l[1].1, json!([{"type": "scale", "scale": [1.0, 1.0]}]));
+    }
 }
