@@ -11,9 +11,9 @@
 //!
 //! Writing ([`ZarrWriter`]): an NGFF 0.5 image group, level 0 plus 2× levels (mean for images,
 //! nearest for masks and labels) until the smallest side is at most 256; chunks of 256×256 in
-//! y and x, as many planes as keep a chunk row under 32 MiB (at most 64); zstd. Slabs arrive in
-//! z order and every level is written chunk row by chunk row, chunks in parallel, in bounded
-//! memory. The store is built under a temporary name and renamed into place when complete.
+//! y and x, as many planes as keep a chunk row under 16 MiB (at most 64); zstd; each row of
+//! chunks one shard (one file). Slabs arrive in z order and every level is written shard by
+//! shard, chunks compressed in parallel, in bounded memory. The store is built under a temporary name and renamed into place when complete.
 //! Labels whose sample image is an NGFF 0.5 image group are written as that image's `labels/`
 //! group in a store of their own whose levels link (symlinks) to the image's arrays, so the
 //! input is never modified and napari opens image and labels together.
@@ -35,7 +35,7 @@ const NGFF_VERSION: &str = "0.5";
 /// Chunk side in y and x.
 const CHUNK_YX: usize = 256;
 /// Largest chunk row (one chunk depth of planes) a level buffers, in bytes.
-const ROW_BYTES: usize = 32 << 20;
+const ROW_BYTES: usize = 16 << 20;
 /// Levels are added while the smallest side is larger than this.
 const SMALLEST_SIDE: usize = 256;
 /// zstd level of written chunks.
@@ -586,28 +586,30 @@ impl<T: Px> Level<T> {
         }
         Ok(())
     }
-    /// Writes the buffered chunk row, its chunks in parallel.
+    /// Writes the buffered chunk row as one shard (its chunks compressed in parallel by zarrs),
+    /// padded with zeros to whole chunks.
     fn flush(&mut self, path: &Path) -> Result<(), ImageError> {
         let [_, ny, nx] = self.shape;
         let [cz, cy, cx] = self.chunk;
         let planes = self.buf.len() / self.plane_len().max(1);
         let row = (self.received - planes) / cz;
-        let (gy, gx) = (ny.div_ceil(cy), nx.div_ceil(cx));
-        let buf = &self.buf;
-        (0..gy * gx).into_par_iter().try_for_each(|c| {
-            let (iy, ix) = (c / gx, c % gx);
-            let mut chunk = vec![T::default(); cz * cy * cx];
-            let (y0, x0) = (iy * cy, ix * cx);
-            let (h, w) = (cy.min(ny - y0), cx.min(nx - x0));
-            for z in 0..planes {
-                for y in 0..h {
-                    let src = &buf[(z * ny + y0 + y) * nx + x0..][..w];
-                    chunk[(z * cy + y) * cx..][..w].copy_from_slice(src);
-                }
-            }
-            let idx: Vec<u64> = self.dims.iter().map(|d| [row, iy, ix].get(d.unwrap_or(usize::MAX)).copied().unwrap_or(0) as u64).collect();
-            self.array.store_chunk(&idx, chunk).map_err(|e| zarr_err(path, e))
-        })?;
+        let (sy, sx) = (ny.div_ceil(cy) * cy, nx.div_ceil(cx) * cx);
+        let shard = if (sy, sx) == (ny, nx) {
+            // Planes of whole chunks: the buffer is the shard (the last row padded in z).
+            let mut b = std::mem::replace(&mut self.buf, Vec::with_capacity(cz * sy * sx));
+            b.resize(cz * sy * sx, T::default());
+            b
+        } else {
+            let mut shard = crate::util::zeroed::<T>(cz * sy * sx);
+            let buf = &self.buf;
+            shard.par_chunks_mut(sx).enumerate().filter(|(r, _)| r / sy < planes && r % sy < ny).for_each(|(r, out)| {
+                let (z, y) = (r / sy, r % sy);
+                out[..nx].copy_from_slice(&buf[(z * ny + y) * nx..][..nx]);
+            });
+            shard
+        };
+        let idx: Vec<u64> = self.dims.iter().map(|d| if *d == Some(0) { row as u64 } else { 0 }).collect();
+        self.array.store_chunk(&idx, shard).map_err(|e| zarr_err(path, e))?;
         self.buf.clear();
         Ok(())
     }
@@ -990,7 +992,23 @@ fn pyramid<T: Px>(base: &Path, layout: &Layout, ndim: u8, role: Role) -> Result<
             }
             _ => layout.dims.iter().map(|d| ["z", "y", "x"][d.unwrap_or(0)].to_string()).collect(),
         };
-        let array = ArrayBuilder::new(ashape, achunk, T::data_type(), T::default())
+        // One shard (file) per row of chunks, its chunks in C order (the bytes do not depend
+        // on threads).
+        let ashard: Vec<u64> = layout
+            .dims
+            .iter()
+            .map(|d| match d {
+                None => 1,
+                Some(0) => chunk[0],
+                Some(a) => shape[*a].div_ceil(chunk[*a]) * chunk[*a],
+            } as u64)
+            .collect();
+        use zarrs::array::codec::array_to_bytes::sharding::{ShardingCodecOptions, SubchunkWriteOrder};
+        let order = zarrs::array::CodecSpecificOptions::default()
+            .with_option(ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C));
+        let array = ArrayBuilder::new(ashape, ashard, T::data_type(), T::default())
+            .subchunk_shape(achunk)
+            .codec_specific_options(order)
             .bytes_to_bytes_codecs(vec![Arc::new(zarrs::array::codec::ZstdCodec::new(ZSTD_LEVEL, false))])
             .dimension_names(Some(names))
             .build(Arc::new(store), "/")
