@@ -70,6 +70,25 @@ pub fn sync(f: &std::fs::File) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Every file (and symbolic link, not followed) under `dir`, at any depth, sorted.
+pub fn files_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                walk(&e.path(), out)?;
+            } else {
+                out.push(e.path());
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 /// fsyncs every file and folder under `dir` when the process is durable ([`set_durable`]) —
 /// a store of many files (OME-Zarr) before it is renamed into place. Symbolic links are not
 /// followed.

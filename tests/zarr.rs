@@ -307,15 +307,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn chunks(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-            chunks(&p, out);
-        } else if p.file_name().unwrap() != "zarr.json" {
-            out.push(p);
-        }
-    }
+/// Every file under `dir` but the metadata (`zarr.json`), sorted; links are not followed.
+fn chunks(dir: &Path) -> Vec<PathBuf> {
+    tessera::util::files_under(dir).unwrap().into_iter().filter(|p| p.file_name().unwrap() != "zarr.json").collect()
 }
 
 #[test]
@@ -325,9 +319,7 @@ fn a_deleted_or_cut_chunk_is_rewritten_and_a_killed_writer_leaves_nothing_truste
     let out = run(dir.path(), &m, "out", &[]);
     let reference = dir.path().join("reference");
     copy_dir(&out.join("samples"), &reference);
-    let mut cs = Vec::new();
-    chunks(&out.join("samples/x/smooth.ome.zarr"), &mut cs);
-    cs.sort();
+    let cs = chunks(&out.join("samples/x/smooth.ome.zarr"));
     // One shard per row of chunks: a file per level here.
     assert_eq!(cs.len(), 2, "{cs:?}");
     // Deleted.
@@ -372,9 +364,7 @@ fn stores_tessera_cannot_read_say_why() {
     // A chunk that does not decode names the store.
     let bad = dir.path().join("bad.ome.zarr");
     copy_dir(&fixture("v05_zstd_8x16x16"), &bad);
-    let mut cs = Vec::new();
-    chunks(&bad.join("s0"), &mut cs);
-    cs.sort();
+    let cs = chunks(&bad.join("s0"));
     std::fs::write(&cs[0], b"not zstd").unwrap();
     let e = read_image(&bad, ReadLimits::default()).unwrap_err().to_string();
     assert!(e.contains("bad.ome.zarr"), "{e}");
@@ -432,8 +422,7 @@ fn sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_zarr_outputs() {
     run(dir.path(), &m, "killed", &["--threads", "1"]);
     common::assert_same(&reference.join("samples"), &out.join("samples"), "after SIGKILLs");
     common::assert_same(&reference.join("tables"), &out.join("tables"), "after SIGKILLs");
-    let mut leftovers = Vec::new();
-    chunks(&out.join("samples"), &mut leftovers);
+    let leftovers = chunks(&out.join("samples"));
     let tmp: Vec<_> = leftovers.iter().filter(|p| p.strip_prefix(&out).unwrap().to_string_lossy().contains(".tmp")).collect();
     assert!(tmp.is_empty(), "temporary stores left: {tmp:?}");
 }

@@ -312,6 +312,20 @@ pub fn write_voxels(path: &Path, format: VoxelFormat, data: &Data, meta: &VoxelM
     }
 }
 
+/// A unit as tessera spells it, whatever spelling a file used (ImageJ, OME-XML, NGFF's
+/// UDUNITS-2 names): `um`, `nm`, `mm`, `cm`, `m`, `pixel`; others as they are.
+pub(crate) fn normalise_unit(u: &str) -> String {
+    match u.trim() {
+        "micron" | "microns" | "µm" | "μm" | "\\u00B5m" | "um" | "micrometer" | "micrometre" => "um".into(),
+        "nanometer" | "nanometre" | "nm" => "nm".into(),
+        "mm" | "millimeter" | "millimetre" => "mm".into(),
+        "centimeter" | "centimetre" => "cm".into(),
+        "meter" | "metre" => "m".into(),
+        "" | "pixel" | "pixels" => "pixel".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Whether `path` is a Zarr group or array (an OME-Zarr image or one of its levels).
 pub fn is_zarr(path: &Path) -> bool {
     zarr::is_zarr(path)
@@ -492,8 +506,15 @@ pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Res
 /// costs only its own pages or chunks); other formats are read per range with [`read_planes`].
 pub struct PlaneReader {
     path: PathBuf,
-    tiff: Option<std::sync::Mutex<tiff_io::Pages>>,
-    zarr: Option<zarr::Reader>,
+    open: OpenImage,
+}
+
+/// What a [`PlaneReader`] keeps open.
+enum OpenImage {
+    Tiff(Box<std::sync::Mutex<tiff_io::Pages>>),
+    Zarr(Box<zarr::Reader>),
+    /// Read per range.
+    Closed,
 }
 
 impl std::fmt::Debug for PlaneReader {
@@ -510,22 +531,19 @@ impl PlaneReader {
     /// it is at most `cache_bytes`, for the next read (consecutive ranges then decode each chunk
     /// once).
     pub fn open_cached(path: &Path, cache_bytes: u64) -> Result<PlaneReader, ImageError> {
-        let (mut tiff, mut zarr) = (None, None);
-        match format_of(path)? {
-            Format::Tiff => tiff = Some(std::sync::Mutex::new(tiff_io::Pages::open(path)?)),
-            Format::Zarr => zarr = Some(zarr::Reader::open_cached(path, cache_bytes)?),
-            _ => {}
-        }
-        Ok(PlaneReader { path: path.to_path_buf(), tiff, zarr })
+        let open = match format_of(path)? {
+            Format::Tiff => OpenImage::Tiff(Box::new(std::sync::Mutex::new(tiff_io::Pages::open(path)?))),
+            Format::Zarr => OpenImage::Zarr(Box::new(zarr::Reader::open_cached(path, cache_bytes)?)),
+            Format::Raster | Format::Npy | Format::Folder => OpenImage::Closed,
+        };
+        Ok(PlaneReader { path: path.to_path_buf(), open })
     }
     /// Planes `z0..z1`.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
-        if let Some(z) = &self.zarr {
-            return z.read(z0, z1);
-        }
-        match &self.tiff {
-            Some(m) => m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(z0, z1),
-            None => read_planes(&self.path, z0, z1, ReadLimits { max_bytes: u64::MAX }),
+        match &self.open {
+            OpenImage::Tiff(m) => m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(z0, z1),
+            OpenImage::Zarr(z) => z.read(z0, z1),
+            OpenImage::Closed => read_planes(&self.path, z0, z1, ReadLimits { max_bytes: u64::MAX }),
         }
     }
 }

@@ -115,16 +115,6 @@ fn xml_attr<'a>(xml: &'a str, element: &str, attr: &str) -> Option<&'a str> {
     Some(&tag[i..i + j])
 }
 
-fn normalise_unit(u: &str) -> String {
-    match u.trim() {
-        "micron" | "microns" | "µm" | "μm" | "\\u00B5m" | "um" | "micrometer" | "micrometre" => "um".into(),
-        "nanometer" | "nanometre" | "nm" => "nm".into(),
-        "mm" | "millimeter" | "millimetre" => "mm".into(),
-        "" | "pixel" | "pixels" => "pixel".into(),
-        other => other.to_string(),
-    }
-}
-
 struct FileMeta {
     pages: usize,
     info: PageInfo,
@@ -203,7 +193,7 @@ fn inspect(path: &Path, dec: &mut Dec) -> Result<FileMeta, ImageError> {
                     ),
                 ));
             }
-            let unit = imagej_value(d, "unit").map(normalise_unit).unwrap_or_else(|| "pixel".into());
+            let unit = imagej_value(d, "unit").map(super::normalise_unit).unwrap_or_else(|| "pixel".into());
             let sz = imagej_value(d, "spacing").and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v > 0.0);
             // An ImageJ file in pixels without sizes is uncalibrated: leave spacing to the pipeline.
             if unit != "pixel" || sz.is_some() || xsize.is_some_and(|x| x != 1.0) {
@@ -225,7 +215,7 @@ fn inspect(path: &Path, dec: &mut Dec) -> Result<FileMeta, ImageError> {
             if let Some(sx) = num("PhysicalSizeX") {
                 let sy = num("PhysicalSizeY").unwrap_or(sx);
                 let sz = num("PhysicalSizeZ").unwrap_or(1.0);
-                let unit = normalise_unit(attr("PhysicalSizeXUnit").unwrap_or("µm"));
+                let unit = super::normalise_unit(attr("PhysicalSizeXUnit").unwrap_or("µm"));
                 spacing = Some(Spacing { zyx: [sz, sy, sx], unit });
             }
         }

@@ -228,19 +228,7 @@ fn zarr_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
     ImageError::corrupt(path, e)
 }
 
-/// The unit NGFF axes name (UDUNITS-2) as tessera spells it, and back.
-fn unit_from_ngff(u: &str) -> String {
-    match u {
-        "micrometer" => "um".into(),
-        "nanometer" => "nm".into(),
-        "millimeter" => "mm".into(),
-        "centimeter" => "cm".into(),
-        "meter" => "m".into(),
-        "angstrom" => "angstrom".into(),
-        other => other.into(),
-    }
-}
-
+/// The unit tessera spells as NGFF names it (UDUNITS-2); reading uses [`super::normalise_unit`].
 fn unit_to_ngff(u: &str) -> Option<&'static str> {
     Some(match u {
         "um" | "µm" | "micron" | "micrometer" => "micrometer",
@@ -325,7 +313,7 @@ fn locate(path: &Path) -> Result<Located, ImageError> {
         if let Some(g) = ms.scale.as_ref().filter(|g| g.len() == nd) {
             scale.iter_mut().zip(g).for_each(|(s, g)| *s *= g);
         }
-        let unit = axes.and_then(|a| spatial.iter().rev().find_map(|&i| a[i].unit.clone())).map(|u| unit_from_ngff(&u));
+        let unit = axes.and_then(|a| spatial.iter().rev().find_map(|&i| a[i].unit.clone())).map(|u| super::normalise_unit(&u));
         let mut zyx = [1.0; 3];
         for (k, &i) in spatial.iter().enumerate() {
             zyx[k + 3 - spatial.len()] = scale[i];
@@ -470,32 +458,20 @@ impl Reader {
 pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, ImageError> {
     let l = locate(path)?;
     let mut files = Vec::new();
-    if let Some((g, _, level)) = &l.group {
+    if let Some((g, ms, level)) = &l.group {
         for f in ["zarr.json", ".zgroup", ".zattrs"] {
             if g.join(f).is_file() {
                 files.push(g.join(f));
             }
         }
-        let dir = g.join(l.group.as_ref().map(|x| &x.1.datasets[*level].path).cloned().unwrap_or_default());
-        walk(&dir, &mut files)?;
+        let dir = g.join(&ms.datasets[*level].path);
+        files.extend(crate::util::files_under(&dir).map_err(|e| ImageError::io(&dir, e))?);
     } else {
-        walk(path, &mut files)?;
+        files.extend(crate::util::files_under(path).map_err(|e| ImageError::io(path, e))?);
     }
     files.sort();
     files.dedup();
     Ok(files)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImageError> {
-    for e in std::fs::read_dir(dir).map_err(|e| ImageError::io(dir, e))? {
-        let p = e.map_err(|e| ImageError::io(dir, e))?.path();
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 /// What a written voxel output holds: how levels are downsampled and what metadata it gets.
@@ -619,12 +595,13 @@ impl<T: Px> Level<T> {
 struct Pyramid<T> {
     levels: Vec<Level<T>>,
     ndim: u8,
-    /// Labels: the largest seen.
-    max: u32,
-    role: Role,
 }
 
 impl<T: Px> Pyramid<T> {
+    /// Planes each level received and holds.
+    fn counts(&self) -> (Vec<usize>, Vec<usize>) {
+        (self.levels.iter().map(|l| l.received).collect(), self.levels.iter().map(|l| l.shape[0]).collect())
+    }
     fn push(&mut self, k: usize, plane: &[T], path: &Path) -> Result<(), ImageError> {
         self.levels[k].accept(plane, path)?;
         let z = self.levels[k].received - 1;
@@ -632,23 +609,15 @@ impl<T: Px> Pyramid<T> {
         for j in k + 1..self.levels.len() {
             let out: Vec<Vec<T>> = match &mut self.levels[j].src {
                 Src::Mean if j == k + 1 => {
+                    // 3D: planes are averaged in pairs (the last alone when their number is odd).
                     let last = z + 1 == self.levels[k].shape[0];
-                    let pair = if self.ndim == 3 && z.is_multiple_of(2) && !last {
+                    if self.ndim == 3 && z.is_multiple_of(2) && !last {
                         self.levels[j].pending = Some(plane.to_vec());
-                        None
-                    } else if self.ndim == 3 && z % 2 == 1 {
-                        Some((self.levels[j].pending.take().unwrap_or_default(), plane.to_vec()))
+                        vec![]
                     } else {
-                        Some((Vec::new(), plane.to_vec()))
-                    };
-                    match pair {
-                        Some((a, b)) => vec![mean_plane(
-                            &a,
-                            &b,
-                            [self.levels[k].shape[1], self.levels[k].shape[2]],
-                            [self.levels[j].shape[1], self.levels[j].shape[2]],
-                        )],
-                        None => vec![],
+                        let above = if self.ndim == 3 && !z.is_multiple_of(2) { self.levels[j].pending.take() } else { None };
+                        let (from, to) = (&self.levels[k].shape, &self.levels[j].shape);
+                        vec![mean_plane(above.as_deref().unwrap_or(&[]), plane, [from[1], from[2]], [to[1], to[2]])]
                     }
                 }
                 Src::Nearest { z: zm, y, x, next } if k == 0 => {
@@ -704,8 +673,6 @@ enum Typed {
 
 /// The axes, levels and link of the store being written.
 struct Layout {
-    /// Where the label levels go inside the store ("" for an image at the root).
-    labels_at: Option<String>,
     /// The image group the labels belong to (linked store), with its multiscale and first level.
     link: Option<(PathBuf, Multiscale, usize)>,
     /// Per level: shape and the `coordinateTransformations` to record.
@@ -722,6 +689,8 @@ pub struct ZarrWriter {
     role: Role,
     layout: Layout,
     typed: Typed,
+    /// Labels: the largest seen (for the colours).
+    max: u32,
 }
 
 /// Chunk shape for a level: 256×256 in y and x, and as many planes as keep a row of chunks
@@ -763,12 +732,9 @@ impl ZarrWriter {
             Some((g, ms, level)) => linked_layout(g, ms, *level, shape)?,
             None => own_layout(shape, ndim, spacing, role),
         };
-        let labels_at = link.as_ref().map(|_| format!("labels/{name}"));
-        let layout = Layout { labels_at, link, ..layout };
-        let base = match &layout.labels_at {
-            Some(l) => tmp.join(l),
-            None => tmp.clone(),
-        };
+        let layout = Layout { link, ..layout };
+        // A linked store holds the image's levels at its root and the labels under labels/.
+        let base = if layout.link.is_some() { tmp.join("labels").join(&name) } else { tmp.clone() };
         let typed = match dtype {
             DType::U8 => Typed::U8(pyramid::<u8>(&base, &layout, ndim, role)?),
             DType::U16 => Typed::U16(pyramid::<u16>(&base, &layout, ndim, role)?),
@@ -776,43 +742,41 @@ impl ZarrWriter {
             DType::F32 => Typed::F32(pyramid::<f32>(&base, &layout, ndim, role)?),
             DType::Rgb8 | DType::Rgb16 => return Err(ImageError::unsupported(path, "RGB images as OME-Zarr (write them as TIFF)")),
         };
-        Ok(ZarrWriter { path: path.to_path_buf(), tmp, name, role, layout, typed })
+        Ok(ZarrWriter { path: path.to_path_buf(), tmp, name, role, layout, typed, max: 0 })
     }
 
     /// The next planes.
     pub fn append(&mut self, d: &Data) -> Result<(), ImageError> {
-        let path = self.path.clone();
+        let ZarrWriter { path, role, typed, max, .. } = self;
         macro_rules! go {
             ($p:ident, $a:ident) => {{
                 let [nz, ny, nx] = d.shape();
                 let a = $a.as_standard_layout();
                 let s = a.as_slice().expect("standard layout");
-                if $p.role == Role::Labels {
-                    $p.max = $p.max.max(s.par_iter().map(|&x| x.as_u32()).max().unwrap_or(0));
+                if *role == Role::Labels {
+                    *max = (*max).max(s.par_iter().map(|&x| x.as_u32()).max().unwrap_or(0));
                 }
                 for z in 0..nz {
-                    $p.push(0, &s[z * ny * nx..(z + 1) * ny * nx], &path)?;
+                    $p.push(0, &s[z * ny * nx..(z + 1) * ny * nx], path)?;
                 }
                 Ok(())
             }};
         }
-        match (&mut self.typed, d) {
+        match (typed, d) {
             (Typed::U8(p), Data::U8(a)) => go!(p, a),
             (Typed::U16(p), Data::U16(a)) => go!(p, a),
             (Typed::U32(p), Data::U32(a)) => go!(p, a),
             (Typed::F32(p), Data::F32(a)) => go!(p, a),
-            _ => Err(ImageError::corrupt(&self.path, format!("internal: {} planes appended to a store of another type", d.dtype()))),
+            _ => Err(ImageError::corrupt(path, format!("internal: {} planes appended to a store of another type", d.dtype()))),
         }
     }
 
     pub fn finish(self) -> Result<(), ImageError> {
-        let (received, expected, max) = match &self.typed {
-            Typed::U8(p) => {
-                (p.levels.iter().map(|l| l.received).collect::<Vec<_>>(), p.levels.iter().map(|l| l.shape[0]).collect::<Vec<_>>(), p.max)
-            }
-            Typed::U16(p) => (p.levels.iter().map(|l| l.received).collect(), p.levels.iter().map(|l| l.shape[0]).collect(), p.max),
-            Typed::U32(p) => (p.levels.iter().map(|l| l.received).collect(), p.levels.iter().map(|l| l.shape[0]).collect(), p.max),
-            Typed::F32(p) => (p.levels.iter().map(|l| l.received).collect(), p.levels.iter().map(|l| l.shape[0]).collect(), 0),
+        let (received, expected) = match &self.typed {
+            Typed::U8(p) => p.counts(),
+            Typed::U16(p) => p.counts(),
+            Typed::U32(p) => p.counts(),
+            Typed::F32(p) => p.counts(),
         };
         if received != expected {
             return Err(ImageError::corrupt(&self.path, format!("internal: levels got {received:?} planes, expected {expected:?}")));
@@ -828,7 +792,7 @@ impl ZarrWriter {
             Role::Image => "mean",
             Role::Mask | Role::Labels => "nearest",
         };
-        let mut ms = json!({
+        let ms = json!({
             "name": self.name,
             "axes": self.layout.axes,
             "datasets": datasets,
@@ -838,16 +802,15 @@ impl ZarrWriter {
         let mut ome = serde_json::Map::new();
         ome.insert("version".into(), json!(NGFF_VERSION));
         if self.role == Role::Labels {
-            let mut il = json!({"version": NGFF_VERSION, "colors": label_colors(max)});
+            let mut il = json!({"version": NGFF_VERSION, "colors": label_colors(self.max)});
             if self.layout.link.is_some() {
                 il["source"] = json!({"image": "../../"});
             }
             ome.insert("image-label".into(), il);
         }
-        match (&self.layout.link, &self.layout.labels_at) {
-            (Some((g, src_ms, first)), Some(at)) => {
+        match &self.layout.link {
+            Some((g, src_ms, first)) => {
                 // The linked store: the image's levels (from `first` on) as links, then labels/.
-                ms["axes"] = src_ms.raw.get("axes").cloned().unwrap_or(Json::Null);
                 let mut image_ms = src_ms.raw.clone();
                 let kept: Vec<Json> = src_ms.raw["datasets"].as_array().map(|a| a[*first..].to_vec()).unwrap_or_default();
                 image_ms["datasets"] = Json::Array(kept);
@@ -862,9 +825,9 @@ impl ZarrWriter {
                 write_group(&self.tmp, json!({"version": NGFF_VERSION, "multiscales": [image_ms]}))?;
                 write_group(&self.tmp.join("labels"), json!({"version": NGFF_VERSION, "labels": [self.name]}))?;
                 ome.insert("multiscales".into(), json!([ms]));
-                write_group(&self.tmp.join(at), Json::Object(ome))?;
+                write_group(&self.tmp.join("labels").join(&self.name), Json::Object(ome))?;
             }
-            _ => {
+            None => {
                 ome.insert("multiscales".into(), json!([ms]));
                 write_group(&self.tmp, Json::Object(ome))?;
             }
@@ -957,7 +920,7 @@ fn own_layout(shape: [usize; 3], ndim: u8, spacing: &Spacing, role: Role) -> Lay
             None => json!({"name": n, "type": "space"}),
         })
         .collect();
-    Layout { labels_at: None, link: None, levels, dims: spatial.map(Some).collect(), axes: Json::Array(axes) }
+    Layout { link: None, levels, dims: spatial.map(Some).collect(), axes: Json::Array(axes) }
 }
 
 /// Labels linked to an NGFF image group: the image's levels from `first` on, same shapes and
@@ -972,7 +935,7 @@ fn linked_layout(g: &Path, ms: &Multiscale, first: usize, shape: [usize; 3]) -> 
     if levels[0].0 != shape {
         return Err(ImageError::corrupt(g, "internal: linked level does not match the labels' shape"));
     }
-    Ok(Layout { labels_at: None, link: None, levels, dims: l0.dims, axes: ms.raw.get("axes").cloned().unwrap_or(Json::Null) })
+    Ok(Layout { link: None, levels, dims: l0.dims, axes: ms.raw.get("axes").cloned().unwrap_or(Json::Null) })
 }
 
 fn pyramid<T: Px>(base: &Path, layout: &Layout, ndim: u8, role: Role) -> Result<Pyramid<T>, ImageError> {
@@ -1034,7 +997,7 @@ fn pyramid<T: Px>(base: &Path, layout: &Layout, ndim: u8, role: Role) -> Result<
         };
         levels.push(Level { array, dims: layout.dims.clone(), shape: *shape, chunk, buf: Vec::new(), received: 0, pending: None, src });
     }
-    Ok(Pyramid { levels, ndim, max: 0, role })
+    Ok(Pyramid { levels, ndim })
 }
 
 /// The labels inside a store written by [`ZarrWriter`] linked to its sample's image

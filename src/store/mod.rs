@@ -124,34 +124,18 @@ impl Drop for Lock {
 /// changes it.
 pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
     let md = std::fs::symlink_metadata(path)?;
+    let mtime = |md: &std::fs::Metadata| md.modified().map(|t| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     if md.is_dir() {
-        let mut entries = Vec::new();
-        tree_entries(path, path, &mut entries)?;
-        entries.sort();
         let mut h = blake3::Hasher::new();
-        for e in &entries {
-            h.update(e.as_bytes());
-            h.update(b"\n");
+        let files = crate::util::files_under(path)?;
+        for f in &files {
+            let md = std::fs::symlink_metadata(f)?;
+            let rel = f.strip_prefix(path).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
+            h.update(format!("{rel}\t{}\t{}\n", md.len(), mtime(&md)?).as_bytes());
         }
-        return Ok(format!("tree:{}:{}", entries.len(), h.finalize().to_hex()));
+        return Ok(format!("tree:{}:{}", files.len(), h.finalize().to_hex()));
     }
-    let t = md.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    Ok(format!("{}:{t}", md.len()))
-}
-
-fn tree_entries(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let md = std::fs::symlink_metadata(e.path())?;
-        if md.is_dir() {
-            tree_entries(root, &e.path(), out)?;
-        } else {
-            let t = md.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let rel = e.path().strip_prefix(root).map(|r| r.to_string_lossy().into_owned()).unwrap_or_default();
-            out.push(format!("{rel}\t{}\t{t}", md.len()));
-        }
-    }
-    Ok(())
+    Ok(format!("{}:{}", md.len(), mtime(&md)?))
 }
 
 /// blake3 of a file's bytes.
