@@ -69,6 +69,18 @@ def main():
     # A channel axis of length 1 before z (tczyx-style images with one channel).
     store("v05_czyx.ome.zarr", img3d[None], FormatV05(), "czyx", s3, {"chunks": (1, 8, 32, 32)})
     store("v05_2d.ome.zarr", img2d, FormatV05(), "yx", {"y": 0.5, "x": 0.5}, {"chunks": (128, 128)})
+    # Other sample types, read as float32, with the first 8 planes zero: the chunks (and shards)
+    # holding only zeros are not stored, and read as the fill value.
+    sparse = img3d.copy()
+    sparse[:8] = 0
+    assert sparse.max() < 2 ** 15
+    store("v05_int16_sparse.ome.zarr", sparse.astype(np.int16), FormatV05(), "zyx", s3,
+          {"chunks": (8, 16, 16)})
+    store("v05_float64_sharded_sparse.ome.zarr", sparse.astype(np.float64), FormatV05(), "zyx", s3,
+          {"chunks": (4, 16, 16), "shards": (8, 32, 32)})
+    for name in ("v05_int16_sparse.ome.zarr", "v05_float64_sharded_sparse.ome.zarr"):
+        level0 = os.path.join(OUT, name, "s0", "c", "0")
+        assert not os.path.exists(level0), f"{name}: the all-zero chunk row was stored"
     # NGFF 0.4 (Zarr v2)
     store("v04_default.ome.zarr", img3d, FormatV04(), "zyx", s3, {})
     store("v04_blosc_zstd_8x16x16.ome.zarr", img3d, FormatV04(), "zyx", s3,
@@ -86,7 +98,7 @@ def main():
         if name.endswith(".ome.zarr"):
             g = zarr.open_group(os.path.join(OUT, name), mode="r")
             a = np.asarray(g[g.attrs.get("ome", g.attrs)["multiscales"][0]["datasets"][0]["path"]])
-            want = img2d if "2d" in name else img3d
+            want = img2d if "2d" in name else sparse if "sparse" in name else img3d
             assert np.array_equal(a.reshape(want.shape), want), name
     print(f"wrote {OUT}")
 

@@ -387,6 +387,24 @@ fn a_cached_reader_gives_every_plane_range_as_read_whole() {
 }
 
 #[test]
+fn other_sample_types_read_as_float32_and_chunks_never_stored_as_the_fill_value() {
+    // int16 in chunks and float64 in shards, both with the first 8 planes zero: the chunk row
+    // (and shards, and subchunks) holding only zeros were not stored by zarr-python.
+    let Data::U16(tif) = read(&root().join("testdata/nuclei3d.tif")).data else { panic!("nuclei3d.tif is u16") };
+    let mut want = tif.mapv(f32::from);
+    want.slice_mut(ndarray::s![..8, .., ..]).fill(0.0);
+    for f in ["v05_int16_sparse", "v05_float64_sharded_sparse"] {
+        let Data::F32(got) = read(&fixture(f)).data else { panic!("{f}: not read as f32") };
+        assert_eq!(got, want, "{f}");
+        let r = tessera::io::PlaneReader::open_cached(&fixture(f), 1 << 20).unwrap();
+        for (z0, z1) in [(0, 5), (3, 12), (10, 25), (24, 31), (6, 9)] {
+            let Data::F32(part) = r.read(z0, z1).unwrap() else { panic!() };
+            assert_eq!(part, want.slice(ndarray::s![z0..z1, .., ..]), "{f} {z0}..{z1}");
+        }
+    }
+}
+
+#[test]
 fn sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_zarr_outputs() {
     // A study of OME-Zarr inputs (0.5 with linked labels, 0.4, sharded) and a TIFF, every voxel
     // output as OME-Zarr: killed at seeded moments, then run once more.

@@ -391,9 +391,10 @@ fn run<'a>(
     let reads = |i: usize| plan.stage_inputs(i);
     let mut sources: Vec<Store> = Vec::new();
     for (p, h) in s.paths.iter().zip(s.headers) {
-        // A Zarr source keeps a partly read row of chunks for the next slab, within an eighth of
-        // the budget (the slack `fit_planes` leaves).
-        let reader = io::PlaneReader::open_cached(p, s.memory / 8).map_err(|e| (0, e.to_string()))?;
+        // Slabs take a quarter of the budget (`fit_planes`); a Zarr source's decoded chunks —
+        // the rows the last slab read, for the next slab's halo, and the next row decoded ahead —
+        // at most another quarter; writers' buffers the rest.
+        let reader = io::PlaneReader::open_cached(p, s.memory / 4 / s.paths.len().max(1) as u64).map_err(|e| (0, e.to_string()))?;
         sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
     }
     let mut stores: Vec<Option<Store>> = vec![None; n];

@@ -527,9 +527,9 @@ impl PlaneReader {
     pub fn open(path: &Path) -> Result<PlaneReader, ImageError> {
         PlaneReader::open_cached(path, 0)
     }
-    /// As [`open`](Self::open); a Zarr image keeps the row of chunks a read needed in part, when
-    /// it is at most `cache_bytes`, for the next read (consecutive ranges then decode each chunk
-    /// once).
+    /// As [`open`](Self::open); a Zarr image may hold `cache_bytes` of decoded chunks: the rows
+    /// of chunks the last read decoded (consecutive ranges then decode each chunk once) and the
+    /// next row, decoded ahead on the thread pool.
     pub fn open_cached(path: &Path, cache_bytes: u64) -> Result<PlaneReader, ImageError> {
         let open = match format_of(path)? {
             Format::Tiff => OpenImage::Tiff(Box::new(std::sync::Mutex::new(tiff_io::Pages::open(path)?))),
@@ -602,19 +602,6 @@ fn read_slices(dir: &Path, slices: &[PathBuf], z0: usize, z1: usize, limits: Rea
         planes.push(img.data);
     }
     Ok(Image { data: stack(planes), ndim: 3, spacing: first.spacing })
-}
-
-/// Planes `z0..z1` of `d`, copied.
-fn slice_planes(d: &Data, z0: usize, z1: usize) -> Data {
-    let z = ndarray::s![z0..z1, .., ..];
-    match d {
-        Data::U8(a) => Data::U8(a.slice(z).to_owned()),
-        Data::U16(a) => Data::U16(a.slice(z).to_owned()),
-        Data::U32(a) => Data::U32(a.slice(z).to_owned()),
-        Data::F32(a) => Data::F32(a.slice(z).to_owned()),
-        Data::Rgb8(a) => Data::Rgb8(a.slice(ndarray::s![z0..z1, .., .., ..]).to_owned()),
-        Data::Rgb16(a) => Data::Rgb16(a.slice(ndarray::s![z0..z1, .., .., ..]).to_owned()),
-    }
 }
 
 /// Concatenates data along z (all pieces have the same type and plane shape).

@@ -7,7 +7,9 @@
 //!
 //! Reading: an image group (its first multiscale's level 0) or one array of it (another level)
 //! is a z-stack whose axes are the `space` axes; other axes (time, channel) must have length 1.
-//! Planes are read by chunks, so a volume larger than memory streams.
+//! Planes are read by chunks (the subchunks of shards), so a volume larger than memory streams;
+//! a streamed reader keeps the rows of chunks its last read decoded and decodes the next row
+//! ahead on the thread pool ([`Reader`]).
 //!
 //! Writing ([`ZarrWriter`]): an NGFF 0.5 image group, level 0 plus 2× levels (mean for images,
 //! nearest for masks and labels) until the smallest side is at most 256; chunks of 256×256 in
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use ndarray::Array3;
 use rayon::prelude::*;
 use serde_json::{Value as Json, json};
-use zarrs::array::{Array, ArrayBuilder, data_type};
+use zarrs::array::{Array, ArrayBuilder, ArrayShardedExt, ArrayShardedReadableExt, ArrayShardedReadableExtCache, ChunkGrid, data_type};
 use zarrs::filesystem::FilesystemStore;
 
 use super::{DType, Data, Header, Image, ImageError, ReadLimits, Spacing, check_budget};
@@ -348,108 +350,355 @@ pub fn read_header(path: &Path) -> Result<Header, ImageError> {
 /// Reads planes `z0..z1` (all when `None`).
 pub fn read(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> Result<Image, ImageError> {
     let r = Reader::open(path)?;
-    let (z0, z1) = range.unwrap_or((0, r.loc.shape[0]));
-    check_budget(path, [z1.saturating_sub(z0), r.loc.shape[1], r.loc.shape[2]], r.loc.stored.dtype(), limits)?;
+    let (z0, z1) = range.unwrap_or((0, r.inner.loc.shape[0]));
+    check_budget(path, [z1.saturating_sub(z0), r.inner.loc.shape[1], r.inner.loc.shape[2]], r.inner.loc.stored.dtype(), limits)?;
     let data = r.read(z0, z1)?;
-    Ok(Image { data, ndim: r.loc.ndim, spacing: r.loc.spacing.clone() })
+    Ok(Image { data, ndim: r.inner.loc.ndim, spacing: r.inner.loc.spacing.clone() })
 }
 
-/// An open Zarr image, read plane range by plane range (chunks decoded in parallel).
+/// An open Zarr image, read plane range by plane range.
+///
+/// Reads go by the array's read grid — its chunks, or the subchunks of its shards — and each
+/// decoded chunk is copied row by row into the planes asked for (chunks decoded in parallel, then
+/// planes filled in parallel), so the only full-size buffer is the one returned.
+///
+/// A cached reader ([`Reader::open_cached`]) keeps the rows of chunks its last read decoded, and
+/// decodes the next row ahead on the thread pool while the caller computes: streamed samples read
+/// consecutive plane ranges with halos, so each chunk is then decoded once, mostly on a core that
+/// would otherwise wait.
 pub struct Reader {
+    inner: Arc<Inner>,
+    /// Rows of decoded chunks kept from the last read, latest last.
+    kept: std::sync::Mutex<Vec<Arc<Row>>>,
+    /// The row being decoded ahead, if any.
+    ahead: std::sync::Mutex<Option<Ahead>>,
+    /// Bytes of decoded rows the reader may hold: kept rows plus the row ahead.
+    cache_limit: u64,
+}
+
+/// What decoding needs, shared with the row decoded ahead.
+struct Inner {
     path: PathBuf,
     loc: Located,
-    /// Planes per chunk (or shard) in z.
-    cz: usize,
-    /// The last row of chunks decoded in part for a read (first plane, planes), kept while it
-    /// is at most `cache_limit` bytes: reads of consecutive plane ranges with halos (how streamed
-    /// samples read) then decode each chunk once instead of once per range that touches it.
-    cache: std::sync::Mutex<Option<(usize, Data)>>,
-    cache_limit: u64,
+    /// The read grid: the array's chunks, or its shards' subchunks.
+    grid: ChunkGrid,
+    shards: ArrayShardedReadableExtCache,
+    /// The array dimension of z, y and x (`None` for the z of a 2D image).
+    axis_dim: [Option<usize>; 3],
+    /// Bytes per stored element.
+    size: usize,
+}
+
+/// One decoded chunk of the read grid: its first voxel and extent in z, y, x (the whole chunk,
+/// which may reach past the image's edge), the strides of z, y and x in its elements (C order of
+/// the array's dimensions), and its bytes as decoded (native byte order), taken as they are.
+struct Piece {
+    start: [usize; 3],
+    shape: [usize; 3],
+    strides: [usize; 3],
+    bytes: Vec<u8>,
+}
+
+/// The chunks of one z index of the read grid: the planes they cover, and the chunks.
+struct Row {
+    z: Range<usize>,
+    pieces: Vec<Piece>,
+}
+
+impl Row {
+    fn bytes(&self) -> u64 {
+        self.pieces.iter().map(|p| p.bytes.len() as u64).sum()
+    }
+}
+
+/// A row decoded ahead: its planes, and where the decoding stands.
+struct Ahead {
+    z: Range<usize>,
+    slot: Arc<(std::sync::Mutex<Slot>, std::sync::Condvar)>,
+}
+
+enum Slot {
+    /// Not started: whoever claims it first decodes it.
+    Queued,
+    Running,
+    Done(Result<Row, ImageError>),
+    /// Claimed by a read, or abandoned.
+    Gone,
+}
+
+/// Decoded chunk buffers above this many bytes are copied into the planes before more rows are
+/// decoded (a whole-volume read holds one such batch beside its output, not a second volume).
+const BATCH_BYTES: u64 = 64 << 20;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, ImageError> {
         Reader::open_cached(path, 0)
     }
-    /// A reader that keeps the last partly read row of chunks when it is at most `cache_limit`
-    /// bytes.
+
+    /// A reader that may hold `cache_limit` bytes of decoded rows: the rows its last read
+    /// decoded, and the next row decoded ahead.
     pub fn open_cached(path: &Path, cache_limit: u64) -> Result<Reader, ImageError> {
         let loc = locate(path)?;
-        let zdim = loc.dims.iter().position(|d| *d == Some(0));
-        let cz = match zdim {
-            Some(i) => {
-                let first = vec![0u64; loc.dims.len()];
-                let shape = loc.array.chunk_shape(&first).map_err(|e| zarr_err(path, e))?;
-                usize::try_from(shape[i].get()).unwrap_or(usize::MAX).max(1)
+        let grid = loc.array.subchunk_grid();
+        let shards = ArrayShardedReadableExtCache::new(&loc.array);
+        let mut axis_dim = [None; 3];
+        for (i, d) in loc.dims.iter().enumerate() {
+            if let Some(a) = d {
+                axis_dim[*a] = Some(i);
             }
-            None => 1,
+        }
+        let size = match loc.stored {
+            Stored::U8 | Stored::I8 => 1,
+            Stored::U16 | Stored::I16 => 2,
+            Stored::U32 | Stored::F32 => 4,
+            Stored::F64 => 8,
         };
-        Ok(Reader { path: path.to_path_buf(), loc, cz, cache: std::sync::Mutex::new(None), cache_limit })
+        let inner = Inner { path: path.to_path_buf(), loc, grid, shards, axis_dim, size };
+        Ok(Reader { inner: Arc::new(inner), kept: Default::default(), ahead: Default::default(), cache_limit })
     }
 
+    /// Planes `z0..z1`.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
-        let nz = self.loc.shape[0];
+        let nz = self.inner.loc.shape[0];
         if z0 > z1 || z1 > nz {
-            return Err(ImageError::corrupt(&self.path, format!("planes {z0}..{z1} asked of a stack of {nz}")));
+            return Err(ImageError::corrupt(&self.inner.path, format!("planes {z0}..{z1} asked of a stack of {nz}")));
         }
-        let row_bytes = (self.cz.min(nz) * self.loc.shape[1] * self.loc.shape[2]) as u64 * self.loc.stored.dtype().bytes_per_voxel();
-        if self.cz == 1 || z0 == z1 || row_bytes > self.cache_limit {
-            return self.decode(z0, z1);
+        Ok(match self.inner.loc.stored {
+            Stored::U8 => Data::U8(self.read_as::<u8>(z0, z1)?),
+            Stored::U16 => Data::U16(self.read_as::<u16>(z0, z1)?),
+            Stored::U32 => Data::U32(self.read_as::<u32>(z0, z1)?),
+            Stored::F32 => Data::F32(self.read_as::<f32>(z0, z1)?),
+            Stored::I8 => Data::F32(crate::util::map3(&self.read_as::<i8>(z0, z1)?, f32::from)),
+            Stored::I16 => Data::F32(crate::util::map3(&self.read_as::<i16>(z0, z1)?, f32::from)),
+            Stored::F64 => Data::F32(crate::util::map3(&self.read_as::<f64>(z0, z1)?, |x| x as f32)),
+        })
+    }
+
+    fn read_as<T: bytemuck::Pod + Default + Send + Sync>(&self, z0: usize, z1: usize) -> Result<Array3<T>, ImageError> {
+        let inner = &*self.inner;
+        let [_, ny, nx] = inner.loc.shape;
+        let plane = ny * nx;
+        let mut out = crate::util::zeros3::<T>((z1 - z0, ny, nx));
+        if z0 == z1 || plane == 0 {
+            return Ok(out);
         }
-        // Whole rows of chunks: the rows [z0, z1) covers in full are read straight; a row it
-        // covers in part comes from (or goes to) the cache.
-        let mut pieces = Vec::new();
+        let old = std::mem::take(&mut *lock(&self.kept));
+        let slice = out.as_slice_mut().expect("zeros3 is contiguous");
+        // Rows in z order, gathered into batches that are decoded together and then copied.
+        let mut keep: Vec<Arc<Row>> = Vec::new();
         let mut z = z0;
         while z < z1 {
-            let r0 = z / self.cz * self.cz;
-            let r1 = (r0 + self.cz).min(nz);
-            if z == r0 && z1 >= r1 {
-                pieces.push(self.decode(r0, r1)?);
-                z = r1;
-                continue;
+            let mut batch: Vec<Arc<Row>> = Vec::new();
+            let mut todo: Vec<(Range<usize>, Vec<Vec<u64>>)> = Vec::new();
+            let mut bytes = 0u64;
+            while z < z1 && (bytes < BATCH_BYTES || (batch.is_empty() && todo.is_empty())) {
+                let (rz, chunks) = inner.row_at(z)?;
+                z = rz.end.min(z1);
+                if let Some(r) = old.iter().find(|r| r.z == rz) {
+                    bytes += r.bytes();
+                    batch.push(r.clone());
+                } else if let Some(r) = self.take_ahead(&rz)? {
+                    bytes += r.bytes();
+                    batch.push(Arc::new(r));
+                } else {
+                    bytes += (rz.len() * plane * inner.size) as u64;
+                    todo.push((rz, chunks));
+                }
             }
-            let end = z1.min(r1);
-            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cache.as_ref().is_none_or(|(c0, _)| *c0 != r0) {
-                *cache = Some((r0, self.decode(r0, r1)?));
+            // Decode the new rows' chunks, all in parallel.
+            let jobs: Vec<(usize, &Vec<u64>)> = todo.iter().enumerate().flat_map(|(k, (_, c))| c.iter().map(move |c| (k, c))).collect();
+            let pieces: Vec<(usize, Piece)> =
+                jobs.into_par_iter().map(|(k, c)| inner.decode(c).map(|p| (k, p))).collect::<Result<_, _>>()?;
+            let mut rows: Vec<Row> = todo.into_iter().map(|(z, _)| Row { z, pieces: Vec::new() }).collect();
+            for (k, p) in pieces {
+                rows[k].pieces.push(p);
             }
-            let (_, row) = cache.as_ref().expect("just filled");
-            pieces.push(super::slice_planes(row, z - r0, end - r0));
-            z = end;
+            batch.extend(rows.into_iter().map(Arc::new));
+            batch.sort_by_key(|r| r.z.start);
+            // Copy into the planes of this batch.
+            let b0 = batch[0].z.start.max(z0);
+            let b1 = batch[batch.len() - 1].z.end.min(z1);
+            slice[(b0 - z0) * plane..(b1 - z0) * plane].par_chunks_mut(plane).enumerate().for_each(|(k, dst)| {
+                let zz = b0 + k;
+                if let Some(row) = batch.iter().find(|r| r.z.contains(&zz)) {
+                    for p in &row.pieces {
+                        copy_plane(p, zz, bytemuck::cast_slice_mut(dst), [ny, nx], inner.size);
+                    }
+                }
+            });
+            // Keep the last rows read within the limit, the latest first.
+            keep.extend(batch);
+            let mut total = 0;
+            let from = keep.iter().rposition(|r| {
+                total += r.bytes();
+                total > self.cache_limit
+            });
+            if let Some(k) = from {
+                keep.drain(..=k);
+            }
         }
-        Ok(if pieces.len() == 1 { pieces.pop().expect("one piece") } else { super::stack(pieces) })
+        // Then decode the next row ahead if it fits beside them.
+        let total = keep.iter().map(|r| r.bytes()).sum();
+        let end = keep.last().map(|r| r.z.end);
+        *lock(&self.kept) = keep;
+        if let Some(e) = end.filter(|&e| e < inner.loc.shape[0]) {
+            self.decode_ahead(e, total)?;
+        }
+        Ok(out)
     }
 
-    /// Planes `z0..z1`, decoded (chunks in parallel).
-    fn decode(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
-        let [_, ny, nx] = self.loc.shape;
-        let ranges: Vec<Range<u64>> = self
-            .loc
-            .dims
-            .iter()
-            .map(|d| match d {
-                None => 0..1,
-                Some(0) => z0 as u64..z1 as u64,
-                Some(a) => 0..self.loc.shape[*a] as u64,
-            })
-            .collect();
-        let shape = (z1 - z0, ny, nx);
-        let err = |e: zarrs::array::ArrayError| zarr_err(&self.path, e);
-        macro_rules! get {
-            ($t:ty) => {{
-                let v: Vec<$t> = self.loc.array.retrieve_array_subset(&ranges).map_err(err)?;
-                Array3::from_shape_vec(shape, v).map_err(|e| zarr_err(&self.path, e))?
-            }};
+    /// Starts decoding the row that begins at plane `z` on the thread pool, unless it is already
+    /// under way or would not fit beside the `kept` bytes.
+    fn decode_ahead(&self, z: usize, kept: u64) -> Result<(), ImageError> {
+        let mut ahead = lock(&self.ahead);
+        if ahead.as_ref().is_some_and(|a| a.z.start == z) {
+            return Ok(());
         }
-        Ok(match self.loc.stored {
-            Stored::U8 => Data::U8(get!(u8)),
-            Stored::U16 => Data::U16(get!(u16)),
-            Stored::U32 => Data::U32(get!(u32)),
-            Stored::F32 => Data::F32(get!(f32)),
-            Stored::I8 => Data::F32(get!(i8).mapv(f32::from)),
-            Stored::I16 => Data::F32(get!(i16).mapv(f32::from)),
-            Stored::F64 => Data::F32(get!(f64).mapv(|x| x as f32)),
-        })
+        let (rz, chunks) = self.inner.row_at(z)?;
+        if kept + (rz.len() * self.inner.loc.shape[1] * self.inner.loc.shape[2] * self.inner.size) as u64 > self.cache_limit {
+            return Ok(());
+        }
+        if let Some(old) = ahead.take() {
+            abandon(&old);
+        }
+        let slot = Arc::new((std::sync::Mutex::new(Slot::Queued), std::sync::Condvar::new()));
+        let (inner, job, z) = (self.inner.clone(), slot.clone(), rz.clone());
+        rayon::spawn(move || {
+            let (m, cv) = &*job;
+            {
+                let mut s = lock(m);
+                if !matches!(*s, Slot::Queued) {
+                    return;
+                }
+                *s = Slot::Running;
+            }
+            let row = inner.decode_row(z, &chunks);
+            let mut s = lock(m);
+            if matches!(*s, Slot::Running) {
+                *s = Slot::Done(row);
+            }
+            cv.notify_all();
+        });
+        *ahead = Some(Ahead { z: rz, slot });
+        Ok(())
+    }
+
+    /// The row of planes `z` if it was decoded ahead (waiting while it is being decoded); `None`
+    /// when it was not, or had not started (the caller then decodes it with the rest).
+    fn take_ahead(&self, z: &Range<usize>) -> Result<Option<Row>, ImageError> {
+        let Some(a) = lock(&self.ahead).take_if(|a| a.z == *z) else {
+            return Ok(None);
+        };
+        let (m, cv) = &*a.slot;
+        let mut s = lock(m);
+        while matches!(*s, Slot::Running) {
+            s = cv.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        match std::mem::replace(&mut *s, Slot::Gone) {
+            Slot::Done(row) => row.map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A row decoded ahead that will not be read: not started, it is never decoded; finished, it is
+/// dropped.
+fn abandon(a: &Ahead) {
+    let mut s = lock(&a.slot.0);
+    if !matches!(*s, Slot::Running) {
+        *s = Slot::Gone;
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Some(a) = lock(&self.ahead).take() {
+            abandon(&a);
+        }
+    }
+}
+
+impl Inner {
+    /// The planes of the row of the read grid that holds plane `z`, and its chunks' indices.
+    fn row_at(&self, z: usize) -> Result<(Range<usize>, Vec<Vec<u64>>), ImageError> {
+        let nd = self.loc.dims.len();
+        let mut point = vec![0u64; nd];
+        if let Some(d) = self.axis_dim[0] {
+            point[d] = z as u64;
+        }
+        let bad = |what: &str| zarr_err(&self.path, format!("the chunk grid has no chunk {what} plane {z}"));
+        let first = self.grid.chunk_indices(&point).map_err(|e| zarr_err(&self.path, e))?.ok_or_else(|| bad("at"))?;
+        let rz = match self.axis_dim[0] {
+            Some(d) => {
+                let s = self.grid.subset(&first).map_err(|e| zarr_err(&self.path, e))?.ok_or_else(|| bad("around"))?;
+                let (a, b) = (s.start()[d] as usize, (s.start()[d] + s.shape()[d]) as usize);
+                a..b.min(self.loc.shape[0])
+            }
+            None => 0..1,
+        };
+        let grid = self.grid.grid_shape();
+        let ranges: Vec<Range<u64>> = (0..nd)
+            .map(|i| if self.axis_dim[1] == Some(i) || self.axis_dim[2] == Some(i) { 0..grid[i] } else { first[i]..first[i] + 1 })
+            .collect();
+        let chunks = zarrs::array::ArraySubset::new_with_ranges(&ranges).indices().into_iter().map(|c| c.to_vec()).collect();
+        Ok((rz, chunks))
+    }
+
+    /// A whole row, its chunks decoded in parallel.
+    fn decode_row(&self, z: Range<usize>, chunks: &[Vec<u64>]) -> Result<Row, ImageError> {
+        let pieces = chunks.par_iter().map(|c| self.decode(c)).collect::<Result<_, _>>()?;
+        Ok(Row { z, pieces })
+    }
+
+    /// One chunk of the read grid, decoded.
+    fn decode(&self, chunk: &[u64]) -> Result<Piece, ImageError> {
+        let err = |e: zarrs::array::ArrayError| zarr_err(&self.path, e);
+        let s =
+            self.grid.subset(chunk).map_err(|e| zarr_err(&self.path, e))?.ok_or_else(|| zarr_err(&self.path, "chunk outside the grid"))?;
+        let decoded: zarrs::array::ArrayBytes<'static> =
+            self.loc.array.retrieve_subchunk_opt(&self.shards, chunk, &zarrs::array::CodecOptions::default()).map_err(err)?;
+        let bytes = decoded.into_fixed().map_err(|e| zarr_err(&self.path, e))?.into_owned();
+        let shape: Vec<usize> = s.shape().iter().map(|&n| n as usize).collect();
+        let n: usize = shape.iter().product();
+        if bytes.len() != n * self.size {
+            return Err(zarr_err(&self.path, format!("chunk {chunk:?} decoded to {} bytes, expected {}", bytes.len(), n * self.size)));
+        }
+        let mut stride = vec![1usize; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            stride[i] = stride[i + 1] * shape[i + 1];
+        }
+        let on = |a: usize, f: &dyn Fn(usize) -> usize, none: usize| self.axis_dim[a].map_or(none, f);
+        let start = [0, 1, 2].map(|a| on(a, &|d| s.start()[d] as usize, 0));
+        let extent = [0, 1, 2].map(|a| on(a, &|d| shape[d], 1));
+        let strides = [0, 1, 2].map(|a| on(a, &|d| stride[d], 0));
+        Ok(Piece { start, shape: extent, strides, bytes })
+    }
+}
+
+/// Plane `z` of chunk `p` copied into its place in `dst` (the bytes of one image plane of
+/// `ny × nx` elements of `size` bytes).
+fn copy_plane(p: &Piece, z: usize, dst: &mut [u8], [ny, nx]: [usize; 2], size: usize) {
+    if z < p.start[0] || z >= p.start[0] + p.shape[0] || p.start[1] >= ny || p.start[2] >= nx {
+        return;
+    }
+    let base = (z - p.start[0]) * p.strides[0];
+    let w = p.shape[2].min(nx - p.start[2]);
+    for y in p.start[1]..(p.start[1] + p.shape[1]).min(ny) {
+        let src = (base + (y - p.start[1]) * p.strides[1]) * size;
+        let at = (y * nx + p.start[2]) * size;
+        let row = &mut dst[at..at + w * size];
+        if p.strides[2] == 1 {
+            row.copy_from_slice(&p.bytes[src..src + w * size]);
+        } else {
+            for (x, v) in row.chunks_exact_mut(size).enumerate() {
+                let s = src + x * p.strides[2] * size;
+                v.copy_from_slice(&p.bytes[s..s + size]);
+            }
+        }
     }
 }
 
