@@ -165,7 +165,9 @@ def main():
     os.makedirs(work, exist_ok=True)
     path = os.path.join(work, "big.tif")
     t0 = time.perf_counter()
-    if a.reuse and os.path.exists(path) and tifffile.TiffFile(path).series[0].shape == tuple(a.shape):
+    # The file is written a slab at a time, so tifffile may see its series as (slabs, planes, y, x).
+    if a.reuse and os.path.exists(path) and np.prod(tifffile.TiffFile(path).series[0].shape) == np.prod(a.shape) \
+            and tifffile.TiffFile(path).series[0].shape[-2:] == tuple(a.shape[1:]):
         count = int(3000 * np.prod(a.shape) / 256 ** 3)
     else:
         count = make_volume(path, a.shape)
