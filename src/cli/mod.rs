@@ -2,6 +2,7 @@
 //! diagnostics for humans. Each subcommand turns its arguments into library calls and returns
 //! an exit code (SPEC §1: 0 done, 1 some samples failed, 2 nothing ran).
 
+mod classify;
 mod render;
 mod status;
 mod submit;
@@ -47,6 +48,11 @@ pub enum Command {
     Merge(MergeArgs),
     /// Within/between statistics, ICC, ANOVA, PCA and k-means on any CSV/Parquet tables.
     Stats(StatsArgs),
+    /// Train a seeded random forest on CSV/Parquet tables, evaluate it on rows it did not see
+    /// (stratified hold-out or k-fold) and save it as a model file.
+    Train(TrainArgs),
+    /// Apply a model file to CSV/Parquet tables: adds `predicted` and `probability_<class>`.
+    Predict(PredictArgs),
     /// Write a self-contained HTML report of an output folder: provenance, samples, phenotype
     /// distributions, statistics, PCA, clusters and label previews.
     Report(ReportArgs),
@@ -173,6 +179,72 @@ pub struct StatsArgs {
     /// Print every table as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Tables: CSV or Parquet files, folders (their .csv/.parquet files), or patterns like
+    /// 'tables/*.csv'. Rows are taken in sorted file order.
+    #[arg(required = true, value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// The class column (read as text: numbers are class names too).
+    #[arg(long, value_name = "COL")]
+    pub label: String,
+    /// Where to write the model file (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Feature columns, comma-separated. Default: every numeric column of the first table but
+    /// the class column, `sample`, `label`, `object`, `id`, `bbox_*` and `centroid_*`.
+    #[arg(long, value_delimiter = ',', value_name = "A,B,..")]
+    pub features: Option<Vec<String>>,
+    /// Trees in the forest.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub trees: u32,
+    /// Deepest split level of a tree. Default: grown until leaves are pure.
+    #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_depth: Option<u32>,
+    /// Fewest training rows in a leaf.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub min_samples_leaf: u32,
+    /// Features drawn at each split. Default: √(features), as scikit-learn.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_features: Option<u32>,
+    /// Seed of the bootstrap samples, the features drawn and the evaluation split.
+    #[arg(long, default_value_t = 1, value_name = "S")]
+    pub seed: u64,
+    /// Fraction of each class's rows held out for testing (the saved model is grown on the rest).
+    #[arg(long, default_value_t = 0.2, value_name = "F", conflicts_with = "folds")]
+    pub test_fraction: f64,
+    /// Stratified k-fold cross-validation instead of a hold-out (the saved model is then grown
+    /// on all rows).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(2..))]
+    pub folds: Option<u32>,
+    /// Missing values (NaN, empty cells): refuse, drop those rows, or fill features with the
+    /// training median.
+    #[arg(long, value_enum, default_value = "error")]
+    pub missing: crate::classify::Missing,
+    /// Worker threads (the model is the same for any number). Default: all cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Print the evaluation as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model file `tessera train` wrote.
+    pub model: PathBuf,
+    /// Tables to classify (CSV or Parquet files, folders, patterns), every column kept.
+    #[arg(required = true, value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// Write the tables, concatenated, with the added columns (.csv or .parquet). Default: CSV
+    /// on stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Worker threads. Default: all cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +433,8 @@ pub fn main_with(cli: Cli) -> i32 {
             };
             tables::cmd_stats(&a.tables, req, a.out.as_deref(), a.json)
         }
+        Command::Train(a) => classify::cmd_train(a),
+        Command::Predict(a) => classify::cmd_predict(a),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "tessera", &mut std::io::stdout());

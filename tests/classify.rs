@@ -1,0 +1,212 @@
+//! `tessera train` / `tessera predict`: the forest against scikit-learn on its bundled digits
+//! (testdata/make_digits.py wrote the table and scikit-learn's accuracies), the same model bytes
+//! whatever the threads, stratified evaluation on imbalanced classes, missing values, and clear
+//! errors for tables and model files that do not fit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{root, tessera, text};
+
+fn digits() -> PathBuf {
+    root().join("testdata/classify/digits.csv")
+}
+
+fn sklearn() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root().join("testdata/classify/digits_sklearn.json")).unwrap()).unwrap()
+}
+
+fn train(args: &[&str]) -> (serde_json::Value, String) {
+    let o = tessera(&[&["train"], args, &["--json"]].concat());
+    assert!(o.status.success(), "train {args:?}: {}", text(&o.stderr));
+    (serde_json::from_slice(&o.stdout).unwrap(), text(&o.stderr))
+}
+
+fn model_path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+#[test]
+fn digits_accuracy_is_within_two_points_of_scikit_learn() {
+    let d = tempfile::tempdir().unwrap();
+    let (digits, m) = (digits().display().to_string(), model_path(d.path(), "m.json"));
+    let sk = sklearn();
+    // Hold-out: the mean over five seeds, as make_digits.py took scikit-learn's.
+    let mut acc = Vec::new();
+    for seed in 0..5 {
+        let (e, _) = train(&[&digits, "--label", "class", "--model", &m, "--seed", &seed.to_string()]);
+        assert_eq!(e["method"], "holdout");
+        assert_eq!(e["rows_tested"], 359);
+        acc.push(e["accuracy"].as_f64().unwrap());
+    }
+    let mean = acc.iter().sum::<f64>() / acc.len() as f64;
+    let want = sk["holdout_accuracy_mean"].as_f64().unwrap();
+    assert!((mean - want).abs() <= 0.02, "tessera {mean:.4} ({acc:?}), scikit-learn {want:.4}");
+    let (e, _) = train(&[&digits, "--label", "class", "--model", &m, "--folds", "5"]);
+    assert_eq!(e["method"], "kfold");
+    assert_eq!(e["rows_tested"], 1797);
+    let (got, want) = (e["accuracy"].as_f64().unwrap(), sk["kfold5_accuracy"].as_f64().unwrap());
+    assert!((got - want).abs() <= 0.02, "5-fold: tessera {got:.4}, scikit-learn {want:.4}");
+    // The confusion matrix accounts for every tested row, and recall per class matches it.
+    let conf: Vec<Vec<u64>> = serde_json::from_value(e["confusion"].clone()).unwrap();
+    assert_eq!(conf.iter().flatten().sum::<u64>(), 1797);
+    for (k, c) in e["per_class"].as_array().unwrap().iter().enumerate() {
+        let support: u64 = conf[k].iter().sum();
+        assert_eq!(c["support"].as_u64().unwrap(), support);
+        assert!((c["recall"].as_f64().unwrap() - conf[k][k] as f64 / support as f64).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_model_bytes_whatever_the_threads() {
+    let d = tempfile::tempdir().unwrap();
+    let digits = digits().display().to_string();
+    let mut bytes = Vec::new();
+    for (threads, seed) in [("1", "7"), ("2", "7"), ("3", "7"), ("2", "8")] {
+        let m = model_path(d.path(), &format!("m{threads}-{seed}.json"));
+        train(&[&digits, "--label", "class", "--model", &m, "--trees", "20", "--seed", seed, "--threads", threads]);
+        bytes.push(std::fs::read(&m).unwrap());
+    }
+    assert!(bytes[0] == bytes[1] && bytes[1] == bytes[2], "models differ between thread counts");
+    assert!(bytes[0] != bytes[3], "another seed gave the same model");
+}
+
+#[test]
+fn predict_adds_a_class_and_a_probability_per_class_and_keeps_every_column() {
+    let d = tempfile::tempdir().unwrap();
+    let (digits, m) = (digits().display().to_string(), model_path(d.path(), "m.json"));
+    train(&[&digits, "--label", "class", "--model", &m, "--trees", "30"]);
+    for out in ["p.csv", "p.parquet"] {
+        let out = d.path().join(out);
+        let o = tessera(&["predict", &m, &digits, "--out", &out.display().to_string()]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("1797 rows classified into 10 classes"), "{}", text(&o.stderr));
+        let t = tessera::table::read::read_all(&out).unwrap();
+        assert_eq!(t.rows(), 1797);
+        let names = t.names();
+        assert_eq!(&names[..3], ["sample", "class", "p00"]);
+        assert_eq!(names[66], "predicted");
+        assert_eq!(names[67..].to_vec(), (0..10).map(|c| format!("probability_{c}")).collect::<Vec<_>>());
+        // Probabilities sum to 1 and the predicted class is the most probable one.
+        let probs: Vec<Vec<f64>> = (0..10).map(|c| tessera::stats::numeric(t.get(&format!("probability_{c}")).unwrap()).unwrap()).collect();
+        // The class names are text ("0".."9"); a CSV reader takes them back as numbers.
+        let pc = t.get("predicted").unwrap();
+        let predicted: Vec<f64> = (0..1797).map(|i| tessera::stats::cell(pc, i).parse().unwrap()).collect();
+        let truth = tessera::stats::numeric(t.get("class").unwrap()).unwrap();
+        let mut right = 0;
+        for i in 0..1797 {
+            let s: f64 = (0..10).map(|c| probs[c][i]).sum();
+            assert!((s - 1.0).abs() < 1e-9, "row {i}: probabilities sum to {s}");
+            let best = (0..10).fold(0, |b, c| if probs[c][i] > probs[b][i] { c } else { b });
+            assert_eq!(predicted[i] as usize, best, "row {i}");
+            right += (predicted[i] == truth[i]) as usize;
+        }
+        // Mostly rows the forest was grown on: nearly all right.
+        assert!(right > 1750, "{right} of 1797");
+    }
+    // Without --out: CSV on stdout.
+    let o = tessera(&["predict", &m, &digits]);
+    assert!(o.status.success());
+    let stdout = text(&o.stdout);
+    assert!(stdout.starts_with("sample,class,p00,"), "{}", &stdout[..80]);
+    assert_eq!(stdout.lines().count(), 1798);
+}
+
+#[test]
+fn tables_and_models_that_do_not_fit_are_clear_errors_naming_the_column() {
+    let d = tempfile::tempdir().unwrap();
+    let (digits, m) = (digits().display().to_string(), model_path(d.path(), "m.json"));
+    train(&[&digits, "--label", "class", "--model", &m, "--trees", "5", "--features", "p10,p20,p30"]);
+    let csv = d.path().join("t.csv");
+    let fail = |table: &Path, model: &str| {
+        let o = tessera(&["predict", model, &table.display().to_string()]);
+        assert_eq!(o.status.code(), Some(2));
+        text(&o.stderr)
+    };
+    std::fs::write(&csv, "sample,p10,p2O,p30\na,0.1,0.2,0.3\n").unwrap();
+    let e = fail(&csv, &m);
+    assert!(e.contains("no column `p20`") && e.contains("did you mean 'p2O'") && e.contains("t.csv"), "{e}");
+    std::fs::write(&csv, "sample,p10,p20,p30\na,0.1,high,0.3\n").unwrap();
+    let e = fail(&csv, &m);
+    assert!(e.contains("column `p20` is text ('high')"), "{e}");
+    std::fs::write(&csv, "sample,p10,p20,p30\na,0.1,,0.3\nb,0.1,0.2,0.3\n").unwrap();
+    let e = fail(&csv, &m);
+    assert!(e.contains("column `p20` has 1 missing value(s) of 2"), "{e}");
+    // A model of another format version, a damaged one, not a model at all.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v["format_version"] = 99.into();
+    let other = model_path(d.path(), "v99.json");
+    std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
+    std::fs::write(&csv, "sample,p10,p20,p30\na,0.1,0.2,0.3\n").unwrap();
+    let e = fail(&csv, &other);
+    assert!(e.contains("model format 99") && e.contains("train the model again"), "{e}");
+    v["format_version"] = 1.into();
+    v["forest"]["trees"][0]["feature"][0] = 7.into();
+    std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(fail(&csv, &other).contains("damaged model file"));
+    std::fs::write(&other, "not json").unwrap();
+    assert!(fail(&csv, &other).contains("not a tessera model file"));
+    // Training: an unknown feature, a class column with one value.
+    let o = tessera(&["train", &digits, "--label", "clas", "--model", &m]);
+    assert!(text(&o.stderr).contains("no column `clas`") && text(&o.stderr).contains("did you mean 'class'"), "{}", text(&o.stderr));
+    std::fs::write(&csv, "sample,kind,x\na,k,1\nb,k,2\nc,k,3\n").unwrap();
+    let o = tessera(&["train", &csv.display().to_string(), "--label", "kind", "--model", &m]);
+    assert!(text(&o.stderr).contains("`kind` has 1 distinct value(s)"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn missing_values_are_refused_dropped_or_filled_with_the_training_median() {
+    let d = tempfile::tempdir().unwrap();
+    let csv = d.path().join("t.csv");
+    let mut s = String::from("sample,kind,a,b\n");
+    for i in 0..60 {
+        let kind = if i % 2 == 0 { "round" } else { "long" };
+        let a = if i == 3 || i == 8 { String::new() } else { format!("{}", (i % 2) as f64 * 10.0 + (i % 7) as f64 * 0.1) };
+        let b = if i == 5 { "NA".into() } else { format!("{}", i % 5) };
+        s += &format!("s{i},{kind},{a},{b}\n");
+    }
+    std::fs::write(&csv, s).unwrap();
+    let (c, m) = (csv.display().to_string(), model_path(d.path(), "m.json"));
+    let o = tessera(&["train", &c, "--label", "kind", "--model", &m]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.contains("`a` (2 of 60 rows)") && e.contains("`b` (1 of 60 rows)") && e.contains("--missing drop"), "{e}");
+    let o = tessera(&["train", &c, "--label", "kind", "--model", &m, "--missing", "drop"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("3 rows with missing values left out"), "{}", text(&o.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    assert_eq!(v["training"]["rows"], 57);
+    let o = tessera(&["train", &c, "--label", "kind", "--model", &m, "--missing", "median"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    assert_eq!(v["training"]["rows"], 60);
+    assert_eq!(v["medians"].as_array().unwrap().len(), 2);
+    // The model fills missing values when it predicts, too.
+    let o = tessera(&["predict", &m, &c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().count(), 61);
+}
+
+#[test]
+fn evaluation_is_stratified_on_imbalanced_classes() {
+    // 190 rows of one class, 10 of another: the hold-out keeps 20 % of each (38 and 2), and every
+    // fold of a 5-fold cross-validation tests both classes.
+    let d = tempfile::tempdir().unwrap();
+    let csv = d.path().join("t.csv");
+    let mut s = String::from("sample,kind,x\n");
+    for i in 0..200 {
+        let (kind, x) = if i < 190 { ("common", i as f64 / 190.0) } else { ("rare", 2.0 + i as f64) };
+        s += &format!("s{i},{kind},{x}\n");
+    }
+    std::fs::write(&csv, s).unwrap();
+    let (c, m) = (csv.display().to_string(), model_path(d.path(), "m.json"));
+    let (e, _) = train(&[&c, "--label", "kind", "--model", &m]);
+    let support: Vec<u64> = e["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).collect();
+    assert_eq!(support, [38, 2]);
+    assert_eq!(e["accuracy"], 1.0);
+    assert_eq!(e["balanced_accuracy"], 1.0);
+    let (e, _) = train(&[&c, "--label", "kind", "--model", &m, "--folds", "5"]);
+    let support: Vec<u64> = e["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).collect();
+    assert_eq!(support, [190, 10]);
+}
