@@ -4,6 +4,7 @@
 #   bash bench/run.sh --big [--shape Z Y X] [--memory SIZE] [--compare] [--zarr] [--write]   (bench/big.py)
 #   bash bench/run.sh --tables [--files N] [--reuse] [--cold] [--write]               (bench/tables.py)
 #   bash bench/run.sh --samples [--counts 10,1000,10000] [--kinds tiny,small] [--write] (bench/samples.py)
+#   bash bench/run.sh --classify [--seeds 5] [--trees 100] [--write]                  (bench/classify.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -19,6 +20,11 @@ fi
 if [ "${1:-}" = "--samples" ]; then
     shift
     exec "$VENV/bin/python" bench/samples.py "$@"
+fi
+if [ "${1:-}" = "--classify" ]; then
+    shift
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pyspark
+    exec "$VENV/bin/python" bench/classify.py "$@"
 fi
 if [ "${1:-}" = "--big" ]; then
     shift
