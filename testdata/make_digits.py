@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """scikit-learn's bundled handwritten digits as a feature table, and scikit-learn's figures on it.
 
-Writes testdata/classify/digits.csv: one row per image (1,797 images of 8×8 pixels, 10 classes),
+Writes testdata/classify/digits/digit_NNNN.png (the images as 8-bit gray PNG files, grey level
+g of 0–16 stored as round(255·g/16)) and testdata/classify/digits_images.csv (the manifest:
+`sample`, `image`, `class`) for pipelines/digits.yaml, and testdata/classify/digits.csv: one row per image (1,797 images of 8×8 pixels, 10 classes),
 columns `sample` (digit_0000…), `class` (0–9) and `p00`…`p63`, the pixels normalised to [0, 1]
 (the 0–16 grey levels divided by 16, exact in binary). Then trains scikit-learn's
 RandomForestClassifier (100 trees, √64 = 8 features per split, seed 1) on a stratified 80/20
@@ -17,6 +19,7 @@ import os
 
 import numpy as np
 import sklearn
+from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
@@ -30,6 +33,14 @@ def main():
     d = load_digits()
     x = d.data / 16.0
     y = d.target
+    os.makedirs(os.path.join(OUT, "digits"), exist_ok=True)
+    with open(os.path.join(OUT, "digits_images.csv"), "w") as f:
+        f.write("sample,image,class\n")
+        for i, (img, c) in enumerate(zip(d.images, y)):
+            name = f"digit_{i:04d}"
+            px = np.round(img * 255.0 / 16.0).astype(np.uint8)
+            Image.fromarray(px, mode="L").save(os.path.join(OUT, "digits", name + ".png"), optimize=False)
+            f.write(f"{name},digits/{name}.png,{c}\n")
     with open(os.path.join(OUT, "digits.csv"), "w") as f:
         f.write("sample,class," + ",".join(f"p{i:02d}" for i in range(64)) + "\n")
         for i, (row, c) in enumerate(zip(x, y)):

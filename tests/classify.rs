@@ -210,3 +210,37 @@ fn evaluation_is_stratified_on_imbalanced_classes() {
     let support: Vec<u64> = e["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).collect();
     assert_eq!(support, [190, 10]);
 }
+
+#[test]
+fn digits_as_png_files_become_pixel_rows_that_train_as_well_as_the_table() {
+    // pipelines/digits.yaml over the 1,797 PNG files: one row per image, `class` from the
+    // manifest, pixels p00..p63 = round(255·g/16)/255 for the table's grey levels g/16.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let o = tessera(&[
+        "run",
+        &root().join("pipelines/digits.yaml").display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--progress",
+        "never",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let px = tessera::table::read::read_all(&out.join("tables/pixels.parquet")).unwrap();
+    let table = tessera::table::read::read_all(&digits()).unwrap();
+    assert_eq!(px.rows(), 1797);
+    let class = |t: &tessera::table::Table, i: usize| tessera::stats::cell(t.get("class").unwrap(), i).parse::<f64>().unwrap();
+    for i in (0..1797).step_by(37) {
+        assert_eq!(class(&px, i), class(&table, i), "row {i}");
+        for p in ["p00", "p19", "p36", "p63"] {
+            let g = tessera::stats::numeric(table.get(p).unwrap()).unwrap()[i];
+            let v = tessera::stats::numeric(px.get(p).unwrap()).unwrap()[i];
+            assert_eq!(v, (255.0 * g).round() / 255.0, "row {i} {p}");
+        }
+    }
+    let m = model_path(d.path(), "m.json");
+    let (e, _) = train(&[&out.join("tables/pixels.parquet").display().to_string(), "--label", "class", "--model", &m]);
+    let want = sklearn()["holdout_accuracy_mean"].as_f64().unwrap();
+    let got = e["accuracy"].as_f64().unwrap();
+    assert!((got - want).abs() <= 0.02, "tessera {got:.4} on the PNG pixels, scikit-learn {want:.4}");
+}

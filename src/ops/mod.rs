@@ -12,6 +12,7 @@ pub mod kdtree;
 pub mod label;
 pub mod measure;
 pub mod morphology;
+pub mod pixels;
 pub mod slab;
 pub mod threshold;
 pub mod transform;
@@ -279,6 +280,7 @@ pub static REGISTRY: &[&OpInfo] = &[
     &distance::DISTANCE,
     &voronoi::VORONOI,
     &measure::MEASURE,
+    &pixels::PIXELS,
 ];
 
 /// How an op runs on a sample that does not fit in memory (for `tessera ops`), from its
