@@ -145,6 +145,20 @@ fn tables_and_models_that_do_not_fit_are_clear_errors_naming_the_column() {
     v["forest"]["trees"][0]["feature"][0] = 7.into();
     std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
     assert!(fail(&csv, &other).contains("damaged model file"));
+    for damage in [
+        |v: &mut serde_json::Value| {
+            v["forest"]["trees"][0] = serde_json::json!({"feature": [], "threshold": [], "left": [], "right": [], "leaf": [], "value": []})
+        },
+        |v: &mut serde_json::Value| v["classes"] = serde_json::json!([]),
+        |v: &mut serde_json::Value| v["medians"] = serde_json::json!([1.0]),
+        |v: &mut serde_json::Value| v["forest"]["trees"][0]["left"][0] = 0.into(),
+    ] {
+        let mut w: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        damage(&mut w);
+        std::fs::write(&other, serde_json::to_vec(&w).unwrap()).unwrap();
+        let e = fail(&csv, &other);
+        assert!(e.contains("damaged model file"), "{e}");
+    }
     std::fs::write(&other, "not json").unwrap();
     assert!(fail(&csv, &other).contains("not a tessera model file"));
     // Training: an unknown feature, a class column with one value.

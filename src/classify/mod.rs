@@ -424,11 +424,15 @@ pub fn read_model(path: &Path) -> Result<Model, String> {
         ));
     }
     let m: Model = serde_json::from_value(v).map_err(|e| format!("{}: a damaged model file: {e}", path.display()))?;
-    let ok = m.forest.features == m.features.len()
+    let ok = !m.features.is_empty()
+        && m.classes.len() >= 2
+        && m.forest.features == m.features.len()
         && m.forest.classes == m.classes.len()
+        && m.medians.as_ref().is_none_or(|md| md.len() == m.features.len())
         && m.forest.trees.iter().all(|t| {
             let k = t.feature.len();
-            t.threshold.len() == k
+            k >= 1
+                && t.threshold.len() == k
                 && t.left.len() == k
                 && t.right.len() == k
                 && t.leaf.len() == k
