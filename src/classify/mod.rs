@@ -116,9 +116,14 @@ pub struct TrainRequest {
     pub missing: Missing,
 }
 
-/// Columns never taken as features by default: identities and positions.
+/// Columns never taken as features by default: identities (also of other objects, such as
+/// `measure`'s `nn_label`) and positions.
 fn default_feature(name: &str, label: &str) -> bool {
-    name != label && !matches!(name, "sample" | "label" | "object" | "id") && !name.starts_with("bbox_") && !name.starts_with("centroid_")
+    name != label
+        && !matches!(name, "sample" | "label" | "object" | "id")
+        && !name.ends_with("_label")
+        && !name.starts_with("bbox_")
+        && !name.starts_with("centroid_")
 }
 
 /// Class names sorted as numbers when they all are, as text otherwise.
@@ -509,4 +514,32 @@ pub fn predict_table(m: &Model, t: &Table, file: &Path) -> Result<Table, String>
 /// Reads every table of `files` whole and predicts each.
 pub fn predict_files(m: &Model, files: &[PathBuf]) -> Result<Vec<Table>, String> {
     files.iter().map(|f| read_all(f).and_then(|t| predict_table(m, &t, f))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_features_leave_out_identities_and_positions() {
+        for name in ["class", "sample", "label", "nn_label", "bbox_y0", "centroid_x", "id"] {
+            assert!(!default_feature(name, "class"), "{name}");
+        }
+        for name in ["volume", "raw_mean", "nn_distance", "inertia_eig_0", "p00"] {
+            assert!(default_feature(name, "class"), "{name}");
+        }
+    }
+
+    #[test]
+    fn stratified_folds_keep_each_class_in_proportion() {
+        let y: Vec<u32> = (0..100).map(|i| u32::from(i >= 90)).collect();
+        let f = folds(&y, 2, &Split::Holdout { fraction: 0.2 }, 3);
+        assert_eq!((0..90).filter(|&i| f[i] == 1).count(), 18);
+        assert_eq!((90..100).filter(|&i| f[i] == 1).count(), 2);
+        let f = folds(&y, 2, &Split::Kfold { folds: 5 }, 3);
+        for k in 0..5 {
+            assert_eq!((90..100).filter(|&i| f[i] == k).count(), 2, "fold {k}");
+            assert_eq!((0..100).filter(|&i| f[i] == k).count(), 20, "fold {k}");
+        }
+    }
 }

@@ -194,7 +194,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub model: PathBuf,
     /// Feature columns, comma-separated. Default: every numeric column of the first table but
-    /// the class column, `sample`, `label`, `object`, `id`, `bbox_*` and `centroid_*`.
+    /// the class column, `sample`, `label`, `object`, `id`, `*_label`, `bbox_*` and `centroid_*`.
     #[arg(long, value_delimiter = ',', value_name = "A,B,..")]
     pub features: Option<Vec<String>>,
     /// Trees in the forest.
