@@ -191,8 +191,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-/// Handles missing values as asked: `Ok(rows dropped, medians)`.
-fn treat_missing(r: &mut Rows, how: Missing, label: &str) -> Result<(u64, Option<Vec<f64>>), String> {
+/// Handles missing values as asked: refuses them, or drops rows (returning how many). Rows
+/// without a class are always left out. With `median`, missing features stay NaN here and are
+/// filled from the rows each forest is grown on ([`fill`]), so no test row informs them.
+fn treat_missing(r: &mut Rows, how: Missing, label: &str) -> Result<u64, String> {
     let p = r.features.len();
     let n = r.labels.len();
     let counts: Vec<usize> = (0..p).map(|j| (0..n).filter(|&i| r.x[i * p + j].is_nan()).count()).collect();
@@ -221,19 +223,27 @@ fn treat_missing(r: &mut Rows, how: Missing, label: &str) -> Result<(u64, Option
         r.x = x;
         r.labels = labels;
     }
-    if how != Missing::Median {
-        return Ok((dropped, None));
-    }
-    let n = r.labels.len();
-    let medians: Vec<f64> = (0..p).map(|j| median((0..n).map(|i| r.x[i * p + j]).filter(|v| !v.is_nan()).collect())).collect();
-    for row in r.x.chunks_mut(p) {
-        for (v, m) in row.iter_mut().zip(&medians) {
-            if v.is_nan() {
-                *v = *m;
+    Ok(dropped)
+}
+
+/// Per feature, the median of the non-missing values of rows `which`.
+fn medians_of(x: &[f64], p: usize, which: &[usize]) -> Vec<f64> {
+    (0..p).map(|j| median(which.iter().map(|&i| x[i * p + j]).filter(|v| !v.is_nan()).collect())).collect()
+}
+
+/// Rows `which` of `x`, missing values replaced by `medians` when given.
+fn fill(x: &[f64], p: usize, which: &[usize], medians: Option<&[f64]>) -> Vec<f64> {
+    let mut out = rows_of(x, p, which);
+    if let Some(m) = medians {
+        for row in out.chunks_mut(p) {
+            for (v, m) in row.iter_mut().zip(m) {
+                if v.is_nan() {
+                    *v = *m;
+                }
             }
         }
     }
-    Ok((dropped, Some(medians)))
+    out
 }
 
 /// Each row's test fold: stratified (each class's rows shuffled by the seed, then dealt out).
@@ -317,7 +327,7 @@ pub fn evaluate(split: Split, truth: &[u32], predicted: &[u32], classes: &[Strin
 /// Trains and evaluates a model on the rows of `files`.
 pub fn train(files: &[PathBuf], req: &TrainRequest) -> Result<Model, String> {
     let mut rows = load(files, req)?;
-    let (dropped, medians) = treat_missing(&mut rows, req.missing, &req.label)?;
+    let dropped = treat_missing(&mut rows, req.missing, &req.label)?;
     let p = rows.features.len();
     let n = rows.labels.len();
     let mut classes: Vec<String> = rows.labels.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
@@ -335,12 +345,17 @@ pub fn train(files: &[PathBuf], req: &TrainRequest) -> Result<Model, String> {
     let params =
         Params { trees: req.trees, max_depth: req.max_depth, min_samples_leaf: req.min_samples_leaf, max_features, seed: req.seed };
     let fold = folds(&y, classes.len(), &req.split, req.seed);
+    // A forest grown on rows `train`, with the medians of those rows (`--missing median`).
     let fit_on = |train: &[usize]| {
-        let x = rows_of(&rows.x, p, train);
+        let medians = (req.missing == Missing::Median).then(|| medians_of(&rows.x, p, train));
+        let x = fill(&rows.x, p, train, medians.as_deref());
         let yy: Vec<u32> = train.iter().map(|&i| y[i]).collect();
-        forest::fit(&forest::Data { x: &x, features: p, y: &yy, classes: classes.len() }, &params)
+        (forest::fit(&forest::Data { x: &x, features: p, y: &yy, classes: classes.len() }, &params), medians)
     };
-    let (evaluation, forest, fitted_on) = match &req.split {
+    let predict = |(f, medians): &(Forest, Option<Vec<f64>>), test: &[usize]| -> Vec<u32> {
+        f.proba_all(&fill(&rows.x, p, test, medians.as_deref())).iter().map(|q| argmax(q)).collect()
+    };
+    let (evaluation, (forest, medians), fitted_on) = match &req.split {
         Split::Holdout { .. } => {
             let train: Vec<usize> = (0..n).filter(|&i| fold[i] == 0).collect();
             let test: Vec<usize> = (0..n).filter(|&i| fold[i] == 1).collect();
@@ -348,7 +363,7 @@ pub fn train(files: &[PathBuf], req: &TrainRequest) -> Result<Model, String> {
                 return Err("the hold-out is empty (too few rows per class for --test-fraction)".into());
             }
             let f = fit_on(&train);
-            let predicted: Vec<u32> = f.proba_all(&rows_of(&rows.x, p, &test)).iter().map(|q| argmax(q)).collect();
+            let predicted = predict(&f, &test);
             let truth: Vec<u32> = test.iter().map(|&i| y[i]).collect();
             (evaluate(req.split.clone(), &truth, &predicted, &classes), f, "training")
         }
@@ -361,8 +376,7 @@ pub fn train(files: &[PathBuf], req: &TrainRequest) -> Result<Model, String> {
                 if test.is_empty() || train.is_empty() {
                     continue;
                 }
-                let m = fit_on(&train);
-                predicted.extend(m.proba_all(&rows_of(&rows.x, p, &test)).iter().map(|q| argmax(q)));
+                predicted.extend(predict(&fit_on(&train), &test));
                 truth.extend(test.iter().map(|&i| y[i]));
             }
             let all: Vec<usize> = (0..n).collect();
@@ -528,6 +542,17 @@ mod tests {
         for name in ["volume", "raw_mean", "nn_distance", "inertia_eig_0", "p00"] {
             assert!(default_feature(name, "class"), "{name}");
         }
+    }
+
+    #[test]
+    fn medians_come_from_the_rows_given_only() {
+        // Two features, four rows; the last row (a test row) must not move the medians.
+        let x = [1.0, f64::NAN, 3.0, 10.0, f64::NAN, 20.0, 1000.0, 1000.0];
+        let m = medians_of(&x, 2, &[0, 1, 2]);
+        assert_eq!(m, [2.0, 15.0]);
+        assert_eq!(fill(&x, 2, &[1, 3], Some(&m)), [3.0, 10.0, 1000.0, 1000.0]);
+        assert_eq!(fill(&x, 2, &[0], Some(&m)), [1.0, 15.0]);
+        assert!(fill(&x, 2, &[0], None)[1].is_nan());
     }
 
     #[test]
