@@ -162,7 +162,7 @@ pub fn analyse_files(files: &[PathBuf], req: &Request) -> Result<Outputs, String
     let defaulted = req.phenotypes.is_none();
     let load = |f: &PathBuf, numeric: Option<&[String]>| -> Result<Table, String> {
         let text_if_present: &[String] = if keep { &ids } else { &[] };
-        read_any(f, &Want { text: &text, numeric, text_if_present, numeric_optional: defaulted })
+        read_any(f, &Want { text: &text, numeric, text_if_present, numeric_optional: defaulted, keep_all: false })
     };
     let Some((first, rest)) = files.split_first() else { return Err("no tables given".into()) };
     let t = load(first, req.phenotypes.as_deref())?;

@@ -85,7 +85,7 @@ fn table(out: &Path, rel: &str, text: &[String]) -> Option<Table> {
     }
     let mut keep: Vec<String> = ["sample", "phenotype", "component", "note"].iter().map(|s| s.to_string()).collect();
     keep.extend(text.iter().cloned());
-    let want = crate::table::read::Want { text: &[], numeric: None, text_if_present: &keep, numeric_optional: true };
+    let want = crate::table::read::Want { text: &[], numeric: None, text_if_present: &keep, numeric_optional: true, keep_all: false };
     let mut t = crate::table::read::read_any(&p, &want).ok()?;
     if rel.ends_with(".parquet") {
         let units = crate::table::read::units(&p);

@@ -22,9 +22,14 @@ pub struct Want<'a> {
     pub text_if_present: &'a [String],
     /// Numeric columns wanted may be absent (the caller fills them in).
     pub numeric_optional: bool,
+    /// Keep every column, each with its own type: numeric where every cell is a number or
+    /// missing, text otherwise (the other fields are then unused). Parquet unsigned integers
+    /// stay u64 and booleans booleans. For tools that add columns to a user's table.
+    pub keep_all: bool,
 }
 
-fn missing(cell: &[u8]) -> bool {
+/// Whether a cell is a missing value: empty, `NA`, `NaN`, `nan`, `null`, `None` or `N/A`.
+pub(crate) fn missing(cell: &[u8]) -> bool {
     matches!(cell, b"" | b"NA" | b"NaN" | b"nan" | b"null" | b"None" | b"N/A")
 }
 
@@ -130,6 +135,20 @@ impl Slot {
     }
 }
 
+/// The cells as numbers when every one is a number or missing (NaN), and there is one.
+fn numbers(cells: &[String]) -> Option<Vec<f64>> {
+    if cells.is_empty() {
+        return None;
+    }
+    cells
+        .iter()
+        .map(|c| {
+            let c = c.trim().as_bytes();
+            if missing(c) { Some(f64::NAN) } else { parse_f64(c) }
+        })
+        .collect()
+}
+
 fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
     let name = path.display();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
@@ -144,7 +163,7 @@ fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
         headers
             .iter()
             .map(|h| {
-                if want.text.contains(h) || want.text_if_present.contains(h) {
+                if want.keep_all || want.text.contains(h) || want.text_if_present.contains(h) {
                     Slot::Text(Vec::new())
                 } else if want.numeric.is_none_or(|w| w.contains(h)) {
                     Slot::Num(Vec::new(), None)
@@ -210,6 +229,10 @@ fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
     for (h, slot) in headers.iter().zip(slots) {
         match slot {
             Slot::Skip => {}
+            Slot::Text(v) if want.keep_all => match numbers(&v) {
+                Some(n) => t.push(h, Column::F64(n), None),
+                None => t.push(h, Column::Str(v), None),
+            },
             Slot::Text(v) => t.push(h, Column::Str(v), None),
             Slot::Num(v, None) => t.push(h, Column::F64(v), None),
             Slot::Num(_, Some((r, text))) => {
@@ -238,11 +261,17 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
     for c in df.columns() {
         let h = c.name().to_string();
         let err = |e: PolarsError| format!("{name}: column `{h}`: {e}");
-        if want.text.contains(&h) || want.text_if_present.contains(&h) {
+        let dt = c.dtype();
+        if want.keep_all && dt.is_unsigned_integer() {
+            let s = c.cast(&DataType::UInt64).map_err(err)?;
+            t.push(&h, Column::U64(s.u64().map_err(err)?.iter().map(|x| x.unwrap_or(0)).collect()), None);
+        } else if want.keep_all && *dt == DataType::Boolean {
+            t.push(&h, Column::Bool(c.bool().map_err(err)?.iter().map(|x| x.unwrap_or(false)).collect()), None);
+        } else if want.text.contains(&h) || want.text_if_present.contains(&h) || (want.keep_all && !dt.is_primitive_numeric()) {
             let s = c.cast(&DataType::String).map_err(err)?;
             let v = s.str().map_err(err)?.iter().map(|x| x.unwrap_or("").to_string()).collect();
             t.push(&h, Column::Str(v), None);
-        } else if c.dtype().is_primitive_numeric() {
+        } else if dt.is_primitive_numeric() {
             let s = c.cast(&DataType::Float64).map_err(err)?;
             let v = s.f64().map_err(err)?.iter().map(|x| x.unwrap_or(f64::NAN)).collect();
             t.push(&h, Column::F64(v), None);
@@ -301,70 +330,9 @@ pub fn read_exact(path: &Path) -> Result<Table, String> {
     Ok(t)
 }
 
-/// Reads every column of a CSV or Parquet file: a column is numeric (f64; unsigned Parquet
-/// integers as u64) when all its cells are numbers or missing, text otherwise; Parquet booleans
-/// stay booleans. For tools that add columns to a user's table (`tessera predict`).
+/// Reads every column of a CSV or Parquet file, each with its own type ([`Want::keep_all`]).
 pub fn read_all(path: &Path) -> Result<Table, String> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let name = path.display();
-    match ext.as_str() {
-        "csv" | "tsv" | "txt" => {
-            let delimiter = if ext == "tsv" { b'\t' } else { b',' };
-            let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter).from_path(path).map_err(|e| format!("{name}: {e}"))?;
-            let headers: Vec<String> = rdr.headers().map_err(|e| format!("{name}: {e}"))?.iter().map(|h| h.trim().to_string()).collect();
-            if headers.is_empty() || headers.iter().all(String::is_empty) {
-                return Err(format!("{name}: empty file (a header row is required)"));
-            }
-            let mut cells: Vec<Vec<String>> = vec![Vec::new(); headers.len()];
-            for (i, rec) in rdr.records().enumerate() {
-                let rec = rec.map_err(|e| format!("{name}: {e}"))?;
-                if rec.len() != headers.len() {
-                    return Err(format!("{name}: row {} has {} fields, the header has {}", i + 2, rec.len(), headers.len()));
-                }
-                cells.iter_mut().zip(rec.iter()).for_each(|(c, v)| c.push(v.to_string()));
-            }
-            let mut t = Table::default();
-            for (h, v) in headers.iter().zip(cells) {
-                let nums: Option<Vec<f64>> = v
-                    .iter()
-                    .map(|c| {
-                        let c = c.trim();
-                        if missing(c.as_bytes()) { Some(f64::NAN) } else { parse_f64(c.as_bytes()) }
-                    })
-                    .collect();
-                match nums {
-                    Some(n) if !v.is_empty() => t.push(h, Column::F64(n), None),
-                    _ => t.push(h, Column::Str(v), None),
-                }
-            }
-            Ok(t)
-        }
-        "parquet" | "pq" => {
-            let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
-            let df = ParquetReader::new(file).finish().map_err(|e| format!("{name}: {e}"))?;
-            let mut t = Table::default();
-            for c in df.columns() {
-                let h = c.name().to_string();
-                let err = |e: PolarsError| format!("{name}: column `{h}`: {e}");
-                let dt = c.dtype();
-                if dt.is_unsigned_integer() {
-                    let s = c.cast(&DataType::UInt64).map_err(err)?;
-                    let v: Vec<u64> = s.u64().map_err(err)?.iter().map(|x| x.unwrap_or(0)).collect();
-                    t.push(&h, Column::U64(v), None);
-                } else if dt.is_primitive_numeric() {
-                    let s = c.cast(&DataType::Float64).map_err(err)?;
-                    t.push(&h, Column::F64(s.f64().map_err(err)?.iter().map(|x| x.unwrap_or(f64::NAN)).collect()), None);
-                } else if *dt == DataType::Boolean {
-                    t.push(&h, Column::Bool(c.bool().map_err(err)?.iter().map(|x| x.unwrap_or(false)).collect()), None);
-                } else {
-                    let s = c.cast(&DataType::String).map_err(err)?;
-                    t.push(&h, Column::Str(s.str().map_err(err)?.iter().map(|x| x.unwrap_or("").to_string()).collect()), None);
-                }
-            }
-            Ok(t)
-        }
-        _ => Err(format!("{name}: not a table (expected a .csv or .parquet file)")),
-    }
+    read_any(path, &Want { keep_all: true, ..Want::default() })
 }
 
 #[cfg(test)]
