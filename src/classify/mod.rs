@@ -178,8 +178,9 @@ fn load(files: &[PathBuf], req: &TrainRequest) -> Result<Rows, String> {
     Ok(rows)
 }
 
+/// A class cell that is a missing value (as in numeric columns: empty, `NA`, `NaN`, …).
 fn is_missing_label(l: &str) -> bool {
-    matches!(l, "" | "NA" | "NaN" | "nan" | "null" | "None" | "N/A")
+    crate::table::read::missing(l.as_bytes())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -125,25 +125,18 @@ pub fn cmd_predict(a: PredictArgs) -> i32 {
         let rows = df.height();
         match &a.out {
             Some(p) => {
-                let res = match p.extension().and_then(|e| e.to_str()) {
-                    Some("csv") => crate::table::write_csv(p, &mut df),
-                    Some("parquet") => crate::table::write_parquet(
-                        p,
-                        &mut df,
-                        &[
-                            ("tessera.version".into(), env!("CARGO_PKG_VERSION").into()),
-                            ("tessera.model".into(), a.model.display().to_string()),
-                        ],
-                    ),
-                    _ => return Err(format!("--out {}: give a .csv or .parquet file name", p.display())),
-                };
-                res.map_err(|e| e.to_string())?;
+                if !p.extension().is_some_and(|e| e == "csv" || e == "parquet") {
+                    return Err(format!("--out {}: give a .csv or .parquet file name", p.display()));
+                }
+                let meta = [
+                    ("tessera.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+                    ("tessera.model".to_string(), a.model.display().to_string()),
+                ];
+                crate::exec::study::write_frame(p, &mut df, &meta)?;
                 Ok(format!("{rows} rows classified into {} classes → {}\n", m.classes.len(), p.display()))
             }
             None => {
-                let mut buf = Vec::new();
-                use polars::prelude::SerWriter;
-                polars::prelude::CsvWriter::new(&mut buf).include_header(true).finish(&mut df).map_err(|e| e.to_string())?;
+                let buf = crate::table::csv_bytes(&mut df).map_err(|e| e.to_string())?;
                 let _ = std::io::stdout().lock().write_all(&buf);
                 Ok(String::new())
             }

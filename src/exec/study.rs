@@ -170,11 +170,15 @@ fn stats_files<'a>(stage: &str, o: &'a Outputs) -> Vec<(PathBuf, Option<&'a Tabl
 
 /// Writes a table as CSV or Parquet (by extension) with the given metadata.
 pub fn write_table(path: &Path, t: &Table, meta: &[(String, String)]) -> Result<(), String> {
-    let mut df = t.to_frame().map_err(|e| e.to_string())?;
+    write_frame(path, &mut t.to_frame().map_err(|e| e.to_string())?, meta)
+}
+
+/// [`write_table`] for a frame already built (tables concatenated).
+pub fn write_frame(path: &Path, df: &mut polars::prelude::DataFrame, meta: &[(String, String)]) -> Result<(), String> {
     if path.extension().is_some_and(|e| e == "parquet") {
-        crate::table::write_parquet(path, &mut df, meta).map_err(|e| e.to_string())
+        crate::table::write_parquet(path, df, meta).map_err(|e| e.to_string())
     } else {
-        crate::table::write_csv(path, &mut df).map_err(|e| e.to_string())
+        crate::table::write_csv(path, df).map_err(|e| e.to_string())
     }
 }
 

@@ -414,10 +414,16 @@ pub fn write_parquet(path: &Path, df: &mut DataFrame, metadata: &[(String, Strin
     std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
 }
 
-/// Writes a frame as CSV (header row, comma-separated), atomically.
-pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<(), TableError> {
+/// A frame as CSV text (header row, comma-separated).
+pub fn csv_bytes(df: &mut DataFrame) -> Result<Vec<u8>, TableError> {
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf).include_header(true).finish(df)?;
+    Ok(buf)
+}
+
+/// Writes a frame as CSV ([`csv_bytes`]), atomically.
+pub fn write_csv(path: &Path, df: &mut DataFrame) -> Result<(), TableError> {
+    let buf = csv_bytes(df)?;
     crate::util::write_atomic(path, &buf).map_err(|e| TableError::Write { path: path.display().to_string(), msg: e.to_string() })
 }
 
