@@ -505,7 +505,7 @@ impl Reader {
                     bytes += r.bytes();
                     batch.push(Arc::new(r));
                 } else {
-                    bytes += (rz.len() * plane * inner.size) as u64;
+                    bytes += inner.row_bytes(&rz);
                     todo.push((rz, chunks));
                 }
             }
@@ -559,7 +559,7 @@ impl Reader {
             return Ok(());
         }
         let (rz, chunks) = self.inner.row_at(z)?;
-        if kept + (rz.len() * self.inner.loc.shape[1] * self.inner.loc.shape[2] * self.inner.size) as u64 > self.cache_limit {
+        if kept + self.inner.row_bytes(&rz) > self.cache_limit {
             return Ok(());
         }
         if let Some(old) = ahead.take() {
@@ -623,6 +623,11 @@ impl Drop for Reader {
 }
 
 impl Inner {
+    /// The bytes of planes `z` as stored (what decoding a row of them holds, edges aside).
+    fn row_bytes(&self, z: &Range<usize>) -> u64 {
+        (z.len() * self.loc.shape[1] * self.loc.shape[2] * self.size) as u64
+    }
+
     /// The planes of the row of the read grid that holds plane `z`, and its chunks' indices.
     fn row_at(&self, z: usize) -> Result<(Range<usize>, Vec<Vec<u64>>), ImageError> {
         let nd = self.loc.dims.len();
