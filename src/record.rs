@@ -181,7 +181,11 @@ impl<S> RunRecord<S> {
     /// The recorded pipeline, compiled (against `manifest` when given: its columns and first
     /// usable row, as `run` compiled it). `Err` says why it no longer parses or compiles.
     pub fn plan(&self, manifest: Option<&Manifest>, file: &Path) -> Result<Plan, String> {
-        let pfile = PathBuf::from(if self.pipeline.file.is_empty() { "pipeline.yaml" } else { &self.pipeline.file });
+        let mut pfile = PathBuf::from(if self.pipeline.file.is_empty() { "pipeline.yaml" } else { &self.pipeline.file });
+        if pfile.is_relative() && !self.working_directory.is_empty() {
+            // Files the pipeline names (a `classify` model) resolve as they did in the run.
+            pfile = Path::new(&self.working_directory).join(pfile);
+        }
         let (spec, diags) = crate::spec::parse_str(&pfile, self.pipeline.text.clone());
         let spec = spec.ok_or_else(|| {
             let msgs: Vec<String> = diags.iter().map(|d| d.message.clone()).collect();

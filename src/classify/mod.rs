@@ -429,8 +429,14 @@ pub fn to_bytes(m: &Model) -> Vec<u8> {
 /// Reads a model file, refusing other formats and versions with a clear message.
 pub fn read_model(path: &Path) -> Result<Model, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_model(&bytes, path)
+}
+
+/// A model from the bytes of its file (`path` names it in messages), checked as [`read_model`]
+/// checks it.
+pub fn parse_model(bytes: &[u8], path: &Path) -> Result<Model, String> {
     let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a tessera model file (not JSON: {e})", path.display()))?;
+        serde_json::from_slice(bytes).map_err(|e| format!("{}: not a tessera model file (not JSON: {e})", path.display()))?;
     if v.get("format").and_then(|f| f.as_str()) != Some("tessera-model") {
         return Err(format!("{}: not a tessera model file (no \"format\": \"tessera-model\")", path.display()));
     }
@@ -476,20 +482,26 @@ pub fn read_model(path: &Path) -> Result<Model, String> {
 
 /// Applies a model to a table: the table with `predicted` and `probability_<class>` added.
 pub fn predict_table(m: &Model, t: &Table, file: &Path) -> Result<Table, String> {
+    predict_columns(m, t, &file.display().to_string(), "predicted", true)
+}
+
+/// Applies a model to a table (`what` names it in messages): the table with the class column
+/// `column` added, and `probability_<class>` per class when `probabilities`.
+pub fn predict_columns(m: &Model, t: &Table, what: &str, column: &str, probabilities: bool) -> Result<Table, String> {
     let n = t.rows();
     let p = m.features.len();
     let mut x = vec![0.0; n * p];
     for (j, f) in m.features.iter().enumerate() {
         let col = t.get(f).ok_or_else(|| {
             let hint = crate::util::did_you_mean(f, t.names()).map(|s| format!(" (did you mean '{s}'?)")).unwrap_or_default();
-            format!("{}: no column `{f}`{hint}; the model needs its features {}", file.display(), m.features.join(", "))
+            format!("{}: no column `{f}`{hint}; the model needs its features {}", what, m.features.join(", "))
         })?;
         let v = crate::stats::numeric(col).ok_or_else(|| {
             let example = match col {
                 Column::Str(s) => s.iter().find(|c| !c.trim().is_empty()).cloned().unwrap_or_default(),
                 _ => String::new(),
             };
-            format!("{}: column `{f}` is text ('{example}'); the model was trained on it as a number", file.display())
+            format!("{}: column `{f}` is text ('{example}'); the model was trained on it as a number", what)
         })?;
         let mut missing = 0;
         for (i, val) in v.into_iter().enumerate() {
@@ -503,7 +515,7 @@ pub fn predict_table(m: &Model, t: &Table, file: &Path) -> Result<Table, String>
         if missing > 0 && m.medians.is_none() {
             return Err(format!(
                 "{}: column `{f}` has {missing} missing value(s) of {n}; the model was trained with --missing {} and has no medians to fill them",
-                file.display(),
+                what,
                 match m.missing {
                     Missing::Error => "error",
                     Missing::Drop => "drop",
@@ -514,14 +526,16 @@ pub fn predict_table(m: &Model, t: &Table, file: &Path) -> Result<Table, String>
     }
     let proba = m.forest.proba_all(&x);
     let mut out = t.clone();
-    for name in std::iter::once("predicted".to_string()).chain(m.classes.iter().map(|c| format!("probability_{c}"))) {
+    let probability_names: Vec<String> =
+        if probabilities { m.classes.iter().map(|c| format!("probability_{c}")).collect() } else { Vec::new() };
+    for name in std::iter::once(column.to_string()).chain(probability_names.iter().cloned()) {
         if out.get(&name).is_some() {
-            return Err(format!("{}: already has a column `{name}` (a table predicted before?)", file.display()));
+            return Err(format!("{}: already has a column `{name}` (a table predicted before?)", what));
         }
     }
-    out.push("predicted", Column::Str(proba.iter().map(|q| m.classes[argmax(q) as usize].clone()).collect()), None);
-    for (k, c) in m.classes.iter().enumerate() {
-        out.push(&format!("probability_{c}"), Column::F64(proba.iter().map(|q| q[k]).collect()), None);
+    out.push(column, Column::Str(proba.iter().map(|q| m.classes[argmax(q) as usize].clone()).collect()), None);
+    for (k, name) in probability_names.iter().enumerate() {
+        out.push(name, Column::F64(proba.iter().map(|q| q[k]).collect()), None);
     }
     Ok(out)
 }

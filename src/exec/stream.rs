@@ -398,6 +398,8 @@ fn run<'a>(
         sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
     }
     let mut stores: Vec<Option<Store>> = vec![None; n];
+    // Table values, for the stages that read tables.
+    let mut tables: Vec<Option<Value>> = vec![None; n];
     // Backward from what must exist (output files to rewrite, tables to merge): a value later
     // stages read comes from a verified checkpoint when there is one (a table, or a global
     // stage's spill), else it is computed.
@@ -460,6 +462,7 @@ fn run<'a>(
                 let i = *i;
                 if let Some(v) = preset[i].take() {
                     sink(i, &v).map_err(|e| (i, e))?;
+                    tables[i] = Some(v);
                 } else if writes(s, i)
                     && let Some(store) = &stores[i]
                 {
@@ -480,6 +483,27 @@ fn run<'a>(
                 let ids: Vec<&str> = comp.group.stages.iter().map(|&k| plan.stages[k].id.as_str()).collect();
                 timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
                 *group.stages.last().expect("a run has stages")
+            }
+            Step::Global(i)
+                if plan.stage_inputs(*i).len() == plan.stages[*i].inputs.len()
+                    && plan.stage_inputs(*i).iter().all(|&j| plan.stages[j].kind == Kind::Table) =>
+            {
+                // An op on tables (small, held in memory): as in a run in memory.
+                let i = *i;
+                let fail = |e: String| (i, e);
+                let ins: Vec<&Value> = plan
+                    .stage_inputs(i)
+                    .into_iter()
+                    .map(|j| tables[j].as_ref().ok_or_else(|| fail("internal: an input table was not kept".into())))
+                    .collect::<Result<_, _>>()?;
+                let table = s.bound.ops[i].run(&ins, &ctx_of(s, i)).map_err(fail)?;
+                if let Some(store) = ck {
+                    store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
+                }
+                sink(i, &table).map_err(fail)?;
+                tables[i] = Some(table);
+                timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));
+                i
             }
             Step::Global(i) => {
                 // A global op, in its own out-of-core form.
@@ -522,6 +546,7 @@ fn run<'a>(
                             store.save(&s.keys[i], &table).map_err(|e| fail(format!("writing a checkpoint: {e}")))?;
                         }
                         sink(i, &table).map_err(fail)?;
+                        tables[i] = Some(table);
                     }
                     _ => return Err(fail(format!("internal: `{}` did not give {}", st.op.info().name, st.kind.with_article()))),
                 }

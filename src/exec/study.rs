@@ -324,6 +324,17 @@ pub fn write(plan: &Plan, out: &Path, samples: &Samples, spacing: &Spacing) -> (
             errors.push(format!("statistics of '{stage}': {e}"));
         }
     }
+    // The files stages read (a `classify` model), kept beside the results they gave, for the
+    // report and for whoever asks later which model labelled these rows.
+    for f in &plan.files {
+        let p = PathBuf::from(format!("{}s", f.param)).join(format!("{}.{}.json", f.stage, f.param));
+        let res = std::fs::create_dir_all(out.join(p.parent().unwrap_or(Path::new(""))))
+            .and_then(|_| crate::util::write_atomic(&out.join(&p), &f.bytes));
+        match res {
+            Ok(()) => written.push(p),
+            Err(e) => errors.push(format!("stage '{}': keeping {}: {e}", f.stage, f.path.display())),
+        }
+    }
     (written, errors)
 }
 

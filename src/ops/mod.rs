@@ -5,6 +5,7 @@
 //! every op once, and `tessera ops`, the compiler's "did you mean" and the docs are all built
 //! from it. Ops never read files, print or start threads: they compute on arrays.
 
+pub mod classify;
 pub mod distance;
 pub mod downsample;
 pub mod filters;
@@ -215,6 +216,22 @@ pub trait Op: Send + Sync + Debug {
     fn stored(&self, _ctx: &Ctx) -> Option<std::sync::Arc<dyn slab::Stored>> {
         None
     }
+    /// A file one of the op's parameters names: `(parameter, path as written)`. The compiler
+    /// reads it (a relative path from the pipeline file's folder) and gives its bytes to
+    /// [`Op::with_file`]: ops never read files themselves.
+    fn file(&self) -> Option<(&'static str, &str)> {
+        None
+    }
+    /// This op holding the contents of its [`Op::file`], parsed and checked (`path` names the
+    /// file in messages). Its [`Op::params_json`] then covers the contents, so a changed file
+    /// changes the stage's checkpoint key.
+    fn with_file(&self, _bytes: &[u8], _path: &std::path::Path) -> Result<Box<dyn Op>, String> {
+        Err(format!("internal: `{}` reads no file", self.info().name))
+    }
+    /// Text columns the op adds to its table that group its rows (accepted as `stats.by`).
+    fn group_columns(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One parameter's documentation.
@@ -246,7 +263,7 @@ pub struct OpInfo {
     #[serde(skip)]
     pub fields: fn() -> &'static [&'static str],
     /// Parameter sets the tests run the op with (every one, in memory, tiled and streamed): a
-    /// YAML flow mapping's body, with `{image}`, `{mask}` and `{labels}` standing for an
+    /// YAML flow mapping's body, with `{image}`, `{mask}`, `{labels}` and `{table}` standing for an
     /// earlier stage of that kind.
     #[serde(skip)]
     pub examples: &'static [&'static str],
@@ -281,6 +298,7 @@ pub static REGISTRY: &[&OpInfo] = &[
     &voronoi::VORONOI,
     &measure::MEASURE,
     &pixels::PIXELS,
+    &classify::CLASSIFY,
 ];
 
 /// How an op runs on a sample that does not fit in memory (for `tessera ops`), from its
@@ -290,15 +308,20 @@ pub fn out_of_core(info: &OpInfo) -> Vec<String> {
     let meta = Meta { kind: Kind::Image, dtype: Some(DType::U8), shape: [64, 64, 64], ndim: 3, scale: [1.0; 3] };
     let mut v: Vec<String> = Vec::new();
     for ex in info.examples {
-        let body = ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels");
+        let body = ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels").replace("{table}", "table");
         let Ok(params) = Params::parse(&format!("{{{body}}}")) else { continue };
         let Ok(op) = (info.build)(params) else { continue };
+        let tables_only = op.inputs().iter().all(|i| i.accepts == [Kind::Table]);
         let how = match (op.halo(), op.streams(&[meta.clone(), meta.clone(), meta.clone()])) {
+            _ if tables_only => "on its input tables, in memory, as in a run in memory (tables are small)".to_string(),
             (Halo::Local(_), _) => "per slab, fused with the local stages around it, with its halo above and below".to_string(),
             (Halo::Global, Ok(())) => "in its own passes over slabs (3D grey volumes)".to_string(),
             (Halo::Global, Err(why)) => why,
         };
-        let line = format!("{how}; e.g. {{{}}}", ex.replace("{image}", "…").replace("{mask}", "…").replace("{labels}", "…"));
+        let line = format!(
+            "{how}; e.g. {{{}}}",
+            ex.replace("{image}", "…").replace("{mask}", "…").replace("{labels}", "…").replace("{table}", "…")
+        );
         if !v.iter().any(|l| l.starts_with(&how)) {
             v.push(line);
         }

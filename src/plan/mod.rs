@@ -8,6 +8,7 @@
 pub mod render;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::io::Header;
@@ -78,6 +79,33 @@ pub struct Stage {
     pub node: Node,
 }
 
+/// A file a stage's parameter names (a `classify` model), as the compiler read it.
+#[derive(Debug, Clone)]
+pub struct StageFile {
+    pub stage: String,
+    pub param: &'static str,
+    /// The path as resolved (relative paths from the pipeline file's folder).
+    pub path: PathBuf,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// The largest file a stage parameter may name.
+const MAX_STAGE_FILE: u64 = 1 << 30;
+
+/// Gives `op` the file its parameters name, if any ([`Op::file`]), read relative to the folder
+/// of `pipeline`; the error names the parameter.
+fn with_file(op: Box<dyn Op>, stage: &str, pipeline: &Path) -> Result<(Box<dyn Op>, Option<StageFile>), ParamIssue> {
+    let Some((param, written)) = op.file() else { return Ok((op, None)) };
+    let path = pipeline.parent().unwrap_or(Path::new("")).join(written);
+    let len = std::fs::metadata(&path).map_err(|e| ParamIssue::new(param, format!("cannot read {}: {e}", path.display())))?.len();
+    if len > MAX_STAGE_FILE {
+        return Err(ParamIssue::new(param, format!("{} is {} bytes, more than the {MAX_STAGE_FILE} accepted", path.display(), len)));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| ParamIssue::new(param, format!("cannot read {}: {e}", path.display())))?;
+    let loaded = op.with_file(&bytes, &path).map_err(|m| ParamIssue::new(param, m))?;
+    Ok((loaded, Some(StageFile { stage: stage.to_string(), param, path, bytes: Arc::new(bytes) })))
+}
+
 /// The within/between statistics request.
 #[derive(Debug, Clone)]
 pub struct StatsPlan {
@@ -95,6 +123,8 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     pub outputs: Vec<(usize, Vec<Format>)>,
     pub stats: Option<StatsPlan>,
+    /// Files stages' parameters name, read when compiling.
+    pub files: Vec<StageFile>,
     /// blake3 of the pipeline text.
     pub hash: String,
 }
@@ -222,6 +252,7 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
         id_node: Node,
     }
     let mut built: Vec<Built> = Vec::new();
+    let mut files: Vec<StageFile> = Vec::new();
     let op_names: Vec<&str> = ops::REGISTRY.iter().map(|o| o.name).collect();
     for st in &spec.stages {
         let Some(op_node) = st.node.get("op") else {
@@ -285,7 +316,17 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                 v
             }
         };
-        match (info.build)(crate::ops::Params::new(concrete)) {
+        let built_op = (info.build)(crate::ops::Params::new(concrete)).and_then(|op| {
+            let deferred = op.file().is_some_and(|(param, _)| placeholders.iter().any(|p| path_string(&p.path) == param));
+            if !op.check().is_empty() || deferred {
+                // Checked at bind time, with the sample's own value.
+                return Ok(op);
+            }
+            let (op, file) = with_file(op, &st.id, &spec.file)?;
+            files.extend(file);
+            Ok(op)
+        });
+        match built_op {
             Ok(op) => {
                 for issue in op.check() {
                     if placeholders.iter().any(|p| path_string(&p.path) == issue.field) && first_row.is_none() {
@@ -514,13 +555,20 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
     if let Some(s) = &spec.stats {
         match index.get(s.table.0.as_str()) {
             Some(&i) if kinds[i] == Kind::Table => {
+                let added = built[i].op.group_columns();
                 if let Some(cols) = columns
                     && s.by.0 != "sample"
                     && !cols.contains(&s.by.0)
+                    && !added.contains(&s.by.0)
                 {
+                    let what = if added.is_empty() {
+                        "`sample` or a manifest column".to_string()
+                    } else {
+                        format!("`sample`, a manifest column or a column of '{}' ({})", s.table.0, added.join(", "))
+                    };
                     diags.push(
-                        Diagnostic::at(&file, &s.by.1, format!("`stats.by: {}` is not `sample` or a manifest column", s.by.0))
-                            .suggest(&s.by.0, cols.iter().map(String::as_str)),
+                        Diagnostic::at(&file, &s.by.1, format!("`stats.by: {}` is not {what}", s.by.0))
+                            .suggest(&s.by.0, cols.iter().chain(&added).map(String::as_str)),
                     );
                 }
                 stats = Some(StatsPlan {
@@ -578,7 +626,7 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
         });
     }
     let hash = blake3::hash(spec.text.as_bytes()).to_hex().to_string();
-    (Some(Plan { spec, sources, stages, outputs, stats, hash }), diags)
+    (Some(Plan { spec, sources, stages, outputs, stats, files, hash }), diags)
 }
 
 trait HelpIfNone {
@@ -623,6 +671,7 @@ impl Plan {
                 if let Some(issue) = op.check().into_iter().next() {
                     return Err(BindError { stage: Some(i), issue });
                 }
+                let (op, _) = with_file(op, &st.id, &self.spec.file).map_err(|issue| BindError { stage: Some(i), issue })?;
                 Arc::from(op)
             };
             let ins: Vec<Meta> = st
