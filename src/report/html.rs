@@ -114,6 +114,162 @@ pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.8em;overflow-x:auto;fon
 .failed{color:#b00}.grid{display:flex;flex-wrap:wrap;gap:1em}.preview{border:1px solid #ddd;padding:.5em}.preview img{\
 image-rendering:pixelated;width:256px;margin-right:.3em;background:#000}.charts{display:flex;flex-wrap:wrap;gap:.5em}";
 
+/// A table of counts as a heat map: each cell shaded by its share of its row (for a confusion
+/// matrix, the recall of the row's class), the count written in it.
+fn heat_table(corner: &str, rows: &[String], cols: &[String], counts: &[Vec<u64>]) -> String {
+    let mut s = format!("<table class=heat><thead><tr><th>{}</th>", esc(corner));
+    for c in cols {
+        let _ = write!(s, "<th>{}</th>", esc(c));
+    }
+    s.push_str("<th>total</th></tr></thead><tbody>");
+    for (name, row) in rows.iter().zip(counts) {
+        let total: u64 = row.iter().sum();
+        let _ = write!(s, "<tr><th>{}</th>", esc(name));
+        for &n in row {
+            let f = if total > 0 { n as f64 / total as f64 } else { 0.0 };
+            // From white to the palette's blue.
+            let mix = |hi: u8| (255.0 - f * (255.0 - hi as f64)).round() as u8;
+            let (r, g, b) = plots::PALETTE[0];
+            let ink = if f > 0.55 { "#fff" } else { "#222" };
+            let _ = write!(
+                s,
+                "<td class=n style=\"background:rgb({},{},{});color:{ink}\" title=\"{:.1} % of the row\">{n}</td>",
+                mix(r),
+                mix(g),
+                mix(b),
+                100.0 * f
+            );
+        }
+        let _ = write!(s, "<td class=n>{total}</td></tr>");
+    }
+    s.push_str("</tbody></table>");
+    s
+}
+
+/// Rows of `pairs` (row name, column name) counted into a table over `cols` (in that order;
+/// rows in order of first appearance, or `row_order` when given).
+fn count_pairs(pairs: &[(String, String)], cols: &[String], row_order: Option<&[String]>) -> (Vec<String>, Vec<Vec<u64>>) {
+    let mut rows: Vec<String> = row_order.map(|r| r.to_vec()).unwrap_or_default();
+    let mut counts: Vec<Vec<u64>> = vec![vec![0; cols.len()]; rows.len()];
+    for (r, c) in pairs {
+        let Some(j) = cols.iter().position(|x| x == c) else { continue };
+        let i = match rows.iter().position(|x| x == r) {
+            Some(i) => i,
+            None if row_order.is_none() => {
+                rows.push(r.clone());
+                counts.push(vec![0; cols.len()]);
+                rows.len() - 1
+            }
+            None => continue,
+        };
+        counts[i][j] += 1;
+    }
+    (rows, counts)
+}
+
+/// The classification section of a `classify` stage's table: the model the run applied (kept in
+/// `models/<stage>.model.json`) with its evaluation, the classes counted per sample and per
+/// group, and, when the table also holds the class column the model was trained on, the
+/// predictions against it.
+fn classification(out: &Path, stage: &str, column: &str, by: &str) -> Result<String, String> {
+    let mut h = String::new();
+    let _ = write!(h, "<h3 id=\"classes-{0}\">Classification: <code>{1}</code></h3>", esc(stage), esc(column));
+    let model_rel = format!("models/{stage}.model.json");
+    let model = match std::fs::read(out.join(&model_rel))
+        .map_err(|e| e.to_string())
+        .and_then(|b| crate::classify::parse_model(&b, Path::new(&model_rel)))
+    {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let _ = write!(h, "<p class=note>The model is not in the output folder ({}).</p>", esc(&e));
+            None
+        }
+    };
+    if let Some(m) = &model {
+        let e = &m.evaluation;
+        let split = match &e.split {
+            crate::classify::Split::Holdout { fraction } => {
+                format!("stratified hold-out of {:.0} % ({} rows)", fraction * 100.0, e.rows_tested)
+            }
+            crate::classify::Split::Kfold { folds } => format!("stratified {folds}-fold cross-validation ({} rows)", e.rows_tested),
+        };
+        h.push_str(&kv_table(&[
+            ("model", format!("{model_rel} (tessera {})", m.tessera_version)),
+            (
+                "trained on",
+                format!(
+                    "column `{}` of {} rows from {} file(s); data hash {}",
+                    m.label,
+                    m.training.rows,
+                    m.training.files.len(),
+                    &m.training.hash[..m.training.hash.len().min(12)]
+                ),
+            ),
+            ("classes", m.classes.join(", ")),
+            ("features", m.features.join(", ")),
+            ("forest", format!("{} trees, seed {}", m.forest.trees.len(), m.params.seed)),
+            ("evaluated by", split),
+            ("accuracy", format!("{:.4} (balanced {:.4})", e.accuracy, e.balanced_accuracy)),
+        ]));
+        h.push_str("<p class=note>The model's evaluation on rows it was not grown on (rows: true class; shade: share of the row).</p>");
+        h.push_str(&heat_table("true \\ predicted", &m.classes, &m.classes, &e.confusion));
+        let mut t = Table::default();
+        t.push("class", Column::Str(e.per_class.iter().map(|c| c.class.clone()).collect()), None);
+        t.push("precision", Column::F64(e.per_class.iter().map(|c| c.precision).collect()), None);
+        t.push("recall", Column::F64(e.per_class.iter().map(|c| c.recall).collect()), None);
+        t.push("f1", Column::F64(e.per_class.iter().map(|c| c.f1).collect()), None);
+        t.push("support", Column::U64(e.per_class.iter().map(|c| c.support).collect()), None);
+        h.push_str(&html_table(&t, None, 200));
+    }
+    let mut text = vec![column.to_string(), by.to_string()];
+    if let Some(m) = &model {
+        text.push(m.label.clone());
+    }
+    let Some(t) = table(out, &format!("tables/{stage}.parquet"), &text) else { return Ok(h) };
+    let Some(predicted) = t.get(column).map(strs) else { return Ok(h) };
+    let classes: Vec<String> = match &model {
+        Some(m) => m.classes.clone(),
+        None => {
+            let mut c: Vec<String> = predicted.clone();
+            c.sort();
+            c.dedup();
+            c
+        }
+    };
+    let mut groupings = vec!["sample".to_string()];
+    if by != "sample" && by != column {
+        groupings.push(by.to_string());
+    }
+    for g in &groupings {
+        let Some(gv) = t.get(g).map(strs) else { continue };
+        let pairs: Vec<(String, String)> = gv.into_iter().zip(predicted.iter().cloned()).collect();
+        let (rows, counts) = count_pairs(&pairs, &classes, None);
+        let _ = write!(h, "<p>Predicted classes per {}:</p>", esc(g));
+        let shown = rows.len().min(MAX_BOX_GROUPS);
+        h.push_str(&heat_table(g, &rows[..shown], &classes, &counts[..shown]));
+        if rows.len() > shown {
+            let _ = write!(h, "<p class=note>{} more rows in <code>tables/{}.parquet</code>.</p>", rows.len() - shown, esc(stage));
+        }
+    }
+    if let Some(m) = &model
+        && m.label != column
+        && let Some(truth) = t.get(&m.label).map(strs)
+    {
+        let pairs: Vec<(String, String)> = truth.into_iter().zip(predicted).filter(|(a, _)| !a.is_empty()).collect();
+        let right = pairs.iter().filter(|(a, b)| a == b).count();
+        let (rows, counts) = count_pairs(&pairs, &classes, Some(&classes));
+        let _ = write!(
+            h,
+            "<p>This run's rows against their column <code>{}</code>: {right} of {} agree ({:.2} %).</p>",
+            esc(&m.label),
+            pairs.len(),
+            if pairs.is_empty() { 0.0 } else { 100.0 * right as f64 / pairs.len() as f64 }
+        );
+        h.push_str(&heat_table("true \\ predicted", &rows, &classes, &counts));
+    }
+    Ok(h)
+}
+
 /// Renders the report of an output folder.
 pub fn render(out: &Path) -> Result<String, String> {
     let prov = crate::record::load(out)?;
@@ -247,6 +403,10 @@ pub fn render(out: &Path) -> Result<String, String> {
                     let _ =
                         write!(h, "<p class=note>Distributions of the first {MAX_PHENOTYPE_PLOTS} of {} phenotypes.</p>", phenotypes.len());
                 }
+            }
+            let class_column = plan.stages[*i].op.group_columns().into_iter().next();
+            if let Some(column) = class_column {
+                h.push_str(&classification(out, stage, &column, &by)?);
             }
             if request.is_none() {
                 continue;
