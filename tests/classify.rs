@@ -258,3 +258,160 @@ fn digits_as_png_files_become_pixel_rows_that_train_as_well_as_the_table() {
     let got = e["accuracy"].as_f64().unwrap();
     assert!((got - want).abs() <= 0.02, "tessera {got:.4} on the PNG pixels, scikit-learn {want:.4}");
 }
+
+fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(dir).output().expect("run tessera")
+}
+
+fn class_counts(table: &Path) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    let text = std::fs::read_to_string(table).unwrap();
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let (s, c) = (head.iter().position(|h| *h == "sample").unwrap(), head.iter().position(|h| *h == "population").unwrap());
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        *counts.entry((f[s].to_string(), f[c].to_string())).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Objects measured by pipelines/objects.yaml train the committed model (the same bytes), and
+/// pipelines/objects-classify.yaml applies it in a run — in memory and streamed, the same bytes
+/// — finding each sample's round and long objects as testdata/make_objects.py placed them; the
+/// run keeps the model, and the report has its classification section.
+#[test]
+fn a_pipeline_classifies_objects_with_a_trained_model_in_memory_and_streamed() {
+    let d = tempfile::tempdir().unwrap();
+    let pipelines = root().join("pipelines");
+    let o = run_in(d.path(), &["run", pipelines.join("objects.yaml").to_str().unwrap(), "--progress", "never"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let features = "volume,major_axis_length,minor_axis_length,anisotropy";
+    let args = ["train", "tessera-out/objects/tables/shape.parquet", "--label", "population", "--features", features, "--folds", "5"];
+    let o = run_in(d.path(), &[&args[..], &["--model", "m.json", "--json"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let committed = std::fs::read(root().join("testdata/classify/objects.model.json")).unwrap();
+    assert!(std::fs::read(d.path().join("m.json")).unwrap() == committed, "the committed objects model is not what training gives");
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(e["accuracy"].as_f64().unwrap() >= 0.95, "{e}");
+
+    let classify = pipelines.join("objects-classify.yaml");
+    let run = |name: &str, extra: &[&str]| {
+        let out = d.path().join(name);
+        let o = run_in(
+            d.path(),
+            &[&["run", classify.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"], extra].concat(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        out
+    };
+    let mem = run("mem", &[]);
+    let streamed = run("streamed", &["--memory", "150KiB"]);
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(streamed.join("run.json")).unwrap()).unwrap();
+    assert!(record["samples"].as_array().unwrap().iter().all(|s| s["streamed"] == true), "not streamed");
+    common::assert_same(&mem, &streamed, "in memory and streamed");
+    assert!(std::fs::read(mem.join("models/kinds.model.json")).unwrap() == committed, "the run keeps the model it applied");
+
+    let counts = class_counts(&mem.join("tables/kinds.csv"));
+    let manifest = std::fs::read_to_string(root().join("testdata/classify/objects_mixed.csv")).unwrap();
+    for line in manifest.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        for (class, placed) in [("round", f[2]), ("long", f[3])] {
+            let placed: usize = placed.parse().unwrap();
+            let found = counts.get(&(f[0].to_string(), class.to_string())).copied().unwrap_or(0);
+            assert!(found.abs_diff(placed) <= 2, "{}: {found} {class} objects found, {placed} placed ({counts:?})", f[0]);
+        }
+    }
+    let wb = std::fs::read_to_string(mem.join("stats/kinds_within_between.csv")).unwrap();
+    assert!(wb.lines().any(|l| l.starts_with("anisotropy,2,")), "statistics by predicted class: {wb}");
+
+    let o = tessera(&["report", mem.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let html = std::fs::read_to_string(mem.join("report.html")).unwrap();
+    for want in ["Classification: <code>population</code>", "stratified 5-fold cross-validation", "Predicted classes per sample", "mixed_3"]
+    {
+        assert!(html.contains(want), "report lacks {want:?}");
+    }
+}
+
+/// A model file that is missing or damaged is a compile error at `model:`; `stats.by` may name
+/// the class column and suggests it; a table without the model's features fails its sample
+/// naming the column; a retrained model recomputes the stage (its bytes are in the key).
+#[test]
+fn classify_stages_check_their_model_and_follow_its_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let image = root().join("testdata/classify/objects/mixed_1.tif");
+    let pipeline = |model: &str, by: &str| {
+        let p = d.path().join("p.yaml");
+        std::fs::write(
+            &p,
+            format!(
+                "version: 1\nname: p\nstages:\n  mask: {{op: threshold, input: image, method: otsu}}\n  objects: {{op: label, input: mask}}\n  shape: {{op: measure, labels: objects}}\n  \
+                 kinds: {{op: classify, input: shape, model: {model}, column: kind}}\nstats: {{table: kinds, by: {by}}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let validate = |p: &Path| tessera(&["validate", p.to_str().unwrap()]);
+    let o = validate(&pipeline("nowhere.json", "kind"));
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("p.yaml:7:") && err.contains("nowhere.json"), "{err}");
+    std::fs::write(d.path().join("bad.json"), b"{\"format\": \"tessera-model\", \"format_version\": 1}").unwrap();
+    let err = text(&validate(&pipeline("bad.json", "kind")).stderr);
+    assert!(err.contains("bad.json: a damaged model file"), "{err}");
+    std::fs::copy(root().join("testdata/classify/objects.model.json"), d.path().join("m.json")).unwrap();
+    assert_eq!(validate(&pipeline("m.json", "kind")).status.code(), Some(0));
+    let manifest = d.path().join("s.csv");
+    std::fs::write(&manifest, format!("sample,image\na,{}\n", image.display())).unwrap();
+    let o = tessera(&["validate", pipeline("m.json", "knd").to_str().unwrap(), "--samples", manifest.to_str().unwrap()]);
+    assert!(text(&o.stderr).contains("did you mean 'kind'"), "{}", text(&o.stderr));
+
+    // Features the table lacks: a model trained on the digits' pixels.
+    let (digits, pixels) = (digits().display().to_string(), model_path(d.path(), "pixels.json"));
+    train(&[&digits, "--label", "class", "--model", &pixels, "--trees", "5"]);
+    let out = d.path().join("out");
+    let run = |p: &Path| {
+        tessera(&[
+            "run",
+            p.to_str().unwrap(),
+            "--samples",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--progress",
+            "never",
+        ])
+    };
+    let o = run(&pipeline("pixels.json", "kind"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
+    assert!(errors.contains("kinds") && errors.contains("no column `p00`"), "{errors}");
+
+    // The same pipeline text, another model in the file: the stage is recomputed.
+    let p = pipeline("m.json", "kind");
+    assert_eq!(run(&p).status.code(), Some(0));
+    let first = std::fs::read(out.join("tables/kinds.parquet")).unwrap();
+    let other = model_path(d.path(), "m.json");
+    let o = run_in(d.path(), &["run", root().join("pipelines/objects.yaml").to_str().unwrap(), "--progress", "never"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let shape = d.path().join("tessera-out/objects/tables/shape.parquet").display().to_string();
+    train(&[&shape, "--label", "population", "--features", "volume,voxels", "--trees", "3", "--model", &other]);
+    assert_eq!(run(&p).status.code(), Some(0));
+    let second = std::fs::read(out.join("tables/kinds.parquet")).unwrap();
+    assert!(first != second, "a retrained model must recompute the stage");
+    let fresh = d.path().join("fresh");
+    let o = tessera(&[
+        "run",
+        p.to_str().unwrap(),
+        "--samples",
+        manifest.to_str().unwrap(),
+        "--out",
+        fresh.to_str().unwrap(),
+        "--progress",
+        "never",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(std::fs::read(fresh.join("tables/kinds.parquet")).unwrap() == second, "the resumed run equals a fresh one");
+}

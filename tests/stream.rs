@@ -317,7 +317,7 @@ fn every_registry_op_streams_as_in_memory() {
     }
     let ctx_meta = tessera::ops::Meta { kind: tessera::ops::Kind::Mask, dtype: None, shape: [9, 11, 12], ndim: 3, scale: [1.0; 3] };
     for info in REGISTRY {
-        let body = info.examples[0].replace("{image}", "image").replace("{mask}", "m0").replace("{labels}", "l0");
+        let body = info.examples[0].replace("{image}", "image").replace("{mask}", "m0").replace("{labels}", "l0").replace("{table}", "t0");
         let op = (info.build)(tessera::ops::Params::parse(&format!("{{{body}}}")).unwrap()).unwrap();
         let global = matches!(op.halo(), tessera::ops::Halo::Global);
         let refuses = global && op.streams(&[ctx_meta.clone(), ctx_meta.clone()]).is_err();

@@ -106,7 +106,8 @@ pub fn kill_runs(args: &[String], attempts: usize, length_ms: u64, seed: u64) ->
 
 /// A pipeline built from registry ops: a prelude gives a mask `m0` (Otsu on the image) and labels
 /// `l0`; then each step `(op index in REGISTRY, example index)` runs that op's example with
-/// `{image}`, `{mask}`, `{labels}` replaced by the latest stage of that kind. Every voxel stage is
+/// `{image}`, `{mask}`, `{labels}` replaced by the latest stage of that kind, and `{table}` by
+/// `t0`, a `measure` of `l0` added when first needed. Every voxel stage is
 /// written as `.npy` and every table as Parquet. `None` when a step's example needs nothing of
 /// that kind, or the pipeline does not compile.
 pub fn registry_chain(steps: &[(usize, usize)]) -> Option<String> {
@@ -119,6 +120,13 @@ pub fn registry_chain(steps: &[(usize, usize)]) -> Option<String> {
     for (k, &(op, ex)) in steps.iter().enumerate() {
         let info = REGISTRY[op % REGISTRY.len()];
         let mut body = info.examples[ex % info.examples.len()].to_string();
+        if body.contains("{table}") {
+            if !kinds.iter().any(|(id, _)| id == "t0") {
+                y += "  t0: {op: measure, labels: l0}\n";
+                kinds.push(("t0".to_string(), Kind::Table));
+            }
+            body = body.replace("{table}", "t0");
+        }
         let mut first: Option<(usize, Kind)> = None;
         for (kind, stage) in &latest {
             let ph = format!("{{{}}}", kind.name());
