@@ -5,6 +5,7 @@
 #   bash bench/run.sh --tables [--files N] [--reuse] [--cold] [--write]               (bench/tables.py)
 #   bash bench/run.sh --samples [--counts 10,1000,10000] [--kinds tiny,small] [--write] (bench/samples.py)
 #   bash bench/run.sh --classify [--seeds 5] [--trees 100] [--write]                  (bench/classify.py)
+#   bash bench/run.sh --crops [--rows 50000] [--photos 300] [--keep DIR]              (bench/crops.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -25,6 +26,10 @@ if [ "${1:-}" = "--classify" ]; then
     shift
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check pyspark
     exec "$VENV/bin/python" bench/classify.py "$@"
+fi
+if [ "${1:-}" = "--crops" ]; then
+    shift
+    exec "$VENV/bin/python" bench/crops.py "$@"
 fi
 if [ "${1:-}" = "--big" ]; then
     shift

@@ -47,6 +47,9 @@ pub struct ManifestRef {
     pub hash: String,
     #[serde(default)]
     pub columns: Vec<String>,
+    /// Tables joined onto the manifest's rows (absolute paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<crate::spec::manifest::Join>,
 }
 
 /// One sample of a record.
@@ -259,7 +262,7 @@ mod tests {
         let r = RunRecord {
             tessera: Tool { version: "0.1.0".into(), git_commit: "abc".into() },
             pipeline: PipelineRef { name: "p".into(), file: "/p.yaml".into(), hash: "h".into(), text: "version: 1\n".into() },
-            manifest: ManifestRef { file: None, hash: "m".into(), columns: vec!["sample".into()] },
+            manifest: ManifestRef { file: None, hash: "m".into(), columns: vec!["sample".into()], joins: Vec::new() },
             finished_unix: 1,
             command_line: vec!["tessera".into()],
             working_directory: "/".into(),

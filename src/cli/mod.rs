@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// Sample manifest CSV (columns `sample`, `image`, metadata...). Default: the pipeline's `samples:`.
     #[arg(long, value_name = "MANIFEST.csv")]
     pub samples: Option<PathBuf>,
+    /// A table joined onto the manifest's rows before parameters bind: CSV or Parquet, on key
+    /// column(s), `inner` (default: a row without a match fails alone) or `left` (it gets empty
+    /// values). Repeatable; replaces the pipeline's `samples.join`.
+    #[arg(long, value_name = "FILE:KEY[,KEY][:left]", value_parser = crate::spec::manifest::Join::parse)]
+    pub join: Vec<crate::spec::manifest::Join>,
     /// Output folder. Default: tessera-out/<pipeline name>.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -270,6 +275,11 @@ pub struct SubmitArgs {
     /// Sample manifest. Default: the pipeline's `samples:`.
     #[arg(long, value_name = "MANIFEST.csv")]
     pub samples: Option<PathBuf>,
+    /// A table joined onto the manifest's rows before parameters bind: CSV or Parquet, on key
+    /// column(s), `inner` (default: a row without a match fails alone) or `left` (it gets empty
+    /// values). Repeatable; replaces the pipeline's `samples.join`.
+    #[arg(long, value_name = "FILE:KEY[,KEY][:left]", value_parser = crate::spec::manifest::Join::parse)]
+    pub join: Vec<crate::spec::manifest::Join>,
     /// Output folder (shared by all tasks). Default: tessera-out/<pipeline name>.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -320,6 +330,11 @@ pub struct ValidateArgs {
     /// Default: the pipeline's `samples:` when it has one.
     #[arg(long, value_name = "MANIFEST.csv")]
     pub samples: Option<PathBuf>,
+    /// A table joined onto the manifest's rows before parameters bind: CSV or Parquet, on key
+    /// column(s), `inner` (default: a row without a match fails alone) or `left` (it gets empty
+    /// values). Repeatable; replaces the pipeline's `samples.join`.
+    #[arg(long, value_name = "FILE:KEY[,KEY][:left]", value_parser = crate::spec::manifest::Join::parse)]
+    pub join: Vec<crate::spec::manifest::Join>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -343,6 +358,11 @@ pub struct PlanArgs {
     /// Samples for --out (default: the pipeline's `samples:`).
     #[arg(long, value_name = "MANIFEST.csv")]
     pub samples: Option<PathBuf>,
+    /// A table joined onto the manifest's rows before parameters bind: CSV or Parquet, on key
+    /// column(s), `inner` (default: a row without a match fails alone) or `left` (it gets empty
+    /// values). Repeatable; replaces the pipeline's `samples.join`.
+    #[arg(long, value_name = "FILE:KEY[,KEY][:left]", value_parser = crate::spec::manifest::Join::parse)]
+    pub join: Vec<crate::spec::manifest::Join>,
     /// The memory budget a run would have (with --out: which samples would stream). Default:
     /// 3/4 of RAM, as `run`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -467,8 +487,16 @@ fn default_manifest(file: &Path) -> Option<PathBuf> {
     spec.and_then(|s| s.samples)
 }
 
-fn read_manifest(path: &Path) -> Result<Manifest, i32> {
-    Manifest::read(path).map_err(|e| {
+/// The joins a run uses: those given with `--join`, else the pipeline's `samples.join`.
+pub(crate) fn joins_for(given: &[crate::spec::manifest::Join], pipeline: &Path) -> Vec<crate::spec::manifest::Join> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    spec::load(pipeline).0.map(|s| s.joins).unwrap_or_default()
+}
+
+pub(crate) fn read_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
+    Manifest::read_joined(path, joins).map_err(|e| {
         eprintln!("error: {e}");
         2
     })
@@ -478,7 +506,8 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
     let mut failed = false;
     for file in &a.pipelines {
         let mpath = a.samples.clone().or_else(|| default_manifest(file));
-        let manifest = match mpath.as_deref().map(read_manifest).transpose() {
+        let joins = joins_for(&a.join, file);
+        let manifest = match mpath.as_deref().map(|p| read_manifest(p, &joins)).transpose() {
             Ok(m) => m,
             Err(code) => return code,
         };
@@ -565,7 +594,7 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
         eprintln!("error: --out needs samples: give --samples MANIFEST.csv or `samples:` in the pipeline");
         return 2;
     };
-    let manifest = match read_manifest(&mpath) {
+    let manifest = match read_manifest(&mpath, &joins_for(&a.join, &a.pipeline)) {
         Ok(m) => m,
         Err(code) => return code,
     };
@@ -679,7 +708,7 @@ fn cmd_run(a: RunArgs) -> i32 {
         Manifest::from_images(&a.images)
     } else {
         match a.samples.clone().or_else(|| default_manifest(&a.pipeline)) {
-            Some(p) => match read_manifest(&p) {
+            Some(p) => match read_manifest(&p, &joins_for(&a.join, &a.pipeline)) {
                 Ok(m) => m,
                 Err(code) => return code,
             },

@@ -57,7 +57,8 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
                 );
             }
         };
-        let manifest = match read_manifest(&mpath) {
+        let joins = super::joins_for(&a.join, &pipeline);
+        let manifest = match read_manifest(&mpath, &joins) {
             Ok(m) => m,
             Err(code) => return code,
         };
@@ -110,6 +111,7 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
             pe: a.pe.clone(),
             extra: a.extra.clone(),
             durable: a.durable,
+            joins: a.join.iter().map(|j| crate::spec::manifest::Join { table: absolute(&j.table), ..j.clone() }).collect(),
         };
         (spec, None)
     };

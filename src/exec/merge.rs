@@ -52,7 +52,8 @@ pub fn study(prov: &[Provenance]) -> Result<(Plan, Manifest, Vec<String>), Strin
     let mut warnings = Vec::new();
     let manifest = match &r.manifest.file {
         Some(m) => {
-            let m = Manifest::read(Path::new(m)).map_err(|e| format!("{e} (the manifest recorded in {})", first.file.display()))?;
+            let m = Manifest::read_joined(Path::new(m), &r.manifest.joins)
+                .map_err(|e| format!("{e} (the manifest recorded in {})", first.file.display()))?;
             if !r.manifest.hash.is_empty() && r.manifest.hash != m.hash() {
                 warnings.push(format!(
                     "{} changed since the run: samples are merged as it lists them now",

@@ -20,6 +20,7 @@ use std::time::Instant;
 pub mod merge;
 pub mod provenance;
 pub mod schedule;
+pub mod shared;
 pub mod spill;
 pub mod stream;
 pub mod study;
@@ -34,6 +35,7 @@ use crate::plan::{Bound, Format, Plan, Ref};
 use crate::spec::manifest::{Manifest, SampleRow};
 use crate::store::{SampleRecord, Store};
 use crate::table::{Table, TableFormat};
+use shared::SharedInputs;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -215,20 +217,20 @@ struct Prepared {
 
 /// Reads what a sample needs before running; `Err` names the stage at fault (`manifest`,
 /// `input` or a stage whose parameters do not bind) and says why.
-fn prepare(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result<Prepared, (String, String)> {
+fn prepare(plan: &Plan, row: &SampleRow, manifest: &Manifest, shared: &SharedInputs) -> Result<Prepared, (String, String)> {
     let input = |e: String| ("input".to_string(), e);
     if let Some(p) = &row.problem {
         return Err(("manifest".into(), p.clone()));
     }
     let paths = source_paths(plan, row, manifest).map_err(input)?;
-    let headers: Vec<io::Header> = paths.iter().map(|p| io::read_header(p).map_err(|e| input(e.to_string()))).collect::<Result<_, _>>()?;
+    let headers: Vec<io::Header> = paths.iter().map(|p| shared.header(p).map_err(input)).collect::<Result<_, _>>()?;
     let bound = plan.bind(row, &headers).map_err(|e| {
         let stage = e.stage.map(|i| plan.stages[i].id.clone()).unwrap_or_else(|| "input".into());
         let d = plan.bind_diagnostic(&row.id, &e);
         let at = d.pos.map(|p| format!(" ({}:{}:{})", plan.spec.file.display(), p.line, p.col)).unwrap_or_default();
         (stage, format!("{}{at}", e.issue.message))
     })?;
-    let hashes: Vec<String> = paths.iter().map(|p| io::hash_input(p).map_err(|e| input(e.to_string()))).collect::<Result<_, _>>()?;
+    let hashes: Vec<String> = paths.iter().map(|p| shared.hash(p).map_err(input)).collect::<Result<_, _>>()?;
     let ndim = headers[0].ndim;
     let spacing = resolve_spacing(headers[0].spacing.as_ref(), plan, ndim);
     let keys = stage_keys(plan, &bound, &hashes, &spacing, ndim);
@@ -247,9 +249,16 @@ pub fn sample_bytes(plan: &Plan, row: &SampleRow, manifest: &Manifest) -> Result
     Ok(stream::whole_run_bytes(plan, &bound, &headers))
 }
 
-fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig, on_stage: &(dyn Fn(&str) + Sync)) -> SampleResult {
+fn run_sample(
+    plan: &Plan,
+    row: &SampleRow,
+    manifest: &Manifest,
+    cfg: &RunConfig,
+    shared: &SharedInputs,
+    on_stage: &(dyn Fn(&str) + Sync),
+) -> SampleResult {
     let mut res = SampleResult::new(row);
-    let Prepared { paths, headers, bound, hashes, ndim, spacing, keys } = match prepare(plan, row, manifest) {
+    let Prepared { paths, headers, bound, hashes, ndim, spacing, keys } = match prepare(plan, row, manifest, shared) {
         Ok(p) => p,
         Err((stage, e)) => return res.fail(&stage, e),
     };
@@ -310,9 +319,9 @@ fn run_sample(plan: &Plan, row: &SampleRow, manifest: &Manifest, cfg: &RunConfig
     let mut sources: Vec<Value> = Vec::new();
     if reads_sources {
         for p in &paths {
-            match io::read_image(p, limits) {
-                Ok(img) => sources.push(Value::Image(img.data)),
-                Err(e) => return res.fail("input", e.to_string()),
+            match shared.image(p, limits) {
+                Ok(data) => sources.push(Value::Image(data)),
+                Err(e) => return res.fail("input", e),
             }
         }
     }
@@ -454,7 +463,7 @@ impl SampleSteps {
 /// computed). `Err` says why the sample cannot be planned (a missing or unreadable input, a
 /// bind error).
 pub fn sample_steps(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Path, memory: u64) -> Result<SampleSteps, String> {
-    let Prepared { headers, bound, keys, spacing, ndim, .. } = prepare(plan, row, manifest).map_err(|(_, e)| e)?;
+    let Prepared { headers, bound, keys, spacing, ndim, .. } = prepare(plan, row, manifest, &SharedInputs::none()).map_err(|(_, e)| e)?;
     let store = Store::new(out);
     let rec = store.record(&row.id);
     let n = plan.stages.len();
@@ -529,7 +538,11 @@ pub fn stage_keys(plan: &Plan, bound: &Bound, input_hashes: &[String], spacing: 
 /// The TIFF or `.npy` output format of stage `i`, if it has one (such a file holds the value
 /// exactly, so it doubles as the stage's checkpoint).
 fn voxel_output(plan: &Plan, i: usize) -> Option<Format> {
-    plan.outputs.iter().filter(|(o, _)| *o == i).flat_map(|(_, fs)| fs.iter().copied()).find(|f| f.holds_voxels())
+    plan.outputs
+        .iter()
+        .filter(|(o, _)| *o == i)
+        .flat_map(|(_, fs)| fs.iter().copied())
+        .find(|f| matches!(f, Format::Voxels(v) if v.exact()))
 }
 
 /// Stage `i`'s value read back from its (verified) TIFF/npy output: masks from 0/255, labels
@@ -1179,7 +1192,13 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
         None if merges => Some(study::Spill::create(&cfg.out, manifest.rows.len())),
         _ => None,
     };
-    let run_one = |k: usize, row: &SampleRow| {
+    // Files that several rows read (crops of one photo) are read once (`shared`).
+    let row_paths =
+        |row: &SampleRow| if row.problem.is_some() { Vec::new() } else { source_paths(plan, row, manifest).unwrap_or_default() };
+    let all_paths: Vec<PathBuf> = manifest.rows.iter().flat_map(row_paths).collect();
+    let shared = SharedInputs::new(all_paths.iter().map(PathBuf::as_path), cfg.memory / 4);
+    drop(all_paths);
+    let run_row = |k: usize, row: &SampleRow| {
         if stop.load(Ordering::SeqCst) {
             let mut r = SampleResult::new(row);
             r.status = Status::Skipped;
@@ -1188,7 +1207,7 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
         }
         let t = Instant::now();
         progress.begin(&row.id, plan.stages.len());
-        let mut r = run_sample(plan, row, manifest, cfg, &|stage| progress.stage(&row.id, stage));
+        let mut r = run_sample(plan, row, manifest, cfg, &shared, &|stage| progress.stage(&row.id, stage));
         let tables = std::mem::take(&mut r.tables);
         if r.status == Status::Done
             && let Some(Ok(spill)) = &spill
@@ -1202,6 +1221,11 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
         let k = done.fetch_add(1, Ordering::SeqCst) + 1;
         let _g = lock.lock();
         progress.sample(k, &r, t.elapsed().as_secs_f64());
+        r
+    };
+    let run_one = |k: usize, row: &SampleRow| {
+        let r = run_row(k, row);
+        shared.done(&row_paths(row));
         r
     };
     let samples = for_each_sample(&manifest.rows, cfg.threads, run_one);

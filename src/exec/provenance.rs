@@ -61,6 +61,11 @@ pub fn run_record<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary
             file: manifest.path.as_ref().map(|p| absolute(p)),
             hash: manifest.hash(),
             columns: manifest.columns.clone(),
+            joins: manifest
+                .joins
+                .iter()
+                .map(|j| crate::spec::manifest::Join { table: std::path::PathBuf::from(absolute(&j.table)), ..j.clone() })
+                .collect(),
         },
         finished_unix: unix_now(),
         command_line: std::env::args().collect(),

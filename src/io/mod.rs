@@ -226,7 +226,16 @@ pub enum VoxelFormat {
     /// OME-Zarr 0.5: a folder `<stage>.ome.zarr`.
     #[serde(rename = "ome-zarr")]
     OmeZarr,
+    /// PNG: 2D, 8/16-bit gray or RGB.
+    Png,
+    /// JPEG: 2D, 8-bit gray or RGB, lossy at `quality` (1–100; the pipeline's `jpeg_quality`).
+    Jpeg {
+        quality: u8,
+    },
 }
+
+/// JPEG quality when a pipeline does not set `jpeg_quality` (PIL's default).
+pub const DEFAULT_JPEG_QUALITY: u8 = 75;
 
 impl VoxelFormat {
     pub fn ext(self) -> &'static str {
@@ -234,7 +243,14 @@ impl VoxelFormat {
             VoxelFormat::Tiff => "tif",
             VoxelFormat::Npy => "npy",
             VoxelFormat::OmeZarr => "ome.zarr",
+            VoxelFormat::Png => "png",
+            VoxelFormat::Jpeg { .. } => "jpg",
         }
+    }
+    /// Whether reading the file back gives the voxels written (every format but JPEG), so the
+    /// file can stand for the stage's checkpoint.
+    pub fn exact(self) -> bool {
+        !matches!(self, VoxelFormat::Jpeg { .. })
     }
     /// The format a pipeline's `outputs:` names.
     pub fn parse(name: &str) -> Option<VoxelFormat> {
@@ -242,6 +258,8 @@ impl VoxelFormat {
             "tiff" | "tif" => Some(VoxelFormat::Tiff),
             "npy" => Some(VoxelFormat::Npy),
             "ome-zarr" | "zarr" => Some(VoxelFormat::OmeZarr),
+            "png" => Some(VoxelFormat::Png),
+            "jpeg" | "jpg" => Some(VoxelFormat::Jpeg { quality: DEFAULT_JPEG_QUALITY }),
             _ => None,
         }
     }
@@ -267,6 +285,13 @@ pub enum VoxelWriter {
     Tiff(StackWriter),
     Npy(NpyWriter),
     Zarr(Box<ZarrWriter>),
+    /// PNG or JPEG: one plane, encoded when finished.
+    Raster {
+        path: PathBuf,
+        format: VoxelFormat,
+        ndim: u8,
+        plane: Option<Data>,
+    },
 }
 
 impl VoxelWriter {
@@ -280,6 +305,15 @@ impl VoxelWriter {
             VoxelFormat::OmeZarr => {
                 VoxelWriter::Zarr(Box::new(ZarrWriter::create(path, shape, dtype, meta.ndim, meta.spacing, meta.role, meta.source)?))
             }
+            VoxelFormat::Png | VoxelFormat::Jpeg { .. } => {
+                if shape[0] != 1 {
+                    return Err(ImageError::unsupported(
+                        path,
+                        format!("{} holds 2D images; this one has {} planes", format.ext(), shape[0]),
+                    ));
+                }
+                VoxelWriter::Raster { path: path.to_path_buf(), format, ndim: meta.ndim, plane: None }
+            }
         })
     }
     /// The next planes.
@@ -288,6 +322,13 @@ impl VoxelWriter {
             VoxelWriter::Tiff(w) => w.append(d),
             VoxelWriter::Npy(w) => w.append(d),
             VoxelWriter::Zarr(w) => w.append(d),
+            VoxelWriter::Raster { path, plane, .. } => match plane {
+                None => {
+                    *plane = Some(d.clone());
+                    Ok(())
+                }
+                Some(_) => Err(ImageError::unsupported(path, "PNG and JPEG hold one plane")),
+            },
         }
     }
     pub fn finish(self) -> Result<(), ImageError> {
@@ -295,6 +336,15 @@ impl VoxelWriter {
             VoxelWriter::Tiff(w) => w.finish(),
             VoxelWriter::Npy(w) => w.finish(),
             VoxelWriter::Zarr(w) => w.finish(),
+            VoxelWriter::Raster { path, format, ndim, plane } => match plane {
+                Some(d) => write_voxels(
+                    &path,
+                    format,
+                    &d,
+                    &VoxelMeta { ndim, spacing: &Spacing::default(), compression: Compression::None, role: Role::Image, source: None },
+                ),
+                None => Err(ImageError::unsupported(&path, "no plane was written")),
+            },
         }
     }
 }
@@ -304,6 +354,8 @@ pub fn write_voxels(path: &Path, format: VoxelFormat, data: &Data, meta: &VoxelM
     match format {
         VoxelFormat::Tiff => write_tiff(path, data, meta.ndim, meta.spacing, meta.compression),
         VoxelFormat::Npy => write_npy(path, data, meta.ndim),
+        VoxelFormat::Png => raster::write(path, data, meta.ndim, None),
+        VoxelFormat::Jpeg { quality } => raster::write(path, data, meta.ndim, Some(quality)),
         VoxelFormat::OmeZarr => {
             let mut w = VoxelWriter::create(path, format, data.shape(), data.dtype(), meta)?;
             w.append(data)?;

@@ -60,3 +60,38 @@ pub fn read(path: &Path, limits: ReadLimits) -> Result<Image, ImageError> {
     };
     Ok(Image { data, ndim: 2, spacing: None })
 }
+
+/// Writes a 2D image as PNG (8/16-bit gray or RGB) or, with `jpeg_quality`, as JPEG (8-bit gray
+/// or RGB; quality 1–100), under a temporary name renamed into place.
+pub fn write(path: &Path, data: &Data, ndim: u8, jpeg_quality: Option<u8>) -> Result<(), ImageError> {
+    use image::{ExtendedColorType as C, ImageEncoder};
+    let [z, h, w] = data.shape();
+    let what = if jpeg_quality.is_some() { "JPEG" } else { "PNG" };
+    if z != 1 || ndim != 2 {
+        return Err(ImageError::unsupported(
+            path,
+            format!("{what} holds 2D images; this one has {z} planes (write it as tiff, npy or ome-zarr)"),
+        ));
+    }
+    let (bytes, color): (std::borrow::Cow<[u8]>, C) = match data {
+        Data::U8(a) => (a.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| a.iter().copied().collect()), C::L8),
+        Data::Rgb8(a) => (a.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| a.iter().copied().collect()), C::Rgb8),
+        Data::U16(a) if jpeg_quality.is_none() => (a.iter().flat_map(|v| v.to_ne_bytes()).collect(), C::L16),
+        Data::Rgb16(a) if jpeg_quality.is_none() => (a.iter().flat_map(|v| v.to_ne_bytes()).collect(), C::Rgb16),
+        other => {
+            let holds = if jpeg_quality.is_some() { "8-bit gray or RGB" } else { "8- or 16-bit gray or RGB" };
+            return Err(ImageError::unsupported(
+                path,
+                format!("{what} holds {holds} images, not {} (rescale it first, or write tiff)", other.dtype()),
+            ));
+        }
+    };
+    crate::util::write_atomic_with(path, |f| {
+        let r = match jpeg_quality {
+            Some(q) => image::codecs::jpeg::JpegEncoder::new_with_quality(f, q).write_image(&bytes, w as u32, h as u32, color),
+            None => image::codecs::png::PngEncoder::new(f).write_image(&bytes, w as u32, h as u32, color),
+        };
+        r.map_err(std::io::Error::other)
+    })
+    .map_err(|e| ImageError::io(path, e))
+}

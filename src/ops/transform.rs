@@ -159,14 +159,18 @@ pub struct Crop {
 pub static CROP: OpInfo = OpInfo {
     name: "crop",
     family: "transform",
-    version: 1,
+    version: 2,
     output: Kind::Image,
     same_kind: true,
     summary: "Image, mask or labels → the same kind, cut to a box.",
     doc: "`box: [z0, y0, x0, z1, y1, x1]` (or `[y0, x0, y1, x1]` for 2D) in voxel indices, \
           half-open, must lie inside the image. `fraction: {xmin, xmax, ymin, ymax, zmin, zmax}` \
           gives each bound as a fraction of the axis (0–1, unset = whole axis): the box is \
-          [floor(min·n), ceil(max·n)). Values may come from the manifest (`'${x0}'`). Labels keep \
+          [round(min·n), round(max·n)) with round() rounding halves to even — exactly what PIL's \
+          `crop((xmin·w, ymin·h, xmax·w, ymax·h))` cuts (the products in double precision, Python's \
+          round). A fraction outside 0–1, a min above its max, or a box that rounds to nothing \
+          (e.g. xmin 0.30, xmax 0.301 on 100 pixels) is an error for that sample; a box never \
+          reaches outside the image, so nothing is padded. Values may come from the manifest (`'${x0}'`). Labels keep \
           their values (no renumbering). Spacing is unchanged; positions in later tables are \
           relative to the crop.",
     params: &[
@@ -220,11 +224,20 @@ impl Crop {
             if ndim == 2 && k == 0 {
                 continue;
             }
+            // As PIL: the product in double precision, rounded half to even (Python's round()).
             let n = shape[k] as f64;
-            lo[k] = (a.unwrap_or(0.0) * n).floor().max(0.0) as usize;
-            hi[k] = ((z.unwrap_or(1.0) * n).ceil() as usize).min(shape[k]);
+            let (a, z) = (a.unwrap_or(0.0), z.unwrap_or(1.0));
+            lo[k] = (a * n).round_ties_even().clamp(0.0, n) as usize;
+            hi[k] = (z * n).round_ties_even().clamp(0.0, n) as usize;
+            let axis = ["z", "y", "x"][k];
+            if a > z {
+                return Err(ParamIssue::new("fraction", format!("{axis}min {a} is above {axis}max {z}")));
+            }
             if lo[k] >= hi[k] {
-                return Err(ParamIssue::new("fraction", format!("the {} range is empty", ["z", "y", "x"][k])));
+                return Err(ParamIssue::new(
+                    "fraction",
+                    format!("the {axis} range {a}–{z} of {} pixels rounds to the empty range [{}, {})", shape[k], lo[k], hi[k]),
+                ));
             }
         }
         Ok((lo, hi))
@@ -348,7 +361,14 @@ mod tests {
         assert_eq!(c.resolve([1, 10, 10], 2).unwrap(), ([0, 1, 2], [1, 3, 4]));
         assert!(c.resolve([2, 10, 10], 3).is_err());
         let f: Crop = serde_yaml::from_str("{fraction: {xmin: 0.25, xmax: 0.5}}").unwrap();
+        // 2.5 and 5.0: halves round to even, as Python's round() in PIL's crop.
         assert_eq!(f.resolve([4, 10, 10], 3).unwrap(), ([0, 0, 2], [4, 10, 5]));
+        let f: Crop = serde_yaml::from_str("{fraction: {xmin: 0.35, xmax: 0.55}}").unwrap();
+        assert_eq!(f.resolve([1, 10, 10], 2).unwrap(), ([0, 0, 4], [1, 10, 6]), "3.5 → 4, 5.5 → 6");
+        let f: Crop = serde_yaml::from_str("{fraction: {xmin: 0.35, xmax: 0.45}}").unwrap();
+        assert!(f.resolve([1, 10, 10], 2).is_err(), "3.5 → 4 and 4.5 → 4: empty, as PIL's crop");
+        let e: Crop = serde_yaml::from_str("{fraction: {xmin: 0.30, xmax: 0.301}}").unwrap();
+        assert!(e.resolve([1, 10, 100], 2).unwrap_err().message.contains("rounds to the empty range [30, 30)"));
         let bad: Crop = serde_yaml::from_str("{box: [0, 0, 0, 5, 99, 2]}").unwrap();
         assert!(bad.resolve([5, 10, 10], 3).unwrap_err().message.contains("outside the image"));
         let none: Crop = serde_yaml::from_str("{}").unwrap();

@@ -523,8 +523,11 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                 let k = kinds[i];
                 let mut fs = Vec::new();
                 for (f, fnode) in &o.formats {
-                    let allowed: &[&str] = if k == Kind::Table { &["parquet", "csv"] } else { &["tiff", "npy", "ome-zarr"] };
+                    let allowed: &[&str] = if k == Kind::Table { &["parquet", "csv"] } else { &["tiff", "npy", "ome-zarr", "png", "jpeg"] };
                     match Format::parse(f) {
+                        Some(Format::Voxels(crate::io::VoxelFormat::Jpeg { .. })) if k != Kind::Table => {
+                            fs.push(Format::Voxels(crate::io::VoxelFormat::Jpeg { quality: spec.jpeg_quality }))
+                        }
                         Some(fmt) if fmt.holds_voxels() == (k != Kind::Table) => fs.push(fmt),
                         _ => diags.push(
                             Diagnostic::at(&file, fnode, format!("'{f}' is not an output format for {} stage '{}'", k, o.stage))

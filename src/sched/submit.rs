@@ -56,6 +56,9 @@ pub struct JobSpec {
     /// The tasks and the merge run with `--durable` (absent in older submit.json: off).
     #[serde(default)]
     pub durable: bool,
+    /// `--join` tables given to `submit`, passed to every task (absolute paths).
+    #[serde(default)]
+    pub joins: Vec<crate::spec::manifest::Join>,
 }
 
 /// What was submitted (or, with `--dry-run`, would be).
@@ -88,10 +91,22 @@ fn jobs_dir(spec: &JobSpec) -> PathBuf {
 
 fn run_line(spec: &JobSpec, task: &str) -> String {
     format!(
-        "exec {} run {} --samples {} --out {} --task {task} --threads {} --memory {} --progress never{}\n",
+        "exec {} run {} --samples {}{} --out {} --task {task} --threads {} --memory {} --progress never{}\n",
         qp(&spec.tessera),
         qp(&spec.pipeline),
         qp(&spec.manifest),
+        spec.joins
+            .iter()
+            .map(|j| format!(
+                " --join {}",
+                quote(&format!(
+                    "{}:{}:{}",
+                    j.table.display(),
+                    j.on.join(","),
+                    if j.how == crate::spec::manifest::How::Left { "left" } else { "inner" }
+                ))
+            ))
+            .collect::<String>(),
         qp(&spec.out),
         spec.threads,
         spec.run_memory,
@@ -291,6 +306,7 @@ mod tests {
             pe: "smp".into(),
             extra: vec!["--partition=debug".into()],
             durable: false,
+            joins: Vec::new(),
         }
     }
 

@@ -34,6 +34,8 @@ impl SampleRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub path: Option<PathBuf>,
+    /// Tables joined onto the rows ([`Manifest::read_joined`]).
+    pub joins: Vec<Join>,
     /// Metadata column names (all but `sample` and `image`), in order.
     pub columns: Vec<String>,
     pub rows: Vec<SampleRow>,
@@ -47,16 +49,179 @@ pub enum ManifestError {
     Invalid { path: PathBuf, msg: String },
 }
 
+/// How a joined table's rows meet the manifest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// A row whose key has no match fails alone, with an error naming the key.
+    #[default]
+    Inner,
+    /// A row whose key has no match gets empty values.
+    Left,
+}
+
+/// A table joined onto the manifest's rows before parameters bind: its rows are matched on the
+/// `on` columns (present in both), and its other columns are added to the matching rows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Join {
+    /// CSV or Parquet; image paths in it are relative to its folder.
+    pub table: PathBuf,
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub how: How,
+}
+
+impl Join {
+    /// `FILE:KEY[,KEY…][:left|:inner]`, as `--join` takes it.
+    pub fn parse(s: &str) -> Result<Join, String> {
+        let bad = || format!("--join {s}: expected FILE:KEY[,KEY…][:left|:inner]");
+        let (rest, how) = match s.rsplit_once(':') {
+            Some((r, "left")) => (r, How::Left),
+            Some((r, "inner")) => (r, How::Inner),
+            _ => (s, How::Inner),
+        };
+        let (table, keys) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let on: Vec<String> = keys.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+        if table.is_empty() || on.is_empty() {
+            return Err(bad());
+        }
+        Ok(Join { table: PathBuf::from(table), on, how })
+    }
+}
+
+/// A table's header and rows as text, with each row's line (CSV) or row number + 1 (Parquet).
+type TextTable = (Vec<String>, Vec<(usize, Vec<String>)>);
+
+/// Reads a CSV (or, for joined tables, a Parquet file) as text cells.
+fn read_text(path: &Path, invalid: &dyn Fn(String) -> ManifestError) -> Result<TextTable, ManifestError> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+        let t = crate::table::read::read_all(path).map_err(invalid)?;
+        let headers: Vec<String> = t.names().iter().map(|s| s.to_string()).collect();
+        let rows = (0..t.rows())
+            .map(|i| {
+                let cells = t
+                    .columns
+                    .iter()
+                    .map(|(_, c, _)| match c {
+                        crate::table::Column::F64(v) if v[i].is_nan() => String::new(),
+                        c => crate::stats::cell(c, i),
+                    })
+                    .collect();
+                (i + 2, cells)
+            })
+            .collect();
+        return Ok((headers, rows));
+    }
+    let text = std::fs::read(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(&text[..]);
+    let headers: Vec<String> =
+        rdr.headers().map_err(|e| invalid(format!("cannot read the header row: {e}")))?.iter().map(str::to_string).collect();
+    let mut seen_cols = std::collections::HashSet::new();
+    for h in &headers {
+        if !seen_cols.insert(h) {
+            return Err(invalid(format!("column `{h}` appears twice in the header row")));
+        }
+    }
+    let mut rows = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            invalid(format!("line {line}: {e}"))
+        })?;
+        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+        if rec.iter().all(str::is_empty) {
+            continue;
+        }
+        rows.push((line, rec.iter().map(str::to_string).collect()));
+    }
+    Ok((headers, rows))
+}
+
 impl Manifest {
     /// Reads a manifest file; paths in it are relative to its folder.
     pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        Manifest::read_joined(path, &[])
+    }
+
+    /// Reads a manifest file and joins `joins` onto its rows, in order. A key column missing
+    /// from either side, a column both sides have (other than the keys) and a key repeated on
+    /// the joined side are whole-run errors naming them; a row without a match fails alone
+    /// (`inner`) or gets empty values (`left`).
+    pub fn read_joined(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
         let invalid = |msg: String| ManifestError::Invalid { path: path.to_path_buf(), msg };
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(&text[..]);
-        let headers: Vec<String> =
-            rdr.headers().map_err(|e| invalid(format!("cannot read the header row: {e}")))?.iter().map(str::to_string).collect();
+        let (mut headers, records) = read_text(path, &invalid)?;
         if headers.iter().all(|h| h.is_empty()) {
             return Err(invalid("empty manifest: expected a header row with `sample` and `image`".into()));
+        }
+        let mut rows: Vec<(usize, Vec<String>, Option<String>)> = records.into_iter().map(|(l, r)| (l, r, None)).collect();
+        // The folder image paths are relative to: the table the `image` column comes from.
+        let mut image_base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for j in joins {
+            let jinvalid = |msg: String| ManifestError::Invalid { path: j.table.clone(), msg };
+            let (jh, jrows) = read_text(&j.table, &jinvalid)?;
+            let mut left_keys = Vec::new();
+            let mut right_keys = Vec::new();
+            for k in &j.on {
+                match (headers.iter().position(|h| h == k), jh.iter().position(|h| h == k)) {
+                    (Some(a), Some(b)) => {
+                        left_keys.push(a);
+                        right_keys.push(b);
+                    }
+                    (None, _) => {
+                        return Err(invalid(format!("no column `{k}` to join {} on (columns: {})", j.table.display(), headers.join(", "))));
+                    }
+                    (_, None) => return Err(jinvalid(format!("no column `{k}` to join on (columns: {})", jh.join(", ")))),
+                }
+            }
+            let added: Vec<usize> = (0..jh.len()).filter(|i| !right_keys.contains(i)).collect();
+            let clash: Vec<&str> = added.iter().map(|&i| jh[i].as_str()).filter(|c| headers.iter().any(|h| h == c)).collect();
+            if !clash.is_empty() {
+                return Err(jinvalid(format!(
+                    "column{} {} also in {}: rename one side (only the `on` columns may be in both)",
+                    if clash.len() == 1 { "" } else { "s" },
+                    clash.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", "),
+                    path.display()
+                )));
+            }
+            let mut index: std::collections::HashMap<Vec<&str>, usize> = std::collections::HashMap::new();
+            let mut dups: Vec<String> = Vec::new();
+            for (r, (_, cells)) in jrows.iter().enumerate() {
+                let key: Vec<&str> = right_keys.iter().map(|&i| cells[i].as_str()).collect();
+                if index.insert(key.clone(), r).is_some() && dups.len() < 5 {
+                    dups.push(key.join(","));
+                }
+            }
+            if !dups.is_empty() {
+                return Err(jinvalid(format!(
+                    "{} repeats the key{} {} ({}): a joined table needs one row per key",
+                    j.on.join(","),
+                    if dups.len() == 1 { "" } else { "s" },
+                    dups.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", "),
+                    "the first ones"
+                )));
+            }
+            if added.iter().any(|&i| jh[i] == "image") {
+                image_base = j.table.parent().unwrap_or(Path::new(".")).to_path_buf();
+            }
+            for (line, cells, problem) in &mut rows {
+                let key: Vec<&str> = left_keys.iter().map(|&i| cells[i].as_str()).collect();
+                match index.get(&key) {
+                    Some(&r) => cells.extend(added.iter().map(|&i| jrows[r].1[i].clone())),
+                    None => {
+                        if j.how == How::Inner && problem.is_none() {
+                            *problem = Some(format!(
+                                "{}: line {line}: no row of {} has {} '{}' (inner join)",
+                                path.display(),
+                                j.table.display(),
+                                j.on.join(","),
+                                key.join(",")
+                            ));
+                        }
+                        cells.extend(added.iter().map(|_| String::new()));
+                    }
+                }
+            }
+            headers.extend(added.iter().map(|&i| jh[i].clone()));
         }
         for required in ["sample", "image"] {
             if !headers.iter().any(|h| h == required) {
@@ -66,39 +231,24 @@ impl Manifest {
                 )));
             }
         }
-        let mut seen_cols = std::collections::HashSet::new();
-        for h in &headers {
-            if !seen_cols.insert(h) {
-                return Err(invalid(format!("column `{h}` appears twice in the header row")));
-            }
-        }
         let si = headers.iter().position(|h| h == "sample").unwrap_or(0);
         let ii = headers.iter().position(|h| h == "image").unwrap_or(0);
-        let base = path.parent().unwrap_or(Path::new("."));
         let columns: Vec<String> = headers.iter().enumerate().filter(|(i, _)| *i != si && *i != ii).map(|(_, h)| h.clone()).collect();
-        let mut rows = Vec::new();
-        for rec in rdr.records() {
-            let rec = rec.map_err(|e| {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
-                invalid(format!("line {line}: {e}"))
-            })?;
-            let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
-            if rec.iter().all(str::is_empty) {
-                continue;
-            }
-            let id = rec.get(si).unwrap_or("").to_string();
-            let image = rec.get(ii).unwrap_or("").to_string();
+        let mut out = Vec::with_capacity(rows.len());
+        for (line, rec, problem) in rows {
+            let id = rec.get(si).cloned().unwrap_or_default();
+            let image = rec.get(ii).cloned().unwrap_or_default();
             let meta = headers
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != si && *i != ii)
-                .map(|(i, h)| (h.clone(), rec.get(i).unwrap_or("").to_string()))
+                .map(|(i, h)| (h.clone(), rec.get(i).cloned().unwrap_or_default()))
                 .collect();
             let problem =
-                if image.is_empty() { Some(format!("{}: line {line}: empty `image` for sample '{id}'", path.display())) } else { None };
-            rows.push(SampleRow { line, id, image: base.join(image), meta, problem });
+                problem.or_else(|| image.is_empty().then(|| format!("{}: line {line}: empty `image` for sample '{id}'", path.display())));
+            out.push(SampleRow { line, id, image: image_base.join(image), meta, problem });
         }
-        let mut m = Manifest { path: Some(path.to_path_buf()), columns, rows };
+        let mut m = Manifest { path: Some(path.to_path_buf()), joins: joins.to_vec(), columns, rows: out };
         m.check_ids();
         Ok(m)
     }
@@ -126,7 +276,7 @@ impl Manifest {
                 SampleRow { line: 0, id, image: p.clone(), meta: Vec::new(), problem: None }
             })
             .collect();
-        let mut m = Manifest { path: None, columns: Vec::new(), rows };
+        let mut m = Manifest { path: None, joins: Vec::new(), columns: Vec::new(), rows };
         m.check_ids();
         m
     }
@@ -154,7 +304,17 @@ impl Manifest {
     /// Hash of the manifest's bytes (blake3, hex), or of the image list for command-line samples.
     pub fn hash(&self) -> String {
         match &self.path {
-            Some(p) => std::fs::read(p).map(|b| blake3::hash(&b).to_hex().to_string()).unwrap_or_default(),
+            Some(p) if self.joins.is_empty() => std::fs::read(p).map(|b| blake3::hash(&b).to_hex().to_string()).unwrap_or_default(),
+            Some(p) => {
+                // The manifest, then each joined table with how it is joined.
+                let mut h = blake3::Hasher::new();
+                h.update(&std::fs::read(p).unwrap_or_default());
+                for j in &self.joins {
+                    h.update(format!("\njoin {} on {} {:?}\n", j.table.display(), j.on.join(","), j.how).as_bytes());
+                    h.update(&std::fs::read(&j.table).unwrap_or_default());
+                }
+                h.finalize().to_hex().to_string()
+            }
             None => {
                 let mut h = blake3::Hasher::new();
                 for r in &self.rows {

@@ -86,10 +86,14 @@ pub struct PipelineSpec {
     pub description: Option<String>,
     /// Default manifest, resolved against the pipeline's folder.
     pub samples: Option<PathBuf>,
+    /// Tables joined onto the manifest's rows (`samples: {table, join}`), resolved likewise.
+    pub joins: Vec<manifest::Join>,
     pub spacing: Option<[f64; 3]>,
     pub unit: Option<String>,
     pub tile: Option<Node>,
     pub compression: crate::io::Compression,
+    /// Quality of JPEG outputs (1–100).
+    pub jpeg_quality: u8,
     /// `sources:` name → manifest column.
     pub sources: Vec<(String, String, Node)>,
     pub stages: Vec<StageSpec>,
@@ -97,8 +101,88 @@ pub struct PipelineSpec {
     pub stats: Option<StatsSpec>,
 }
 
-pub const TOP_LEVEL_KEYS: &[&str] =
-    &["version", "name", "description", "samples", "spacing", "unit", "tile", "compression", "sources", "stages", "outputs", "stats"];
+/// `samples: {table: FILE, join: [{table: FILE, on: KEY or [KEYS], how: inner|left}, …]}`.
+fn parse_samples(file: &Path, base: &Path, n: &Node, diags: &mut Vec<Diagnostic>) -> (Option<PathBuf>, Vec<manifest::Join>) {
+    for (k, _) in n.as_map().unwrap_or_default() {
+        let key = k.as_str().unwrap_or("");
+        if key != "table" && key != "join" {
+            diags.push(Diagnostic::at(file, k, format!("unknown key '{key}' in `samples`")).suggest(key, ["table", "join"]));
+        }
+    }
+    let table = match n.get("table").map(|t| (t, t.as_str())) {
+        Some((_, Some(t))) => Some(base.join(t)),
+        Some((t, None)) => {
+            diags.push(Diagnostic::at(file, t, "`samples.table` must be a file name"));
+            None
+        }
+        None => {
+            diags.push(Diagnostic::at(file, n, "`samples` needs `table:` (the manifest) beside `join:`"));
+            None
+        }
+    };
+    let mut joins = Vec::new();
+    let items = match n.get("join") {
+        None => &[][..],
+        Some(j) => match j.as_seq() {
+            Some(items) => items,
+            None => {
+                diags.push(Diagnostic::at(file, j, "`samples.join` must be a list of {table, on, how}"));
+                &[][..]
+            }
+        },
+    };
+    for item in items {
+        for (k, _) in item.as_map().unwrap_or_default() {
+            let key = k.as_str().unwrap_or("");
+            if !["table", "on", "how"].contains(&key) {
+                diags.push(Diagnostic::at(file, k, format!("unknown key '{key}' in a join")).suggest(key, ["table", "on", "how"]));
+            }
+        }
+        let table = item.get("table").and_then(Node::as_str);
+        let on: Vec<String> = match item.get("on") {
+            Some(o) => match (o.as_str(), o.as_seq()) {
+                (Some(k), _) => vec![k.to_string()],
+                (None, Some(ks)) => ks.iter().filter_map(|k| k.as_str().map(str::to_string)).collect(),
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let how = match item.get("how").map(|h| (h, h.as_str())) {
+            None | Some((_, Some("inner"))) => manifest::How::Inner,
+            Some((_, Some("left"))) => manifest::How::Left,
+            Some((h, other)) => {
+                diags.push(
+                    Diagnostic::at(file, h, format!("`how: {}` is not `inner` or `left`", other.unwrap_or("?")))
+                        .suggest(other.unwrap_or(""), ["inner", "left"]),
+                );
+                manifest::How::Inner
+            }
+        };
+        match table {
+            Some(t) if !on.is_empty() => joins.push(manifest::Join { table: base.join(t), on, how }),
+            _ => {
+                diags.push(Diagnostic::at(file, item, "a join needs `table:` (CSV or Parquet) and `on:` (a key column or a list of them)"))
+            }
+        }
+    }
+    (table, joins)
+}
+
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "description",
+    "samples",
+    "spacing",
+    "unit",
+    "tile",
+    "compression",
+    "jpeg_quality",
+    "sources",
+    "stages",
+    "outputs",
+    "stats",
+];
 
 pub fn is_valid_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
@@ -175,7 +259,10 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
     };
     let description = scalar("description", &mut diags).map(|(s, _)| s);
     let base = file.parent().unwrap_or(Path::new("."));
-    let samples = scalar("samples", &mut diags).map(|(s, _)| base.join(s));
+    let (samples, joins) = match root.get("samples") {
+        Some(n) if n.as_map().is_some() => parse_samples(file, base, n, &mut diags),
+        _ => (scalar("samples", &mut diags).map(|(s, _)| base.join(s)), Vec::new()),
+    };
     let spacing = root.get("spacing").and_then(|n| match parse_spacing(n) {
         Ok(s) => Some(s),
         Err(m) => {
@@ -208,6 +295,16 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
                         .suggest(&c, opts),
                 );
                 crate::io::Compression::default()
+            }
+        },
+    };
+    let jpeg_quality = match scalar("jpeg_quality", &mut diags) {
+        None => crate::io::DEFAULT_JPEG_QUALITY,
+        Some((q, n)) => match q.parse::<u8>() {
+            Ok(v) if (1..=100).contains(&v) => v,
+            _ => {
+                diags.push(Diagnostic::at(file, &n, format!("`jpeg_quality` must be a whole number from 1 to 100, found '{q}'")));
+                crate::io::DEFAULT_JPEG_QUALITY
             }
         },
     };
@@ -348,6 +445,8 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
         unit,
         tile,
         compression,
+        jpeg_quality,
+        joins,
         sources,
         stages,
         outputs,
