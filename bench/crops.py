@@ -5,7 +5,7 @@ Photos: the sample photos shipped with scikit-image and scikit-learn, cut and re
 several sizes (long side 480, 800 and 1200 pixels) and saved as JPEG (quality 90) or PNG (one
 in four) — `--photos` of them (300). Boxes: `--rows` (50,000) rows, each a normalised box
 (`xmin, xmax, ymin, ymax`) on one photo, grouped by photo as real tables are (a shelf photo
-and its products), joined with a photo table (`photo_id` → file, camera, shelf) before use.
+and its products), joined with a photo table (`photo_id` → image file, camera, shelf) before use.
 
 Peers, each writing every crop as PNG:
 - pandas + PIL: `read_csv`, `merge` on `photo_id`, then per row `Image.open(...).crop((xmin·w,
@@ -116,7 +116,7 @@ def job_rows(boxes_csv, photos_csv, out):
     boxes = pd.read_csv(boxes_csv)
     photos = pd.read_csv(photos_csv)
     t = boxes.merge(photos, on="photo_id", how="inner")
-    return [(r.sample, r.file, r.xmin, r.xmax, r.ymin, r.ymax, out) for r in t.itertuples()]
+    return [(r.sample, r.image, r.xmin, r.xmax, r.ymin, r.ymax, out) for r in t.itertuples()]
 
 
 def pil_loop(boxes_csv, photos_csv, out):
@@ -154,6 +154,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", help="keep the inputs and outputs in this folder")
     ap.add_argument("--skip-loop", action="store_true", help="leave out the single-process loop (slow)")
+    ap.add_argument("--tessera-only", action="store_true", help="only tessera (and the pixel check, if a pool's crops are kept)")
     a = ap.parse_args()
     work = a.keep or tempfile.mkdtemp(prefix="tessera-crops-")
     os.makedirs(work, exist_ok=True)
@@ -161,7 +162,7 @@ def main():
     photos_csv = os.path.join(work, "photos.csv")
     with open(photos_csv, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["photo_id", "file", "camera", "shelf"])
+        w.writerow(["photo_id", "image", "camera", "shelf"])
         w.writerows(photos)
     boxes = make_boxes(photos, a.rows, a.seed)
     boxes_csv = os.path.join(work, "boxes.csv")
@@ -173,12 +174,15 @@ def main():
     print(f"{len(photos)} photos ({mb:.0f} MiB, long side 480/800/1200, 1 in 4 PNG), {len(boxes)} boxes")
 
     results = []
-    for name, fn in ([] if a.skip_loop else [("pandas + PIL loop", pil_loop)]) + [("pandas + PIL, Pool(2)", pil_pool)]:
+    peers = ([] if a.skip_loop else [("pandas + PIL loop", pil_loop)]) + [("pandas + PIL, Pool(2)", pil_pool)]
+    for name, fn in [] if a.tessera_only else peers:
         out = os.path.join(work, "out-pool" if "Pool" in name else "out-loop")
         shutil.rmtree(out, ignore_errors=True)
         secs, rss = timed_child(fn, boxes_csv, photos_csv, out)
         results.append((name, secs, rss))
         print(f"{name}: {secs:.1f} s, {len(boxes) / secs:.0f} rows/s, peak RSS {rss:.0f} MiB", flush=True)
+        if "Pool" not in name:
+            shutil.rmtree(out)  # the pool's crops are the ones compared
 
     pipeline = os.path.join(ROOT, "pipelines", "crops.yaml")
     tout = os.path.join(work, "out-tessera")

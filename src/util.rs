@@ -317,6 +317,13 @@ pub fn background<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -
 }
 
 impl<T> Pending<T> {
+    /// A job run here and now, as a finished [`Pending`] (for work too small to hand over).
+    pub fn now(job: impl FnOnce() -> T) -> Pending<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
+        Pending(rx)
+    }
+
     /// Waits for the job to end; `Err` if it panicked. On a thread of the rayon pool, the pool's
     /// pending work runs meanwhile: the job may itself be waiting for pool work (a checkpoint
     /// packed in parallel), and a pool thread blocked in a plain wait could leave nobody to run

@@ -316,11 +316,11 @@ fn run_sample(
     let reuse = Reuse { preset, compute: decisions.iter().map(|d| *d == schedule::Decision::Compute).collect() };
     let reads_sources = (0..n).any(|i| reuse.compute[i] && plan.stages[i].inputs.iter().any(|(_, r)| matches!(r, Ref::Source(_))));
     let limits = ReadLimits { max_bytes: cfg.memory };
-    let mut sources: Vec<Value> = Vec::new();
+    let mut sources: Vec<Arc<Value>> = Vec::new();
     if reads_sources {
         for p in &paths {
             match shared.image(p, limits) {
-                Ok(data) => sources.push(Value::Image(data)),
+                Ok(v) => sources.push(v),
                 Err(e) => return res.fail("input", e),
             }
         }
@@ -373,8 +373,13 @@ fn run_sample(
                 let spacing = scaled(&spacing, bound.metas[i].scale);
                 let job = write_output(&sample_dir, &st.id, shared, max_label, formats, (ndim, &paths[0]), &spacing, plan, row, res, i)?;
                 if let Some(job) = job {
-                    // Image outputs finish in the background; they join before the record.
-                    pending.borrow_mut().push((i, crate::util::background(job)));
+                    // Image outputs finish in the background; they join before the record. A
+                    // small one (a crop) is written here: handing it over costs more than it.
+                    let small = crate::exec::tiled::bytes_per_voxel(&bound.metas[i])
+                        * bound.metas[i].shape.iter().product::<usize>() as u64
+                        <= SMALL_OUTPUT;
+                    let h = if small { crate::util::Pending::now(job) } else { crate::util::background(job) };
+                    pending.borrow_mut().push((i, h));
                 } else if cfg.checkpoints {
                     // What is finished survives a crash: the outputs so far, in a partial record.
                     let mut p = partial.borrow_mut();
@@ -391,6 +396,7 @@ fn run_sample(
     let mut timings = Vec::new();
     let r = {
         let res_ref = &mut res;
+        let sources: Vec<&Value> = sources.iter().map(|v| &**v).collect();
         evaluate_with(plan, &bound, &sources, &spacing, ndim, &row.id, &opts, reuse, &mut |i, v| sink(i, v, res_ref), &mut timings)
     };
     res.timings = timings;
@@ -410,6 +416,9 @@ fn run_sample(
     }
     finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res)
 }
+
+/// Voxel outputs up to this size (bytes) are written by the sample's own thread.
+const SMALL_OUTPUT: u64 = 4 << 20;
 
 /// The stages whose values a run must have: outputs not current from the last run (to write),
 /// and tables (to merge, whether or not their files are current).
@@ -620,10 +629,12 @@ fn lock_sample(store: &Store, sample: &str) -> Result<crate::store::Lock, String
             Err(h) if h.pid != 0 && (h.host.is_empty() || h.host == crate::util::hostname()) => {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
+            Err(h) if h.pid == 0 => {
+                return Err(format!("cannot open the lock file {}", store.root().join("locks").join(format!("{sample}.lock")).display()));
+            }
             Err(h) => {
                 return Err(format!(
-                    "sample '{sample}' is locked by process {} on host {} ({}): another run is working on it; \
-                     if that process is gone, delete the lock file",
+                    "sample '{sample}' is locked by process {} on host {} ({}): another run is working on it",
                     h.pid,
                     h.host,
                     store.root().join("locks").join(format!("{sample}.lock")).display()
@@ -847,7 +858,8 @@ pub fn evaluate(
     timings: &mut Vec<(String, f64)>,
 ) -> Result<(), (usize, String)> {
     let reuse = Reuse { preset: vec![None; plan.stages.len()], compute: vec![true; plan.stages.len()] };
-    evaluate_with(plan, bound, sources, spacing, ndim, sample, opts, reuse, sink, timings)
+    let sources: Vec<&Value> = sources.iter().collect();
+    evaluate_with(plan, bound, &sources, spacing, ndim, sample, opts, reuse, sink, timings)
 }
 
 /// Runs a bound plan's stages on a sample's sources, in plan order. Runs of local stages are
@@ -860,7 +872,7 @@ pub fn evaluate(
 pub fn evaluate_with(
     plan: &Plan,
     bound: &Bound,
-    sources: &[Value],
+    sources: &[&Value],
     spacing: &Spacing,
     ndim: u8,
     sample: &str,
@@ -952,7 +964,7 @@ pub fn evaluate_with(
                             tiled::Feed::Full(full.len() - 1)
                         }
                         Ref::Source(s) => {
-                            full.push(&sources[*s]);
+                            full.push(sources[*s]);
                             tiled::Feed::Full(full.len() - 1)
                         }
                     });
@@ -992,7 +1004,7 @@ pub fn evaluate_with(
                         .inputs
                         .iter()
                         .map(|(_, r)| match r {
-                            Ref::Source(s) => &sources[*s],
+                            Ref::Source(s) => sources[*s],
                             Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
                         })
                         .collect();

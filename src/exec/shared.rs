@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::io::{self, Data, Header, ReadLimits};
+use crate::io::{self, Header, ReadLimits};
+use crate::ops::Value;
 
 /// What is known of one shared file.
 #[derive(Default)]
@@ -19,7 +20,7 @@ struct Cell {
     header: OnceLock<Result<Header, String>>,
     hash: OnceLock<Result<String, String>>,
     /// `Ok(None)`: decoded, but not kept (over the budget).
-    data: OnceLock<Result<Option<Arc<Data>>, String>>,
+    data: OnceLock<Result<Option<Arc<Value>>, String>>,
 }
 
 /// The run's shared inputs (see the module documentation).
@@ -68,25 +69,26 @@ impl SharedInputs {
         }
     }
 
-    /// The decoded voxels (a copy of the kept ones when another row decoded them).
-    pub fn image(&self, path: &Path, limits: ReadLimits) -> Result<Data, String> {
-        let decode = || io::read_image(path, limits).map(|i| i.data).map_err(|e| e.to_string());
+    /// The decoded voxels, as an image value (the kept one when another row decoded them:
+    /// stages only read their inputs, so rows share it).
+    pub fn image(&self, path: &Path, limits: ReadLimits) -> Result<Arc<Value>, String> {
+        let decode = || io::read_image(path, limits).map(|i| Arc::new(Value::Image(i.data))).map_err(|e| e.to_string());
         let Some(c) = self.cell(path) else { return decode() };
         let mut mine = None;
         let kept = c.data.get_or_init(|| {
             let d = decode()?;
-            let bytes = d.shape().iter().product::<usize>() as u64 * d.dtype().bytes_per_voxel();
+            let bytes = value_bytes(&d);
             let fits =
                 self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| (h + bytes <= self.budget).then_some(h + bytes)).is_ok();
             if fits {
-                Ok(Some(Arc::new(d)))
+                Ok(Some(d))
             } else {
                 mine = Some(d);
                 Ok(None)
             }
         });
         match kept {
-            Ok(Some(d)) => Ok(Data::clone(d)),
+            Ok(Some(d)) => Ok(Arc::clone(d)),
             Ok(None) => mine.map_or_else(decode, Ok),
             Err(e) => Err(e.clone()),
         }
@@ -100,8 +102,7 @@ impl SharedInputs {
                 *n -= 1;
                 if *n == 0 {
                     if let Some(Ok(Some(d))) = c.data.get() {
-                        let bytes = d.shape().iter().product::<usize>() as u64 * d.dtype().bytes_per_voxel();
-                        self.held.fetch_sub(bytes, Ordering::SeqCst);
+                        self.held.fetch_sub(value_bytes(d), Ordering::SeqCst);
                     }
                     uses.remove(p);
                 }
@@ -115,9 +116,24 @@ impl SharedInputs {
     }
 }
 
+fn value_bytes(v: &Value) -> u64 {
+    match v {
+        Value::Image(d) => d.shape().iter().product::<usize>() as u64 * d.dtype().bytes_per_voxel(),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::Data;
+
+    fn shape(v: &Value) -> [usize; 3] {
+        match v {
+            Value::Image(d) => d.shape(),
+            _ => [0; 3],
+        }
+    }
     use ndarray::Array3;
 
     #[test]
@@ -130,12 +146,12 @@ mod tests {
         let rows = [a.clone(), b.clone(), a.clone(), b.clone(), a.clone()];
         let shared = SharedInputs::new(rows.iter().map(PathBuf::as_path), 150);
         let limits = ReadLimits { max_bytes: u64::MAX };
-        assert_eq!(shared.image(&a, limits).unwrap().shape(), [1, 10, 10]);
+        assert_eq!(shape(&shared.image(&a, limits).unwrap()), [1, 10, 10]);
         assert_eq!(shared.held(), 100);
         std::fs::remove_file(&a).unwrap();
-        assert_eq!(shared.image(&a, limits).unwrap().shape(), [1, 10, 10], "the second row takes the kept copy");
+        assert_eq!(shape(&shared.image(&a, limits).unwrap()), [1, 10, 10], "the second row takes the kept copy");
         assert_eq!(shared.header(&b).unwrap().shape, [1, 20, 10]);
-        assert_eq!(shared.image(&b, limits).unwrap().shape(), [1, 20, 10], "b is decoded but not kept");
+        assert_eq!(shape(&shared.image(&b, limits).unwrap()), [1, 20, 10], "b is decoded but not kept");
         assert_eq!(shared.held(), 100);
         shared.done(std::slice::from_ref(&a));
         shared.done(std::slice::from_ref(&a));

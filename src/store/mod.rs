@@ -103,15 +103,17 @@ pub struct Held {
     pub host: String,
 }
 
-/// A held per-sample lock; released when dropped.
+/// A held per-sample lock; released when dropped (or when its process ends, however it ends).
 #[derive(Debug)]
 pub struct Lock {
-    path: PathBuf,
+    file: std::fs::File,
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Emptied, then unlocked as the file closes. The file stays: creating and deleting a
+        // file per sample made the file system's inode allocation the cost of small samples.
+        let _ = self.file.set_len(0);
     }
 }
 
@@ -337,31 +339,30 @@ impl Store {
     /// Takes the lock of `sample`, taking over a lock whose process is gone. `Err` names the
     /// live process that holds it.
     pub fn lock(&self, sample: &str) -> Result<Lock, Held> {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
         let dir = self.root.join("locks");
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join(format!("{sample}.lock"));
-        let me = format!("{} {}\n", std::process::id(), crate::util::hostname());
-        for _ in 0..3 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let _ = f.write_all(me.as_bytes());
-                    return Ok(Lock { path });
-                }
-                Err(_) => {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let mut it = text.split_whitespace();
-                    let pid: u32 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                    let h = it.next().unwrap_or("").to_string();
-                    let same_host = h.is_empty() || h == crate::util::hostname();
-                    if pid != 0 && (!same_host || crate::util::pid_alive(pid)) {
-                        return Err(Held { pid, host: h });
-                    }
-                    // Stale (its process is gone) or unreadable: take it over.
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+        let unknown = Held { pid: 0, host: String::new() };
+        let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) else {
+            return Err(unknown);
+        };
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let me = format!("{} {}\n", std::process::id(), crate::util::hostname());
+            let _ = f.set_len(0).and_then(|_| f.write_all(me.as_bytes()));
+            return Ok(Lock { file: f });
         }
-        Err(Held { pid: 0, host: String::new() })
+        // Held by a live process (the kernel drops the locks of ended ones). Its content says
+        // which, once the holder has written it; until then it is an unknown process here.
+        let mut text = String::new();
+        let _ = f.rewind().and_then(|_| f.read_to_string(&mut text));
+        let mut it = text.split_whitespace();
+        match (it.next().and_then(|p| p.parse().ok()), it.next()) {
+            (Some(pid), Some(host)) => Err(Held { pid, host: host.to_string() }),
+            _ => Err(Held { pid: u32::MAX, host: String::new() }),
+        }
     }
 }
 
@@ -713,8 +714,14 @@ mod tests {
         drop(l);
         let l2 = s.lock("a").unwrap();
         drop(l2);
-        // A lock left by a process that no longer exists.
+        // A lock file left by a process that no longer exists (killed): nobody holds it.
         std::fs::write(s.root.join("locks/b.lock"), format!("{} {}\n", u32::MAX - 7, crate::util::hostname())).unwrap();
-        assert!(s.lock("b").is_ok());
+        let l = s.lock("b").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(s.root.join("locks/b.lock")).unwrap(),
+            format!("{} {}\n", std::process::id(), crate::util::hostname())
+        );
+        drop(l);
+        assert_eq!(std::fs::read_to_string(s.root.join("locks/b.lock")).unwrap(), "", "released locks are empty");
     }
 }
