@@ -287,7 +287,18 @@ fn a_pipeline_classifies_objects_with_a_trained_model_in_memory_and_streamed() {
     let o = run_in(d.path(), &["run", pipelines.join("objects.yaml").to_str().unwrap(), "--progress", "never"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let features = "volume,major_axis_length,minor_axis_length,anisotropy";
-    let args = ["train", "tessera-out/objects/tables/shape.parquet", "--label", "population", "--features", features, "--folds", "5"];
+    let args = [
+        "train",
+        "tessera-out/objects/tables/shape.parquet",
+        "--label",
+        "population",
+        "--features",
+        features,
+        "--folds",
+        "5",
+        "--missing",
+        "median",
+    ];
     let o = run_in(d.path(), &[&args[..], &["--model", "m.json", "--json"]].concat());
     assert!(o.status.success(), "{}", text(&o.stderr));
     let committed = std::fs::read(root().join("testdata/classify/objects.model.json")).unwrap();

@@ -1207,9 +1207,7 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     // Files that several rows read (crops of one photo) are read once (`shared`).
     let row_paths =
         |row: &SampleRow| if row.problem.is_some() { Vec::new() } else { source_paths(plan, row, manifest).unwrap_or_default() };
-    let all_paths: Vec<PathBuf> = manifest.rows.iter().flat_map(row_paths).collect();
-    let shared = SharedInputs::new(all_paths.iter().map(PathBuf::as_path), cfg.memory / 4);
-    drop(all_paths);
+    let shared = SharedInputs::new(manifest.rows.iter().flat_map(row_paths), cfg.memory / 4);
     let run_row = |k: usize, row: &SampleRow| {
         if stop.load(Ordering::SeqCst) {
             let mut r = SampleResult::new(row);

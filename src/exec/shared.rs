@@ -39,12 +39,12 @@ impl SharedInputs {
 
     /// From every row's files (a file named twice by one row counts twice); decoded files are
     /// kept while they take at most `budget` bytes.
-    pub fn new<'a>(files: impl Iterator<Item = &'a Path>, budget: u64) -> SharedInputs {
-        let mut counts: HashMap<&Path, usize> = HashMap::new();
+    pub fn new(files: impl Iterator<Item = PathBuf>, budget: u64) -> SharedInputs {
+        let mut counts: HashMap<PathBuf, usize> = HashMap::new();
         for f in files {
             *counts.entry(f).or_insert(0) += 1;
         }
-        let uses = counts.into_iter().filter(|(_, n)| *n > 1).map(|(p, n)| (p.to_path_buf(), (n, Arc::new(Cell::default())))).collect();
+        let uses = counts.into_iter().filter(|(_, n)| *n > 1).map(|(p, n)| (p, (n, Arc::new(Cell::default())))).collect();
         SharedInputs { budget, held: AtomicU64::new(0), uses: Mutex::new(uses) }
     }
 
@@ -144,7 +144,7 @@ mod tests {
         io::write_npy(&b, &Data::U8(Array3::from_elem((1, 20, 10), 9)), 2).unwrap();
         // a: three rows; b: two rows; only a fits the budget.
         let rows = [a.clone(), b.clone(), a.clone(), b.clone(), a.clone()];
-        let shared = SharedInputs::new(rows.iter().map(PathBuf::as_path), 150);
+        let shared = SharedInputs::new(rows.iter().cloned(), 150);
         let limits = ReadLimits { max_bytes: u64::MAX };
         assert_eq!(shape(&shared.image(&a, limits).unwrap()), [1, 10, 10]);
         assert_eq!(shared.held(), 100);
@@ -167,7 +167,7 @@ mod tests {
         let bad = dir.path().join("bad.png");
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
         let rows = [bad.clone(), bad.clone()];
-        let shared = SharedInputs::new(rows.iter().map(PathBuf::as_path), 1 << 20);
+        let shared = SharedInputs::new(rows.iter().cloned(), 1 << 20);
         let e1 = shared.image(&bad, ReadLimits { max_bytes: u64::MAX }).unwrap_err();
         std::fs::write(&bad, b"changed").unwrap();
         let e2 = shared.image(&bad, ReadLimits { max_bytes: u64::MAX }).unwrap_err();
