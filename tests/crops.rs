@@ -113,6 +113,9 @@ fn joins_from_the_command_line_parquet_left_and_their_errors() {
     assert_eq!(read(&out.join("samples/r1/crop.png")).shape(), [1, 72, 96]);
     assert!(out.join("samples/r2/crop.png").exists());
     assert!(errors(&out)["r3"].contains("no row of") && errors(&out)["r3"].contains("photo_id 'c'"), "{:?}", errors(&out));
+    // `merge` reads the manifest again with the joins the run recorded: the same rows.
+    let m = tessera(&["merge", out.to_str().unwrap(), "--allow-missing"]);
+    assert!(!text(&m.stderr).contains("changed since the run"), "{}", text(&m.stderr));
     let (_, out) = go(&format!("{pq}:photo_id:left"), "left");
     assert!(errors(&out)["r3"].contains("empty `image`"), "{:?}", errors(&out));
 

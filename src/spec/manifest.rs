@@ -310,7 +310,9 @@ impl Manifest {
                 let mut h = blake3::Hasher::new();
                 h.update(&std::fs::read(p).unwrap_or_default());
                 for j in &self.joins {
-                    h.update(format!("\njoin {} on {} {:?}\n", j.table.display(), j.on.join(","), j.how).as_bytes());
+                    // The joined table's bytes and how it is joined; not its path as written
+                    // (relative in the run, absolute in the record).
+                    h.update(format!("\njoin on {} {:?}\n", j.on.join(","), j.how).as_bytes());
                     h.update(&std::fs::read(&j.table).unwrap_or_default());
                 }
                 h.finalize().to_hex().to_string()
