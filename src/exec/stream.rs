@@ -485,8 +485,7 @@ fn run<'a>(
                 *group.stages.last().expect("a run has stages")
             }
             Step::Global(i)
-                if plan.stage_inputs(*i).len() == plan.stages[*i].inputs.len()
-                    && plan.stage_inputs(*i).iter().all(|&j| plan.stages[j].kind == Kind::Table) =>
+                if plan.stages[*i].inputs.iter().all(|(_, r)| matches!(r, Ref::Stage(j) if plan.stages[*j].kind == Kind::Table)) =>
             {
                 // An op on tables (small, held in memory): as in a run in memory.
                 let i = *i;

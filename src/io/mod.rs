@@ -285,10 +285,10 @@ pub enum VoxelWriter {
     Tiff(StackWriter),
     Npy(NpyWriter),
     Zarr(Box<ZarrWriter>),
-    /// PNG or JPEG: one plane, encoded when finished.
+    /// PNG (`jpeg_quality: None`) or JPEG: one plane, encoded when finished.
     Raster {
         path: PathBuf,
-        format: VoxelFormat,
+        jpeg_quality: Option<u8>,
         ndim: u8,
         plane: Option<Data>,
     },
@@ -312,7 +312,11 @@ impl VoxelWriter {
                         format!("{} holds 2D images; this one has {} planes", format.ext(), shape[0]),
                     ));
                 }
-                VoxelWriter::Raster { path: path.to_path_buf(), format, ndim: meta.ndim, plane: None }
+                let jpeg_quality = match format {
+                    VoxelFormat::Jpeg { quality } => Some(quality),
+                    _ => None,
+                };
+                VoxelWriter::Raster { path: path.to_path_buf(), jpeg_quality, ndim: meta.ndim, plane: None }
             }
         })
     }
@@ -336,13 +340,8 @@ impl VoxelWriter {
             VoxelWriter::Tiff(w) => w.finish(),
             VoxelWriter::Npy(w) => w.finish(),
             VoxelWriter::Zarr(w) => w.finish(),
-            VoxelWriter::Raster { path, format, ndim, plane } => match plane {
-                Some(d) => write_voxels(
-                    &path,
-                    format,
-                    &d,
-                    &VoxelMeta { ndim, spacing: &Spacing::default(), compression: Compression::None, role: Role::Image, source: None },
-                ),
+            VoxelWriter::Raster { path, jpeg_quality, ndim, plane } => match plane {
+                Some(d) => raster::write(&path, &d, ndim, jpeg_quality),
                 None => Err(ImageError::unsupported(&path, "no plane was written")),
             },
         }

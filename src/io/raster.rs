@@ -74,8 +74,8 @@ pub fn write(path: &Path, data: &Data, ndim: u8, jpeg_quality: Option<u8>) -> Re
         ));
     }
     let (bytes, color): (std::borrow::Cow<[u8]>, C) = match data {
-        Data::U8(a) => (a.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| a.iter().copied().collect()), C::L8),
-        Data::Rgb8(a) => (a.as_slice().map(std::borrow::Cow::Borrowed).unwrap_or_else(|| a.iter().copied().collect()), C::Rgb8),
+        Data::U8(a) => (super::le_bytes(a), C::L8),
+        Data::Rgb8(a) => (super::le_bytes(a), C::Rgb8),
         Data::U16(a) if jpeg_quality.is_none() => (a.iter().flat_map(|v| v.to_ne_bytes()).collect(), C::L16),
         Data::Rgb16(a) if jpeg_quality.is_none() => (a.iter().flat_map(|v| v.to_ne_bytes()).collect(), C::Rgb16),
         other => {

@@ -139,11 +139,6 @@ impl Op for Classify {
     }
     fn with_file(&self, bytes: &[u8], path: &Path) -> Result<Box<dyn Op>, String> {
         let model = crate::classify::parse_model(bytes, path)?;
-        if self.probabilities
-            && let Some(c) = model.classes.iter().find(|c| format!("probability_{c}") == self.column)
-        {
-            return Err(format!("the class column `{}` would clash with class '{c}''s probability column", self.column));
-        }
         let blake3 = blake3::hash(bytes).to_hex().to_string();
         Ok(Box::new(Classify { loaded: Some(Arc::new(Loaded { model, blake3 })), ..self.clone() }))
     }

@@ -193,11 +193,11 @@ impl Manifest {
             }
             if !dups.is_empty() {
                 return Err(jinvalid(format!(
-                    "{} repeats the key{} {} ({}): a joined table needs one row per key",
+                    "{} repeats the key{} {}{}: a joined table needs one row per key",
                     j.on.join(","),
                     if dups.len() == 1 { "" } else { "s" },
                     dups.iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", "),
-                    "the first ones"
+                    if dups.len() == 5 { " (the first five)" } else { "" }
                 )));
             }
             if added.iter().any(|&i| jh[i] == "image") {
