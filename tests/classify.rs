@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{root, tessera, text};
+use common::{root, run_samples, tessera, text};
 
 fn digits() -> PathBuf {
     root().join("testdata/classify/digits.csv")
@@ -383,18 +383,7 @@ fn classify_stages_check_their_model_and_follow_its_changes() {
     let (digits, pixels) = (digits().display().to_string(), model_path(d.path(), "pixels.json"));
     train(&[&digits, "--label", "class", "--model", &pixels, "--trees", "5"]);
     let out = d.path().join("out");
-    let run = |p: &Path| {
-        tessera(&[
-            "run",
-            p.to_str().unwrap(),
-            "--samples",
-            manifest.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--progress",
-            "never",
-        ])
-    };
+    let run = |p: &Path| run_samples(p, &manifest, &out, &[]);
     let o = run(&pipeline("pixels.json", "kind"));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
@@ -413,16 +402,7 @@ fn classify_stages_check_their_model_and_follow_its_changes() {
     let second = std::fs::read(out.join("tables/kinds.parquet")).unwrap();
     assert!(first != second, "a retrained model must recompute the stage");
     let fresh = d.path().join("fresh");
-    let o = tessera(&[
-        "run",
-        p.to_str().unwrap(),
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        fresh.to_str().unwrap(),
-        "--progress",
-        "never",
-    ]);
+    let o = run_samples(&p, &manifest, &fresh, &[]);
     assert_eq!(o.status.code(), Some(0));
     assert!(std::fs::read(fresh.join("tables/kinds.parquet")).unwrap() == second, "the resumed run equals a fresh one");
 }

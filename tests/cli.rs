@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_same, files, root, run_example, tessera, text};
+use common::{assert_same, files, root, run_example, run_samples, tessera, text};
 
 #[test]
 fn example_pipeline_writes_the_output_folder() {
@@ -177,8 +177,7 @@ fn a_bad_sample_fails_alone() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o =
-        tessera(&["run", "pipelines/nuclei.yaml", "--samples", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"]);
+    let o = run_samples("pipelines/nuclei.yaml", &m, &out, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap();
     let lines: Vec<&str> = errors.lines().collect();
@@ -192,20 +191,7 @@ fn a_bad_sample_fails_alone() {
     assert!(merged.lines().skip(1).all(|l| l.starts_with("good2d,") || l.starts_with("good3d,")));
     assert!(text(&o.stdout).contains("2 of 5 samples done"), "{}", text(&o.stdout));
     // --fail-fast stops starting samples after the first failure.
-    let o = tessera(&[
-        "run",
-        "pipelines/nuclei.yaml",
-        "--samples",
-        m.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-        "--fail-fast",
-        "--threads",
-        "1",
-        "--json",
-    ]);
+    let o = run_samples("pipelines/nuclei.yaml", &m, &out, &["--fail-fast", "--threads", "1", "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let j: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
     assert_eq!(j["done"], 1);
@@ -284,7 +270,7 @@ fn manifest_columns_fill_parameters_and_extra_sources() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o = tessera(&["run", p.to_str().unwrap(), "--samples", m.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"]);
+    let o = run_samples(&p, &m, &out, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let read = |s: &str| std::fs::read_to_string(out.join("samples").join(s).join("shape.csv")).unwrap();
     let (low, high) = (read("low"), read("high"));

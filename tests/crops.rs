@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{root, tessera, text};
+use common::{root, run_samples, tessera, text};
 use tessera::io::{Data, ReadLimits};
 
 fn run(out: &Path, extra: &[&str]) -> std::process::Output {
@@ -159,16 +159,7 @@ fn png_and_jpeg_outputs() {
     )
     .unwrap();
     let out = d.path().join("out");
-    let o = tessera(&[
-        "run",
-        p.to_str().unwrap(),
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-    ]);
+    let o = run_samples(&p, &manifest, &out, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     let errs = errors(&out);
     assert!(errs["gray16"].contains("JPEG holds 8-bit gray or RGB images, not u16"), "{errs:?}");
@@ -184,16 +175,7 @@ fn png_and_jpeg_outputs() {
     // 16-bit gray as PNG, exactly.
     std::fs::write(&p, "version: 1\nname: p\nstages:\n  c: {op: crop, input: image, fraction: {xmin: 0.5}}\noutputs:\n  c: png\n").unwrap();
     std::fs::write(&manifest, format!("sample,image\ngray16,{}\n", img16.display())).unwrap();
-    let o = tessera(&[
-        "run",
-        p.to_str().unwrap(),
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-    ]);
+    let o = run_samples(&p, &manifest, &out, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let Data::U16(g) = read(&out.join("samples/gray16/c.png")) else { panic!("u16 expected") };
     assert_eq!(g[[0, 19, 14]], 19 * 3000 + 29);

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_same, files, kill_runs, root, run_example as run, tessera, text};
+use common::{assert_same, files, kill_runs, root, run_example as run, run_samples, tessera, text};
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
@@ -222,9 +222,7 @@ fn status_shows_done_failed_and_missing_and_clean_keeps_what_is_used() {
     std::fs::write(data.join("m.csv"), "sample,image\ngood,nuclei3d.tif\nbad,bad/truncated.tif\nalso,neuron3d.tif\n").unwrap();
     let out = tmp.path().join("o");
     let manifest = data.join("m.csv");
-    let go = |pipeline: &str| {
-        tessera(&["run", pipeline, "--samples", manifest.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"])
-    };
+    let go = |pipeline: &str| run_samples(pipeline, &manifest, &out, &[]);
     assert_eq!(go("pipelines/nuclei.yaml").status.code(), Some(1));
     let o = tessera(&["status", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
@@ -237,17 +235,7 @@ fn status_shows_done_failed_and_missing_and_clean_keeps_what_is_used() {
     assert_eq!(j["samples"][1]["status"], "failed");
     // The bad file is fixed: only that sample runs.
     std::fs::copy(data.join("nuclei2d.tif"), data.join("bad/truncated.tif")).unwrap();
-    let o = tessera(&[
-        "run",
-        "pipelines/nuclei.yaml",
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-        "--json",
-    ]);
+    let o = run_samples("pipelines/nuclei.yaml", &manifest, &out, &["--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(json(&o)["up_to_date"], 2);
     assert_eq!(tessera(&["status", out.to_str().unwrap()]).status.code(), Some(0));
@@ -262,17 +250,7 @@ fn status_shows_done_failed_and_missing_and_clean_keeps_what_is_used() {
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o.stdout).starts_with("removed 6 unreferenced checkpoint files"), "{}", text(&o.stdout));
     assert_eq!(checkpoints(&out).len(), before - 6);
-    let o = tessera(&[
-        "run",
-        changed.to_str().unwrap(),
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-        "--json",
-    ]);
+    let o = run_samples(&changed, &manifest, &out, &["--json"]);
     std::fs::remove_file(&changed).unwrap();
     assert_eq!(json(&o)["up_to_date"], 3, "clean kept what the current run uses");
     assert!(tessera(&["clean", out.to_str().unwrap(), "--all"]).status.success());

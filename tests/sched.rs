@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{files, tessera, text};
+use common::{files, run_samples, tessera, text};
 
 fn enabled(s: &str) -> bool {
     let on = std::env::var("TESSERA_SCHEDULERS").unwrap_or_default().split(',').any(|x| x.trim() == s);
@@ -62,16 +62,7 @@ fn study_inputs(dir: &Path, broken: bool) -> PathBuf {
 fn reference(dir: &Path, manifest: &Path) -> PathBuf {
     let out = dir.join("reference");
     let _ = std::fs::remove_dir_all(&out);
-    let o = tessera(&[
-        "run",
-        "pipelines/nuclei.yaml",
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-    ]);
+    let o = run_samples("pipelines/nuclei.yaml", manifest, &out, &[]);
     assert!(o.status.code() == Some(0) || o.status.code() == Some(1), "{}", text(&o.stderr));
     out
 }

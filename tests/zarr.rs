@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{root, tessera, text};
+use common::{root, run_samples, tessera, text};
 use tessera::io::{Data, ReadLimits, read_header, read_image};
 
 const FIXTURES: [&str; 12] = [
@@ -79,16 +79,7 @@ fn a_level_is_chosen_by_path_or_by_the_manifest_level_column() {
     let rows = format!("sample,image,level\nhalf,{z},1\nbad,{z},x\ntif,{},high\n", tif.display(), z = fixture("v05_default").display());
     std::fs::write(&csv, rows).unwrap();
     let out = dir.path().join("out");
-    let o = tessera(&[
-        "run",
-        "pipelines/nuclei.yaml",
-        "--samples",
-        csv.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--progress",
-        "never",
-    ]);
+    let o = run_samples("pipelines/nuclei.yaml", &csv, &out, &[]);
     assert!(!o.status.success(), "{}", text(&o.stderr));
     let h = read_header(&out.join("samples/half/nuclei.tif")).unwrap();
     assert_eq!(h.shape, [31, 30, 28]);

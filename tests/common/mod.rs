@@ -26,6 +26,23 @@ pub fn run_example(out: &Path, extra: &[&str]) -> Output {
     tessera(&args)
 }
 
+/// `tessera run PIPELINE --samples MANIFEST --out OUT --progress never EXTRA…`.
+pub fn run_samples(pipeline: impl AsRef<Path>, manifest: &Path, out: &Path, extra: &[&str]) -> Output {
+    let pipeline = pipeline.as_ref();
+    let mut args = vec![
+        "run",
+        pipeline.to_str().unwrap(),
+        "--samples",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--progress",
+        "never",
+    ];
+    args.extend_from_slice(extra);
+    tessera(&args)
+}
+
 /// Every file under `dir` except run.json and the checkpoint folder .tessera/ (internal state,
 /// SPEC §4), relative path → bytes.
 pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
