@@ -195,7 +195,7 @@ impl<S> RunRecord<S> {
             format!("the pipeline recorded in {} no longer parses: {}", file.display(), msgs.join("; "))
         })?;
         let columns = manifest.map(|m| m.columns.as_slice());
-        let first = manifest.and_then(|m| m.rows.iter().find(|r| r.problem.is_none()));
+        let first = manifest.and_then(Manifest::first_good);
         match crate::plan::compile(spec, columns, first) {
             (Some(plan), d) if d.is_empty() || manifest.is_none() => Ok(plan),
             (_, d) => Err(format!(

@@ -471,7 +471,7 @@ fn report(diags: &[Diagnostic]) {
 fn load_plan(file: &Path, manifest: Option<&Manifest>) -> Result<Plan, Vec<Diagnostic>> {
     let (spec, mut diags) = spec::load(file);
     let Some(spec) = spec else { return Err(diags) };
-    let first = manifest.and_then(|m| m.rows.iter().find(|r| r.problem.is_none()));
+    let first = manifest.and_then(Manifest::first_good);
     let (plan, d2) = plan::compile(spec, manifest.map(|m| m.columns.as_slice()), first);
     diags.extend(d2);
     diags.sort_by_key(|d| d.pos.map(|p| (p.line, p.col)).unwrap_or((0, 0)));
@@ -497,6 +497,14 @@ pub(crate) fn joins_for(given: &[crate::spec::manifest::Join], pipeline: &Path) 
 
 pub(crate) fn read_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
     Manifest::read_joined(path, joins).map_err(|e| {
+        eprintln!("error: {e}");
+        2
+    })
+}
+
+/// [`read_manifest`] for a run: the manifest opened to be streamed ([`Manifest::open`]).
+fn open_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
+    Manifest::open(path, joins).map_err(|e| {
         eprintln!("error: {e}");
         2
     })
@@ -708,7 +716,7 @@ fn cmd_run(a: RunArgs) -> i32 {
         Manifest::from_images(&a.images)
     } else {
         match a.samples.clone().or_else(|| default_manifest(&a.pipeline)) {
-            Some(p) => match read_manifest(&p, &joins_for(&a.join, &a.pipeline)) {
+            Some(p) => match open_manifest(&p, &joins_for(&a.join, &a.pipeline)) {
                 Ok(m) => m,
                 Err(code) => return code,
             },
@@ -723,7 +731,7 @@ fn cmd_run(a: RunArgs) -> i32 {
             }
         }
     };
-    if manifest.rows.is_empty() {
+    if manifest.is_empty() {
         eprintln!("error: the manifest lists no samples");
         return 2;
     }
@@ -748,12 +756,10 @@ fn cmd_run(a: RunArgs) -> i32 {
             }
         },
     };
-    let mut manifest = manifest;
-    if let Some(t) = task {
-        manifest.rows = manifest.rows.iter().enumerate().filter(|(i, _)| t.owns(*i)).map(|(_, r)| r.clone()).collect();
-        if manifest.rows.is_empty() {
-            eprintln!("tessera: task {t} owns no sample (fewer samples than tasks); nothing to do");
-        }
+    if let Some(t) = task
+        && !(0..manifest.len()).any(|i| t.owns(i))
+    {
+        eprintln!("tessera: task {t} owns no sample (fewer samples than tasks); nothing to do");
     }
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("tessera-out").join(&plan.spec.name));
     if let Err(e) = std::fs::create_dir_all(&out) {
@@ -771,7 +777,13 @@ fn cmd_run(a: RunArgs) -> i32 {
         checkpoints: !a.no_checkpoint,
     };
     let progress = Progress::new(a.progress.into());
-    let summary = crate::exec::run(&plan, &manifest, &cfg, &progress);
+    let summary = match crate::exec::run(&plan, &manifest, &cfg, &progress) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot run in {}: {e}", out.display());
+            return 2;
+        }
+    };
     if let Err(e) = crate::exec::provenance::write_records(&out, &plan, &manifest, &cfg, &summary) {
         eprintln!("error: writing run records in {}: {e}", out.display());
         return 1;
@@ -779,34 +791,45 @@ fn cmd_run(a: RunArgs) -> i32 {
     for e in &summary.errors {
         eprintln!("error: {e}");
     }
-    let failed = summary.failed();
-    let done = summary.samples.len() - failed;
+    let failed = summary.not_done();
+    let done = summary.done;
     if a.json {
+        // The failed samples, read back from the run's records.
+        let failures: Vec<serde_json::Value> = if summary.failed == 0 {
+            Vec::new()
+        } else {
+            summary
+                .entries()
+                .filter_map(Result::ok)
+                .filter(|s| s.status == Status::Failed)
+                .map(|s| serde_json::json!({"sample": s.sample, "stage": s.failed_stage, "error": s.error}))
+                .collect()
+        };
         let v = serde_json::json!({
             "out": out.display().to_string(),
-            "samples": summary.samples.len(),
+            "samples": summary.total,
             "done": done,
-            "up_to_date": summary.samples.iter().filter(|s| s.up_to_date).count(),
-            "failed": summary.samples.iter().filter(|s| s.status == Status::Failed).map(|s| serde_json::json!({"sample": s.sample, "stage": s.failed_stage, "error": s.error})).collect::<Vec<_>>(),
-            "skipped": summary.samples.iter().filter(|s| s.status == Status::Skipped).count(),
+            "up_to_date": summary.up_to_date,
+            "failed": failures,
+            "skipped": summary.skipped,
             "seconds": summary.seconds,
             "outputs": summary.written,
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         let mut so = std::io::stdout().lock();
-        let current = summary.samples.iter().filter(|s| s.up_to_date).count();
-        if current == summary.samples.len() {
+        let current = summary.up_to_date;
+        if current == summary.total {
             let _ = writeln!(so, "{current} samples up to date (nothing to do; --force recomputes) → {}", out.display());
         } else {
             let note = if current > 0 { format!(" ({current} up to date)") } else { String::new() };
-            let _ = writeln!(so, "{done} of {} samples done{note} in {:.2} s → {}", summary.samples.len(), summary.seconds, out.display());
+            let _ = writeln!(so, "{done} of {} samples done{note} in {:.2} s → {}", summary.total, summary.seconds, out.display());
         }
         // One line per sample for a small study; a large one lists the first few (run.json and
         // `tessera status` have every sample).
         const LISTED: usize = 20;
-        let finished = summary.samples.iter().filter(|s| s.status == Status::Done).count();
-        for s in summary.samples.iter().filter(|s| s.status == Status::Done).take(if finished > LISTED + 5 { LISTED } else { finished }) {
+        let listed = if done > crate::exec::FIRST_DONE { LISTED } else { done };
+        for s in summary.first_done.iter().take(listed) {
             let objs: Vec<String> = s.objects.iter().map(|(k, v)| format!("{v} {k}")).collect();
             let how = if s.up_to_date {
                 "  (up to date)".to_string()
@@ -817,8 +840,8 @@ fn cmd_run(a: RunArgs) -> i32 {
             };
             let _ = writeln!(so, "  {:<20} {}{how}", s.sample, objs.join(", "));
         }
-        if finished > LISTED + 5 {
-            let _ = writeln!(so, "  … and {} more samples (run.json lists every one; `tessera status` too)", finished - LISTED);
+        if done > listed {
+            let _ = writeln!(so, "  … and {} more samples (run.json lists every one; `tessera status` too)", done - listed);
         }
         for p in &summary.written {
             let _ = writeln!(so, "  wrote {}", out.join(p).display());

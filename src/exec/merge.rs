@@ -160,14 +160,13 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
         }
         tables.push((idx, ts));
     }
-    let load = |k: usize| -> Result<Vec<(usize, Table)>, String> {
+    let load = |k: usize| {
         let (idx, sources) = &tables[k];
         let row = &manifest.rows[*idx];
-        sources.iter().map(|s| Ok((s.stage, s.read(&store, row)?))).collect()
+        (row.id.clone(), sources.iter().map(|s| Ok((s.stage, s.read(&store, row)?))).collect())
     };
-    let ids = tables.iter().map(|(idx, _)| manifest.rows[*idx].id.as_str()).collect();
     let (written, errors) = if not_done.is_empty() || allow_missing {
-        super::study::write(&plan, out, &super::study::Samples { ids, tables: &load }, &spacing.unwrap_or_default())
+        super::study::write(&plan, out, &super::study::Samples { count: tables.len(), get: &load }, &spacing.unwrap_or_default())
     } else {
         (Vec::new(), Vec::new())
     };
@@ -227,7 +226,7 @@ fn write_errors_csv(out: &Path, not_done: &[NotDone], errors: &[String]) -> std:
         })
         .chain(errors.iter().map(|e| [String::new(), "merge".into(), e.clone()]))
         .collect();
-    super::provenance::write_errors_csv(out, &rows)
+    super::provenance::write_errors_csv(out, rows.into_iter().map(Ok))
 }
 
 /// The study's `run.json` after a sharded run: the tasks' provenance with every sample in

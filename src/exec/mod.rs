@@ -135,10 +135,25 @@ impl SampleResult {
     }
 }
 
-/// The whole run's result.
-#[derive(Debug)]
+/// How many done samples a [`RunSummary`] keeps (the first in manifest order), for a summary.
+pub const FIRST_DONE: usize = 25;
+
+/// The whole run's result. Samples' results are not held in memory: each is set aside on disk
+/// as it ends, and [`RunSummary::entries`] reads them back in manifest order; counts and the
+/// first few done samples are kept.
 pub struct RunSummary {
-    pub samples: Vec<SampleResult>,
+    /// Samples this run took on (a task's share of the manifest).
+    pub total: usize,
+    pub done: usize,
+    /// Samples that failed (not those skipped after a failure under `--fail-fast`).
+    pub failed: usize,
+    pub skipped: usize,
+    /// Done samples whose outputs were current.
+    pub up_to_date: usize,
+    /// The first [`FIRST_DONE`] done samples, in manifest order.
+    pub first_done: Vec<SampleResult>,
+    /// Every sample's record entry.
+    records: study::Spill,
     pub seconds: f64,
     /// Study-level files written (merged tables, statistics), relative to the output folder.
     pub written: Vec<PathBuf>,
@@ -147,8 +162,17 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn failed(&self) -> usize {
-        self.samples.iter().filter(|s| s.status != Status::Done).count()
+    /// Samples not done (failed or skipped).
+    pub fn not_done(&self) -> usize {
+        self.total - self.done
+    }
+
+    /// Every sample's record entry, in manifest order.
+    pub fn entries(&self) -> impl Iterator<Item = Result<crate::record::SampleEntry, String>> + '_ {
+        self.records.rows().into_iter().map(|row| {
+            let bytes = self.records.get(row)?.into_iter().next().map(|(_, b)| b).unwrap_or_default();
+            serde_json::from_slice(&bytes).map_err(|e| format!("a set-aside record does not read back: {e}"))
+        })
     }
 }
 
@@ -1154,8 +1178,9 @@ pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(
     ]
 }
 
-/// `run` applied to every row, at most `in_flight` rows at a time, results in row order. Called
-/// from outside the rayon pool (the command line's main thread); rows run on the global pool.
+/// `run` applied to every row, at most `in_flight` rows at a time, rows taken from `rows` in
+/// order as earlier ones finish (the manifest is read as it runs). Called from outside the
+/// rayon pool (the command line's main thread); rows run on the global pool.
 ///
 /// Each row is handed to the rayon pool by one of `in_flight` feeder threads, which waits for it
 /// before taking the next row. A pool thread that waits inside a sample (a parallel loop, a
@@ -1164,50 +1189,87 @@ pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(
 /// unfinished samples are bounded by `in_flight`, whatever the number of rows. (A `par_iter`
 /// over the rows queues all of them, and a waiting thread could start sample after sample on
 /// its own stack: a study of 800 samples overflowed it.)
-fn for_each_sample<T: Send>(rows: &[SampleRow], in_flight: usize, run: impl Fn(usize, &SampleRow) -> T + Sync) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let feeders = in_flight.clamp(1, rows.len().max(1));
-    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..feeders)
+fn for_each_sample(rows: impl Iterator<Item = (usize, SampleRow)> + Send, in_flight: usize, run: impl Fn(usize, &SampleRow) + Sync) {
+    let rows = Mutex::new(rows);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..in_flight.max(1))
             .map(|_| {
                 s.spawn(|| {
-                    let mut mine = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(row) = rows.get(i) else { break };
+                        let next = rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+                        let Some((i, row)) = next else { break };
                         // Runs on a pool thread; this feeder sleeps until it is done.
-                        mine.push((i, rayon::scope(|_| run(i, row))));
+                        rayon::scope(|_| run(i, &row));
                     }
-                    mine
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        for h in handles {
+            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
     });
-    let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
-    all.sort_unstable_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Runs every sample of `manifest` and writes the output folder.
-pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Observer) -> RunSummary {
+/// What a run keeps of its samples while it runs (see [`RunSummary`]).
+#[derive(Default)]
+struct Tally {
+    total: usize,
+    done: usize,
+    failed: usize,
+    skipped: usize,
+    up_to_date: usize,
+    /// The first done samples by manifest row.
+    first_done: std::collections::BTreeMap<usize, SampleResult>,
+    /// The spacing of the first sample (by manifest row) that has one.
+    spacing: Option<(usize, Spacing)>,
+    errors: Vec<String>,
+}
+
+/// Runs every sample of `manifest` (a task's share of it, for a sharded run) and writes the
+/// output folder. The manifest's rows are read as they run; each sample's tables and record
+/// entry are set aside on disk, so memory does not grow with the rows. `Err`: the output
+/// folder cannot take the run's working files.
+pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Observer) -> Result<RunSummary, String> {
     let t0 = Instant::now();
     let stop = AtomicBool::new(false);
     let done = AtomicUsize::new(0);
     let lock = Mutex::new(());
-    progress.start(manifest.rows.len());
+    let owns = |i: usize| cfg.task.is_none_or(|t| t.owns(i));
+    progress.start((0..manifest.len()).filter(|&i| owns(i)).count());
+    let records = study::Spill::create(&cfg.out, "run-records")?;
     // Study outputs are written from the samples' tables after the last sample; meanwhile the
     // tables wait on disk, so memory does not grow with the number of samples. A sharded task
     // writes no study outputs.
     let merges = plan.stats.is_some() || plan.outputs.iter().any(|(i, _)| plan.stages[*i].kind == Kind::Table);
     let spill = match cfg.task {
-        None if merges => Some(study::Spill::create(&cfg.out, manifest.rows.len())),
+        None if merges => Some(study::Spill::create(&cfg.out, "study-tables")),
         _ => None,
     };
-    // Files that several rows read (crops of one photo) are read once (`shared`).
+    // The manifest's rows, read as they are needed; a manifest that stops reading mid-way (it
+    // changed since it was opened) ends the run after the rows before it.
+    let broken: Mutex<Option<String>> = Mutex::new(None);
+    let rows = |what: &'static str| -> Result<_, String> {
+        let broken = &broken;
+        Ok(manifest
+            .each()
+            .map_err(|e| e.to_string())?
+            .enumerate()
+            .map_while(move |(i, r)| match r {
+                Ok(r) => Some((i, r)),
+                Err(e) => {
+                    let mut b = broken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    b.get_or_insert_with(|| format!("manifest ({what}): {e}: the rows after it were not run"));
+                    None
+                }
+            })
+            .filter(move |(i, _)| owns(*i)))
+    };
+    // Files that several rows read (crops of one photo) are read once (`shared`): a first pass
+    // over the rows counts the rows of each file.
     let row_paths =
         |row: &SampleRow| if row.problem.is_some() { Vec::new() } else { source_paths(plan, row, manifest).unwrap_or_default() };
-    let shared = SharedInputs::new(manifest.rows.iter().flat_map(row_paths), cfg.memory / 4);
+    let shared = SharedInputs::new(rows("counting the rows per file")?.flat_map(|(_, r)| row_paths(&r)), cfg.memory / 4);
+    let tally = Mutex::new(Tally::default());
     let run_row = |k: usize, row: &SampleRow| {
         if stop.load(Ordering::SeqCst) {
             let mut r = SampleResult::new(row);
@@ -1221,7 +1283,7 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
         let tables = std::mem::take(&mut r.tables);
         if r.status == Status::Done
             && let Some(Ok(spill)) = &spill
-            && let Err(e) = spill.put(k, &tables)
+            && let Err(e) = spill.put_tables(k, &row.id, &tables)
         {
             r = r.fail("output", format!("setting its tables aside for the merged tables: {e}"));
         }
@@ -1236,26 +1298,61 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     let run_one = |k: usize, row: &SampleRow| {
         let r = run_row(k, row);
         shared.done(&row_paths(row));
-        r
+        let put = serde_json::to_vec(&provenance::entry(&r)).map_err(|e| e.to_string()).and_then(|b| records.put(k, 0, &b));
+        let mut t = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = put {
+            t.errors.push(format!("run.json: the record of sample '{}' could not be set aside: {e}", r.sample));
+        }
+        t.total += 1;
+        match r.status {
+            Status::Done => t.done += 1,
+            Status::Failed => t.failed += 1,
+            Status::Skipped => t.skipped += 1,
+        }
+        t.up_to_date += r.up_to_date as usize;
+        if let Some(sp) = &r.spacing
+            && t.spacing.as_ref().is_none_or(|(j, _)| k < *j)
+        {
+            t.spacing = Some((k, sp.clone()));
+        }
+        if r.status == Status::Done && (t.first_done.len() < FIRST_DONE || t.first_done.last_key_value().is_some_and(|(j, _)| k < *j)) {
+            t.first_done.insert(k, r);
+            if t.first_done.len() > FIRST_DONE {
+                t.first_done.pop_last();
+            }
+        }
     };
-    let samples = for_each_sample(&manifest.rows, cfg.threads, run_one);
+    for_each_sample(rows("reading the rows to run")?, cfg.threads, run_one);
     progress.finish();
+    let mut t = tally.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.errors.extend(broken.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
 
     // Merged tables and statistics, from the samples that finished, in manifest order.
-    let done: Vec<usize> = (0..samples.len()).filter(|&k| samples[k].status == Status::Done).collect();
-    let spacing = samples.iter().find_map(|s| s.spacing.clone()).unwrap_or_default();
+    let spacing = t.spacing.take().map(|(_, s)| s).unwrap_or_default();
     let (written, errors) = match &spill {
         None if cfg.task.is_some() => (Vec::new(), Vec::new()),
         // Nothing to merge: no tables are set aside, and study::write has no table to write.
-        None => study::write(plan, &cfg.out, &study::Samples { ids: Vec::new(), tables: &|_| Ok(Vec::new()) }, &spacing),
+        None => study::write(plan, &cfg.out, &study::Samples { count: 0, get: &|_| (String::new(), Ok(Vec::new())) }, &spacing),
         Some(Err(e)) => (Vec::new(), vec![format!("merged tables and statistics not written: {e}")]),
         Some(Ok(spill)) => {
-            let tables = |k: usize| spill.get(done[k]);
-            let ids = done.iter().map(|&k| samples[k].sample.as_str()).collect();
-            study::write(plan, &cfg.out, &study::Samples { ids, tables: &tables }, &spacing)
+            let rows = spill.rows();
+            let get = |k: usize| spill.tables(rows[k]);
+            study::write(plan, &cfg.out, &study::Samples { count: rows.len(), get: &get }, &spacing)
         }
     };
-    RunSummary { samples, seconds: t0.elapsed().as_secs_f64(), written, errors }
+    t.errors.extend(errors);
+    Ok(RunSummary {
+        total: t.total,
+        done: t.done,
+        failed: t.failed,
+        skipped: t.skipped,
+        up_to_date: t.up_to_date,
+        first_done: t.first_done.into_values().collect(),
+        records,
+        seconds: t0.elapsed().as_secs_f64(),
+        written,
+        errors: t.errors,
+    })
 }
 
 #[cfg(test)]
@@ -1277,7 +1374,8 @@ mod tests {
         let rows = rows(3000);
         // As `run` does, from a thread outside the pool (the test's own): samples run on the
         // global pool.
-        let out = for_each_sample(&rows, 2, |k, row| {
+        let out = Mutex::new(Vec::new());
+        for_each_sample(rows.into_iter().enumerate(), 2, |k, row| {
             let d = DEPTH.with(|c| {
                 c.set(c.get() + 1);
                 c.get()
@@ -1289,10 +1387,12 @@ mod tests {
             });
             let v = job.wait().unwrap();
             DEPTH.with(|c| c.set(c.get() - 1));
-            (v, row.id.clone())
+            out.lock().unwrap().push((k, v, row.id.clone()));
         });
+        let mut out = out.into_inner().unwrap();
+        out.sort();
         assert_eq!(out.len(), 3000);
-        assert!(out.iter().enumerate().all(|(k, (v, id))| *v == k * 2 && *id == format!("s{k}")), "results in row order");
+        assert!(out.iter().enumerate().all(|(k, (i, v, id))| *i == k && *v == k * 2 && *id == format!("s{k}")), "every row once");
         let d = deepest.load(Ordering::SeqCst);
         assert!(d <= 2, "samples nested {d} deep on one thread");
     }

@@ -19,13 +19,18 @@ fn absolute(p: &Path) -> String {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
 }
 
-/// A run's samples, turned into record entries one at a time as they are serialised (a
-/// study's record is never a tree of thousands of samples in memory).
-pub struct Samples<'a>(pub &'a [SampleResult]);
+/// A run's samples, their record entries read back one at a time as they are serialised (a
+/// study's record is never a tree of its samples in memory).
+pub struct Samples<'a>(pub &'a RunSummary);
 
 impl Serialize for Samples<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        ser.collect_seq(self.0.iter().map(entry))
+        use serde::ser::{Error, SerializeSeq};
+        let mut seq = ser.serialize_seq(Some(self.0.total))?;
+        for e in self.0.entries() {
+            seq.serialize_element(&e.map_err(S::Error::custom)?)?;
+        }
+        seq.end()
     }
 }
 
@@ -75,9 +80,9 @@ pub fn run_record<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary
         tile: cfg.tile.to_string(),
         memory_budget_bytes: cfg.memory,
         host: crate::util::hostname(),
-        samples_total: summary.samples.len(),
-        samples_failed: summary.failed(),
-        samples: Samples(&summary.samples),
+        samples_total: summary.total,
+        samples_failed: summary.not_done(),
+        samples: Samples(summary),
         study_outputs: summary.written.clone(),
         study_errors: summary.errors.clone(),
         task: cfg.task,
@@ -86,22 +91,24 @@ pub fn run_record<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary
 }
 
 /// Writes `DIR/errors.csv` (SPEC §4: `sample,stage,error`), or removes a stale one when there
-/// is nothing to report. Used by `run` and `merge`.
-pub fn write_errors_csv(out: &Path, rows: &[[String; 3]]) -> std::io::Result<()> {
+/// is nothing to report. Used by `run` and `merge`; the rows are written as they come.
+pub fn write_errors_csv(out: &Path, rows: impl Iterator<Item = std::io::Result<[String; 3]>>) -> std::io::Result<()> {
     let path = out.join("errors.csv");
-    if rows.is_empty() {
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
         if path.exists() {
             std::fs::remove_file(&path)?;
         }
         return Ok(());
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
-    for r in rows {
-        w.write_record(r).map_err(std::io::Error::other)?;
-    }
-    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::util::write_atomic(&path, &bytes)
+    crate::util::write_atomic_with(&path, |w: &mut dyn std::io::Write| {
+        let mut w = csv::Writer::from_writer(w);
+        w.write_record(["sample", "stage", "error"]).map_err(std::io::Error::other)?;
+        for r in rows {
+            w.write_record(&r?).map_err(std::io::Error::other)?;
+        }
+        w.flush()
+    })
 }
 
 /// Writes a record as pretty JSON, atomically.
@@ -123,12 +130,14 @@ pub fn write_records(out: &Path, plan: &Plan, manifest: &Manifest, cfg: &RunConf
         return write_record(&task_record(out, task), &record);
     }
     write_record(&out.join("run.json"), &record)?;
-    let rows: Vec<[String; 3]> = summary
-        .samples
-        .iter()
-        .filter(|s| s.status != Status::Done)
-        .map(|s| [s.sample.clone(), s.failed_stage.clone().unwrap_or_default(), s.error.clone().unwrap_or_default()])
-        .chain(summary.errors.iter().map(|e| [String::new(), "merge".into(), e.clone()]))
-        .collect();
-    write_errors_csv(out, &rows)
+    // Every sample not done, read back from the run's records (none when all are done).
+    let mut entries = (summary.not_done() > 0).then(|| summary.entries()).into_iter().flatten();
+    let failed = std::iter::from_fn(move || {
+        entries.find_map(|e| match e {
+            Ok(s) if s.status == Status::Done => None,
+            Ok(s) => Some(Ok([s.sample, s.failed_stage.unwrap_or_default(), s.error.unwrap_or_default()])),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        })
+    });
+    write_errors_csv(out, failed.chain(summary.errors.iter().map(|e| Ok([String::new(), "merge".into(), e.clone()]))))
 }

@@ -27,8 +27,18 @@ struct Cell {
 pub struct SharedInputs {
     budget: u64,
     held: AtomicU64,
-    /// Uses not yet done, per file that more than one row reads.
-    uses: Mutex<HashMap<PathBuf, (usize, Arc<Cell>)>>,
+    /// Uses not yet done, per file that more than one row reads (by [`key`]).
+    uses: Mutex<HashMap<Key, (usize, Arc<Cell>)>>,
+}
+
+/// A file's path by a 128-bit hash: counting the rows of a table that names a million files
+/// takes 24 bytes per file, not a copy of every path.
+type Key = [u64; 2];
+
+fn key(path: &Path) -> Key {
+    let h = blake3::hash(path.as_os_str().as_encoded_bytes());
+    let b = h.as_bytes();
+    [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())]
 }
 
 impl SharedInputs {
@@ -40,16 +50,16 @@ impl SharedInputs {
     /// From every row's files (a file named twice by one row counts twice); decoded files are
     /// kept while they take at most `budget` bytes.
     pub fn new(files: impl Iterator<Item = PathBuf>, budget: u64) -> SharedInputs {
-        let mut counts: HashMap<PathBuf, usize> = HashMap::new();
+        let mut counts: HashMap<Key, usize> = HashMap::new();
         for f in files {
-            *counts.entry(f).or_insert(0) += 1;
+            *counts.entry(key(&f)).or_insert(0) += 1;
         }
         let uses = counts.into_iter().filter(|(_, n)| *n > 1).map(|(p, n)| (p, (n, Arc::new(Cell::default())))).collect();
         SharedInputs { budget, held: AtomicU64::new(0), uses: Mutex::new(uses) }
     }
 
     fn cell(&self, path: &Path) -> Option<Arc<Cell>> {
-        self.uses.lock().ok()?.get(path).map(|(_, c)| Arc::clone(c))
+        self.uses.lock().ok()?.get(&key(path)).map(|(_, c)| Arc::clone(c))
     }
 
     pub fn header(&self, path: &Path) -> Result<Header, String> {
@@ -98,13 +108,14 @@ impl SharedInputs {
     pub fn done(&self, paths: &[PathBuf]) {
         let Ok(mut uses) = self.uses.lock() else { return };
         for p in paths {
-            if let Some((n, c)) = uses.get_mut(p) {
+            let k = key(p);
+            if let Some((n, c)) = uses.get_mut(&k) {
                 *n -= 1;
                 if *n == 0 {
                     if let Some(Ok(Some(d))) = c.data.get() {
                         self.held.fetch_sub(value_bytes(d), Ordering::SeqCst);
                     }
-                    uses.remove(p);
+                    uses.remove(&k);
                 }
             }
         }

@@ -75,72 +75,137 @@ fn check_next(stage: &str, first: &mut Option<(String, Vec<(String, &'static str
     Ok(())
 }
 
-/// The finished samples of a study in manifest order: their ids, and their tables (stage
-/// index, table) one sample at a time, as often as asked.
+/// The finished samples of a study in manifest order: `count` of them, and the id and tables
+/// (stage index, table) of the k-th, one sample at a time, as often as asked.
 pub struct Samples<'a> {
-    pub ids: Vec<&'a str>,
-    pub tables: &'a (dyn Fn(usize) -> Result<Vec<(usize, Table)>, String> + 'a),
+    pub count: usize,
+    #[allow(clippy::type_complexity)]
+    pub get: &'a (dyn Fn(usize) -> (String, Result<Vec<(usize, Table)>, String>) + 'a),
 }
 
-/// Per-sample tables set aside on disk as samples finish (in any order), for [`write`] to read
-/// back in manifest order: memory then holds a few bytes per sample instead of its rows. The
-/// file is a temporary one in `.tessera/`, removed when the spill is dropped.
+/// Where one record of a [`Spill`] is in its file: 24 bytes per record in memory.
+#[derive(Clone, Copy)]
+struct Placed {
+    row: u32,
+    slot: u32,
+    off: u64,
+    len: u64,
+}
+
+/// Records (bytes, per manifest row and slot) set aside on disk as samples finish, in any
+/// order, to be read back in manifest order: memory holds 24 bytes per record instead of the
+/// records. Used for the samples' tables (merged after the last sample) and their entries in
+/// `run.json`. The file is a temporary one in `.tessera/`, removed when the spill is dropped.
 pub struct Spill {
     path: PathBuf,
     file: std::sync::Mutex<(std::fs::File, u64)>,
-    /// Per manifest row: (stage, offset, length) of each table.
-    at: std::sync::Mutex<Vec<Vec<(usize, u64, u64)>>>,
+    /// Where each record is, and whether that list is in (row, slot) order.
+    at: std::sync::Mutex<(Vec<Placed>, bool)>,
+}
+
+/// The slot of a sample's id among its tables (the others are stage indices).
+const ID_SLOT: u32 = u32::MAX;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Spill {
-    pub fn create(out: &Path, rows: usize) -> Result<Spill, String> {
+    /// A new spill file `.tessera/<name>.<random>` in the output folder.
+    pub fn create(out: &Path, name: &str) -> Result<Spill, String> {
         let dir = out.join(".tessera");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         crate::util::remove_stale_tmp(&dir);
-        let path = crate::util::tmp_sibling(&dir.join("study-tables"));
+        let path = crate::util::tmp_sibling(&dir.join(name));
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Spill { path, file: std::sync::Mutex::new((f, 0)), at: std::sync::Mutex::new(vec![Vec::new(); rows]) })
+        Ok(Spill { path, file: std::sync::Mutex::new((f, 0)), at: std::sync::Mutex::new((Vec::new(), true)) })
     }
 
-    /// Sets aside the tables of manifest row `row`.
-    pub fn put(&self, row: usize, tables: &[(usize, Table)]) -> Result<(), String> {
+    /// Sets aside one record of manifest row `row`.
+    pub fn put(&self, row: usize, slot: u32, bytes: &[u8]) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
-        let mut placed = Vec::with_capacity(tables.len());
-        for (i, t) in tables {
-            let bytes = crate::store::encode_table(t);
-            let mut g = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let off = {
+            let mut g = lock(&self.file);
             let off = g.1;
-            g.0.write_all_at(&bytes, off).map_err(|e| format!("{}: {e}", self.path.display()))?;
+            g.0.write_all_at(bytes, off).map_err(|e| format!("{}: {e}", self.path.display()))?;
             g.1 += bytes.len() as u64;
-            placed.push((*i, off, bytes.len() as u64));
+            off
+        };
+        let mut at = lock(&self.at);
+        let p = Placed { row: row as u32, slot, off, len: bytes.len() as u64 };
+        if at.0.last().is_some_and(|l| (l.row, l.slot) > (p.row, p.slot)) {
+            at.1 = false;
         }
-        let mut at = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(slot) = at.get_mut(row) {
-            *slot = placed;
-        }
+        at.0.push(p);
         Ok(())
     }
 
-    /// The tables set aside for manifest row `row`.
-    pub fn get(&self, row: usize) -> Result<Vec<(usize, Table)>, String> {
+    /// The records set aside for manifest row `row`, in slot order.
+    pub fn get(&self, row: usize) -> Result<Vec<(u32, Vec<u8>)>, String> {
         use std::os::unix::fs::FileExt;
-        let placed = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(row).cloned().unwrap_or_default();
-        let g = self.file.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let placed: Vec<Placed> = {
+            let mut at = lock(&self.at);
+            if !at.1 {
+                at.0.sort_by_key(|p| (p.row, p.slot));
+                at.1 = true;
+            }
+            let row = row as u32;
+            let from = at.0.partition_point(|p| p.row < row);
+            at.0[from..].iter().take_while(|p| p.row == row).copied().collect()
+        };
+        let g = lock(&self.file);
         placed
             .into_iter()
-            .map(|(i, off, len)| {
-                let mut b = vec![0u8; len as usize];
-                g.0.read_exact_at(&mut b, off).map_err(|e| format!("{}: {e}", self.path.display()))?;
-                let t =
-                    crate::store::decode_table(&b).ok_or_else(|| format!("{}: a set-aside table does not decode", self.path.display()))?;
-                Ok((i, t))
+            .map(|p| {
+                let mut b = vec![0u8; p.len as usize];
+                g.0.read_exact_at(&mut b, p.off).map_err(|e| format!("{}: {e}", self.path.display()))?;
+                Ok((p.slot, b))
             })
             .collect()
+    }
+
+    /// The rows that have records, in order.
+    pub fn rows(&self) -> Vec<usize> {
+        let mut at = lock(&self.at);
+        if !at.1 {
+            at.0.sort_by_key(|p| (p.row, p.slot));
+            at.1 = true;
+        }
+        let mut rows: Vec<usize> = at.0.iter().map(|p| p.row as usize).collect();
+        rows.dedup();
+        rows
+    }
+
+    /// Sets aside a finished sample's id and tables.
+    pub fn put_tables(&self, row: usize, id: &str, tables: &[(usize, Table)]) -> Result<(), String> {
+        self.put(row, ID_SLOT, id.as_bytes())?;
+        tables.iter().try_for_each(|(i, t)| self.put(row, *i as u32, &crate::store::encode_table(t)))
+    }
+
+    /// The id and tables set aside for manifest row `row` ([`Spill::put_tables`]).
+    pub fn tables(&self, row: usize) -> (String, Result<Vec<(usize, Table)>, String>) {
+        let records = match self.get(row) {
+            Ok(r) => r,
+            Err(e) => return (format!("row {}", row + 1), Err(e)),
+        };
+        let mut id = format!("row {}", row + 1);
+        let mut tables = Vec::new();
+        for (slot, b) in records {
+            if slot == ID_SLOT {
+                id = String::from_utf8_lossy(&b).into_owned();
+            } else {
+                match crate::store::decode_table(&b) {
+                    Some(t) => tables.push((slot as usize, t)),
+                    None => return (id, Err(format!("{}: a set-aside table does not decode", self.path.display()))),
+                }
+            }
+        }
+        (id, Ok(tables))
     }
 }
 
@@ -185,9 +250,10 @@ pub fn write_frame(path: &Path, df: &mut polars::prelude::DataFrame, meta: &[(St
 /// Calls `f` with each sample's id and tables, in order, while it returns `true`; `Err` names
 /// the sample whose tables could not be read.
 fn each_sample(samples: &Samples, mut f: impl FnMut(&str, &[(usize, Table)]) -> bool) -> Result<(), String> {
-    for (k, id) in samples.ids.iter().enumerate() {
-        let tables = (samples.tables)(k).map_err(|e| format!("reading the tables of sample '{id}': {e}"))?;
-        if !f(id, &tables) {
+    for k in 0..samples.count {
+        let (id, tables) = (samples.get)(k);
+        let tables = tables.map_err(|e| format!("reading the tables of sample '{id}': {e}"))?;
+        if !f(&id, &tables) {
             break;
         }
     }
@@ -371,13 +437,17 @@ mod tests {
     #[test]
     fn spilled_tables_come_back_by_row_whatever_the_order_they_were_put_in() {
         let dir = tempfile::tempdir().unwrap();
-        let spill = Spill::create(dir.path(), 4).unwrap();
+        let spill = Spill::create(dir.path(), "study-tables").unwrap();
         let (a, b) = (t("a", vec![1, 2], true), t("b", vec![1], false));
-        spill.put(3, &[(5, b.clone())]).unwrap();
-        spill.put(0, &[(5, a.clone()), (7, b.clone())]).unwrap();
-        assert_eq!(spill.get(0).unwrap(), vec![(5, a), (7, b.clone())]);
-        assert_eq!(spill.get(3).unwrap(), vec![(5, b)]);
-        assert!(spill.get(1).unwrap().is_empty(), "a row never put has no tables");
+        spill.put_tables(3, "b", &[(5, b.clone())]).unwrap();
+        spill.put_tables(0, "a", &[(7, b.clone()), (5, a.clone())]).unwrap();
+        spill.put(2, 0, b"only bytes").unwrap();
+        assert_eq!(spill.rows(), vec![0, 2, 3]);
+        let (id, tables) = spill.tables(0);
+        assert_eq!((id.as_str(), tables.unwrap()), ("a", vec![(5, a), (7, b.clone())]), "tables in stage order");
+        assert_eq!(spill.tables(3).1.unwrap(), vec![(5, b)]);
+        assert_eq!(spill.get(2).unwrap(), vec![(0, b"only bytes".to_vec())]);
+        assert!(spill.get(1).unwrap().is_empty(), "a row never put has no records");
         let path = spill.path.clone();
         assert!(path.starts_with(dir.path().join(".tessera")));
         drop(spill);

@@ -4,8 +4,15 @@
 //! A bad row — an invalid or duplicate sample id, an empty image path — is that sample's
 //! problem only: it is kept with [`SampleRow::problem`] set, and the run reports it in
 //! `errors.csv` while the other samples proceed.
+//!
+//! Rows are read one at a time by one reader ([`Manifest::each`]): [`Manifest::read`] collects
+//! them, [`Manifest::open`] keeps only the header, the joined tables and the first good row, and
+//! `tessera run` reads the rows again as it runs them — memory does not grow with the rows of a
+//! CSV manifest (a Parquet manifest and joined tables are held whole; they are the small side).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::is_valid_name;
 
@@ -38,7 +45,15 @@ pub struct Manifest {
     pub joins: Vec<Join>,
     /// Metadata column names (all but `sample` and `image`), in order.
     pub columns: Vec<String>,
+    /// The rows, when read whole ([`Manifest::read_joined`], [`Manifest::from_images`]); empty
+    /// for a manifest opened to be streamed ([`Manifest::open`]): [`Manifest::each`] reads
+    /// every manifest's rows.
     pub rows: Vec<SampleRow>,
+    /// How to read the file's rows again, for a streamed manifest.
+    reader: Option<Arc<Reader>>,
+    /// Rows, and the first row that can run (a streamed manifest's are counted when opened).
+    len: usize,
+    first_good: Option<SampleRow>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,12 +104,108 @@ impl Join {
     }
 }
 
+/// A manifest file's header and joined tables: what reading its rows needs.
+#[derive(Debug, PartialEq)]
+struct Reader {
+    path: PathBuf,
+    /// The columns after the joins: the file's, then those each joined table adds.
+    headers: Vec<String>,
+    joined: Vec<Joined>,
+    /// Where `sample` and `image` are in `headers`.
+    si: usize,
+    ii: usize,
+    /// The folder image paths are relative to: the table the `image` column comes from.
+    image_base: PathBuf,
+    /// A Parquet manifest's cells, read whole; a CSV manifest is read from the file each pass.
+    cells: Option<Vec<(usize, Vec<String>)>>,
+}
+
+/// A joined table, held whole: the cells it adds per row, and its rows by key.
+#[derive(Debug, PartialEq)]
+struct Joined {
+    join: Join,
+    /// The key columns' places in the manifest's cells (as extended by the joins before).
+    left_keys: Vec<usize>,
+    added: Vec<Vec<String>>,
+    width: usize,
+    index: HashMap<Vec<String>, usize>,
+}
+
+/// Sample ids met so far in a pass, by a 128-bit hash (a collision between two of a million
+/// ids has a chance of about 10⁻²⁷), with where each was first used: 24 bytes per id.
+#[derive(Default)]
+struct Ids(HashMap<[u64; 2], usize>);
+
+impl Ids {
+    /// Where `id` was first used, if it was; else notes `at` as its first use.
+    fn first_use(&mut self, id: &str, at: usize) -> Option<usize> {
+        let h = blake3::hash(id.as_bytes());
+        let b = h.as_bytes();
+        let key = [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())];
+        match self.0.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(at);
+                None
+            }
+        }
+    }
+}
+
+/// A CSV reader as the manifest and joined tables are read: a header row, cells trimmed.
+fn csv_reader<R: std::io::Read>(r: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(r)
+}
+
+/// The header row of a CSV reader, checked for repeated names.
+fn csv_headers<R: std::io::Read>(
+    rdr: &mut csv::Reader<R>,
+    invalid: &dyn Fn(String) -> ManifestError,
+) -> Result<Vec<String>, ManifestError> {
+    let headers: Vec<String> =
+        rdr.headers().map_err(|e| invalid(format!("cannot read the header row: {e}")))?.iter().map(str::to_string).collect();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(h) = headers.iter().find(|h| !seen.insert(*h)) {
+        return Err(invalid(format!("column `{h}` appears twice in the header row")));
+    }
+    Ok(headers)
+}
+
+/// One CSV record as cells with its line; `None` for a row of empty cells (skipped).
+fn csv_cells(
+    rec: Result<csv::StringRecord, csv::Error>,
+    invalid: &dyn Fn(String) -> ManifestError,
+) -> Option<Result<(usize, Vec<String>), ManifestError>> {
+    let rec = match rec {
+        Ok(r) => r,
+        Err(e) => {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            return Some(Err(invalid(format!("line {line}: {e}"))));
+        }
+    };
+    if rec.iter().all(str::is_empty) {
+        return None;
+    }
+    let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+    Some(Ok((line, rec.iter().map(str::to_string).collect())))
+}
+
+fn is_parquet(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+fn open_file(path: &Path) -> Result<std::io::BufReader<std::fs::File>, ManifestError> {
+    std::fs::File::open(path)
+        .map(|f| std::io::BufReader::with_capacity(1 << 16, f))
+        .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })
+}
+
 /// A table's header and rows as text, with each row's line (CSV) or row number + 1 (Parquet).
 type TextTable = (Vec<String>, Vec<(usize, Vec<String>)>);
 
-/// Reads a CSV (or, for joined tables, a Parquet file) as text cells.
+/// Reads a CSV or Parquet table whole, as text cells.
 fn read_text(path: &Path, invalid: &dyn Fn(String) -> ManifestError) -> Result<TextTable, ManifestError> {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+    if is_parquet(path) {
         let t = crate::table::read::read_all(path).map_err(invalid)?;
         let headers: Vec<String> = t.names().iter().map(|s| s.to_string()).collect();
         let rows = (0..t.rows())
@@ -112,50 +223,30 @@ fn read_text(path: &Path, invalid: &dyn Fn(String) -> ManifestError) -> Result<T
             .collect();
         return Ok((headers, rows));
     }
-    let text = std::fs::read(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(&text[..]);
-    let headers: Vec<String> =
-        rdr.headers().map_err(|e| invalid(format!("cannot read the header row: {e}")))?.iter().map(str::to_string).collect();
-    let mut seen_cols = std::collections::HashSet::new();
-    for h in &headers {
-        if !seen_cols.insert(h) {
-            return Err(invalid(format!("column `{h}` appears twice in the header row")));
-        }
-    }
-    let mut rows = Vec::new();
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
-            invalid(format!("line {line}: {e}"))
-        })?;
-        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
-        if rec.iter().all(str::is_empty) {
-            continue;
-        }
-        rows.push((line, rec.iter().map(str::to_string).collect()));
-    }
+    let mut rdr = csv_reader(open_file(path)?);
+    let headers = csv_headers(&mut rdr, invalid)?;
+    let rows = rdr.into_records().filter_map(|r| csv_cells(r, invalid)).collect::<Result<_, _>>()?;
     Ok((headers, rows))
 }
 
-impl Manifest {
-    /// Reads a manifest file; paths in it are relative to its folder.
-    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
-        Manifest::read_joined(path, &[])
-    }
-
-    /// Reads a manifest file and joins `joins` onto its rows, in order. A key column missing
-    /// from either side, a column both sides have (other than the keys) and a key repeated on
-    /// the joined side are whole-run errors naming them; a row without a match fails alone
-    /// (`inner`) or gets empty values (`left`).
-    pub fn read_joined(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
+impl Reader {
+    /// Reads the manifest's header (or a Parquet manifest whole) and the joined tables, and
+    /// checks what a whole run depends on: a key column missing from either side, a column
+    /// both sides have (other than the keys), a key repeated on the joined side, no `sample` or
+    /// `image` column.
+    fn open(path: &Path, joins: &[Join]) -> Result<Reader, ManifestError> {
         let invalid = |msg: String| ManifestError::Invalid { path: path.to_path_buf(), msg };
-        let (mut headers, records) = read_text(path, &invalid)?;
+        let (mut headers, cells) = if is_parquet(path) {
+            let (h, rows) = read_text(path, &invalid)?;
+            (h, Some(rows))
+        } else {
+            (csv_headers(&mut csv_reader(open_file(path)?), &invalid)?, None)
+        };
         if headers.iter().all(|h| h.is_empty()) {
             return Err(invalid("empty manifest: expected a header row with `sample` and `image`".into()));
         }
-        let mut rows: Vec<(usize, Vec<String>, Option<String>)> = records.into_iter().map(|(l, r)| (l, r, None)).collect();
-        // The folder image paths are relative to: the table the `image` column comes from.
         let mut image_base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut joined = Vec::new();
         for j in joins {
             let jinvalid = |msg: String| ManifestError::Invalid { path: j.table.clone(), msg };
             let (jh, jrows) = read_text(&j.table, &jinvalid)?;
@@ -183,12 +274,13 @@ impl Manifest {
                     path.display()
                 )));
             }
-            let mut index: std::collections::HashMap<Vec<&str>, usize> = std::collections::HashMap::new();
+            let mut index: HashMap<Vec<String>, usize> = HashMap::new();
             let mut dups: Vec<String> = Vec::new();
             for (r, (_, cells)) in jrows.iter().enumerate() {
-                let key: Vec<&str> = right_keys.iter().map(|&i| cells[i].as_str()).collect();
-                if index.insert(key.clone(), r).is_some() && dups.len() < 5 {
-                    dups.push(key.join(","));
+                let key: Vec<String> = right_keys.iter().map(|&i| cells[i].clone()).collect();
+                let shown = key.join(",");
+                if index.insert(key, r).is_some() && dups.len() < 5 {
+                    dups.push(shown);
                 }
             }
             if !dups.is_empty() {
@@ -203,25 +295,9 @@ impl Manifest {
             if added.iter().any(|&i| jh[i] == "image") {
                 image_base = j.table.parent().unwrap_or(Path::new(".")).to_path_buf();
             }
-            for (line, cells, problem) in &mut rows {
-                let key: Vec<&str> = left_keys.iter().map(|&i| cells[i].as_str()).collect();
-                match index.get(&key) {
-                    Some(&r) => cells.extend(added.iter().map(|&i| jrows[r].1[i].clone())),
-                    None => {
-                        if j.how == How::Inner && problem.is_none() {
-                            *problem = Some(format!(
-                                "{}: line {line}: no row of {} has {} '{}' (inner join)",
-                                path.display(),
-                                j.table.display(),
-                                j.on.join(","),
-                                key.join(",")
-                            ));
-                        }
-                        cells.extend(added.iter().map(|_| String::new()));
-                    }
-                }
-            }
+            let rows = jrows.into_iter().map(|(_, c)| added.iter().map(|&i| c[i].clone()).collect()).collect();
             headers.extend(added.iter().map(|&i| jh[i].clone()));
+            joined.push(Joined { join: j.clone(), left_keys, added: rows, width: added.len(), index });
         }
         for required in ["sample", "image"] {
             if !headers.iter().any(|h| h == required) {
@@ -233,24 +309,185 @@ impl Manifest {
         }
         let si = headers.iter().position(|h| h == "sample").unwrap_or(0);
         let ii = headers.iter().position(|h| h == "image").unwrap_or(0);
-        let columns: Vec<String> = headers.iter().enumerate().filter(|(i, _)| *i != si && *i != ii).map(|(_, h)| h.clone()).collect();
-        let mut out = Vec::with_capacity(rows.len());
-        for (line, rec, problem) in rows {
-            let id = rec.get(si).cloned().unwrap_or_default();
-            let image = rec.get(ii).cloned().unwrap_or_default();
-            let meta = headers
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != si && *i != ii)
-                .map(|(i, h)| (h.clone(), rec.get(i).cloned().unwrap_or_default()))
-                .collect();
-            let problem =
-                problem.or_else(|| image.is_empty().then(|| format!("{}: line {line}: empty `image` for sample '{id}'", path.display())));
-            out.push(SampleRow { line, id, image: image_base.join(image), meta, problem });
+        Ok(Reader { path: path.to_path_buf(), headers, joined, si, ii, image_base, cells })
+    }
+
+    fn columns(&self) -> Vec<String> {
+        self.headers.iter().enumerate().filter(|(i, _)| *i != self.si && *i != self.ii).map(|(_, h)| h.clone()).collect()
+    }
+
+    /// A pass over the rows, in file order.
+    fn rows(&self) -> Result<Rows<'_>, ManifestError> {
+        let source = match &self.cells {
+            Some(c) => Source::Cells(c.iter()),
+            None => {
+                let mut rdr = csv_reader(open_file(&self.path)?);
+                let invalid = |msg: String| ManifestError::Invalid { path: self.path.clone(), msg };
+                csv_headers(&mut rdr, &invalid)?;
+                Source::Csv(rdr.into_records())
+            }
+        };
+        Ok(Rows { reader: self, source, ids: Ids::default() })
+    }
+
+    /// A row from its cells: joined, checked (a missing inner-join key, an empty image, an
+    /// invalid or repeated id fail the row alone).
+    fn row(&self, line: usize, mut cells: Vec<String>, ids: &mut Ids) -> SampleRow {
+        let path = &self.path;
+        let mut problem = None;
+        for j in &self.joined {
+            let key: Vec<String> = j.left_keys.iter().map(|&i| cells.get(i).cloned().unwrap_or_default()).collect();
+            match j.index.get(&key) {
+                Some(&r) => cells.extend(j.added[r].iter().cloned()),
+                None => {
+                    if j.join.how == How::Inner && problem.is_none() {
+                        problem = Some(format!(
+                            "{}: line {line}: no row of {} has {} '{}' (inner join)",
+                            path.display(),
+                            j.join.table.display(),
+                            j.join.on.join(","),
+                            key.join(",")
+                        ));
+                    }
+                    cells.extend(std::iter::repeat_n(String::new(), j.width));
+                }
+            }
         }
-        let mut m = Manifest { path: Some(path.to_path_buf()), joins: joins.to_vec(), columns, rows: out };
-        m.check_ids();
-        Ok(m)
+        cells.resize(self.headers.len(), String::new());
+        let id = std::mem::take(&mut cells[self.si]);
+        let image = std::mem::take(&mut cells[self.ii]);
+        let meta = self
+            .headers
+            .iter()
+            .zip(cells)
+            .enumerate()
+            .filter(|(i, _)| *i != self.si && *i != self.ii)
+            .map(|(_, (h, v))| (h.clone(), v))
+            .collect();
+        let problem = problem
+            .or_else(|| image.is_empty().then(|| format!("{}: line {line}: empty `image` for sample '{id}'", path.display())))
+            .or_else(|| {
+                if !is_valid_name(&id) {
+                    Some(format!("{}: line {line}: invalid sample id '{id}' (use letters, digits, '.', '_', '-')", path.display()))
+                } else {
+                    ids.first_use(&id, line).map(|first| {
+                        format!(
+                            "{}: line {line}: duplicate sample id '{id}' (first used at {}: line {first})",
+                            path.display(),
+                            path.display()
+                        )
+                    })
+                }
+            });
+        SampleRow { line, id, image: self.image_base.join(image), meta, problem }
+    }
+}
+
+enum Source<'a> {
+    Csv(csv::StringRecordsIntoIter<std::io::BufReader<std::fs::File>>),
+    Cells(std::slice::Iter<'a, (usize, Vec<String>)>),
+}
+
+/// The rows of a manifest file, one at a time ([`Manifest::each`]).
+struct Rows<'a> {
+    reader: &'a Reader,
+    source: Source<'a>,
+    ids: Ids,
+}
+
+impl Iterator for Rows<'_> {
+    type Item = Result<SampleRow, ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let invalid = |msg: String| ManifestError::Invalid { path: self.reader.path.clone(), msg };
+        let (line, cells) = match &mut self.source {
+            Source::Csv(records) => loop {
+                match csv_cells(records.next()?, &invalid) {
+                    None => continue,
+                    Some(Err(e)) => return Some(Err(e)),
+                    Some(Ok(c)) => break c,
+                }
+            },
+            Source::Cells(it) => it.next()?.clone(),
+        };
+        Some(Ok(self.reader.row(line, cells, &mut self.ids)))
+    }
+}
+
+impl Manifest {
+    /// Reads a manifest file whole; paths in it are relative to its folder.
+    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::read_joined(path, &[])
+    }
+
+    /// Reads a manifest file whole and joins `joins` onto its rows, in order. A key column
+    /// missing from either side, a column both sides have (other than the keys) and a key
+    /// repeated on the joined side are whole-run errors naming them; a row without a match
+    /// fails alone (`inner`) or gets empty values (`left`).
+    pub fn read_joined(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
+        let reader = Reader::open(path, joins)?;
+        let rows = reader.rows()?.collect::<Result<Vec<_>, _>>()?;
+        Ok(Manifest {
+            path: Some(path.to_path_buf()),
+            joins: joins.to_vec(),
+            columns: reader.columns(),
+            rows,
+            reader: None,
+            len: 0,
+            first_good: None,
+        })
+    }
+
+    /// Opens a manifest file to be streamed: as [`Manifest::read_joined`], with the same
+    /// whole-run errors (the file is read through once, to count its rows and check them), but
+    /// only the header, the joined tables and the first row that can run are kept;
+    /// [`Manifest::each`] reads the rows again.
+    pub fn open(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
+        let reader = Reader::open(path, joins)?;
+        let mut len = 0;
+        let mut first_good = None;
+        for r in reader.rows()? {
+            let r = r?;
+            len += 1;
+            if first_good.is_none() && r.problem.is_none() {
+                first_good = Some(r);
+            }
+        }
+        Ok(Manifest {
+            path: Some(path.to_path_buf()),
+            joins: joins.to_vec(),
+            columns: reader.columns(),
+            rows: Vec::new(),
+            reader: Some(Arc::new(reader)),
+            len,
+            first_good,
+        })
+    }
+
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        if self.reader.is_some() { self.len } else { self.rows.len() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first row that can run (the one a pipeline is checked against).
+    pub fn first_good(&self) -> Option<&SampleRow> {
+        match &self.reader {
+            Some(_) => self.first_good.as_ref(),
+            None => self.rows.iter().find(|r| r.problem.is_none()),
+        }
+    }
+
+    /// The rows in order, one at a time: read from the file again for a streamed manifest
+    /// (an `Err` if it no longer reads), else the rows held.
+    pub fn each(&self) -> Result<Box<dyn Iterator<Item = Result<SampleRow, ManifestError>> + Send + '_>, ManifestError> {
+        match &self.reader {
+            Some(r) => Ok(Box::new(r.rows()?)),
+            None => Ok(Box::new(self.rows.iter().cloned().map(Ok))),
+        }
     }
 
     /// Samples named on the command line. The id is the file name up to its first dot, made a
@@ -276,44 +513,31 @@ impl Manifest {
                 SampleRow { line: 0, id, image: p.clone(), meta: Vec::new(), problem: None }
             })
             .collect();
-        let mut m = Manifest { path: None, joins: Vec::new(), columns: Vec::new(), rows };
-        m.check_ids();
-        m
-    }
-
-    fn check_ids(&mut self) {
-        let where_ = |r: &SampleRow, path: &Option<PathBuf>| match path {
-            Some(p) => format!("{}: line {}", p.display(), r.line),
-            None => format!("image {}", r.image.display()),
-        };
-        let mut first_line: std::collections::HashMap<String, String> = Default::default();
-        for r in &mut self.rows {
-            if r.problem.is_some() {
-                continue;
-            }
-            if !is_valid_name(&r.id) {
-                r.problem = Some(format!("{}: invalid sample id '{}' (use letters, digits, '.', '_', '-')", where_(r, &self.path), r.id));
-            } else if let Some(first) = first_line.get(&r.id) {
-                r.problem = Some(format!("{}: duplicate sample id '{}' (first used at {first})", where_(r, &self.path), r.id));
-            } else {
-                first_line.insert(r.id.clone(), where_(r, &self.path));
-            }
-        }
+        Manifest { path: None, joins: Vec::new(), columns: Vec::new(), rows, reader: None, len: 0, first_good: None }
     }
 
     /// Hash of the manifest's bytes (blake3, hex), or of the image list for command-line samples.
     pub fn hash(&self) -> String {
+        let file = |h: &mut blake3::Hasher, p: &Path| {
+            if let Ok(mut f) = std::fs::File::open(p) {
+                let _ = std::io::copy(&mut f, h);
+            }
+        };
         match &self.path {
-            Some(p) if self.joins.is_empty() => std::fs::read(p).map(|b| blake3::hash(&b).to_hex().to_string()).unwrap_or_default(),
+            Some(p) if self.joins.is_empty() => {
+                let mut h = blake3::Hasher::new();
+                file(&mut h, p);
+                h.finalize().to_hex().to_string()
+            }
             Some(p) => {
                 // The manifest, then each joined table with how it is joined.
                 let mut h = blake3::Hasher::new();
-                h.update(&std::fs::read(p).unwrap_or_default());
+                file(&mut h, p);
                 for j in &self.joins {
                     // The joined table's bytes and how it is joined; not its path as written
                     // (relative in the run, absolute in the record).
                     h.update(format!("\njoin on {} {:?}\n", j.on.join(","), j.how).as_bytes());
-                    h.update(&std::fs::read(&j.table).unwrap_or_default());
+                    file(&mut h, &j.table);
                 }
                 h.finalize().to_hex().to_string()
             }
