@@ -503,7 +503,7 @@ pub(crate) fn read_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) 
 }
 
 /// [`read_manifest`] for a run: the manifest opened to be streamed ([`Manifest::open`]).
-fn open_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
+pub(crate) fn open_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
     Manifest::open(path, joins).map_err(|e| {
         eprintln!("error: {e}");
         2

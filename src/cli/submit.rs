@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{SubmitArgs, default_manifest, load_plan, read_manifest, report};
+use super::{SubmitArgs, default_manifest, load_plan, report};
 
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
@@ -58,7 +58,7 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
             }
         };
         let joins = super::joins_for(&a.join, &pipeline);
-        let manifest = match read_manifest(&mpath, &joins) {
+        let manifest = match super::open_manifest(&mpath, &joins) {
             Ok(m) => m,
             Err(code) => return code,
         };
@@ -70,7 +70,7 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
             }
         };
         let tasks = a.tasks.unwrap_or(1) as usize;
-        let n = manifest.rows.len();
+        let n = manifest.len();
         if n == 0 {
             return fail(format!("{}: the manifest lists no samples", mpath.display()));
         }
@@ -81,8 +81,16 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
             Some(m) => m,
             None => {
                 let mut most = 0u64;
-                for row in &manifest.rows {
-                    match crate::exec::sample_bytes(&plan, row, &manifest) {
+                let rows = match manifest.each() {
+                    Ok(r) => r,
+                    Err(e) => return fail(e.to_string()),
+                };
+                for row in rows {
+                    let row = match row {
+                        Ok(r) => r,
+                        Err(e) => return fail(e.to_string()),
+                    };
+                    match crate::exec::sample_bytes(&plan, &row, &manifest) {
                         Ok(b) => most = most.max(b),
                         Err(e) => eprintln!("warning: sample '{}': {e} (it will fail in its task)", row.id),
                     }

@@ -169,7 +169,7 @@ impl RunSummary {
 
     /// Every sample's record entry, in manifest order.
     pub fn entries(&self) -> impl Iterator<Item = Result<crate::record::SampleEntry, String>> + '_ {
-        self.records.rows().into_iter().map(|row| {
+        self.records.rows().map(|row| {
             let bytes = self.records.get(row)?.into_iter().next().map(|(_, b)| b).unwrap_or_default();
             serde_json::from_slice(&bytes).map_err(|e| format!("a set-aside record does not read back: {e}"))
         })
@@ -1235,14 +1235,19 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     let done = AtomicUsize::new(0);
     let lock = Mutex::new(());
     let owns = |i: usize| cfg.task.is_none_or(|t| t.owns(i));
-    progress.start((0..manifest.len()).filter(|&i| owns(i)).count());
-    let records = study::Spill::create(&cfg.out, "run-records")?;
+    let total = (0..manifest.len()).filter(|&i| owns(i)).count();
+    progress.start(total);
+    let records = study::Spill::create(&cfg.out, "run-records", total)?;
     // Study outputs are written from the samples' tables after the last sample; meanwhile the
     // tables wait on disk, so memory does not grow with the number of samples. A sharded task
     // writes no study outputs.
     let merges = plan.stats.is_some() || plan.outputs.iter().any(|(i, _)| plan.stages[*i].kind == Kind::Table);
     let spill = match cfg.task {
-        None if merges => Some(study::Spill::create(&cfg.out, "study-tables")),
+        None if merges => {
+            // Per sample: its id, its table outputs and the statistics' table.
+            let per = plan.outputs.iter().filter(|(i, _)| plan.stages[*i].kind == Kind::Table).count() + 2;
+            Some(study::Spill::create(&cfg.out, "study-tables", total * per))
+        }
         _ => None,
     };
     // The manifest's rows, read as they are needed; a manifest that stops reading mid-way (it
@@ -1335,8 +1340,8 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
         None => study::write(plan, &cfg.out, &study::Samples { count: 0, get: &|_| (String::new(), Ok(Vec::new())) }, &spacing),
         Some(Err(e)) => (Vec::new(), vec![format!("merged tables and statistics not written: {e}")]),
         Some(Ok(spill)) => {
-            let rows = spill.rows();
-            let get = |k: usize| spill.tables(rows[k]);
+            let rows: Vec<u32> = spill.rows().map(|r| r as u32).collect();
+            let get = |k: usize| spill.tables(rows[k] as usize);
             study::write(plan, &cfg.out, &study::Samples { count: rows.len(), get: &get }, &spacing)
         }
     };

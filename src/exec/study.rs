@@ -111,8 +111,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Spill {
-    /// A new spill file `.tessera/<name>.<random>` in the output folder.
-    pub fn create(out: &Path, name: &str) -> Result<Spill, String> {
+    /// A new spill file `.tessera/<name>.<random>` in the output folder, for about `records`
+    /// records (their places are reserved at once: a list that grows by doubling would copy
+    /// itself and for a while take three times the room).
+    pub fn create(out: &Path, name: &str, records: usize) -> Result<Spill, String> {
         let dir = out.join(".tessera");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         crate::util::remove_stale_tmp(&dir);
@@ -123,7 +125,7 @@ impl Spill {
             .create_new(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Spill { path, file: std::sync::Mutex::new((f, 0)), at: std::sync::Mutex::new((Vec::new(), true)) })
+        Ok(Spill { path, file: std::sync::Mutex::new((f, 0)), at: std::sync::Mutex::new((Vec::with_capacity(records), true)) })
     }
 
     /// Sets aside one record of manifest row `row`.
@@ -145,15 +147,21 @@ impl Spill {
         Ok(())
     }
 
+    /// The list of places in (row, slot) order.
+    fn sorted(&self) -> std::sync::MutexGuard<'_, (Vec<Placed>, bool)> {
+        let mut at = lock(&self.at);
+        if !at.1 {
+            at.0.sort_unstable_by_key(|p| (p.row, p.slot));
+            at.1 = true;
+        }
+        at
+    }
+
     /// The records set aside for manifest row `row`, in slot order.
     pub fn get(&self, row: usize) -> Result<Vec<(u32, Vec<u8>)>, String> {
         use std::os::unix::fs::FileExt;
         let placed: Vec<Placed> = {
-            let mut at = lock(&self.at);
-            if !at.1 {
-                at.0.sort_by_key(|p| (p.row, p.slot));
-                at.1 = true;
-            }
+            let at = self.sorted();
             let row = row as u32;
             let from = at.0.partition_point(|p| p.row < row);
             at.0[from..].iter().take_while(|p| p.row == row).copied().collect()
@@ -169,16 +177,16 @@ impl Spill {
             .collect()
     }
 
-    /// The rows that have records, in order.
-    pub fn rows(&self) -> Vec<usize> {
-        let mut at = lock(&self.at);
-        if !at.1 {
-            at.0.sort_by_key(|p| (p.row, p.slot));
-            at.1 = true;
-        }
-        let mut rows: Vec<usize> = at.0.iter().map(|p| p.row as usize).collect();
-        rows.dedup();
-        rows
+    /// The rows that have records, in order (read when all are set aside).
+    pub fn rows(&self) -> impl Iterator<Item = usize> + '_ {
+        drop(self.sorted());
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            let at = lock(&self.at);
+            let row = at.0.get(pos)?.row;
+            pos += at.0[pos..].iter().take_while(|p| p.row == row).count();
+            Some(row as usize)
+        })
     }
 
     /// Sets aside a finished sample's id and tables.
@@ -437,12 +445,12 @@ mod tests {
     #[test]
     fn spilled_tables_come_back_by_row_whatever_the_order_they_were_put_in() {
         let dir = tempfile::tempdir().unwrap();
-        let spill = Spill::create(dir.path(), "study-tables").unwrap();
+        let spill = Spill::create(dir.path(), "study-tables", 8).unwrap();
         let (a, b) = (t("a", vec![1, 2], true), t("b", vec![1], false));
         spill.put_tables(3, "b", &[(5, b.clone())]).unwrap();
         spill.put_tables(0, "a", &[(7, b.clone()), (5, a.clone())]).unwrap();
         spill.put(2, 0, b"only bytes").unwrap();
-        assert_eq!(spill.rows(), vec![0, 2, 3]);
+        assert_eq!(spill.rows().collect::<Vec<_>>(), vec![0, 2, 3]);
         let (id, tables) = spill.tables(0);
         assert_eq!((id.as_str(), tables.unwrap()), ("a", vec![(5, a), (7, b.clone())]), "tables in stage order");
         assert_eq!(spill.tables(3).1.unwrap(), vec![(5, b)]);

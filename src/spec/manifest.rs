@@ -118,6 +118,8 @@ struct Reader {
     image_base: PathBuf,
     /// A Parquet manifest's cells, read whole; a CSV manifest is read from the file each pass.
     cells: Option<Vec<(usize, Vec<String>)>>,
+    /// Rows whose sample id an earlier row has: line → the earlier row's line ([`Reader::scan`]).
+    dups: HashMap<usize, usize>,
 }
 
 /// A joined table, held whole: the cells it adds per row, and its rows by key.
@@ -131,25 +133,17 @@ struct Joined {
     index: HashMap<Vec<String>, usize>,
 }
 
-/// Sample ids met so far in a pass, by a 128-bit hash (a collision between two of a million
-/// ids has a chance of about 10⁻²⁷), with where each was first used: 24 bytes per id.
-#[derive(Default)]
-struct Ids(HashMap<[u64; 2], usize>);
+/// What one pass over a manifest's rows finds: how many there are, the first that can run, and
+/// the rows whose sample id an earlier row has (line → the earlier row's line).
+struct Scan {
+    len: usize,
+    first_good: Option<SampleRow>,
+    dups: HashMap<usize, usize>,
+}
 
-impl Ids {
-    /// Where `id` was first used, if it was; else notes `at` as its first use.
-    fn first_use(&mut self, id: &str, at: usize) -> Option<usize> {
-        let h = blake3::hash(id.as_bytes());
-        let b = h.as_bytes();
-        let key = [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())];
-        match self.0.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(at);
-                None
-            }
-        }
-    }
+fn hash64(id: &str) -> u64 {
+    let h = blake3::hash(id.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
 }
 
 /// A CSV reader as the manifest and joined tables are read: a header row, cells trimmed.
@@ -233,8 +227,9 @@ impl Reader {
     /// Reads the manifest's header (or a Parquet manifest whole) and the joined tables, and
     /// checks what a whole run depends on: a key column missing from either side, a column
     /// both sides have (other than the keys), a key repeated on the joined side, no `sample` or
-    /// `image` column.
-    fn open(path: &Path, joins: &[Join]) -> Result<Reader, ManifestError> {
+    /// `image` column. Reads the rows through once ([`Reader::scan`]): with the reader, the
+    /// number of rows and the first that can run.
+    fn open(path: &Path, joins: &[Join]) -> Result<(Reader, usize, Option<SampleRow>), ManifestError> {
         let invalid = |msg: String| ManifestError::Invalid { path: path.to_path_buf(), msg };
         let (mut headers, cells) = if is_parquet(path) {
             let (h, rows) = read_text(path, &invalid)?;
@@ -309,7 +304,52 @@ impl Reader {
         }
         let si = headers.iter().position(|h| h == "sample").unwrap_or(0);
         let ii = headers.iter().position(|h| h == "image").unwrap_or(0);
-        Ok(Reader { path: path.to_path_buf(), headers, joined, si, ii, image_base, cells })
+        let mut reader = Reader { path: path.to_path_buf(), headers, joined, si, ii, image_base, cells, dups: HashMap::new() };
+        let scan = reader.scan()?;
+        reader.dups = scan.dups;
+        Ok((reader, scan.len, scan.first_good))
+    }
+
+    /// Reads the rows through (a CSV that does not parse is an `Err` here, before anything
+    /// runs) and finds repeated sample ids without holding the ids: a 64-bit hash and the line
+    /// of each row that can run (16 bytes per row, sorted), then — only when two hashes meet —
+    /// a second pass comparing those rows' ids exactly.
+    fn scan(&self) -> Result<Scan, ManifestError> {
+        let mut len = 0;
+        let mut first_good = None;
+        let mut seen: Vec<(u64, usize)> = Vec::new();
+        for r in self.rows()? {
+            let r = r?;
+            len += 1;
+            if r.problem.is_none() {
+                seen.push((hash64(&r.id), r.line));
+                if first_good.is_none() {
+                    first_good = Some(r);
+                }
+            }
+        }
+        seen.sort_unstable();
+        let meet: std::collections::HashSet<usize> =
+            seen.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1).flat_map(|g| g.iter().map(|(_, line)| *line)).collect();
+        drop(seen);
+        let mut dups = HashMap::new();
+        if !meet.is_empty() {
+            let mut first: HashMap<String, usize> = HashMap::new();
+            for r in self.rows()? {
+                let r = r?;
+                if r.problem.is_none() && meet.contains(&r.line) {
+                    match first.entry(r.id) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            dups.insert(r.line, *e.get());
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(r.line);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Scan { len, first_good, dups })
     }
 
     fn columns(&self) -> Vec<String> {
@@ -327,12 +367,12 @@ impl Reader {
                 Source::Csv(rdr.into_records())
             }
         };
-        Ok(Rows { reader: self, source, ids: Ids::default() })
+        Ok(Rows { reader: self, source })
     }
 
     /// A row from its cells: joined, checked (a missing inner-join key, an empty image, an
     /// invalid or repeated id fail the row alone).
-    fn row(&self, line: usize, mut cells: Vec<String>, ids: &mut Ids) -> SampleRow {
+    fn row(&self, line: usize, mut cells: Vec<String>) -> SampleRow {
         let path = &self.path;
         let mut problem = None;
         for j in &self.joined {
@@ -370,7 +410,7 @@ impl Reader {
                 if !is_valid_name(&id) {
                     Some(format!("{}: line {line}: invalid sample id '{id}' (use letters, digits, '.', '_', '-')", path.display()))
                 } else {
-                    ids.first_use(&id, line).map(|first| {
+                    self.dups.get(&line).map(|first| {
                         format!(
                             "{}: line {line}: duplicate sample id '{id}' (first used at {}: line {first})",
                             path.display(),
@@ -392,7 +432,6 @@ enum Source<'a> {
 struct Rows<'a> {
     reader: &'a Reader,
     source: Source<'a>,
-    ids: Ids,
 }
 
 impl Iterator for Rows<'_> {
@@ -410,7 +449,7 @@ impl Iterator for Rows<'_> {
             },
             Source::Cells(it) => it.next()?.clone(),
         };
-        Some(Ok(self.reader.row(line, cells, &mut self.ids)))
+        Some(Ok(self.reader.row(line, cells)))
     }
 }
 
@@ -425,7 +464,7 @@ impl Manifest {
     /// repeated on the joined side are whole-run errors naming them; a row without a match
     /// fails alone (`inner`) or gets empty values (`left`).
     pub fn read_joined(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
-        let reader = Reader::open(path, joins)?;
+        let (reader, _, _) = Reader::open(path, joins)?;
         let rows = reader.rows()?.collect::<Result<Vec<_>, _>>()?;
         Ok(Manifest {
             path: Some(path.to_path_buf()),
@@ -443,16 +482,7 @@ impl Manifest {
     /// only the header, the joined tables and the first row that can run are kept;
     /// [`Manifest::each`] reads the rows again.
     pub fn open(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
-        let reader = Reader::open(path, joins)?;
-        let mut len = 0;
-        let mut first_good = None;
-        for r in reader.rows()? {
-            let r = r?;
-            len += 1;
-            if first_good.is_none() && r.problem.is_none() {
-                first_good = Some(r);
-            }
-        }
+        let (reader, len, first_good) = Reader::open(path, joins)?;
         Ok(Manifest {
             path: Some(path.to_path_buf()),
             joins: joins.to_vec(),

@@ -174,3 +174,23 @@ pub fn registry_chain(steps: &[(usize, usize)]) -> Option<String> {
     let (plan, d) = tessera::plan::compile(spec?, None, None);
     plan.filter(|_| d.is_empty()).map(|_| y)
 }
+
+/// Runs the tessera binary (output discarded) and returns its exit code and its own peak
+/// resident memory in KiB (the `ru_maxrss` that `wait4` gives for that one child).
+pub fn tessera_peak_rss<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, u64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run tessera");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 reaps our own child, which `child` then never waits on.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    (libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)), ru.ru_maxrss as u64)
+}
