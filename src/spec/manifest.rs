@@ -628,6 +628,35 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_manifest_gives_the_rows_read_whole_and_its_errors_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.csv");
+        let mut text = String::from("sample,image,group\n");
+        for i in 0..3000 {
+            // Every 500th row repeats an earlier id; row 7 has no image.
+            let id = if i % 500 == 499 { format!("s{}", i - 400) } else { format!("s{i}") };
+            let image = if i == 7 { String::new() } else { format!("{i}.tif") };
+            text += &format!("{id},{image},g{}\n", i % 3);
+        }
+        std::fs::write(&p, &text).unwrap();
+        let whole = Manifest::read(&p).unwrap();
+        let streamed = Manifest::open(&p, &[]).unwrap();
+        assert!(streamed.rows.is_empty(), "nothing held");
+        assert_eq!(streamed.len(), 3000);
+        assert_eq!(streamed.first_good(), whole.first_good());
+        let rows: Vec<SampleRow> = streamed.each().unwrap().map(Result::unwrap).collect();
+        assert_eq!(rows, whole.rows);
+        let dups: Vec<&str> = rows.iter().filter_map(|r| r.problem.as_deref()).filter(|p| p.contains("duplicate")).collect();
+        assert_eq!(dups.len(), 6);
+        assert!(dups[0].contains("line 501: duplicate sample id 's99' (first used at") && dups[0].ends_with("line 101)"), "{}", dups[0]);
+        assert!(rows[7].problem.as_ref().unwrap().contains("empty `image`"));
+        // A row that does not parse is an error when the manifest is opened, not mid-run.
+        std::fs::write(&p, format!("{text}x,y,z,extra\n")).unwrap();
+        let e = Manifest::open(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("line 3002"), "{e}");
+    }
+
+    #[test]
     fn missing_columns_are_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.csv");
