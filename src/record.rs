@@ -161,6 +161,88 @@ pub fn load(out: &Path) -> Result<Vec<Provenance>, String> {
         .collect()
 }
 
+/// Reads a record file, handing its samples to `f` one at a time as they are parsed (a
+/// million-sample `run.json` is never held); returns the record without them.
+pub fn each_entry(file: &Path, f: &mut dyn FnMut(SampleEntry) -> Result<(), String>) -> Result<RunRecord<()>, String> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    type Sink<'f> = &'f mut dyn FnMut(SampleEntry) -> Result<(), String>;
+    struct Head<'f>(Sink<'f>);
+    struct Each<'f>(Sink<'f>);
+    impl<'de> DeserializeSeed<'de> for Head<'_> {
+        type Value = serde_json::Map<String, serde_json::Value>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Head<'_> {
+        type Value = serde_json::Map<String, serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a run record (an object)")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let sink = self.0;
+            let mut out = serde_json::Map::new();
+            while let Some(k) = m.next_key::<String>()? {
+                if k == "samples" {
+                    m.next_value_seed(Each(&mut *sink))?;
+                    out.insert(k, serde_json::Value::Null);
+                } else {
+                    out.insert(k, m.next_value()?);
+                }
+            }
+            Ok(out)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Each<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Each<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of samples")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(e) = seq.next_element::<SampleEntry>()? {
+                (self.0)(e).map_err(A::Error::custom)?;
+            }
+            Ok(())
+        }
+    }
+    let bad = |e: serde_json::Error| format!("{}: not a tessera run record: {e}", file.display());
+    let reader = std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?);
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let head = Head(f).deserialize(&mut de).map_err(bad)?;
+    de.end().map_err(bad)?;
+    if !head.contains_key("samples") {
+        return Err(format!("{}: not a tessera run record: missing field `samples`", file.display()));
+    }
+    serde_json::from_value(serde_json::Value::Object(head)).map_err(bad)
+}
+
+/// Every sample of an output folder's records, the latest entry of each, in the order samples
+/// first appear ([`latest_samples`]), handed to `f` one at a time; returns the first record
+/// file and its record without samples. A folder with only `run.json` (an unsharded run) is
+/// streamed; task records are read whole (each holds its task's share).
+pub fn each_latest(out: &Path, f: &mut dyn FnMut(SampleEntry) -> Result<(), String>) -> Result<(PathBuf, RunRecord<()>), String> {
+    let run = out.join("run.json");
+    let tasks = std::fs::read_dir(out.join("tasks"))
+        .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "json")))
+        .unwrap_or(false);
+    if run.is_file() && !tasks {
+        let head = each_entry(&run, f)?;
+        return Ok((run, head));
+    }
+    let prov = load(out)?;
+    for s in latest_samples(&prov) {
+        f(s)?;
+    }
+    let first = &prov[0];
+    Ok((first.file.clone(), first.run.clone().with_samples(())))
+}
+
 /// Every sample the records list, the latest entry of each (later files win), in the order
 /// samples first appear.
 pub fn latest_samples(prov: &[Provenance]) -> Vec<SampleEntry> {
@@ -181,6 +263,30 @@ pub fn latest_samples(prov: &[Provenance]) -> Vec<SampleEntry> {
 }
 
 impl<S> RunRecord<S> {
+    /// The same record with other samples.
+    pub fn with_samples<T>(self, samples: T) -> RunRecord<T> {
+        RunRecord {
+            tessera: self.tessera,
+            pipeline: self.pipeline,
+            manifest: self.manifest,
+            finished_unix: self.finished_unix,
+            command_line: self.command_line,
+            working_directory: self.working_directory,
+            seconds: self.seconds,
+            threads: self.threads,
+            tile: self.tile,
+            memory_budget_bytes: self.memory_budget_bytes,
+            host: self.host,
+            samples_total: self.samples_total,
+            samples_failed: self.samples_failed,
+            samples,
+            study_outputs: self.study_outputs,
+            study_errors: self.study_errors,
+            task: self.task,
+            merged_from: self.merged_from,
+        }
+    }
+
     /// The recorded pipeline, compiled (against `manifest` when given: its columns and first
     /// usable row, as `run` compiled it). `Err` says why it no longer parses or compiles.
     pub fn plan(&self, manifest: Option<&Manifest>, file: &Path) -> Result<Plan, String> {
@@ -257,9 +363,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_record_round_trips_with_its_maps_in_order() {
-        let r = RunRecord {
+    fn record(samples: Vec<SampleEntry>) -> RunRecord {
+        RunRecord {
             tessera: Tool { version: "0.1.0".into(), git_commit: "abc".into() },
             pipeline: PipelineRef { name: "p".into(), file: "/p.yaml".into(), hash: "h".into(), text: "version: 1\n".into() },
             manifest: ManifestRef { file: None, hash: "m".into(), columns: vec!["sample".into()], joins: Vec::new() },
@@ -273,12 +378,17 @@ mod tests {
             host: "h".into(),
             samples_total: 2,
             samples_failed: 1,
-            samples: vec![entry("a", Status::Done), entry("b", Status::Failed)],
+            samples,
             study_outputs: vec![],
             study_errors: vec![],
             task: Some(Task { index: 1, count: 2 }),
             merged_from: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_with_its_maps_in_order() {
+        let r = record(vec![entry("a", Status::Done), entry("b", Status::Failed)]);
         let text = serde_json::to_string_pretty(&r).unwrap();
         assert!(text.find("\"nuclei\": 12").unwrap() < text.find("\"cells\": 3").unwrap(), "plan order kept");
         assert!(!text.contains("merged_from"));
@@ -320,5 +430,25 @@ mod tests {
         std::fs::write(dir.path().join("run.json"), "{\"samples\": 3}").unwrap();
         let e = load(dir.path()).unwrap_err();
         assert!(e.contains("run.json: not a tessera run record"), "{e}");
+    }
+
+    #[test]
+    fn a_record_streamed_entry_by_entry_reads_as_it_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = record(vec![entry("a", Status::Failed), entry("b", Status::Done)]);
+        let path = dir.path().join("run.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&rec).unwrap()).unwrap();
+        let mut seen = Vec::new();
+        let head = each_entry(&path, &mut |e| {
+            seen.push(e);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, rec.samples);
+        assert_eq!(head, rec.clone().with_samples(()));
+        let e = each_entry(&path, &mut |_| Err("stop".into())).unwrap_err();
+        assert!(e.contains("stop"), "{e}");
+        std::fs::write(&path, "{\"samples\": [], \"tessera\": 1}").unwrap();
+        assert!(each_entry(&path, &mut |_| Ok(())).unwrap_err().contains("not a tessera run record"));
     }
 }

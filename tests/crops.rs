@@ -240,7 +240,7 @@ fn thousands_of_rows_and_kills_end_as_one_uninterrupted_run() {
 /// per row that say where each row's record is (it grew by about 1.7 KB per row when the
 /// manifest and every row's result were held; measured here 40–60 bytes, with a few MiB of
 /// noise between runs, so the bound is 200), and the records still list every row — run.json
-/// every sample, errors.csv every failed one.
+/// every sample, errors.csv every failed one; `tessera status` lists them in bounded memory too.
 #[test]
 fn memory_does_not_grow_with_the_rows_of_the_table() {
     let d = tempfile::tempdir().unwrap();
@@ -273,6 +273,12 @@ fn memory_does_not_grow_with_the_rows_of_the_table() {
         assert_eq!(record["samples_failed"], broken);
         assert!(samples.iter().enumerate().all(|(i, s)| s["sample"] == format!("r{i:06}")), "run.json in table order");
         assert_eq!(errors(&out).len(), broken);
+        // `tessera status` reads run.json as it prints it (it held every entry: 363 MiB for
+        // 100,000 rows).
+        let (code, status_kib) = common::tessera_peak_rss(&["status", out.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "failed samples");
+        eprintln!("{n} rows: status peak {:.1} MiB", status_kib as f64 / 1024.0);
+        assert!(status_kib < 64 * 1024, "status took {status_kib} KiB");
         peaks.push(kib);
         std::fs::remove_dir_all(&out).unwrap();
     }

@@ -2,11 +2,10 @@
 //! checkpoints. Both read only the folder: `run.json`, the per-sample records and the
 //! checkpoint store ([`crate::store`]).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-use crate::record::{RunRecord, Status};
+use crate::record::{RunRecord, SampleEntry, Status};
 use crate::store::{SampleRecord, Store};
 
 /// One sample's state in an output folder.
@@ -20,105 +19,149 @@ pub struct SampleState {
     pub error: Option<String>,
 }
 
-/// The state of every sample the last run knew of.
-pub fn states(out: &Path) -> Result<(RunRecord, Vec<SampleState>), String> {
-    // run.json, and the records of sharded tasks (the latest record of a sample wins).
-    let prov = crate::record::load(out)?;
-    let samples = crate::record::latest_samples(&prov);
-    let run = prov[0].run.clone();
-    let store = Store::new(out);
-    let records: BTreeMap<String, SampleRecord> = store.records().into_iter().map(|r| (r.sample.clone(), r)).collect();
-    let stage_ids: Vec<String> = run.plan(None, &prov[0].file).map(|p| p.stages.iter().map(|s| s.id.clone()).collect()).unwrap_or_default();
-    let mut v = Vec::new();
-    for s in samples {
-        let id = s.sample.clone();
-        let rec = records.get(&id);
-        let outputs_present = |r: &SampleRecord| r.outputs.keys().all(|f| out.join(f).is_file());
-        let (status, error) = match (rec, s.status) {
-            (Some(r), _) if r.complete && r.failed.is_none() && outputs_present(r) => ("done", None),
-            (Some(r), _) if r.failed.is_some() => ("failed", r.failed.as_ref().map(|(st, e)| format!("stage '{st}': {e}"))),
-            (None, Status::Failed) => {
-                ("failed", Some(format!("stage '{}': {}", s.failed_stage.as_deref().unwrap_or("?"), s.error.as_deref().unwrap_or(""))))
-            }
-            // A run with --no-checkpoint leaves no records: trust run.json.
-            (None, Status::Done) if !store.root().join("samples").exists() => ("done", None),
-            _ => ("missing", None),
-        };
-        let failed_stage = rec
-            .and_then(|r| r.failed.as_ref().map(|(st, _)| st.clone()))
-            .or_else(|| (status == "failed").then(|| s.failed_stage.clone().unwrap_or_default()));
-        let stages = stage_ids
-            .iter()
-            .map(|st| {
-                let state = if failed_stage.as_deref() == Some(st.as_str()) {
-                    "failed"
-                } else if status == "done"
-                    || rec.and_then(|r| r.stages.get(st)).is_some_and(|k| store.has(k))
-                    || rec.is_some_and(|r| r.outputs.keys().any(|f| f.starts_with(&format!("samples/{id}/{st}."))))
-                {
-                    "done"
-                } else {
-                    "missing"
-                };
-                (st.clone(), state)
-            })
-            .collect();
-        v.push(SampleState { sample: id, status, stages, error });
+/// Told the run's record, the numbers of done, failed and missing samples, and the length of
+/// the longest sample id.
+pub type Counts<'a> = dyn FnMut(&RunRecord<()>, [usize; 3], usize) + 'a;
+
+/// A sample's status in the folder (done, failed, missing) and why it failed, from its
+/// record entry and its checkpoint record.
+fn status_of(out: &Path, store: &Store, s: &SampleEntry, rec: Option<&SampleRecord>) -> (&'static str, Option<String>) {
+    let outputs_present = |r: &SampleRecord| r.outputs.keys().all(|f| out.join(f).is_file());
+    match (rec, s.status) {
+        (Some(r), _) if r.complete && r.failed.is_none() && outputs_present(r) => ("done", None),
+        (Some(r), _) if r.failed.is_some() => ("failed", r.failed.as_ref().map(|(st, e)| format!("stage '{st}': {e}"))),
+        (None, Status::Failed) => {
+            ("failed", Some(format!("stage '{}': {}", s.failed_stage.as_deref().unwrap_or("?"), s.error.as_deref().unwrap_or(""))))
+        }
+        // A run with --no-checkpoint leaves no records: trust run.json.
+        (None, Status::Done) if !store.root().join("samples").exists() => ("done", None),
+        _ => ("missing", None),
     }
-    Ok((run, v))
+}
+
+/// A sample's state, stage by stage (`stage_ids` in plan order).
+fn state_of(out: &Path, store: &Store, s: SampleEntry, stage_ids: &[String]) -> SampleState {
+    let rec = store.record(&s.sample);
+    let rec = rec.as_ref();
+    let (status, error) = status_of(out, store, &s, rec);
+    let id = s.sample;
+    let failed_stage = rec
+        .and_then(|r| r.failed.as_ref().map(|(st, _)| st.clone()))
+        .or_else(|| (status == "failed").then(|| s.failed_stage.unwrap_or_default()));
+    let stages = stage_ids
+        .iter()
+        .map(|st| {
+            let state = if failed_stage.as_deref() == Some(st.as_str()) {
+                "failed"
+            } else if status == "done"
+                || rec.and_then(|r| r.stages.get(st)).is_some_and(|k| store.has(k))
+                || rec.is_some_and(|r| r.outputs.keys().any(|f| f.starts_with(&format!("samples/{id}/{st}."))))
+            {
+                "done"
+            } else {
+                "missing"
+            };
+            (st.clone(), state)
+        })
+        .collect();
+    SampleState { sample: id, status, stages, error }
+}
+
+/// The state of every sample the last run knew of, one at a time, after the counts of done,
+/// failed and missing samples, the longest sample id and the run's record: two passes over the records (the latest
+/// entry of each sample, [`crate::record::each_latest`]), so that a folder of a million samples
+/// is never held.
+pub fn each_state(out: &Path, counts: &mut Counts, f: &mut dyn FnMut(SampleState)) -> Result<(), String> {
+    let store = Store::new(out);
+    let mut n = [0usize; 3];
+    let mut longest = 0;
+    let (file, run) = crate::record::each_latest(out, &mut |s| {
+        longest = longest.max(s.sample.len());
+        let (status, _) = status_of(out, &store, &s, store.record(&s.sample).as_ref());
+        n[["done", "failed", "missing"].iter().position(|k| *k == status).unwrap_or(2)] += 1;
+        Ok(())
+    })?;
+    counts(&run, n, longest);
+    let stage_ids: Vec<String> = run.plan(None, &file).map(|p| p.stages.iter().map(|s| s.id.clone()).collect()).unwrap_or_default();
+    crate::record::each_latest(out, &mut |s| {
+        f(state_of(out, &store, s, &stage_ids));
+        Ok(())
+    })?;
+    Ok(())
 }
 
 pub fn cmd_status(out: &Path, json: bool) -> i32 {
-    let (run, states) = match states(out) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
-    let count = |k: &str| states.iter().filter(|s| s.status == k).count();
-    let (done, failed, missing) = (count("done"), count("failed"), count("missing"));
-    if json {
-        let v = serde_json::json!({
-            "out": out.display().to_string(),
-            "pipeline": run.pipeline.name,
-            "done": done, "failed": failed, "missing": missing,
-            "samples": states.iter().map(|s| serde_json::json!({
-                "sample": s.sample, "status": s.status, "error": s.error,
-                "stages": s.stages.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-            })).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else {
-        let mut so = std::io::stdout().lock();
-        let hash = &run.pipeline.hash;
-        let _ = writeln!(
-            so,
-            "{}: pipeline '{}' ({}), {} samples: {done} done, {failed} failed, {missing} missing",
-            out.display(),
-            run.pipeline.name,
-            &hash[..hash.len().min(16)],
-            states.len()
-        );
-        let w = states.iter().map(|s| s.sample.len()).max().unwrap_or(6).max(6);
-        for s in &states {
-            let stages: Vec<String> = s
-                .stages
-                .iter()
-                .map(|(id, st)| {
-                    let mark = match *st {
-                        "done" => "✓",
-                        "failed" => "✗",
-                        _ => "·",
-                    };
-                    format!("{id} {mark}")
-                })
-                .collect();
-            let _ = writeln!(so, "  {:<w$}  {:<7}  {}", s.sample, s.status, stages.join("  "));
-            if let Some(e) = &s.error {
-                let _ = writeln!(so, "  {:<w$}           {e}", "");
+    let so = std::cell::RefCell::new(std::io::stdout().lock());
+    let mut totals = [0usize; 3];
+    let mut first = true;
+    let w = std::cell::Cell::new(6);
+    let res = each_state(
+        out,
+        &mut |run, [done, failed, missing], longest| {
+            let mut so = so.borrow_mut();
+            totals = [done, failed, missing];
+            w.set(longest.max(6));
+            if json {
+                let head = serde_json::json!({
+                    "out": out.display().to_string(),
+                    "pipeline": run.pipeline.name,
+                    "done": done, "failed": failed, "missing": missing,
+                });
+                // The object without its closing brace: the samples follow, one at a time.
+                let text = serde_json::to_string_pretty(&head).unwrap_or_default();
+                let _ = write!(so, "{},\n  \"samples\": [", text.trim_end().trim_end_matches('}').trim_end());
+            } else {
+                let hash = &run.pipeline.hash;
+                let _ = writeln!(
+                    so,
+                    "{}: pipeline '{}' ({}), {} samples: {done} done, {failed} failed, {missing} missing",
+                    out.display(),
+                    run.pipeline.name,
+                    &hash[..hash.len().min(16)],
+                    done + failed + missing
+                );
             }
-        }
+        },
+        &mut |s| {
+            let mut so = so.borrow_mut();
+            if json {
+                let v = serde_json::json!({
+                    "sample": s.sample, "status": s.status, "error": s.error,
+                    "stages": s.stages.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+                });
+                let _ = write!(so, "{}\n    {}", if first { "" } else { "," }, serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                let stages: Vec<String> = s
+                    .stages
+                    .iter()
+                    .map(|(id, st)| {
+                        let mark = match *st {
+                            "done" => "✓",
+                            "failed" => "✗",
+                            _ => "·",
+                        };
+                        format!("{id} {mark}")
+                    })
+                    .collect();
+                let w = w.get();
+                let _ = writeln!(so, "  {:<w$}  {:<7}  {}", s.sample, s.status, stages.join("  "));
+                if let Some(e) = &s.error {
+                    let _ = writeln!(so, "  {:<w$}           {e}", "");
+                }
+            }
+            first = false;
+        },
+    );
+    let mut so = so.into_inner();
+    if let Err(e) = res {
+        drop(so);
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let [_, failed, missing] = totals;
+    if json {
+        let _ = writeln!(so, "{}]\n}}", if first { "" } else { "\n  " });
+    } else {
         let _ = writeln!(so, "(✓ done or checkpointed, ✗ failed here, · not computed)");
         if failed + missing > 0 {
             let _ = writeln!(so, "`tessera run` again to compute only the failed and missing samples.");

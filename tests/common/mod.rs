@@ -176,21 +176,29 @@ pub fn registry_chain(steps: &[(usize, usize)]) -> Option<String> {
 }
 
 /// Runs the tessera binary (output discarded) and returns its exit code and its own peak
-/// resident memory in KiB (the `ru_maxrss` that `wait4` gives for that one child).
+/// resident memory in KiB: the largest `VmHWM` of /proc/PID/status read every 5 ms while it
+/// runs (growth in its last few milliseconds may be missed). Not `wait4`'s `ru_maxrss`: after a
+/// vfork and exec that includes the peak of this test process, which other tests share.
 pub fn tessera_peak_rss<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, u64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run tessera");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 reaps our own child, which `child` then never waits on.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
-    std::mem::forget(child);
-    (libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)), ru.ru_maxrss as u64)
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status)
+            && let Some(kib) =
+                text.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        if let Some(st) = child.try_wait().expect("wait for tessera") {
+            return (st.code(), peak);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
