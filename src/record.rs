@@ -135,9 +135,8 @@ pub fn task_record(out: &Path, task: Task) -> PathBuf {
     out.join("tasks").join(format!("task-{:0w$}-of-{}.json", task.index, task.count))
 }
 
-/// The records of an output folder: `run.json` first, then task records in name order. `Err`
-/// names a file that is missing, unreadable or not a record.
-pub fn load(out: &Path) -> Result<Vec<Provenance>, String> {
+/// The record files of an output folder: `run.json` first, then task records in name order.
+pub fn files(out: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let run = out.join("run.json");
     if run.is_file() {
@@ -148,6 +147,13 @@ pub fn load(out: &Path) -> Result<Vec<Provenance>, String> {
         tasks.sort();
         files.extend(tasks);
     }
+    files
+}
+
+/// The records of an output folder: `run.json` first, then task records in name order. `Err`
+/// names a file that is missing, unreadable or not a record.
+pub fn load(out: &Path) -> Result<Vec<Provenance>, String> {
+    let files = files(out);
     if files.is_empty() {
         return Err(format!("{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)", out.display()));
     }

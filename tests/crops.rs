@@ -240,7 +240,8 @@ fn thousands_of_rows_and_kills_end_as_one_uninterrupted_run() {
 /// per row that say where each row's record is (it grew by about 1.7 KB per row when the
 /// manifest and every row's result were held; measured here 40–60 bytes, with a few MiB of
 /// noise between runs, so the bound is 200), and the records still list every row — run.json
-/// every sample, errors.csv every failed one; `tessera status` lists them in bounded memory too.
+/// every sample, errors.csv every failed one; `tessera status` and `tessera report` read them in bounded
+/// memory too.
 #[test]
 fn memory_does_not_grow_with_the_rows_of_the_table() {
     let d = tempfile::tempdir().unwrap();
@@ -279,6 +280,18 @@ fn memory_does_not_grow_with_the_rows_of_the_table() {
         assert_eq!(code, Some(1), "failed samples");
         eprintln!("{n} rows: status peak {:.1} MiB", status_kib as f64 / 1024.0);
         assert!(status_kib < 64 * 1024, "status took {status_kib} KiB");
+        // So does the report, which lists the failed and the first done samples of a large study.
+        let (code, report_kib) = common::tessera_peak_rss(&["report", out.to_str().unwrap()]);
+        assert_eq!(code, Some(0));
+        eprintln!("{n} rows: report peak {:.1} MiB", report_kib as f64 / 1024.0);
+        assert!(report_kib < 64 * 1024, "report took {report_kib} KiB");
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        if n > 1000 {
+            assert!(
+                html.contains(&format!("{n} samples: listed are the first 1000 of the {broken} failed")),
+                "the report says what it lists"
+            );
+        }
         peaks.push(kib);
         std::fs::remove_dir_all(&out).unwrap();
     }

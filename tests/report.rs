@@ -140,3 +140,35 @@ fn report_renders_in_headless_chromium() {
     let dom = text(&o.stdout);
     assert!(dom.contains("Label previews") && dom.contains("Written by"), "incomplete DOM");
 }
+
+/// A study of 1,200 samples (the 2D nuclei image under 1,199 names, and one missing file):
+/// the report lists the failed sample and the first 1,000 done, says so, and plots the object
+/// counts as a box plot instead of 1,200 bars; with 300 samples every one is listed and barred.
+#[test]
+fn a_large_study_report_lists_and_plots_a_readable_part() {
+    let d = tempfile::tempdir().unwrap();
+    for (n, listed) in [(300usize, 300usize), (1200, 1001)] {
+        let image = common::root().join("testdata/nuclei2d.tif");
+        let mut m = String::from("sample,image\n");
+        for i in 0..n {
+            let img = if i == n / 2 { d.path().join("missing.tif") } else { image.clone() };
+            m += &format!("s{i:04},{}\n", img.display());
+        }
+        let manifest = d.path().join(format!("m{n}.csv"));
+        std::fs::write(&manifest, m).unwrap();
+        let out = d.path().join(format!("out{n}"));
+        let o = common::run_samples("pipelines/nuclei.yaml", &manifest, &out, &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+        let html = report(&out, &d.path().join(format!("r{n}.html")));
+        let rows = html.matches("<tr><td>s").count();
+        assert_eq!(rows, listed, "{n} samples");
+        assert!(html.contains(&format!("<b>{} of {n} samples done.</b>", n - 1)));
+        if n > 1000 {
+            assert!(html.contains("1200 samples: listed are the first 1 of the 1 failed and the first 1000 of the 1199 done"));
+            assert!(html.contains("objects per sample (nuclei), 1199 samples"), "a box plot of the counts");
+        } else {
+            assert!(html.matches("<rect").count() >= n, "a bar per sample");
+            assert!(!html.contains("listed are the first"));
+        }
+    }
+}

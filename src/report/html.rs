@@ -16,6 +16,10 @@ use crate::util::fmt_num;
 
 /// Limits that keep reports of large studies readable and small.
 const MAX_PREVIEWS: usize = 48;
+/// Samples listed one per row (beyond it: the failed ones and the first done ones, this many
+/// of each), and shown as one bar each (beyond it: a box plot of the counts).
+const MAX_LISTED: usize = 1000;
+const MAX_BARS: usize = 400;
 const MAX_BOX_GROUPS: usize = 60;
 const MAX_PHENOTYPE_PLOTS: usize = 8;
 const PREVIEW_SIDE: usize = 256;
@@ -272,10 +276,38 @@ fn classification(out: &Path, stage: &str, column: &str, by: &str) -> Result<Str
 
 /// Renders the report of an output folder.
 pub fn render(out: &Path) -> Result<String, String> {
-    let prov = crate::record::load(out)?;
-    let run = &prov[0].run;
-    let samples = crate::record::latest_samples(&prov);
-    let plan = run.plan(None, &prov[0].file).ok();
+    // The records are read entry by entry, twice (a folder may hold a million samples): first
+    // counts, the objects' stages and the samples listed and previewed, then the counts plotted.
+    let (mut total, mut done) = (0usize, 0usize);
+    let mut labels_stages: Vec<String> = Vec::new();
+    let (mut failed_listed, mut done_listed): (Vec<SampleEntry>, Vec<SampleEntry>) = (Vec::new(), Vec::new());
+    // Every sample while there are at most MAX_LISTED, in record order.
+    let mut all: Vec<SampleEntry> = Vec::new();
+    let (file, run) = crate::record::each_latest(out, &mut |s| {
+        total += 1;
+        if total <= MAX_LISTED {
+            all.push(s.clone());
+        } else {
+            all.clear();
+        }
+        for (k, _) in &s.objects {
+            if !labels_stages.contains(k) {
+                labels_stages.push(k.clone());
+            }
+        }
+        if s.status == Status::Done {
+            done += 1;
+            if done_listed.len() < MAX_LISTED.max(MAX_PREVIEWS) {
+                done_listed.push(s);
+            }
+        } else if failed_listed.len() < MAX_LISTED {
+            failed_listed.push(s);
+        }
+        Ok(())
+    })?;
+    let run = &run;
+    let plan = run.plan(None, &file).ok();
+    let records: Vec<String> = crate::record::files(out).iter().map(|p| p.strip_prefix(out).unwrap_or(p).display().to_string()).collect();
     let name = run.pipeline.name.as_str();
     let mut h = String::new();
     let _ = write!(
@@ -284,17 +316,11 @@ pub fn render(out: &Path) -> Result<String, String> {
          <title>tessera report: {}</title><style>{STYLE}</style></head><body>\n",
         esc(name)
     );
-    let done = samples.iter().filter(|s| s.status == Status::Done).count();
     let _ = write!(h, "<h1>{}</h1>", esc(name));
     if let Some(d) = plan.as_ref().and_then(|p| p.spec.description.clone()) {
         let _ = write!(h, "<p>{}</p>", esc(d.trim()));
     }
-    let _ = write!(
-        h,
-        "<p><b>{done} of {} samples done.</b> Output folder: <code>{}</code></p>",
-        samples.len(),
-        esc(&out.display().to_string())
-    );
+    let _ = write!(h, "<p><b>{done} of {total} samples done.</b> Output folder: <code>{}</code></p>", esc(&out.display().to_string()));
 
     // Provenance.
     h.push_str("<h2 id=provenance>Provenance</h2>");
@@ -312,25 +338,33 @@ pub fn render(out: &Path) -> Result<String, String> {
         ("tile", or_dash(&run.tile)),
         ("finished", finished),
         ("command", if run.command_line.is_empty() { "—".into() } else { run.command_line.join(" ") }),
-        ("records", prov.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect::<Vec<_>>().join(", ")),
+        ("records", records.join(", ")),
     ]));
     let _ = write!(h, "<h3>Pipeline</h3><pre>{}</pre>", esc(&run.pipeline.text));
 
     // Samples.
     h.push_str("<h2 id=samples>Samples</h2>");
-    let labels_stages: Vec<String> = samples.iter().flat_map(|s| s.objects.iter().map(|(k, _)| k.clone())).fold(Vec::new(), |mut v, k| {
-        if !v.contains(&k) {
-            v.push(k);
-        }
-        v
-    });
+    // Every sample for a study of up to MAX_LISTED; beyond, the failed ones and the first done
+    // ones (each in manifest order).
+    let listed: Vec<&SampleEntry> =
+        if total <= MAX_LISTED { all.iter().collect() } else { failed_listed.iter().chain(done_listed.iter().take(MAX_LISTED)).collect() };
+    if total > listed.len() {
+        let _ = write!(
+            h,
+            "<p class=note>{total} samples: listed are the first {} of the {} failed and the first {} of the {done} done \
+             (<code>tessera status</code> and <code>run.json</code> have every one).</p>",
+            failed_listed.len(),
+            total - done,
+            listed.len() - failed_listed.len()
+        );
+    }
     let mut st = String::from("<table><thead><tr><th>sample</th><th>status</th>");
     for l in &labels_stages {
         let _ = write!(st, "<th><code>{}</code> count</th>", esc(l));
     }
     st.push_str("<th>seconds</th><th>input hash</th><th>error</th></tr></thead><tbody>");
     let count = |s: &SampleEntry, l: &str| s.objects.iter().find(|(k, _)| k == l).map(|(_, n)| *n);
-    for s in &samples {
+    for s in &listed {
         let status = status_name(s.status);
         let _ = write!(
             st,
@@ -353,9 +387,25 @@ pub fn render(out: &Path) -> Result<String, String> {
     st.push_str("</tbody></table>");
     h.push_str(&st);
     if let Some(l) = labels_stages.first() {
-        let names: Vec<String> = samples.iter().map(|s| s.sample.clone()).collect();
-        let counts: Vec<f64> = samples.iter().map(|s| count(s, l).map(|n| n as f64).unwrap_or(f64::NAN)).collect();
-        h.push_str(&plots::bars(&format!("objects per sample ({l})"), &names, &counts, "objects", None)?);
+        // One bar per sample, or for a large study a box plot of the counts of its samples.
+        let (mut names, mut counts) = (Vec::new(), Vec::new());
+        crate::record::each_latest(out, &mut |s| {
+            if total <= MAX_BARS {
+                names.push(s.sample.clone());
+            }
+            counts.push(count(&s, l).map(|n| n as f64).unwrap_or(f64::NAN));
+            Ok(())
+        })?;
+        if total <= MAX_BARS {
+            h.push_str(&plots::bars(&format!("objects per sample ({l})"), &names, &counts, "objects", None)?);
+        } else {
+            counts.retain(|c| !c.is_nan());
+            h.push_str(&plots::boxes(
+                &format!("objects per sample ({l}), {} samples", counts.len()),
+                &[("all samples".into(), counts)],
+                "objects",
+            )?);
+        }
     }
 
     // Phenotypes, statistics, PCA and clusters, per table stage.
@@ -466,7 +516,7 @@ pub fn render(out: &Path) -> Result<String, String> {
             "<h2 id=previews>Label previews: {}</h2><p class=note>Middle plane of each sample's image (contrast stretched) beside its labels.</p><div class=grid>",
             esc(stage)
         );
-        let shown: Vec<&SampleEntry> = samples.iter().filter(|s| s.status == Status::Done).take(MAX_PREVIEWS).collect();
+        let shown: Vec<&SampleEntry> = done_listed.iter().take(MAX_PREVIEWS).collect();
         for s in &shown {
             let id = s.sample.clone();
             let lab = crate::io::output_voxels(&out.join("samples").join(&id).join(format!("{stage}.{}", f.ext())));
