@@ -495,14 +495,8 @@ pub(crate) fn joins_for(given: &[crate::spec::manifest::Join], pipeline: &Path) 
     spec::load(pipeline).0.map(|s| s.joins).unwrap_or_default()
 }
 
-pub(crate) fn read_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
-    Manifest::read_joined(path, joins).map_err(|e| {
-        eprintln!("error: {e}");
-        2
-    })
-}
-
-/// [`read_manifest`] for a run: the manifest opened to be streamed ([`Manifest::open`]).
+/// A manifest opened to be streamed ([`Manifest::open`]): its rows are read one at a time,
+/// so a command's memory does not grow with them; `Err` is the exit code after the message.
 pub(crate) fn open_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) -> Result<Manifest, i32> {
     Manifest::open(path, joins).map_err(|e| {
         eprintln!("error: {e}");
@@ -515,7 +509,7 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
     for file in &a.pipelines {
         let mpath = a.samples.clone().or_else(|| default_manifest(file));
         let joins = joins_for(&a.join, file);
-        let manifest = match mpath.as_deref().map(|p| read_manifest(p, &joins)).transpose() {
+        let manifest = match mpath.as_deref().map(|p| open_manifest(p, &joins)).transpose() {
             Ok(m) => m,
             Err(code) => return code,
         };
@@ -529,7 +523,23 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
                 let mut diags = Vec::new();
                 let mut warnings = Vec::new();
                 if let Some(m) = &manifest {
-                    for row in &m.rows {
+                    // The rows are read one at a time (a table of a million crops is never held).
+                    let rows = match m.each() {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return 2;
+                        }
+                    };
+                    for row in rows {
+                        let row = match row {
+                            Ok(r) => r,
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                return 2;
+                            }
+                        };
+                        let row = &row;
                         if let Some(p) = &row.problem {
                             warnings.push(format!("sample '{}': {p}", row.id));
                             continue;
@@ -562,7 +572,7 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
                     eprintln!("warning: {w}");
                 }
                 if diags.is_empty() {
-                    let n = manifest.as_ref().map(|m| format!(", {} samples checked", m.rows.len())).unwrap_or_default();
+                    let n = manifest.as_ref().map(|m| format!(", {} samples checked", m.len())).unwrap_or_default();
                     println!("{}: ok ({} stages{n})", file.display(), plan.stages.len());
                 } else {
                     report(&diags);
@@ -602,8 +612,19 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
         eprintln!("error: --out needs samples: give --samples MANIFEST.csv or `samples:` in the pipeline");
         return 2;
     };
-    let manifest = match read_manifest(&mpath, &joins_for(&a.join, &a.pipeline)) {
+    let manifest = match open_manifest(&mpath, &joins_for(&a.join, &a.pipeline)) {
         Ok(m) => m,
+        Err(code) => return code,
+    };
+    // The rows are read twice, one at a time: for the width of the ids, then to plan each.
+    let rows = || {
+        manifest.each().map_err(|e| {
+            eprintln!("error: {e}");
+            2
+        })
+    };
+    let w = match rows() {
+        Ok(r) => r.filter_map(Result::ok).map(|r| r.id.len()).max().unwrap_or(6),
         Err(code) => return code,
     };
     let memory = a.memory.unwrap_or_else(crate::io::default_memory_budget);
@@ -614,9 +635,19 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
         out.display(),
         crate::util::human_bytes(memory)
     );
-    let w = manifest.rows.iter().map(|r| r.id.len()).max().unwrap_or(6);
-    for row in &manifest.rows {
-        match crate::exec::sample_steps(p, row, &manifest, out, memory) {
+    let each = match rows() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    for row in each {
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        match crate::exec::sample_steps(p, &row, &manifest, out, memory) {
             Ok(sp) => {
                 let cols: Vec<String> = sp.hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
                 let _ = writeln!(so, "  {:<w$}  {}", row.id, cols.join("  "));
