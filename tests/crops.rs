@@ -240,8 +240,8 @@ fn thousands_of_rows_and_kills_end_as_one_uninterrupted_run() {
 /// per row that say where each row's record is (it grew by about 1.7 KB per row when the
 /// manifest and every row's result were held; measured here 40–60 bytes, with a few MiB of
 /// noise between runs, so the bound is 200), and the records still list every row — run.json
-/// every sample, errors.csv every failed one; `tessera status` and `tessera report` read them in bounded
-/// memory too.
+/// every sample, errors.csv every failed one; `tessera status`, `tessera report` and (after the
+/// same table run as array tasks) `tessera merge` read them in bounded memory too.
 #[test]
 fn memory_does_not_grow_with_the_rows_of_the_table() {
     let d = tempfile::tempdir().unwrap();
@@ -294,6 +294,27 @@ fn memory_does_not_grow_with_the_rows_of_the_table() {
         }
         peaks.push(kib);
         std::fs::remove_dir_all(&out).unwrap();
+        if n > 5_000 {
+            // The same table as two array tasks, then `tessera merge`: it reads the task records
+            // entry by entry too (386 MiB at 100,000 samples when it held them).
+            let sharded = d.path().join("sharded");
+            for t in ["1/2", "2/2"] {
+                let mut a = args.to_vec();
+                a[7] = sharded.to_str().unwrap();
+                a.extend(["--task", t]);
+                assert_eq!(common::tessera_peak_rss(&a).0, Some(1));
+            }
+            let (code, merge_kib) = common::tessera_peak_rss(&["merge", sharded.to_str().unwrap()]);
+            assert_eq!(code, Some(1), "failed samples: nothing merged without --allow-missing");
+            eprintln!("{n} rows: merge peak {:.1} MiB", merge_kib as f64 / 1024.0);
+            assert!(merge_kib < 96 * 1024, "merge took {merge_kib} KiB");
+            let merged: serde_json::Value = serde_json::from_slice(&std::fs::read(sharded.join("run.json")).unwrap()).unwrap();
+            let ids: Vec<&str> = merged["samples"].as_array().unwrap().iter().map(|s| s["sample"].as_str().unwrap()).collect();
+            assert_eq!(ids.len(), n);
+            assert!(ids.iter().enumerate().all(|(i, s)| *s == format!("r{i:06}")), "the study record in table order");
+            assert_eq!(merged["samples_failed"], broken);
+            assert_eq!(errors(&sharded).len(), broken);
+        }
     }
     let per_row = (peaks[1] as f64 - peaks[0] as f64) * 1024.0 / 95_000.0;
     assert!(per_row < 200.0, "peak memory grew by {per_row:.0} bytes per row ({peaks:?} KiB)");

@@ -7,16 +7,15 @@
 //! Tables of done samples come from the checkpoint store, or else from the sample's Parquet
 //! file; then [`super::study::write`] writes exactly what an unsharded run writes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::io::Spacing;
 use crate::ops::Kind;
 use crate::ops::Value;
 use crate::plan::Plan;
-use crate::record::{Provenance, SampleEntry, Status, latest_samples};
-use crate::spec::manifest::Manifest;
-use crate::store::Store;
+use crate::record::{SampleEntry, Status};
+use crate::spec::manifest::{Manifest, SampleRow};
+use crate::store::{SampleRecord, Store};
 use crate::table::Table;
 
 /// A sample that is not done.
@@ -45,15 +44,69 @@ pub struct MergeReport {
     pub warnings: Vec<String>,
 }
 
-/// The pipeline and manifest a folder was made with.
-pub fn study(prov: &[Provenance]) -> Result<(Plan, Manifest, Vec<String>), String> {
-    let first = &prov[0];
-    let r = &first.run;
+/// The latest record entry of each sample across an output folder's record files (later files
+/// win, as [`crate::record::latest_samples`]), set aside on disk: memory holds a 128-bit hash of
+/// each id and where its entry is (about 40 bytes per sample), so a study of a million samples
+/// merges in bounded memory. The file is a temporary one in `.tessera/`.
+struct Latest {
+    spill: super::study::Spill,
+    /// Hash of the id → (record number in the spill, from a task record).
+    at: std::collections::HashMap<[u64; 2], (u32, bool)>,
+    /// Each record file with its record (without samples), in reading order.
+    heads: Vec<(PathBuf, crate::record::RunRecord<()>)>,
+}
+
+fn id_key(id: &str) -> [u64; 2] {
+    let h = blake3::hash(id.as_bytes());
+    let b = h.as_bytes();
+    [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())]
+}
+
+impl Latest {
+    fn read(out: &Path) -> Result<Latest, String> {
+        let files = crate::record::files(out);
+        if files.is_empty() {
+            return Err(format!(
+                "{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)",
+                out.display()
+            ));
+        }
+        let spill = super::study::Spill::create(out, "merge-records", 0)?;
+        let mut at = std::collections::HashMap::new();
+        let mut heads = Vec::new();
+        let mut n = 0u32;
+        for f in files {
+            let task = f.starts_with(out.join("tasks"));
+            let head = crate::record::each_entry(&f, &mut |e| {
+                let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+                spill.put(n as usize, 0, &bytes)?;
+                at.insert(id_key(&e.sample), (n, task));
+                n += 1;
+                Ok(())
+            })?;
+            heads.push((f, head));
+        }
+        Ok(Latest { spill, at, heads })
+    }
+
+    /// The latest entry of sample `id`, and whether a task record gave it.
+    fn get(&self, id: &str) -> Result<Option<(SampleEntry, bool)>, String> {
+        let Some(&(n, task)) = self.at.get(&id_key(id)) else { return Ok(None) };
+        let bytes = self.spill.get(n as usize)?.into_iter().next().map(|(_, b)| b).unwrap_or_default();
+        let e: SampleEntry = serde_json::from_slice(&bytes).map_err(|e| format!("a set-aside record does not read back: {e}"))?;
+        // Two ids with one hash (a chance of about 10⁻²⁷ among a million) are told apart here.
+        Ok((e.sample == id).then_some((e, task)))
+    }
+}
+
+/// The pipeline and manifest a folder was made with (the manifest opened to be streamed).
+fn study(latest: &Latest) -> Result<(Plan, Manifest, Vec<String>), String> {
+    let (file, r) = &latest.heads[0];
     let mut warnings = Vec::new();
     let manifest = match &r.manifest.file {
         Some(m) => {
-            let m = Manifest::read_joined(Path::new(m), &r.manifest.joins)
-                .map_err(|e| format!("{e} (the manifest recorded in {})", first.file.display()))?;
+            let m = Manifest::open(Path::new(m), &r.manifest.joins)
+                .map_err(|e| format!("{e} (the manifest recorded in {})", file.display()))?;
             if !r.manifest.hash.is_empty() && r.manifest.hash != m.hash() {
                 warnings.push(format!(
                     "{} changed since the run: samples are merged as it lists them now",
@@ -63,15 +116,20 @@ pub fn study(prov: &[Provenance]) -> Result<(Plan, Manifest, Vec<String>), Strin
             m
         }
         None => {
-            // Images named on the command line: every provenance file lists its samples.
-            let mut images: Vec<(String, PathBuf)> =
-                prov.iter().flat_map(|p| p.run.samples.iter().map(|s| (s.sample.clone(), PathBuf::from(&s.image)))).collect();
+            // Images named on the command line (a short list): every record lists its samples.
+            let mut images: Vec<(String, PathBuf)> = Vec::new();
+            for (f, _) in &latest.heads {
+                crate::record::each_entry(f, &mut |s| {
+                    images.push((s.sample, PathBuf::from(&s.image)));
+                    Ok(())
+                })?;
+            }
             images.sort();
             images.dedup();
             Manifest::from_images(&images.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
         }
     };
-    let plan = r.plan(Some(&manifest), &first.file)?;
+    let plan = r.plan(Some(&manifest), file)?;
     Ok((plan, manifest, warnings))
 }
 
@@ -86,23 +144,46 @@ fn table_stages(plan: &Plan) -> Vec<usize> {
     v
 }
 
+/// Where a done sample's tables will be read from (the checkpoint, else the sample's Parquet
+/// file), or why one cannot be: (stage, error).
+fn table_sources(
+    plan: &Plan,
+    store: &Store,
+    out: &Path,
+    stages: &[usize],
+    row: &SampleRow,
+    rec: Option<&SampleRecord>,
+) -> Result<Vec<TableSource>, (String, String)> {
+    stages
+        .iter()
+        .map(|&i| {
+            let id = &plan.stages[i].id;
+            let key = rec.and_then(|r| r.stages.get(id)).filter(|k| store.has(k)).cloned();
+            let p = out.join("samples").join(&row.id).join(format!("{id}.parquet"));
+            if key.is_none() && !p.is_file() {
+                return Err((id.clone(), format!("no checkpoint and no {} for table '{id}': re-run the sample", p.display())));
+            }
+            Ok(TableSource { stage: i, key, parquet: p })
+        })
+        .collect()
+}
+
 /// Merges an output folder. When samples are failed or missing, nothing is written unless
 /// `allow_missing` (then the merged outputs hold the samples that are done, as an unsharded run
-/// with failures writes them).
+/// with failures writes them). The manifest and the records are read one sample at a time.
 pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
-    let prov = crate::record::load(out)?;
-    let (plan, manifest, warnings) = study(&prov)?;
+    let latest = Latest::read(out)?;
+    let (plan, manifest, warnings) = study(&latest)?;
     let store = Store::new(out);
-    // Provenance per sample: the latest file that lists it wins (tasks re-run later come last
-    // by name only when re-submitted under the same name; status comes from records first).
-    let task_count = prov.iter().filter_map(|p| p.run.task.map(|t| t.count)).next_back();
-    let recorded: BTreeMap<String, SampleEntry> = latest_samples(&prov).into_iter().map(|s| (s.sample.clone(), s)).collect();
+    let task_count = latest.heads.iter().filter_map(|(_, h)| h.task.map(|t| t.count)).next_back();
     let stages = table_stages(&plan);
     let mut not_done = Vec::new();
-    // Done samples (manifest index) and where their tables are.
-    let mut tables: Vec<(usize, Vec<TableSource>)> = Vec::new();
+    // Done samples (manifest row) in order; the study record's counts.
+    let mut done_rows: Vec<u32> = Vec::new();
+    let (mut in_tasks, mut failed_in_tasks) = (0usize, 0usize);
     let mut spacing: Option<Spacing> = None;
-    for (idx, row) in manifest.rows.iter().enumerate() {
+    for (idx, row) in manifest.each().map_err(|e| e.to_string())?.enumerate() {
+        let row = row.map_err(|e| e.to_string())?;
         let task = task_count.map(|n| idx % n + 1);
         let nd = |status: &'static str, stage: Option<String>, error: Option<String>| NotDone {
             sample: row.id.clone(),
@@ -111,12 +192,17 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
             error,
             task,
         };
+        let prov_s = latest.get(&row.id)?;
+        if let Some((s, true)) = &prov_s {
+            in_tasks += 1;
+            failed_in_tasks += (s.status != Status::Done) as usize;
+        }
+        let prov_s = prov_s.map(|(s, _)| s);
         if let Some(p) = &row.problem {
             not_done.push(nd("failed", Some("manifest".into()), Some(p.clone())));
             continue;
         }
         let rec = store.record(&row.id);
-        let prov_s = recorded.get(&row.id);
         if let Some(r) = &rec
             && let Some((st, e)) = &r.failed
         {
@@ -125,7 +211,7 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
         }
         let done = match &rec {
             Some(r) => r.complete && r.outputs.keys().all(|f| out.join(f).is_file()),
-            None => prov_s.is_some_and(|s| s.status == Status::Done),
+            None => prov_s.as_ref().is_some_and(|s| s.status == Status::Done),
         };
         if !done {
             match prov_s.filter(|s| s.status == Status::Failed) {
@@ -134,39 +220,48 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
             }
             continue;
         }
-        // Where each table will be read from (checked here, read when the study is written):
-        // the checkpoint, else the sample's Parquet file.
-        let mut ts = Vec::new();
-        for &i in &stages {
-            let id = &plan.stages[i].id;
-            let key = rec.as_ref().and_then(|r| r.stages.get(id)).filter(|k| store.has(k)).cloned();
-            let p = out.join("samples").join(&row.id).join(format!("{id}.parquet"));
-            if key.is_none() && !p.is_file() {
-                not_done.push(nd(
-                    "missing",
-                    Some(id.clone()),
-                    Some(format!("no checkpoint and no {} for table '{id}': re-run the sample", p.display())),
-                ));
-                ts.clear();
-                break;
-            }
-            ts.push(TableSource { stage: i, key, parquet: p });
-        }
-        if ts.len() != stages.len() {
+        // Where each table will be read from, checked here and found again when read.
+        if let Err((stage, e)) = table_sources(&plan, &store, out, &stages, &row, rec.as_ref()) {
+            not_done.push(nd("missing", Some(stage), Some(e)));
             continue;
         }
         if spacing.is_none() {
             spacing = prov_s.and_then(|s| s.spacing.clone());
         }
-        tables.push((idx, ts));
+        done_rows.push(idx as u32);
     }
-    let load = |k: usize| {
-        let (idx, sources) = &tables[k];
-        let row = &manifest.rows[*idx];
-        (row.id.clone(), sources.iter().map(|s| Ok((s.stage, s.read(&store, row)?))).collect())
+    // The done samples' tables, in order: the manifest is read again alongside (study::write
+    // asks for them in order, twice).
+    type Cursor<'m> = (usize, Box<dyn Iterator<Item = Result<SampleRow, crate::spec::manifest::ManifestError>> + Send + 'm>);
+    let cursor: std::cell::RefCell<Option<Cursor>> = std::cell::RefCell::new(None);
+    let load = |k: usize| -> (String, Result<Vec<(usize, Table)>, String>) {
+        let target = done_rows[k] as usize;
+        let mut c = cursor.borrow_mut();
+        if c.as_ref().is_none_or(|(next, _)| *next > target) {
+            match manifest.each() {
+                Ok(it) => *c = Some((0, it)),
+                Err(e) => return (format!("row {}", target + 1), Err(e.to_string())),
+            }
+        }
+        let Some((next, rows)) = c.as_mut() else { return (String::new(), Err("internal: no manifest cursor".into())) };
+        let row = loop {
+            let r = rows.next();
+            *next += 1;
+            match r {
+                Some(Ok(r)) if *next - 1 == target => break r,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return (format!("row {}", target + 1), Err(e.to_string())),
+                None => return (format!("row {}", target + 1), Err("the manifest changed while merging".into())),
+            }
+        };
+        let rec = store.record(&row.id);
+        let tables = table_sources(&plan, &store, out, &stages, &row, rec.as_ref())
+            .map_err(|(_, e)| e)
+            .and_then(|ts| ts.iter().map(|s| Ok((s.stage, s.read(&store, &row)?))).collect());
+        (row.id, tables)
     };
     let (written, errors) = if not_done.is_empty() || allow_missing {
-        super::study::write(&plan, out, &super::study::Samples { count: tables.len(), get: &load }, &spacing.unwrap_or_default())
+        super::study::write(&plan, out, &super::study::Samples { count: done_rows.len(), get: &load }, &spacing.unwrap_or_default())
     } else {
         (Vec::new(), Vec::new())
     };
@@ -174,15 +269,15 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
     if let Err(e) = write_errors_csv(out, &not_done, &errors) {
         errors.push(format!("errors.csv: {e}"));
     }
-    if prov.iter().any(|p| p.run.task.is_some())
-        && let Err(e) = write_study_record(out, &prov, &manifest)
+    if task_count.is_some()
+        && let Err(e) = write_study_record(out, &latest, &manifest, (in_tasks, failed_in_tasks))
     {
         errors.push(format!("run.json: {e}"));
     }
     let mut tasks_to_rerun: Vec<usize> = not_done.iter().filter_map(|n| n.task).collect();
     tasks_to_rerun.sort();
     tasks_to_rerun.dedup();
-    Ok(MergeReport { samples: manifest.rows.len(), done: tables.len(), not_done, tasks_to_rerun, task_count, written, errors, warnings })
+    Ok(MergeReport { samples: manifest.len(), done: done_rows.len(), not_done, tasks_to_rerun, task_count, written, errors, warnings })
 }
 
 /// Where a done sample's table is: its checkpoint, else its Parquet file.
@@ -230,18 +325,30 @@ fn write_errors_csv(out: &Path, not_done: &[NotDone], errors: &[String]) -> std:
 }
 
 /// The study's `run.json` after a sharded run: the tasks' provenance with every sample in
-/// manifest order (the latest record of each), and the task records it came from.
-fn write_study_record(out: &Path, prov: &[Provenance], manifest: &Manifest) -> std::io::Result<()> {
-    let tasks: Vec<Provenance> = prov.iter().filter(|p| p.run.task.is_some()).cloned().collect();
-    let Some(last) = tasks.last() else { return Ok(()) };
-    let latest: BTreeMap<String, SampleEntry> = latest_samples(&tasks).into_iter().map(|s| (s.sample.clone(), s)).collect();
-    let samples: Vec<SampleEntry> = manifest.rows.iter().filter_map(|r| latest.get(&r.id).cloned()).collect();
-    let failed = samples.iter().filter(|s| s.status != Status::Done).count();
-    let mut base = last.run.clone();
-    base.samples_total = manifest.rows.len();
-    base.samples_failed = failed + manifest.rows.len() - samples.len();
-    base.samples = samples;
+/// manifest order (the latest task record entry of each, read back one at a time), and the task
+/// records it came from. `counts`: the samples the tasks list, and how many of them failed.
+fn write_study_record(out: &Path, latest: &Latest, manifest: &Manifest, counts: (usize, usize)) -> std::io::Result<()> {
+    struct InOrder<'a>(&'a Latest, &'a Manifest);
+    impl serde::Serialize for InOrder<'_> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeSeq};
+            let mut seq = ser.serialize_seq(None)?;
+            for row in self.1.each().map_err(S::Error::custom)? {
+                let row = row.map_err(S::Error::custom)?;
+                if let Some((e, true)) = self.0.get(&row.id).map_err(S::Error::custom)? {
+                    seq.serialize_element(&e)?;
+                }
+            }
+            seq.end()
+        }
+    }
+    let tasks: Vec<&(PathBuf, crate::record::RunRecord<()>)> = latest.heads.iter().filter(|(_, h)| h.task.is_some()).collect();
+    let Some((_, last)) = tasks.last() else { return Ok(()) };
+    let (listed, failed) = counts;
+    let mut base = last.clone().with_samples(InOrder(latest, manifest));
+    base.samples_total = manifest.len();
+    base.samples_failed = failed + manifest.len() - listed;
     base.task = None;
-    base.merged_from = Some(tasks.iter().map(|p| p.file.strip_prefix(out).unwrap_or(&p.file).display().to_string()).collect());
+    base.merged_from = Some(tasks.iter().map(|(f, _)| f.strip_prefix(out).unwrap_or(f).display().to_string()).collect());
     super::provenance::write_record(&out.join("run.json"), &base)
 }
