@@ -31,6 +31,15 @@ pub fn remove_stale_tmp(dir: &Path) -> usize {
 }
 
 /// Bytes for people: `512 B`, `3.2 KiB`, `1.5 GiB`.
+/// A 128-bit digest of `bytes` (the first half of their blake3) as two words: a key for sets of
+/// ids or paths too large to hold, where two different keys meeting has a chance of about
+/// 10⁻²⁷ among a million.
+pub fn hash128(bytes: &[u8]) -> [u64; 2] {
+    let h = blake3::hash(bytes);
+    let b = h.as_bytes();
+    [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())]
+}
+
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;

@@ -56,12 +56,6 @@ struct Latest {
     heads: Vec<(PathBuf, crate::record::RunRecord<()>)>,
 }
 
-fn id_key(id: &str) -> [u64; 2] {
-    let h = blake3::hash(id.as_bytes());
-    let b = h.as_bytes();
-    [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())]
-}
-
 impl Latest {
     fn read(out: &Path) -> Result<Latest, String> {
         let files = crate::record::files(out);
@@ -80,7 +74,7 @@ impl Latest {
             let head = crate::record::each_entry(&f, &mut |e| {
                 let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
                 spill.put(n as usize, 0, &bytes)?;
-                at.insert(id_key(&e.sample), (n, task));
+                at.insert(crate::util::hash128(e.sample.as_bytes()), (n, task));
                 n += 1;
                 Ok(())
             })?;
@@ -91,7 +85,7 @@ impl Latest {
 
     /// The latest entry of sample `id`, and whether a task record gave it.
     fn get(&self, id: &str) -> Result<Option<(SampleEntry, bool)>, String> {
-        let Some(&(n, task)) = self.at.get(&id_key(id)) else { return Ok(None) };
+        let Some(&(n, task)) = self.at.get(&crate::util::hash128(id.as_bytes())) else { return Ok(None) };
         let bytes = self.spill.get(n as usize)?.into_iter().next().map(|(_, b)| b).unwrap_or_default();
         let e: SampleEntry = serde_json::from_slice(&bytes).map_err(|e| format!("a set-aside record does not read back: {e}"))?;
         // Two ids with one hash (a chance of about 10⁻²⁷ among a million) are told apart here.

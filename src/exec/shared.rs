@@ -36,9 +36,7 @@ pub struct SharedInputs {
 type Key = [u64; 2];
 
 fn key(path: &Path) -> Key {
-    let h = blake3::hash(path.as_os_str().as_encoded_bytes());
-    let b = h.as_bytes();
-    [u64::from_le_bytes(b[..8].try_into().unwrap_or_default()), u64::from_le_bytes(b[8..16].try_into().unwrap_or_default())]
+    crate::util::hash128(path.as_os_str().as_encoded_bytes())
 }
 
 impl SharedInputs {

@@ -141,11 +141,6 @@ struct Scan {
     dups: HashMap<usize, usize>,
 }
 
-fn hash64(id: &str) -> u64 {
-    let h = blake3::hash(id.as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
-}
-
 /// A CSV reader as the manifest and joined tables are read: a header row, cells trimmed.
 fn csv_reader<R: std::io::Read>(r: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new().has_headers(true).flexible(false).trim(csv::Trim::All).from_reader(r)
@@ -322,7 +317,7 @@ impl Reader {
             let r = r?;
             len += 1;
             if r.problem.is_none() {
-                seen.push((hash64(&r.id), r.line));
+                seen.push((crate::util::hash128(r.id.as_bytes())[0], r.line));
                 if first_good.is_none() {
                     first_good = Some(r);
                 }
