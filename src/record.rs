@@ -136,7 +136,8 @@ pub fn task_record(out: &Path, task: Task) -> PathBuf {
 }
 
 /// The record files of an output folder: `run.json` first, then task records in name order.
-pub fn files(out: &Path) -> Vec<PathBuf> {
+/// `Err` when there are none.
+pub fn files(out: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     let run = out.join("run.json");
     if run.is_file() {
@@ -147,17 +148,16 @@ pub fn files(out: &Path) -> Vec<PathBuf> {
         tasks.sort();
         files.extend(tasks);
     }
-    files
+    if files.is_empty() {
+        return Err(format!("{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)", out.display()));
+    }
+    Ok(files)
 }
 
 /// The records of an output folder: `run.json` first, then task records in name order. `Err`
 /// names a file that is missing, unreadable or not a record.
 pub fn load(out: &Path) -> Result<Vec<Provenance>, String> {
-    let files = files(out);
-    if files.is_empty() {
-        return Err(format!("{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)", out.display()));
-    }
-    files
+    files(out)?
         .into_iter()
         .map(|f| {
             let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -230,16 +230,12 @@ pub fn each_entry(file: &Path, f: &mut dyn FnMut(SampleEntry) -> Result<(), Stri
 
 /// Every sample of an output folder's records, the latest entry of each, in the order samples
 /// first appear ([`latest_samples`]), handed to `f` one at a time; returns the first record
-/// file and its record without samples. A folder with only `run.json` (an unsharded run) is
-/// streamed; task records are read whole (each holds its task's share).
+/// file and its record without samples. A folder with one record file (`run.json` of an
+/// unsharded run) is streamed; several are read whole (task records each hold a task's share).
 pub fn each_latest(out: &Path, f: &mut dyn FnMut(SampleEntry) -> Result<(), String>) -> Result<(PathBuf, RunRecord<()>), String> {
-    let run = out.join("run.json");
-    let tasks = std::fs::read_dir(out.join("tasks"))
-        .map(|rd| rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "json")))
-        .unwrap_or(false);
-    if run.is_file() && !tasks {
-        let head = each_entry(&run, f)?;
-        return Ok((run, head));
+    if let [only] = files(out)?.as_slice() {
+        let head = each_entry(only, f)?;
+        return Ok((only.clone(), head));
     }
     let prov = load(out)?;
     for s in latest_samples(&prov) {

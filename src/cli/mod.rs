@@ -504,6 +504,19 @@ pub(crate) fn open_manifest(path: &Path, joins: &[crate::spec::manifest::Join]) 
     })
 }
 
+/// Calls `f` with each row of a manifest, in order; `Err` is the exit code after saying why the
+/// manifest no longer reads (it changed since it was opened).
+pub(crate) fn each_row(m: &Manifest, mut f: impl FnMut(crate::spec::manifest::SampleRow)) -> Result<(), i32> {
+    let fail = |e: crate::spec::manifest::ManifestError| {
+        eprintln!("error: {e}");
+        2
+    };
+    for row in m.each().map_err(fail)? {
+        f(row.map_err(fail)?);
+    }
+    Ok(())
+}
+
 fn cmd_validate(a: ValidateArgs) -> i32 {
     let mut failed = false;
     for file in &a.pipelines {
@@ -522,34 +535,20 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
             Ok(plan) => {
                 let mut diags = Vec::new();
                 let mut warnings = Vec::new();
-                if let Some(m) = &manifest {
-                    // The rows are read one at a time (a table of a million crops is never held).
-                    let rows = match m.each() {
-                        Ok(r) => r,
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return 2;
-                        }
-                    };
-                    for row in rows {
-                        let row = match row {
-                            Ok(r) => r,
-                            Err(e) => {
-                                eprintln!("error: {e}");
-                                return 2;
-                            }
-                        };
+                // The rows are read one at a time (a table of a million crops is never held).
+                if let Some(m) = &manifest
+                    && let Err(code) = each_row(m, |row| {
                         let row = &row;
                         if let Some(p) = &row.problem {
                             warnings.push(format!("sample '{}': {p}", row.id));
-                            continue;
+                            return;
                         }
                         let mut headers = Vec::new();
                         let paths = match crate::exec::source_paths(&plan, row, m) {
                             Ok(p) => p,
                             Err(e) => {
                                 warnings.push(format!("sample '{}': {e}", row.id));
-                                continue;
+                                return;
                             }
                         };
                         let mut readable = true;
@@ -566,7 +565,9 @@ fn cmd_validate(a: ValidateArgs) -> i32 {
                         if readable && let Err(e) = plan.bind(row, &headers) {
                             diags.push(plan.bind_diagnostic(&row.id, &e));
                         }
-                    }
+                    })
+                {
+                    return code;
                 }
                 for w in &warnings {
                     eprintln!("warning: {w}");
@@ -617,15 +618,12 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
         Err(code) => return code,
     };
     // The rows are read twice, one at a time: for the width of the ids, then to plan each.
-    let rows = || {
-        manifest.each().map_err(|e| {
-            eprintln!("error: {e}");
-            2
-        })
-    };
-    let w = match rows() {
+    let w = match manifest.each() {
         Ok(r) => r.filter_map(Result::ok).map(|r| r.id.len()).max().unwrap_or(6),
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
     };
     let memory = a.memory.unwrap_or_else(crate::io::default_memory_budget);
     let mut so = std::io::stdout().lock();
@@ -635,30 +633,20 @@ fn plan_hits(a: &PlanArgs, p: &Plan, out: &Path) -> i32 {
         out.display(),
         crate::util::human_bytes(memory)
     );
-    let each = match rows() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    for row in each {
-        let row = match row {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 2;
-            }
-        };
-        match crate::exec::sample_steps(p, &row, &manifest, out, memory) {
-            Ok(sp) => {
-                let cols: Vec<String> = sp.hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
-                let _ = writeln!(so, "  {:<w$}  {}", row.id, cols.join("  "));
-                let _ = writeln!(so, "  {:<w$}  {}", "", sp.describe(p));
-            }
-            Err(e) => {
-                let _ = writeln!(so, "  {:<w$}  cannot plan: {e}", row.id);
-            }
+    let planned = each_row(&manifest, |row| match crate::exec::sample_steps(p, &row, &manifest, out, memory) {
+        Ok(sp) => {
+            let cols: Vec<String> = sp.hits.iter().map(|(id, h)| format!("{id} {}", if *h { "hit" } else { "miss" })).collect();
+            let _ = writeln!(so, "  {:<w$}  {}", row.id, cols.join("  "));
+            let _ = writeln!(so, "  {:<w$}  {}", "", sp.describe(p));
         }
+        Err(e) => {
+            let _ = writeln!(so, "  {:<w$}  cannot plan: {e}", row.id);
+        }
+    });
+    match planned {
+        Ok(()) => 0,
+        Err(code) => code,
     }
-    0
 }
 
 /// `tessera ops` text.

@@ -81,19 +81,12 @@ pub fn cmd_submit(a: SubmitArgs) -> i32 {
             Some(m) => m,
             None => {
                 let mut most = 0u64;
-                let rows = match manifest.each() {
-                    Ok(r) => r,
-                    Err(e) => return fail(e.to_string()),
-                };
-                for row in rows {
-                    let row = match row {
-                        Ok(r) => r,
-                        Err(e) => return fail(e.to_string()),
-                    };
-                    match crate::exec::sample_bytes(&plan, &row, &manifest) {
-                        Ok(b) => most = most.max(b),
-                        Err(e) => eprintln!("warning: sample '{}': {e} (it will fail in its task)", row.id),
-                    }
+                let read = super::each_row(&manifest, |row| match crate::exec::sample_bytes(&plan, &row, &manifest) {
+                    Ok(b) => most = most.max(b),
+                    Err(e) => eprintln!("warning: sample '{}': {e} (it will fail in its task)", row.id),
+                });
+                if let Err(code) = read {
+                    return code;
                 }
                 most.max(256 << 20)
             }

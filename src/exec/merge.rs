@@ -58,13 +58,7 @@ struct Latest {
 
 impl Latest {
     fn read(out: &Path) -> Result<Latest, String> {
-        let files = crate::record::files(out);
-        if files.is_empty() {
-            return Err(format!(
-                "{}: no run.json or tasks/*.json (is this a tessera output folder? `tessera run` writes them)",
-                out.display()
-            ));
-        }
+        let files = crate::record::files(out)?;
         let spill = super::study::Spill::create(out, "merge-records", 0)?;
         let mut at = std::collections::HashMap::new();
         let mut heads = Vec::new();
@@ -224,38 +218,45 @@ pub fn merge(out: &Path, allow_missing: bool) -> Result<MergeReport, String> {
         }
         done_rows.push(idx as u32);
     }
-    // The done samples' tables, in order: the manifest is read again alongside (study::write
-    // asks for them in order, twice).
-    type Cursor<'m> = (usize, Box<dyn Iterator<Item = Result<SampleRow, crate::spec::manifest::ManifestError>> + Send + 'm>);
-    let cursor: std::cell::RefCell<Option<Cursor>> = std::cell::RefCell::new(None);
-    let load = |k: usize| -> (String, Result<Vec<(usize, Table)>, String>) {
-        let target = done_rows[k] as usize;
-        let mut c = cursor.borrow_mut();
-        if c.as_ref().is_none_or(|(next, _)| *next > target) {
-            match manifest.each() {
-                Ok(it) => *c = Some((0, it)),
-                Err(e) => return (format!("row {}", target + 1), Err(e.to_string())),
-            }
-        }
-        let Some((next, rows)) = c.as_mut() else { return (String::new(), Err("internal: no manifest cursor".into())) };
-        let row = loop {
-            let r = rows.next();
-            *next += 1;
-            match r {
-                Some(Ok(r)) if *next - 1 == target => break r,
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return (format!("row {}", target + 1), Err(e.to_string())),
-                None => return (format!("row {}", target + 1), Err("the manifest changed while merging".into())),
+    // The done samples' tables, in order, found again as the manifest is read again (study::write
+    // reads them in order, twice).
+    let each = |visit: &mut super::study::Visit| {
+        let mut want = done_rows.iter().map(|&r| r as usize).peekable();
+        let rows = match manifest.each() {
+            Ok(rows) => rows,
+            Err(e) => {
+                if let Some(first) = want.next() {
+                    visit(&format!("row {}", first + 1), Err(e.to_string()));
+                }
+                return;
             }
         };
-        let rec = store.record(&row.id);
-        let tables = table_sources(&plan, &store, out, &stages, &row, rec.as_ref())
-            .map_err(|(_, e)| e)
-            .and_then(|ts| ts.iter().map(|s| Ok((s.stage, s.read(&store, &row)?))).collect());
-        (row.id, tables)
+        for (idx, row) in rows.enumerate() {
+            let Some(&next) = want.peek() else { break };
+            if idx != next {
+                continue;
+            }
+            want.next();
+            let (id, tables) = match row {
+                Ok(row) => {
+                    let rec = store.record(&row.id);
+                    let tables = table_sources(&plan, &store, out, &stages, &row, rec.as_ref())
+                        .map_err(|(_, e)| e)
+                        .and_then(|ts| ts.iter().map(|s| Ok((s.stage, s.read(&store, &row)?))).collect());
+                    (row.id, tables)
+                }
+                Err(e) => (format!("row {}", idx + 1), Err(e.to_string())),
+            };
+            if !visit(&id, tables) {
+                return;
+            }
+        }
+        if let Some(next) = want.next() {
+            visit(&format!("row {}", next + 1), Err("the manifest no longer reads as it did when merging began".into()));
+        }
     };
     let (written, errors) = if not_done.is_empty() || allow_missing {
-        super::study::write(&plan, out, &super::study::Samples { count: done_rows.len(), get: &load }, &spacing.unwrap_or_default())
+        super::study::write(&plan, out, &super::study::Samples { each: &each }, &spacing.unwrap_or_default())
     } else {
         (Vec::new(), Vec::new())
     };

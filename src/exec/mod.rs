@@ -1337,12 +1337,18 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     let (written, errors) = match &spill {
         None if cfg.task.is_some() => (Vec::new(), Vec::new()),
         // Nothing to merge: no tables are set aside, and study::write has no table to write.
-        None => study::write(plan, &cfg.out, &study::Samples { count: 0, get: &|_| (String::new(), Ok(Vec::new())) }, &spacing),
+        None => study::write(plan, &cfg.out, &study::Samples { each: &|_| {} }, &spacing),
         Some(Err(e)) => (Vec::new(), vec![format!("merged tables and statistics not written: {e}")]),
         Some(Ok(spill)) => {
-            let rows: Vec<u32> = spill.rows().map(|r| r as u32).collect();
-            let get = |k: usize| spill.tables(rows[k] as usize);
-            study::write(plan, &cfg.out, &study::Samples { count: rows.len(), get: &get }, &spacing)
+            let each = |visit: &mut study::Visit| {
+                for row in spill.rows() {
+                    let (id, tables) = spill.tables(row);
+                    if !visit(&id, tables) {
+                        break;
+                    }
+                }
+            };
+            study::write(plan, &cfg.out, &study::Samples { each: &each }, &spacing)
         }
     };
     t.errors.extend(errors);

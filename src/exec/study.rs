@@ -75,12 +75,14 @@ fn check_next(stage: &str, first: &mut Option<(String, Vec<(String, &'static str
     Ok(())
 }
 
-/// The finished samples of a study in manifest order: `count` of them, and the id and tables
-/// (stage index, table) of the k-th, one sample at a time, as often as asked.
+/// Told each finished sample's id and tables (stage index, table), or why they could not be
+/// read; returns whether to go on.
+pub type Visit<'v> = dyn FnMut(&str, Result<Vec<(usize, Table)>, String>) -> bool + 'v;
+
+/// The finished samples of a study: `each` calls its visitor with them one at a time, in
+/// manifest order, until it returns `false` — as often as asked (the study is read twice).
 pub struct Samples<'a> {
-    pub count: usize,
-    #[allow(clippy::type_complexity)]
-    pub get: &'a (dyn Fn(usize) -> (String, Result<Vec<(usize, Table)>, String>) + 'a),
+    pub each: &'a (dyn Fn(&mut Visit) + 'a),
 }
 
 /// Where one record of a [`Spill`] is in its file: 24 bytes per record in memory.
@@ -258,14 +260,15 @@ pub fn write_frame(path: &Path, df: &mut polars::prelude::DataFrame, meta: &[(St
 /// Calls `f` with each sample's id and tables, in order, while it returns `true`; `Err` names
 /// the sample whose tables could not be read.
 fn each_sample(samples: &Samples, mut f: impl FnMut(&str, &[(usize, Table)]) -> bool) -> Result<(), String> {
-    for k in 0..samples.count {
-        let (id, tables) = (samples.get)(k);
-        let tables = tables.map_err(|e| format!("reading the tables of sample '{id}': {e}"))?;
-        if !f(&id, &tables) {
-            break;
+    let mut failed = None;
+    (samples.each)(&mut |id, tables| match tables {
+        Ok(t) => f(id, &t),
+        Err(e) => {
+            failed = Some(format!("reading the tables of sample '{id}': {e}"));
+            false
         }
-    }
-    Ok(())
+    });
+    failed.map_or(Ok(()), Err)
 }
 
 /// One table stage of the study: its merged columns so far, the first sample's columns (for

@@ -307,7 +307,7 @@ pub fn render(out: &Path) -> Result<String, String> {
     })?;
     let run = &run;
     let plan = run.plan(None, &file).ok();
-    let records: Vec<String> = crate::record::files(out).iter().map(|p| p.strip_prefix(out).unwrap_or(p).display().to_string()).collect();
+    let records: Vec<String> = crate::record::files(out)?.iter().map(|p| p.strip_prefix(out).unwrap_or(p).display().to_string()).collect();
     let name = run.pipeline.name.as_str();
     let mut h = String::new();
     let _ = write!(

@@ -5,10 +5,10 @@
 //! problem only: it is kept with [`SampleRow::problem`] set, and the run reports it in
 //! `errors.csv` while the other samples proceed.
 //!
-//! Rows are read one at a time by one reader ([`Manifest::each`]): [`Manifest::read`] collects
-//! them, [`Manifest::open`] keeps only the header, the joined tables and the first good row, and
-//! `tessera run` reads the rows again as it runs them — memory does not grow with the rows of a
-//! CSV manifest (a Parquet manifest and joined tables are held whole; they are the small side).
+//! Rows are read one at a time ([`Manifest::each`]): [`Manifest::open`] keeps only the header,
+//! the joined tables, the row count and the first good row, and every command reads the rows
+//! again as it goes — memory does not grow with the rows of a CSV manifest (a Parquet manifest
+//! and joined tables are held whole; they are the small side).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,19 +41,22 @@ impl SampleRow {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     pub path: Option<PathBuf>,
-    /// Tables joined onto the rows ([`Manifest::read_joined`]).
+    /// Tables joined onto the rows ([`Manifest::open`]).
     pub joins: Vec<Join>,
     /// Metadata column names (all but `sample` and `image`), in order.
     pub columns: Vec<String>,
-    /// The rows, when read whole ([`Manifest::read_joined`], [`Manifest::from_images`]); empty
-    /// for a manifest opened to be streamed ([`Manifest::open`]): [`Manifest::each`] reads
-    /// every manifest's rows.
-    pub rows: Vec<SampleRow>,
-    /// How to read the file's rows again, for a streamed manifest.
-    reader: Option<Arc<Reader>>,
-    /// Rows, and the first row that can run (a streamed manifest's are counted when opened).
-    len: usize,
-    first_good: Option<SampleRow>,
+    /// Where the rows come from ([`Manifest::each`] reads them).
+    origin: Origin,
+}
+
+/// Where a manifest's rows come from.
+#[derive(Debug, Clone, PartialEq)]
+enum Origin {
+    /// Images named on the command line, held.
+    Listed(Vec<SampleRow>),
+    /// A manifest file, read again for each pass; its row count and first row that can run,
+    /// found when it was opened.
+    File { reader: Arc<Reader>, len: usize, first_good: Option<SampleRow> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -449,49 +452,29 @@ impl Iterator for Rows<'_> {
 }
 
 impl Manifest {
-    /// Reads a manifest file whole; paths in it are relative to its folder.
-    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
-        Manifest::read_joined(path, &[])
-    }
-
-    /// Reads a manifest file whole and joins `joins` onto its rows, in order. A key column
-    /// missing from either side, a column both sides have (other than the keys) and a key
-    /// repeated on the joined side are whole-run errors naming them; a row without a match
-    /// fails alone (`inner`) or gets empty values (`left`).
-    pub fn read_joined(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
-        let (reader, _, _) = Reader::open(path, joins)?;
-        let rows = reader.rows()?.collect::<Result<Vec<_>, _>>()?;
-        Ok(Manifest {
-            path: Some(path.to_path_buf()),
-            joins: joins.to_vec(),
-            columns: reader.columns(),
-            rows,
-            reader: None,
-            len: 0,
-            first_good: None,
-        })
-    }
-
-    /// Opens a manifest file to be streamed: as [`Manifest::read_joined`], with the same
-    /// whole-run errors (the file is read through once, to count its rows and check them), but
-    /// only the header, the joined tables and the first row that can run are kept;
-    /// [`Manifest::each`] reads the rows again.
+    /// Opens a manifest file (paths in it are relative to its folder) and joins `joins` onto its
+    /// rows, in order. A key column missing from either side, a column both sides have (other
+    /// than the keys), a key repeated on the joined side and a row that does not parse are
+    /// whole-run errors naming them (the file is read through once, to count its rows and check
+    /// them); a row without a match fails alone (`inner`) or gets empty values (`left`). Only
+    /// the header, the joined tables and the first row that can run are kept: [`Manifest::each`]
+    /// reads the rows again.
     pub fn open(path: &Path, joins: &[Join]) -> Result<Manifest, ManifestError> {
         let (reader, len, first_good) = Reader::open(path, joins)?;
         Ok(Manifest {
             path: Some(path.to_path_buf()),
             joins: joins.to_vec(),
             columns: reader.columns(),
-            rows: Vec::new(),
-            reader: Some(Arc::new(reader)),
-            len,
-            first_good,
+            origin: Origin::File { reader: Arc::new(reader), len, first_good },
         })
     }
 
     /// The number of rows.
     pub fn len(&self) -> usize {
-        if self.reader.is_some() { self.len } else { self.rows.len() }
+        match &self.origin {
+            Origin::Listed(rows) => rows.len(),
+            Origin::File { len, .. } => *len,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -500,18 +483,18 @@ impl Manifest {
 
     /// The first row that can run (the one a pipeline is checked against).
     pub fn first_good(&self) -> Option<&SampleRow> {
-        match &self.reader {
-            Some(_) => self.first_good.as_ref(),
-            None => self.rows.iter().find(|r| r.problem.is_none()),
+        match &self.origin {
+            Origin::Listed(rows) => rows.iter().find(|r| r.problem.is_none()),
+            Origin::File { first_good, .. } => first_good.as_ref(),
         }
     }
 
-    /// The rows in order, one at a time: read from the file again for a streamed manifest
-    /// (an `Err` if it no longer reads), else the rows held.
+    /// The rows in order, one at a time: read from the file again (an `Err` if it no longer
+    /// reads), or the images named on the command line.
     pub fn each(&self) -> Result<Box<dyn Iterator<Item = Result<SampleRow, ManifestError>> + Send + '_>, ManifestError> {
-        match &self.reader {
-            Some(r) => Ok(Box::new(r.rows()?)),
-            None => Ok(Box::new(self.rows.iter().cloned().map(Ok))),
+        match &self.origin {
+            Origin::Listed(rows) => Ok(Box::new(rows.iter().cloned().map(Ok))),
+            Origin::File { reader, .. } => Ok(Box::new(reader.rows()?)),
         }
     }
 
@@ -538,7 +521,7 @@ impl Manifest {
                 SampleRow { line: 0, id, image: p.clone(), meta: Vec::new(), problem: None }
             })
             .collect();
-        Manifest { path: None, joins: Vec::new(), columns: Vec::new(), rows, reader: None, len: 0, first_good: None }
+        Manifest { path: None, joins: Vec::new(), columns: Vec::new(), origin: Origin::Listed(rows) }
     }
 
     /// Hash of the manifest's bytes (blake3, hex), or of the image list for command-line samples.
@@ -548,33 +531,25 @@ impl Manifest {
                 let _ = std::io::copy(&mut f, h);
             }
         };
-        match &self.path {
-            Some(p) if self.joins.is_empty() => {
-                let mut h = blake3::Hasher::new();
-                file(&mut h, p);
-                h.finalize().to_hex().to_string()
-            }
-            Some(p) => {
-                // The manifest, then each joined table with how it is joined.
-                let mut h = blake3::Hasher::new();
-                file(&mut h, p);
-                for j in &self.joins {
-                    // The joined table's bytes and how it is joined; not its path as written
-                    // (relative in the run, absolute in the record).
-                    h.update(format!("\njoin on {} {:?}\n", j.on.join(","), j.how).as_bytes());
-                    file(&mut h, &j.table);
-                }
-                h.finalize().to_hex().to_string()
-            }
-            None => {
-                let mut h = blake3::Hasher::new();
-                for r in &self.rows {
+        let mut h = blake3::Hasher::new();
+        match &self.origin {
+            Origin::Listed(rows) => {
+                for r in rows {
                     h.update(r.image.to_string_lossy().as_bytes());
                     h.update(b"\n");
                 }
-                h.finalize().to_hex().to_string()
+            }
+            Origin::File { reader, .. } => {
+                // The manifest, then each joined table with how it is joined: its bytes, not its
+                // path as written (relative in the run, absolute in the record).
+                file(&mut h, &reader.path);
+                for j in &self.joins {
+                    h.update(format!("\njoin on {} {:?}\n", j.on.join(","), j.how).as_bytes());
+                    file(&mut h, &j.table);
+                }
             }
         }
+        h.finalize().to_hex().to_string()
     }
 }
 
@@ -611,19 +586,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.csv");
         std::fs::write(&p, "sample,image,group\na,a.tif,ctrl\nb b,b.tif,ko\na,c.tif,ko\nd,,ko\n").unwrap();
-        let m = Manifest::read(&p).unwrap();
+        let m = Manifest::open(&p, &[]).unwrap();
         assert_eq!(m.columns, vec!["group"]);
-        assert_eq!(m.rows.len(), 4);
-        assert_eq!(m.rows[0].problem, None);
-        assert_eq!(m.rows[0].image, dir.path().join("a.tif"));
-        assert_eq!(m.rows[0].value("group"), Some("ctrl"));
-        assert!(m.rows[1].problem.as_ref().unwrap().contains("line 3: invalid sample id 'b b'"), "{:?}", m.rows[1].problem);
-        assert!(m.rows[2].problem.as_ref().unwrap().contains("line 4: duplicate sample id 'a' (first used at"), "{:?}", m.rows[2].problem);
-        assert!(m.rows[3].problem.as_ref().unwrap().contains("empty `image`"));
+        let rows: Vec<SampleRow> = m.each().unwrap().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0].problem, None);
+        assert_eq!(rows[0].image, dir.path().join("a.tif"));
+        assert_eq!(rows[0].value("group"), Some("ctrl"));
+        assert!(rows[1].problem.as_ref().unwrap().contains("line 3: invalid sample id 'b b'"), "{:?}", rows[1].problem);
+        assert!(rows[2].problem.as_ref().unwrap().contains("line 4: duplicate sample id 'a' (first used at"), "{:?}", rows[2].problem);
+        assert!(rows[3].problem.as_ref().unwrap().contains("empty `image`"));
     }
 
     #[test]
-    fn a_streamed_manifest_gives_the_rows_read_whole_and_its_errors_up_front() {
+    fn a_streamed_manifest_gives_every_row_as_written_and_its_errors_up_front() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.csv");
         let mut text = String::from("sample,image,group\n");
@@ -634,13 +610,19 @@ mod tests {
             text += &format!("{id},{image},g{}\n", i % 3);
         }
         std::fs::write(&p, &text).unwrap();
-        let whole = Manifest::read(&p).unwrap();
         let streamed = Manifest::open(&p, &[]).unwrap();
-        assert!(streamed.rows.is_empty(), "nothing held");
+        assert!(matches!(streamed.origin, Origin::File { .. }), "no row held");
         assert_eq!(streamed.len(), 3000);
-        assert_eq!(streamed.first_good(), whole.first_good());
         let rows: Vec<SampleRow> = streamed.each().unwrap().map(Result::unwrap).collect();
-        assert_eq!(rows, whole.rows);
+        assert_eq!(streamed.first_good(), Some(&rows[0]));
+        for (i, r) in rows.iter().enumerate() {
+            let id = if i % 500 == 499 { format!("s{}", i - 400) } else { format!("s{i}") };
+            assert_eq!((r.line, r.id.as_str(), r.value("group")), (i + 2, id.as_str(), Some(format!("g{}", i % 3).as_str())));
+            assert_eq!(r.image, dir.path().join(if i == 7 { String::new() } else { format!("{i}.tif") }));
+            assert_eq!(r.problem.is_some(), i == 7 || i % 500 == 499, "row {i}: {:?}", r.problem);
+        }
+        let again: Vec<SampleRow> = streamed.each().unwrap().map(Result::unwrap).collect();
+        assert_eq!(rows, again, "every pass reads the same rows");
         let dups: Vec<&str> = rows.iter().filter_map(|r| r.problem.as_deref()).filter(|p| p.contains("duplicate")).collect();
         assert_eq!(dups.len(), 6);
         assert!(dups[0].contains("line 501: duplicate sample id 's99' (first used at") && dups[0].ends_with("line 101)"), "{}", dups[0]);
@@ -656,7 +638,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.csv");
         std::fs::write(&p, "name,path\na,a.tif\n").unwrap();
-        let e = Manifest::read(&p).unwrap_err().to_string();
+        let e = Manifest::open(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("no `sample` column"), "{e}");
     }
 
@@ -670,9 +652,10 @@ mod tests {
             PathBuf::from("z/细胞.tif"),
             PathBuf::from("z/Ärger  (copy).tif"),
         ]);
-        let ids: Vec<&str> = m.rows.iter().map(|r| r.id.as_str()).collect();
+        let rows: Vec<SampleRow> = m.each().unwrap().map(Result::unwrap).collect();
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["scan_01", "scan_01-2", "nuclei_3d", "scan_01-2-2", "sample", "Arger_copy"]);
-        assert!(m.rows.iter().all(|r| r.problem.is_none()), "{:?}", m.rows);
+        assert!(rows.iter().all(|r| r.problem.is_none()), "{rows:?}");
     }
 
     #[test]
