@@ -107,6 +107,7 @@ fn check_with(
         valid: &valid,
         force: false,
         on_stage: &|_| {},
+        targets: None,
     };
     if let Some((i, why)) = not_streamable(&s) {
         // Only ops that say they have no out-of-core form may refuse, and with a message that

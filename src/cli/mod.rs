@@ -124,6 +124,17 @@ pub struct RunArgs {
     /// writes the merged tables and statistics.
     #[arg(long, value_name = "K/N|auto")]
     pub task: Option<crate::sched::TaskArg>,
+    /// Split every sample into N z-blocks and run it in phases, block tasks and per-sample
+    /// tasks in turn (`tessera plan --split N` lists them), with outputs identical to a run on
+    /// one machine. Alone it runs every phase here; `tessera submit --split N` runs each
+    /// phase as an array job.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "no_checkpoint")]
+    pub split: Option<u32>,
+    /// With --split: run one phase (1-based) for the units --task owns (a block of a sample
+    /// per unit in block phases, a sample in the others), `final` (every stage from its
+    /// checkpoint, outputs written: an ordinary run), or `all` (every phase, then final).
+    #[arg(long, value_name = "K|final|all", requires = "split", default_value = "all")]
+    pub phase: crate::exec::split::PhaseArg,
 }
 
 #[derive(Debug, Args)]
@@ -794,7 +805,54 @@ fn cmd_run(a: RunArgs) -> i32 {
         fail_fast: a.fail_fast,
         force: a.force,
         checkpoints: !a.no_checkpoint,
+        split: a.split.map(|n| n as usize),
     };
+    if let Some(n) = cfg.split {
+        use crate::exec::split::{PhaseArg, run_phase};
+        let count = crate::exec::split::phases(&plan).len();
+        let list: Vec<usize> = match a.phase {
+            PhaseArg::All if cfg.task.is_some() => {
+                eprintln!("error: --task runs one phase: give --phase K or --phase final (`tessera plan --split {n}` lists the phases)");
+                return 2;
+            }
+            PhaseArg::All => (1..=count).collect(),
+            PhaseArg::One(k) => vec![k],
+            PhaseArg::Final => Vec::new(),
+        };
+        let mut failed = false;
+        for k in list {
+            match run_phase(&plan, &manifest, &cfg, n, k) {
+                Ok(s) => {
+                    if a.json {
+                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    } else if a.progress != ProgressArg::Never || s.failed > 0 {
+                        eprintln!(
+                            "phase {} of {} ({}): {} of {} units done in {:.2} s",
+                            s.phase, s.phases, s.describe, s.done, s.units, s.seconds
+                        );
+                    }
+                    for e in &s.errors {
+                        eprintln!("error: {e}");
+                    }
+                    if s.failed > 0 {
+                        // Later phases need this one's results.
+                        failed = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            }
+        }
+        if failed {
+            return 1;
+        }
+        if a.phase != PhaseArg::All && a.phase != PhaseArg::Final {
+            return 0;
+        }
+    }
     let progress = Progress::new(a.progress.into());
     let summary = match crate::exec::run(&plan, &manifest, &cfg, &progress) {
         Ok(s) => s,

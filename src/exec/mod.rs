@@ -22,6 +22,7 @@ pub mod provenance;
 pub mod schedule;
 pub mod shared;
 pub mod spill;
+pub mod split;
 pub mod stream;
 pub mod study;
 pub mod tiled;
@@ -54,6 +55,10 @@ pub struct RunConfig {
     /// The shard this process runs (`--task`): only per-sample outputs are written, and the
     /// study-level ones are left to `tessera merge`.
     pub task: Option<crate::sched::Task>,
+    /// The samples were split into this many z-blocks by the phases of a split run
+    /// ([`split`]): their values are joined from the blocks and taken from checkpoints, and
+    /// the samples run streamed, as the phases did.
+    pub split: Option<usize>,
 }
 
 pub use crate::record::Status;
@@ -319,7 +324,16 @@ fn run_sample(
         .map(|i| !cfg.force && old.as_ref().is_some_and(|rec| output_valid(plan, rec, row, i, &keys[i], &cfg.out)))
         .collect();
     let need = stream::whole_run_bytes(plan, &bound, &headers);
-    if need > cfg.memory {
+    if let Some(n) = cfg.split {
+        // The final phase of a split run: what the block phases stored becomes checkpoints.
+        let files = split::Files::new(&cfg.out, &row.id, n);
+        for j in split::block_stages(&split::phases(plan)) {
+            if let Err(e) = split::join_blocks(&store, &files, &keys[j], &plan.stages[j].id) {
+                return res.fail(&plan.stages[j].id, e);
+            }
+        }
+    }
+    if need > cfg.memory || cfg.split.is_some() {
         let ck = cfg.checkpoints.then_some(&store);
         let res = run_streamed(plan, row, cfg, &bound, &paths, &headers, need, (ck, &keys, &valid), on_stage, res);
         return finish_sample(plan, &store, row, cfg, &keys, &valid, old.as_ref(), res);
@@ -783,6 +797,7 @@ fn run_streamed(
         valid,
         force: cfg.force,
         on_stage,
+        targets: None,
     };
     if let Some((i, why)) = stream::not_streamable(&s) {
         let stage = plan.stages.get(i).map(|s| s.id.clone()).unwrap_or_else(|| "input".into());

@@ -265,6 +265,25 @@ impl Writer {
         self.offset += bytes.len() as u64;
         self.w.write_all(bytes).map_err(|e| format!("{}: {e}", self.path.display()))
     }
+    /// Appends every plane of a finished spill file as it is stored (its compressed chunks
+    /// copied, not decoded): the blocks of a split volume become one file.
+    pub fn append_file(&mut self, r: &Reader) -> Result<(), String> {
+        let e = r.elem();
+        let (ny, nx) = r.layout.plane;
+        if self.layout.elem.is_none() {
+            self.layout = Layout { elem: Some(e), plane: (ny, nx), index: Vec::new(), planes: 0 };
+        } else if self.layout.elem != Some(e) || self.layout.plane != (ny, nx) {
+            return Err(format!("{}: planes of another kind or size than {}", r.path.display(), self.path.display()));
+        }
+        for &(first, off, len) in &r.layout.index {
+            let mut comp = vec![0u8; len as usize];
+            r.file.read_exact_at(&mut comp, off).map_err(|e| format!("{}: {e}", r.path.display()))?;
+            self.layout.index.push((self.layout.planes + first, self.offset, len));
+            self.put(&comp)?;
+        }
+        self.layout.planes += r.layout.planes;
+        self.w.flush().map_err(|e| format!("{}: {e}", self.path.display()))
+    }
     /// Planes `z0..z1` of what was appended so far.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
         let f = File::open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
@@ -397,6 +416,29 @@ mod tests {
         drop(again);
         drop(r);
         assert!(!path.exists(), "a temporary spill is removed with its last reader");
+    }
+
+    #[test]
+    fn files_append_whole_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Array3::from_shape_fn((23, 40, 30), |(z, y, x)| (z * 1200 + y * 30 + x) as u32);
+        let mut parts = Vec::new();
+        for (k, (z0, z1)) in [(0, 7), (7, 8), (8, 23)].into_iter().enumerate() {
+            let mut w = Writer::create(dir.path(), &format!("p{k}")).unwrap();
+            w.append(&Value::Labels(a.slice(ndarray::s![z0..z1, .., ..]).to_owned())).unwrap();
+            parts.push(w.finish(false).unwrap().0);
+        }
+        let mut all = Writer::create(dir.path(), "all").unwrap();
+        for p in &parts {
+            all.append_file(p).unwrap();
+        }
+        let (r, _, _) = all.finish(false).unwrap();
+        let again = Reader::open(r.path()).unwrap();
+        assert_eq!(again.read(0, 23).unwrap(), Value::Labels(a.clone()));
+        assert_eq!(again.read(6, 9).unwrap(), Value::Labels(a.slice(ndarray::s![6..9, .., ..]).to_owned()));
+        let mut mask = Writer::create(dir.path(), "m").unwrap();
+        mask.append(&Value::Mask(Array3::zeros((1, 40, 30)))).unwrap();
+        assert!(mask.append_file(&again).is_err(), "another element type is refused");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use super::schedule::{self, Decision, Step};
 use super::spill::{self, Elem, value_dim};
+use super::split;
 use super::tiled::{self, Feed, GroupRun};
 use super::tiles::Region;
 use crate::io::{self, Compression, DType, Header, Spacing, VoxelWriter};
@@ -65,6 +66,9 @@ pub struct Streamed<'a> {
     pub force: bool,
     /// Told each stage's id when it is done (computed, reused or spilled), for progress.
     pub on_stage: &'a (dyn Fn(&str) + Sync),
+    /// Compute these stages and keep each as a checkpoint, instead of what the outputs need (a
+    /// single task of a split run, [`super::split`]).
+    pub targets: Option<&'a [bool]>,
 }
 
 /// A full-size stage value, read by plane ranges: a source file, a spill file (or checkpoint),
@@ -375,6 +379,22 @@ fn fit_planes(s: &Streamed, nz: usize, need: &dyn Fn(usize) -> u64) -> usize {
     lo
 }
 
+/// Stage `i`'s verified raw checkpoint in `c`, as a store (in its op's stored form if it has one).
+fn checkpoint<'a>(s: &Streamed, c: &crate::store::Store, i: usize) -> Option<Store<'a>> {
+    let codec = stored_form(s, i);
+    let (path, meta) = c.raw(&s.keys[i])?;
+    if meta.format != layout(codec.as_deref()) {
+        return None;
+    }
+    let r = spill::Reader::open(&path).ok()?;
+    let m = &s.bound.metas[i];
+    match codec {
+        Some(codec) if r.shape() == codec.shape(m.shape) => Some(Store::Decoded(Arc::new(r), codec, m.clone())),
+        None if r.shape() == m.shape => Some(Store::Spill(Arc::new(r))),
+        _ => None,
+    }
+}
+
 fn run<'a>(
     s: &'a Streamed<'a>,
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
@@ -405,33 +425,21 @@ fn run<'a>(
     // stage's spill), else it is computed.
     let ck = s.checkpoints;
     let mut preset: Vec<Option<Value>> = vec![None; n];
-    let decisions = schedule::decide(super::required_stages(plan, s.valid), &reads, &mut |i| {
+    let required = s.targets.map_or_else(|| super::required_stages(plan, s.valid), <[bool]>::to_vec);
+    let target = |k: usize| s.targets.is_some_and(|t| t[k]);
+    let decisions = schedule::decide(required, &reads, &mut |i| {
         let Some(c) = ck.filter(|_| !s.force) else { return false };
         if plan.stages[i].kind == Kind::Table {
             preset[i] = c.load(&s.keys[i]).filter(|v| matches!(v, Value::Table(_)));
             return preset[i].is_some();
         }
-        let codec = stored_form(s, i);
-        match c.raw(&s.keys[i]) {
-            Some((path, meta)) if meta.format == layout(codec.as_deref()) => match spill::Reader::open(&path) {
-                Ok(r) => {
-                    let m = &s.bound.metas[i];
-                    stores[i] = match codec {
-                        Some(codec) if r.shape() == codec.shape(m.shape) => Some(Store::Decoded(Arc::new(r), codec, m.clone())),
-                        None if r.shape() == m.shape => Some(Store::Spill(Arc::new(r))),
-                        _ => None,
-                    };
-                    stores[i].is_some()
-                }
-                _ => false,
-            },
-            _ => false,
-        }
+        stores[i] = checkpoint(s, c, i);
+        stores[i].is_some()
     });
     reused.extend((0..n).filter(|&i| decisions[i] == Decision::Reuse).map(|i| plan.stages[i].id.clone()));
     // A global stage's emitted value is spilled when a later computed stage reads it (local
     // stages are recomputed where they are read instead).
-    let spilled = |k: usize| (k + 1..n).any(|m| decisions[m] == Decision::Compute && reads(m).contains(&k));
+    let spilled = |k: usize| target(k) || (k + 1..n).any(|m| decisions[m] == Decision::Compute && reads(m).contains(&k));
     let local = |k: usize| local_halo(s, k);
     let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
     // A run of local stages is computed where it is read, so each later global step that reads
@@ -450,7 +458,7 @@ fn run<'a>(
                         }
                     }
                 }
-                readers >= 2
+                readers >= 2 || target(k)
             })
             .collect()
     };
@@ -467,7 +475,9 @@ fn run<'a>(
                     && let Some(store) = &stores[i]
                 {
                     // A checkpoint of a stage whose output files must be rewritten.
-                    copy_out(s, i, store).map_err(|e| (i, e))?;
+                    if let Some(max) = copy_out(s, i, store).map_err(|e| (i, e))? {
+                        objects.push((plan.stages[i].id.clone(), max as u64));
+                    }
                 }
                 i
             }
@@ -570,8 +580,9 @@ fn run<'a>(
     Ok(())
 }
 
-/// Writes stage `i`'s output files from its stored value (a checkpoint), slab by slab.
-fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<(), String> {
+/// Writes stage `i`'s output files from its stored value (a checkpoint), slab by slab; gives
+/// the largest label of a labels stage.
+fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<Option<u32>, String> {
     let mut d = Dest::new(s, i, false)?;
     let nz = store.shape()[0];
     let thick = fit_planes(s, nz, &|t| 2 * store.slab_bytes(t));
@@ -581,7 +592,8 @@ fn copy_out(s: &Streamed, i: usize, store: &Store) -> Result<(), String> {
     for (z0, z1) in slab::ranges(nz, thick) {
         d.emit(store.read(z0, z1)?, s)?;
     }
-    d.finish(s).map(|_| ())
+    let max = d.max;
+    d.finish(s).map(|_| max)
 }
 
 /// Writes the output files of a computed run's stages (those not current) and spills the
@@ -817,4 +829,257 @@ pub fn whole_run_bytes(plan: &Plan, bound: &Bound, headers: &[Header]) -> u64 {
         plan.stages.iter().enumerate().map(|(i, _)| vox(bound.metas[i].shape) * tiled::bytes_per_voxel(&bound.metas[i])).collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     sources + sizes.iter().take(2).sum::<u64>()
+}
+
+/// Runs block `block` of a block phase of a split run ([`super::split`]) for one sample: its
+/// local stages over the block's planes (storing the blocks of `phase.stored`), and its phased
+/// ops' partial results and applications. Values of earlier phases are read from their
+/// checkpoints. What exists already is not redone; every file appears whole. Errors name the
+/// failing stage's plan index.
+pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split::Files) -> Result<(), (usize, String)> {
+    if let Some(e) = not_streamable(s) {
+        return Err(e);
+    }
+    let plan = s.plan;
+    let n = plan.stages.len();
+    let ck = s.checkpoints.ok_or((0, "internal: a split run keeps checkpoints".to_string()))?;
+    let mut sources: Vec<Store> = Vec::new();
+    for (p, h) in s.paths.iter().zip(s.headers) {
+        let reader = io::PlaneReader::open_cached(p, s.memory / 4 / s.paths.len().max(1) as u64).map_err(|e| (0, e.to_string()))?;
+        sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
+    }
+    let here = |k: usize| phase.work.contains(&split::Work::Local(k));
+    let mut stores: Vec<Option<Store>> = vec![None; n];
+    // What earlier phases made, from its checkpoint (a single task joined the blocks).
+    // (An application reads only what its partial phase kept.)
+    for w in phase.work.iter().filter(|w| !matches!(w, split::Work::Apply(_))) {
+        for j in plan.stage_inputs(w.stage()) {
+            if !here(j) && stores[j].is_none() {
+                let st = &plan.stages[j];
+                stores[j] = Some(checkpoint(s, ck, j).ok_or_else(|| {
+                    (
+                        w.stage(),
+                        format!(
+                            "the value of stage '{}' from an earlier phase is missing: run that phase first (`tessera status` shows it)",
+                            st.id
+                        ),
+                    )
+                })?);
+            }
+        }
+    }
+    let blocks = files.blocks;
+    let range = |k: usize| -> Result<(usize, usize), (usize, String)> {
+        let nz = s.bound.metas[k].shape[0];
+        if blocks > nz {
+            return Err((k, format!("cannot split {nz} planes into {blocks} blocks: use --split {nz} or fewer")));
+        }
+        Ok(split::block_range(nz, blocks, block))
+    };
+    // Local stages, grouped as the executors group them.
+    let decisions: Vec<Decision> = (0..n).map(|k| if here(k) { Decision::Compute } else { Decision::Skip }).collect();
+    let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
+    for step in schedule::steps(&decisions, &|k| local_halo(s, k), &same_shape) {
+        let Step::Fused(group) = step else {
+            let k = match step {
+                Step::Global(k) | Step::Reuse(k) => k,
+                Step::Fused(_) => 0,
+            };
+            return Err((k, format!("stage '{}' is not local for this sample, so it cannot run per block", plan.stages[k].id)));
+        };
+        let ops = group.stages.iter().map(|&k| OpRef::Bound(s.bound.ops[k].as_ref())).collect();
+        let comp = Arc::new(Computed::new(s, group.clone(), ops, &stores, &sources));
+        for (p, &k) in group.stages.iter().enumerate() {
+            stores[k] = Some(Store::Computed(Arc::clone(&comp), p));
+        }
+        let keep: Vec<bool> = group.stages.iter().map(|&k| phase.stored.contains(&k) && !files.part(&s.keys[k], block).is_file()).collect();
+        if !keep.contains(&true) {
+            continue;
+        }
+        let (z0, z1) = range(group.stages[0])?;
+        let mut outs: Vec<Option<spill::Writer>> = Vec::new();
+        for (p, &k) in group.stages.iter().enumerate() {
+            outs.push(if keep[p] { Some(aside_writer(&files.part(&s.keys[k], block)).map_err(|e| (k, e))?) } else { None });
+        }
+        let thick = fit_planes(s, z1 - z0, &|t| comp.slab_bytes(t));
+        for (a, b) in slab::ranges(z1 - z0, thick) {
+            let vals = comp.run(z0 + a, z0 + b, &keep).map_err(|e| (group.stages[0], e))?;
+            for (p, v) in vals.into_iter().enumerate() {
+                if let (Some(v), Some(w)) = (v, outs[p].as_mut()) {
+                    w.append(&v).map_err(|e| (group.stages[p], e))?;
+                }
+            }
+        }
+        for (p, w) in outs.into_iter().enumerate() {
+            if let Some(w) = w {
+                let k = group.stages[p];
+                place(w, &files.part(&s.keys[k], block)).map_err(|e| (k, e))?;
+            }
+        }
+    }
+    // Phased global ops: partial results, then applications.
+    for w in &phase.work {
+        let (i, apply) = match *w {
+            split::Work::Partial(i) => (i, false),
+            split::Work::Apply(i) => (i, true),
+            _ => continue,
+        };
+        let key = &s.keys[i];
+        let done = if apply { files.part(key, block) } else { files.partial(key, block) };
+        if done.is_file() {
+            continue;
+        }
+        let fail = |e: String| (i, e);
+        let op =
+            s.bound.ops[i].phased().ok_or_else(|| fail(format!("internal: `{}` has no phased form", plan.stages[i].op.info().name)))?;
+        let inputs: Vec<Store> = plan.stages[i]
+            .inputs
+            .iter()
+            .filter(|_| !apply)
+            .map(|(_, r)| match r {
+                Ref::Source(k) => Ok(sources[*k].clone()),
+                Ref::Stage(j) => stores[*j].clone().ok_or_else(|| fail("internal: an input was not prepared".into())),
+            })
+            .collect::<Result<_, _>>()?;
+        // A phased op's output has its input's shape (the planner sends others to one task).
+        let (z0, z1) = range(i)?;
+        let kept = files.kept(key, block);
+        let mut io = BlockStage {
+            s,
+            inputs,
+            shape: s.bound.metas[i].shape,
+            block: (block, z0, z1),
+            kept: kept.clone(),
+            keeping: None,
+            part: files.part(key, block),
+            out: None,
+            planes: 0,
+        };
+        let ctx = ctx_of(s, i);
+        if apply {
+            let reduced_path = files.reduced(key);
+            let reduced = std::fs::read(&reduced_path).map_err(|e| {
+                fail(format!(
+                    "the reduced result of stage '{}' is missing ({}: {e}): run the reduce phase first",
+                    plan.stages[i].id,
+                    reduced_path.display()
+                ))
+            })?;
+            op.apply(&mut io, &reduced, &ctx).map_err(fail)?;
+            let out = io.out.take().ok_or_else(|| fail("internal: a phased op applied nothing".into()))?;
+            if io.planes != z1 - z0 {
+                return Err(fail(format!("internal: {} planes applied to a block of {}", io.planes, z1 - z0)));
+            }
+            place(out, &done).map_err(fail)?;
+        } else {
+            let bytes = op.partial(&mut io, &ctx).map_err(fail)?;
+            if let Some(k) = io.keeping.take() {
+                let w = k.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                if let Some(w) = w {
+                    place(w, &kept).map_err(fail)?;
+                }
+            }
+            let aside = split::Files::aside(&done);
+            std::fs::write(&aside, &bytes)
+                .and_then(|_| std::fs::rename(&aside, &done))
+                .map_err(|e| fail(format!("{}: {e}", done.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// A spill writer for a file that appears at `path` only when whole ([`place`]).
+fn aside_writer(path: &std::path::Path) -> Result<spill::Writer, String> {
+    let dir = path.parent().ok_or("internal: a split file without a folder")?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    spill::Writer::create(dir, &format!("{stem}.tmp{}", std::process::id()))
+}
+
+/// Finishes a writer from [`aside_writer`] and renames it into place.
+fn place(w: spill::Writer, path: &std::path::Path) -> Result<(), String> {
+    let (r, _, _) = w.finish(false)?;
+    std::fs::rename(r.path(), path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What a phased op sees of one block ([`slab::BlockIo`]).
+struct BlockStage<'a> {
+    s: &'a Streamed<'a>,
+    /// The op's inputs (none when it applies its reduced result).
+    inputs: Vec<Store<'a>>,
+    /// The output's shape.
+    shape: [usize; 3],
+    block: (usize, usize, usize),
+    kept: PathBuf,
+    keeping: Option<Arc<std::sync::Mutex<Option<spill::Writer>>>>,
+    /// Where the block's output goes, and its writer once the op emits.
+    part: PathBuf,
+    out: Option<spill::Writer>,
+    planes: usize,
+}
+
+/// The volume a phased op keeps of its block: a spill file kept when the partial ends.
+struct Kept(Arc<std::sync::Mutex<Option<spill::Writer>>>);
+
+impl Kept {
+    fn with<T>(&self, f: impl FnOnce(&mut spill::Writer) -> Result<T, String>) -> Result<T, String> {
+        let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(g.as_mut().ok_or("internal: a kept volume used after its block")?)
+    }
+}
+
+impl Volume for Kept {
+    fn meta(&self) -> Meta {
+        let (elem, shape) = self.with(|w| Ok((w.elem(), w.shape()))).unwrap_or((None, [0; 3]));
+        let (kind, dtype) = match elem {
+            Some(Elem::Mask) => (Kind::Mask, None),
+            Some(Elem::Image(d)) => (Kind::Image, Some(d)),
+            Some(Elem::Labels) | None => (Kind::Labels, None),
+        };
+        Meta { kind, dtype, shape, ndim: 3, scale: [1.0; 3] }
+    }
+    fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+        self.with(|w| w.read(z0, z1))
+    }
+    fn bytes_per_voxel(&self) -> u64 {
+        self.with(|w| Ok(w.elem().map(|e| e.bytes() as u64).unwrap_or(4))).unwrap_or(4)
+    }
+}
+
+impl Scratch for Kept {
+    fn append(&mut self, v: &Value) -> Result<(), String> {
+        self.with(|w| w.append(v))
+    }
+}
+
+impl slab::BlockIo for BlockStage<'_> {
+    fn block(&self) -> (usize, usize, usize) {
+        self.block
+    }
+    fn input(&self, k: usize) -> &dyn Volume {
+        &self.inputs[k]
+    }
+    fn planes(&self, extra_bytes_per_voxel: u64) -> usize {
+        let (_, z0, z1) = self.block;
+        let [_, ny, nx] = self.shape;
+        let extra = (ny * nx) as u64 * extra_bytes_per_voxel;
+        fit_planes(self.s, z1 - z0, &|t| self.inputs.iter().map(|v| v.slab_bytes(t)).sum::<u64>() + t as u64 * extra)
+    }
+    fn keep(&mut self) -> Result<Box<dyn Scratch>, String> {
+        let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&self.kept)?)));
+        self.keeping = Some(Arc::clone(&w));
+        Ok(Box::new(Kept(w)))
+    }
+    fn kept(&self) -> Result<Box<dyn Volume>, String> {
+        let r = spill::Reader::open(&self.kept).map_err(|e| {
+            format!("what the partial phase kept of this block is missing or damaged ({e}): run that block's partial phase again")
+        })?;
+        Ok(Box::new(Store::Spill(Arc::new(r))))
+    }
+    fn emit(&mut self, v: Value) -> Result<(), String> {
+        if self.out.is_none() {
+            self.out = Some(aside_writer(&self.part)?);
+        }
+        self.planes += value_dim(&v).0;
+        self.out.as_mut().map_or(Ok(()), |w| w.append(&v))
+    }
 }

@@ -143,6 +143,72 @@ impl Op for Label {
         }
         Ok(slab::Outcome::Emitted)
     }
+    fn phased(&self) -> Option<&dyn slab::Phased> {
+        Some(self)
+    }
+}
+
+/// Split over z-blocks: each block is labelled on its own ([`SlabLabeller`], provisional ids
+/// kept on disk); the reduce joins the blocks' union-finds across their seams in block order,
+/// which numbers objects as one labeller would (raster order of first voxels, so scipy's), with
+/// the size filter on whole objects; each block then renumbers its provisional ids.
+impl slab::Phased for Label {
+    fn partial(&self, io: &mut dyn slab::BlockIo, ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let (_, z0, z1) = io.block();
+        let [_, ny, nx] = io.input(0).shape();
+        let planes = io.planes(4);
+        let mut labeller = SlabLabeller::new(self.connectivity_for(ctx.ndim), ny, nx);
+        let mut prov = io.keep()?;
+        for (a, b) in slab::ranges(z1 - z0, planes) {
+            let Value::Mask(m) = io.input(0).read(z0 + a, z0 + b)? else { return Err("label: input is not a mask".into()) };
+            prov.append(&Value::Labels(labeller.add(&m)?))?;
+        }
+        labeller.to_bytes()
+    }
+    fn reduce(&self, partials: Vec<Vec<u8>>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let parts: Vec<SlabLabeller> = partials.iter().map(|p| SlabLabeller::from_bytes(p)).collect::<Result<_, _>>()?;
+        let (all, offsets) = SlabLabeller::join(parts)?;
+        let (min, max) = self.size_range();
+        let (remap, count) = all.resolve(min, max);
+        let mut b = Vec::with_capacity(16 + 4 * (offsets.len() + remap.len()));
+        b.extend((count as u64).to_le_bytes());
+        b.extend((offsets.len() as u64).to_le_bytes());
+        b.extend(offsets.iter().chain(&remap).flat_map(|v| v.to_le_bytes()));
+        zstd::bulk::compress(&b, 1).map_err(|e| format!("label: compressing the numbering: {e}"))
+    }
+    fn apply(&self, io: &mut dyn slab::BlockIo, reduced: &[u8], _ctx: &Ctx) -> Result<(), String> {
+        let bad = || "label: the joined numbering is damaged (rerun the reduce task)".to_string();
+        let b = zstd::stream::decode_all(reduced).map_err(|_| bad())?;
+        let word = |k: usize| b.get(k * 8..k * 8 + 8).map(|c| u64::from_le_bytes(c.try_into().expect("8")));
+        let blocks = word(1).ok_or_else(bad)? as usize;
+        let u32s: Vec<u32> = b.get(16..).ok_or_else(bad)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
+        let (block, z0, z1) = io.block();
+        if blocks > u32s.len() || block >= blocks {
+            return Err(bad());
+        }
+        let (offsets, remap) = u32s.split_at(blocks);
+        let off = offsets[block] as usize;
+        let prov = io.kept()?;
+        let planes = io.planes(8);
+        for (a, b) in slab::ranges(z1 - z0, planes) {
+            let Value::Labels(p) = prov.read(a, b)? else { return Err("label: provisional labels".into()) };
+            let mut bad_id = false;
+            let out = p.mapv(|x| {
+                if x == 0 {
+                    return 0;
+                }
+                remap.get(off + x as usize).copied().unwrap_or_else(|| {
+                    bad_id = true;
+                    0
+                })
+            });
+            if bad_id {
+                return Err(bad());
+            }
+            io.emit(Value::Labels(out))?;
+        }
+        Ok(())
+    }
 }
 
 /// The neighbours visited before a voxel in raster order, for a connectivity.
@@ -385,13 +451,15 @@ pub struct SlabLabeller {
     connectivity: u8,
     parent: Vec<u32>,
     count: Vec<u64>,
+    /// Provisional ids of the first plane seen and of the last (for joining blocks, and slabs).
+    first: Vec<u32>,
     last: Vec<u32>,
     plane: (usize, usize),
 }
 
 impl SlabLabeller {
     pub fn new(connectivity: u8, ny: usize, nx: usize) -> SlabLabeller {
-        SlabLabeller { connectivity, parent: vec![0], count: vec![0], last: Vec::new(), plane: (ny, nx) }
+        SlabLabeller { connectivity, parent: vec![0], count: vec![0], first: Vec::new(), last: Vec::new(), plane: (ny, nx) }
     }
 
     /// Provisional ids for the next slab.
@@ -418,33 +486,119 @@ impl SlabLabeller {
             *v += offset;
             self.count[*v as usize] += 1;
         }
-        if !self.last.is_empty() {
-            let seam: Vec<[isize; 3]> = backward_offsets(self.connectivity).into_iter().filter(|o| o[0] == -1).collect();
-            for y in 0..ny {
-                for x in 0..nx {
-                    let here = out[y * nx + x];
-                    if here == 0 {
+        if self.last.is_empty() {
+            self.first = out[..plane].to_vec();
+        } else {
+            let last = std::mem::take(&mut self.last);
+            self.join_seam(&out[..plane], &last, 0);
+        }
+        self.last = out[(nz - 1) * plane..].to_vec();
+        Ok(Array3::from_shape_vec((nz, ny, nx), out).expect("shape"))
+    }
+
+    /// Unions across a seam: `here` (a first plane, its ids plus `offset`) against `there`, the
+    /// plane before it (ids as they are), through the neighbours one plane back.
+    fn join_seam(&mut self, here: &[u32], there: &[u32], offset: u32) {
+        let (ny, nx) = self.plane;
+        let seam: Vec<[isize; 3]> = backward_offsets(self.connectivity).into_iter().filter(|o| o[0] == -1).collect();
+        for y in 0..ny {
+            for x in 0..nx {
+                let h = here[y * nx + x];
+                if h == 0 {
+                    continue;
+                }
+                for o in &seam {
+                    let (yy, xx) = (y as isize + o[1], x as isize + o[2]);
+                    if yy < 0 || xx < 0 || yy >= ny as isize || xx >= nx as isize {
                         continue;
                     }
-                    for o in &seam {
-                        let (yy, xx) = (y as isize + o[1], x as isize + o[2]);
-                        if yy < 0 || xx < 0 || yy >= ny as isize || xx >= nx as isize {
-                            continue;
-                        }
-                        let there = self.last[yy as usize * nx + xx as usize];
-                        if there != 0 {
-                            let (ra, rb) = (find(&mut self.parent, here), find(&mut self.parent, there));
-                            if ra != rb {
-                                let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-                                self.parent[hi as usize] = lo;
-                            }
+                    let t = there[yy as usize * nx + xx as usize];
+                    if t != 0 {
+                        let (ra, rb) = (find(&mut self.parent, h + offset), find(&mut self.parent, t));
+                        if ra != rb {
+                            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+                            self.parent[hi as usize] = lo;
                         }
                     }
                 }
             }
         }
-        self.last = out[(nz - 1) * plane..].to_vec();
-        Ok(Array3::from_shape_vec((nz, ny, nx), out).expect("shape"))
+    }
+
+    /// The state a block of a split volume hands on (its union-find, counts and end planes),
+    /// compressed.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let mut b = Vec::with_capacity(32 + self.parent.len() * 12 + (self.first.len() + self.last.len()) * 4);
+        for v in [self.connectivity as u64, self.plane.0 as u64, self.plane.1 as u64, self.parent.len() as u64, self.first.len() as u64] {
+            b.extend(v.to_le_bytes());
+        }
+        b.extend(self.parent.iter().flat_map(|v| v.to_le_bytes()));
+        b.extend(self.count.iter().flat_map(|v| v.to_le_bytes()));
+        b.extend(self.first.iter().flat_map(|v| v.to_le_bytes()));
+        b.extend(self.last.iter().flat_map(|v| v.to_le_bytes()));
+        zstd::bulk::compress(&b, 1).map_err(|e| format!("label: compressing a block's state: {e}"))
+    }
+
+    /// [`SlabLabeller::to_bytes`] read back.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SlabLabeller, String> {
+        let bad = || "label: a block's state is damaged (rerun its block task)".to_string();
+        let b = zstd::stream::decode_all(bytes).map_err(|_| bad())?;
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let s = b.get(at..at.checked_add(n).ok_or_else(bad)?).ok_or_else(bad)?;
+            at += n;
+            Ok(s)
+        };
+        let mut head = [0u64; 5];
+        for h in &mut head {
+            *h = u64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?);
+        }
+        let [conn, ny, nx, n, nf] = head.map(|v| v as usize);
+        let plane = ny.checked_mul(nx).ok_or_else(bad)?;
+        if n == 0 || (nf != 0 && nf != plane) || n > u32::MAX as usize {
+            return Err(bad());
+        }
+        let u32s = |s: &[u8]| s.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect::<Vec<u32>>();
+        let parent = u32s(take(n.checked_mul(4).ok_or_else(bad)?)?);
+        let count =
+            take(n.checked_mul(8).ok_or_else(bad)?)?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8"))).collect();
+        let first = u32s(take(nf * 4)?);
+        let last = u32s(take(nf * 4)?);
+        if parent.iter().chain(&first).chain(&last).any(|&v| v as usize >= n) {
+            return Err(bad());
+        }
+        Ok(SlabLabeller { connectivity: conn as u8, parent, count, first, last, plane: (ny, nx) })
+    }
+
+    /// The labellers of consecutive z-blocks as one, as if one labeller had seen every slab:
+    /// block b's provisional id l becomes l + offsets[b].
+    pub fn join(parts: Vec<SlabLabeller>) -> Result<(SlabLabeller, Vec<u32>), String> {
+        let mut it = parts.into_iter();
+        let Some(mut all) = it.next() else { return Err("label: no blocks to join".into()) };
+        let mut offsets = vec![0u32];
+        for p in it {
+            if p.plane != all.plane || p.connectivity != all.connectivity {
+                return Err("label: blocks of different plane sizes or connectivities".into());
+            }
+            if all.parent.len() + p.parent.len() > u32::MAX as usize {
+                return Err(format!("more than {} separate objects while labelling: tessera labels are 32-bit", u32::MAX - 1));
+            }
+            let offset = all.parent.len() as u32 - 1;
+            offsets.push(offset);
+            all.parent.extend(p.parent[1..].iter().map(|&q| q + offset));
+            all.count.extend_from_slice(&p.count[1..]);
+            if p.first.is_empty() {
+                continue;
+            }
+            if all.last.is_empty() {
+                all.first = p.first.iter().map(|&v| if v == 0 { 0 } else { v + offset }).collect();
+            } else {
+                let last = std::mem::take(&mut all.last);
+                all.join_seam(&p.first, &last, offset);
+            }
+            all.last = p.last.iter().map(|&v| if v == 0 { 0 } else { v + offset }).collect();
+        }
+        Ok((all, offsets))
     }
 
     /// The final id of every provisional id (0 for dropped objects) and the object count, with
@@ -525,6 +679,55 @@ mod tests {
                 assert_eq!(streamed, whole, "case {case}, connectivity {c}, slabs of {thick}");
             }
         }
+    }
+
+    #[test]
+    fn blocks_labelled_apart_and_joined_equal_whole_labelling() {
+        // Pseudo-random masks cut into z-blocks (each labelled in slabs on its own, its state
+        // through bytes), joined in block order: the numbering and size filter of the whole.
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        for case in 0..80 {
+            let (nz, ny, nx) = (2 + case % 9, 1 + (case * 3) % 8, 1 + (case * 7) % 10);
+            let mask = Array3::from_shape_fn((nz, ny, nx), |_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 100 < 40) as u8
+            });
+            let blocks = 1 + case % nz.min(5);
+            for c in [6u8, 18, 26] {
+                let (min, max) = [(0, u64::MAX), (3, u64::MAX), (2, 6)][case % 3];
+                let (mut whole, n) = label(&mask, c).unwrap();
+                filter_sizes(&mut whole, n, min, max);
+                let mut parts = Vec::new();
+                let mut prov = Vec::new();
+                for b in 0..blocks {
+                    let (z0, z1) = (b * nz / blocks, (b + 1) * nz / blocks);
+                    let mut sl = SlabLabeller::new(c, ny, nx);
+                    let mut z = z0;
+                    let mut mine = Vec::new();
+                    while z < z1 {
+                        let t = (z + 1 + case % 2).min(z1);
+                        mine.push(sl.add(&mask.slice(ndarray::s![z..t, .., ..]).to_owned()).unwrap());
+                        z = t;
+                    }
+                    parts.push(SlabLabeller::from_bytes(&sl.to_bytes().unwrap()).unwrap());
+                    prov.push(mine);
+                }
+                let (all, offsets) = SlabLabeller::join(parts).unwrap();
+                let (remap, _) = all.resolve(min, max);
+                let mut views: Vec<Array3<u32>> = Vec::new();
+                for (slabs, &off) in prov.iter().zip(&offsets) {
+                    for a in slabs {
+                        views.push(a.mapv(|v| if v == 0 { 0 } else { remap[(v + off) as usize] }));
+                    }
+                }
+                let v: Vec<_> = views.iter().map(|a| a.view()).collect();
+                let joined = ndarray::concatenate(ndarray::Axis(0), &v).unwrap();
+                assert_eq!(joined, whole, "case {case}, connectivity {c}, {blocks} blocks");
+            }
+        }
+        assert!(SlabLabeller::from_bytes(b"not a state").is_err());
     }
 
     fn arr2(rows: &[&str]) -> Array3<u8> {

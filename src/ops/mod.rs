@@ -210,6 +210,12 @@ pub trait Op: Send + Sync + Debug {
     fn stream(&self, _io: &mut dyn slab::Slabs, _ctx: &Ctx) -> Result<slab::Outcome, String> {
         Err(format!("internal: `{}` has no out-of-core form", self.info().name))
     }
+    /// The phased form of a global op, for one volume split into z-blocks that run on separate
+    /// machines ([`slab::Phased`]); `None`: in a split run the op runs in one task, in its
+    /// out-of-core form ([`Op::stream`]), on its inputs assembled from the blocks.
+    fn phased(&self) -> Option<&dyn slab::Phased> {
+        None
+    }
     /// A compact form of its own that [`Op::stream`] emits instead of the voxels, which the
     /// executor keeps on disk (spill, checkpoint) and decodes where the stage is read or
     /// written ([`slab::Stored`]); `None`: the voxels themselves.

@@ -223,3 +223,37 @@ fn stack_rows(parts: &[Value]) -> Result<Value, String> {
         _ => return Err("internal: blocks of rows hold no grey voxels".into()),
     })
 }
+
+/// What a block task gives a phased op ([`Phased`]): block `index` of a volume cut into z-blocks,
+/// planes `z0..z1` of the whole.
+pub trait BlockIo {
+    /// `(index, z0, z1)`.
+    fn block(&self) -> (usize, usize, usize);
+    /// Input `k` (in [`Op::inputs`](super::Op::inputs) order), whole: read the block's planes.
+    fn input(&self, k: usize) -> &dyn Volume;
+    /// Planes per slab for a pass that holds `extra_bytes_per_voxel` beside its inputs' slabs.
+    fn planes(&self, extra_bytes_per_voxel: u64) -> usize;
+    /// The block's own volume, set aside by [`Phased::partial`] for [`Phased::apply`]: created
+    /// empty in the partial phase.
+    fn keep(&mut self) -> Result<Box<dyn Scratch>, String>;
+    /// What the partial phase kept, in the apply phase.
+    fn kept(&self) -> Result<Box<dyn Volume>, String>;
+    /// The block's planes of the output, in z order (apply phase).
+    fn emit(&mut self, v: Value) -> Result<(), String>;
+}
+
+/// The phased form of a global op, for a volume split into z-blocks on separate machines
+/// (`tessera run --split`): every block computes a partial result ([`Phased::partial`], a block
+/// array task each), one task reduces them in block order ([`Phased::reduce`]), and every block
+/// then writes its planes of the output from that ([`Phased::apply`]). Partial and reduced
+/// results are bytes the executor keeps on disk between the tasks. The blocks' outputs,
+/// concatenated, must equal [`Op::run`](super::Op::run) on the whole inputs bit for bit, for
+/// any cut into blocks (`tests/split.rs`).
+pub trait Phased: Send + Sync {
+    /// Block partial result (reads the block's planes of the inputs, may keep a volume).
+    fn partial(&self, io: &mut dyn BlockIo, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
+    /// The partial results of every block, in block order, into what every block applies.
+    fn reduce(&self, partials: Vec<Vec<u8>>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
+    /// The block's planes of the output from the reduced result.
+    fn apply(&self, io: &mut dyn BlockIo, reduced: &[u8], ctx: &super::Ctx) -> Result<(), String>;
+}

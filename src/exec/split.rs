@@ -1,0 +1,447 @@
+//! One volume split over machines (`tessera run --split N`, `tessera submit --split N`).
+//!
+//! Each sample is cut into N z-blocks and its stages run as *phases*, alternately block phases
+//! (one task per block of every sample) and single phases (one task per sample):
+//! - runs of local stages are computed per block, from their inputs' planes with the halo they
+//!   need (sources, or values earlier phases stored);
+//! - a global op with a phased form ([`crate::ops::slab::Phased`]: `label`) computes a partial
+//!   result per block, a single task reduces them in block order, and a later block phase
+//!   applies that to every block;
+//! - any other global op runs in a single task in its out-of-core form, on inputs assembled
+//!   from the blocks, exactly as a streamed run would run it.
+//!
+//! Values that later phases read are stored per block (`part-B.spill`) under
+//! `.tessera/split/<sample>/<stage key>/`, and a single task joins a stage's parts into its
+//! checkpoint (the compressed chunks copied, not decoded): from there the ordinary checkpoint
+//! machinery takes over, and the final phase is an ordinary run of the sample that takes every
+//! stage from its checkpoint and writes the outputs. So the outputs are those of a streamed
+//! run on one machine, byte for byte, whatever N. Every file a task writes appears whole
+//! (written aside, renamed), and a task skips what exists, so a killed or failed task is simply
+//! run again.
+
+use std::path::{Path, PathBuf};
+
+use super::schedule;
+use crate::ops::{Halo, Kind};
+use crate::plan::Plan;
+
+/// One piece of work in a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "work", content = "stage", rename_all = "lowercase")]
+pub enum Work {
+    /// A local stage, computed per block.
+    Local(usize),
+    /// A phased global stage's partial result, per block.
+    Partial(usize),
+    /// A phased global stage's partial results reduced (one task per sample).
+    Reduce(usize),
+    /// A phased global stage's output per block, from its reduced result.
+    Apply(usize),
+    /// A global stage computed whole, out of core (one task per sample).
+    Whole(usize),
+}
+
+impl Work {
+    pub fn stage(self) -> usize {
+        match self {
+            Work::Local(i) | Work::Partial(i) | Work::Reduce(i) | Work::Apply(i) | Work::Whole(i) => i,
+        }
+    }
+}
+
+/// A phase: block tasks (one per block of every sample) or single tasks (one per sample).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Phase {
+    pub blocks: bool,
+    pub work: Vec<Work>,
+    /// Local stages of a block phase whose blocks are stored (later phases or outputs read them).
+    pub stored: Vec<usize>,
+}
+
+impl Phase {
+    /// `blocks: smooth, clean, label lacunae (partial)` and the like, for plans and status.
+    pub fn describe(&self, plan: &Plan) -> String {
+        let names: Vec<String> = self
+            .work
+            .iter()
+            .map(|w| {
+                let id = &plan.stages[w.stage()].id;
+                match w {
+                    Work::Local(_) => id.clone(),
+                    Work::Partial(_) => format!("{id} (partial)"),
+                    Work::Reduce(_) => format!("{id} (reduce)"),
+                    Work::Apply(_) => format!("{id} (apply)"),
+                    Work::Whole(_) => format!("{id} (whole)"),
+                }
+            })
+            .collect();
+        let what = if names.is_empty() { "join the blocks' values".to_string() } else { names.join(", ") };
+        format!("{}: {what}", if self.blocks { "per block" } else { "per sample" })
+    }
+}
+
+/// The phases of a split run of `plan`: stages in plan order, each in the first phase where
+/// its inputs can be read (a local stage beside the local stages it reads; a block phase after
+/// the single phase that joined what it reads from earlier block phases). Phases alternate
+/// between block and single phases, so every block phase reads values a single task joined.
+/// The same for every sample (plan-level), so a study's phases are one chain of jobs.
+pub fn phases(plan: &Plan) -> Vec<Phase> {
+    let n = plan.stages.len();
+    let needed = schedule::decide(super::required_stages(plan, &vec![false; n]), &|i| plan.stage_inputs(i), &mut |_| false);
+    let mut phases: Vec<Phase> = Vec::new();
+    // Per stage: the first phase a block task can read it in, and the first a single task can.
+    let mut block_ready = vec![0usize; n];
+    let mut single_ready = vec![0usize; n];
+    let place = |phases: &mut Vec<Phase>, from: usize, blocks: bool, w: Work| -> usize {
+        let mut p = from;
+        loop {
+            while p >= phases.len() {
+                let kind = phases.last().map_or(blocks, |l| !l.blocks);
+                phases.push(Phase { blocks: kind, work: Vec::new(), stored: Vec::new() });
+            }
+            if phases[p].blocks == blocks {
+                phases[p].work.push(w);
+                return p;
+            }
+            p += 1;
+        }
+    };
+    for i in 0..n {
+        if needed[i] != schedule::Decision::Compute {
+            continue;
+        }
+        let st = &plan.stages[i];
+        let ins = plan.stage_inputs(i);
+        let reads_tables = ins.iter().any(|&j| plan.stages[j].kind == Kind::Table);
+        let from_blocks = ins.iter().map(|&j| block_ready[j]).max().unwrap_or(0);
+        let from_single = ins.iter().map(|&j| single_ready[j]).max().unwrap_or(0);
+        if st.halo != Halo::Global && !reads_tables && st.kind != Kind::Table && st.op.keeps_shape() {
+            let p = place(&mut phases, from_blocks, true, Work::Local(i));
+            block_ready[i] = p;
+            single_ready[i] = p + 1;
+        } else if st.kind != Kind::Table && !reads_tables && st.op.phased().is_some() {
+            let p = place(&mut phases, from_blocks, true, Work::Partial(i));
+            let r = place(&mut phases, p + 1, false, Work::Reduce(i));
+            let a = place(&mut phases, r + 1, true, Work::Apply(i));
+            block_ready[i] = a + 1;
+            single_ready[i] = a + 1;
+        } else {
+            let q = place(&mut phases, from_single, false, Work::Whole(i));
+            block_ready[i] = q + 1;
+            single_ready[i] = q;
+        }
+    }
+    // A local stage's blocks are stored when a stage of another phase reads it, or it is written.
+    let phase_of = |i: usize| phases.iter().position(|p| p.work.contains(&Work::Local(i)));
+    let reader_phases = |j: usize| -> Vec<usize> {
+        (0..n)
+            .filter(|&m| needed[m] == schedule::Decision::Compute && plan.stage_inputs(m).contains(&j))
+            .filter_map(|m| phases.iter().position(|p| p.work.iter().any(|w| w.stage() == m)))
+            .collect()
+    };
+    let mut stored = vec![Vec::new(); phases.len()];
+    for i in 0..n {
+        if let Some(p) = phase_of(i) {
+            let written = plan.outputs.iter().any(|(o, _)| *o == i);
+            if written || reader_phases(i).iter().any(|&q| q != p) {
+                stored[p].push(i);
+            }
+        }
+    }
+    for (p, s) in phases.iter_mut().zip(stored) {
+        p.stored = s;
+    }
+    phases
+}
+
+/// Whether a stage's value is made of stored blocks (its blocks must be joined into its
+/// checkpoint before a single task or the final run reads it).
+pub fn block_stages(phases: &[Phase]) -> Vec<usize> {
+    let mut v: Vec<usize> = phases
+        .iter()
+        .flat_map(|p| p.stored.iter().copied().chain(p.work.iter().filter_map(|w| if let Work::Apply(i) = w { Some(*i) } else { None })))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Where a sample's split files live: `.tessera/split/<sample>/`.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub root: PathBuf,
+    pub blocks: usize,
+}
+
+impl Files {
+    pub fn new(out: &Path, sample: &str, blocks: usize) -> Files {
+        Files { root: out.join(".tessera").join("split").join(sample), blocks }
+    }
+    fn dir(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+    /// Block `b`'s planes of a stage value.
+    pub fn part(&self, key: &str, b: usize) -> PathBuf {
+        self.dir(key).join(format!("part-{b}-of-{}.spill", self.blocks))
+    }
+    /// What a phased op kept of block `b` between its partial and apply phases.
+    pub fn kept(&self, key: &str, b: usize) -> PathBuf {
+        self.dir(key).join(format!("kept-{b}-of-{}.spill", self.blocks))
+    }
+    /// A phased op's partial result of block `b`.
+    pub fn partial(&self, key: &str, b: usize) -> PathBuf {
+        self.dir(key).join(format!("partial-{b}-of-{}.bin", self.blocks))
+    }
+    /// A phased op's reduced result.
+    pub fn reduced(&self, key: &str) -> PathBuf {
+        self.dir(key).join(format!("reduced-of-{}.bin", self.blocks))
+    }
+    /// What a task says of its unit of phase `phase` (1-based; `block` for block phases).
+    pub fn unit(&self, phase: usize, block: Option<usize>) -> PathBuf {
+        let name = match block {
+            Some(b) => format!("block-{b}.json"),
+            None => "sample.json".into(),
+        };
+        self.root.join(format!("phase-{phase}-of-{}", self.blocks)).join(name)
+    }
+    /// A temporary name beside `path`, unique to this process (renamed into place when whole).
+    pub fn aside(path: &Path) -> PathBuf {
+        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(format!(".tmp{}", std::process::id()));
+        path.with_file_name(name)
+    }
+}
+
+/// z-block `b` of `n` over `nz` planes: `[z0, z1)`, sizes differing by at most one plane.
+pub fn block_range(nz: usize, n: usize, b: usize) -> (usize, usize) {
+    (b * nz / n, (b + 1) * nz / n)
+}
+
+/// Joins the stored blocks of stage `key` into its checkpoint (the blocks' compressed chunks
+/// copied in order), unless it has a verified one; then removes the stage's split files.
+/// `Err` names the blocks that are missing.
+pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage: &str) -> Result<(), String> {
+    if store.raw(key).is_some() {
+        let _ = std::fs::remove_dir_all(files.dir(key));
+        return Ok(());
+    }
+    let parts: Vec<PathBuf> = (0..files.blocks).map(|b| files.part(key, b)).collect();
+    let missing: Vec<String> = parts.iter().enumerate().filter(|(_, p)| !p.is_file()).map(|(b, _)| (b + 1).to_string()).collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "stage '{stage}': block{} {} of {} not computed (their block tasks failed or have not run; `tessera status` lists them)",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", "),
+            files.blocks
+        ));
+    }
+    let dir = files.dir(key);
+    let mut w = super::spill::Writer::create(&dir, &format!("joined.tmp{}", std::process::id()))?;
+    for p in &parts {
+        let r = super::spill::Reader::open(p).map_err(|e| format!("stage '{stage}': {e} (run its block task again)"))?;
+        w.append_file(&r)?;
+    }
+    let elem = w.elem().ok_or_else(|| format!("stage '{stage}': its blocks hold no planes"))?;
+    let (r, bytes, blake3) = w.finish(false)?;
+    let meta = crate::store::RawMeta { elem: elem.name().into(), format: super::spill::FORMAT.into(), bytes, blake3 };
+    store.adopt_raw(key, r.path(), &meta)?;
+    drop(r);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Which phase `tessera run --split N` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseArg {
+    /// Every phase in order, then the final run (one machine).
+    All,
+    /// Phase K (1-based).
+    One(usize),
+    /// The final run: every stage from its checkpoint, outputs written (per sample).
+    Final,
+}
+
+impl std::str::FromStr for PhaseArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(PhaseArg::All),
+            "final" => Ok(PhaseArg::Final),
+            _ => match s.parse::<usize>() {
+                Ok(k) if k >= 1 => Ok(PhaseArg::One(k)),
+                _ => Err(format!("'{s}' is not a phase: a number from 1 (see `tessera plan --split N`), final or all")),
+            },
+        }
+    }
+}
+
+/// What a task did in one phase.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PhaseSummary {
+    pub phase: usize,
+    pub phases: usize,
+    pub describe: String,
+    pub units: usize,
+    pub done: usize,
+    pub failed: usize,
+    /// `sample (block B): stage: error`, per failed unit.
+    pub errors: Vec<String>,
+    pub seconds: f64,
+}
+
+/// What a unit's status file says.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UnitState {
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub seconds: f64,
+    /// The array task that ran it (`K/N`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+}
+
+/// Units of a phase for `rows` samples: a block of a sample per task in block phases
+/// (sample-major), a sample in single ones. What `tessera submit --split` sizes its arrays by.
+pub fn units(phase: &Phase, rows: usize, blocks: usize) -> usize {
+    if phase.blocks { rows * blocks } else { rows }
+}
+
+/// Runs phase `k` (1-based) of a split run into `blocks` blocks for the units `cfg.task` owns
+/// (every unit without a task). A unit that fails fails alone and is reported.
+pub fn run_phase(
+    plan: &Plan,
+    manifest: &crate::spec::manifest::Manifest,
+    cfg: &super::RunConfig,
+    blocks: usize,
+    k: usize,
+) -> Result<PhaseSummary, String> {
+    let t0 = std::time::Instant::now();
+    let all = phases(plan);
+    let phase = all
+        .get(k.wrapping_sub(1))
+        .ok_or_else(|| format!("this pipeline split runs in {} phases (then `--phase final`); there is no phase {k}", all.len()))?;
+    let joined = block_stages(&all[..k - 1]);
+    let per = if phase.blocks { blocks } else { 1 };
+    let owns = |u: usize| cfg.task.is_none_or(|t| t.owns(u));
+    let mut summary = PhaseSummary { phase: k, phases: all.len(), describe: phase.describe(plan), ..Default::default() };
+    let store = crate::store::Store::new(&cfg.out);
+    let shared = super::shared::SharedInputs::new(std::iter::empty(), cfg.memory / 4);
+    let rows = manifest.each().map_err(|e| e.to_string())?;
+    let results = std::sync::Mutex::new(Vec::new());
+    let run_unit = |row: &crate::spec::manifest::SampleRow, b: Option<usize>| -> Result<(), (String, String)> {
+        let p = super::prepare(plan, row, manifest, &shared)?;
+        let files = Files::new(&cfg.out, &row.id, blocks);
+        let fail_at = |i: usize, e: String| (plan.stages.get(i).map_or_else(|| "input".to_string(), |s| s.id.clone()), e);
+        let n = plan.stages.len();
+        let valid = vec![true; n];
+        let targets: Vec<bool> = (0..n).map(|i| phase.work.contains(&Work::Whole(i))).collect();
+        let s = super::stream::Streamed {
+            plan,
+            bound: &p.bound,
+            paths: &p.paths,
+            headers: &p.headers,
+            spacing: &p.spacing,
+            ndim: p.ndim,
+            sample: &row.id,
+            memory: cfg.memory,
+            threads: cfg.threads,
+            spill_dir: files.root.join(format!("spill-{}", std::process::id())),
+            sample_dir: cfg.out.join("samples").join(&row.id),
+            compression: plan.spec.compression,
+            slab: None,
+            checkpoints: Some(&store),
+            keys: &p.keys,
+            valid: &valid,
+            force: false,
+            on_stage: &|_| {},
+            targets: Some(&targets),
+        };
+        if let Some(b) = b {
+            return super::stream::run_block(&s, phase, b, &files).map_err(|(i, e)| fail_at(i, e));
+        }
+        // A single task: the blocks earlier phases stored become checkpoints first.
+        for &j in &joined {
+            join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id).map_err(|e| fail_at(j, e))?;
+        }
+        for w in &phase.work {
+            if let Work::Reduce(i) = *w {
+                let key = &p.keys[i];
+                let out = files.reduced(key);
+                if out.is_file() {
+                    continue;
+                }
+                let op = p.bound.ops[i].phased().ok_or_else(|| fail_at(i, "internal: no phased form".into()))?;
+                let partials: Vec<Vec<u8>> = (0..blocks)
+                    .map(|b| {
+                        std::fs::read(files.partial(key, b)).map_err(|e| {
+                            fail_at(
+                                i,
+                                format!(
+                                    "block {} of {blocks}'s partial result is missing ({e}): its block task failed or has not run",
+                                    b + 1
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                let ctx = crate::ops::Ctx {
+                    sample: &row.id,
+                    spacing: super::scaled(&p.spacing, super::input_scale(plan, &p.bound, i)).zyx,
+                    unit: &p.spacing.unit,
+                    ndim: p.ndim,
+                };
+                let reduced = op.reduce(partials, &ctx).map_err(|e| fail_at(i, e))?;
+                let aside = Files::aside(&out);
+                std::fs::write(&aside, &reduced)
+                    .and_then(|_| std::fs::rename(&aside, &out))
+                    .map_err(|e| fail_at(i, format!("{}: {e}", out.display())))?;
+            }
+        }
+        if targets.contains(&true) {
+            let (mut objects, mut timings, mut reused) = (Vec::new(), Vec::new(), Vec::new());
+            super::stream::evaluate_streamed(&s, &mut |_, _| Ok(()), &mut objects, &mut timings, &mut reused)
+                .map_err(|(i, e)| fail_at(i, e))?;
+        }
+        Ok(())
+    };
+    // Units in manifest order (a sample's blocks together); the task owns some of them.
+    let each = rows
+        .enumerate()
+        .filter_map(|(r, row)| row.ok().map(|row| (r, row)))
+        .flat_map(move |(r, row)| (0..per).map(move |b| (r * per + b, row.clone())))
+        .filter(|(u, _)| owns(*u));
+    super::for_each_sample(each, cfg.threads, |u, row| {
+        let b = u % per;
+        let t = std::time::Instant::now();
+        let r = run_unit(row, phase.blocks.then_some(b));
+        let files = Files::new(&cfg.out, &row.id, blocks);
+        let state = UnitState {
+            done: r.is_ok(),
+            stage: r.as_ref().err().map(|e| e.0.clone()),
+            error: r.as_ref().err().map(|e| e.1.clone()),
+            seconds: t.elapsed().as_secs_f64(),
+            task: cfg.task.map(|t| t.to_string()),
+        };
+        let path = files.unit(k, phase.blocks.then_some(b));
+        let _ = serde_json::to_vec_pretty(&state).map(|j| crate::util::write_atomic(&path, &j));
+        results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((row.id.clone(), phase.blocks.then_some(b), r));
+    });
+    let mut results = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    results.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (id, b, r) in results {
+        summary.units += 1;
+        match r {
+            Ok(()) => summary.done += 1,
+            Err((stage, e)) => {
+                summary.failed += 1;
+                let at = b.map(|b| format!(" (block {} of {blocks})", b + 1)).unwrap_or_default();
+                summary.errors.push(format!("{id}{at}: {stage}: {e}"));
+            }
+        }
+    }
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}

@@ -1,0 +1,220 @@
+//! A sample split into z-blocks over tasks (`tessera run --split N`) gives the same bytes as a
+//! run on one machine: pipelines drawn from the op registry (every op, random chains), any
+//! number of blocks, phases run in any grouping of tasks, blocks missing and run again.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{tessera, text};
+use ndarray::Array3;
+use proptest::prelude::*;
+use tessera::io::{Compression, Data, Spacing};
+
+/// Every file under `samples/`, `tables/` and `stats/` of an output folder, by relative path.
+fn outputs(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for sub in ["samples", "tables", "stats"] {
+        let mut stack = vec![out.join(sub)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(out).unwrap().display().to_string();
+                    v.push((rel, std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Outputs of `out` equal those of `want` file for file, byte for byte.
+fn same(want: &[(String, Vec<u8>)], out: &Path, what: &str) -> Result<(), String> {
+    let got = outputs(out);
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    if names(want) != names(&got) {
+        return Err(format!("{what}: files {:?} vs {:?}", names(want), names(&got)));
+    }
+    for ((n, a), (_, b)) in want.iter().zip(&got) {
+        if a != b {
+            return Err(format!("{what}: {n} differs"));
+        }
+    }
+    Ok(())
+}
+
+fn run(args: &[&str]) -> Result<(), String> {
+    let o = tessera(args);
+    if o.status.code() != Some(0) {
+        return Err(format!("tessera {}: exit {:?}\n{}{}", args.join(" "), o.status.code(), text(&o.stdout), text(&o.stderr)));
+    }
+    Ok(())
+}
+
+/// Runs `pipeline` on `image` on one machine and split into `blocks` (every phase here), and
+/// compares the outputs. `memory` (bytes) makes both stream from disk in slabs.
+fn check(pipeline: &Path, image: &Path, blocks: usize, memory: Option<&str>, dir: &Path) -> Result<(), String> {
+    let whole = dir.join("whole");
+    let split = dir.join(format!("split{blocks}"));
+    let _ = std::fs::remove_dir_all(&whole);
+    let _ = std::fs::remove_dir_all(&split);
+    let mut base = vec!["run", pipeline.to_str().unwrap(), image.to_str().unwrap(), "--progress", "never"];
+    if let Some(m) = memory {
+        base.extend(["--memory", m]);
+    }
+    let w = whole.to_str().unwrap();
+    let a = tessera(&[base.clone(), vec!["--out", w]].concat());
+    let n = blocks.to_string();
+    let b = tessera(&[base, vec!["--out", split.to_str().unwrap(), "--split", &n]].concat());
+    match (a.status.code(), b.status.code()) {
+        (Some(0), Some(0)) => same(&outputs(&whole), &split, &format!("--split {blocks}")),
+        // A sample that fails on one machine (an op refusing this volume) fails split too.
+        (Some(1), Some(1)) => Ok(()),
+        (x, y) => Err(format!("exit {x:?} on one machine, {y:?} split into {blocks}:\n{}\n{}", text(&a.stderr), text(&b.stderr))),
+    }
+}
+
+fn volume(z: usize, y: usize, x: usize, dt: u8, seed: u64) -> Data {
+    let mut next = common::xorshift(seed);
+    let base = Array3::from_shape_fn((z, y, x), |(a, b, c)| {
+        let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
+        (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
+    });
+    match dt {
+        0 => Data::U8(base.mapv(|v| v as u8)),
+        1 => Data::U16(base.mapv(|v| (v * 7.0) as u16)),
+        _ => Data::F32(base.mapv(|v| v as f32 * 0.25 + 0.1)),
+    }
+}
+
+fn write(dir: &Path, yaml: &str, img: &Data) -> (PathBuf, PathBuf) {
+    let p = dir.join("p.yaml");
+    // Files the examples name (a classify model) are in the repository's testdata/.
+    let root = format!("{}/testdata/", common::root().display());
+    std::fs::write(&p, yaml.replace("testdata/", &root)).unwrap();
+    let src = dir.join("v.tif");
+    tessera::io::write_tiff(&src, img, 3, &Spacing { zyx: [2.0, 0.5, 0.75], unit: "um".into() }, Compression::Lzw).unwrap();
+    (p, src)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Random chains of registry ops: split into 1 to 5 blocks equals one machine.
+    #[test]
+    fn split_registry_chains_equal_one_machine(
+        steps in prop::collection::vec((0usize..64, 0usize..8), 1..5),
+        dims in (5usize..12, 3usize..10, 3usize..10),
+        dt in 0u8..3,
+        seed in any::<u64>(),
+        blocks in 1usize..6,
+    ) {
+        let Some(yaml) = common::registry_chain(&steps) else { return Ok(()) };
+        let dir = tempfile::tempdir().unwrap();
+        let (p, src) = write(dir.path(), &yaml, &volume(dims.0, dims.1, dims.2, dt, seed));
+        check(&p, &src, blocks, None, dir.path()).map_err(|e| TestCaseError::fail(format!("{e}\n{yaml}")))?;
+    }
+}
+
+/// Every registry op with every one of its examples runs split (3 blocks) with the bytes of one
+/// machine, on each voxel type.
+#[test]
+fn every_registry_op_runs_split() {
+    use tessera::ops::REGISTRY;
+    let dir = tempfile::tempdir().unwrap();
+    for (op, info) in REGISTRY.iter().enumerate() {
+        for ex in 0..info.examples.len() {
+            let yaml = common::registry_chain(&[(op, ex)]).unwrap();
+            for dt in 0..3 {
+                let (p, src) = write(dir.path(), &yaml, &volume(9, 11, 12, dt, 7));
+                check(&p, &src, 3, None, dir.path()).unwrap_or_else(|e| panic!("{}: {e}\n{yaml}", info.name));
+            }
+        }
+    }
+}
+
+/// The bone-lacunae analysis on the bundled scan (distance and territories included), split
+/// into 1, 2, 4 and 7 blocks, in memory and streamed in slabs within the blocks.
+#[test]
+fn bone_lacunae_split_equals_one_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::root().join("pipelines/bone-lacunae-scan.yaml");
+    let img = common::root().join("testdata/bone3d.tif");
+    for blocks in [1, 2, 4, 7] {
+        check(&p, &img, blocks, None, dir.path()).unwrap();
+    }
+    // A budget far below the scan: every stage streams in slabs, inside every block too.
+    check(&p, &img, 4, Some("2MiB"), dir.path()).unwrap();
+}
+
+/// Phases run one at a time as array tasks would: a block whose task did not run stops the
+/// next phase with a message naming it; running that task alone then finishes the job with
+/// the same bytes. A leftover half-written file of a killed task is ignored.
+#[test]
+fn a_missing_block_is_named_and_run_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::root().join("pipelines/bone-lacunae-scan.yaml");
+    let img = common::root().join("testdata/bone3d.tif");
+    let whole = dir.path().join("whole");
+    run(&["run", p.to_str().unwrap(), img.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--progress", "never"]).unwrap();
+    let want = outputs(&whole);
+    let out = dir.path().join("split");
+    let o = out.to_str().unwrap();
+    let base = ["run", p.to_str().unwrap(), img.to_str().unwrap(), "--out", o, "--split", "4", "--progress", "never"];
+    let phase = |k: &str, task: &str| tessera(&[&base[..], &["--phase", k, "--task", task]].concat());
+    // Phase 1 is per block: 4 units over 2 tasks; only task 1 (blocks 1 and 3) runs.
+    assert_eq!(phase("1", "1/2").status.code(), Some(0));
+    // A killed writer's leftover.
+    let part_dir = std::fs::read_dir(out.join(".tessera/split/bone3d")).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    std::fs::write(part_dir.join("part-1-of-4.spill.tmp999999"), b"half").unwrap();
+    let o2 = phase("2", "1/1");
+    assert_eq!(o2.status.code(), Some(1), "{}", text(&o2.stderr));
+    let e = text(&o2.stderr);
+    assert!(e.contains("blocks 2, 4 of 4 not computed") && e.contains("stage 'smooth'"), "{e}");
+    let status = tessera(&["status", o]);
+    let st = text(&status.stdout);
+    assert!(st.contains("phase 1 of 6") && st.contains("2 of 4 blocks done"), "{st}");
+    assert_eq!(phase("1", "2/2").status.code(), Some(0));
+    for k in 2..=6 {
+        let tasks = if k % 2 == 1 { 3 } else { 1 };
+        for t in 1..=tasks {
+            let o = phase(&k.to_string(), &format!("{t}/{tasks}"));
+            assert_eq!(o.status.code(), Some(0), "phase {k}: {}", text(&o.stderr));
+        }
+    }
+    let fin = phase("final", "1/1");
+    assert_eq!(fin.status.code(), Some(0), "{}", text(&fin.stderr));
+    run(&["merge", o]).unwrap();
+    same(&want, &out, "phases run as tasks").unwrap();
+}
+
+/// `tessera plan --split N` lists the phases; a volume with fewer planes than blocks fails
+/// with a clear message.
+#[test]
+fn phases_are_listed_and_too_many_blocks_refused() {
+    let p = common::root().join("pipelines/bone-lacunae-scan.yaml");
+    let o = tessera(&["plan", p.to_str().unwrap(), "--split", "4"]);
+    let s = text(&o.stdout);
+    assert!(s.contains("phase 1 (per block): smooth") && s.contains("phase 4 (per sample): lacunae (reduce), canals (reduce)"), "{s}");
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::root().join("testdata/bone3d.tif");
+    let out = dir.path().join("o");
+    let o = tessera(&[
+        "run",
+        p.to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--split",
+        "1000",
+        "--progress",
+        "never",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("cannot split 64 planes into 1000 blocks: use --split 64 or fewer"), "{}", text(&o.stderr));
+}
