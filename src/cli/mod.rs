@@ -378,6 +378,9 @@ pub struct PlanArgs {
     /// 3/4 of RAM, as `run`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory: Option<u64>,
+    /// Also list the phases of a run split into N z-blocks per sample (`run --split N`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub split: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -604,10 +607,33 @@ fn cmd_plan(a: PlanArgs) -> i32 {
             2
         }
         Ok(p) => {
+            let phases = a.split.map(|n| (n, crate::exec::split::phases(&p)));
             let s = match a.format {
-                PlanFormat::Text => plan::render::text(&p),
+                PlanFormat::Text => {
+                    let mut t = plan::render::text(&p);
+                    if let Some((n, phases)) = &phases {
+                        t += &format!(
+                            "\nsplit into {n} z-blocks per sample (run --split {n}): {} phases, then the final run\n",
+                            phases.len()
+                        );
+                        for (k, ph) in phases.iter().enumerate() {
+                            let (how, what) =
+                                ph.describe(&p).split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
+                            let tasks = if ph.blocks { format!("{n} tasks a sample") } else { "1 task a sample".into() };
+                            t += &format!("  phase {} ({how}): {what}   [{tasks}]\n", k + 1);
+                        }
+                        t += "  final (per sample): outputs written from the checkpoints   [1 task a sample]\n";
+                    }
+                    t
+                }
                 PlanFormat::Dot => plan::render::dot(&p),
-                PlanFormat::Json => serde_json::to_string_pretty(&plan::render::json(&p)).unwrap_or_default() + "\n",
+                PlanFormat::Json => {
+                    let mut v = plan::render::json(&p);
+                    if let (Some((n, phases)), Some(o)) = (&phases, v.as_object_mut()) {
+                        o.insert("split".into(), serde_json::json!({"blocks": n, "phases": phases}));
+                    }
+                    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+                }
             };
             print!("{s}");
             match &a.out {

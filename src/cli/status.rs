@@ -90,7 +90,49 @@ pub fn each_state(out: &Path, counts: &mut Counts, f: &mut dyn FnMut(SampleState
     Ok(())
 }
 
+/// A split run's phases, in text (`tessera status`).
+fn split_text(p: &crate::exec::split::Progress) -> String {
+    let mut t = format!("split into {} z-blocks per sample: {} phases, then the final run\n", p.blocks, p.phases.len());
+    for ph in &p.phases {
+        let (how, what) = ph.describe.split_once(": ").unwrap_or(("", &ph.describe));
+        let unit = if how == "per block" { "blocks" } else { "samples" };
+        let mark = match p.current {
+            Some(c) if c == ph.phase => "  ← running or next",
+            _ => "",
+        };
+        let failed = if ph.failed > 0 { format!(", {} failed", ph.failed) } else { String::new() };
+        t +=
+            &format!("  phase {} of {} ({how}: {what}): {} of {} {unit} done{failed}{mark}\n", ph.phase, p.phases.len(), ph.done, ph.units);
+        for e in ph.errors.iter().take(20) {
+            t += &format!("      ✗ {e}\n");
+        }
+        if ph.errors.len() > 20 {
+            t += &format!("      … and {} more\n", ph.errors.len() - 20);
+        }
+    }
+    if p.current.is_none() {
+        t += "  every phase complete: the final run's state follows\n";
+    }
+    t
+}
+
 pub fn cmd_status(out: &Path, json: bool) -> i32 {
+    let split = crate::exec::split::progress(out);
+    if let Some(p) = &split
+        && !out.join("run.json").is_file()
+    {
+        // Phases of a split run, before its final run wrote run.json.
+        if json {
+            let v = serde_json::json!({"out": out.display().to_string(), "split": p});
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        } else {
+            print!("{}: {}", out.display(), split_text(p));
+        }
+        return 1;
+    }
+    if let (Some(p), false) = (&split, json) {
+        print!("{}", split_text(p));
+    }
     let so = std::cell::RefCell::new(std::io::stdout().lock());
     let mut totals = [0usize; 3];
     let mut first = true;
@@ -102,11 +144,14 @@ pub fn cmd_status(out: &Path, json: bool) -> i32 {
             totals = [done, failed, missing];
             w.set(longest.max(6));
             if json {
-                let head = serde_json::json!({
+                let mut head = serde_json::json!({
                     "out": out.display().to_string(),
                     "pipeline": run.pipeline.name,
                     "done": done, "failed": failed, "missing": missing,
                 });
+                if let (Some(p), Some(o)) = (&split, head.as_object_mut()) {
+                    o.insert("split".into(), serde_json::json!(p));
+                }
                 // The object without its closing brace: the samples follow, one at a time.
                 let text = serde_json::to_string_pretty(&head).unwrap_or_default();
                 let _ = write!(so, "{},\n  \"samples\": [", text.trim_end().trim_end_matches('}').trim_end());

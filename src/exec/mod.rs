@@ -328,7 +328,7 @@ fn run_sample(
         // The final phase of a split run: what the block phases stored becomes checkpoints.
         let files = split::Files::new(&cfg.out, &row.id, n);
         for j in split::block_stages(&split::phases(plan)) {
-            if let Err(e) = split::join_blocks(&store, &files, &keys[j], &plan.stages[j].id) {
+            if let Err(e) = split::join_blocks(&store, &files, &keys[j], &plan.stages[j].id, bound.metas[j].shape[0]) {
                 return res.fail(&plan.stages[j].id, e);
             }
         }
@@ -827,7 +827,8 @@ fn run_streamed(
                 }
                 // Streamed samples are already disk-bound: write here, in order.
                 // (Voxel stages are written slab by slab by the streamer; what reaches here is
-                // a table, so the copy for sharing is small.)
+                // a table, so the copy for sharing is small.) Its spacing is its input's, as in
+                // memory (after a downsample, the coarser one).
                 Some((_, formats)) => write_output(
                     &sample_dir,
                     &plan.stages[i].id,
@@ -835,7 +836,7 @@ fn run_streamed(
                     None,
                     formats,
                     (ndim, &paths[0]),
-                    &spacing,
+                    &scaled(&spacing, bound.metas[i].scale),
                     plan,
                     row,
                     res_ref,
@@ -1289,6 +1290,8 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     let row_paths =
         |row: &SampleRow| if row.problem.is_some() { Vec::new() } else { source_paths(plan, row, manifest).unwrap_or_default() };
     let shared = SharedInputs::new(rows("counting the rows per file")?.flat_map(|(_, r)| row_paths(&r)), cfg.memory / 4);
+    // The final run of a split one takes the hashes its phases computed.
+    let shared = if cfg.split.is_some() { shared.hashing_once(Store::new(&cfg.out)) } else { shared };
     let tally = Mutex::new(Tally::default());
     let run_row = |k: usize, row: &SampleRow| {
         if stop.load(Ordering::SeqCst) {

@@ -29,6 +29,9 @@ pub struct SharedInputs {
     held: AtomicU64,
     /// Uses not yet done, per file that more than one row reads (by [`key`]).
     uses: Mutex<HashMap<Key, (usize, Arc<Cell>)>>,
+    /// Content hashes are kept in (and taken from) this store's input-hash cache: the tasks
+    /// of a split run hash a volume once, not once per block.
+    hashes: Option<crate::store::Store>,
 }
 
 /// A file's path by a 128-bit hash: counting the rows of a table that names a million files
@@ -42,7 +45,7 @@ fn key(path: &Path) -> Key {
 impl SharedInputs {
     /// Nothing shared: every call reads the file itself.
     pub fn none() -> SharedInputs {
-        SharedInputs { budget: 0, held: AtomicU64::new(0), uses: Mutex::new(HashMap::new()) }
+        SharedInputs { budget: 0, held: AtomicU64::new(0), uses: Mutex::new(HashMap::new()), hashes: None }
     }
 
     /// From every row's files (a file named twice by one row counts twice); decoded files are
@@ -53,7 +56,13 @@ impl SharedInputs {
             *counts.entry(key(&f)).or_insert(0) += 1;
         }
         let uses = counts.into_iter().filter(|(_, n)| *n > 1).map(|(p, n)| (p, (n, Arc::new(Cell::default())))).collect();
-        SharedInputs { budget, held: AtomicU64::new(0), uses: Mutex::new(uses) }
+        SharedInputs { budget, held: AtomicU64::new(0), uses: Mutex::new(uses), hashes: None }
+    }
+
+    /// Content hashes through `store`'s input-hash cache ([`crate::store::Store::input_hash`]).
+    pub fn hashing_once(mut self, store: crate::store::Store) -> SharedInputs {
+        self.hashes = Some(store);
+        self
     }
 
     fn cell(&self, path: &Path) -> Option<Arc<Cell>> {
@@ -70,7 +79,11 @@ impl SharedInputs {
 
     /// The input hash of SPEC §5 ([`io::hash_input`]).
     pub fn hash(&self, path: &Path) -> Result<String, String> {
-        let read = || io::hash_input(path).map_err(|e| e.to_string());
+        let hash = || io::hash_input(path).map_err(|e| e.to_string());
+        let read = || match &self.hashes {
+            Some(store) => store.input_hash(path, &hash),
+            None => hash(),
+        };
         match self.cell(path) {
             Some(c) => c.hash.get_or_init(read).clone(),
             None => read(),

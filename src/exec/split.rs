@@ -212,20 +212,29 @@ impl Files {
     }
 }
 
-/// z-block `b` of `n` over `nz` planes: `[z0, z1)`, sizes differing by at most one plane.
-pub fn block_range(nz: usize, n: usize, b: usize) -> (usize, usize) {
-    (b * nz / n, (b + 1) * nz / n)
+/// How many blocks a stage of `nz` planes is cut into when samples are split into `n`: `n`, or
+/// one per plane when it has fewer planes (after a downsample, say).
+pub fn blocks_for(nz: usize, n: usize) -> usize {
+    n.min(nz).max(1)
+}
+
+/// Block `b` of a stage of `nz` planes in a split into `n`: planes `[z0, z1)`, block sizes
+/// differing by at most one plane; `None` for a block the stage does not have
+/// ([`blocks_for`]).
+pub fn block_of(nz: usize, n: usize, b: usize) -> Option<(usize, usize)> {
+    let m = blocks_for(nz, n);
+    (b < m).then(|| (b * nz / m, (b + 1) * nz / m))
 }
 
 /// Joins the stored blocks of stage `key` into its checkpoint (the blocks' compressed chunks
 /// copied in order), unless it has a verified one; then removes the stage's split files.
 /// `Err` names the blocks that are missing.
-pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage: &str) -> Result<(), String> {
+pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage: &str, planes: usize) -> Result<(), String> {
     if store.raw(key).is_some() {
         let _ = std::fs::remove_dir_all(files.dir(key));
         return Ok(());
     }
-    let parts: Vec<PathBuf> = (0..files.blocks).map(|b| files.part(key, b)).collect();
+    let parts: Vec<PathBuf> = (0..blocks_for(planes, files.blocks)).map(|b| files.part(key, b)).collect();
     let missing: Vec<String> = parts.iter().enumerate().filter(|(_, p)| !p.is_file()).map(|(b, _)| (b + 1).to_string()).collect();
     if !missing.is_empty() {
         return Err(format!(
@@ -324,11 +333,14 @@ pub fn run_phase(
         .get(k.wrapping_sub(1))
         .ok_or_else(|| format!("this pipeline split runs in {} phases (then `--phase final`); there is no phase {k}", all.len()))?;
     let joined = block_stages(&all[..k - 1]);
+    let info = SplitInfo { blocks, samples: manifest.len(), phases: all.iter().map(|p| (p.describe(plan), p.blocks)).collect() };
+    let text = serde_json::to_vec_pretty(&info).map_err(|e| e.to_string())?;
+    crate::util::write_atomic(&info_path(&cfg.out), &text).map_err(|e| format!("{}: {e}", info_path(&cfg.out).display()))?;
     let per = if phase.blocks { blocks } else { 1 };
     let owns = |u: usize| cfg.task.is_none_or(|t| t.owns(u));
     let mut summary = PhaseSummary { phase: k, phases: all.len(), describe: phase.describe(plan), ..Default::default() };
     let store = crate::store::Store::new(&cfg.out);
-    let shared = super::shared::SharedInputs::new(std::iter::empty(), cfg.memory / 4);
+    let shared = super::shared::SharedInputs::new(std::iter::empty(), cfg.memory / 4).hashing_once(store.clone());
     let rows = manifest.each().map_err(|e| e.to_string())?;
     let results = std::sync::Mutex::new(Vec::new());
     let run_unit = |row: &crate::spec::manifest::SampleRow, b: Option<usize>| -> Result<(), (String, String)> {
@@ -364,7 +376,7 @@ pub fn run_phase(
         }
         // A single task: the blocks earlier phases stored become checkpoints first.
         for &j in &joined {
-            join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id).map_err(|e| fail_at(j, e))?;
+            join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id, p.bound.metas[j].shape[0]).map_err(|e| fail_at(j, e))?;
         }
         for w in &phase.work {
             if let Work::Reduce(i) = *w {
@@ -374,7 +386,7 @@ pub fn run_phase(
                     continue;
                 }
                 let op = p.bound.ops[i].phased().ok_or_else(|| fail_at(i, "internal: no phased form".into()))?;
-                let partials: Vec<Vec<u8>> = (0..blocks)
+                let partials: Vec<Vec<u8>> = (0..blocks_for(p.bound.metas[i].shape[0], blocks))
                     .map(|b| {
                         std::fs::read(files.partial(key, b)).map_err(|e| {
                             fail_at(
@@ -444,4 +456,88 @@ pub fn run_phase(
     }
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What a split run into a folder is (`.tessera/split/split.json`, written by every phase):
+/// what `tessera status` reads to show the phases' progress.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SplitInfo {
+    pub blocks: usize,
+    pub samples: usize,
+    /// Each phase's description ([`Phase::describe`]) and whether it runs per block.
+    pub phases: Vec<(String, bool)>,
+}
+
+fn info_path(out: &Path) -> PathBuf {
+    out.join(".tessera").join("split").join("split.json")
+}
+
+/// One phase's progress over the study.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseProgress {
+    pub phase: usize,
+    pub describe: String,
+    /// Units (a block of a sample, or a sample) in all, done, failed.
+    pub units: usize,
+    pub done: usize,
+    pub failed: usize,
+    /// `sample (block B of N): stage: error` per failed unit.
+    pub errors: Vec<String>,
+}
+
+/// The progress of the split run in `out`, if there is one: per phase, its units done and
+/// failed (from the units' status files), and the first phase not complete (the one running
+/// or next).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Progress {
+    pub blocks: usize,
+    pub phases: Vec<PhaseProgress>,
+    /// 1-based; `None` when every phase is complete (the final run's state is `run.json`'s).
+    pub current: Option<usize>,
+}
+
+/// Reads the progress of the split run in `out`; `None` without one.
+pub fn progress(out: &Path) -> Option<Progress> {
+    let info: SplitInfo = serde_json::from_slice(&std::fs::read(info_path(out)).ok()?).ok()?;
+    let root = out.join(".tessera").join("split");
+    let mut phases: Vec<PhaseProgress> = info
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(k, (d, blocks))| PhaseProgress {
+            phase: k + 1,
+            describe: d.clone(),
+            units: info.samples * if *blocks { info.blocks } else { 1 },
+            done: 0,
+            failed: 0,
+            errors: Vec::new(),
+        })
+        .collect();
+    let mut samples: Vec<PathBuf> = std::fs::read_dir(&root).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    samples.sort();
+    for s in samples {
+        let sample = s.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for p in &mut phases {
+            let Ok(rd) = std::fs::read_dir(s.join(format!("phase-{}-of-{}", p.phase, info.blocks))) else { continue };
+            let mut units: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|f| f.extension().is_some_and(|e| e == "json")).collect();
+            units.sort();
+            for u in units {
+                let Some(st) = std::fs::read(&u).ok().and_then(|b| serde_json::from_slice::<UnitState>(&b).ok()) else { continue };
+                if st.done {
+                    p.done += 1;
+                } else {
+                    p.failed += 1;
+                    let name = u.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let at = name
+                        .strip_prefix("block-")
+                        .and_then(|b| b.parse::<usize>().ok())
+                        .map(|b| format!(" (block {} of {})", b + 1, info.blocks))
+                        .unwrap_or_default();
+                    p.errors.push(format!("{sample}{at}: {}: {}", st.stage.as_deref().unwrap_or("?"), st.error.as_deref().unwrap_or("")));
+                }
+            }
+        }
+    }
+    let current = phases.iter().find(|p| p.done < p.units).map(|p| p.phase);
+    Some(Progress { blocks: info.blocks, phases, current })
 }

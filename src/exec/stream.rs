@@ -868,14 +868,8 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             }
         }
     }
-    let blocks = files.blocks;
-    let range = |k: usize| -> Result<(usize, usize), (usize, String)> {
-        let nz = s.bound.metas[k].shape[0];
-        if blocks > nz {
-            return Err((k, format!("cannot split {nz} planes into {blocks} blocks: use --split {nz} or fewer")));
-        }
-        Ok(split::block_range(nz, blocks, block))
-    };
+    // A stage with fewer planes than blocks has a block per plane; the blocks after have none.
+    let range = |k: usize| split::block_of(s.bound.metas[k].shape[0], files.blocks, block);
     // Local stages, grouped as the executors group them.
     let decisions: Vec<Decision> = (0..n).map(|k| if here(k) { Decision::Compute } else { Decision::Skip }).collect();
     let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
@@ -896,7 +890,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
         if !keep.contains(&true) {
             continue;
         }
-        let (z0, z1) = range(group.stages[0])?;
+        let Some((z0, z1)) = range(group.stages[0]) else { continue };
         let mut outs: Vec<Option<spill::Writer>> = Vec::new();
         for (p, &k) in group.stages.iter().enumerate() {
             outs.push(if keep[p] { Some(aside_writer(&files.part(&s.keys[k], block)).map_err(|e| (k, e))?) } else { None });
@@ -942,7 +936,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             })
             .collect::<Result<_, _>>()?;
         // A phased op's output has its input's shape (the planner sends others to one task).
-        let (z0, z1) = range(i)?;
+        let Some((z0, z1)) = range(i) else { continue };
         let kept = files.kept(key, block);
         let mut io = BlockStage {
             s,

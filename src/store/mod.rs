@@ -140,6 +140,28 @@ pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
     Ok(format!("{}:{}", md.len(), mtime(&md)?))
 }
 
+/// The sizes and modification times of a file, or of every file under a folder (a slice
+/// folder, an OME-Zarr image), in name order: what [`Store::input_hash`] keys its cache by.
+fn tree_fingerprint(path: &Path) -> std::io::Result<String> {
+    if !path.is_dir() {
+        return file_fingerprint(path);
+    }
+    let mut out = String::new();
+    let mut stack = vec![path.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() { stack.push(p) } else { files.push(p) }
+        }
+    }
+    files.sort();
+    for f in files {
+        out += &format!("{}={};", f.strip_prefix(path).unwrap_or(&f).display(), file_fingerprint(&f)?);
+    }
+    Ok(out)
+}
+
 /// blake3 of a file's bytes.
 pub fn file_hash(path: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
@@ -334,6 +356,42 @@ impl Store {
             let _ = std::fs::remove_dir(d.path());
         }
         (n, bytes)
+    }
+
+    /// The content hash of an input (file, slice folder or OME-Zarr image), from the cache
+    /// under `.tessera/inputs/` while the input's files have the sizes and modification times
+    /// they had when it was computed; else computed by `hash` and kept. Processes that want it
+    /// at once (the block tasks of a split run) take turns: one computes, the others read it.
+    pub fn input_hash(&self, path: &Path, hash: &dyn Fn() -> Result<String, String>) -> Result<String, String> {
+        let id = crate::util::hash128(path.as_os_str().as_encoded_bytes());
+        let name = format!("{:016x}{:016x}", id[0], id[1]);
+        let file = self.root.join("inputs").join(format!("{name}.json"));
+        let fingerprint = || tree_fingerprint(path).map_err(|e| format!("{}: {e}", path.display()));
+        let cached = |fp: &str| -> Option<String> {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
+            (v["path"] == path.to_string_lossy().as_ref() && v["fingerprint"] == fp).then(|| v["hash"].as_str().map(String::from)).flatten()
+        };
+        let fp = fingerprint()?;
+        if let Some(h) = cached(&fp) {
+            return Ok(h);
+        }
+        let _lock = loop {
+            match self.lock(&format!("input-{name}")) {
+                Ok(l) => break Some(l),
+                Err(h) if h.pid == 0 => break None,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        };
+        if let Some(h) = cached(&fp) {
+            return Ok(h);
+        }
+        let h = hash()?;
+        // Kept only if the input did not change while it was read.
+        if fingerprint()? == fp {
+            let v = serde_json::json!({"path": path.to_string_lossy(), "fingerprint": fp, "hash": h});
+            let _ = crate::util::write_atomic(&file, v.to_string().as_bytes());
+        }
+        Ok(h)
     }
 
     /// Takes the lock of `sample`, taking over a lock whose process is gone. `Err` names the
