@@ -190,6 +190,119 @@ fn sge_array_job_equals_the_unsharded_run() {
     }
 }
 
+/// The bone-lacunae analysis (distance and territories included) on the bundled scan split into
+/// 4 z-blocks: a chain of phase arrays, the final array and the merge on the real scheduler
+/// equal the one-machine run byte for byte. Then again with one block task made to fail (its
+/// part file's place taken by a folder): `tessera status` shows the phase and the block,
+/// `submit --resubmit-failed` runs that task alone and the phases after it, and the study
+/// equals the one-machine run.
+fn split_round_trip(scheduler: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let manifest = dir.join("bone.csv");
+    std::fs::write(&manifest, format!("sample,image\nbone3d,{}/testdata/bone3d.tif\n", common::root().display())).unwrap();
+    let want = dir.join("one-machine");
+    let o = run_samples("pipelines/bone-lacunae-scan.yaml", &manifest, &want, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let submit_split = |out: &Path| {
+        submit(&[
+            "submit",
+            "pipelines/bone-lacunae-scan.yaml",
+            "--scheduler",
+            scheduler,
+            "--split",
+            "4",
+            "--samples",
+            manifest.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    // 1. Every phase as an array job: the same bytes as one machine.
+    let out = dir.join("split");
+    let sub = submit_split(&out);
+    // Six phases (three of 4 block tasks), the final array, the merge.
+    assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 7, "{sub}");
+    wait_for(scheduler, &ids(&sub));
+    assert_same_study_outputs(&out, &want, &format!("{scheduler}: split into 4 blocks vs one machine"));
+    let st = text(&tessera(&["status", out.to_str().unwrap()]).stdout);
+    assert!(st.contains("phase 3 of 6 (per block: pores, clean, lacunae (partial), canals (partial)): 4 of 4 blocks done"), "{st}");
+    assert!(st.contains("1 done"), "{st}");
+
+    // 2. Block 3's task of phase 1 fails; resubmitting runs it alone, then the later phases.
+    let out = dir.join("failing");
+    // The checkpoint key of stage 'smooth' is the folder its blocks go to: the same in any output
+    // folder, so a local run of phase 1 shows it.
+    let probe = dir.join("probe");
+    let o = tessera(&[
+        "run",
+        "pipelines/bone-lacunae-scan.yaml",
+        "--samples",
+        manifest.to_str().unwrap(),
+        "--out",
+        probe.to_str().unwrap(),
+        "--split",
+        "4",
+        "--phase",
+        "1",
+        "--progress",
+        "never",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let key = std::fs::read_dir(probe.join(".tessera/split/bone3d"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with("phase"))
+        .unwrap()
+        .file_name();
+    let blocker = out.join(".tessera/split/bone3d").join(&key).join("part-2-of-4.spill");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    let sub = submit_split(&out);
+    wait_for(scheduler, &ids(&sub));
+    let st = tessera(&["status", out.to_str().unwrap()]);
+    let st = text(&st.stdout);
+    assert!(st.contains("phase 1 of 6 (per block: smooth): 3 of 4 blocks done, 1 failed  ← running or next"), "{st}");
+    assert!(st.contains("bone3d (block 3 of 4): smooth:"), "{st}");
+    assert!(!out.join("tables/shape.parquet").exists());
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let sub = submit(&["submit", "--resubmit-failed", out.to_str().unwrap(), "--json"]);
+    // Phase 1's task 3 alone (SGE: one job), phases 2 to 6, the final array, the merge.
+    assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 7, "{sub}");
+    let first = std::fs::read_to_string(sub["scripts"][0].as_str().unwrap()).unwrap();
+    assert!(first.contains("--phase 1") && (first.contains("--array=3\n") || first.contains("--task 3/4")), "{first}");
+    wait_for(scheduler, &ids(&sub));
+    assert_same_study_outputs(&out, &want, &format!("{scheduler}: split with a block resubmitted vs one machine"));
+}
+
+/// The outputs (samples, tables, statistics) of two folders are the same bytes.
+fn assert_same_study_outputs(a: &Path, b: &Path, what: &str) {
+    let keep = |d: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        files(d).into_iter().filter(|(p, _)| p.starts_with("samples") || p.starts_with("tables") || p.starts_with("stats")).collect()
+    };
+    let (fa, fb) = (keep(a), keep(b));
+    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb), "{what}: different files");
+    assert!(!fa.is_empty(), "{what}: no outputs");
+    for ((p, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{what}: {} differs", p.display());
+    }
+}
+
+#[test]
+fn slurm_split_volume_equals_one_machine() {
+    if enabled("slurm") {
+        split_round_trip("slurm");
+    }
+}
+
+#[test]
+fn sge_split_volume_equals_one_machine() {
+    if enabled("sge") {
+        split_round_trip("sge");
+    }
+}
+
 #[test]
 fn task_flags_outside_an_array_and_submit_mistakes() {
     let tmp = tempfile::tempdir().unwrap();

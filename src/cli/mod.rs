@@ -280,9 +280,16 @@ pub struct SubmitArgs {
     /// The scheduler to submit to.
     #[arg(long, value_enum, required_unless_present = "resubmit_failed")]
     pub scheduler: Option<crate::sched::submit::Scheduler>,
-    /// Array tasks (shards); at most the number of samples.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "resubmit_failed")]
+    /// Array tasks (shards); at most the number of samples. With --split: the most tasks of
+    /// any one array (default: one per block of every sample in block phases, one per sample in
+    /// the others).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), required_unless_present_any = ["resubmit_failed", "split"])]
     pub tasks: Option<u32>,
+    /// Split every sample into N z-blocks: the pipeline runs as a chain of array jobs, one per
+    /// phase (`tessera plan --split N` lists them), then the final array and the merge, with
+    /// outputs identical to one machine's. --memory then defaults to what a block needs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub split: Option<u32>,
     /// Sample manifest. Default: the pipeline's `samples:`.
     #[arg(long, value_name = "MANIFEST.csv")]
     pub samples: Option<PathBuf>,
@@ -316,7 +323,7 @@ pub struct SubmitArgs {
     pub json: bool,
     /// Resubmit only the shards of DIR with failed or missing samples (and a merge job after
     /// them), with the settings of the first submission.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["pipeline", "tasks", "samples", "out"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["pipeline", "tasks", "samples", "out", "split"])]
     pub resubmit_failed: Option<PathBuf>,
     /// Extra arguments for sbatch/qsub (after `--`), e.g. `-- --partition=long` or `-- -q all.q`.
     #[arg(last = true, value_name = "SCHEDULER ARGS")]

@@ -541,3 +541,31 @@ pub fn progress(out: &Path) -> Option<Progress> {
     let current = phases.iter().find(|p| p.done < p.units).map(|p| p.phase);
     Some(Progress { blocks: info.blocks, phases, current })
 }
+
+/// The units of phase `k` (1-based) of the split run in `out` that are not done (no status
+/// file, or a failed one), by unit number (see [`units`]): what `submit --resubmit-failed`
+/// runs again.
+pub fn unfinished_units(
+    out: &Path,
+    manifest: &crate::spec::manifest::Manifest,
+    phase: &Phase,
+    blocks: usize,
+    k: usize,
+) -> Result<Vec<usize>, String> {
+    let per = if phase.blocks { blocks } else { 1 };
+    let mut v = Vec::new();
+    for (r, row) in manifest.each().map_err(|e| e.to_string())?.enumerate() {
+        let row = row.map_err(|e| e.to_string())?;
+        let files = Files::new(out, &row.id, blocks);
+        for b in 0..per {
+            let done = std::fs::read(files.unit(k, phase.blocks.then_some(b)))
+                .ok()
+                .and_then(|t| serde_json::from_slice::<UnitState>(&t).ok())
+                .is_some_and(|u| u.done);
+            if !done {
+                v.push(r * per + b);
+            }
+        }
+    }
+    Ok(v)
+}

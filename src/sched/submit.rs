@@ -59,6 +59,13 @@ pub struct JobSpec {
     /// `--join` tables given to `submit`, passed to every task (absolute paths).
     #[serde(default)]
     pub joins: Vec<crate::spec::manifest::Join>,
+    /// `--split N`: every sample in N z-blocks, run as a chain of phase arrays
+    /// ([`crate::exec::split`]) before the final array (`tasks` tasks) and the merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<usize>,
+    /// With `split`: the array size of each phase, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phase_tasks: Vec<usize>,
 }
 
 /// What was submitted (or, with `--dry-run`, would be).
@@ -89,9 +96,15 @@ fn jobs_dir(spec: &JobSpec) -> PathBuf {
     spec.out.join("jobs")
 }
 
+/// The `tessera run` line of the final array (`phase: None`) or of a split run's phase.
 fn run_line(spec: &JobSpec, task: &str) -> String {
+    let split = spec.split.map(|n| format!(" --split {n} --phase final")).unwrap_or_default();
+    run_line_as(spec, task, &split)
+}
+
+fn run_line_as(spec: &JobSpec, task: &str, split: &str) -> String {
     format!(
-        "exec {} run {} --samples {}{} --out {} --task {task} --threads {} --memory {} --progress never{}\n",
+        "exec {} run {} --samples {}{} --out {} --task {task}{split} --threads {} --memory {} --progress never{}\n",
         qp(&spec.tessera),
         qp(&spec.pipeline),
         qp(&spec.manifest),
@@ -159,6 +172,31 @@ pub fn slurm_rerun_script(spec: &JobSpec, shards: &[usize]) -> String {
     let list: Vec<String> = shards.iter().map(|k| k.to_string()).collect();
     header(spec, &spec.name, Some(&list.join(",")), "%x-%A_%a.out", spec.threads, spec.request_mib)
         + &run_line(spec, &format!("\"${{SLURM_ARRAY_TASK_ID}}/{}\"", spec.tasks))
+}
+
+/// Phase `k` (1-based) of a split run as an array job over its units.
+pub fn phase_script(spec: &JobSpec, k: usize) -> String {
+    let n = spec.split.unwrap_or(1);
+    let tasks = spec.phase_tasks.get(k - 1).copied().unwrap_or(1);
+    header(spec, &format!("{}-phase{k}", spec.name), Some(&format!("1-{tasks}")), "%x-%A_%a.out", spec.threads, spec.request_mib)
+        + &run_line_as(spec, "auto", &format!(" --split {n} --phase {k}"))
+}
+
+/// Slurm: the listed tasks of phase `k` again.
+pub fn slurm_phase_rerun_script(spec: &JobSpec, k: usize, tasks: &[usize]) -> String {
+    let n = spec.split.unwrap_or(1);
+    let count = spec.phase_tasks.get(k - 1).copied().unwrap_or(1);
+    let list: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
+    header(spec, &format!("{}-phase{k}", spec.name), Some(&list.join(",")), "%x-%A_%a.out", spec.threads, spec.request_mib)
+        + &run_line_as(spec, &format!("\"${{SLURM_ARRAY_TASK_ID}}/{count}\""), &format!(" --split {n} --phase {k}"))
+}
+
+/// One task of phase `k` as a plain job (SGE resubmission).
+pub fn phase_task_script(spec: &JobSpec, k: usize, t: usize) -> String {
+    let n = spec.split.unwrap_or(1);
+    let count = spec.phase_tasks.get(k - 1).copied().unwrap_or(1);
+    header(spec, &format!("{}-phase{k}-{t}", spec.name), None, "", spec.threads, spec.request_mib)
+        + &run_line_as(spec, &format!("{t}/{count}"), &format!(" --split {n} --phase {k}"))
 }
 
 /// One shard as a plain job (SGE resubmission).
@@ -232,31 +270,66 @@ fn submit_args(spec: &JobSpec, script: &Path, depends: &[String]) -> Vec<String>
     v
 }
 
-/// Writes the scripts and submits them: the array job for `shards` (all: `None`), then the merge
-/// job after it. With `dry_run`, only writes and reports the commands.
-pub fn submit(spec: &JobSpec, shards: Option<&[usize]>, dry_run: bool) -> Result<Submission, String> {
+/// Where a (re)submission starts: the final array's shards, or a split run's phase `k` with
+/// the tasks of it to run (every later phase then runs whole).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chain {
+    /// Everything: a split run's phases (if any), the final array, the merge.
+    All,
+    /// The final array's listed shards, then the merge.
+    Shards(Vec<usize>),
+    /// Phase `k`'s listed tasks, every later phase, the final array, the merge.
+    Phase(usize, Vec<usize>),
+}
+
+/// The job scripts of one link of the chain (an array, or SGE's single jobs that stand in for
+/// an array's listed tasks); each link starts after every job of the one before.
+type Link = Vec<(PathBuf, String)>;
+
+/// Writes the scripts and submits them as a chain: a split run's phase arrays (from `from`),
+/// the final array, then the merge job after the last. With `dry_run`, only writes and reports
+/// the commands.
+pub fn submit(spec: &JobSpec, from: &Chain, dry_run: bool) -> Result<Submission, String> {
     let jobs = jobs_dir(spec);
     std::fs::create_dir_all(jobs.join("logs")).map_err(|e| format!("{}: {e}", jobs.display()))?;
     let mut sub = Submission { scheduler: spec.scheduler.name().into(), dry_run, ..Default::default() };
-    let mut arrays: Vec<(PathBuf, String)> = Vec::new();
-    match (shards, spec.scheduler) {
-        (None, _) => {
-            arrays.push((jobs.join("array.sh"), array_script(spec)));
+    let mut links: Vec<Link> = Vec::new();
+    let sge = spec.scheduler == Scheduler::Sge;
+    let first_phase = match from {
+        Chain::All => Some(1),
+        Chain::Phase(k, _) => Some(*k),
+        Chain::Shards(_) => None,
+    };
+    if let (Some(first), Some(_)) = (first_phase, spec.split) {
+        for k in first..=spec.phase_tasks.len() {
+            let link = match from {
+                Chain::Phase(fk, tasks) if *fk == k && sge => {
+                    tasks.iter().map(|&t| (jobs.join(format!("phase-{k}-rerun-{t}.sh")), phase_task_script(spec, k, t))).collect()
+                }
+                Chain::Phase(fk, tasks) if *fk == k => {
+                    vec![(jobs.join(format!("phase-{k}-rerun.sh")), slurm_phase_rerun_script(spec, k, tasks))]
+                }
+                _ => vec![(jobs.join(format!("phase-{k}.sh")), phase_script(spec, k))],
+            };
+            links.push(link);
+        }
+    }
+    match from {
+        Chain::All | Chain::Phase(..) => {
+            links.push(vec![(jobs.join("array.sh"), array_script(spec))]);
             sub.shards = (1..=spec.tasks).collect();
         }
-        (Some(list), Scheduler::Slurm) => {
-            arrays.push((jobs.join("rerun.sh"), slurm_rerun_script(spec, list)));
-            sub.shards = list.to_vec();
+        Chain::Shards(list) if !sge => {
+            links.push(vec![(jobs.join("rerun.sh"), slurm_rerun_script(spec, list))]);
+            sub.shards = list.clone();
         }
-        (Some(list), Scheduler::Sge) => {
-            for &k in list {
-                arrays.push((jobs.join(format!("rerun-{k}.sh")), shard_script(spec, k)));
-            }
-            sub.shards = list.to_vec();
+        Chain::Shards(list) => {
+            links.push(list.iter().map(|&k| (jobs.join(format!("rerun-{k}.sh")), shard_script(spec, k))).collect());
+            sub.shards = list.clone();
         }
     }
     let merge = jobs.join("merge.sh");
-    for (p, text) in &arrays {
+    for (p, text) in links.iter().flatten() {
         write_script(p, text)?;
         sub.scripts.push(p.clone());
     }
@@ -264,15 +337,29 @@ pub fn submit(spec: &JobSpec, shards: Option<&[usize]>, dry_run: bool) -> Result
     sub.scripts.push(merge.clone());
     let json = serde_json::to_string_pretty(spec).map_err(|e| e.to_string())?;
     crate::util::write_atomic(&jobs.join("submit.json"), json.as_bytes()).map_err(|e| e.to_string())?;
-    for (p, _) in &arrays {
-        let args = submit_args(spec, p, &[]);
-        if !dry_run {
-            sub.array_jobs.push(call(spec.scheduler, &args)?);
+    let mut before: Vec<String> = Vec::new();
+    for (n, link) in links.iter().enumerate() {
+        let mut ids = Vec::new();
+        for (p, _) in link {
+            let args = submit_args(spec, p, &before);
+            if !dry_run {
+                let id = call(spec.scheduler, &args).map_err(|e| {
+                    if sub.array_jobs.is_empty() {
+                        e
+                    } else {
+                        format!("{e} (jobs {} were submitted before it; cancel them or let them fail)", sub.array_jobs.join(","))
+                    }
+                })?;
+                ids.push(id);
+            }
+            sub.commands.push(args);
         }
-        sub.commands.push(args);
+        sub.array_jobs.extend(ids.iter().cloned());
+        let label =
+            if n + 1 == links.len() { "array job id".to_string() } else { format!("phase {} job id", first_phase.unwrap_or(1) + n) };
+        before = if dry_run { vec![format!("<{label}>")] } else { ids };
     }
-    let deps = if dry_run { vec!["<array job id>".to_string()] } else { sub.array_jobs.clone() };
-    let args = submit_args(spec, &merge, &deps);
+    let args = submit_args(spec, &merge, &before);
     if !dry_run {
         sub.merge_job = Some(call(spec.scheduler, &args).map_err(|e| {
             format!(
@@ -307,6 +394,8 @@ mod tests {
             extra: vec!["--partition=debug".into()],
             durable: false,
             joins: Vec::new(),
+            split: None,
+            phase_tasks: Vec::new(),
         }
     }
 
