@@ -178,9 +178,9 @@ fn a_missing_block_is_named_and_run_alone() {
     assert!(e.contains("blocks 2, 4 of 4 not computed") && e.contains("stage 'smooth'"), "{e}");
     let status = tessera(&["status", o]);
     let st = text(&status.stdout);
-    assert!(st.contains("phase 1 of 6") && st.contains("2 of 4 blocks done"), "{st}");
+    assert!(st.contains("phase 1 of 8") && st.contains("2 of 4 blocks done  ← running or next"), "{st}");
     assert_eq!(phase("1", "2/2").status.code(), Some(0));
-    for k in 2..=6 {
+    for k in 2..=8 {
         let tasks = if k % 2 == 1 { 3 } else { 1 };
         for t in 1..=tasks {
             let o = phase(&k.to_string(), &format!("{t}/{tasks}"));
@@ -200,7 +200,9 @@ fn phases_are_listed_and_more_blocks_than_planes_work() {
     let p = common::root().join("pipelines/bone-lacunae-scan.yaml");
     let o = tessera(&["plan", p.to_str().unwrap(), "--split", "4"]);
     let s = text(&o.stdout);
-    assert!(s.contains("phase 1 (per block): smooth") && s.contains("phase 4 (per sample): lacunae (reduce), canals (reduce)"), "{s}");
+    assert!(s.contains("phase 1 (per block): smooth, bone (partial 1/2)"), "{s}");
+    assert!(s.contains("phase 5 (per block): bone, pores, clean, lacunae (partial), canals (partial)"), "{s}");
+    assert!(s.contains("phase 6 (per sample): lacunae (reduce), canals (reduce)"), "{s}");
     let dir = tempfile::tempdir().unwrap();
     check(&p, &common::root().join("testdata/bone3d.tif"), 70, None, dir.path()).unwrap();
 }

@@ -31,10 +31,10 @@ use crate::plan::Plan;
 pub enum Work {
     /// A local stage, computed per block.
     Local(usize),
-    /// A phased global stage's partial result, per block.
-    Partial(usize),
-    /// A phased global stage's partial results reduced (one task per sample).
-    Reduce(usize),
+    /// A phased global stage's partial result of a round (0-based), per block.
+    Partial(usize, usize),
+    /// A phased global stage's partial results of a round reduced (one task per sample).
+    Reduce(usize, usize),
     /// A phased global stage's output per block, from its reduced result.
     Apply(usize),
     /// A global stage computed whole, out of core (one task per sample).
@@ -44,7 +44,15 @@ pub enum Work {
 impl Work {
     pub fn stage(self) -> usize {
         match self {
-            Work::Local(i) | Work::Partial(i) | Work::Reduce(i) | Work::Apply(i) | Work::Whole(i) => i,
+            Work::Local(i) | Work::Partial(i, _) | Work::Reduce(i, _) | Work::Apply(i) | Work::Whole(i) => i,
+        }
+    }
+    /// Whether the work reads the stage's inputs (a reduce reads partial results; an
+    /// application, what its partial phase kept).
+    pub fn reads_inputs(self) -> bool {
+        match self {
+            Work::Local(_) | Work::Partial(..) | Work::Whole(_) => true,
+            Work::Reduce(..) | Work::Apply(_) => false,
         }
     }
 }
@@ -66,10 +74,12 @@ impl Phase {
             .iter()
             .map(|w| {
                 let id = &plan.stages[w.stage()].id;
+                let rounds = plan.stages[w.stage()].op.phased().map_or(1, |p| p.rounds());
+                let round = |r: usize| if rounds > 1 { format!(" {}/{rounds}", r + 1) } else { String::new() };
                 match w {
                     Work::Local(_) => id.clone(),
-                    Work::Partial(_) => format!("{id} (partial)"),
-                    Work::Reduce(_) => format!("{id} (reduce)"),
+                    Work::Partial(_, r) => format!("{id} (partial{})", round(*r)),
+                    Work::Reduce(_, r) => format!("{id} (reduce{})", round(*r)),
                     Work::Apply(_) => format!("{id} (apply)"),
                     Work::Whole(_) => format!("{id} (whole)"),
                 }
@@ -119,12 +129,22 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
             let p = place(&mut phases, from_blocks, true, Work::Local(i));
             block_ready[i] = p;
             single_ready[i] = p + 1;
-        } else if st.kind != Kind::Table && !reads_tables && st.op.phased().is_some() {
-            let p = place(&mut phases, from_blocks, true, Work::Partial(i));
-            let r = place(&mut phases, p + 1, false, Work::Reduce(i));
-            let a = place(&mut phases, r + 1, true, Work::Apply(i));
-            block_ready[i] = a + 1;
-            single_ready[i] = a + 1;
+        } else if let Some(op) = st.op.phased().filter(|_| st.kind != Kind::Table && !reads_tables && st.op.keeps_shape()) {
+            // Rounds of partial results per block and a reduce per sample; then a local op
+            // computed per block where it is read, or an application per block.
+            let mut from = from_blocks;
+            for r in 0..op.rounds().max(1) {
+                let p = place(&mut phases, from, true, Work::Partial(i, r));
+                from = place(&mut phases, p + 1, false, Work::Reduce(i, r)) + 1;
+            }
+            let p = place(&mut phases, from, true, if op.finishes_local() { Work::Local(i) } else { Work::Apply(i) });
+            if op.finishes_local() {
+                block_ready[i] = p;
+                single_ready[i] = p + 1;
+            } else {
+                block_ready[i] = p + 1;
+                single_ready[i] = p + 1;
+            }
         } else {
             let q = place(&mut phases, from_single, false, Work::Whole(i));
             block_ready[i] = q + 1;
@@ -134,9 +154,8 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
     // A local stage's blocks are stored when a stage of another phase reads it, or it is written.
     let phase_of = |i: usize| phases.iter().position(|p| p.work.contains(&Work::Local(i)));
     let reader_phases = |j: usize| -> Vec<usize> {
-        (0..n)
-            .filter(|&m| needed[m] == schedule::Decision::Compute && plan.stage_inputs(m).contains(&j))
-            .filter_map(|m| phases.iter().position(|p| p.work.iter().any(|w| w.stage() == m)))
+        (0..phases.len())
+            .filter(|&q| phases[q].work.iter().any(|w| w.reads_inputs() && plan.stage_inputs(w.stage()).contains(&j)))
             .collect()
     };
     let mut stored = vec![Vec::new(); phases.len()];
@@ -188,13 +207,13 @@ impl Files {
     pub fn kept(&self, key: &str, b: usize) -> PathBuf {
         self.dir(key).join(format!("kept-{b}-of-{}.spill", self.blocks))
     }
-    /// A phased op's partial result of block `b`.
-    pub fn partial(&self, key: &str, b: usize) -> PathBuf {
-        self.dir(key).join(format!("partial-{b}-of-{}.bin", self.blocks))
+    /// A phased op's partial result of block `b` in round `r`.
+    pub fn partial(&self, key: &str, b: usize, r: usize) -> PathBuf {
+        self.dir(key).join(format!("partial{r}-{b}-of-{}.bin", self.blocks))
     }
-    /// A phased op's reduced result.
-    pub fn reduced(&self, key: &str) -> PathBuf {
-        self.dir(key).join(format!("reduced-of-{}.bin", self.blocks))
+    /// A phased op's reduced result of round `r`.
+    pub fn reduced(&self, key: &str, r: usize) -> PathBuf {
+        self.dir(key).join(format!("reduced{r}-of-{}.bin", self.blocks))
     }
     /// What a task says of its unit of phase `phase` (1-based; `block` for block phases).
     pub fn unit(&self, phase: usize, block: Option<usize>) -> PathBuf {
@@ -379,16 +398,23 @@ pub fn run_phase(
             join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id, p.bound.metas[j].shape[0]).map_err(|e| fail_at(j, e))?;
         }
         for w in &phase.work {
-            if let Work::Reduce(i) = *w {
+            if let Work::Reduce(i, r) = *w {
                 let key = &p.keys[i];
-                let out = files.reduced(key);
+                let out = files.reduced(key, r);
                 if out.is_file() {
                     continue;
                 }
                 let op = p.bound.ops[i].phased().ok_or_else(|| fail_at(i, "internal: no phased form".into()))?;
+                let before = match r {
+                    0 => None,
+                    _ => Some(
+                        std::fs::read(files.reduced(key, r - 1))
+                            .map_err(|e| fail_at(i, format!("round {r}'s reduced result is missing: {e}")))?,
+                    ),
+                };
                 let partials: Vec<Vec<u8>> = (0..blocks_for(p.bound.metas[i].shape[0], blocks))
                     .map(|b| {
-                        std::fs::read(files.partial(key, b)).map_err(|e| {
+                        std::fs::read(files.partial(key, b, r)).map_err(|e| {
                             fail_at(
                                 i,
                                 format!(
@@ -405,9 +431,10 @@ pub fn run_phase(
                     unit: &p.spacing.unit,
                     ndim: p.ndim,
                 };
-                let reduced = op.reduce(partials, &ctx).map_err(|e| fail_at(i, e))?;
+                let reduced = op.reduce(r, partials, before.as_deref(), &ctx).map_err(|e| fail_at(i, e))?;
                 let aside = Files::aside(&out);
-                std::fs::write(&aside, &reduced)
+                std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
+                    .and_then(|_| std::fs::write(&aside, &reduced))
                     .and_then(|_| std::fs::rename(&aside, &out))
                     .map_err(|e| fail_at(i, format!("{}: {e}", out.display())))?;
             }

@@ -852,7 +852,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // What earlier phases made, from its checkpoint (a single task joined the blocks).
     // (An application reads only what its partial phase kept.)
-    for w in phase.work.iter().filter(|w| !matches!(w, split::Work::Apply(_))) {
+    for w in phase.work.iter().filter(|w| w.reads_inputs()) {
         for j in plan.stage_inputs(w.stage()) {
             if !here(j) && stores[j].is_none() {
                 let st = &plan.stages[j];
@@ -870,10 +870,42 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     }
     // A stage with fewer planes than blocks has a block per plane; the blocks after have none.
     let range = |k: usize| split::block_of(s.bound.metas[k].shape[0], files.blocks, block);
+    // A phased op that finished local (a threshold once its histogram is reduced) is computed
+    // as that local op.
+    let mut finished: Vec<Option<Box<dyn crate::ops::Op>>> = Vec::new();
+    for k in 0..n {
+        finished.push(match s.bound.ops[k].phased().filter(|p| here(k) && p.finishes_local()) {
+            Some(p) => {
+                let r = p.rounds().max(1) - 1;
+                let path = files.reduced(&s.keys[k], r);
+                let reduced = std::fs::read(&path).map_err(|e| {
+                    (
+                        k,
+                        format!(
+                            "the reduced result of stage '{}' is missing ({}: {e}): run its reduce phase first",
+                            plan.stages[k].id,
+                            path.display()
+                        ),
+                    )
+                })?;
+                Some(p.local(&reduced).map_err(|e| (k, e))?)
+            }
+            None => None,
+        });
+    }
+    let local = |k: usize| match &finished[k] {
+        Some(op) => {
+            let ins: Vec<Meta> = (0..plan.stages[k].inputs.len()).map(|j| input_meta(s, k, j)).collect();
+            let refs: Vec<&Meta> = ins.iter().collect();
+            tiled::is_local(op.as_ref(), &ctx_of(s, k), &s.bound.metas[k], &refs)
+        }
+        None => local_halo(s, k),
+    };
     // Local stages, grouped as the executors group them.
     let decisions: Vec<Decision> = (0..n).map(|k| if here(k) { Decision::Compute } else { Decision::Skip }).collect();
     let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
-    for step in schedule::steps(&decisions, &|k| local_halo(s, k), &same_shape) {
+    let steps = schedule::steps(&decisions, &local, &same_shape);
+    for step in steps {
         let Step::Fused(group) = step else {
             let k = match step {
                 Step::Global(k) | Step::Reuse(k) => k,
@@ -881,7 +913,14 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             };
             return Err((k, format!("stage '{}' is not local for this sample, so it cannot run per block", plan.stages[k].id)));
         };
-        let ops = group.stages.iter().map(|&k| OpRef::Bound(s.bound.ops[k].as_ref())).collect();
+        let ops = group
+            .stages
+            .iter()
+            .map(|&k| match finished[k].take() {
+                Some(op) => OpRef::Owned(op),
+                None => OpRef::Bound(s.bound.ops[k].as_ref()),
+            })
+            .collect();
         let comp = Arc::new(Computed::new(s, group.clone(), ops, &stores, &sources));
         for (p, &k) in group.stages.iter().enumerate() {
             stores[k] = Some(Store::Computed(Arc::clone(&comp), p));
@@ -913,13 +952,13 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     }
     // Phased global ops: partial results, then applications.
     for w in &phase.work {
-        let (i, apply) = match *w {
-            split::Work::Partial(i) => (i, false),
-            split::Work::Apply(i) => (i, true),
+        let (i, apply, round) = match *w {
+            split::Work::Partial(i, r) => (i, false, r),
+            split::Work::Apply(i) => (i, true, 0),
             _ => continue,
         };
         let key = &s.keys[i];
-        let done = if apply { files.part(key, block) } else { files.partial(key, block) };
+        let done = if apply { files.part(key, block) } else { files.partial(key, block, round) };
         if done.is_file() {
             continue;
         }
@@ -950,8 +989,9 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             planes: 0,
         };
         let ctx = ctx_of(s, i);
+        let last = op.rounds().max(1) - 1;
         if apply {
-            let reduced_path = files.reduced(key);
+            let reduced_path = files.reduced(key, last);
             let reduced = std::fs::read(&reduced_path).map_err(|e| {
                 fail(format!(
                     "the reduced result of stage '{}' is missing ({}: {e}): run the reduce phase first",
@@ -966,7 +1006,13 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             }
             place(out, &done).map_err(fail)?;
         } else {
-            let bytes = op.partial(&mut io, &ctx).map_err(fail)?;
+            let before = match round {
+                0 => None,
+                r => Some(
+                    std::fs::read(files.reduced(key, r - 1)).map_err(|e| fail(format!("round {r}'s reduced result is missing: {e}")))?,
+                ),
+            };
+            let bytes = op.partial(&mut io, round, before.as_deref(), &ctx).map_err(fail)?;
             if let Some(k) = io.keeping.take() {
                 let w = k.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
                 if let Some(w) = w {
@@ -974,7 +1020,8 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
                 }
             }
             let aside = split::Files::aside(&done);
-            std::fs::write(&aside, &bytes)
+            std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
+                .and_then(|_| std::fs::write(&aside, &bytes))
                 .and_then(|_| std::fs::rename(&aside, &done))
                 .map_err(|e| fail(format!("{}: {e}", done.display())))?;
         }

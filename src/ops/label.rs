@@ -153,7 +153,7 @@ impl Op for Label {
 /// which numbers objects as one labeller would (raster order of first voxels, so scipy's), with
 /// the size filter on whole objects; each block then renumbers its provisional ids.
 impl slab::Phased for Label {
-    fn partial(&self, io: &mut dyn slab::BlockIo, ctx: &Ctx) -> Result<Vec<u8>, String> {
+    fn partial(&self, io: &mut dyn slab::BlockIo, _round: usize, _before: Option<&[u8]>, ctx: &Ctx) -> Result<Vec<u8>, String> {
         let (_, z0, z1) = io.block();
         let [_, ny, nx] = io.input(0).shape();
         let planes = io.planes(4);
@@ -165,7 +165,7 @@ impl slab::Phased for Label {
         }
         labeller.to_bytes()
     }
-    fn reduce(&self, partials: Vec<Vec<u8>>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+    fn reduce(&self, _round: usize, partials: Vec<Vec<u8>>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
         let parts: Vec<SlabLabeller> = partials.iter().map(|p| SlabLabeller::from_bytes(p)).collect::<Result<_, _>>()?;
         let (all, offsets) = SlabLabeller::join(parts)?;
         let (min, max) = self.size_range();

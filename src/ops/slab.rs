@@ -243,17 +243,38 @@ pub trait BlockIo {
 }
 
 /// The phased form of a global op, for a volume split into z-blocks on separate machines
-/// (`tessera run --split`): every block computes a partial result ([`Phased::partial`], a block
-/// array task each), one task reduces them in block order ([`Phased::reduce`]), and every block
-/// then writes its planes of the output from that ([`Phased::apply`]). Partial and reduced
-/// results are bytes the executor keeps on disk between the tasks. The blocks' outputs,
-/// concatenated, must equal [`Op::run`](super::Op::run) on the whole inputs bit for bit, for
-/// any cut into blocks (`tests/split.rs`).
+/// (`tessera run --split`): in each of its [`Phased::rounds`], every block computes a partial
+/// result ([`Phased::partial`], a block array task each) and one task reduces them in block
+/// order ([`Phased::reduce`]); then what remains is either local ([`Phased::local`]: the
+/// executor computes it per block, fused with the local stages around it, as a streamed run
+/// does with [`Outcome::Local`]) or every block writes its planes of the output
+/// ([`Phased::apply`]). Partial and reduced results are bytes the executor keeps on disk between
+/// the tasks. The output must equal [`Op::run`](super::Op::run) on the whole inputs bit for
+/// bit, for any cut into blocks (`tests/split.rs`).
 pub trait Phased: Send + Sync {
-    /// Block partial result (reads the block's planes of the inputs, may keep a volume).
-    fn partial(&self, io: &mut dyn BlockIo, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
-    /// The partial results of every block, in block order, into what every block applies.
-    fn reduce(&self, partials: Vec<Vec<u8>>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
-    /// The block's planes of the output from the reduced result.
-    fn apply(&self, io: &mut dyn BlockIo, reduced: &[u8], ctx: &super::Ctx) -> Result<(), String>;
+    /// Rounds of partial results and reductions (a float threshold needs its range, then its
+    /// histogram).
+    fn rounds(&self) -> usize {
+        1
+    }
+    /// Whether what remains after the last round is a local op ([`Phased::local`]) rather than
+    /// an application per block ([`Phased::apply`]).
+    fn finishes_local(&self) -> bool {
+        false
+    }
+    /// Block partial result of round `round` (reads the block's planes of the inputs, may keep
+    /// a volume); `before` is the previous round's reduced result.
+    fn partial(&self, io: &mut dyn BlockIo, round: usize, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
+    /// The partial results of every block, in block order, reduced.
+    fn reduce(&self, round: usize, partials: Vec<Vec<u8>>, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
+    /// The local op that gives the output from the same inputs, from the last reduced result
+    /// (when [`Phased::finishes_local`]).
+    fn local(&self, _reduced: &[u8]) -> Result<Box<dyn super::Op>, String> {
+        Err("internal: this op applies its reduced result per block".into())
+    }
+    /// The block's planes of the output from the last reduced result (unless
+    /// [`Phased::finishes_local`]).
+    fn apply(&self, _io: &mut dyn BlockIo, _reduced: &[u8], _ctx: &super::Ctx) -> Result<(), String> {
+        Err("internal: this op finishes as a local op".into())
+    }
 }

@@ -158,6 +158,10 @@ impl Op for Threshold {
         // What is left is local: the same threshold at the value found.
         Ok(slab::Outcome::Local(Box::new(Threshold { method: Method::Fixed, value: Some(t), ..self.clone() })))
     }
+    fn phased(&self) -> Option<&dyn slab::Phased> {
+        // Li iterates over a float image's values (see `li_streamed`): whole, in one task.
+        matches!(self.method, Method::Otsu | Method::Triangle).then_some(self as &dyn slab::Phased)
+    }
 }
 
 /// `x > t` (or `x <= t` inverted) as 0/1.
@@ -553,6 +557,24 @@ impl IntCounts {
             }
         }
     }
+    /// (value, count) of the values present, ascending.
+    fn pairs(&self) -> Vec<(u32, u64)> {
+        let dense = self.dense.iter().enumerate().filter(|(_, c)| **c > 0).map(|(v, &c)| (v as u32, c));
+        dense.chain(self.sparse.iter().map(|(&v, &c)| (v, c))).collect()
+    }
+    /// Adds counts given as (value, count).
+    fn add_pairs(&mut self, pairs: &[(u32, u64)]) {
+        if self.dense.is_empty() {
+            self.dense = vec![0u64; 65536];
+        }
+        for &(v, c) in pairs {
+            if v < 65536 {
+                self.dense[v as usize] += c;
+            } else {
+                *self.sparse.entry(v).or_default() += c;
+            }
+        }
+    }
     /// (counts, values) of the values present, ascending.
     fn finish(self) -> (Vec<u64>, Vec<f64>) {
         let mut counts = Vec::new();
@@ -574,6 +596,119 @@ impl IntCounts {
 /// Sees one slab of an image.
 pub type Visitor<'a> = dyn FnMut(&Data) -> Result<(), String> + 'a;
 
+/// What a pass over part of a float image sees for its range: its finite extremes and its first
+/// value and first number in raster order. Parts seen in z order merge into the whole's.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct FloatRange {
+    /// f32 bits (`lo > hi`: no finite value yet).
+    lo: u32,
+    hi: u32,
+    /// f64 bits.
+    first: Option<u64>,
+    first_number: Option<u64>,
+}
+
+impl Default for FloatRange {
+    fn default() -> Self {
+        FloatRange { lo: f32::INFINITY.to_bits(), hi: f32::NEG_INFINITY.to_bits(), first: None, first_number: None }
+    }
+}
+
+impl FloatRange {
+    fn see(&mut self, a: &Array3<f32>) {
+        use rayon::prelude::*;
+        if self.first.is_none() {
+            self.first = a.iter().next().map(|&v| (v as f64).to_bits());
+        }
+        if self.first_number.is_none() {
+            self.first_number = a.iter().copied().find(|v| !v.is_nan()).map(|v| f64::from(v).to_bits());
+        }
+        let none = (f32::INFINITY, f32::NEG_INFINITY);
+        let (l, h) = match a.as_slice() {
+            Some(v) => v.par_chunks(CHUNK).map(finite_min_max).reduce(|| none, |(a, b), (c, d)| (a.min(c), b.max(d))),
+            None => a.iter().filter(|v| v.is_finite()).fold(none, |(l, h), &v| (l.min(v), h.max(v))),
+        };
+        self.lo = f32::from_bits(self.lo).min(l).to_bits();
+        self.hi = f32::from_bits(self.hi).max(h).to_bits();
+    }
+    /// This part followed (in z order) by `next`.
+    fn then(self, next: FloatRange) -> FloatRange {
+        FloatRange {
+            lo: f32::from_bits(self.lo).min(f32::from_bits(next.lo)).to_bits(),
+            hi: f32::from_bits(self.hi).max(f32::from_bits(next.hi)).to_bits(),
+            first: self.first.or(next.first),
+            first_number: self.first_number.or(next.first_number),
+        }
+    }
+    /// The bins the histogram pass counts into (`None`: fewer than two distinct finite values).
+    fn bins(&self, nbins: usize) -> Option<FloatBins> {
+        let (lo, hi) = (f32::from_bits(self.lo), f32::from_bits(self.hi));
+        (lo < hi).then(|| FloatBins::new(lo, hi, nbins))
+    }
+}
+
+/// Values per parallel piece of a float pass.
+const CHUNK: usize = 1 << 18;
+
+/// Counts of a float slab in `bins`.
+fn float_counts(bins: &FloatBins, a: &Array3<f32>, nbins: usize) -> Vec<u64> {
+    use rayon::prelude::*;
+    match a.as_slice() {
+        Some(v) => v
+            .par_chunks(CHUNK)
+            .map(|c| {
+                let mut k = vec![0u64; nbins];
+                bins.count_slice(c, &mut k);
+                k
+            })
+            .reduce(
+                || vec![0u64; nbins],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            ),
+        None => {
+            let mut k = vec![0u64; nbins];
+            bins.count(a.iter().copied(), &mut k);
+            k
+        }
+    }
+}
+
+/// The threshold of an integer image from its counts.
+fn int_finish(method: Method, h: IntCounts) -> Result<f64, String> {
+    let (counts, centers) = h.finish();
+    if counts.is_empty() {
+        return Err(format!("{method:?}: the image is empty").to_lowercase());
+    }
+    match method {
+        Method::Fixed => Err("internal: a fixed threshold is not streamed".into()),
+        Method::Otsu => otsu_finish(&counts, &centers, None),
+        Method::Li => Ok(li_int(&counts, &centers)),
+        Method::Triangle => {
+            let (h, c) = dense_int_hist(&counts, &centers)?;
+            triangle_finish(h, &c, None)
+        }
+    }
+}
+
+/// The threshold of a float image from its range and (when it has two values or more) the
+/// counts of its histogram.
+fn float_finish(method: Method, range: &FloatRange, counts: Option<Vec<u64>>, nbins: usize) -> Result<f64, String> {
+    let (counts, centers) = match (range.bins(nbins), counts) {
+        (Some(bins), Some(c)) => (c, bins.centers()),
+        (Some(_), None) => return Err("internal: a float threshold without its histogram".into()),
+        (None, _) if f32::from_bits(range.lo) > f32::from_bits(range.hi) => (Vec::new(), Vec::new()),
+        (None, _) => (vec![1], vec![f32::from_bits(range.lo) as f64]),
+    };
+    let first_number = range.first_number.map(f64::from_bits);
+    match method {
+        Method::Otsu => otsu_finish(&counts, &centers, Some(first_number)),
+        _ => triangle_finish(counts, &centers, range.first.map(f64::from_bits)),
+    }
+}
+
 /// A threshold computed from an image seen a slab at a time. `pass` runs the visitor over every
 /// slab in z order; it is called once for integer images and twice for float ones (range, then
 /// bins), and the result equals the whole-image method's bit for bit.
@@ -589,82 +724,157 @@ pub fn streamed(
             h.add(int_values(d).ok_or("threshold: expected an integer image")?);
             Ok(())
         })?;
-        let (counts, centers) = h.finish();
-        if counts.is_empty() {
-            return Err(format!("{method:?}: the image is empty").to_lowercase());
-        }
-        return match method {
-            Method::Fixed => Err("internal: a fixed threshold is not streamed".into()),
-            Method::Otsu => otsu_finish(&counts, &centers, None),
-            Method::Li => Ok(li_int(&counts, &centers)),
-            Method::Triangle => {
-                let (h, c) = dense_int_hist(&counts, &centers)?;
-                triangle_finish(h, &c, None)
-            }
-        };
+        return int_finish(method, h);
     }
     if method == Method::Li {
         return Err("internal: li on a float image streams through li_streamed".into());
     }
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 18;
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    let (mut first, mut first_number): (Option<f64>, Option<f64>) = (None, None);
+    let mut range = FloatRange::default();
     pass(&mut |d| {
         let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-        if first.is_none() {
-            first = a.iter().next().map(|&v| v as f64);
-        }
-        if first_number.is_none() {
-            first_number = a.iter().copied().find(|v| !v.is_nan()).map(f64::from);
-        }
-        let none = (f32::INFINITY, f32::NEG_INFINITY);
-        let (l, h) = match a.as_slice() {
-            Some(v) => v.par_chunks(CHUNK).map(finite_min_max).reduce(|| none, |(a, b), (c, d)| (a.min(c), b.max(d))),
-            None => a.iter().filter(|v| v.is_finite()).fold(none, |(l, h), &v| (l.min(v), h.max(v))),
-        };
-        lo = lo.min(l);
-        hi = hi.max(h);
+        range.see(a);
         Ok(())
     })?;
-    let (counts, centers) = if lo > hi {
-        (Vec::new(), Vec::new())
-    } else if lo == hi {
-        (vec![1], vec![lo as f64])
-    } else {
-        let bins = FloatBins::new(lo, hi, nbins);
-        let mut counts = vec![0u64; nbins];
-        pass(&mut |d| {
-            let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-            let part = match a.as_slice() {
-                Some(v) => v
-                    .par_chunks(CHUNK)
-                    .map(|c| {
-                        let mut k = vec![0u64; nbins];
-                        bins.count_slice(c, &mut k);
-                        k
-                    })
-                    .reduce(
-                        || vec![0u64; nbins],
-                        |mut a, b| {
-                            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                            a
-                        },
-                    ),
-                None => {
-                    let mut k = vec![0u64; nbins];
-                    bins.count(a.iter().copied(), &mut k);
-                    k
-                }
-            };
-            counts.iter_mut().zip(part).for_each(|(x, y)| *x += y);
-            Ok(())
-        })?;
-        (counts, bins.centers())
+    let counts = match range.bins(nbins) {
+        None => None,
+        Some(bins) => {
+            let mut counts = vec![0u64; nbins];
+            pass(&mut |d| {
+                let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
+                counts.iter_mut().zip(float_counts(&bins, a, nbins)).for_each(|(x, y)| *x += y);
+                Ok(())
+            })?;
+            Some(counts)
+        }
     };
-    match method {
-        Method::Otsu => otsu_finish(&counts, &centers, Some(first_number)),
-        _ => triangle_finish(counts, &centers, first),
+    float_finish(method, &range, counts, nbins)
+}
+
+/// What the blocks of a split image hand on, per round of [`Threshold`]'s phased form.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Part {
+    /// An integer image's counts: (value, count), ascending.
+    Counts(Vec<(u32, u64)>),
+    /// A float image's range (round 1).
+    Range(FloatRange),
+    /// A float image's histogram (round 2; none when it has fewer than two values).
+    Bins(Option<Vec<u64>>),
+    /// Reduced: the threshold (f64 bits).
+    Value(u64),
+}
+
+fn part_bytes(p: &Part) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(p).map_err(|e| format!("threshold: {e}"))
+}
+
+fn part_of(b: &[u8]) -> Result<Part, String> {
+    serde_json::from_slice(b).map_err(|_| "threshold: a block's histogram is damaged (run its task again)".to_string())
+}
+
+/// Split over z-blocks: round 1 counts an integer block's values (the reduce sums them and finds
+/// the threshold) or finds a float block's range and first values; round 2 counts a float block
+/// in the bins of the whole range (the reduce finds the threshold). What remains is local: the
+/// same threshold at the value found. Li on float images iterates over the whole image, so it
+/// has no phased form and runs in one task per sample.
+impl slab::Phased for Threshold {
+    fn rounds(&self) -> usize {
+        2
+    }
+    fn finishes_local(&self) -> bool {
+        true
+    }
+    fn partial(&self, io: &mut dyn slab::BlockIo, round: usize, before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let (_, z0, z1) = io.block();
+        let float = io.input(0).meta().dtype == Some(crate::io::DType::F32);
+        let planes = io.planes(0);
+        let nbins = self.nbins as usize;
+        let each = |f: &mut dyn FnMut(&Data) -> Result<(), String>| -> Result<(), String> {
+            for (a, b) in slab::ranges(z1 - z0, planes) {
+                let Value::Image(d) = io.input(0).read(z0 + a, z0 + b)? else { return Err("threshold: input is not an image".into()) };
+                f(&d)?;
+            }
+            Ok(())
+        };
+        let part = match (round, float) {
+            (0, false) => {
+                let mut h = IntCounts::default();
+                each(&mut |d| {
+                    h.add(int_values(d).ok_or("threshold: expected an integer image")?);
+                    Ok(())
+                })?;
+                Part::Counts(h.pairs())
+            }
+            (0, true) => {
+                let mut range = FloatRange::default();
+                each(&mut |d| {
+                    let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
+                    range.see(a);
+                    Ok(())
+                })?;
+                Part::Range(range)
+            }
+            (_, false) => Part::Bins(None),
+            (_, true) => {
+                let Part::Range(range) = part_of(before.unwrap_or_default())? else {
+                    return Err("threshold: round 1 did not give a range".into());
+                };
+                match range.bins(nbins) {
+                    None => Part::Bins(None),
+                    Some(bins) => {
+                        let mut counts = vec![0u64; nbins];
+                        each(&mut |d| {
+                            let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
+                            counts.iter_mut().zip(float_counts(&bins, a, nbins)).for_each(|(x, y)| *x += y);
+                            Ok(())
+                        })?;
+                        Part::Bins(Some(counts))
+                    }
+                }
+            }
+        };
+        part_bytes(&part)
+    }
+    fn reduce(&self, round: usize, partials: Vec<Vec<u8>>, before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let parts: Vec<Part> = partials.iter().map(|p| part_of(p)).collect::<Result<_, _>>()?;
+        let nbins = self.nbins as usize;
+        let out = match round {
+            0 if parts.iter().all(|p| matches!(p, Part::Counts(_))) => {
+                let mut h = IntCounts::default();
+                for p in parts {
+                    if let Part::Counts(c) = p {
+                        h.add_pairs(&c);
+                    }
+                }
+                Part::Value(int_finish(self.method, h)?.to_bits())
+            }
+            0 => {
+                let mut all = FloatRange::default();
+                for p in parts {
+                    let Part::Range(r) = p else { return Err("threshold: blocks of integer and float images".into()) };
+                    all = all.then(r);
+                }
+                Part::Range(all)
+            }
+            _ => match part_of(before.unwrap_or_default())? {
+                t @ Part::Value(_) => t,
+                Part::Range(range) => {
+                    let mut counts: Option<Vec<u64>> = None;
+                    for p in parts {
+                        if let Part::Bins(Some(c)) = p {
+                            let sum = counts.get_or_insert_with(|| vec![0u64; nbins]);
+                            sum.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+                        }
+                    }
+                    Part::Value(float_finish(self.method, &range, counts, nbins)?.to_bits())
+                }
+                _ => return Err("threshold: round 1 gave neither a threshold nor a range".into()),
+            },
+        };
+        part_bytes(&out)
+    }
+    fn local(&self, reduced: &[u8]) -> Result<Box<dyn Op>, String> {
+        let Part::Value(t) = part_of(reduced)? else { return Err("threshold: the reduce gave no threshold".into()) };
+        Ok(Box::new(Threshold { method: Method::Fixed, value: Some(f64::from_bits(t)), ..self.clone() }))
     }
 }
 
