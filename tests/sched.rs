@@ -227,13 +227,16 @@ fn split_round_trip(scheduler: &str) {
     wait_for(scheduler, &ids(&sub));
     assert_same_study_outputs(&out, &want, &format!("{scheduler}: split into 4 blocks vs one machine"));
     let st = text(&tessera(&["status", out.to_str().unwrap()]).stdout);
-    assert!(st.contains("phase 5 of 8 (per block: bone, pores, clean, lacunae (partial), canals (partial)): 4 of 4 blocks done"), "{st}");
+    assert!(
+        st.contains("phase 5 of 8 (per block: smooth, bone, pores, clean, lacunae (partial), canals (partial)): 4 of 4 blocks done"),
+        "{st}"
+    );
     assert!(st.contains("1 done"), "{st}");
 
     // 2. Block 3's task of phase 1 fails; resubmitting runs it alone, then the later phases.
     let out = dir.join("failing");
-    // The checkpoint key of stage 'smooth' is the folder its blocks go to: the same in any output
-    // folder, so a local run of phase 1 shows it.
+    // The checkpoint key of stage 'bone' names the folder its blocks' histograms go to: the
+    // same in any output folder, so a local run of phase 1 shows it.
     let probe = dir.join("probe");
     let o = tessera(&[
         "run",
@@ -253,18 +256,17 @@ fn split_round_trip(scheduler: &str) {
     let key = std::fs::read_dir(probe.join(".tessera/split/bone3d"))
         .unwrap()
         .flatten()
-        // (Phase 1 stores the blocks of 'smooth' only; 'bone' leaves histograms.)
-        .find(|e| e.path().join("part-0-of-4.spill").is_file())
+        .find(|e| e.path().join("partial0-0-of-4.bin").is_file())
         .unwrap()
         .file_name();
-    let blocker = out.join(".tessera/split/bone3d").join(&key).join("part-2-of-4.spill");
+    let blocker = out.join(".tessera/split/bone3d").join(&key).join("partial0-2-of-4.bin");
     std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
     let sub = submit_split(&out);
     wait_for(scheduler, &ids(&sub));
     let st = tessera(&["status", out.to_str().unwrap()]);
     let st = text(&st.stdout);
     assert!(st.contains("phase 1 of 8 (per block: smooth, bone (partial 1/2)): 3 of 4 blocks done, 1 failed  ← running or next"), "{st}");
-    assert!(st.contains("bone3d (block 3 of 4): smooth:"), "{st}");
+    assert!(st.contains("bone3d (block 3 of 4): bone:"), "{st}");
     assert!(!out.join("tables/shape.parquet").exists());
     std::fs::remove_dir_all(&blocker).unwrap();
     let sub = submit(&["submit", "--resubmit-failed", out.to_str().unwrap(), "--json"]);

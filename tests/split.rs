@@ -175,7 +175,7 @@ fn a_missing_block_is_named_and_run_alone() {
     let o2 = phase("2", "1/1");
     assert_eq!(o2.status.code(), Some(1), "{}", text(&o2.stderr));
     let e = text(&o2.stderr);
-    assert!(e.contains("blocks 2, 4 of 4 not computed") && e.contains("stage 'smooth'"), "{e}");
+    assert!(e.contains("bone: block 2 of 4's partial result is missing") && e.contains("its block task failed or has not run"), "{e}");
     let status = tessera(&["status", o]);
     let st = text(&status.stdout);
     assert!(st.contains("phase 1 of 8") && st.contains("2 of 4 blocks done  ← running or next"), "{st}");
@@ -201,8 +201,46 @@ fn phases_are_listed_and_more_blocks_than_planes_work() {
     let o = tessera(&["plan", p.to_str().unwrap(), "--split", "4"]);
     let s = text(&o.stdout);
     assert!(s.contains("phase 1 (per block): smooth, bone (partial 1/2)"), "{s}");
-    assert!(s.contains("phase 5 (per block): bone, pores, clean, lacunae (partial), canals (partial)"), "{s}");
+    // 'smooth' is computed again where it is read rather than stored.
+    assert!(s.contains("phase 3 (per block): smooth, bone (partial 2/2)"), "{s}");
+    assert!(s.contains("phase 5 (per block): smooth, bone, pores, clean, lacunae (partial), canals (partial)"), "{s}");
     assert!(s.contains("phase 6 (per sample): lacunae (reduce), canals (reduce)"), "{s}");
     let dir = tempfile::tempdir().unwrap();
     check(&p, &common::root().join("testdata/bone3d.tif"), 70, None, dir.path()).unwrap();
+}
+
+/// A block phase killed (SIGKILL) mid-way, then the whole split run again: the same bytes as
+/// one machine; what the killed process left half-written is never taken.
+#[test]
+fn a_killed_phase_runs_again_with_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::root().join("pipelines/bone-lacunae-scan.yaml");
+    // A scan large enough for phase 1 to take a while: the bundled one, tiled 4×4 in the plane.
+    let img = tessera::io::read_image(&common::root().join("testdata/bone3d.tif"), Default::default()).unwrap();
+    let Data::U8(a) = img.data else { panic!("bone3d is u8") };
+    let (nz, ny, nx) = a.dim();
+    let big = Array3::from_shape_fn((nz, ny * 4, nx * 4), |(z, y, x)| a[[z, y % ny, x % nx]]);
+    let src = dir.path().join("scan.tif");
+    let sp = Spacing { zyx: [0.7, 0.7, 0.7], unit: "um".into() };
+    tessera::io::write_tiff(&src, &Data::U8(big), 3, &sp, Compression::None).unwrap();
+    let whole = dir.path().join("whole");
+    run(&["run", p.to_str().unwrap(), src.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--progress", "never"]).unwrap();
+    let out = dir.path().join("split");
+    let o = out.to_str().unwrap();
+    let mut killed = 0;
+    for delay in [150u64, 400, 900] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", p.to_str().unwrap(), src.to_str().unwrap(), "--out", o, "--split", "4", "--progress", "never"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        killed += usize::from(st.code().is_none());
+    }
+    assert!(killed >= 1, "no run was killed mid-way: the test saw nothing");
+    run(&["run", p.to_str().unwrap(), src.to_str().unwrap(), "--out", o, "--split", "4", "--progress", "never"]).unwrap();
+    same(&outputs(&whole), &out, "killed and run again").unwrap();
 }

@@ -230,6 +230,33 @@ pub fn cmd_clean(out: &Path, all: bool) -> i32 {
         println!("removed {} ({}); the next run recomputes every sample", store.root().display(), crate::util::human_bytes(bytes));
         return 0;
     }
+    // A split run's files of samples it finished go; while a sample is still in its phases, its
+    // checkpoints are not referenced by a record yet, so none is removed.
+    let split = store.root().join("split");
+    let (mut split_bytes, mut unfinished) = (0u64, 0usize);
+    for e in std::fs::read_dir(&split).into_iter().flatten().flatten() {
+        let path = e.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let sample = e.file_name().to_string_lossy().into_owned();
+        if store.record(&sample).is_some_and(|r| r.complete && r.failed.is_none()) {
+            split_bytes += dir_size(&path);
+            let _ = std::fs::remove_dir_all(&path);
+        } else {
+            unfinished += 1;
+        }
+    }
+    if split_bytes > 0 {
+        println!("removed the split-run files of finished samples ({})", crate::util::human_bytes(split_bytes));
+    }
+    if unfinished > 0 {
+        println!(
+            "{unfinished} sample{} of a split run not finished: every checkpoint kept (their phases need them)",
+            if unfinished == 1 { " is" } else { "s are" }
+        );
+        return 0;
+    }
     let records = store.records();
     let referenced: std::collections::BTreeSet<&String> = records.iter().flat_map(|r| r.stages.values()).collect();
     let (stale, used): (Vec<String>, Vec<String>) = store.keys().into_iter().partition(|k| !referenced.contains(k));

@@ -151,18 +151,33 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
             single_ready[i] = q;
         }
     }
-    // A local stage's blocks are stored when a stage of another phase reads it, or it is written.
-    let phase_of = |i: usize| phases.iter().position(|p| p.work.contains(&Work::Local(i)));
-    let reader_phases = |j: usize| -> Vec<usize> {
-        (0..phases.len())
-            .filter(|&q| phases[q].work.iter().any(|w| w.reads_inputs() && plan.stage_inputs(w.stage()).contains(&j)))
-            .collect()
-    };
+    // A local stage that a later block phase reads is computed again there, from its own inputs
+    // (with the local stages they come from): recomputing a filter costs less than storing its
+    // float values for other machines to read back (a Gaussian of a u8 scan is 4 bytes a voxel).
+    let is_local = |j: usize, phases: &[Phase]| phases.iter().any(|p| p.work.contains(&Work::Local(j)));
+    for q in 0..phases.len() {
+        if !phases[q].blocks {
+            continue;
+        }
+        let mut todo: Vec<usize> = phases[q].work.iter().filter(|w| w.reads_inputs()).flat_map(|w| plan.stage_inputs(w.stage())).collect();
+        while let Some(j) = todo.pop() {
+            if is_local(j, &phases) && !phases[q].work.contains(&Work::Local(j)) {
+                phases[q].work.push(Work::Local(j));
+                todo.extend(plan.stage_inputs(j));
+            }
+        }
+        phases[q].work.sort_by_key(|w| (w.stage(), matches!(w, Work::Apply(_)), matches!(w, Work::Local(_))));
+    }
+    // A local stage's blocks are stored (in the first phase that computes it) when a per-sample
+    // task reads it, or it is written.
+    let first_phase = |i: usize| phases.iter().position(|p| p.work.contains(&Work::Local(i)));
+    let read_whole =
+        |j: usize| phases.iter().any(|p| !p.blocks && p.work.iter().any(|w| w.reads_inputs() && plan.stage_inputs(w.stage()).contains(&j)));
     let mut stored = vec![Vec::new(); phases.len()];
     for i in 0..n {
-        if let Some(p) = phase_of(i) {
+        if let Some(p) = first_phase(i) {
             let written = plan.outputs.iter().any(|(o, _)| *o == i);
-            if written || reader_phases(i).iter().any(|&q| q != p) {
+            if written || read_whole(i) {
                 stored[p].push(i);
             }
         }
