@@ -630,6 +630,21 @@ fn cmd_plan(a: PlanArgs) -> i32 {
                             t += &format!("  phase {} ({how}): {what}   [{tasks}]\n", k + 1);
                         }
                         t += "  final (per sample): outputs written from the checkpoints   [1 task a sample]\n";
+                        let whole: Vec<&str> = phases
+                            .iter()
+                            .flat_map(|ph| &ph.work)
+                            .filter_map(|w| match w {
+                                crate::exec::split::Work::Whole(i) => Some(p.stages[*i].id.as_str()),
+                                _ => None,
+                            })
+                            .collect();
+                        if !whole.is_empty() {
+                            t += &format!(
+                                "  ({} ha{} no per-block form: run in one task per sample, out of core, on inputs joined from the blocks)\n",
+                                whole.join(", "),
+                                if whole.len() == 1 { "s" } else { "ve" }
+                            );
+                        }
                     }
                     t
                 }

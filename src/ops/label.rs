@@ -166,8 +166,7 @@ impl slab::Phased for Label {
         labeller.to_bytes()
     }
     fn reduce(&self, _round: usize, partials: Vec<Vec<u8>>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
-        let parts: Vec<SlabLabeller> = partials.iter().map(|p| SlabLabeller::from_bytes(p)).collect::<Result<_, _>>()?;
-        let (all, offsets) = SlabLabeller::join(parts)?;
+        let (all, offsets) = SlabLabeller::join(partials.iter().map(|p| SlabLabeller::from_bytes(p)))?;
         let (min, max) = self.size_range();
         let (remap, count) = all.resolve(min, max);
         let mut b = Vec::with_capacity(16 + 4 * (offsets.len() + remap.len()));
@@ -571,12 +570,14 @@ impl SlabLabeller {
     }
 
     /// The labellers of consecutive z-blocks as one, as if one labeller had seen every slab:
-    /// block b's provisional id l becomes l + offsets[b].
-    pub fn join(parts: Vec<SlabLabeller>) -> Result<(SlabLabeller, Vec<u32>), String> {
+    /// block b's provisional id l becomes l + offsets[b]. Blocks are taken one at a time, so
+    /// only one block's end planes are held beside the union-find.
+    pub fn join(parts: impl IntoIterator<Item = Result<SlabLabeller, String>>) -> Result<(SlabLabeller, Vec<u32>), String> {
         let mut it = parts.into_iter();
-        let Some(mut all) = it.next() else { return Err("label: no blocks to join".into()) };
+        let Some(mut all) = it.next().transpose()? else { return Err("label: no blocks to join".into()) };
         let mut offsets = vec![0u32];
         for p in it {
+            let p = p?;
             if p.plane != all.plane || p.connectivity != all.connectivity {
                 return Err("label: blocks of different plane sizes or connectivities".into());
             }
@@ -714,7 +715,7 @@ mod tests {
                     parts.push(SlabLabeller::from_bytes(&sl.to_bytes().unwrap()).unwrap());
                     prov.push(mine);
                 }
-                let (all, offsets) = SlabLabeller::join(parts).unwrap();
+                let (all, offsets) = SlabLabeller::join(parts.into_iter().map(Ok)).unwrap();
                 let (remap, _) = all.resolve(min, max);
                 let mut views: Vec<Array3<u32>> = Vec::new();
                 for (slabs, &off) in prov.iter().zip(&offsets) {
