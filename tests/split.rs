@@ -178,9 +178,9 @@ fn a_missing_block_is_named_and_run_alone() {
     assert!(e.contains("bone: block 2 of 4's partial result is missing") && e.contains("its block task failed or has not run"), "{e}");
     let status = tessera(&["status", o]);
     let st = text(&status.stdout);
-    assert!(st.contains("phase 1 of 8") && st.contains("2 of 4 blocks done  ← running or next"), "{st}");
+    assert!(st.contains("phase 1 of 9") && st.contains("2 of 4 blocks done  ← running or next"), "{st}");
     assert_eq!(phase("1", "2/2").status.code(), Some(0));
-    for k in 2..=8 {
+    for k in 2..=9 {
         let tasks = if k % 2 == 1 { 3 } else { 1 };
         for t in 1..=tasks {
             let o = phase(&k.to_string(), &format!("{t}/{tasks}"));
@@ -205,6 +205,9 @@ fn phases_are_listed_and_more_blocks_than_planes_work() {
     assert!(s.contains("phase 3 (per block): smooth, bone (partial 2/2)"), "{s}");
     assert!(s.contains("phase 5 (per block): smooth, bone, pores, clean, lacunae (partial), canals (partial)"), "{s}");
     assert!(s.contains("phase 6 (per sample): lacunae (reduce), canals (reduce)"), "{s}");
+    // Whole stages that do not read each other run as separate tasks.
+    assert!(s.contains("phase 8 (per sample): territory (whole), to_canal (whole)   [2 tasks a sample]"), "{s}");
+    assert!(s.contains("phase 9 (per sample): shape (whole)   [1 task a sample]"), "{s}");
     let dir = tempfile::tempdir().unwrap();
     check(&p, &common::root().join("testdata/bone3d.tif"), 70, None, dir.path()).unwrap();
 }

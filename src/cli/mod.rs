@@ -626,7 +626,8 @@ fn cmd_plan(a: PlanArgs) -> i32 {
                         for (k, ph) in phases.iter().enumerate() {
                             let (how, what) =
                                 ph.describe(&p).split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
-                            let tasks = if ph.blocks { format!("{n} tasks a sample") } else { "1 task a sample".into() };
+                            let per = ph.per_sample(*n as usize);
+                            let tasks = format!("{per} task{} a sample", if per == 1 { "" } else { "s" });
                             t += &format!("  phase {} ({how}): {what}   [{tasks}]\n", k + 1);
                         }
                         t += "  final (per sample): outputs written from the checkpoints   [1 task a sample]\n";
@@ -640,7 +641,7 @@ fn cmd_plan(a: PlanArgs) -> i32 {
                             .collect();
                         if !whole.is_empty() {
                             t += &format!(
-                                "  ({} ha{} no per-block form: run in one task per sample, out of core, on inputs joined from the blocks)\n",
+                                "  ({} ha{} no per-block form: each runs in one task per sample, out of core, on inputs joined from the blocks)\n",
                                 whole.join(", "),
                                 if whole.len() == 1 { "s" } else { "ve" }
                             );

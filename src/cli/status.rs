@@ -95,7 +95,7 @@ fn split_text(p: &crate::exec::split::Progress) -> String {
     let mut t = format!("split into {} z-blocks per sample: {} phases, then the final run\n", p.blocks, p.phases.len());
     for ph in &p.phases {
         let (how, what) = ph.describe.split_once(": ").unwrap_or(("", &ph.describe));
-        let unit = if how == "per block" { "blocks" } else { "samples" };
+        let unit = if how == "per block" { "blocks" } else { "sample tasks" };
         let mark = match p.current {
             Some(c) if c == ph.phase => "  ← running or next",
             _ => "",

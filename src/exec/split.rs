@@ -67,6 +67,21 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A per-sample phase's lanes, each a task of its own: every whole stage alone (no two of a
+    /// phase read each other), and the reduces together. A phase with no work has one lane
+    /// (it joins the blocks earlier phases stored).
+    pub fn lanes(&self) -> Vec<Vec<Work>> {
+        let mut v: Vec<Vec<Work>> = self.work.iter().filter(|w| matches!(w, Work::Whole(_))).map(|w| vec![*w]).collect();
+        let reduces: Vec<Work> = self.work.iter().filter(|w| matches!(w, Work::Reduce(..))).copied().collect();
+        if !reduces.is_empty() || v.is_empty() {
+            v.push(reduces);
+        }
+        v
+    }
+    /// Tasks per sample: its blocks, or its lanes.
+    pub fn per_sample(&self, blocks: usize) -> usize {
+        if self.blocks { blocks } else { self.lanes().len() }
+    }
     /// `blocks: smooth, clean, label lacunae (partial)` and the like, for plans and status.
     pub fn describe(&self, plan: &Plan) -> String {
         let names: Vec<String> = self
@@ -106,7 +121,12 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
         let mut p = from;
         loop {
             while p >= phases.len() {
-                let kind = phases.last().map_or(blocks, |l| !l.blocks);
+                // A block phase always follows a per-sample one, which joins what the blocks
+                // before stored; per-sample phases may follow one another.
+                let kind = match phases.last() {
+                    Some(l) if l.blocks && blocks => false,
+                    _ => blocks,
+                };
                 phases.push(Phase { blocks: kind, work: Vec::new(), stored: Vec::new() });
             }
             if phases[p].blocks == blocks {
@@ -146,9 +166,11 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
                 single_ready[i] = p + 1;
             }
         } else {
+            // Whole stages of one phase run as separate tasks, so one that reads another goes
+            // to a later phase.
             let q = place(&mut phases, from_single, false, Work::Whole(i));
             block_ready[i] = q + 1;
-            single_ready[i] = q;
+            single_ready[i] = q + 1;
         }
     }
     // A local stage that a later block phase reads is computed again there, from its own inputs
@@ -230,12 +252,9 @@ impl Files {
     pub fn reduced(&self, key: &str, r: usize) -> PathBuf {
         self.dir(key).join(format!("reduced{r}-of-{}.bin", self.blocks))
     }
-    /// What a task says of its unit of phase `phase` (1-based; `block` for block phases).
-    pub fn unit(&self, phase: usize, block: Option<usize>) -> PathBuf {
-        let name = match block {
-            Some(b) => format!("block-{b}.json"),
-            None => "sample.json".into(),
-        };
+    /// What a task says of its unit `u` (a block, or a lane) of phase `phase` (1-based).
+    pub fn unit(&self, phase: usize, blocks: bool, u: usize) -> PathBuf {
+        let name = if blocks { format!("block-{u}.json") } else { format!("lane-{u}.json") };
         self.root.join(format!("phase-{phase}-of-{}", self.blocks)).join(name)
     }
     /// A temporary name beside `path`, unique to this process (renamed into place when whole).
@@ -264,6 +283,8 @@ pub fn block_of(nz: usize, n: usize, b: usize) -> Option<(usize, usize)> {
 /// copied in order), unless it has a verified one; then removes the stage's split files.
 /// `Err` names the blocks that are missing.
 pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage: &str, planes: usize) -> Result<(), String> {
+    // Tasks of one sample that start together (its lanes) join each stage once.
+    let _lock = store.lock_waiting(&format!("join-{key}"));
     if store.raw(key).is_some() {
         let _ = std::fs::remove_dir_all(files.dir(key));
         return Ok(());
@@ -349,7 +370,7 @@ pub struct UnitState {
 /// Units of a phase for `rows` samples: a block of a sample per task in block phases
 /// (sample-major), a sample in single ones. What `tessera submit --split` sizes its arrays by.
 pub fn units(phase: &Phase, rows: usize, blocks: usize) -> usize {
-    if phase.blocks { rows * blocks } else { rows }
+    rows * phase.per_sample(blocks)
 }
 
 /// Runs phase `k` (1-based) of a split run into `blocks` blocks for the units `cfg.task` owns
@@ -367,23 +388,30 @@ pub fn run_phase(
         .get(k.wrapping_sub(1))
         .ok_or_else(|| format!("this pipeline split runs in {} phases (then `--phase final`); there is no phase {k}", all.len()))?;
     let joined = block_stages(&all[..k - 1]);
-    let info = SplitInfo { blocks, samples: manifest.len(), phases: all.iter().map(|p| (p.describe(plan), p.blocks)).collect() };
+    let info = SplitInfo {
+        blocks,
+        samples: manifest.len(),
+        phases: all.iter().map(|p| (p.describe(plan), p.blocks, p.per_sample(blocks))).collect(),
+    };
     let text = serde_json::to_vec_pretty(&info).map_err(|e| e.to_string())?;
     crate::util::write_atomic(&info_path(&cfg.out), &text).map_err(|e| format!("{}: {e}", info_path(&cfg.out).display()))?;
-    let per = if phase.blocks { blocks } else { 1 };
+    let per = phase.per_sample(blocks);
+    let lanes = phase.lanes();
     let owns = |u: usize| cfg.task.is_none_or(|t| t.owns(u));
     let mut summary = PhaseSummary { phase: k, phases: all.len(), describe: phase.describe(plan), ..Default::default() };
     let store = crate::store::Store::new(&cfg.out);
     let shared = super::shared::SharedInputs::new(std::iter::empty(), cfg.memory / 4).hashing_once(store.clone());
     let rows = manifest.each().map_err(|e| e.to_string())?;
     let results = std::sync::Mutex::new(Vec::new());
-    let run_unit = |row: &crate::spec::manifest::SampleRow, b: Option<usize>| -> Result<(), (String, String)> {
+    let run_unit = |row: &crate::spec::manifest::SampleRow, u: usize| -> Result<(), (String, String)> {
+        let b = phase.blocks.then_some(u);
+        let work: &[Work] = if phase.blocks { &phase.work } else { lanes.get(u).map_or(&[], Vec::as_slice) };
         let p = super::prepare(plan, row, manifest, &shared)?;
         let files = Files::new(&cfg.out, &row.id, blocks);
         let fail_at = |i: usize, e: String| (plan.stages.get(i).map_or_else(|| "input".to_string(), |s| s.id.clone()), e);
         let n = plan.stages.len();
         let valid = vec![true; n];
-        let targets: Vec<bool> = (0..n).map(|i| phase.work.contains(&Work::Whole(i))).collect();
+        let targets: Vec<bool> = (0..n).map(|i| work.contains(&Work::Whole(i))).collect();
         let s = super::stream::Streamed {
             plan,
             bound: &p.bound,
@@ -394,7 +422,8 @@ pub fn run_phase(
             sample: &row.id,
             memory: cfg.memory,
             threads: cfg.threads,
-            spill_dir: files.root.join(format!("spill-{}", std::process::id())),
+            // One per unit: a sample's lanes may run at once in one process.
+            spill_dir: files.root.join(format!("spill-{}-{u}", std::process::id())),
             sample_dir: cfg.out.join("samples").join(&row.id),
             compression: plan.spec.compression,
             slab: None,
@@ -412,7 +441,7 @@ pub fn run_phase(
         for &j in &joined {
             join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id, p.bound.metas[j].shape[0]).map_err(|e| fail_at(j, e))?;
         }
-        for w in &phase.work {
+        for w in work {
             if let Work::Reduce(i, r) = *w {
                 let key = &p.keys[i];
                 let out = files.reduced(key, r);
@@ -470,7 +499,7 @@ pub fn run_phase(
     super::for_each_sample(each, cfg.threads, |u, row| {
         let b = u % per;
         let t = std::time::Instant::now();
-        let r = run_unit(row, phase.blocks.then_some(b));
+        let r = run_unit(row, b);
         let files = Files::new(&cfg.out, &row.id, blocks);
         let state = UnitState {
             done: r.is_ok(),
@@ -479,7 +508,7 @@ pub fn run_phase(
             seconds: t.elapsed().as_secs_f64(),
             task: cfg.task.map(|t| t.to_string()),
         };
-        let path = files.unit(k, phase.blocks.then_some(b));
+        let path = files.unit(k, phase.blocks, b);
         let _ = serde_json::to_vec_pretty(&state).map(|j| crate::util::write_atomic(&path, &j));
         results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((row.id.clone(), phase.blocks.then_some(b), r));
     });
@@ -506,8 +535,9 @@ pub fn run_phase(
 pub struct SplitInfo {
     pub blocks: usize,
     pub samples: usize,
-    /// Each phase's description ([`Phase::describe`]) and whether it runs per block.
-    pub phases: Vec<(String, bool)>,
+    /// Each phase's description ([`Phase::describe`]), whether it runs per block, and its
+    /// tasks per sample.
+    pub phases: Vec<(String, bool, usize)>,
 }
 
 fn info_path(out: &Path) -> PathBuf {
@@ -546,10 +576,10 @@ pub fn progress(out: &Path) -> Option<Progress> {
         .phases
         .iter()
         .enumerate()
-        .map(|(k, (d, blocks))| PhaseProgress {
+        .map(|(k, (d, _, per))| PhaseProgress {
             phase: k + 1,
             describe: d.clone(),
-            units: info.samples * if *blocks { info.blocks } else { 1 },
+            units: info.samples * per,
             done: 0,
             failed: 0,
             errors: Vec::new(),
@@ -594,13 +624,13 @@ pub fn unfinished_units(
     blocks: usize,
     k: usize,
 ) -> Result<Vec<usize>, String> {
-    let per = if phase.blocks { blocks } else { 1 };
+    let per = phase.per_sample(blocks);
     let mut v = Vec::new();
     for (r, row) in manifest.each().map_err(|e| e.to_string())?.enumerate() {
         let row = row.map_err(|e| e.to_string())?;
         let files = Files::new(out, &row.id, blocks);
         for b in 0..per {
-            let done = std::fs::read(files.unit(k, phase.blocks.then_some(b)))
+            let done = std::fs::read(files.unit(k, phase.blocks, b))
                 .ok()
                 .and_then(|t| serde_json::from_slice::<UnitState>(&t).ok())
                 .is_some_and(|u| u.done);

@@ -375,13 +375,7 @@ impl Store {
         if let Some(h) = cached(&fp) {
             return Ok(h);
         }
-        let _lock = loop {
-            match self.lock(&format!("input-{name}")) {
-                Ok(l) => break Some(l),
-                Err(h) if h.pid == 0 => break None,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
-            }
-        };
+        let _lock = self.lock_waiting(&format!("input-{name}"));
         if let Some(h) = cached(&fp) {
             return Ok(h);
         }
@@ -392,6 +386,18 @@ impl Store {
             let _ = crate::util::write_atomic(&file, v.to_string().as_bytes());
         }
         Ok(h)
+    }
+
+    /// Takes the lock `name`, waiting while a live process (here or on another host) holds it;
+    /// `None` when the lock file cannot be opened (then the caller goes on unlocked).
+    pub fn lock_waiting(&self, name: &str) -> Option<Lock> {
+        loop {
+            match self.lock(name) {
+                Ok(l) => return Some(l),
+                Err(h) if h.pid == 0 => return None,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Takes the lock of `sample`, taking over a lock whose process is gone. `Err` names the
