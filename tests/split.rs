@@ -175,7 +175,7 @@ fn a_missing_block_is_named_and_run_alone() {
     let o2 = phase("2", "1/1");
     assert_eq!(o2.status.code(), Some(1), "{}", text(&o2.stderr));
     let e = text(&o2.stderr);
-    assert!(e.contains("bone: block 2 of 4's partial result is missing") && e.contains("its block task failed or has not run"), "{e}");
+    assert!(e.contains("bone: the partial results of blocks 2, 4 of 4 are missing: their block tasks failed or have not run"), "{e}");
     let status = tessera(&["status", o]);
     let st = text(&status.stdout);
     assert!(st.contains("phase 1 of 9") && st.contains("2 of 4 blocks done  ← running or next"), "{st}");

@@ -456,26 +456,36 @@ pub fn run_phase(
                             .map_err(|e| fail_at(i, format!("round {r}'s reduced result is missing: {e}")))?,
                     ),
                 };
-                let partials: Vec<Vec<u8>> = (0..blocks_for(p.bound.metas[i].shape[0], blocks))
-                    .map(|b| {
-                        std::fs::read(files.partial(key, b, r)).map_err(|e| {
-                            fail_at(
-                                i,
-                                format!(
-                                    "block {} of {blocks}'s partial result is missing ({e}): its block task failed or has not run",
-                                    b + 1
-                                ),
-                            )
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
+                // Every block's partial result must be there before any is read.
+                let count = blocks_for(p.bound.metas[i].shape[0], blocks);
+                let missing: Vec<String> =
+                    (0..count).filter(|&b| !files.partial(key, b, r).is_file()).map(|b| (b + 1).to_string()).collect();
+                if !missing.is_empty() {
+                    return Err(fail_at(
+                        i,
+                        format!(
+                            "the partial result{} of block{} {} of {blocks} {} missing: {} block task{} failed or {} not run",
+                            if missing.len() == 1 { "" } else { "s" },
+                            if missing.len() == 1 { "" } else { "s" },
+                            missing.join(", "),
+                            if missing.len() == 1 { "is" } else { "are" },
+                            if missing.len() == 1 { "its" } else { "their" },
+                            if missing.len() == 1 { "" } else { "s" },
+                            if missing.len() == 1 { "has" } else { "have" },
+                        ),
+                    ));
+                }
+                let mut partials = (0..count).map(|b| {
+                    let path = files.partial(key, b, r);
+                    std::fs::read(&path).map_err(|e| format!("{}: {e} (run block {} of {blocks} again)", path.display(), b + 1))
+                });
                 let ctx = crate::ops::Ctx {
                     sample: &row.id,
                     spacing: super::scaled(&p.spacing, super::input_scale(plan, &p.bound, i)).zyx,
                     unit: &p.spacing.unit,
                     ndim: p.ndim,
                 };
-                let reduced = op.reduce(r, partials, before.as_deref(), &ctx).map_err(|e| fail_at(i, e))?;
+                let reduced = op.reduce(r, &mut partials, before.as_deref(), &ctx).map_err(|e| fail_at(i, e))?;
                 let aside = Files::aside(&out);
                 std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
                     .and_then(|_| std::fs::write(&aside, &reduced))

@@ -165,8 +165,8 @@ impl slab::Phased for Label {
         }
         labeller.to_bytes()
     }
-    fn reduce(&self, _round: usize, partials: Vec<Vec<u8>>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
-        let (all, offsets) = SlabLabeller::join(partials.iter().map(|p| SlabLabeller::from_bytes(p)))?;
+    fn reduce(&self, _round: usize, partials: &mut slab::Partials<'_>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let (all, offsets) = SlabLabeller::join(partials.map(|p| SlabLabeller::from_bytes(&p?)))?;
         let (min, max) = self.size_range();
         let (remap, count) = all.resolve(min, max);
         let mut b = Vec::with_capacity(16 + 4 * (offsets.len() + remap.len()));

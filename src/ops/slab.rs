@@ -224,6 +224,10 @@ fn stack_rows(parts: &[Value]) -> Result<Value, String> {
     })
 }
 
+/// The blocks' partial results of a round, read from disk one at a time in block order (a
+/// reduce need not hold them all).
+pub type Partials<'a> = dyn Iterator<Item = Result<Vec<u8>, String>> + 'a;
+
 /// What a block task gives a phased op ([`Phased`]): block `index` of a volume cut into z-blocks,
 /// planes `z0..z1` of the whole.
 pub trait BlockIo {
@@ -265,8 +269,8 @@ pub trait Phased: Send + Sync {
     /// Block partial result of round `round` (reads the block's planes of the inputs, may keep
     /// a volume); `before` is the previous round's reduced result.
     fn partial(&self, io: &mut dyn BlockIo, round: usize, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
-    /// The partial results of every block, in block order, reduced.
-    fn reduce(&self, round: usize, partials: Vec<Vec<u8>>, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
+    /// The partial results of every block, read one at a time in block order, reduced.
+    fn reduce(&self, round: usize, partials: &mut Partials<'_>, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
     /// The local op that gives the output from the same inputs, from the last reduced result
     /// (when [`Phased::finishes_local`]).
     fn local(&self, _reduced: &[u8]) -> Result<Box<dyn super::Op>, String> {

@@ -834,8 +834,8 @@ impl slab::Phased for Threshold {
         };
         part_bytes(&part)
     }
-    fn reduce(&self, round: usize, partials: Vec<Vec<u8>>, before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
-        let parts: Vec<Part> = partials.iter().map(|p| part_of(p)).collect::<Result<_, _>>()?;
+    fn reduce(&self, round: usize, partials: &mut slab::Partials<'_>, before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let parts: Vec<Part> = partials.map(|p| part_of(&p?)).collect::<Result<_, _>>()?;
         let nbins = self.nbins as usize;
         let out = match round {
             0 if parts.iter().all(|p| matches!(p, Part::Counts(_))) => {
