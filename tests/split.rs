@@ -247,3 +247,26 @@ fn a_killed_phase_runs_again_with_the_same_bytes() {
     run(&["run", p.to_str().unwrap(), src.to_str().unwrap(), "--out", o, "--split", "4", "--progress", "never"]).unwrap();
     same(&outputs(&whole), &out, "killed and run again").unwrap();
 }
+
+/// Mistakes with --split and --phase are clear errors (exit 2), before anything runs.
+#[test]
+fn phase_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let o = out.to_str().unwrap();
+    let p = "pipelines/bone-lacunae-scan.yaml";
+    let img = "testdata/bone3d.tif";
+    for (args, msg) in [
+        (vec!["run", p, img, "--out", o, "--split", "4", "--phase", "12"], "runs in 9 phases (then `--phase final`); there is no phase 12"),
+        (vec!["run", p, img, "--out", o, "--split", "4", "--phase", "0"], "'0' is not a phase"),
+        (vec!["run", p, img, "--out", o, "--split", "4", "--task", "1/2"], "--task runs one phase: give --phase K or --phase final"),
+        (vec!["run", p, img, "--out", o, "--phase", "1"], "--split"),
+        (vec!["run", p, img, "--out", o, "--split", "0"], "0 is not in 1.."),
+        (vec!["run", p, img, "--out", o, "--split", "2", "--no-checkpoint"], "cannot be used with"),
+    ] {
+        let r = tessera(&args);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {}", text(&r.stderr));
+        assert!(text(&r.stderr).contains(msg), "{args:?}: {}", text(&r.stderr));
+    }
+    assert!(!out.join("samples").exists(), "nothing ran");
+}

@@ -1009,36 +1009,20 @@ fn float_hist(values: impl Iterator<Item = f32> + Clone, nbins: usize) -> (Vec<u
     (counts, bins.centers())
 }
 
-/// [`float_hist`] of an array, in parallel over chunks when it is contiguous: the range is a
-/// min/max reduction and the bins are integer counts, so the result is the sequential one.
+/// [`float_hist`] of an array, in parallel over chunks when it is contiguous (the streamed
+/// pieces, [`FloatRange`] and [`float_counts`], on the whole): the range is a min/max reduction
+/// and the bins are integer counts, so the result is the sequential one.
 fn float_hist_arr(a: &Array3<f32>, nbins: usize) -> (Vec<u64>, Vec<f64>) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 18;
-    let Some(v) = a.as_slice() else { return float_hist(a.iter().copied(), nbins) };
-    let none = (f32::INFINITY, f32::NEG_INFINITY);
-    let (lo, hi) = v.par_chunks(CHUNK).map(finite_min_max).reduce(|| none, |(a, b), (c, d)| (a.min(c), b.max(d)));
-    if lo > hi {
-        return (Vec::new(), Vec::new());
+    if a.as_slice().is_none() {
+        return float_hist(a.iter().copied(), nbins);
     }
-    if lo == hi {
-        return (vec![1], vec![lo as f64]);
+    let mut range = FloatRange::default();
+    range.see(a);
+    match range.bins(nbins) {
+        Some(bins) => (float_counts(&bins, a, nbins), bins.centers()),
+        None if f32::from_bits(range.lo) > f32::from_bits(range.hi) => (Vec::new(), Vec::new()),
+        None => (vec![1], vec![f32::from_bits(range.lo) as f64]),
     }
-    let bins = FloatBins::new(lo, hi, nbins);
-    let counts = v
-        .par_chunks(CHUNK)
-        .map(|c| {
-            let mut k = vec![0u64; nbins];
-            bins.count_slice(c, &mut k);
-            k
-        })
-        .reduce(
-            || vec![0u64; nbins],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    (counts, bins.centers())
 }
 
 /// Smallest and largest finite value (±inf when there is none), in 16 independent lanes so that
