@@ -270,3 +270,31 @@ fn phase_mistakes_are_named() {
     }
     assert!(!out.join("samples").exists(), "nothing ran");
 }
+
+/// A study of two samples cut from one scan by `${z0}`/`${z1}` (a crop, which runs whole, first),
+/// split into 3 blocks, every phase run as 4 array tasks over the study's units, the final run
+/// as 2 tasks and a merge: the same bytes as one machine, merged tables and statistics too.
+#[test]
+fn a_study_split_over_tasks_and_merged_equals_one_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = "pipelines/bone-lacunae.yaml";
+    let whole = dir.path().join("whole");
+    run(&["run", p, "--out", whole.to_str().unwrap(), "--progress", "never"]).unwrap();
+    let out = dir.path().join("split");
+    let o = out.to_str().unwrap();
+    let plan = text(&tessera(&["plan", p, "--split", "3"]).stdout);
+    assert!(plan.contains("phase 1 (per sample): roi (whole)") && plan.contains("10 phases"), "{plan}");
+    for k in 1..=10 {
+        for t in 1..=4 {
+            let task = format!("{t}/4");
+            let r = tessera(&["run", p, "--out", o, "--split", "3", "--phase", &k.to_string(), "--task", &task, "--progress", "never"]);
+            assert_eq!(r.status.code(), Some(0), "phase {k} task {task}: {}", text(&r.stderr));
+        }
+    }
+    for t in ["1/2", "2/2"] {
+        let r = tessera(&["run", p, "--out", o, "--split", "3", "--phase", "final", "--task", t, "--progress", "never"]);
+        assert_eq!(r.status.code(), Some(0), "final {t}: {}", text(&r.stderr));
+    }
+    run(&["merge", o]).unwrap();
+    same(&outputs(&whole), &out, "a study in 3 blocks, 4 tasks a phase").unwrap();
+}

@@ -107,9 +107,10 @@ impl Phase {
 
 /// The phases of a split run of `plan`: stages in plan order, each in the first phase where
 /// its inputs can be read (a local stage beside the local stages it reads; a block phase after
-/// the single phase that joined what it reads from earlier block phases). Phases alternate
-/// between block and single phases, so every block phase reads values a single task joined.
-/// The same for every sample (plan-level), so a study's phases are one chain of jobs.
+/// the per-sample phase that joined what it reads from earlier block phases). A block phase
+/// always follows a per-sample phase, so every block phase reads values a per-sample task
+/// joined; per-sample phases may follow one another. The same for every sample (plan-level),
+/// so a study's phases are one chain of jobs.
 pub fn phases(plan: &Plan) -> Vec<Phase> {
     let n = plan.stages.len();
     let needed = schedule::decide(super::required_stages(plan, &vec![false; n]), &|i| plan.stage_inputs(i), &mut |_| false);
