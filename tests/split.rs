@@ -298,3 +298,34 @@ fn a_study_split_over_tasks_and_merged_equals_one_machine() {
     run(&["merge", o]).unwrap();
     same(&outputs(&whole), &out, "a study in 3 blocks, 4 tasks a phase").unwrap();
 }
+
+/// `tessera clean` during a split run keeps every checkpoint (no record references them yet);
+/// after the final run it removes the split files, and a run again is up to date.
+#[test]
+fn clean_keeps_an_unfinished_split_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::root().join("pipelines/bone-lacunae-scan.yaml");
+    let img = common::root().join("testdata/bone3d.tif");
+    let out = dir.path().join("o");
+    let o = out.to_str().unwrap();
+    let base = ["run", p.to_str().unwrap(), img.to_str().unwrap(), "--out", o, "--split", "2", "--progress", "never"];
+    for k in 1..=8 {
+        let r = tessera(&[&base[..], &["--phase", &k.to_string()]].concat());
+        assert_eq!(r.status.code(), Some(0), "phase {k}: {}", text(&r.stderr));
+    }
+    let ckpt = |out: &Path| common::files(&out.join(".tessera/ckpt")).len();
+    let before = ckpt(&out);
+    assert!(before > 0);
+    let c = tessera(&["clean", o]);
+    assert!(text(&c.stdout).contains("1 sample of a split run is not finished: every checkpoint kept"), "{}", text(&c.stdout));
+    assert_eq!(ckpt(&out), before, "clean removed checkpoints an unfinished split run needs");
+    for k in ["9", "final"] {
+        let r = tessera(&[&base[..], &["--phase", k]].concat());
+        assert_eq!(r.status.code(), Some(0), "phase {k}: {}", text(&r.stderr));
+    }
+    let c = tessera(&["clean", o]);
+    assert!(text(&c.stdout).contains("removed the split-run files of finished samples"), "{}", text(&c.stdout));
+    assert!(!out.join(".tessera/split/bone3d").exists());
+    let again = tessera(&[&base[..], &["--phase", "final"]].concat());
+    assert!(text(&again.stdout).contains("up to date"), "{}", text(&again.stdout));
+}

@@ -252,8 +252,9 @@ pub fn cmd_clean(out: &Path, all: bool) -> i32 {
     }
     if unfinished > 0 {
         println!(
-            "{unfinished} sample{} of a split run not finished: every checkpoint kept (their phases need them)",
-            if unfinished == 1 { " is" } else { "s are" }
+            "{unfinished} sample{} of a split run {} not finished: every checkpoint kept (their phases need them)",
+            if unfinished == 1 { "" } else { "s" },
+            if unfinished == 1 { "is" } else { "are" }
         );
         return 0;
     }
