@@ -154,7 +154,7 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
             // Rounds of partial results per block and a reduce per sample; then a local op
             // computed per block where it is read, or an application per block.
             let mut from = from_blocks;
-            for r in 0..op.rounds().max(1) {
+            for r in 0..=op.last_round() {
                 let p = place(&mut phases, from, true, Work::Partial(i, r));
                 from = place(&mut phases, p + 1, false, Work::Reduce(i, r)) + 1;
             }
@@ -258,11 +258,16 @@ impl Files {
         let name = if blocks { format!("block-{u}.json") } else { format!("lane-{u}.json") };
         self.root.join(format!("phase-{phase}-of-{}", self.blocks)).join(name)
     }
-    /// A temporary name beside `path`, unique to this process (renamed into place when whole).
-    pub fn aside(path: &Path) -> PathBuf {
-        let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        name.push(format!(".tmp{}", std::process::id()));
-        path.with_file_name(name)
+    /// A phased op's reduced result of round `r` (stage `stage`, for the message).
+    pub fn read_reduced(&self, key: &str, r: usize, stage: &str) -> Result<Vec<u8>, String> {
+        let path = self.reduced(key, r);
+        std::fs::read(&path).map_err(|e| {
+            format!(
+                "the reduced result of stage '{stage}' (round {}) is missing ({}: {e}): run its reduce phase first",
+                r + 1,
+                path.display()
+            )
+        })
     }
 }
 
@@ -301,16 +306,17 @@ pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage:
         ));
     }
     let dir = files.dir(key);
-    let mut w = super::spill::Writer::create(&dir, &format!("joined.tmp{}", std::process::id()))?;
+    let tmp = crate::util::tmp_sibling(&dir.join("joined"));
+    let mut w = super::spill::Writer::create(&dir, &tmp.file_name().unwrap_or_default().to_string_lossy())?;
     for p in &parts {
         let r = super::spill::Reader::open(p).map_err(|e| format!("stage '{stage}': {e} (run its block task again)"))?;
         w.append_file(&r)?;
     }
-    let elem = w.elem().ok_or_else(|| format!("stage '{stage}': its blocks hold no planes"))?;
-    let (r, bytes, blake3) = w.finish(false)?;
-    let meta = crate::store::RawMeta { elem: elem.name().into(), format: super::spill::FORMAT.into(), bytes, blake3 };
-    store.adopt_raw(key, r.path(), &meta)?;
-    drop(r);
+    if w.elem().is_none() {
+        return Err(format!("stage '{stage}': its blocks hold no planes"));
+    }
+    // Phased and local stages keep their voxels (no stored form).
+    drop(super::stream::adopt(w, store, key, None)?);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -452,10 +458,7 @@ pub fn run_phase(
                 let op = p.bound.ops[i].phased().ok_or_else(|| fail_at(i, "internal: no phased form".into()))?;
                 let before = match r {
                     0 => None,
-                    _ => Some(
-                        std::fs::read(files.reduced(key, r - 1))
-                            .map_err(|e| fail_at(i, format!("round {r}'s reduced result is missing: {e}")))?,
-                    ),
+                    _ => Some(files.read_reduced(key, r - 1, &plan.stages[i].id).map_err(|e| fail_at(i, e))?),
                 };
                 // Every block's partial result must be there before any is read.
                 let count = blocks_for(p.bound.metas[i].shape[0], blocks);
@@ -480,18 +483,8 @@ pub fn run_phase(
                     let path = files.partial(key, b, r);
                     std::fs::read(&path).map_err(|e| format!("{}: {e} (run block {} of {blocks} again)", path.display(), b + 1))
                 });
-                let ctx = crate::ops::Ctx {
-                    sample: &row.id,
-                    spacing: super::scaled(&p.spacing, super::input_scale(plan, &p.bound, i)).zyx,
-                    unit: &p.spacing.unit,
-                    ndim: p.ndim,
-                };
-                let reduced = op.reduce(r, &mut partials, before.as_deref(), &ctx).map_err(|e| fail_at(i, e))?;
-                let aside = Files::aside(&out);
-                std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
-                    .and_then(|_| std::fs::write(&aside, &reduced))
-                    .and_then(|_| std::fs::rename(&aside, &out))
-                    .map_err(|e| fail_at(i, format!("{}: {e}", out.display())))?;
+                let reduced = op.reduce(r, &mut partials, before.as_deref(), &super::stream::ctx_of(&s, i)).map_err(|e| fail_at(i, e))?;
+                crate::util::write_atomic(&out, &reduced).map_err(|e| fail_at(i, format!("{}: {e}", out.display())))?;
             }
         }
         if targets.contains(&true) {

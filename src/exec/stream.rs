@@ -188,11 +188,7 @@ impl Volume for Store<'_> {
     fn meta(&self) -> Meta {
         let (kind, dtype) = match self {
             Store::Source { dtype, .. } => (Kind::Image, Some(*dtype)),
-            Store::Spill(r) => match r.elem() {
-                Elem::Mask => (Kind::Mask, None),
-                Elem::Labels => (Kind::Labels, None),
-                Elem::Image(d) => (Kind::Image, Some(d)),
-            },
+            Store::Spill(r) => elem_kind(Some(r.elem())),
             Store::Computed(c, p) => {
                 let m = &c.s.bound.metas[c.group.stages[*p]];
                 (m.kind, m.dtype)
@@ -265,21 +261,29 @@ fn finish_spill<'a>(
     key: &str,
     stored: Option<(Arc<dyn slab::Stored>, Meta)>,
 ) -> Result<Store<'a>, String> {
-    let elem = w.elem();
-    let (reader, bytes, blake3) = w.finish(ck.is_none())?;
-    let reader = match (ck, elem) {
-        (Some(store), Some(elem)) => {
-            let format = layout(stored.as_ref().map(|(c, _)| c.as_ref()));
-            let meta = crate::store::RawMeta { elem: elem.name().into(), format, bytes, blake3 };
-            let path = store.adopt_raw(key, reader.path(), &meta)?;
-            reader.keep_at(path)
-        }
-        _ => reader,
+    let reader = match ck {
+        Some(store) if w.elem().is_some() => adopt(w, store, key, stored.as_ref().map(|(c, _)| c.as_ref()))?,
+        _ => w.finish(ck.is_none())?.0,
     };
     Ok(match stored {
         Some((codec, meta)) => Store::Decoded(Arc::new(reader), codec, meta),
         None => Store::Spill(Arc::new(reader)),
     })
+}
+
+/// Finishes a spill as the raw checkpoint of `key` in `store` (holding the `stored` form, if
+/// any); gives its reader there.
+pub(super) fn adopt(
+    w: spill::Writer,
+    store: &crate::store::Store,
+    key: &str,
+    stored: Option<&dyn slab::Stored>,
+) -> Result<spill::Reader, String> {
+    let elem = w.elem().ok_or_else(|| format!("{}: nothing was spilled", w.path().display()))?;
+    let (reader, bytes, blake3) = w.finish(false)?;
+    let meta = crate::store::RawMeta { elem: elem.name().into(), format: layout(stored), bytes, blake3 };
+    let path = store.adopt_raw(key, reader.path(), &meta)?;
+    Ok(reader.keep_at(path))
 }
 
 /// The layout named in a checkpoint's metadata: the spill format, with the stored form's name.
@@ -343,7 +347,7 @@ fn input_meta(s: &Streamed, i: usize, k: usize) -> Meta {
 }
 
 /// Stage `i`'s context: the sample's spacing, scaled after a downsample.
-fn ctx_of<'a>(s: &'a Streamed, i: usize) -> Ctx<'a> {
+pub(super) fn ctx_of<'a>(s: &'a Streamed, i: usize) -> Ctx<'a> {
     let spacing = super::scaled(s.spacing, super::input_scale(s.plan, s.bound, i)).zyx;
     Ctx { sample: s.sample, spacing, unit: &s.spacing.unit, ndim: s.ndim }
 }
@@ -395,6 +399,22 @@ fn checkpoint<'a>(s: &Streamed, c: &crate::store::Store, i: usize) -> Option<Sto
     }
 }
 
+/// The sample's source files, read by plane ranges. Slabs take a quarter of the budget
+/// (`fit_planes`); a Zarr source's decoded chunks — the rows the last slab read, for the next
+/// slab's halo, and the next row decoded ahead — at most another quarter; writers' buffers the
+/// rest.
+fn open_sources<'a>(s: &Streamed) -> Result<Vec<Store<'a>>, (usize, String)> {
+    let cache = s.memory / 4 / s.paths.len().max(1) as u64;
+    s.paths
+        .iter()
+        .zip(s.headers)
+        .map(|(p, h)| {
+            let reader = io::PlaneReader::open_cached(p, cache).map_err(|e| (0, e.to_string()))?;
+            Ok(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape })
+        })
+        .collect()
+}
+
 fn run<'a>(
     s: &'a Streamed<'a>,
     sink: &mut dyn FnMut(usize, &Value) -> Result<(), String>,
@@ -409,14 +429,7 @@ fn run<'a>(
     let n = plan.stages.len();
     let last_use = plan.last_use();
     let reads = |i: usize| plan.stage_inputs(i);
-    let mut sources: Vec<Store> = Vec::new();
-    for (p, h) in s.paths.iter().zip(s.headers) {
-        // Slabs take a quarter of the budget (`fit_planes`); a Zarr source's decoded chunks —
-        // the rows the last slab read, for the next slab's halo, and the next row decoded ahead —
-        // at most another quarter; writers' buffers the rest.
-        let reader = io::PlaneReader::open_cached(p, s.memory / 4 / s.paths.len().max(1) as u64).map_err(|e| (0, e.to_string()))?;
-        sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
-    }
+    let sources = open_sources(s)?;
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // Table values, for the stages that read tables.
     let mut tables: Vec<Option<Value>> = vec![None; n];
@@ -786,6 +799,15 @@ impl Slabs for StageIo<'_> {
     }
 }
 
+/// The kind and type of a spilled value of element type `elem` (labels while nothing is spilled).
+fn elem_kind(elem: Option<Elem>) -> (Kind, Option<DType>) {
+    match elem {
+        Some(Elem::Mask) => (Kind::Mask, None),
+        Some(Elem::Image(d)) => (Kind::Image, Some(d)),
+        Some(Elem::Labels) | None => (Kind::Labels, None),
+    }
+}
+
 /// A scratch volume: a spill file appended to and read back (removed when dropped).
 struct ScratchFile {
     w: spill::Writer,
@@ -793,11 +815,7 @@ struct ScratchFile {
 
 impl Volume for ScratchFile {
     fn meta(&self) -> Meta {
-        let (kind, dtype) = match self.w.elem() {
-            Some(Elem::Mask) => (Kind::Mask, None),
-            Some(Elem::Image(d)) => (Kind::Image, Some(d)),
-            Some(Elem::Labels) | None => (Kind::Labels, None),
-        };
+        let (kind, dtype) = elem_kind(self.w.elem());
         Meta { kind, dtype, shape: self.w.shape(), ndim: 3, scale: [1.0; 3] }
     }
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
@@ -843,11 +861,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     let plan = s.plan;
     let n = plan.stages.len();
     let ck = s.checkpoints.ok_or((0, "internal: a split run keeps checkpoints".to_string()))?;
-    let mut sources: Vec<Store> = Vec::new();
-    for (p, h) in s.paths.iter().zip(s.headers) {
-        let reader = io::PlaneReader::open_cached(p, s.memory / 4 / s.paths.len().max(1) as u64).map_err(|e| (0, e.to_string()))?;
-        sources.push(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape });
-    }
+    let sources = open_sources(s)?;
     let here = |k: usize| phase.work.contains(&split::Work::Local(k));
     let mut stores: Vec<Option<Store>> = vec![None; n];
     // What earlier phases made, from its checkpoint (a single task joined the blocks).
@@ -876,18 +890,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     for k in 0..n {
         finished.push(match s.bound.ops[k].phased().filter(|p| here(k) && p.finishes_local()) {
             Some(p) => {
-                let r = p.rounds().max(1) - 1;
-                let path = files.reduced(&s.keys[k], r);
-                let reduced = std::fs::read(&path).map_err(|e| {
-                    (
-                        k,
-                        format!(
-                            "the reduced result of stage '{}' is missing ({}: {e}): run its reduce phase first",
-                            plan.stages[k].id,
-                            path.display()
-                        ),
-                    )
-                })?;
+                let reduced = files.read_reduced(&s.keys[k], p.last_round(), &plan.stages[k].id).map_err(|e| (k, e))?;
                 Some(p.local(&reduced).map_err(|e| (k, e))?)
             }
             None => None,
@@ -989,16 +992,9 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             planes: 0,
         };
         let ctx = ctx_of(s, i);
-        let last = op.rounds().max(1) - 1;
+        let id = &plan.stages[i].id;
         if apply {
-            let reduced_path = files.reduced(key, last);
-            let reduced = std::fs::read(&reduced_path).map_err(|e| {
-                fail(format!(
-                    "the reduced result of stage '{}' is missing ({}: {e}): run the reduce phase first",
-                    plan.stages[i].id,
-                    reduced_path.display()
-                ))
-            })?;
+            let reduced = files.read_reduced(key, op.last_round(), id).map_err(fail)?;
             op.apply(&mut io, &reduced, &ctx).map_err(fail)?;
             let out = io.out.take().ok_or_else(|| fail("internal: a phased op applied nothing".into()))?;
             if io.planes != z1 - z0 {
@@ -1008,9 +1004,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
         } else {
             let before = match round {
                 0 => None,
-                r => Some(
-                    std::fs::read(files.reduced(key, r - 1)).map_err(|e| fail(format!("round {r}'s reduced result is missing: {e}")))?,
-                ),
+                r => Some(files.read_reduced(key, r - 1, id).map_err(fail)?),
             };
             let bytes = op.partial(&mut io, round, before.as_deref(), &ctx).map_err(fail)?;
             if let Some(k) = io.keeping.take() {
@@ -1019,21 +1013,18 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
                     place(w, &kept).map_err(fail)?;
                 }
             }
-            let aside = split::Files::aside(&done);
-            std::fs::create_dir_all(aside.parent().unwrap_or(&aside))
-                .and_then(|_| std::fs::write(&aside, &bytes))
-                .and_then(|_| std::fs::rename(&aside, &done))
-                .map_err(|e| fail(format!("{}: {e}", done.display())))?;
+            crate::util::write_atomic(&done, &bytes).map_err(|e| fail(format!("{}: {e}", done.display())))?;
         }
     }
     Ok(())
 }
 
-/// A spill writer for a file that appears at `path` only when whole ([`place`]).
+/// A spill writer for a file that appears at `path` only when whole ([`place`]), under a
+/// temporary name beside it ([`crate::util::tmp_sibling`]).
 fn aside_writer(path: &std::path::Path) -> Result<spill::Writer, String> {
     let dir = path.parent().ok_or("internal: a split file without a folder")?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    spill::Writer::create(dir, &format!("{stem}.tmp{}", std::process::id()))
+    let tmp = crate::util::tmp_sibling(path);
+    spill::Writer::create(dir, &tmp.file_name().unwrap_or_default().to_string_lossy())
 }
 
 /// Finishes a writer from [`aside_writer`] and renames it into place.
@@ -1071,11 +1062,7 @@ impl Kept {
 impl Volume for Kept {
     fn meta(&self) -> Meta {
         let (elem, shape) = self.with(|w| Ok((w.elem(), w.shape()))).unwrap_or((None, [0; 3]));
-        let (kind, dtype) = match elem {
-            Some(Elem::Mask) => (Kind::Mask, None),
-            Some(Elem::Image(d)) => (Kind::Image, Some(d)),
-            Some(Elem::Labels) | None => (Kind::Labels, None),
-        };
+        let (kind, dtype) = elem_kind(elem);
         Meta { kind, dtype, shape, ndim: 3, scale: [1.0; 3] }
     }
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {

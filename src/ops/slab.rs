@@ -261,6 +261,10 @@ pub trait Phased: Send + Sync {
     fn rounds(&self) -> usize {
         1
     }
+    /// The last round (0-based): the one whose reduced result the op finishes from.
+    fn last_round(&self) -> usize {
+        self.rounds().max(1) - 1
+    }
     /// Whether what remains after the last round is a local op ([`Phased::local`]) rather than
     /// an application per block ([`Phased::apply`]).
     fn finishes_local(&self) -> bool {

@@ -719,35 +719,49 @@ pub fn streamed(
     pass: &mut dyn FnMut(&mut Visitor<'_>) -> Result<(), String>,
 ) -> Result<f64, String> {
     if !float {
-        let mut h = IntCounts::default();
-        pass(&mut |d| {
-            h.add(int_values(d).ok_or("threshold: expected an integer image")?);
-            Ok(())
-        })?;
-        return int_finish(method, h);
+        return int_finish(method, int_pass(pass)?);
     }
     if method == Method::Li {
         return Err("internal: li on a float image streams through li_streamed".into());
     }
+    let range = range_pass(pass)?;
+    let counts = match range.bins(nbins) {
+        None => None,
+        Some(bins) => Some(bins_pass(&bins, nbins, pass)?),
+    };
+    float_finish(method, &range, counts, nbins)
+}
+
+/// The counts of an integer image seen slab by slab by `pass`.
+fn int_pass(pass: &mut dyn FnMut(&mut Visitor<'_>) -> Result<(), String>) -> Result<IntCounts, String> {
+    let mut h = IntCounts::default();
+    pass(&mut |d| {
+        h.add(int_values(d).ok_or("threshold: expected an integer image")?);
+        Ok(())
+    })?;
+    Ok(h)
+}
+
+/// The range of a float image seen slab by slab by `pass`.
+fn range_pass(pass: &mut dyn FnMut(&mut Visitor<'_>) -> Result<(), String>) -> Result<FloatRange, String> {
     let mut range = FloatRange::default();
     pass(&mut |d| {
         let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
         range.see(a);
         Ok(())
     })?;
-    let counts = match range.bins(nbins) {
-        None => None,
-        Some(bins) => {
-            let mut counts = vec![0u64; nbins];
-            pass(&mut |d| {
-                let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-                counts.iter_mut().zip(float_counts(&bins, a, nbins)).for_each(|(x, y)| *x += y);
-                Ok(())
-            })?;
-            Some(counts)
-        }
-    };
-    float_finish(method, &range, counts, nbins)
+    Ok(range)
+}
+
+/// The counts in `bins` of a float image seen slab by slab by `pass`.
+fn bins_pass(bins: &FloatBins, nbins: usize, pass: &mut dyn FnMut(&mut Visitor<'_>) -> Result<(), String>) -> Result<Vec<u64>, String> {
+    let mut counts = vec![0u64; nbins];
+    pass(&mut |d| {
+        let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
+        counts.iter_mut().zip(float_counts(bins, a, nbins)).for_each(|(x, y)| *x += y);
+        Ok(())
+    })?;
+    Ok(counts)
 }
 
 /// What the blocks of a split image hand on, per round of [`Threshold`]'s phased form.
@@ -788,7 +802,7 @@ impl slab::Phased for Threshold {
         let float = io.input(0).meta().dtype == Some(crate::io::DType::F32);
         let planes = io.planes(0);
         let nbins = self.nbins as usize;
-        let each = |f: &mut dyn FnMut(&Data) -> Result<(), String>| -> Result<(), String> {
+        let mut each = |f: &mut Visitor<'_>| -> Result<(), String> {
             for (a, b) in slab::ranges(z1 - z0, planes) {
                 let Value::Image(d) = io.input(0).read(z0 + a, z0 + b)? else { return Err("threshold: input is not an image".into()) };
                 f(&d)?;
@@ -796,40 +810,17 @@ impl slab::Phased for Threshold {
             Ok(())
         };
         let part = match (round, float) {
-            (0, false) => {
-                let mut h = IntCounts::default();
-                each(&mut |d| {
-                    h.add(int_values(d).ok_or("threshold: expected an integer image")?);
-                    Ok(())
-                })?;
-                Part::Counts(h.pairs())
-            }
-            (0, true) => {
-                let mut range = FloatRange::default();
-                each(&mut |d| {
-                    let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-                    range.see(a);
-                    Ok(())
-                })?;
-                Part::Range(range)
-            }
+            (0, false) => Part::Counts(int_pass(&mut each)?.pairs()),
+            (0, true) => Part::Range(range_pass(&mut each)?),
             (_, false) => Part::Bins(None),
             (_, true) => {
                 let Part::Range(range) = part_of(before.unwrap_or_default())? else {
                     return Err("threshold: round 1 did not give a range".into());
                 };
-                match range.bins(nbins) {
-                    None => Part::Bins(None),
-                    Some(bins) => {
-                        let mut counts = vec![0u64; nbins];
-                        each(&mut |d| {
-                            let Data::F32(a) = d else { return Err("threshold: expected a float image".into()) };
-                            counts.iter_mut().zip(float_counts(&bins, a, nbins)).for_each(|(x, y)| *x += y);
-                            Ok(())
-                        })?;
-                        Part::Bins(Some(counts))
-                    }
-                }
+                Part::Bins(match range.bins(nbins) {
+                    None => None,
+                    Some(bins) => Some(bins_pass(&bins, nbins, &mut each)?),
+                })
             }
         };
         part_bytes(&part)
