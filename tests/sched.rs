@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{files, run_samples, tessera, text};
+use common::{run_samples, tessera, text};
 
 fn enabled(s: &str) -> bool {
     let on = std::env::var("TESSERA_SCHEDULERS").unwrap_or_default().split(',').any(|x| x.trim() == s);
@@ -22,17 +22,9 @@ fn enabled(s: &str) -> bool {
     on
 }
 
-/// Outputs of a study folder without the job scripts, task records and provenance.
-fn study(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    files(dir).into_iter().filter(|(p, _)| !p.starts_with("jobs") && !p.starts_with("tasks")).collect()
-}
-
 fn assert_same_study(a: &Path, b: &Path, what: &str) {
-    let (fa, fb) = (study(a), study(b));
-    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>();
-    assert_eq!(names(&fa), names(&fb), "{what}: different files");
-    for ((p, x), (_, y)) in fa.iter().zip(&fb) {
-        assert!(x == y, "{what}: {} differs", p.display());
+    if let Some(d) = common::study_difference(a, b) {
+        panic!("{what}: {d}");
     }
 }
 
@@ -225,7 +217,7 @@ fn split_round_trip(scheduler: &str) {
     // Nine phases (four of 4 block tasks, one of 2 tasks), the final array, the merge.
     assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 10, "{sub}");
     wait_for(scheduler, &ids(&sub));
-    assert_same_study_outputs(&out, &want, &format!("{scheduler}: split into 4 blocks vs one machine"));
+    assert_same_study(&out, &want, &format!("{scheduler}: split into 4 blocks vs one machine"));
     let st = text(&tessera(&["status", out.to_str().unwrap()]).stdout);
     assert!(
         st.contains("phase 5 of 9 (per block: smooth, bone, pores, clean, lacunae (partial), canals (partial)): 4 of 4 blocks done"),
@@ -238,20 +230,7 @@ fn split_round_trip(scheduler: &str) {
     // The checkpoint key of stage 'bone' names the folder its blocks' histograms go to: the
     // same in any output folder, so a local run of phase 1 shows it.
     let probe = dir.join("probe");
-    let o = tessera(&[
-        "run",
-        "pipelines/bone-lacunae-scan.yaml",
-        "--samples",
-        manifest.to_str().unwrap(),
-        "--out",
-        probe.to_str().unwrap(),
-        "--split",
-        "4",
-        "--phase",
-        "1",
-        "--progress",
-        "never",
-    ]);
+    let o = run_samples("pipelines/bone-lacunae-scan.yaml", &manifest, &probe, &["--split", "4", "--phase", "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let key = std::fs::read_dir(probe.join(".tessera/split/bone3d"))
         .unwrap()
@@ -275,21 +254,7 @@ fn split_round_trip(scheduler: &str) {
     let first = std::fs::read_to_string(sub["scripts"][0].as_str().unwrap()).unwrap();
     assert!(first.contains("--phase 1") && (first.contains("--array=3\n") || first.contains("--task 3/4")), "{first}");
     wait_for(scheduler, &ids(&sub));
-    assert_same_study_outputs(&out, &want, &format!("{scheduler}: split with a block resubmitted vs one machine"));
-}
-
-/// The outputs (samples, tables, statistics) of two folders are the same bytes.
-fn assert_same_study_outputs(a: &Path, b: &Path, what: &str) {
-    let keep = |d: &Path| -> Vec<(PathBuf, Vec<u8>)> {
-        files(d).into_iter().filter(|(p, _)| p.starts_with("samples") || p.starts_with("tables") || p.starts_with("stats")).collect()
-    };
-    let (fa, fb) = (keep(a), keep(b));
-    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>();
-    assert_eq!(names(&fa), names(&fb), "{what}: different files");
-    assert!(!fa.is_empty(), "{what}: no outputs");
-    for ((p, x), (_, y)) in fa.iter().zip(&fb) {
-        assert!(x == y, "{what}: {} differs", p.display());
-    }
+    assert_same_study(&out, &want, &format!("{scheduler}: split with a block resubmitted vs one machine"));
 }
 
 #[test]

@@ -11,41 +11,9 @@ use ndarray::Array3;
 use proptest::prelude::*;
 use tessera::io::{Compression, Data, Spacing};
 
-/// Every file under `samples/`, `tables/` and `stats/` of an output folder, by relative path.
-fn outputs(out: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v = Vec::new();
-    for sub in ["samples", "tables", "stats"] {
-        let mut stack = vec![out.join(sub)];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    let rel = p.strip_prefix(out).unwrap().display().to_string();
-                    v.push((rel, std::fs::read(&p).unwrap()));
-                }
-            }
-        }
-    }
-    v.sort();
-    v
-}
-
-/// Outputs of `out` equal those of `want` file for file, byte for byte.
-fn same(want: &[(String, Vec<u8>)], out: &Path, what: &str) -> Result<(), String> {
-    let got = outputs(out);
-    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    if names(want) != names(&got) {
-        return Err(format!("{what}: files {:?} vs {:?}", names(want), names(&got)));
-    }
-    for ((n, a), (_, b)) in want.iter().zip(&got) {
-        if a != b {
-            return Err(format!("{what}: {n} differs"));
-        }
-    }
-    Ok(())
+/// The study in `out` equals the one in `want` file for file, byte for byte.
+fn same(want: &Path, out: &Path, what: &str) -> Result<(), String> {
+    common::study_difference(want, out).map_or(Ok(()), |d| Err(format!("{what}: {d}")))
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -72,7 +40,7 @@ fn check(pipeline: &Path, image: &Path, blocks: usize, memory: Option<&str>, dir
     let n = blocks.to_string();
     let b = tessera(&[base, vec!["--out", split.to_str().unwrap(), "--split", &n]].concat());
     match (a.status.code(), b.status.code()) {
-        (Some(0), Some(0)) => same(&outputs(&whole), &split, &format!("--split {blocks}")),
+        (Some(0), Some(0)) => same(&whole, &split, &format!("--split {blocks}")),
         // A sample that fails on one machine (an op refusing this volume) fails split too.
         (Some(1), Some(1)) => Ok(()),
         (x, y) => Err(format!("exit {x:?} on one machine, {y:?} split into {blocks}:\n{}\n{}", text(&a.stderr), text(&b.stderr))),
@@ -80,11 +48,7 @@ fn check(pipeline: &Path, image: &Path, blocks: usize, memory: Option<&str>, dir
 }
 
 fn volume(z: usize, y: usize, x: usize, dt: u8, seed: u64) -> Data {
-    let mut next = common::xorshift(seed);
-    let base = Array3::from_shape_fn((z, y, x), |(a, b, c)| {
-        let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
-        (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
-    });
+    let base = common::wave(z, y, x, seed);
     match dt {
         0 => Data::U8(base.mapv(|v| v as u8)),
         1 => Data::U16(base.mapv(|v| (v * 7.0) as u16)),
@@ -162,7 +126,6 @@ fn a_missing_block_is_named_and_run_alone() {
     let img = common::root().join("testdata/bone3d.tif");
     let whole = dir.path().join("whole");
     run(&["run", p.to_str().unwrap(), img.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--progress", "never"]).unwrap();
-    let want = outputs(&whole);
     let out = dir.path().join("split");
     let o = out.to_str().unwrap();
     let base = ["run", p.to_str().unwrap(), img.to_str().unwrap(), "--out", o, "--split", "4", "--progress", "never"];
@@ -190,7 +153,7 @@ fn a_missing_block_is_named_and_run_alone() {
     let fin = phase("final", "1/1");
     assert_eq!(fin.status.code(), Some(0), "{}", text(&fin.stderr));
     run(&["merge", o]).unwrap();
-    same(&want, &out, "phases run as tasks").unwrap();
+    same(&whole, &out, "phases run as tasks").unwrap();
 }
 
 /// `tessera plan --split N` lists the phases; a volume with fewer planes than blocks is cut into
@@ -245,7 +208,7 @@ fn a_killed_phase_runs_again_with_the_same_bytes() {
     }
     assert!(killed >= 1, "no run was killed mid-way: the test saw nothing");
     run(&["run", p.to_str().unwrap(), src.to_str().unwrap(), "--out", o, "--split", "4", "--progress", "never"]).unwrap();
-    same(&outputs(&whole), &out, "killed and run again").unwrap();
+    same(&whole, &out, "killed and run again").unwrap();
 }
 
 /// Mistakes with --split and --phase are clear errors (exit 2), before anything runs.
@@ -296,7 +259,7 @@ fn a_study_split_over_tasks_and_merged_equals_one_machine() {
         assert_eq!(r.status.code(), Some(0), "final {t}: {}", text(&r.stderr));
     }
     run(&["merge", o]).unwrap();
-    same(&outputs(&whole), &out, "a study in 3 blocks, 4 tasks a phase").unwrap();
+    same(&whole, &out, "a study in 3 blocks, 4 tasks a phase").unwrap();
 }
 
 /// `tessera clean` during a split run keeps every checkpoint (no record references them yet);

@@ -8,7 +8,6 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::compile;
-use ndarray::Array3;
 use proptest::prelude::*;
 use tessera::exec::stream::{Streamed, evaluate_streamed, not_streamable};
 use tessera::exec::{EvalOpts, TileSize, evaluate};
@@ -224,11 +223,7 @@ fn pipeline() -> impl Strategy<Value = String> {
 
 fn volume() -> impl Strategy<Value = Data> {
     (1usize..9, 1usize..10, 1usize..10, 0u8..3, any::<u64>()).prop_map(|(z, y, x, dt, seed)| {
-        let mut next = common::xorshift(seed);
-        let base = Array3::from_shape_fn((z, y, x), |(a, b, c)| {
-            let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
-            (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
-        });
+        let base = common::wave(z, y, x, seed);
         match dt {
             0 => Data::U8(base.mapv(|v| v as u8)),
             1 => Data::U16(base.mapv(|v| (v * 7.0) as u16)),
@@ -291,11 +286,7 @@ proptest! {
 #[test]
 fn every_registry_op_streams_as_in_memory() {
     use tessera::ops::REGISTRY;
-    let mut next = common::xorshift(7);
-    let base = Array3::from_shape_fn((9, 11, 12), |(a, b, c)| {
-        let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
-        (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
-    });
+    let base = common::wave(9, 11, 12, 7);
     let volumes =
         [Data::U8(base.mapv(|v| v as u8)), Data::U16(base.mapv(|v| (v * 7.0) as u16)), Data::F32(base.mapv(|v| v as f32 * 0.25 + 0.1))];
     let dir = tempfile::tempdir().unwrap();

@@ -43,6 +43,30 @@ pub fn run_samples(pipeline: impl AsRef<Path>, manifest: &Path, out: &Path, extr
     tessera(&args)
 }
 
+/// The first difference between two output folders' studies ([`files`] without the job
+/// scripts and task records): a file one has and the other not, or different bytes.
+pub fn study_difference(a: &Path, b: &Path) -> Option<String> {
+    let study = |d: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        files(d).into_iter().filter(|(p, _)| !p.starts_with("jobs") && !p.starts_with("tasks")).collect()
+    };
+    let (fa, fb) = (study(a), study(b));
+    let names = |f: &[(PathBuf, Vec<u8>)]| f.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>();
+    if names(&fa) != names(&fb) {
+        return Some(format!("different files: {:?} vs {:?}", names(&fa), names(&fb)));
+    }
+    fa.iter().zip(&fb).find(|((_, x), (_, y))| x != y).map(|((p, _), _)| format!("{} differs", p.display()))
+}
+
+/// A smooth wave plus seeded noise in [0, 255] (`z × y × x`): the test volumes of the
+/// streamed and split property tests, before each picks its voxel type.
+pub fn wave(z: usize, y: usize, x: usize, seed: u64) -> ndarray::Array3<f64> {
+    let mut next = xorshift(seed);
+    ndarray::Array3::from_shape_fn((z, y, x), |(a, b, c)| {
+        let wave = ((a as f64 * 1.1).sin() + (b as f64 * 0.8).cos() + (c as f64 * 0.6).sin()) * 55.0 + 128.0;
+        (wave + (next() % 70) as f64 - 35.0).clamp(0.0, 255.0)
+    })
+}
+
 /// Every file under `dir` except run.json and the checkpoint folder .tessera/ (internal state,
 /// SPEC §4), relative path → bytes.
 pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
