@@ -96,13 +96,35 @@ fn jobs_dir(spec: &JobSpec) -> PathBuf {
     spec.out.join("jobs")
 }
 
-/// The `tessera run` line of the final array (`phase: None`) or of a split run's phase.
-fn run_line(spec: &JobSpec, task: &str) -> String {
-    let split = spec.split.map(|n| format!(" --split {n} --phase final")).unwrap_or_default();
-    run_line_as(spec, task, &split)
+/// Which array job a script belongs to: the final one (the study's shards; `--phase final` of
+/// a split run) or phase `k` (1-based) of a split run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Array {
+    Final,
+    Phase(usize),
 }
 
-fn run_line_as(spec: &JobSpec, task: &str, split: &str) -> String {
+impl Array {
+    /// Its job name, its number of tasks, and what its `tessera run` line adds.
+    fn of(self, spec: &JobSpec) -> (String, usize, String) {
+        let n = spec.split.unwrap_or(1);
+        match self {
+            Array::Final => (spec.name.clone(), spec.tasks, spec.split.map(|n| format!(" --split {n} --phase final")).unwrap_or_default()),
+            Array::Phase(k) => {
+                (format!("{}-phase{k}", spec.name), spec.phase_tasks.get(k - 1).copied().unwrap_or(1), format!(" --split {n} --phase {k}"))
+            }
+        }
+    }
+    /// Its scripts' file stems: the array, and a resubmission of some of its tasks.
+    fn stems(self) -> (String, String) {
+        match self {
+            Array::Final => ("array".into(), "rerun".into()),
+            Array::Phase(k) => (format!("phase-{k}"), format!("phase-{k}-rerun")),
+        }
+    }
+}
+
+fn run_line(spec: &JobSpec, task: &str, split: &str) -> String {
     format!(
         "exec {} run {} --samples {}{} --out {} --task {task}{split} --threads {} --memory {} --progress never{}\n",
         qp(&spec.tessera),
@@ -161,48 +183,35 @@ fn header(spec: &JobSpec, name: &str, array: Option<&str>, log: &str, cpus: usiz
     s
 }
 
-/// The array job: every shard, `--task auto`.
-pub fn array_script(spec: &JobSpec) -> String {
-    let log = "%x-%A_%a.out";
-    header(spec, &spec.name, Some(&format!("1-{}", spec.tasks)), log, spec.threads, spec.request_mib) + &run_line(spec, "auto")
+/// An array job: every task, `--task auto`.
+pub fn array_script(spec: &JobSpec, a: Array) -> String {
+    let (name, count, extra) = a.of(spec);
+    header(spec, &name, Some(&format!("1-{count}")), "%x-%A_%a.out", spec.threads, spec.request_mib) + &run_line(spec, "auto", &extra)
 }
 
-/// Slurm: the listed shards as one array, each task naming its shard explicitly.
-pub fn slurm_rerun_script(spec: &JobSpec, shards: &[usize]) -> String {
-    let list: Vec<String> = shards.iter().map(|k| k.to_string()).collect();
-    header(spec, &spec.name, Some(&list.join(",")), "%x-%A_%a.out", spec.threads, spec.request_mib)
-        + &run_line(spec, &format!("\"${{SLURM_ARRAY_TASK_ID}}/{}\"", spec.tasks))
+/// Slurm: the listed tasks of an array as one array, each task naming its shard explicitly.
+pub fn slurm_rerun_script(spec: &JobSpec, a: Array, tasks: &[usize]) -> String {
+    let (name, count, extra) = a.of(spec);
+    let list: Vec<String> = tasks.iter().map(|k| k.to_string()).collect();
+    header(spec, &name, Some(&list.join(",")), "%x-%A_%a.out", spec.threads, spec.request_mib)
+        + &run_line(spec, &format!("\"${{SLURM_ARRAY_TASK_ID}}/{count}\""), &extra)
 }
 
-/// Phase `k` (1-based) of a split run as an array job over its units.
-pub fn phase_script(spec: &JobSpec, k: usize) -> String {
-    let n = spec.split.unwrap_or(1);
-    let tasks = spec.phase_tasks.get(k - 1).copied().unwrap_or(1);
-    header(spec, &format!("{}-phase{k}", spec.name), Some(&format!("1-{tasks}")), "%x-%A_%a.out", spec.threads, spec.request_mib)
-        + &run_line_as(spec, "auto", &format!(" --split {n} --phase {k}"))
+/// One task of an array as a plain job (SGE resubmission).
+pub fn shard_script(spec: &JobSpec, a: Array, k: usize) -> String {
+    let (name, count, extra) = a.of(spec);
+    header(spec, &format!("{name}-{k}"), None, "", spec.threads, spec.request_mib) + &run_line(spec, &format!("{k}/{count}"), &extra)
 }
 
-/// Slurm: the listed tasks of phase `k` again.
-pub fn slurm_phase_rerun_script(spec: &JobSpec, k: usize, tasks: &[usize]) -> String {
-    let n = spec.split.unwrap_or(1);
-    let count = spec.phase_tasks.get(k - 1).copied().unwrap_or(1);
-    let list: Vec<String> = tasks.iter().map(|t| t.to_string()).collect();
-    header(spec, &format!("{}-phase{k}", spec.name), Some(&list.join(",")), "%x-%A_%a.out", spec.threads, spec.request_mib)
-        + &run_line_as(spec, &format!("\"${{SLURM_ARRAY_TASK_ID}}/{count}\""), &format!(" --split {n} --phase {k}"))
-}
-
-/// One task of phase `k` as a plain job (SGE resubmission).
-pub fn phase_task_script(spec: &JobSpec, k: usize, t: usize) -> String {
-    let n = spec.split.unwrap_or(1);
-    let count = spec.phase_tasks.get(k - 1).copied().unwrap_or(1);
-    header(spec, &format!("{}-phase{k}-{t}", spec.name), None, "", spec.threads, spec.request_mib)
-        + &run_line_as(spec, &format!("{t}/{count}"), &format!(" --split {n} --phase {k}"))
-}
-
-/// One shard as a plain job (SGE resubmission).
-pub fn shard_script(spec: &JobSpec, k: usize) -> String {
-    let name = format!("{}-{k}", spec.name);
-    header(spec, &name, None, "", spec.threads, spec.request_mib) + &run_line(spec, &format!("{k}/{}", spec.tasks))
+/// The scripts of one link of the chain: an array, or (`tasks`) some of its tasks again.
+fn link(spec: &JobSpec, a: Array, tasks: Option<&[usize]>) -> Link {
+    let jobs = jobs_dir(spec);
+    let (all, rerun) = a.stems();
+    match tasks {
+        None => vec![(jobs.join(format!("{all}.sh")), array_script(spec, a))],
+        Some(list) if spec.scheduler == Scheduler::Slurm => vec![(jobs.join(format!("{rerun}.sh")), slurm_rerun_script(spec, a, list))],
+        Some(list) => list.iter().map(|&k| (jobs.join(format!("{rerun}-{k}.sh")), shard_script(spec, a, k))).collect(),
+    }
 }
 
 /// The merge job.
@@ -294,7 +303,6 @@ pub fn submit(spec: &JobSpec, from: &Chain, dry_run: bool) -> Result<Submission,
     std::fs::create_dir_all(jobs.join("logs")).map_err(|e| format!("{}: {e}", jobs.display()))?;
     let mut sub = Submission { scheduler: spec.scheduler.name().into(), dry_run, ..Default::default() };
     let mut links: Vec<Link> = Vec::new();
-    let sge = spec.scheduler == Scheduler::Sge;
     let first_phase = match from {
         Chain::All => Some(1),
         Chain::Phase(k, _) => Some(*k),
@@ -302,32 +310,19 @@ pub fn submit(spec: &JobSpec, from: &Chain, dry_run: bool) -> Result<Submission,
     };
     if let (Some(first), Some(_)) = (first_phase, spec.split) {
         for k in first..=spec.phase_tasks.len() {
-            let link = match from {
-                Chain::Phase(fk, tasks) if *fk == k && sge => {
-                    tasks.iter().map(|&t| (jobs.join(format!("phase-{k}-rerun-{t}.sh")), phase_task_script(spec, k, t))).collect()
-                }
-                Chain::Phase(fk, tasks) if *fk == k => {
-                    vec![(jobs.join(format!("phase-{k}-rerun.sh")), slurm_phase_rerun_script(spec, k, tasks))]
-                }
-                _ => vec![(jobs.join(format!("phase-{k}.sh")), phase_script(spec, k))],
+            let listed = match from {
+                Chain::Phase(fk, tasks) if *fk == k => Some(tasks.as_slice()),
+                _ => None,
             };
-            links.push(link);
+            links.push(link(spec, Array::Phase(k), listed));
         }
     }
-    match from {
-        Chain::All | Chain::Phase(..) => {
-            links.push(vec![(jobs.join("array.sh"), array_script(spec))]);
-            sub.shards = (1..=spec.tasks).collect();
-        }
-        Chain::Shards(list) if !sge => {
-            links.push(vec![(jobs.join("rerun.sh"), slurm_rerun_script(spec, list))]);
-            sub.shards = list.clone();
-        }
-        Chain::Shards(list) => {
-            links.push(list.iter().map(|&k| (jobs.join(format!("rerun-{k}.sh")), shard_script(spec, k))).collect());
-            sub.shards = list.clone();
-        }
-    }
+    let listed = match from {
+        Chain::Shards(list) => Some(list.as_slice()),
+        Chain::All | Chain::Phase(..) => None,
+    };
+    links.push(link(spec, Array::Final, listed));
+    sub.shards = listed.map_or_else(|| (1..=spec.tasks).collect(), <[usize]>::to_vec);
     let merge = jobs.join("merge.sh");
     for (p, text) in links.iter().flatten() {
         write_script(p, text)?;
@@ -408,7 +403,7 @@ mod tests {
 
     #[test]
     fn slurm_scripts() {
-        let s = array_script(&spec(Scheduler::Slurm));
+        let s = array_script(&spec(Scheduler::Slurm), Array::Final);
         assert!(s.starts_with("#!/bin/bash\n#SBATCH --job-name=tessera-nuclei\n#SBATCH --array=1-3\n"), "{s}");
         assert!(s.contains("#SBATCH --cpus-per-task=2\n#SBATCH --mem=1536M\n"), "{s}");
         assert!(s.contains("--output=/scratch/out/jobs/logs/%x-%A_%a.out"), "{s}");
@@ -416,8 +411,20 @@ mod tests {
             s.contains("run '/data/p q.yaml' --samples /data/m.csv --out /scratch/out --task auto --threads 2 --memory 1073741824"),
             "{s}"
         );
-        let r = slurm_rerun_script(&spec(Scheduler::Slurm), &[2, 3]);
+        let r = slurm_rerun_script(&spec(Scheduler::Slurm), Array::Final, &[2, 3]);
         assert!(r.contains("--array=2,3") && r.contains("--task \"${SLURM_ARRAY_TASK_ID}/3\""), "{r}");
+        // A split run's phase 2 of 3 (8 tasks) and its resubmission; the final array runs
+        // `--phase final`.
+        let mut sp = spec(Scheduler::Slurm);
+        (sp.split, sp.phase_tasks) = (Some(4), vec![4, 1, 8]);
+        let p = array_script(&sp, Array::Phase(3));
+        assert!(p.contains("--job-name=tessera-nuclei-phase3\n#SBATCH --array=1-8\n"), "{p}");
+        assert!(p.contains("--task auto --split 4 --phase 3 --threads 2"), "{p}");
+        let r = slurm_rerun_script(&sp, Array::Phase(3), &[5]);
+        assert!(r.contains("--array=5\n") && r.contains("--task \"${SLURM_ARRAY_TASK_ID}/8\" --split 4 --phase 3"), "{r}");
+        assert!(array_script(&sp, Array::Final).contains("--task auto --split 4 --phase final"));
+        let k = shard_script(&sp, Array::Phase(1), 3);
+        assert!(k.contains("--job-name=tessera-nuclei-phase1-3\n") && k.contains("--task 3/4 --split 4 --phase 1"), "{k}");
         let m = merge_script(&spec(Scheduler::Slurm));
         assert!(m.contains("--job-name=tessera-nuclei-merge") && m.ends_with("exec /opt/tessera/bin/tessera merge /scratch/out\n"), "{m}");
         let a = submit_args(&spec(Scheduler::Slurm), Path::new("/m.sh"), &["12".into()]);
@@ -427,11 +434,11 @@ mod tests {
     #[test]
     fn durable_reaches_tasks_and_merge() {
         let mut sp = spec(Scheduler::Slurm);
-        assert!(!array_script(&sp).contains("--durable") && !merge_script(&sp).contains("--durable"));
+        assert!(!array_script(&sp, Array::Final).contains("--durable") && !merge_script(&sp).contains("--durable"));
         sp.durable = true;
-        assert!(array_script(&sp).ends_with(" --progress never --durable\n"), "{}", array_script(&sp));
-        assert!(slurm_rerun_script(&sp, &[2]).ends_with(" --durable\n"));
-        assert!(shard_script(&sp, 2).ends_with(" --durable\n"));
+        assert!(array_script(&sp, Array::Final).ends_with(" --progress never --durable\n"), "{}", array_script(&sp, Array::Final));
+        assert!(slurm_rerun_script(&sp, Array::Final, &[2]).ends_with(" --durable\n"));
+        assert!(shard_script(&sp, Array::Final, 2).ends_with(" --durable\n"));
         assert!(merge_script(&sp).ends_with("merge /scratch/out --durable\n"), "{}", merge_script(&sp));
         // A submit.json written before the field existed reads as not durable.
         let mut v = serde_json::to_value(spec(Scheduler::Sge)).unwrap();
@@ -442,10 +449,10 @@ mod tests {
 
     #[test]
     fn sge_scripts() {
-        let s = array_script(&spec(Scheduler::Sge));
+        let s = array_script(&spec(Scheduler::Sge), Array::Final);
         assert!(s.contains("#$ -N tessera-nuclei\n#$ -S /bin/bash\n#$ -t 1-3\n#$ -pe smp 2\n"), "{s}");
         assert!(s.contains("#$ -o /scratch/out/jobs/logs/\n#$ -j y\n#$ -wd /data\n"), "{s}");
-        let k = shard_script(&spec(Scheduler::Sge), 2);
+        let k = shard_script(&spec(Scheduler::Sge), Array::Final, 2);
         assert!(k.contains("#$ -N tessera-nuclei-2\n") && !k.contains("-t ") && k.contains("--task 2/3 "), "{k}");
         let a = submit_args(&spec(Scheduler::Sge), Path::new("/m.sh"), &["12".into(), "13".into()]);
         assert_eq!(a, ["qsub", "-terse", "-hold_jid", "12,13", "--partition=debug", "/m.sh"]);
