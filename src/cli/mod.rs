@@ -624,11 +624,9 @@ fn cmd_plan(a: PlanArgs) -> i32 {
                             phases.len()
                         );
                         for (k, ph) in phases.iter().enumerate() {
-                            let (how, what) =
-                                ph.describe(&p).split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
                             let per = ph.per_sample(*n as usize);
                             let tasks = format!("{per} task{} a sample", if per == 1 { "" } else { "s" });
-                            t += &format!("  phase {} ({how}): {what}   [{tasks}]\n", k + 1);
+                            t += &format!("  phase {} ({}): {}   [{tasks}]\n", k + 1, ph.how(), ph.what(&p));
                         }
                         t += "  final (per sample): outputs written from the checkpoints   [1 task a sample]\n";
                         let whole: Vec<&str> = phases

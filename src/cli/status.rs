@@ -94,8 +94,8 @@ pub fn each_state(out: &Path, counts: &mut Counts, f: &mut dyn FnMut(SampleState
 fn split_text(p: &crate::exec::split::Progress) -> String {
     let mut t = format!("split into {} z-blocks per sample: {} phases, then the final run\n", p.blocks, p.phases.len());
     for ph in &p.phases {
-        let (how, what) = ph.describe.split_once(": ").unwrap_or(("", &ph.describe));
-        let unit = if how == "per block" { "blocks" } else { "sample tasks" };
+        let (how, what) = (crate::exec::split::how(ph.blocks), &ph.work);
+        let unit = if ph.blocks { "blocks" } else { "sample tasks" };
         let mark = match p.current {
             Some(c) if c == ph.phase => "  ← running or next",
             _ => "",

@@ -57,6 +57,11 @@ impl Work {
     }
 }
 
+/// How a phase runs: `per block` or `per sample`.
+pub fn how(blocks: bool) -> &'static str {
+    if blocks { "per block" } else { "per sample" }
+}
+
 /// A phase: block tasks (one per block of every sample) or single tasks (one per sample).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Phase {
@@ -82,8 +87,16 @@ impl Phase {
     pub fn per_sample(&self, blocks: usize) -> usize {
         if self.blocks { blocks } else { self.lanes().len() }
     }
-    /// `blocks: smooth, clean, label lacunae (partial)` and the like, for plans and status.
+    /// `per block` or `per sample`.
+    pub fn how(&self) -> &'static str {
+        how(self.blocks)
+    }
+    /// `per block: smooth, clean, lacunae (partial)` and the like ([`Phase::how`], [`Phase::what`]).
     pub fn describe(&self, plan: &Plan) -> String {
+        format!("{}: {}", self.how(), self.what(plan))
+    }
+    /// Its work: `smooth, clean, lacunae (partial)` and the like.
+    pub fn what(&self, plan: &Plan) -> String {
         let names: Vec<String> = self
             .work
             .iter()
@@ -100,8 +113,7 @@ impl Phase {
                 }
             })
             .collect();
-        let what = if names.is_empty() { "join the blocks' values".to_string() } else { names.join(", ") };
-        format!("{}: {what}", if self.blocks { "per block" } else { "per sample" })
+        if names.is_empty() { "join the blocks' values".to_string() } else { names.join(", ") }
     }
 }
 
@@ -395,11 +407,8 @@ pub fn run_phase(
         .get(k.wrapping_sub(1))
         .ok_or_else(|| format!("this pipeline split runs in {} phases (then `--phase final`); there is no phase {k}", all.len()))?;
     let joined = block_stages(&all[..k - 1]);
-    let info = SplitInfo {
-        blocks,
-        samples: manifest.len(),
-        phases: all.iter().map(|p| (p.describe(plan), p.blocks, p.per_sample(blocks))).collect(),
-    };
+    let info =
+        SplitInfo { blocks, samples: manifest.len(), phases: all.iter().map(|p| (p.what(plan), p.blocks, p.per_sample(blocks))).collect() };
     let text = serde_json::to_vec_pretty(&info).map_err(|e| e.to_string())?;
     crate::util::write_atomic(&info_path(&cfg.out), &text).map_err(|e| format!("{}: {e}", info_path(&cfg.out).display()))?;
     let per = phase.per_sample(blocks);
@@ -539,8 +548,8 @@ pub fn run_phase(
 pub struct SplitInfo {
     pub blocks: usize,
     pub samples: usize,
-    /// Each phase's description ([`Phase::describe`]), whether it runs per block, and its
-    /// tasks per sample.
+    /// Each phase's work ([`Phase::what`]), whether it runs per block, and its tasks per
+    /// sample.
     pub phases: Vec<(String, bool, usize)>,
 }
 
@@ -552,7 +561,9 @@ fn info_path(out: &Path) -> PathBuf {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PhaseProgress {
     pub phase: usize,
-    pub describe: String,
+    /// Whether it runs per block (else per sample), and its work ([`Phase::what`]).
+    pub blocks: bool,
+    pub work: String,
     /// Units (a block of a sample, or a sample) in all, done, failed.
     pub units: usize,
     pub done: usize,
@@ -580,9 +591,10 @@ pub fn progress(out: &Path) -> Option<Progress> {
         .phases
         .iter()
         .enumerate()
-        .map(|(k, (d, _, per))| PhaseProgress {
+        .map(|(k, (what, blocks, per))| PhaseProgress {
             phase: k + 1,
-            describe: d.clone(),
+            blocks: *blocks,
+            work: what.clone(),
             units: info.samples * per,
             done: 0,
             failed: 0,
