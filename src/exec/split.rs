@@ -4,9 +4,10 @@
 //! (one task per block of every sample) and single phases (one task per sample):
 //! - runs of local stages are computed per block, from their inputs' planes with the halo they
 //!   need (sources, or values earlier phases stored);
-//! - a global op with a phased form ([`crate::ops::slab::Phased`]: `label`) computes a partial
-//!   result per block, a single task reduces them in block order, and a later block phase
-//!   applies that to every block;
+//! - a global op with a phased form ([`crate::ops::slab::Phased`]: `label`, `threshold`,
+//!   `measure`) computes a partial result per block, a single task reduces them in block
+//!   order, and a later block phase applies that to every block (or computes the local op it
+//!   became, or the reduce gave the op's table);
 //! - any other global op runs in a single task in its out-of-core form, on inputs assembled
 //!   from the blocks, exactly as a streamed run would run it.
 //!
@@ -22,6 +23,7 @@
 use std::path::{Path, PathBuf};
 
 use super::schedule;
+use crate::ops::slab::Ending;
 use crate::ops::{Halo, Kind};
 use crate::plan::Plan;
 
@@ -162,22 +164,31 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
             let p = place(&mut phases, from_blocks, true, Work::Local(i));
             block_ready[i] = p;
             single_ready[i] = p + 1;
-        } else if let Some(op) = st.op.phased().filter(|_| st.kind != Kind::Table && !reads_tables && st.op.keeps_shape()) {
+        } else if let Some(op) = st.op.phased().filter(|op| {
+            let table = op.ending() == Ending::Table;
+            !reads_tables && (st.kind == Kind::Table) == table && (table || st.op.keeps_shape())
+        }) {
             // Rounds of partial results per block and a reduce per sample; then a local op
-            // computed per block where it is read, or an application per block.
+            // computed per block where it is read, an application per block, or the table the
+            // last reduce gave.
             let mut from = from_blocks;
             for r in 0..=op.last_round() {
                 let p = place(&mut phases, from, true, Work::Partial(i, r));
                 from = place(&mut phases, p + 1, false, Work::Reduce(i, r)) + 1;
             }
-            let p = place(&mut phases, from, true, if op.finishes_local() { Work::Local(i) } else { Work::Apply(i) });
-            if op.finishes_local() {
-                block_ready[i] = p;
-                single_ready[i] = p + 1;
-            } else {
-                block_ready[i] = p + 1;
-                single_ready[i] = p + 1;
-            }
+            let (b, s) = match op.ending() {
+                Ending::Local => {
+                    let p = place(&mut phases, from, true, Work::Local(i));
+                    (p, p + 1)
+                }
+                Ending::Apply => {
+                    let p = place(&mut phases, from, true, Work::Apply(i)) + 1;
+                    (p, p)
+                }
+                Ending::Table => (from, from),
+            };
+            block_ready[i] = b;
+            single_ready[i] = s;
         } else {
             // Whole stages of one phase run as separate tasks, so one that reads another goes
             // to a later phase.
@@ -461,10 +472,20 @@ pub fn run_phase(
             if let Work::Reduce(i, r) = *w {
                 let key = &p.keys[i];
                 let out = files.reduced(key, r);
+                let op = p.bound.ops[i].phased().ok_or_else(|| fail_at(i, "internal: no phased form".into()))?;
+                let ctx = super::stream::ctx_of(&s, i);
+                // An op that ends in a table gives it from its last reduced result, as a checkpoint.
+                let table = op.ending() == Ending::Table && r == op.last_round();
+                let save_table = |reduced: &[u8]| -> Result<(), (String, String)> {
+                    let t = op.table(reduced, &ctx).map_err(|e| fail_at(i, e))?;
+                    store.save(key, &t).map_err(|e| fail_at(i, format!("writing a checkpoint: {e}")))
+                };
                 if out.is_file() {
+                    if table && !store.has(key) {
+                        save_table(&files.read_reduced(key, r, &plan.stages[i].id).map_err(|e| fail_at(i, e))?)?;
+                    }
                     continue;
                 }
-                let op = p.bound.ops[i].phased().ok_or_else(|| fail_at(i, "internal: no phased form".into()))?;
                 let before = match r {
                     0 => None,
                     _ => Some(files.read_reduced(key, r - 1, &plan.stages[i].id).map_err(|e| fail_at(i, e))?),
@@ -492,7 +513,10 @@ pub fn run_phase(
                     let path = files.partial(key, b, r);
                     std::fs::read(&path).map_err(|e| format!("{}: {e} (run block {} of {blocks} again)", path.display(), b + 1))
                 });
-                let reduced = op.reduce(r, &mut partials, before.as_deref(), &super::stream::ctx_of(&s, i)).map_err(|e| fail_at(i, e))?;
+                let reduced = op.reduce(r, &mut partials, before.as_deref(), &ctx).map_err(|e| fail_at(i, e))?;
+                if table {
+                    save_table(&reduced)?;
+                }
                 crate::util::write_atomic(&out, &reduced).map_err(|e| fail_at(i, format!("{}: {e}", out.display())))?;
             }
         }

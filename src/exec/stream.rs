@@ -888,7 +888,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     // as that local op.
     let mut finished: Vec<Option<Box<dyn crate::ops::Op>>> = Vec::new();
     for k in 0..n {
-        finished.push(match s.bound.ops[k].phased().filter(|p| here(k) && p.finishes_local()) {
+        finished.push(match s.bound.ops[k].phased().filter(|p| here(k) && p.ending() == slab::Ending::Local) {
             Some(p) => {
                 let reduced = files.read_reduced(&s.keys[k], p.last_round(), &plan.stages[k].id).map_err(|e| (k, e))?;
                 Some(p.local(&reduced).map_err(|e| (k, e))?)

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
+use super::exact::F32Sums;
 use crate::io::Data;
 use crate::table::{Column, Table};
 
@@ -29,7 +30,7 @@ pub struct Measure {
 pub static MEASURE: OpInfo = OpInfo {
     name: "measure",
     family: "measure",
-    version: 2,
+    version: 3,
     output: Kind::Table,
     same_kind: false,
     summary: "Labels → table: one row per object with size, position, extent and intensity statistics.",
@@ -56,9 +57,12 @@ pub static MEASURE: OpInfo = OpInfo {
           only in 2D).\n\
           - `<name>_sum`, `_mean`, `_min`, `_max`, `_std` for each `intensity` input: the sum, mean, \
           extremes and population standard deviation (ddof = 0, as skimage `intensity_std`) of \
-          the image over the object's voxels. Integer images are summed exactly; float32 images in \
-          float64 (scikit-image sums float32 in float32, so values agree to about 1e-6 relative \
-          there). NaN voxels of float images propagate to NaN.\n\
+          the image over the object's voxels. Every sum is exact: integer images in integers, \
+          float32 images in fixed point (the sum and the numerator n·Σv² − (Σv)² of the variance \
+          computed exactly, then rounded once to float64), so the values do not depend on tiles, \
+          slabs, threads or machines. scikit-image sums float32 in float32, so values agree with \
+          it to about 1e-6 relative there. NaN voxels of float images propagate to NaN; an \
+          infinite voxel gives an infinite sum and mean (NaN with both signs) and a NaN std.\n\
           - `territory_voxels`, `territory_volume` (with `territories`): voxels carrying the \
           object's label in the territory image, and their volume.\n\
           Rows are sorted by label. Labels with no voxels (gaps in the numbering) have no row.",
@@ -164,22 +168,35 @@ impl Op for Measure {
     fn streams(&self, _inputs: &[Meta]) -> Result<(), String> {
         Ok(())
     }
-    /// One [`Accumulator`] fed slab by slab (a second pass for float intensities).
+    /// One [`Accumulator`] fed slab by slab, in one pass.
     fn stream(&self, io: &mut dyn Slabs, ctx: &Ctx) -> Result<slab::Outcome, String> {
         let shape = io.input(0).shape();
-        let n_int = self.intensity.len();
         // Two slabs at a time: the next is read while the current one is added.
         let planes = (io.planes(0) / 2).max(1);
-        let inputs: Vec<&dyn slab::Volume> = (0..1 + n_int + usize::from(self.territories.is_some())).map(|k| io.input(k)).collect();
-        let read = |z0: usize, z1: usize, second: bool| -> Result<MeasureSlab, String> {
-            let Value::Labels(l) = inputs[0].read(z0, z1)? else { return Err("measure: `labels` is not labels".into()) };
+        let inputs: Vec<&dyn slab::Volume> = (0..self.inputs().len()).map(|k| io.input(k)).collect();
+        let acc = self.accumulate(&inputs, 0, shape[0], planes)?;
+        let names: Vec<&str> = self.intensity.keys().map(String::as_str).collect();
+        Ok(slab::Outcome::Table(Value::Table(acc.finish(&names, shape, ctx))))
+    }
+    fn phased(&self) -> Option<&dyn slab::Phased> {
+        Some(self)
+    }
+}
+
+impl Measure {
+    /// The sums over planes `z0..z1` of the inputs (labels, intensity images, territories),
+    /// read `planes` planes at a time.
+    fn accumulate(&self, inputs: &[&dyn slab::Volume], z0: usize, z1: usize, planes: usize) -> Result<Accumulator, String> {
+        let n_int = self.intensity.len();
+        let read = |a: usize, b: usize| -> Result<MeasureSlab, String> {
+            let Value::Labels(l) = inputs[0].read(a, b)? else { return Err("measure: `labels` is not labels".into()) };
             let mut images = Vec::new();
             for input in &inputs[1..1 + n_int] {
-                let Value::Image(d) = input.read(z0, z1)? else { return Err("measure: intensity is not an image".into()) };
+                let Value::Image(d) = input.read(a, b)? else { return Err("measure: intensity is not an image".into()) };
                 images.push(d);
             }
-            let terr = match self.territories.is_some() && !second {
-                true => match inputs[1 + n_int].read(z0, z1)? {
+            let terr = match self.territories.is_some() {
+                true => match inputs[1 + n_int].read(a, b)? {
                     Value::Labels(t) => Some(t),
                     _ => return Err("measure: territories are not labels".into()),
                 },
@@ -187,22 +204,47 @@ impl Op for Measure {
             };
             Ok((l, images, terr))
         };
-        let ranges: Vec<(usize, usize)> = slab::ranges(shape[0], planes).collect();
+        let ranges: Vec<(usize, usize)> = slab::ranges(z1 - z0, planes).map(|(a, b)| (z0 + a, z0 + b)).collect();
         let mut acc = Accumulator::default();
-        slab::pipelined(&ranges, &|z0, z1| read(z0, z1, false), |(l, images, terr), z0, _| {
+        slab::pipelined(&ranges, &read, |(l, images, terr), a, _| {
             let refs: Vec<&Data> = images.iter().collect();
-            acc.add(&l, &refs, terr.as_ref(), z0);
+            acc.add(&l, &refs, terr.as_ref(), a);
             Ok(())
         })?;
-        if acc.needs_second_pass() {
-            slab::pipelined(&ranges, &|z0, z1| read(z0, z1, true), |(l, images, _), z0, _| {
-                let refs: Vec<&Data> = images.iter().collect();
-                acc.add_second(&l, &refs, z0);
-                Ok(())
-            })?;
+        Ok(acc)
+    }
+}
+
+/// Split over machines: each block's sums are its partial result, the reduce merges them (every
+/// sum is exact, so the merge gives the one-machine sums bit for bit) and gives the table.
+impl slab::Phased for Measure {
+    fn ending(&self) -> slab::Ending {
+        slab::Ending::Table
+    }
+    fn partial(&self, io: &mut dyn slab::BlockIo, _round: usize, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let (_, z0, z1) = io.block();
+        let planes = (io.planes(0) / 2).max(1);
+        let inputs: Vec<&dyn slab::Volume> = (0..self.inputs().len()).map(|k| io.input(k)).collect();
+        let acc = self.accumulate(&inputs, z0, z1, planes)?;
+        Ok(acc.to_bytes(io.input(0).shape()))
+    }
+    fn reduce(&self, _round: usize, partials: &mut slab::Partials<'_>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let mut all = Accumulator::default();
+        let mut dims = None;
+        for p in partials {
+            let (acc, d) = Accumulator::from_bytes(&p?)?;
+            if dims.is_some_and(|x| x != d) {
+                return Err("measure: the blocks' partial results are of different volumes (rerun the block tasks)".into());
+            }
+            dims = Some(d);
+            all.merge(acc);
         }
+        Ok(all.to_bytes(dims.unwrap_or_default()))
+    }
+    fn table(&self, reduced: &[u8], ctx: &Ctx) -> Result<Value, String> {
+        let (acc, dims) = Accumulator::from_bytes(reduced)?;
         let names: Vec<&str> = self.intensity.keys().map(String::as_str).collect();
-        Ok(slab::Outcome::Table(Value::Table(acc.finish(&names, shape, ctx))))
+        Ok(Value::Table(acc.finish(&names, dims, ctx)))
     }
 }
 
@@ -253,18 +295,15 @@ pub fn measure(labels: &Array3<u32>, images: &[(&str, &Data)], ctx: &Ctx) -> Tab
     let mut acc = Accumulator::default();
     let data: Vec<&Data> = images.iter().map(|(_, d)| *d).collect();
     acc.add(labels, &data, None, 0);
-    if acc.needs_second_pass() {
-        acc.add_second(labels, &data, 0);
-    }
     let names: Vec<&str> = images.iter().map(|(n, _)| *n).collect();
     let d = labels.dim();
     acc.finish(&names, [d.0, d.1, d.2], ctx)
 }
 
-/// Per-object sums gathered from z-slabs visited in z order (the whole image is one slab).
-/// Geometry and integer intensities are exact integer sums, so slab boundaries cannot change
-/// them; float intensities are summed in raster order, which z-ordered slabs preserve. Float
-/// intensities need a second pass ([`Accumulator::add_second`]) for their deviations.
+/// Per-object sums gathered from z-slabs (the whole image is one slab). Every sum is exact —
+/// geometry and integer intensities in integers, float intensities in fixed point
+/// ([`F32Sums`]) — so neither the cut into slabs, blocks or threads nor the order of merging
+/// them can change a bit of the result: one pass, merged in any grouping.
 #[derive(Default)]
 pub struct Accumulator {
     geo: Vec<Acc>,
@@ -274,7 +313,7 @@ pub struct Accumulator {
 
 enum ImageAcc {
     Int { n: Vec<u64>, s: Vec<u128>, s2: Vec<u128>, lo: Vec<u64>, hi: Vec<u64> },
-    Float { n: Vec<u64>, s: Vec<f64>, lo: Vec<f64>, hi: Vec<f64>, d2: Vec<f64> },
+    Float { n: Vec<u64>, s: Vec<F32Sums>, lo: Vec<f64>, hi: Vec<f64> },
     Colour,
 }
 
@@ -316,7 +355,7 @@ impl ImageAcc {
             DView::U8(_) | DView::U16(_) | DView::U32(_) => {
                 ImageAcc::Int { n: Vec::new(), s: Vec::new(), s2: Vec::new(), lo: Vec::new(), hi: Vec::new() }
             }
-            DView::F32(_) => ImageAcc::Float { n: Vec::new(), s: Vec::new(), lo: Vec::new(), hi: Vec::new(), d2: Vec::new() },
+            DView::F32(_) => ImageAcc::Float { n: Vec::new(), s: Vec::new(), lo: Vec::new(), hi: Vec::new() },
             DView::Colour => ImageAcc::Colour,
         }
     }
@@ -331,13 +370,12 @@ impl ImageAcc {
                     hi.resize(len, 0);
                 }
             }
-            ImageAcc::Float { n, s, lo, hi, d2 } => {
+            ImageAcc::Float { n, s, lo, hi } => {
                 if n.len() < len {
                     n.resize(len, 0);
-                    s.resize(len, 0.0);
+                    s.resize(len, F32Sums::default());
                     lo.resize(len, f64::INFINITY);
                     hi.resize(len, f64::NEG_INFINITY);
-                    d2.resize(len, 0.0);
                 }
             }
             ImageAcc::Colour => {}
@@ -353,14 +391,11 @@ impl Accumulator {
         let views: Vec<DView> = images.iter().map(|d| DView::of(d)).collect();
         let nz = labels.dim().0;
         let threads = rayon::current_num_threads();
-        // Float intensities are summed in raster order (their result depends on it): one pass.
-        let floats = images.iter().any(|d| matches!(d, Data::F32(_)));
-        if floats || threads < 2 || nz < 2 || labels.len() < 1 << 16 {
+        if threads < 2 || nz < 2 || labels.len() < 1 << 16 {
             self.add_view(labels.view(), &views, territories.map(|t| t.view()), z0);
             return;
         }
-        // Integer sums and min/max merge exactly, so z-ranges can be added in parallel and
-        // merged in order. One range per thread: each partial is sized by the objects it sees.
+        // Exact sums and min/max merge exactly, so z-ranges can be added in parallel and merged. One range per thread: each partial is sized by the objects it sees.
         let k = threads.min(nz);
         let ranges: Vec<(usize, usize)> = (0..k).map(|i| (i * nz / k, (i + 1) * nz / k)).filter(|(a, b)| b > a).collect();
         let parts: Vec<Accumulator> = ranges
@@ -431,8 +466,14 @@ impl Accumulator {
         }
     }
 
-    /// Adds another accumulator's integer sums (geometry, integer intensities, territories).
-    fn merge(&mut self, o: Accumulator) {
+    /// Adds another accumulator's sums (of other voxels).
+    pub fn merge(&mut self, mut o: Accumulator) {
+        if self.images.is_empty() {
+            self.images = std::mem::take(&mut o.images);
+            for a in &mut self.images {
+                a.grow(self.geo.len());
+            }
+        }
         if self.geo.len() < o.geo.len() {
             self.geo.resize(o.geo.len(), Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
         }
@@ -453,14 +494,28 @@ impl Accumulator {
         let len = self.geo.len();
         for (a, b) in self.images.iter_mut().zip(o.images) {
             a.grow(len);
-            if let (ImageAcc::Int { n, s, s2, lo, hi }, ImageAcc::Int { n: bn, s: bs, s2: bs2, lo: blo, hi: bhi }) = (a, b) {
-                for l in 0..bn.len() {
-                    n[l] += bn[l];
-                    s[l] += bs[l];
-                    s2[l] += bs2[l];
-                    lo[l] = lo[l].min(blo[l]);
-                    hi[l] = hi[l].max(bhi[l]);
+            match (a, b) {
+                (ImageAcc::Int { n, s, s2, lo, hi }, ImageAcc::Int { n: bn, s: bs, s2: bs2, lo: blo, hi: bhi }) => {
+                    for l in 0..bn.len() {
+                        n[l] += bn[l];
+                        s[l] += bs[l];
+                        s2[l] += bs2[l];
+                        lo[l] = lo[l].min(blo[l]);
+                        hi[l] = hi[l].max(bhi[l]);
+                    }
                 }
+                (ImageAcc::Float { n, s, lo, hi }, ImageAcc::Float { n: bn, s: bs, lo: blo, hi: bhi }) => {
+                    for l in 0..bn.len() {
+                        if bn[l] == 0 {
+                            continue;
+                        }
+                        n[l] += bn[l];
+                        s[l].merge(&bs[l]);
+                        lo[l] = min_nan(lo[l], blo[l]);
+                        hi[l] = max_nan(hi[l], bhi[l]);
+                    }
+                }
+                _ => {}
             }
         }
         if let Some(t) = o.territory {
@@ -474,24 +529,163 @@ impl Accumulator {
         }
     }
 
-    /// Whether float intensities need [`Accumulator::add_second`].
-    pub fn needs_second_pass(&self) -> bool {
-        self.images.iter().any(|a| matches!(a, ImageAcc::Float { .. }))
-    }
-
-    /// The second pass over the same slabs, in the same order: squared deviations of float
-    /// intensities from their (now final) means.
-    pub fn add_second(&mut self, labels: &Array3<u32>, images: &[&Data], _z0: usize) {
-        for (acc, data) in self.images.iter_mut().zip(images) {
-            if let (ImageAcc::Float { n, s, d2, .. }, Data::F32(a)) = (acc, data) {
-                for (&l, &v) in labels.iter().zip(a.iter()) {
-                    if l != 0 {
-                        let m = s[l as usize] / n[l as usize] as f64;
-                        d2[l as usize] += (v as f64 - m) * (v as f64 - m);
+    /// The sums as bytes (a block's partial result in a split run), with the whole volume's
+    /// shape: only the labels present, zstd-compressed.
+    pub fn to_bytes(&self, dims: [usize; 3]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        for d in dims {
+            put(&mut b, d as u64);
+        }
+        let present: Vec<usize> = (0..self.geo.len()).filter(|&l| self.geo[l].n > 0).collect();
+        put(&mut b, present.len() as u64);
+        for &l in &present {
+            let a = &self.geo[l];
+            put(&mut b, l as u64);
+            put(&mut b, a.n);
+            for v in a.sum.iter().chain(&a.sq) {
+                put(&mut b, *v);
+            }
+            for v in a.lo.iter().chain(&a.hi) {
+                put(&mut b, *v as u64);
+            }
+        }
+        put(&mut b, self.images.len() as u64);
+        for img in &self.images {
+            match img {
+                ImageAcc::Int { n, s, s2, lo, hi } => {
+                    b.push(0);
+                    for &l in &present {
+                        put(&mut b, n[l]);
+                        b.extend_from_slice(&s[l].to_le_bytes());
+                        b.extend_from_slice(&s2[l].to_le_bytes());
+                        put(&mut b, lo[l]);
+                        put(&mut b, hi[l]);
                     }
+                }
+                ImageAcc::Float { n, s, lo, hi } => {
+                    b.push(1);
+                    for &l in &present {
+                        put(&mut b, n[l]);
+                        s[l].write(&mut b);
+                        put(&mut b, lo[l].to_bits());
+                        put(&mut b, hi[l].to_bits());
+                    }
+                }
+                ImageAcc::Colour => b.push(2),
+            }
+        }
+        match &self.territory {
+            None => b.push(0),
+            Some(t) => {
+                b.push(1);
+                let used: Vec<usize> = (0..t.len()).filter(|&l| t[l] > 0).collect();
+                put(&mut b, used.len() as u64);
+                for l in used {
+                    put(&mut b, l as u64);
+                    put(&mut b, t[l]);
                 }
             }
         }
+        zstd::bulk::compress(&b, 1).unwrap_or_default()
+    }
+
+    /// Reads what [`Accumulator::to_bytes`] wrote, and the volume's shape.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(Accumulator, [usize; 3]), String> {
+        let bad = || "measure: a partial result is damaged (rerun its block task)".to_string();
+        let b = zstd::stream::decode_all(bytes).map_err(|_| bad())?;
+        let mut r = Cursor { b: &b, at: 0 };
+        if r.take(MAGIC.len()).ok_or_else(bad)? != MAGIC {
+            return Err(bad());
+        }
+        let mut dims = [0usize; 3];
+        for d in &mut dims {
+            *d = r.u64().ok_or_else(bad)? as usize;
+        }
+        // Every count is checked against the bytes left before anything is sized by it.
+        let count = r.u64().ok_or_else(bad)? as usize;
+        if count > r.left() / (17 * 8) {
+            return Err(bad());
+        }
+        let mut present = Vec::with_capacity(count);
+        let mut acc = Accumulator::default();
+        for _ in 0..count {
+            let l = r.u64().ok_or_else(bad)? as usize;
+            if l == 0 || l > u32::MAX as usize || present.last().is_some_and(|&p| p >= l) {
+                return Err(bad());
+            }
+            let mut a = Acc { n: r.u64().ok_or_else(bad)?, sum: [0; 3], sq: [0; 6], lo: [0; 3], hi: [0; 3] };
+            for v in a.sum.iter_mut().chain(&mut a.sq) {
+                *v = r.u64().ok_or_else(bad)?;
+            }
+            for v in a.lo.iter_mut().chain(&mut a.hi) {
+                *v = r.u64().ok_or_else(bad)? as usize;
+            }
+            if acc.geo.len() <= l {
+                acc.geo.resize(l + 1, Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
+            }
+            acc.geo[l] = a;
+            present.push(l);
+        }
+        let len = acc.geo.len();
+        let images = r.u64().ok_or_else(bad)? as usize;
+        if images > r.left() {
+            return Err(bad());
+        }
+        for _ in 0..images {
+            let mut img = match r.take(1).ok_or_else(bad)?[0] {
+                0 => ImageAcc::Int { n: Vec::new(), s: Vec::new(), s2: Vec::new(), lo: Vec::new(), hi: Vec::new() },
+                1 => ImageAcc::Float { n: Vec::new(), s: Vec::new(), lo: Vec::new(), hi: Vec::new() },
+                2 => ImageAcc::Colour,
+                _ => return Err(bad()),
+            };
+            img.grow(len);
+            match &mut img {
+                ImageAcc::Int { n, s, s2, lo, hi } => {
+                    for &l in &present {
+                        n[l] = r.u64().ok_or_else(bad)?;
+                        s[l] = r.u128().ok_or_else(bad)?;
+                        s2[l] = r.u128().ok_or_else(bad)?;
+                        lo[l] = r.u64().ok_or_else(bad)?;
+                        hi[l] = r.u64().ok_or_else(bad)?;
+                    }
+                }
+                ImageAcc::Float { n, s, lo, hi } => {
+                    for &l in &present {
+                        n[l] = r.u64().ok_or_else(bad)?;
+                        s[l] = F32Sums::read(r.take(F32Sums::BYTES).ok_or_else(bad)?).ok_or_else(bad)?;
+                        lo[l] = f64::from_bits(r.u64().ok_or_else(bad)?);
+                        hi[l] = f64::from_bits(r.u64().ok_or_else(bad)?);
+                    }
+                }
+                ImageAcc::Colour => {}
+            }
+            acc.images.push(img);
+        }
+        match r.take(1).ok_or_else(bad)?[0] {
+            0 => {}
+            1 => {
+                let used = r.u64().ok_or_else(bad)? as usize;
+                if used > r.left() / 16 {
+                    return Err(bad());
+                }
+                let mut t = Vec::new();
+                for _ in 0..used {
+                    let l = r.u64().ok_or_else(bad)? as usize;
+                    if l > u32::MAX as usize || l < t.len() {
+                        return Err(bad());
+                    }
+                    t.resize(l + 1, 0);
+                    t[l] = r.u64().ok_or_else(bad)?;
+                }
+                acc.territory = Some(t);
+            }
+            _ => return Err(bad()),
+        }
+        if r.left() != 0 {
+            return Err(bad());
+        }
+        Ok((acc, dims))
     }
 
     /// The table: one row per object present, intensity columns named by `names` (in the order
@@ -746,18 +940,62 @@ fn add_intensity(acc: &mut ImageAcc, l: usize, data: &Flat, a: usize, b: usize) 
         (ImageAcc::Int { n, s, s2, lo, hi }, Flat::U8(d)) => ints(&d[a..b], l, (n, s, s2, lo, hi)),
         (ImageAcc::Int { n, s, s2, lo, hi }, Flat::U16(d)) => ints(&d[a..b], l, (n, s, s2, lo, hi)),
         (ImageAcc::Int { n, s, s2, lo, hi }, Flat::U32(d)) => ints(&d[a..b], l, (n, s, s2, lo, hi)),
-        (ImageAcc::Float { n, s, lo, hi, .. }, Flat::F32(d)) => {
-            // Voxel by voxel in raster order: float sums depend on the order.
+        (ImageAcc::Float { n, s, lo, hi }, Flat::F32(d)) => {
+            let (mut mn, mut mx) = (lo[l], hi[l]);
+            let acc = &mut s[l];
             for &v in &d[a..b] {
-                let v = v as f64;
-                n[l] += 1;
-                s[l] += v;
-                lo[l] = if v.is_nan() || lo[l].is_nan() { f64::NAN } else { lo[l].min(v) };
-                hi[l] = if v.is_nan() || hi[l].is_nan() { f64::NAN } else { hi[l].max(v) };
+                acc.add(v);
+                mn = min_nan(mn, v as f64);
+                mx = max_nan(mx, v as f64);
             }
+            n[l] += (b - a) as u64;
+            lo[l] = mn;
+            hi[l] = mx;
         }
         _ => {}
     }
+}
+
+/// What a measure partial result starts with (and its format's version).
+const MAGIC: &[u8] = b"tessera-measure-1";
+
+fn put(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Reads little-endian words from bytes, `None` past their end.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn left(&self) -> usize {
+        self.b.len() - self.at
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+    }
+    fn u128(&mut self) -> Option<u128> {
+        self.take(16).map(|s| u128::from_le_bytes(s.try_into().unwrap_or([0; 16])))
+    }
+}
+
+/// The smaller of two values, NaN if either is (as NumPy's `min`).
+#[inline]
+fn min_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
+}
+
+/// The larger of two values, NaN if either is (as NumPy's `max`).
+#[inline]
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
 }
 
 /// Per-label sum/min/max/std from the accumulated sums. Integer images have exact integer sums
@@ -776,12 +1014,12 @@ fn intensity_stats(acc: &ImageAcc, nmax: usize) -> Vec<IStat> {
                 IStat { n: n[l], sum: s[l] as f64, min: lo[l] as f64, max: hi[l] as f64, std }
             })
             .collect(),
-        ImageAcc::Float { n, s, lo, hi, d2 } => (0..=nmax)
+        ImageAcc::Float { n, s, lo, hi } => (0..=nmax)
             .map(|l| {
                 if n.get(l).copied().unwrap_or(0) == 0 {
                     return IStat::default();
                 }
-                IStat { n: n[l], sum: s[l], min: lo[l], max: hi[l], std: (d2[l] / n[l] as f64).sqrt() }
+                IStat { n: n[l], sum: s[l].sum(), min: lo[l], max: hi[l], std: s[l].variance(n[l]).sqrt() }
             })
             .collect(),
         ImageAcc::Colour => vec![IStat::default(); nmax + 1],
@@ -804,19 +1042,57 @@ mod tests {
         let terr = labels.mapv(|v| if v > 0 { v } else { 3 });
         let u8s = Data::U8(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| ((z * 31 + y * 17 + x * 5) % 251) as u8));
         let u16s = Data::U16(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| ((z * 3001 + y * 97 + x * 13) % 65521) as u16));
+        // Floats of very different magnitudes, whose f64 running sums depend on the order.
+        let f32s = Data::F32(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
+            ((z * 7 + y * 3 + x) % 19) as f32 * 10f32.powi(((x + z) % 9) as i32 - 4) - 0.3
+        }));
         let ctx = Ctx { sample: "s", spacing: [2.0, 0.5, 0.75], unit: "um", ndim: 3 };
+        let images = [&u8s, &u16s, &f32s];
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut acc = Accumulator::default();
-                acc.add(&labels, &[&u8s, &u16s], Some(&terr), 0);
-                format!("{:?}", acc.finish(&["a", "b"], [nz, ny, nx], &ctx))
+                acc.add(&labels, &images, Some(&terr), 0);
+                format!("{:?}", acc.finish(&["a", "b", "c"], [nz, ny, nx], &ctx))
             })
         };
         let one = run(1);
         assert_eq!(one, run(2));
         assert_eq!(one, run(3));
         assert!(one.contains("territory_voxels"));
+        // Blocks of planes, through bytes, merged in block order: the same table.
+        for cuts in [vec![0, nz], vec![0, 1, 2, 20, nz], vec![0, 11, 12, 13, 30, nz]] {
+            let mut all = Accumulator::default();
+            for w in cuts.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                let mut part = Accumulator::default();
+                let slab = |d: &Data| match d {
+                    Data::U8(v) => Data::U8(v.slice(s![a..b, .., ..]).to_owned()),
+                    Data::U16(v) => Data::U16(v.slice(s![a..b, .., ..]).to_owned()),
+                    Data::F32(v) => Data::F32(v.slice(s![a..b, .., ..]).to_owned()),
+                    _ => unreachable!(),
+                };
+                let parts: Vec<Data> = images.iter().map(|d| slab(d)).collect();
+                let refs: Vec<&Data> = parts.iter().collect();
+                let t = terr.slice(s![a..b, .., ..]).to_owned();
+                part.add(&labels.slice(s![a..b, .., ..]).to_owned(), &refs, Some(&t), a);
+                let bytes = part.to_bytes([nz, ny, nx]);
+                let (back, dims) = Accumulator::from_bytes(&bytes).unwrap();
+                assert_eq!(dims, [nz, ny, nx]);
+                all.merge(back);
+            }
+            assert_eq!(format!("{:?}", all.finish(&["a", "b", "c"], [nz, ny, nx], &ctx)), one, "cut at {cuts:?}");
+        }
+        // Damaged partial results are an error, not a panic.
+        let mut acc = Accumulator::default();
+        acc.add(&labels, &images, Some(&terr), 0);
+        let bytes = acc.to_bytes([nz, ny, nx]);
+        let raw = zstd::stream::decode_all(&bytes[..]).unwrap();
+        for cut in [0, 10, raw.len() / 2, raw.len() - 1] {
+            let damaged = zstd::bulk::compress(&raw[..cut], 1).unwrap();
+            assert!(Accumulator::from_bytes(&damaged).is_err());
+        }
+        assert!(Accumulator::from_bytes(b"not zstd").is_err());
     }
 
     #[test]

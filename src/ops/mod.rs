@@ -8,6 +8,7 @@
 pub mod classify;
 pub mod distance;
 pub mod downsample;
+pub mod exact;
 pub mod filters;
 pub mod kdtree;
 pub mod label;

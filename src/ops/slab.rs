@@ -246,13 +246,22 @@ pub trait BlockIo {
     fn emit(&mut self, v: Value) -> Result<(), String>;
 }
 
+/// How a phased op ([`Phased`]) ends after its last reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every block writes its planes of the output ([`Phased::apply`]).
+    Apply,
+    /// What remains is local ([`Phased::local`]): the executor computes it per block, fused
+    /// with the local stages around it, as a streamed run does with [`Outcome::Local`].
+    Local,
+    /// The reduced result gives the op's table ([`Phased::table`]), in the reduce task.
+    Table,
+}
+
 /// The phased form of a global op, for a volume split into z-blocks on separate machines
 /// (`tessera run --split`): in each of its [`Phased::rounds`], every block computes a partial
 /// result ([`Phased::partial`], a block array task each) and one task reduces them in block
-/// order ([`Phased::reduce`]); then what remains is either local ([`Phased::local`]: the
-/// executor computes it per block, fused with the local stages around it, as a streamed run
-/// does with [`Outcome::Local`]) or every block writes its planes of the output
-/// ([`Phased::apply`]). Partial and reduced results are bytes the executor keeps on disk between
+/// order ([`Phased::reduce`]); then it ends as its [`Phased::ending`] says. Partial and reduced results are bytes the executor keeps on disk between
 /// the tasks. The output must equal [`Op::run`](super::Op::run) on the whole inputs bit for
 /// bit, for any cut into blocks (`tests/split.rs`).
 pub trait Phased: Send + Sync {
@@ -265,10 +274,9 @@ pub trait Phased: Send + Sync {
     fn last_round(&self) -> usize {
         self.rounds().max(1) - 1
     }
-    /// Whether what remains after the last round is a local op ([`Phased::local`]) rather than
-    /// an application per block ([`Phased::apply`]).
-    fn finishes_local(&self) -> bool {
-        false
+    /// How the op ends after the last round.
+    fn ending(&self) -> Ending {
+        Ending::Apply
     }
     /// Block partial result of round `round` (reads the block's planes of the inputs, may keep
     /// a volume); `before` is the previous round's reduced result.
@@ -276,13 +284,16 @@ pub trait Phased: Send + Sync {
     /// The partial results of every block, read one at a time in block order, reduced.
     fn reduce(&self, round: usize, partials: &mut Partials<'_>, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
     /// The local op that gives the output from the same inputs, from the last reduced result
-    /// (when [`Phased::finishes_local`]).
+    /// ([`Ending::Local`]).
     fn local(&self, _reduced: &[u8]) -> Result<Box<dyn super::Op>, String> {
         Err("internal: this op applies its reduced result per block".into())
     }
-    /// The block's planes of the output from the last reduced result (unless
-    /// [`Phased::finishes_local`]).
+    /// The block's planes of the output from the last reduced result ([`Ending::Apply`]).
     fn apply(&self, _io: &mut dyn BlockIo, _reduced: &[u8], _ctx: &super::Ctx) -> Result<(), String> {
-        Err("internal: this op finishes as a local op".into())
+        Err("internal: this op does not apply its reduced result per block".into())
+    }
+    /// The op's table from the last reduced result ([`Ending::Table`]).
+    fn table(&self, _reduced: &[u8], _ctx: &super::Ctx) -> Result<Value, String> {
+        Err("internal: this op does not end in a table".into())
     }
 }

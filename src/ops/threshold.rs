@@ -794,8 +794,8 @@ impl slab::Phased for Threshold {
     fn rounds(&self) -> usize {
         2
     }
-    fn finishes_local(&self) -> bool {
-        true
+    fn ending(&self) -> slab::Ending {
+        slab::Ending::Local
     }
     fn partial(&self, io: &mut dyn slab::BlockIo, round: usize, before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
         let (_, z0, z1) = io.block();
