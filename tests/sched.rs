@@ -214,13 +214,13 @@ fn split_round_trip(scheduler: &str) {
     // 1. Every phase as an array job: the same bytes as one machine.
     let out = dir.join("split");
     let sub = submit_split(&out);
-    // Ten phases (five of 4 block tasks, one of 2 tasks), the final array, the merge.
-    assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 11, "{sub}");
+    // Fourteen phases (eight of 4 block tasks), the final array, the merge.
+    assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 15, "{sub}");
     wait_for(scheduler, &ids(&sub));
     assert_same_study(&out, &want, &format!("{scheduler}: split into 4 blocks vs one machine"));
     let st = text(&tessera(&["status", out.to_str().unwrap()]).stdout);
     assert!(
-        st.contains("phase 5 of 10 (per block: smooth, bone, pores, clean, lacunae (partial), canals (partial)): 4 of 4 blocks done"),
+        st.contains("phase 5 of 14 (per block: smooth, bone, pores, clean, lacunae (partial), canals (partial)): 4 of 4 blocks done"),
         "{st}"
     );
     assert!(st.contains("1 done"), "{st}");
@@ -244,13 +244,13 @@ fn split_round_trip(scheduler: &str) {
     wait_for(scheduler, &ids(&sub));
     let st = tessera(&["status", out.to_str().unwrap()]);
     let st = text(&st.stdout);
-    assert!(st.contains("phase 1 of 10 (per block: smooth, bone (partial 1/2)): 3 of 4 blocks done, 1 failed  ← running or next"), "{st}");
+    assert!(st.contains("phase 1 of 14 (per block: smooth, bone (partial 1/2)): 3 of 4 blocks done, 1 failed  ← running or next"), "{st}");
     assert!(st.contains("bone3d (block 3 of 4): bone:"), "{st}");
     assert!(!out.join("tables/shape.parquet").exists());
     std::fs::remove_dir_all(&blocker).unwrap();
     let sub = submit(&["submit", "--resubmit-failed", out.to_str().unwrap(), "--json"]);
-    // Phase 1's task 3 alone (SGE: one job), phases 2 to 10, the final array, the merge.
-    assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 11, "{sub}");
+    // Phase 1's task 3 alone (SGE: one job), phases 2 to 14, the final array, the merge.
+    assert_eq!(sub["array_jobs"].as_array().unwrap().len(), 15, "{sub}");
     let first = std::fs::read_to_string(sub["scripts"][0].as_str().unwrap()).unwrap();
     assert!(first.contains("--phase 1") && (first.contains("--array=3\n") || first.contains("--task 3/4")), "{first}");
     wait_for(scheduler, &ids(&sub));

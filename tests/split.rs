@@ -47,6 +47,15 @@ fn check(pipeline: &Path, image: &Path, blocks: usize, memory: Option<&str>, dir
     }
 }
 
+/// Whether each phase of `pipeline` split into `blocks` runs per block, from `tessera plan`.
+fn phase_kinds(pipeline: &str, blocks: usize) -> Vec<bool> {
+    let o = tessera(&["plan", pipeline, "--split", &blocks.to_string()]);
+    let t = text(&o.stdout);
+    let kinds: Vec<bool> = t.lines().filter(|l| l.trim_start().starts_with("phase ")).map(|l| l.contains("(per block)")).collect();
+    assert!(t.contains(&format!("{} phases, then the final run", kinds.len())), "{t}");
+    kinds
+}
+
 fn volume(z: usize, y: usize, x: usize, dt: u8, seed: u64) -> Data {
     let base = common::wave(z, y, x, seed);
     match dt {
@@ -141,10 +150,11 @@ fn a_missing_block_is_named_and_run_alone() {
     assert!(e.contains("bone: the partial results of blocks 2, 4 of 4 are missing: their block tasks failed or have not run"), "{e}");
     let status = tessera(&["status", o]);
     let st = text(&status.stdout);
-    assert!(st.contains("phase 1 of 10") && st.contains("2 of 4 blocks done  ← running or next"), "{st}");
+    let kinds = phase_kinds(p.to_str().unwrap(), 4);
+    assert!(st.contains(&format!("phase 1 of {}", kinds.len())) && st.contains("2 of 4 blocks done  ← running or next"), "{st}");
     assert_eq!(phase("1", "2/2").status.code(), Some(0));
-    for k in 2..=10 {
-        let tasks = if k % 2 == 1 { 3 } else { 1 };
+    for k in 2..=kinds.len() {
+        let tasks = if kinds[k - 1] { 3 } else { 1 };
         for t in 1..=tasks {
             let o = phase(&k.to_string(), &format!("{t}/{tasks}"));
             assert_eq!(o.status.code(), Some(0), "phase {k}: {}", text(&o.stderr));
@@ -168,10 +178,15 @@ fn phases_are_listed_and_more_blocks_than_planes_work() {
     assert!(s.contains("phase 3 (per block): smooth, bone (partial 2/2)"), "{s}");
     assert!(s.contains("phase 5 (per block): smooth, bone, pores, clean, lacunae (partial), canals (partial)"), "{s}");
     assert!(s.contains("phase 6 (per sample): lacunae (reduce), canals (reduce)"), "{s}");
-    // Whole stages that do not read each other run as separate tasks.
-    assert!(s.contains("phase 8 (per sample): territory (whole), to_canal (whole)   [2 tasks a sample]"), "{s}");
-    assert!(s.contains("phase 9 (per block): shape (partial)"), "{s}");
-    assert!(s.contains("phase 10 (per sample): shape (reduce)   [1 task a sample]"), "{s}");
+    assert!(s.contains("phase 8 (per sample): join the blocks' values   [1 task a sample]"), "{s}");
+    // The separable transforms: planes per block, every plane of pieces of rows across the
+    // blocks, then gathered back per block.
+    assert!(s.contains("phase 9 (per block): smooth, bone, territory (partial), to_canal (partial)   [4 tasks a sample]"), "{s}");
+    assert!(s.contains("phase 10 (per block): territory (across blocks), to_canal (across blocks)   [4 tasks a sample]"), "{s}");
+    assert!(s.contains("phase 11 (per block): territory (apply), to_canal (apply)"), "{s}");
+    assert!(s.contains("phase 13 (per block): shape (partial)"), "{s}");
+    assert!(s.contains("phase 14 (per sample): shape (reduce)   [1 task a sample]"), "{s}");
+    assert!(!s.contains("no per-block form"), "{s}");
     let dir = tempfile::tempdir().unwrap();
     check(&p, &common::root().join("testdata/bone3d.tif"), 70, None, dir.path()).unwrap();
 }
@@ -221,7 +236,10 @@ fn phase_mistakes_are_named() {
     let p = "pipelines/bone-lacunae-scan.yaml";
     let img = "testdata/bone3d.tif";
     for (args, msg) in [
-        (vec!["run", p, img, "--out", o, "--split", "4", "--phase", "12"], "runs in 10 phases (then `--phase final`); there is no phase 12"),
+        (
+            vec!["run", p, img, "--out", o, "--split", "4", "--phase", "16"],
+            "runs in 14 phases (then `--phase final`); there is no phase 16",
+        ),
         (vec!["run", p, img, "--out", o, "--split", "4", "--phase", "0"], "'0' is not a phase"),
         (vec!["run", p, img, "--out", o, "--split", "4", "--task", "1/2"], "--task runs one phase: give --phase K or --phase final"),
         (vec!["run", p, img, "--out", o, "--phase", "1"], "--split"),
@@ -247,8 +265,8 @@ fn a_study_split_over_tasks_and_merged_equals_one_machine() {
     let out = dir.path().join("split");
     let o = out.to_str().unwrap();
     let plan = text(&tessera(&["plan", p, "--split", "3"]).stdout);
-    assert!(plan.contains("phase 1 (per sample): roi (whole)") && plan.contains("11 phases"), "{plan}");
-    for k in 1..=11 {
+    assert!(plan.contains("phase 1 (per sample): roi (whole)"), "{plan}");
+    for k in 1..=phase_kinds(p, 3).len() {
         for t in 1..=4 {
             let task = format!("{t}/4");
             let r = tessera(&["run", p, "--out", o, "--split", "3", "--phase", &k.to_string(), "--task", &task, "--progress", "never"]);
@@ -273,7 +291,8 @@ fn clean_keeps_an_unfinished_split_run() {
     let out = dir.path().join("o");
     let o = out.to_str().unwrap();
     let base = ["run", p.to_str().unwrap(), img.to_str().unwrap(), "--out", o, "--split", "2", "--progress", "never"];
-    for k in 1..=9 {
+    let last = phase_kinds(p.to_str().unwrap(), 2).len();
+    for k in 1..last {
         let r = tessera(&[&base[..], &["--phase", &k.to_string()]].concat());
         assert_eq!(r.status.code(), Some(0), "phase {k}: {}", text(&r.stderr));
     }
@@ -283,7 +302,7 @@ fn clean_keeps_an_unfinished_split_run() {
     let c = tessera(&["clean", o]);
     assert!(text(&c.stdout).contains("1 sample of a split run is not finished: every checkpoint kept"), "{}", text(&c.stdout));
     assert_eq!(ckpt(&out), before, "clean removed checkpoints an unfinished split run needs");
-    for k in ["10", "final"] {
+    for k in [last.to_string().as_str(), "final"] {
         let r = tessera(&[&base[..], &["--phase", k]].concat());
         assert_eq!(r.status.code(), Some(0), "phase {k}: {}", text(&r.stderr));
     }

@@ -328,7 +328,9 @@ fn run_sample(
         // The final phase of a split run: what the block phases stored becomes checkpoints.
         let files = split::Files::new(&cfg.out, &row.id, n);
         for j in split::block_stages(&split::phases(plan)) {
-            if let Err(e) = split::join_blocks(&store, &files, &keys[j], &plan.stages[j].id, bound.metas[j].shape[0]) {
+            let ctx = Ctx { sample: &row.id, spacing: scaled(&spacing, input_scale(plan, &bound, j)).zyx, unit: &spacing.unit, ndim };
+            let stored = bound.ops[j].stored(&ctx);
+            if let Err(e) = split::join_blocks(&store, &files, &keys[j], &plan.stages[j].id, bound.metas[j].shape[0], stored.as_deref()) {
                 return res.fail(&plan.stages[j].id, e);
             }
         }

@@ -37,8 +37,12 @@ pub enum Work {
     Partial(usize, usize),
     /// A phased global stage's partial results of a round reduced (one task per sample).
     Reduce(usize, usize),
-    /// A phased global stage's output per block, from its reduced result.
+    /// A phased global stage's output per block, from its reduced result (or, for one that
+    /// crosses, from what its crossing tasks gave).
     Apply(usize),
+    /// A phased global stage that crosses ([`crate::ops::slab::Phased::crosses`]): a task per
+    /// piece of rows, every plane of them, from the blocks' partial results.
+    Cross(usize),
     /// A global stage computed whole, out of core (one task per sample).
     Whole(usize),
 }
@@ -46,7 +50,7 @@ pub enum Work {
 impl Work {
     pub fn stage(self) -> usize {
         match self {
-            Work::Local(i) | Work::Partial(i, _) | Work::Reduce(i, _) | Work::Apply(i) | Work::Whole(i) => i,
+            Work::Local(i) | Work::Partial(i, _) | Work::Reduce(i, _) | Work::Apply(i) | Work::Cross(i) | Work::Whole(i) => i,
         }
     }
     /// Whether the work reads the stage's inputs (a reduce reads partial results; an
@@ -54,7 +58,7 @@ impl Work {
     pub fn reads_inputs(self) -> bool {
         match self {
             Work::Local(_) | Work::Partial(..) | Work::Whole(_) => true,
-            Work::Reduce(..) | Work::Apply(_) => false,
+            Work::Reduce(..) | Work::Apply(_) | Work::Cross(_) => false,
         }
     }
 }
@@ -71,6 +75,11 @@ pub struct Phase {
     pub work: Vec<Work>,
     /// Local stages of a block phase whose blocks are stored (later phases or outputs read them).
     pub stored: Vec<usize>,
+    /// A block phase of crossing ops' crossing tasks or applications only, which may follow a
+    /// block phase directly (it reads nothing a per-sample task joins), so no other work goes
+    /// into it.
+    #[serde(skip)]
+    pub sealed: bool,
 }
 
 impl Phase {
@@ -111,6 +120,7 @@ impl Phase {
                     Work::Partial(_, r) => format!("{id} (partial{})", round(*r)),
                     Work::Reduce(_, r) => format!("{id} (reduce{})", round(*r)),
                     Work::Apply(_) => format!("{id} (apply)"),
+                    Work::Cross(_) => format!("{id} (across blocks)"),
                     Work::Whole(_) => format!("{id} (whole)"),
                 }
             })
@@ -142,14 +152,25 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
                     Some(l) if l.blocks && blocks => false,
                     _ => blocks,
                 };
-                phases.push(Phase { blocks: kind, work: Vec::new(), stored: Vec::new() });
+                phases.push(Phase { blocks: kind, work: Vec::new(), stored: Vec::new(), sealed: false });
             }
-            if phases[p].blocks == blocks {
+            if phases[p].blocks == blocks && !phases[p].sealed {
                 phases[p].work.push(w);
                 return p;
             }
             p += 1;
         }
+    };
+    // A crossing op's crossing tasks and applications: in the first sealed block phase after
+    // `from` holding the same step of another crossing op, else a new one at the end.
+    let place_sealed = |phases: &mut Vec<Phase>, from: usize, w: Work| -> usize {
+        let same = |p: &Phase| p.work.first().is_some_and(|x| std::mem::discriminant(x) == std::mem::discriminant(&w));
+        if let Some(p) = (from..phases.len()).find(|&p| phases[p].sealed && same(&phases[p])) {
+            phases[p].work.push(w);
+            return p;
+        }
+        phases.push(Phase { blocks: true, work: vec![w], stored: Vec::new(), sealed: true });
+        phases.len() - 1
     };
     for i in 0..n {
         if needed[i] != schedule::Decision::Compute {
@@ -171,6 +192,16 @@ pub fn phases(plan: &Plan) -> Vec<Phase> {
             // Rounds of partial results per block and a reduce per sample; then a local op
             // computed per block where it is read, an application per block, or the table the
             // last reduce gave.
+            if op.crosses() {
+                // Pieces of rows set aside per block, every plane of them crossed per piece,
+                // then each block gathered back.
+                let p = place(&mut phases, from_blocks, true, Work::Partial(i, 0));
+                let c = place_sealed(&mut phases, p + 1, Work::Cross(i));
+                let a = place_sealed(&mut phases, c + 1, Work::Apply(i));
+                block_ready[i] = a + 1;
+                single_ready[i] = a + 1;
+                continue;
+            }
             let mut from = from_blocks;
             for r in 0..=op.last_round() {
                 let p = place(&mut phases, from, true, Work::Partial(i, r));
@@ -268,6 +299,26 @@ impl Files {
     pub fn kept(&self, key: &str, b: usize) -> PathBuf {
         self.dir(key).join(format!("kept-{b}-of-{}.spill", self.blocks))
     }
+    /// What the partial of a crossing op set aside of block `b` for piece `p`.
+    pub fn kept_piece(&self, key: &str, b: usize, p: usize) -> PathBuf {
+        self.dir(key).join(format!("kept-{b}-piece-{p}-of-{}.spill", self.blocks))
+    }
+    /// Run `run` of rows of piece `p`, block `b`'s planes, from a crossing task.
+    pub fn crossed(&self, key: &str, p: usize, run: usize, b: usize) -> PathBuf {
+        self.dir(key).join(format!("crossed-{p}-{run}-{b}-of-{}.spill", self.blocks))
+    }
+    /// Written last by the crossing task of piece `p`: how many runs of rows it gave.
+    pub fn cross_done(&self, key: &str, p: usize) -> PathBuf {
+        self.dir(key).join(format!("crossed-{p}-of-{}.txt", self.blocks))
+    }
+    /// The runs of rows the crossing task of piece `p` gave.
+    pub fn cross_runs(&self, key: &str, p: usize) -> Result<usize, String> {
+        let path = self.cross_done(key, p);
+        let t = std::fs::read_to_string(&path).map_err(|e| {
+            format!("piece {} of {} has not been crossed ({}: {e}): run its crossing phase first", p + 1, self.blocks, path.display())
+        })?;
+        t.trim().parse().map_err(|_| format!("{}: damaged (run the crossing phase again)", path.display()))
+    }
     /// A phased op's partial result of block `b` in round `r`.
     pub fn partial(&self, key: &str, b: usize, r: usize) -> PathBuf {
         self.dir(key).join(format!("partial{r}-{b}-of-{}.bin", self.blocks))
@@ -309,13 +360,21 @@ pub fn block_of(nz: usize, n: usize, b: usize) -> Option<(usize, usize)> {
 }
 
 /// Joins the stored blocks of stage `key` into its checkpoint (the blocks' compressed chunks
-/// copied in order), unless it has a verified one; then removes the stage's split files.
-/// `Err` names the blocks that are missing.
-pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage: &str, planes: usize) -> Result<(), String> {
+/// copied in order), unless it has a verified one; then removes the stage's split files but
+/// its reduced results (a later block phase that computes the stage again, a threshold finished
+/// local, reads them). `Err` names the blocks that are missing.
+pub fn join_blocks(
+    store: &crate::store::Store,
+    files: &Files,
+    key: &str,
+    stage: &str,
+    planes: usize,
+    stored: Option<&dyn crate::ops::slab::Stored>,
+) -> Result<(), String> {
     // Tasks of one sample that start together (its lanes) join each stage once.
     let _lock = store.lock_waiting(&format!("join-{key}"));
     if store.raw(key).is_some() {
-        let _ = std::fs::remove_dir_all(files.dir(key));
+        remove_joined(&files.dir(key));
         return Ok(());
     }
     let parts: Vec<PathBuf> = (0..blocks_for(planes, files.blocks)).map(|b| files.part(key, b)).collect();
@@ -338,10 +397,20 @@ pub fn join_blocks(store: &crate::store::Store, files: &Files, key: &str, stage:
     if w.elem().is_none() {
         return Err(format!("stage '{stage}': its blocks hold no planes"));
     }
-    // Phased and local stages keep their voxels (no stored form).
-    drop(super::stream::adopt(w, store, key, None)?);
-    let _ = std::fs::remove_dir_all(&dir);
+    // In the op's stored form if it has one (the blocks of a crossing op that has one hold it).
+    drop(super::stream::adopt(w, store, key, stored)?);
+    remove_joined(&dir);
     Ok(())
+}
+
+/// A joined stage's split files but its reduced results (the folder too once empty).
+fn remove_joined(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("reduced") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Which phase `tessera run --split N` runs.
@@ -466,7 +535,9 @@ pub fn run_phase(
         }
         // A single task: the blocks earlier phases stored become checkpoints first.
         for &j in &joined {
-            join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id, p.bound.metas[j].shape[0]).map_err(|e| fail_at(j, e))?;
+            let stored = super::stream::stored_form(&s, j);
+            join_blocks(&store, &files, &p.keys[j], &plan.stages[j].id, p.bound.metas[j].shape[0], stored.as_deref())
+                .map_err(|e| fail_at(j, e))?;
         }
         for w in work {
             if let Work::Reduce(i, r) = *w {

@@ -353,7 +353,7 @@ pub(super) fn ctx_of<'a>(s: &'a Streamed, i: usize) -> Ctx<'a> {
 }
 
 /// Stage `i`'s stored form out of core, if its op has one.
-fn stored_form(s: &Streamed, i: usize) -> Option<Arc<dyn slab::Stored>> {
+pub(super) fn stored_form(s: &Streamed, i: usize) -> Option<Arc<dyn slab::Stored>> {
     s.bound.ops[i].stored(&ctx_of(s, i))
 }
 
@@ -953,11 +953,15 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             }
         }
     }
-    // Phased global ops: partial results, then applications.
+    // Phased global ops: partial results, crossings, applications.
     for w in &phase.work {
         let (i, apply, round) = match *w {
             split::Work::Partial(i, r) => (i, false, r),
             split::Work::Apply(i) => (i, true, 0),
+            split::Work::Cross(i) => {
+                cross(s, files, i, block).map_err(|e| (i, e))?;
+                continue;
+            }
             _ => continue,
         };
         let key = &s.keys[i];
@@ -979,14 +983,14 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             .collect::<Result<_, _>>()?;
         // A phased op's output has its input's shape (the planner sends others to one task).
         let Some((z0, z1)) = range(i) else { continue };
-        let kept = files.kept(key, block);
         let mut io = BlockStage {
             s,
+            files,
+            key,
             inputs,
             shape: s.bound.metas[i].shape,
             block: (block, z0, z1),
-            kept: kept.clone(),
-            keeping: None,
+            keeping: Vec::new(),
             part: files.part(key, block),
             out: None,
             planes: 0,
@@ -994,7 +998,8 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
         let ctx = ctx_of(s, i);
         let id = &plan.stages[i].id;
         if apply {
-            let reduced = files.read_reduced(key, op.last_round(), id).map_err(fail)?;
+            // A crossing op applies what its crossing tasks gave; others their reduced result.
+            let reduced = if op.crosses() { Vec::new() } else { files.read_reduced(key, op.last_round(), id).map_err(fail)? };
             op.apply(&mut io, &reduced, &ctx).map_err(fail)?;
             let out = io.out.take().ok_or_else(|| fail("internal: a phased op applied nothing".into()))?;
             if io.planes != z1 - z0 {
@@ -1007,16 +1012,94 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
                 r => Some(files.read_reduced(key, r - 1, id).map_err(fail)?),
             };
             let bytes = op.partial(&mut io, round, before.as_deref(), &ctx).map_err(fail)?;
-            if let Some(k) = io.keeping.take() {
-                let w = k.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-                if let Some(w) = w {
-                    place(w, &kept).map_err(fail)?;
-                }
-            }
+            place_kept(std::mem::take(&mut io.keeping)).map_err(fail)?;
             crate::util::write_atomic(&done, &bytes).map_err(|e| fail(format!("{}: {e}", done.display())))?;
         }
     }
     Ok(())
+}
+
+/// The crossing task of piece `p` of stage `i` (of a phased op that crosses): unless done, the
+/// op's [`slab::Phased::cross`] over what every block's partial set aside of the piece; its
+/// outputs placed, then the piece's runs of rows recorded (what marks it done).
+fn cross(s: &Streamed, files: &split::Files, i: usize, p: usize) -> Result<(), String> {
+    let key = &s.keys[i];
+    let [nz, ny, _] = s.bound.metas[i].shape;
+    let Some((y0, y1)) = split::block_of(ny, files.blocks, p) else { return Ok(()) };
+    if files.cross_done(key, p).is_file() {
+        return Ok(());
+    }
+    let op = s.bound.ops[i].phased().ok_or("internal: no phased form")?;
+    let blocks: Vec<(usize, usize)> =
+        (0..split::blocks_for(nz, files.blocks)).filter_map(|b| split::block_of(nz, files.blocks, b)).collect();
+    let mut io = CrossStage { s, files, key, stage: i, piece: (p, y0, y1), runs: vec![0; blocks.len()], blocks, writers: Vec::new() };
+    op.cross(&mut io, &ctx_of(s, i))?;
+    let runs = io.runs[0];
+    if io.runs.iter().any(|&r| r != runs) {
+        return Err("internal: a crossing task gave blocks different runs of rows".into());
+    }
+    place_kept(std::mem::take(&mut io.writers))?;
+    let path = files.cross_done(key, p);
+    crate::util::write_atomic(&path, runs.to_string().as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Places the volumes a phased op set aside, each at its path.
+fn place_kept(kept: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>) -> Result<(), String> {
+    for (path, k) in kept {
+        let w = k.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(w) = w {
+            place(w, &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a crossing task sees ([`slab::CrossIo`]).
+struct CrossStage<'a> {
+    s: &'a Streamed<'a>,
+    files: &'a split::Files,
+    key: &'a str,
+    stage: usize,
+    piece: (usize, usize, usize),
+    blocks: Vec<(usize, usize)>,
+    /// Runs of rows given so far, per block.
+    runs: Vec<usize>,
+    writers: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>,
+}
+
+impl slab::CrossIo for CrossStage<'_> {
+    fn piece(&self) -> (usize, usize, usize) {
+        self.piece
+    }
+    fn shape(&self) -> [usize; 3] {
+        self.s.bound.metas[self.stage].shape
+    }
+    fn blocks(&self) -> Vec<(usize, usize)> {
+        self.blocks.clone()
+    }
+    fn part(&self, b: usize) -> Result<Box<dyn Volume>, String> {
+        let path = self.files.kept_piece(self.key, b, self.piece.0);
+        let r = spill::Reader::open(&path).map_err(|e| {
+            format!(
+                "what block {} of {} set aside for piece {} is missing or damaged ({e}): run that block's partial phase again",
+                b + 1,
+                self.files.blocks,
+                self.piece.0 + 1
+            )
+        })?;
+        Ok(Box::new(Store::Spill(Arc::new(r))))
+    }
+    fn memory(&self) -> u64 {
+        self.s.memory / 4
+    }
+    fn out(&mut self, b: usize) -> Result<Box<dyn Scratch>, String> {
+        let run = *self.runs.get(b).ok_or("internal: no such block")?;
+        self.runs[b] += 1;
+        let path = self.files.crossed(self.key, self.piece.0, run, b);
+        let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&path)?)));
+        self.writers.push((path, Arc::clone(&w)));
+        Ok(Box::new(Kept(w)))
+    }
 }
 
 /// A spill writer for a file that appears at `path` only when whole ([`place`]), under a
@@ -1036,13 +1119,15 @@ fn place(w: spill::Writer, path: &std::path::Path) -> Result<(), String> {
 /// What a phased op sees of one block ([`slab::BlockIo`]).
 struct BlockStage<'a> {
     s: &'a Streamed<'a>,
+    files: &'a split::Files,
+    key: &'a str,
     /// The op's inputs (none when it applies its reduced result).
     inputs: Vec<Store<'a>>,
     /// The output's shape.
     shape: [usize; 3],
     block: (usize, usize, usize),
-    kept: PathBuf,
-    keeping: Option<Arc<std::sync::Mutex<Option<spill::Writer>>>>,
+    /// What the partial sets aside, and where each goes when it ends.
+    keeping: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>,
     /// Where the block's output goes, and its writer once the op emits.
     part: PathBuf,
     out: Option<spill::Writer>,
@@ -1079,6 +1164,15 @@ impl Scratch for Kept {
     }
 }
 
+impl BlockStage<'_> {
+    /// A new volume set aside, placed at `path` when the partial ends.
+    fn keep_at(&mut self, path: PathBuf) -> Result<Box<dyn Scratch>, String> {
+        let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&path)?)));
+        self.keeping.push((path, Arc::clone(&w)));
+        Ok(Box::new(Kept(w)))
+    }
+}
+
 impl slab::BlockIo for BlockStage<'_> {
     fn block(&self) -> (usize, usize, usize) {
         self.block
@@ -1093,15 +1187,34 @@ impl slab::BlockIo for BlockStage<'_> {
         fit_planes(self.s, z1 - z0, &|t| self.inputs.iter().map(|v| v.slab_bytes(t)).sum::<u64>() + t as u64 * extra)
     }
     fn keep(&mut self) -> Result<Box<dyn Scratch>, String> {
-        let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&self.kept)?)));
-        self.keeping = Some(Arc::clone(&w));
-        Ok(Box::new(Kept(w)))
+        self.keep_at(self.files.kept(self.key, self.block.0))
     }
     fn kept(&self) -> Result<Box<dyn Volume>, String> {
-        let r = spill::Reader::open(&self.kept).map_err(|e| {
+        let r = spill::Reader::open(&self.files.kept(self.key, self.block.0)).map_err(|e| {
             format!("what the partial phase kept of this block is missing or damaged ({e}): run that block's partial phase again")
         })?;
         Ok(Box::new(Store::Spill(Arc::new(r))))
+    }
+    fn pieces(&self) -> Vec<(usize, usize)> {
+        let ny = self.shape[1];
+        (0..split::blocks_for(ny, self.files.blocks)).filter_map(|p| split::block_of(ny, self.files.blocks, p)).collect()
+    }
+    fn keep_piece(&mut self, p: usize) -> Result<Box<dyn Scratch>, String> {
+        self.keep_at(self.files.kept_piece(self.key, self.block.0, p))
+    }
+    fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String> {
+        let mut v: Vec<Box<dyn Volume>> = Vec::new();
+        for p in 0..self.pieces().len() {
+            let runs = self.files.cross_runs(self.key, p)?;
+            for r in 0..runs {
+                let path = self.files.crossed(self.key, p, r, self.block.0);
+                let rd = spill::Reader::open(&path).map_err(|e| {
+                    format!("what the crossing task of piece {} gave is missing or damaged ({e}): run that phase again", p + 1)
+                })?;
+                v.push(Box::new(Store::Spill(Arc::new(rd))));
+            }
+        }
+        Ok(v)
     }
     fn emit(&mut self, v: Value) -> Result<(), String> {
         if self.out.is_none() {

@@ -96,6 +96,51 @@ impl Op for Distance {
     fn stored(&self, ctx: &Ctx) -> Option<std::sync::Arc<dyn slab::Stored>> {
         Some(std::sync::Arc::new(NearestSites { spacing: ctx.spacing }))
     }
+    fn phased(&self) -> Option<&dyn slab::Phased> {
+        Some(self)
+    }
+}
+
+/// Split over machines, the passes of [`edt_streamed`] spread out: each block's planes through
+/// x and y (its partial), set aside by pieces of rows; a crossing task per piece takes every
+/// plane of its rows along z; each block gathers its planes back from the pieces, as nearest
+/// sites ([`NearestSites`]). The same choices as in memory, so the same bits.
+impl slab::Phased for Distance {
+    fn crosses(&self) -> bool {
+        true
+    }
+    fn partial(&self, io: &mut dyn slab::BlockIo, _round: usize, _before: Option<&[u8]>, ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let (_, z0, z1) = io.block();
+        check_plane(io.input(0).shape())?;
+        let pieces = io.pieces();
+        let mut keep = Vec::new();
+        for p in 0..pieces.len() {
+            keep.push(io.keep_piece(p)?);
+        }
+        for (a, b) in slab::ranges(z1 - z0, io.planes(4)) {
+            let sites = slab_sites(io.input(0).read(z0 + a, z0 + b)?, ctx.spacing, self.invert)?;
+            for (k, &(y0, y1)) in keep.iter_mut().zip(&pieces) {
+                k.append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned()))?;
+            }
+        }
+        Ok(Vec::new())
+    }
+    fn reduce(&self, _round: usize, _partials: &mut slab::Partials<'_>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        Err("internal: distance crosses instead of reducing".into())
+    }
+    fn cross(&self, io: &mut dyn slab::CrossIo, ctx: &Ctx) -> Result<(), String> {
+        let (_, y0, _) = io.piece();
+        let nx = io.shape()[2];
+        for (r0, r1) in slab::piece_runs(io, nx, 4 + 8) {
+            let out = z_pass(slab::piece_rows(io, r0, r1)?, y0 + r0, ctx.spacing);
+            let planes = (io.memory() / 8 / ((r1 - r0) * nx * 8).max(1) as u64).max(1) as usize;
+            slab::cross_out(io, &out, planes)?;
+        }
+        Ok(())
+    }
+    fn apply(&self, io: &mut dyn slab::BlockIo, _reduced: &[u8], _ctx: &Ctx) -> Result<(), String> {
+        slab::emit_crossed(io, 8)
+    }
 }
 
 /// The lower envelope of the parabolas y = f[q] + w2·(x − q)² over the finite f[q]
@@ -469,9 +514,7 @@ impl slab::Stored for NearestSites {
 /// are those of the in-memory passes, so the decoded values are the same bits.
 fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(), String> {
     let [nz, ny, nx] = io.input(0).shape();
-    if ny >= 0xffff || nx >= 0xffff {
-        return Err(format!("distance: planes of {ny}×{nx} voxels are more than it streams (fewer than 65535 on each side)"));
-    }
+    check_plane([nz, ny, nx])?;
     // A block of all planes: its sites, the two words out, and the lines of the z pass.
     let blocks = slab::row_blocks(io, 4 + 8);
     let mut xy: Vec<Box<dyn slab::Scratch>> = Vec::new();
@@ -481,21 +524,7 @@ fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(
     // Beside the mask: the sites.
     let planes = io.planes(4);
     for (z0, z1) in slab::ranges(nz, planes) {
-        let m = match io.input(0).read(z0, z1)? {
-            Value::Mask(m) => m,
-            Value::Labels(l) => l.mapv(|v| (v != 0) as u8),
-            _ => return Err("distance: input is not a mask or labels".into()),
-        };
-        let m = m.as_standard_layout();
-        let mut sites: Array3<u32> = crate::util::zeros3(m.dim());
-        if ny * nx > 0 {
-            sites
-                .as_slice_mut()
-                .expect("standard layout")
-                .par_chunks_mut(ny * nx)
-                .zip(m.as_slice().expect("standard layout").par_chunks(ny * nx))
-                .for_each_init(Lines::default, |sc, (sp, mp)| plane_sites(mp, sp, nx, invert, spacing, sc));
-        }
+        let sites = slab_sites(io.input(0).read(z0, z1)?, spacing, invert)?;
         for (b, &(y0, y1)) in blocks.iter().enumerate() {
             xy[b].append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned()))?;
         }
@@ -505,17 +534,52 @@ fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(
     for (b, block) in xy.into_iter().enumerate() {
         let Value::Labels(sites) = block.read(0, nz)? else { return Err("distance: scratch block".into()) };
         drop(block);
-        let (y0, y1) = blocks[b];
-        let mut out: Array3<u32> = crate::util::zeros3((nz, y1 - y0, 2 * nx));
-        out.axis_iter_mut(Axis(1))
-            .into_par_iter()
-            .zip(sites.axis_iter(Axis(1)))
-            .enumerate()
-            .for_each_init(Lines::default, |sc, (r, (o, sr))| z_row(sr, o, y0 + r, spacing, sc));
-        drop(sites);
+        let out = z_pass(sites, blocks[b].0, spacing);
         done.push(slab::keep_block(io, &format!("z{b}"), nz, emit, |z0, z1| Value::Labels(out.slice(s![z0..z1, .., ..]).to_owned()))?);
     }
     slab::emit_blocks(io, &blocks, &done, emit)
+}
+
+/// Planes of at most 65535 voxels on a side (sites keep `y << 16 | x`).
+fn check_plane([_, ny, nx]: [usize; 3]) -> Result<(), String> {
+    if ny >= 0xffff || nx >= 0xffff {
+        return Err(format!("distance: planes of {ny}×{nx} voxels are more than it streams (fewer than 65535 on each side)"));
+    }
+    Ok(())
+}
+
+/// Each voxel's nearest site within its plane ([`plane_sites`]), for a slab of the input.
+fn slab_sites(v: Value, spacing: [f64; 3], invert: bool) -> Result<Array3<u32>, String> {
+    let m = match v {
+        Value::Mask(m) => m,
+        Value::Labels(l) => l.mapv(|v| (v != 0) as u8),
+        _ => return Err("distance: input is not a mask or labels".into()),
+    };
+    let m = m.as_standard_layout();
+    let (_, ny, nx) = m.dim();
+    let mut sites: Array3<u32> = crate::util::zeros3(m.dim());
+    if ny * nx > 0 {
+        sites
+            .as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(ny * nx)
+            .zip(m.as_slice().expect("standard layout").par_chunks(ny * nx))
+            .for_each_init(Lines::default, |sc, (sp, mp)| plane_sites(mp, sp, nx, invert, spacing, sc));
+    }
+    Ok(sites)
+}
+
+/// The pass along z of every plane of some rows (`sites`, the first row being row `y0`): each
+/// voxel's nearest site as two words ([`z_row`]).
+fn z_pass(sites: Array3<u32>, y0: usize, spacing: [f64; 3]) -> Array3<u32> {
+    let (nz, rows, nx) = sites.dim();
+    let mut out: Array3<u32> = crate::util::zeros3((nz, rows, 2 * nx));
+    out.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .zip(sites.axis_iter(Axis(1)))
+        .enumerate()
+        .for_each_init(Lines::default, |sc, (r, (o, sr))| z_row(sr, o, y0 + r, spacing, sc));
+    out
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use ndarray::{Array3, ArrayView3, s};
 use serde::{Deserialize, Serialize};
 
+use super::exact::F32Sums;
 use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
-use super::exact::F32Sums;
 use crate::io::Data;
 use crate::table::{Column, Table};
 

@@ -176,6 +176,65 @@ pub fn emit_blocks(io: &mut dyn Slabs, blocks: &[(usize, usize)], parts: &[Box<d
     Ok(())
 }
 
+/// Runs of rows of a crossing task's piece, relative to the piece, whose every plane fits half
+/// the task's memory at `bytes_per_voxel` (what one run holds: its words read and written).
+pub fn piece_runs(io: &dyn CrossIo, width: usize, bytes_per_voxel: u64) -> Vec<(usize, usize)> {
+    let (_, y0, y1) = io.piece();
+    let nz = io.blocks().last().map_or(0, |b| b.1);
+    let per_row = (nz * width) as u64 * bytes_per_voxel;
+    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, (y1 - y0).max(1) as u64) as usize;
+    ranges(y1 - y0, rows).collect()
+}
+
+/// Rows `r0..r1` (relative to the piece) of every plane of a crossing task's piece: the words
+/// (u32) every block's partial set aside, read plane slab by plane slab.
+pub fn piece_rows(io: &dyn CrossIo, r0: usize, r1: usize) -> Result<ndarray::Array3<u32>, String> {
+    use ndarray::s;
+    let blocks = io.blocks();
+    let nz = blocks.last().map_or(0, |b| b.1);
+    let mut out: Option<ndarray::Array3<u32>> = None;
+    for (b, &(z0, z1)) in blocks.iter().enumerate() {
+        let part = io.part(b)?;
+        let [pz, rows, w] = part.shape();
+        if pz != z1 - z0 || rows < r1 {
+            return Err(format!("block {} of {}: its piece is {pz}×{rows}, not {}×{r1} or more", b + 1, blocks.len(), z1 - z0));
+        }
+        let o = out.get_or_insert_with(|| crate::util::zeros3((nz, r1 - r0, w)));
+        let planes = ((io.memory() / 4) / ((rows * w) as u64 * 4).max(1)).max(1) as usize;
+        for (a, c) in ranges(pz, planes) {
+            let Value::Labels(v) = part.read(a, c)? else { return Err("internal: a piece set aside holds no words".into()) };
+            o.slice_mut(s![z0 + a..z0 + c, .., ..]).assign(&v.slice(s![.., r0..r1, ..]));
+        }
+    }
+    Ok(out.unwrap_or_else(|| crate::util::zeros3((0, r1 - r0, 0))))
+}
+
+/// Hands each block its planes of a crossing task's output (`nz` planes of some rows), in
+/// slabs of at most `planes` planes: the next run of rows of every block.
+pub fn cross_out(io: &mut dyn CrossIo, v: &ndarray::Array3<u32>, planes: usize) -> Result<(), String> {
+    use ndarray::s;
+    for (b, (z0, z1)) in io.blocks().into_iter().enumerate() {
+        let mut out = io.out(b)?;
+        for (a, c) in ranges(z1 - z0, planes) {
+            out.append(&Value::Labels(v.slice(s![z0 + a..z0 + c, .., ..]).to_owned()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The apply of an op that crosses: the runs of rows the crossing tasks gave
+/// ([`BlockIo::crossed`]) side by side, emitted as the block's planes, slab by slab.
+pub fn emit_crossed(io: &mut dyn BlockIo, bytes_per_voxel: u64) -> Result<(), String> {
+    let parts = io.crossed()?;
+    let (_, z0, z1) = io.block();
+    let planes = io.planes(bytes_per_voxel);
+    for (a, b) in ranges(z1 - z0, planes) {
+        let rows: Vec<Value> = parts.iter().map(|p| p.read(a, b)).collect::<Result<_, _>>()?;
+        io.emit(stack_rows(&rows)?)?;
+    }
+    Ok(())
+}
+
 /// Values of one kind and type side by side along y (blocks of rows back into whole planes).
 fn stack_rows(parts: &[Value]) -> Result<Value, String> {
     use crate::io::Data;
@@ -244,6 +303,32 @@ pub trait BlockIo {
     fn kept(&self) -> Result<Box<dyn Volume>, String>;
     /// The block's planes of the output, in z order (apply phase).
     fn emit(&mut self, v: Value) -> Result<(), String>;
+    /// An op that crosses ([`Phased::crosses`]): the rows `[y0, y1)` of each piece, in order.
+    fn pieces(&self) -> Vec<(usize, usize)>;
+    /// An op that crosses, in its partial: the block's planes of the rows of piece `p`, set
+    /// aside for the crossing task of that piece (created empty, appended plane by plane).
+    fn keep_piece(&mut self, p: usize) -> Result<Box<dyn Scratch>, String>;
+    /// An op that crosses, in its apply: what the crossing tasks gave for this block's planes,
+    /// as blocks of rows (every plane of the block, some rows each), in row order.
+    fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String>;
+}
+
+/// What a crossing task gives a phased op that crosses ([`Phased::cross`]): piece `p` of the
+/// volume (rows `y0..y1`, every plane), as the blocks' partial tasks set it aside.
+pub trait CrossIo {
+    /// `(p, y0, y1)`.
+    fn piece(&self) -> (usize, usize, usize);
+    /// The whole volume's shape `[z, y, x]` (of the op's output).
+    fn shape(&self) -> [usize; 3];
+    /// The z-blocks `[z0, z1)`, in order.
+    fn blocks(&self) -> Vec<(usize, usize)>;
+    /// What block `b`'s partial kept of this piece: its planes, the piece's rows.
+    fn part(&self, b: usize) -> Result<Box<dyn Volume>, String>;
+    /// The bytes the task may hold at once (a quarter of `--memory`).
+    fn memory(&self) -> u64;
+    /// A new output for block `b`'s planes of the next run of rows (runs of rows in order,
+    /// each for every block, all of its block's planes): what the block's apply reads back.
+    fn out(&mut self, b: usize) -> Result<Box<dyn Scratch>, String>;
 }
 
 /// How a phased op ([`Phased`]) ends after its last reduce.
@@ -291,6 +376,18 @@ pub trait Phased: Send + Sync {
     /// The block's planes of the output from the last reduced result ([`Ending::Apply`]).
     fn apply(&self, _io: &mut dyn BlockIo, _reduced: &[u8], _ctx: &super::Ctx) -> Result<(), String> {
         Err("internal: this op does not apply its reduced result per block".into())
+    }
+    /// Whether the op crosses: its partial (one round) sets each block's planes aside by pieces
+    /// of rows ([`BlockIo::keep_piece`]); instead of a reduce, a crossing task per piece reads
+    /// every plane of its rows and computes them ([`Phased::cross`]: the pass along z of a
+    /// separable transform); then each block applies ([`Phased::apply`], reading
+    /// [`BlockIo::crossed`]).
+    fn crosses(&self) -> bool {
+        false
+    }
+    /// The crossing task of one piece (when [`Phased::crosses`]).
+    fn cross(&self, _io: &mut dyn CrossIo, _ctx: &super::Ctx) -> Result<(), String> {
+        Err("internal: this op does not cross".into())
     }
     /// The op's table from the last reduced result ([`Ending::Table`]).
     fn table(&self, _reduced: &[u8], _ctx: &super::Ctx) -> Result<Value, String> {

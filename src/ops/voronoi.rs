@@ -86,6 +86,65 @@ impl Op for Voronoi {
         voronoi_streamed(io, ctx.spacing)?;
         Ok(slab::Outcome::Emitted)
     }
+    fn phased(&self) -> Option<&dyn slab::Phased> {
+        Some(self)
+    }
+}
+
+/// Split over machines, the passes of [`voronoi_streamed`] spread out as `distance` spreads
+/// its own: each block's planes through the passes within planes, packed ([`pack`]) and set
+/// aside by pieces of rows (its partial); a crossing task per piece takes every plane of its
+/// rows along z ([`z_block`]); each block gathers its planes of the territories back.
+impl slab::Phased for Voronoi {
+    fn crosses(&self) -> bool {
+        true
+    }
+    fn partial(&self, io: &mut dyn slab::BlockIo, _round: usize, _before: Option<&[u8]>, ctx: &Ctx) -> Result<Vec<u8>, String> {
+        let (_, z0, z1) = io.block();
+        let shape = io.input(0).shape();
+        check_plane(shape[1], shape[2])?;
+        let m = Metric::new(ctx.spacing, shape)?;
+        let pieces = io.pieces();
+        let mut keep = Vec::new();
+        for p in 0..pieces.len() {
+            keep.push(io.keep_piece(p)?);
+        }
+        for (a, b) in slab::ranges(z1 - z0, io.planes(4 + 8)) {
+            let (Value::Labels(l), Value::Mask(mask)) = (io.input(0).read(z0 + a, z0 + b)?, io.input(1).read(z0 + a, z0 + b)?) else {
+                return Err("voronoi: needs labels and a mask".into());
+            };
+            let l = l.as_standard_layout();
+            let ls = l.as_slice().expect("standard layout");
+            let sites = sites_of(ls, l.dim(), &m);
+            for (k, &(y0, y1)) in keep.iter_mut().zip(&pieces) {
+                let mut words = Array3::<u32>::zeros((b - a, y1 - y0, 2 * shape[2]));
+                pack(ls, sites.view(), mask.view(), (y0, y1), words.view_mut());
+                k.append(&Value::Labels(words))?;
+            }
+        }
+        Ok(Vec::new())
+    }
+    fn reduce(&self, _round: usize, _partials: &mut slab::Partials<'_>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
+        Err("internal: voronoi crosses instead of reducing".into())
+    }
+    fn cross(&self, io: &mut dyn slab::CrossIo, ctx: &Ctx) -> Result<(), String> {
+        let (_, y0, _) = io.piece();
+        let shape = io.shape();
+        let [nz, _, nx] = shape;
+        let m = Metric::new(ctx.spacing, shape)?;
+        for (r0, r1) in slab::piece_runs(io, 2 * nx, 4 + 2) {
+            let words = slab::piece_rows(io, r0, r1)?;
+            let mut lab: Array3<u32> = crate::util::zeros3((nz, r1 - r0, nx));
+            z_block(words.view(), y0 + r0, &m, lab.view_mut());
+            drop(words);
+            let planes = (io.memory() / 8 / ((r1 - r0) * nx * 4).max(1) as u64).max(1) as usize;
+            slab::cross_out(io, &lab, planes)?;
+        }
+        Ok(())
+    }
+    fn apply(&self, io: &mut dyn slab::BlockIo, _reduced: &[u8], _ctx: &Ctx) -> Result<(), String> {
+        slab::emit_crossed(io, 4)
+    }
 }
 
 /// How far (in voxels) a breakpoint of the lower envelope, rounded in float64, may be from
