@@ -299,9 +299,46 @@ impl Files {
     pub fn kept(&self, key: &str, b: usize) -> PathBuf {
         self.dir(key).join(format!("kept-{b}-of-{}.spill", self.blocks))
     }
-    /// What the partial of a crossing op set aside of block `b` for piece `p`.
-    pub fn kept_piece(&self, key: &str, b: usize, p: usize) -> PathBuf {
-        self.dir(key).join(format!("kept-{b}-piece-{p}-of-{}.spill", self.blocks))
+    /// What the partial of a crossing op set aside of block `b` for piece `p`: rows `y0..y1`.
+    pub fn kept_run(&self, key: &str, b: usize, p: usize, (y0, y1): (usize, usize)) -> PathBuf {
+        self.dir(key).join(format!("{}{y0}-{y1}-of-{}.spill", run_prefix(b, p), self.blocks))
+    }
+    /// The runs of rows block `b` set aside for piece `p` (rows `rows`), in order; `Err` unless
+    /// they cover the piece exactly.
+    pub fn kept_runs(&self, key: &str, b: usize, p: usize, rows: (usize, usize)) -> Result<Vec<(usize, usize, PathBuf)>, String> {
+        let prefix = run_prefix(b, p);
+        let suffix = format!("-of-{}.spill", self.blocks);
+        let mut v: Vec<(usize, usize, PathBuf)> = std::fs::read_dir(self.dir(key))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (a, b) = name.strip_prefix(&prefix)?.strip_suffix(&suffix)?.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?, e.path()))
+            })
+            .collect();
+        v.sort_by_key(|r| r.0);
+        let covers =
+            v.first().is_some_and(|r| r.0 == rows.0) && v.last().is_some_and(|r| r.1 == rows.1) && v.windows(2).all(|w| w[0].1 == w[1].0);
+        if !covers {
+            return Err(format!(
+                "what block {} of {} set aside for piece {} is missing or incomplete: run that block's partial phase again",
+                b + 1,
+                self.blocks,
+                p + 1
+            ));
+        }
+        Ok(v)
+    }
+    /// Removes what block `b` set aside for any piece (before its partial runs again).
+    pub fn remove_kept_runs(&self, key: &str, b: usize) {
+        let prefix = format!("kept-{b}-piece-");
+        for e in std::fs::read_dir(self.dir(key)).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
     /// Run `run` of rows of piece `p`, block `b`'s planes, from a crossing task.
     pub fn crossed(&self, key: &str, p: usize, run: usize, b: usize) -> PathBuf {
@@ -343,6 +380,11 @@ impl Files {
             )
         })
     }
+}
+
+/// The start of the names of what block `b` sets aside for piece `p`.
+fn run_prefix(b: usize, p: usize) -> String {
+    format!("kept-{b}-piece-{p}-rows-")
 }
 
 /// How many blocks a stage of `nz` planes is cut into when samples are split into `n`: `n`, or

@@ -991,6 +991,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
             shape: s.bound.metas[i].shape,
             block: (block, z0, z1),
             keeping: Vec::new(),
+            runs: Vec::new(),
             part: files.part(key, block),
             out: None,
             planes: 0,
@@ -1017,6 +1018,12 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
         }
     }
     Ok(())
+}
+
+/// The rows `[y0, y1)` of each crossing task of a volume of `ny` rows split into `n`: as many
+/// pieces as blocks (fewer when there are fewer rows).
+fn pieces(ny: usize, n: usize) -> Vec<(usize, usize)> {
+    (0..split::blocks_for(ny, n)).filter_map(|p| split::block_of(ny, n, p)).collect()
 }
 
 /// The crossing task of piece `p` of stage `i` (of a phased op that crosses): unless done, the
@@ -1077,17 +1084,21 @@ impl slab::CrossIo for CrossStage<'_> {
     fn blocks(&self) -> Vec<(usize, usize)> {
         self.blocks.clone()
     }
-    fn part(&self, b: usize) -> Result<Box<dyn Volume>, String> {
-        let path = self.files.kept_piece(self.key, b, self.piece.0);
-        let r = spill::Reader::open(&path).map_err(|e| {
-            format!(
-                "what block {} of {} set aside for piece {} is missing or damaged ({e}): run that block's partial phase again",
-                b + 1,
-                self.files.blocks,
-                self.piece.0 + 1
-            )
-        })?;
-        Ok(Box::new(Store::Spill(Arc::new(r))))
+    fn parts(&self, b: usize) -> Result<Vec<(usize, usize, Box<dyn Volume>)>, String> {
+        let (p, y0, y1) = self.piece;
+        let mut v: Vec<(usize, usize, Box<dyn Volume>)> = Vec::new();
+        for (a, c, path) in self.files.kept_runs(self.key, b, p, (y0, y1))? {
+            let r = spill::Reader::open(&path).map_err(|e| {
+                format!(
+                    "what block {} of {} set aside for piece {} is damaged ({e}): run that block's partial phase again",
+                    b + 1,
+                    self.files.blocks,
+                    p + 1
+                )
+            })?;
+            v.push((a, c, Box::new(Store::Spill(Arc::new(r)))));
+        }
+        Ok(v)
     }
     fn memory(&self) -> u64 {
         self.s.memory / 4
@@ -1128,6 +1139,8 @@ struct BlockStage<'a> {
     block: (usize, usize, usize),
     /// What the partial sets aside, and where each goes when it ends.
     keeping: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>,
+    /// An op that crosses: the runs of rows its partial sets aside (piece, y0, y1).
+    runs: Vec<(usize, usize, usize)>,
     /// Where the block's output goes, and its writer once the op emits.
     part: PathBuf,
     out: Option<spill::Writer>,
@@ -1195,16 +1208,27 @@ impl slab::BlockIo for BlockStage<'_> {
         })?;
         Ok(Box::new(Store::Spill(Arc::new(r))))
     }
-    fn pieces(&self) -> Vec<(usize, usize)> {
-        let ny = self.shape[1];
-        (0..split::blocks_for(ny, self.files.blocks)).filter_map(|p| split::block_of(ny, self.files.blocks, p)).collect()
+    fn runs(&mut self, width: usize, bytes_per_voxel: u64) -> Vec<(usize, usize)> {
+        // What a crossing task holds at once: half its memory (a quarter of --memory), as
+        // `distance` and `voronoi` size their blocks of rows when streamed.
+        let [nz, ny, _] = self.shape;
+        let per_row = ((nz * width) as u64 * bytes_per_voxel).max(1);
+        let budget = self.s.memory / 4 / 2;
+        self.files.remove_kept_runs(self.key, self.block.0);
+        self.runs.clear();
+        for (p, (y0, y1)) in pieces(ny, self.files.blocks).into_iter().enumerate() {
+            let rows = (budget / per_row).clamp(1, (y1 - y0).max(1) as u64) as usize;
+            self.runs.extend(slab::ranges(y1 - y0, rows).map(|(a, b)| (p, y0 + a, y0 + b)));
+        }
+        self.runs.iter().map(|&(_, a, b)| (a, b)).collect()
     }
-    fn keep_piece(&mut self, p: usize) -> Result<Box<dyn Scratch>, String> {
-        self.keep_at(self.files.kept_piece(self.key, self.block.0, p))
+    fn keep_run(&mut self, k: usize) -> Result<Box<dyn Scratch>, String> {
+        let &(p, y0, y1) = self.runs.get(k).ok_or("internal: no such run of rows")?;
+        self.keep_at(self.files.kept_run(self.key, self.block.0, p, (y0, y1)))
     }
     fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String> {
         let mut v: Vec<Box<dyn Volume>> = Vec::new();
-        for p in 0..self.pieces().len() {
+        for p in 0..pieces(self.shape[1], self.files.blocks).len() {
             let runs = self.files.cross_runs(self.key, p)?;
             for r in 0..runs {
                 let path = self.files.crossed(self.key, p, r, self.block.0);

@@ -112,14 +112,15 @@ impl slab::Phased for Distance {
     fn partial(&self, io: &mut dyn slab::BlockIo, _round: usize, _before: Option<&[u8]>, ctx: &Ctx) -> Result<Vec<u8>, String> {
         let (_, z0, z1) = io.block();
         check_plane(io.input(0).shape())?;
-        let pieces = io.pieces();
+        // What a crossing task holds: the sites read, the nearest sites (two words) written.
+        let runs = io.runs(io.input(0).shape()[2], 4 + 8);
         let mut keep = Vec::new();
-        for p in 0..pieces.len() {
-            keep.push(io.keep_piece(p)?);
+        for k in 0..runs.len() {
+            keep.push(io.keep_run(k)?);
         }
         for (a, b) in slab::ranges(z1 - z0, io.planes(4)) {
             let sites = slab_sites(io.input(0).read(z0 + a, z0 + b)?, ctx.spacing, self.invert)?;
-            for (k, &(y0, y1)) in keep.iter_mut().zip(&pieces) {
+            for (k, &(y0, y1)) in keep.iter_mut().zip(&runs) {
                 k.append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned()))?;
             }
         }
@@ -129,11 +130,10 @@ impl slab::Phased for Distance {
         Err("internal: distance crosses instead of reducing".into())
     }
     fn cross(&self, io: &mut dyn slab::CrossIo, ctx: &Ctx) -> Result<(), String> {
-        let (_, y0, _) = io.piece();
         let nx = io.shape()[2];
-        for (r0, r1) in slab::piece_runs(io, nx, 4 + 8) {
-            let out = z_pass(slab::piece_rows(io, r0, r1)?, y0 + r0, ctx.spacing);
-            let planes = (io.memory() / 8 / ((r1 - r0) * nx * 8).max(1) as u64).max(1) as usize;
+        for (y0, y1) in slab::piece_runs(io)? {
+            let out = z_pass(slab::piece_rows(io, y0, y1)?, y0, ctx.spacing);
+            let planes = (io.memory() / 8 / ((y1 - y0) * nx * 8).max(1) as u64).max(1) as usize;
             slab::cross_out(io, &out, planes)?;
         }
         Ok(())

@@ -176,37 +176,38 @@ pub fn emit_blocks(io: &mut dyn Slabs, blocks: &[(usize, usize)], parts: &[Box<d
     Ok(())
 }
 
-/// Runs of rows of a crossing task's piece, relative to the piece, whose every plane fits half
-/// the task's memory at `bytes_per_voxel` (what one run holds: its words read and written).
-pub fn piece_runs(io: &dyn CrossIo, width: usize, bytes_per_voxel: u64) -> Vec<(usize, usize)> {
-    let (_, y0, y1) = io.piece();
-    let nz = io.blocks().last().map_or(0, |b| b.1);
-    let per_row = (nz * width) as u64 * bytes_per_voxel;
-    let rows = ((io.memory() / 2) / per_row.max(1)).clamp(1, (y1 - y0).max(1) as u64) as usize;
-    ranges(y1 - y0, rows).collect()
+/// The runs of rows a crossing task computes at a time: those the first block set aside (each
+/// then decoded once).
+pub fn piece_runs(io: &dyn CrossIo) -> Result<Vec<(usize, usize)>, String> {
+    Ok(io.parts(0)?.into_iter().map(|(a, b, _)| (a, b)).collect())
 }
 
-/// Rows `r0..r1` (relative to the piece) of every plane of a crossing task's piece: the words
-/// (u32) every block's partial set aside, read plane slab by plane slab.
-pub fn piece_rows(io: &dyn CrossIo, r0: usize, r1: usize) -> Result<ndarray::Array3<u32>, String> {
+/// Rows `y0..y1` of every plane, from the runs every block set aside (u32 words), read plane
+/// slab by plane slab.
+pub fn piece_rows(io: &dyn CrossIo, y0: usize, y1: usize) -> Result<ndarray::Array3<u32>, String> {
     use ndarray::s;
     let blocks = io.blocks();
     let nz = blocks.last().map_or(0, |b| b.1);
     let mut out: Option<ndarray::Array3<u32>> = None;
     for (b, &(z0, z1)) in blocks.iter().enumerate() {
-        let part = io.part(b)?;
-        let [pz, rows, w] = part.shape();
-        if pz != z1 - z0 || rows < r1 {
-            return Err(format!("block {} of {}: its piece is {pz}×{rows}, not {}×{r1} or more", b + 1, blocks.len(), z1 - z0));
-        }
-        let o = out.get_or_insert_with(|| crate::util::zeros3((nz, r1 - r0, w)));
-        let planes = ((io.memory() / 4) / ((rows * w) as u64 * 4).max(1)).max(1) as usize;
-        for (a, c) in ranges(pz, planes) {
-            let Value::Labels(v) = part.read(a, c)? else { return Err("internal: a piece set aside holds no words".into()) };
-            o.slice_mut(s![z0 + a..z0 + c, .., ..]).assign(&v.slice(s![.., r0..r1, ..]));
+        for (a0, a1, part) in io.parts(b)? {
+            let (lo, hi) = (a0.max(y0), a1.min(y1));
+            if lo >= hi {
+                continue;
+            }
+            let [pz, rows, w] = part.shape();
+            if pz != z1 - z0 || rows != a1 - a0 {
+                return Err(format!("block {} of {}: a run set aside is {pz}×{rows}, not {}×{}", b + 1, blocks.len(), z1 - z0, a1 - a0));
+            }
+            let o = out.get_or_insert_with(|| crate::util::zeros3((nz, y1 - y0, w)));
+            let planes = ((io.memory() / 4) / ((rows * w) as u64 * 4).max(1)).max(1) as usize;
+            for (a, c) in ranges(pz, planes) {
+                let Value::Labels(v) = part.read(a, c)? else { return Err("internal: a run set aside holds no words".into()) };
+                o.slice_mut(s![z0 + a..z0 + c, lo - y0..hi - y0, ..]).assign(&v.slice(s![.., lo - a0..hi - a0, ..]));
+            }
         }
     }
-    Ok(out.unwrap_or_else(|| crate::util::zeros3((0, r1 - r0, 0))))
+    out.ok_or_else(|| format!("no block set aside rows {y0}..{y1}"))
 }
 
 /// Hands each block its planes of a crossing task's output (`nz` planes of some rows), in
@@ -303,11 +304,14 @@ pub trait BlockIo {
     fn kept(&self) -> Result<Box<dyn Volume>, String>;
     /// The block's planes of the output, in z order (apply phase).
     fn emit(&mut self, v: Value) -> Result<(), String>;
-    /// An op that crosses ([`Phased::crosses`]): the rows `[y0, y1)` of each piece, in order.
-    fn pieces(&self) -> Vec<(usize, usize)>;
-    /// An op that crosses, in its partial: the block's planes of the rows of piece `p`, set
-    /// aside for the crossing task of that piece (created empty, appended plane by plane).
-    fn keep_piece(&mut self, p: usize) -> Result<Box<dyn Scratch>, String>;
+    /// An op that crosses ([`Phased::crosses`]), in its partial: the runs of rows `[y0, y1)` to
+    /// set aside, in order — each within the rows of one crossing task, and few enough that
+    /// every plane of a run fits that task's memory at `bytes_per_voxel` for `width` values a
+    /// row, so the crossing task reads each run once.
+    fn runs(&mut self, width: usize, bytes_per_voxel: u64) -> Vec<(usize, usize)>;
+    /// An op that crosses, in its partial: the block's planes of run `k` of [`BlockIo::runs`],
+    /// set aside for its crossing task (created empty, appended plane by plane).
+    fn keep_run(&mut self, k: usize) -> Result<Box<dyn Scratch>, String>;
     /// An op that crosses, in its apply: what the crossing tasks gave for this block's planes,
     /// as blocks of rows (every plane of the block, some rows each), in row order.
     fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String>;
@@ -322,8 +326,9 @@ pub trait CrossIo {
     fn shape(&self) -> [usize; 3];
     /// The z-blocks `[z0, z1)`, in order.
     fn blocks(&self) -> Vec<(usize, usize)>;
-    /// What block `b`'s partial kept of this piece: its planes, the piece's rows.
-    fn part(&self, b: usize) -> Result<Box<dyn Volume>, String>;
+    /// What block `b`'s partial set aside of this piece: its runs of rows `(y0, y1)`, in order
+    /// and covering the piece, each with the block's planes of those rows.
+    fn parts(&self, b: usize) -> Result<Vec<(usize, usize, Box<dyn Volume>)>, String>;
     /// The bytes the task may hold at once (a quarter of `--memory`).
     fn memory(&self) -> u64;
     /// A new output for block `b`'s planes of the next run of rows (runs of rows in order,

@@ -104,10 +104,11 @@ impl slab::Phased for Voronoi {
         let shape = io.input(0).shape();
         check_plane(shape[1], shape[2])?;
         let m = Metric::new(ctx.spacing, shape)?;
-        let pieces = io.pieces();
+        // What a crossing task holds: two words a voxel read, a label written.
+        let runs = io.runs(shape[2], 8 + 4);
         let mut keep = Vec::new();
-        for p in 0..pieces.len() {
-            keep.push(io.keep_piece(p)?);
+        for k in 0..runs.len() {
+            keep.push(io.keep_run(k)?);
         }
         for (a, b) in slab::ranges(z1 - z0, io.planes(4 + 8)) {
             let (Value::Labels(l), Value::Mask(mask)) = (io.input(0).read(z0 + a, z0 + b)?, io.input(1).read(z0 + a, z0 + b)?) else {
@@ -116,7 +117,7 @@ impl slab::Phased for Voronoi {
             let l = l.as_standard_layout();
             let ls = l.as_slice().expect("standard layout");
             let sites = sites_of(ls, l.dim(), &m);
-            for (k, &(y0, y1)) in keep.iter_mut().zip(&pieces) {
+            for (k, &(y0, y1)) in keep.iter_mut().zip(&runs) {
                 let mut words = Array3::<u32>::zeros((b - a, y1 - y0, 2 * shape[2]));
                 pack(ls, sites.view(), mask.view(), (y0, y1), words.view_mut());
                 k.append(&Value::Labels(words))?;
@@ -128,16 +129,15 @@ impl slab::Phased for Voronoi {
         Err("internal: voronoi crosses instead of reducing".into())
     }
     fn cross(&self, io: &mut dyn slab::CrossIo, ctx: &Ctx) -> Result<(), String> {
-        let (_, y0, _) = io.piece();
         let shape = io.shape();
         let [nz, _, nx] = shape;
         let m = Metric::new(ctx.spacing, shape)?;
-        for (r0, r1) in slab::piece_runs(io, 2 * nx, 4 + 2) {
-            let words = slab::piece_rows(io, r0, r1)?;
-            let mut lab: Array3<u32> = crate::util::zeros3((nz, r1 - r0, nx));
-            z_block(words.view(), y0 + r0, &m, lab.view_mut());
+        for (y0, y1) in slab::piece_runs(io)? {
+            let words = slab::piece_rows(io, y0, y1)?;
+            let mut lab: Array3<u32> = crate::util::zeros3((nz, y1 - y0, nx));
+            z_block(words.view(), y0, &m, lab.view_mut());
             drop(words);
-            let planes = (io.memory() / 8 / ((r1 - r0) * nx * 4).max(1) as u64).max(1) as usize;
+            let planes = (io.memory() / 8 / ((y1 - y0) * nx * 4).max(1) as u64).max(1) as usize;
             slab::cross_out(io, &lab, planes)?;
         }
         Ok(())
