@@ -1084,9 +1084,9 @@ impl slab::CrossIo for CrossStage<'_> {
     fn blocks(&self) -> Vec<(usize, usize)> {
         self.blocks.clone()
     }
-    fn parts(&self, b: usize) -> Result<Vec<(usize, usize, Box<dyn Volume>)>, String> {
+    fn parts(&self, b: usize) -> Result<Vec<slab::Run>, String> {
         let (p, y0, y1) = self.piece;
-        let mut v: Vec<(usize, usize, Box<dyn Volume>)> = Vec::new();
+        let mut v: Vec<slab::Run> = Vec::new();
         for (a, c, path) in self.files.kept_runs(self.key, b, p, (y0, y1))? {
             let r = spill::Reader::open(&path).map_err(|e| {
                 format!(

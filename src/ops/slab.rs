@@ -317,6 +317,9 @@ pub trait BlockIo {
     fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String>;
 }
 
+/// A run of rows `[y0, y1)` set aside by a block, with the block's planes of those rows.
+pub type Run = (usize, usize, Box<dyn Volume>);
+
 /// What a crossing task gives a phased op that crosses ([`Phased::cross`]): piece `p` of the
 /// volume (rows `y0..y1`, every plane), as the blocks' partial tasks set it aside.
 pub trait CrossIo {
@@ -328,7 +331,7 @@ pub trait CrossIo {
     fn blocks(&self) -> Vec<(usize, usize)>;
     /// What block `b`'s partial set aside of this piece: its runs of rows `(y0, y1)`, in order
     /// and covering the piece, each with the block's planes of those rows.
-    fn parts(&self, b: usize) -> Result<Vec<(usize, usize, Box<dyn Volume>)>, String>;
+    fn parts(&self, b: usize) -> Result<Vec<Run>, String>;
     /// The bytes the task may hold at once (a quarter of `--memory`).
     fn memory(&self) -> u64;
     /// A new output for block `b`'s planes of the next run of rows (runs of rows in order,
