@@ -14,14 +14,23 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes the temporary files ([`tmp_sibling`] names: `<name>.tmp<pid>-<n>`) in `dir` whose
-/// writing process is gone — what a killed run leaves behind. Returns how many were removed.
+/// Removes the temporary files ([`tmp_sibling`] names: `<name>.tmp<pid>-<n>@<host>`) in `dir`
+/// whose writing process is gone — what a killed run leaves behind. Only this machine's: a
+/// file another host is writing (tasks on a shared file system) is left alone. Returns how many
+/// were removed.
 pub fn remove_stale_tmp(dir: &Path) -> usize {
     let mut n = 0;
+    let here = host_tag();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pos) = name.rfind(".tmp") else { continue };
-        let Ok(pid) = name[pos + 4..].split('-').next().unwrap_or("").parse::<u32>() else { continue };
+        let tail = &name[pos + 4..];
+        if let Some((_, host)) = tail.split_once('@')
+            && host != here
+        {
+            continue;
+        }
+        let Ok(pid) = tail.split(['-', '@']).next().unwrap_or("").parse::<u32>() else { continue };
         let gone = |p: &Path| if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
         if pid != std::process::id() && !pid_alive(pid) && gone(&e.path()).is_ok() {
             n += 1;
@@ -198,15 +207,23 @@ impl<W: std::io::Seek> std::io::Seek for Shared<W> {
     }
 }
 
-/// `name.tmp<pid>-<n>` beside `path`, `n` new for every call: two threads of one process
-/// writing the same file (two samples with identical content save the same checkpoint) each
-/// get their own temporary file, and the later rename wins with the same bytes.
+/// `name.tmp<pid>-<n>@<host>` beside `path`, `n` new for every call: two threads of one
+/// process writing the same file (two samples with identical content save the same checkpoint)
+/// each get their own temporary file, and the later rename wins with the same bytes; so do two
+/// tasks on different hosts with the same process id (a task resubmitted while the first still
+/// runs, on a shared file system).
 pub fn tmp_sibling(path: &Path) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp{}-{n}", std::process::id()));
+    name.push(format!(".tmp{}-{n}@{}", std::process::id(), host_tag()));
     path.with_file_name(name)
+}
+
+/// This machine's host name as it goes into file names (letters, digits, `.`, `-`, `_`).
+fn host_tag() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| hostname().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect())
 }
 
 /// The candidate closest to `word`, if it is close enough to be a plausible typo.
@@ -573,14 +590,20 @@ mod tests {
     #[test]
     fn stale_temporary_files_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        // A pid that cannot be alive (above the kernel's limit), in both name forms.
-        for name in ["a.tif.tmp4194999", "b.ckpt.tmp4194999-3"] {
+        // A pid that cannot be alive (above the kernel's limit), in every name form: older
+        // ones, and with this host's name.
+        let here = format!("d.npy.tmp4194999-1@{}", host_tag());
+        for name in ["a.tif.tmp4194999", "b.ckpt.tmp4194999-3", &here] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
+        // Another host's: its writer may be alive there (a shared file system).
+        let other = dir.path().join("e.spill.tmp4194999-2@another-host.example");
+        std::fs::write(&other, b"x").unwrap();
         let mine = tmp_sibling(&dir.path().join("c.json"));
         std::fs::write(&mine, b"x").unwrap();
-        assert_eq!(remove_stale_tmp(dir.path()), 2);
+        assert_eq!(remove_stale_tmp(dir.path()), 3);
         assert!(mine.exists(), "this process's own temporary file stays");
+        assert!(other.exists(), "another host's temporary file stays");
     }
 
     #[test]
