@@ -39,6 +39,52 @@ pub fn remove_stale_tmp(dir: &Path) -> usize {
     n
 }
 
+/// Reads little-endian values from bytes one after another; `None` past their end (a damaged
+/// checkpoint or partial result is an error for its caller, never a panic).
+pub struct ByteReader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> ByteReader<'a> {
+    pub fn new(b: &'a [u8]) -> ByteReader<'a> {
+        ByteReader { b, at: 0 }
+    }
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    /// Bytes not read yet.
+    pub fn left(&self) -> usize {
+        self.b.len() - self.at
+    }
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    pub fn u128(&mut self) -> Option<u128> {
+        Some(u128::from_le_bytes(self.take(16)?.try_into().ok()?))
+    }
+    /// A UTF-8 string after its length (u64).
+    pub fn string(&mut self) -> Option<String> {
+        let n = self.u64()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    /// `n` u64 values as sizes.
+    pub fn shape(&mut self, n: usize) -> Option<Vec<usize>> {
+        (0..n).map(|_| self.u64().map(|v| v as usize)).collect()
+    }
+    /// `n` values of `W` bytes each, converted by `f`.
+    pub fn les<const W: usize, T>(&mut self, n: usize, f: fn([u8; W]) -> T) -> Option<Vec<T>> {
+        let raw = self.take(n.checked_mul(W)?)?;
+        Some(raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunk"))).collect())
+    }
+}
+
 /// Bytes for people: `512 B`, `3.2 KiB`, `1.5 GiB`.
 /// A 128-bit digest of `bytes` (the first half of their blake3) as two words: a key for sets of
 /// ids or paths too large to hold, where two different keys meeting has a chance of about

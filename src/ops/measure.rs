@@ -594,7 +594,7 @@ impl Accumulator {
     pub fn from_bytes(bytes: &[u8]) -> Result<(Accumulator, [usize; 3]), String> {
         let bad = || "measure: a partial result is damaged (rerun its block task)".to_string();
         let b = zstd::stream::decode_all(bytes).map_err(|_| bad())?;
-        let mut r = Cursor { b: &b, at: 0 };
+        let mut r = crate::util::ByteReader::new(&b);
         if r.take(MAGIC.len()).ok_or_else(bad)? != MAGIC {
             return Err(bad());
         }
@@ -961,29 +961,6 @@ const MAGIC: &[u8] = b"tessera-measure-1";
 
 fn put(b: &mut Vec<u8>, v: u64) {
     b.extend_from_slice(&v.to_le_bytes());
-}
-
-/// Reads little-endian words from bytes, `None` past their end.
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
-    }
-    fn left(&self) -> usize {
-        self.b.len() - self.at
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
-    }
-    fn u128(&mut self) -> Option<u128> {
-        self.take(16).map(|s| u128::from_le_bytes(s.try_into().unwrap_or([0; 16])))
-    }
 }
 
 /// The smaller of two values, NaN if either is (as NumPy's `min`).

@@ -518,36 +518,6 @@ pub fn encode_table(t: &Table) -> Vec<u8> {
     b
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|s| s[0])
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = self.u64()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    fn shape(&mut self, n: usize) -> Option<Vec<usize>> {
-        (0..n).map(|_| self.u64().map(|v| v as usize)).collect()
-    }
-    fn les<const W: usize, T>(&mut self, n: usize, f: fn([u8; W]) -> T) -> Option<Vec<T>> {
-        let raw = self.take(n.checked_mul(W)?)?;
-        Some(raw.chunks_exact(W).map(|c| f(c.try_into().expect("chunk"))).collect())
-    }
-}
-
 /// A 0/1 array packed 8 values a byte (low bit first, raster order); `None` if any value is
 /// neither 0 nor 1.
 fn pack_bits(a: &Array3<u8>) -> Option<Vec<u8>> {
@@ -589,7 +559,7 @@ pub fn decode_table(payload: &[u8]) -> Option<Table> {
 }
 
 fn decode(payload: &[u8]) -> Option<Value> {
-    let mut r = Reader { b: payload, at: 0 };
+    let mut r = crate::util::ByteReader::new(payload);
     let tag = r.u8()?;
     let v = match tag {
         10 => {
@@ -645,7 +615,7 @@ fn decode(payload: &[u8]) -> Option<Value> {
         }
         _ => return None,
     };
-    (r.at == payload.len()).then_some(v)
+    (r.left() == 0).then_some(v)
 }
 
 #[cfg(test)]
