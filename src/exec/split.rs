@@ -8,6 +8,10 @@
 //!   `measure`) computes a partial result per block, a single task reduces them in block
 //!   order, and a later block phase applies that to every block (or computes the local op it
 //!   became, or the reduce gave the op's table);
+//! - a separable transform (`distance`, `voronoi`) sets each block's planes aside in runs of
+//!   rows after the passes within planes; a block phase of crossing tasks, one per piece of
+//!   rows, takes every plane of them along z; and the next block phase gathers each block's
+//!   planes back;
 //! - any other global op runs in a single task in its out-of-core form, on inputs assembled
 //!   from the blocks, exactly as a streamed run would run it.
 //!
@@ -391,6 +395,12 @@ fn run_prefix(b: usize, p: usize) -> String {
 /// one per plane when it has fewer planes (after a downsample, say).
 pub fn blocks_for(nz: usize, n: usize) -> usize {
     n.min(nz).max(1)
+}
+
+/// Every block of an axis of `len` in a split into `n` ([`block_of`]), in order: a stage's
+/// z-blocks, or the pieces of rows of a crossing op's tasks.
+pub fn cuts(len: usize, n: usize) -> Vec<(usize, usize)> {
+    (0..blocks_for(len, n)).filter_map(|b| block_of(len, n, b)).collect()
 }
 
 /// Block `b` of a stage of `nz` planes in a split into `n`: planes `[z0, z1)`, block sizes

@@ -1020,12 +1020,6 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     Ok(())
 }
 
-/// The rows `[y0, y1)` of each crossing task of a volume of `ny` rows split into `n`: as many
-/// pieces as blocks (fewer when there are fewer rows).
-fn pieces(ny: usize, n: usize) -> Vec<(usize, usize)> {
-    (0..split::blocks_for(ny, n)).filter_map(|p| split::block_of(ny, n, p)).collect()
-}
-
 /// The crossing task of piece `p` of stage `i` (of a phased op that crosses): unless done, the
 /// op's [`slab::Phased::cross`] over what every block's partial set aside of the piece; its
 /// outputs placed, then the piece's runs of rows recorded (what marks it done).
@@ -1037,12 +1031,14 @@ fn cross(s: &Streamed, files: &split::Files, i: usize, p: usize) -> Result<(), S
         return Ok(());
     }
     let op = s.bound.ops[i].phased().ok_or("internal: no phased form")?;
-    let blocks: Vec<(usize, usize)> =
-        (0..split::blocks_for(nz, files.blocks)).filter_map(|b| split::block_of(nz, files.blocks, b)).collect();
-    let mut io = CrossStage { s, files, key, stage: i, piece: (p, y0, y1), runs: vec![0; blocks.len()], blocks, writers: Vec::new() };
+    let blocks = split::cuts(nz, files.blocks);
+    // What every block set aside of the piece, listed once (a block that did not is named here).
+    let set_aside = (0..blocks.len()).map(|b| files.kept_runs(key, b, p, (y0, y1))).collect::<Result<Vec<_>, _>>()?;
+    let mut io =
+        CrossStage { s, files, key, stage: i, piece: (p, y0, y1), given: vec![0; blocks.len()], blocks, set_aside, writers: Vec::new() };
     op.cross(&mut io, &ctx_of(s, i))?;
-    let runs = io.runs[0];
-    if io.runs.iter().any(|&r| r != runs) {
+    let runs = io.given[0];
+    if io.given.iter().any(|&r| r != runs) {
         return Err("internal: a crossing task gave blocks different runs of rows".into());
     }
     place_kept(std::mem::take(&mut io.writers))?;
@@ -1050,8 +1046,18 @@ fn cross(s: &Streamed, files: &split::Files, i: usize, p: usize) -> Result<(), S
     crate::util::write_atomic(&path, runs.to_string().as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A volume a phased op or a crossing task writes, and where it goes when the task ends.
+type Aside = (PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>);
+
+/// A new volume written aside, listed in `list` to be placed at `path` ([`place_kept`]).
+fn set_aside(list: &mut Vec<Aside>, path: PathBuf) -> Result<Box<dyn Scratch>, String> {
+    let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&path)?)));
+    list.push((path, Arc::clone(&w)));
+    Ok(Box::new(Kept(w)))
+}
+
 /// Places the volumes a phased op set aside, each at its path.
-fn place_kept(kept: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>) -> Result<(), String> {
+fn place_kept(kept: Vec<Aside>) -> Result<(), String> {
     for (path, k) in kept {
         let w = k.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(w) = w {
@@ -1069,9 +1075,11 @@ struct CrossStage<'a> {
     stage: usize,
     piece: (usize, usize, usize),
     blocks: Vec<(usize, usize)>,
+    /// What each block set aside of the piece: its runs of rows and their files.
+    set_aside: Vec<Vec<(usize, usize, PathBuf)>>,
     /// Runs of rows given so far, per block.
-    runs: Vec<usize>,
-    writers: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>,
+    given: Vec<usize>,
+    writers: Vec<Aside>,
 }
 
 impl slab::CrossIo for CrossStage<'_> {
@@ -1084,32 +1092,28 @@ impl slab::CrossIo for CrossStage<'_> {
     fn blocks(&self) -> Vec<(usize, usize)> {
         self.blocks.clone()
     }
-    fn parts(&self, b: usize) -> Result<Vec<slab::Run>, String> {
-        let (p, y0, y1) = self.piece;
-        let mut v: Vec<slab::Run> = Vec::new();
-        for (a, c, path) in self.files.kept_runs(self.key, b, p, (y0, y1))? {
-            let r = spill::Reader::open(&path).map_err(|e| {
-                format!(
-                    "what block {} of {} set aside for piece {} is damaged ({e}): run that block's partial phase again",
-                    b + 1,
-                    self.files.blocks,
-                    p + 1
-                )
-            })?;
-            v.push((a, c, Box::new(Store::Spill(Arc::new(r)))));
-        }
-        Ok(v)
+    fn runs(&self, b: usize) -> Vec<(usize, usize)> {
+        self.set_aside.get(b).map_or_else(Vec::new, |v| v.iter().map(|&(a, c, _)| (a, c)).collect())
+    }
+    fn part(&self, b: usize, k: usize) -> Result<Box<dyn Volume>, String> {
+        let (_, _, path) = self.set_aside.get(b).and_then(|v| v.get(k)).ok_or("internal: no such run of rows")?;
+        let r = spill::Reader::open(path).map_err(|e| {
+            format!(
+                "what block {} of {} set aside for piece {} is damaged ({e}): run that block's partial phase again",
+                b + 1,
+                self.files.blocks,
+                self.piece.0 + 1
+            )
+        })?;
+        Ok(Box::new(Store::Spill(Arc::new(r))))
     }
     fn memory(&self) -> u64 {
         self.s.memory / 4
     }
     fn out(&mut self, b: usize) -> Result<Box<dyn Scratch>, String> {
-        let run = *self.runs.get(b).ok_or("internal: no such block")?;
-        self.runs[b] += 1;
-        let path = self.files.crossed(self.key, self.piece.0, run, b);
-        let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&path)?)));
-        self.writers.push((path, Arc::clone(&w)));
-        Ok(Box::new(Kept(w)))
+        let run = *self.given.get(b).ok_or("internal: no such block")?;
+        self.given[b] += 1;
+        set_aside(&mut self.writers, self.files.crossed(self.key, self.piece.0, run, b))
     }
 }
 
@@ -1138,7 +1142,7 @@ struct BlockStage<'a> {
     shape: [usize; 3],
     block: (usize, usize, usize),
     /// What the partial sets aside, and where each goes when it ends.
-    keeping: Vec<(PathBuf, Arc<std::sync::Mutex<Option<spill::Writer>>>)>,
+    keeping: Vec<Aside>,
     /// An op that crosses: the runs of rows its partial sets aside (piece, y0, y1).
     runs: Vec<(usize, usize, usize)>,
     /// Where the block's output goes, and its writer once the op emits.
@@ -1177,15 +1181,6 @@ impl Scratch for Kept {
     }
 }
 
-impl BlockStage<'_> {
-    /// A new volume set aside, placed at `path` when the partial ends.
-    fn keep_at(&mut self, path: PathBuf) -> Result<Box<dyn Scratch>, String> {
-        let w = Arc::new(std::sync::Mutex::new(Some(aside_writer(&path)?)));
-        self.keeping.push((path, Arc::clone(&w)));
-        Ok(Box::new(Kept(w)))
-    }
-}
-
 impl slab::BlockIo for BlockStage<'_> {
     fn block(&self) -> (usize, usize, usize) {
         self.block
@@ -1200,7 +1195,7 @@ impl slab::BlockIo for BlockStage<'_> {
         fit_planes(self.s, z1 - z0, &|t| self.inputs.iter().map(|v| v.slab_bytes(t)).sum::<u64>() + t as u64 * extra)
     }
     fn keep(&mut self) -> Result<Box<dyn Scratch>, String> {
-        self.keep_at(self.files.kept(self.key, self.block.0))
+        set_aside(&mut self.keeping, self.files.kept(self.key, self.block.0))
     }
     fn kept(&self) -> Result<Box<dyn Volume>, String> {
         let r = spill::Reader::open(&self.files.kept(self.key, self.block.0)).map_err(|e| {
@@ -1216,7 +1211,7 @@ impl slab::BlockIo for BlockStage<'_> {
         let budget = self.s.memory / 4 / 2;
         self.files.remove_kept_runs(self.key, self.block.0);
         self.runs.clear();
-        for (p, (y0, y1)) in pieces(ny, self.files.blocks).into_iter().enumerate() {
+        for (p, (y0, y1)) in split::cuts(ny, self.files.blocks).into_iter().enumerate() {
             let rows = (budget / per_row).clamp(1, (y1 - y0).max(1) as u64) as usize;
             self.runs.extend(slab::ranges(y1 - y0, rows).map(|(a, b)| (p, y0 + a, y0 + b)));
         }
@@ -1224,11 +1219,11 @@ impl slab::BlockIo for BlockStage<'_> {
     }
     fn keep_run(&mut self, k: usize) -> Result<Box<dyn Scratch>, String> {
         let &(p, y0, y1) = self.runs.get(k).ok_or("internal: no such run of rows")?;
-        self.keep_at(self.files.kept_run(self.key, self.block.0, p, (y0, y1)))
+        set_aside(&mut self.keeping, self.files.kept_run(self.key, self.block.0, p, (y0, y1)))
     }
     fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String> {
         let mut v: Vec<Box<dyn Volume>> = Vec::new();
-        for p in 0..pieces(self.shape[1], self.files.blocks).len() {
+        for p in 0..split::blocks_for(self.shape[1], self.files.blocks) {
             let runs = self.files.cross_runs(self.key, p)?;
             for r in 0..runs {
                 let path = self.files.crossed(self.key, p, r, self.block.0);

@@ -126,15 +126,10 @@ impl slab::Phased for Distance {
         }
         Ok(Vec::new())
     }
-    fn reduce(&self, _round: usize, _partials: &mut slab::Partials<'_>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
-        Err("internal: distance crosses instead of reducing".into())
-    }
     fn cross(&self, io: &mut dyn slab::CrossIo, ctx: &Ctx) -> Result<(), String> {
-        let nx = io.shape()[2];
-        for (y0, y1) in slab::piece_runs(io)? {
+        for (y0, y1) in slab::piece_runs(io) {
             let out = z_pass(slab::piece_rows(io, y0, y1)?, y0, ctx.spacing);
-            let planes = (io.memory() / 8 / ((y1 - y0) * nx * 8).max(1) as u64).max(1) as usize;
-            slab::cross_out(io, &out, planes)?;
+            slab::cross_out(io, &out)?;
         }
         Ok(())
     }

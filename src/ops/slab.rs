@@ -178,8 +178,8 @@ pub fn emit_blocks(io: &mut dyn Slabs, blocks: &[(usize, usize)], parts: &[Box<d
 
 /// The runs of rows a crossing task computes at a time: those the first block set aside (each
 /// then decoded once).
-pub fn piece_runs(io: &dyn CrossIo) -> Result<Vec<(usize, usize)>, String> {
-    Ok(io.parts(0)?.into_iter().map(|(a, b, _)| (a, b)).collect())
+pub fn piece_runs(io: &dyn CrossIo) -> Vec<(usize, usize)> {
+    io.runs(0)
 }
 
 /// Rows `y0..y1` of every plane, from the runs every block set aside (u32 words), read plane
@@ -190,11 +190,12 @@ pub fn piece_rows(io: &dyn CrossIo, y0: usize, y1: usize) -> Result<ndarray::Arr
     let nz = blocks.last().map_or(0, |b| b.1);
     let mut out: Option<ndarray::Array3<u32>> = None;
     for (b, &(z0, z1)) in blocks.iter().enumerate() {
-        for (a0, a1, part) in io.parts(b)? {
+        for (k, (a0, a1)) in io.runs(b).into_iter().enumerate() {
             let (lo, hi) = (a0.max(y0), a1.min(y1));
             if lo >= hi {
                 continue;
             }
+            let part = io.part(b, k)?;
             let [pz, rows, w] = part.shape();
             if pz != z1 - z0 || rows != a1 - a0 {
                 return Err(format!("block {} of {}: a run set aside is {pz}×{rows}, not {}×{}", b + 1, blocks.len(), z1 - z0, a1 - a0));
@@ -210,10 +211,12 @@ pub fn piece_rows(io: &dyn CrossIo, y0: usize, y1: usize) -> Result<ndarray::Arr
     out.ok_or_else(|| format!("no block set aside rows {y0}..{y1}"))
 }
 
-/// Hands each block its planes of a crossing task's output (`nz` planes of some rows), in
-/// slabs of at most `planes` planes: the next run of rows of every block.
-pub fn cross_out(io: &mut dyn CrossIo, v: &ndarray::Array3<u32>, planes: usize) -> Result<(), String> {
+/// Hands each block its planes of a crossing task's output (`nz` planes of some rows): the next
+/// run of rows of every block, appended in slabs of an eighth of the task's memory.
+pub fn cross_out(io: &mut dyn CrossIo, v: &ndarray::Array3<u32>) -> Result<(), String> {
     use ndarray::s;
+    let (_, rows, w) = v.dim();
+    let planes = (io.memory() / 8 / ((rows * w * 4) as u64).max(1)).max(1) as usize;
     for (b, (z0, z1)) in io.blocks().into_iter().enumerate() {
         let mut out = io.out(b)?;
         for (a, c) in ranges(z1 - z0, planes) {
@@ -317,9 +320,6 @@ pub trait BlockIo {
     fn crossed(&self) -> Result<Vec<Box<dyn Volume>>, String>;
 }
 
-/// A run of rows `[y0, y1)` set aside by a block, with the block's planes of those rows.
-pub type Run = (usize, usize, Box<dyn Volume>);
-
 /// What a crossing task gives a phased op that crosses ([`Phased::cross`]): piece `p` of the
 /// volume (rows `y0..y1`, every plane), as the blocks' partial tasks set it aside.
 pub trait CrossIo {
@@ -329,9 +329,11 @@ pub trait CrossIo {
     fn shape(&self) -> [usize; 3];
     /// The z-blocks `[z0, z1)`, in order.
     fn blocks(&self) -> Vec<(usize, usize)>;
-    /// What block `b`'s partial set aside of this piece: its runs of rows `(y0, y1)`, in order
-    /// and covering the piece, each with the block's planes of those rows.
-    fn parts(&self, b: usize) -> Result<Vec<Run>, String>;
+    /// The runs of rows `(y0, y1)` block `b`'s partial set aside of this piece, in order and
+    /// covering it.
+    fn runs(&self, b: usize) -> Vec<(usize, usize)>;
+    /// Run `k` of block `b` ([`CrossIo::runs`]): the block's planes of those rows.
+    fn part(&self, b: usize, k: usize) -> Result<Box<dyn Volume>, String>;
     /// The bytes the task may hold at once (a quarter of `--memory`).
     fn memory(&self) -> u64;
     /// A new output for block `b`'s planes of the next run of rows (runs of rows in order,
@@ -354,8 +356,9 @@ pub enum Ending {
 /// The phased form of a global op, for a volume split into z-blocks on separate machines
 /// (`tessera run --split`): in each of its [`Phased::rounds`], every block computes a partial
 /// result ([`Phased::partial`], a block array task each) and one task reduces them in block
-/// order ([`Phased::reduce`]); then it ends as its [`Phased::ending`] says. Partial and reduced results are bytes the executor keeps on disk between
-/// the tasks. The output must equal [`Op::run`](super::Op::run) on the whole inputs bit for
+/// order ([`Phased::reduce`]); then it ends as its [`Phased::ending`] says (or it crosses
+/// instead of reducing: [`Phased::crosses`]). Partial and reduced results are bytes the
+/// executor keeps on disk between the tasks. The output must equal [`Op::run`](super::Op::run) on the whole inputs bit for
 /// bit, for any cut into blocks (`tests/split.rs`).
 pub trait Phased: Send + Sync {
     /// Rounds of partial results and reductions (a float threshold needs its range, then its
@@ -374,8 +377,11 @@ pub trait Phased: Send + Sync {
     /// Block partial result of round `round` (reads the block's planes of the inputs, may keep
     /// a volume); `before` is the previous round's reduced result.
     fn partial(&self, io: &mut dyn BlockIo, round: usize, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
-    /// The partial results of every block, read one at a time in block order, reduced.
-    fn reduce(&self, round: usize, partials: &mut Partials<'_>, before: Option<&[u8]>, ctx: &super::Ctx) -> Result<Vec<u8>, String>;
+    /// The partial results of every block, read one at a time in block order, reduced (every
+    /// op but those that cross).
+    fn reduce(&self, _round: usize, _partials: &mut Partials<'_>, _before: Option<&[u8]>, _ctx: &super::Ctx) -> Result<Vec<u8>, String> {
+        Err("internal: this op crosses instead of reducing".into())
+    }
     /// The local op that gives the output from the same inputs, from the last reduced result
     /// ([`Ending::Local`]).
     fn local(&self, _reduced: &[u8]) -> Result<Box<dyn super::Op>, String> {
@@ -385,8 +391,8 @@ pub trait Phased: Send + Sync {
     fn apply(&self, _io: &mut dyn BlockIo, _reduced: &[u8], _ctx: &super::Ctx) -> Result<(), String> {
         Err("internal: this op does not apply its reduced result per block".into())
     }
-    /// Whether the op crosses: its partial (one round) sets each block's planes aside by pieces
-    /// of rows ([`BlockIo::keep_piece`]); instead of a reduce, a crossing task per piece reads
+    /// Whether the op crosses: its partial (one round) sets each block's planes aside by runs
+    /// of rows ([`BlockIo::keep_run`]); instead of a reduce, a crossing task per piece reads
     /// every plane of its rows and computes them ([`Phased::cross`]: the pass along z of a
     /// separable transform); then each block applies ([`Phased::apply`], reading
     /// [`BlockIo::crossed`]).

@@ -125,20 +125,16 @@ impl slab::Phased for Voronoi {
         }
         Ok(Vec::new())
     }
-    fn reduce(&self, _round: usize, _partials: &mut slab::Partials<'_>, _before: Option<&[u8]>, _ctx: &Ctx) -> Result<Vec<u8>, String> {
-        Err("internal: voronoi crosses instead of reducing".into())
-    }
     fn cross(&self, io: &mut dyn slab::CrossIo, ctx: &Ctx) -> Result<(), String> {
         let shape = io.shape();
         let [nz, _, nx] = shape;
         let m = Metric::new(ctx.spacing, shape)?;
-        for (y0, y1) in slab::piece_runs(io)? {
+        for (y0, y1) in slab::piece_runs(io) {
             let words = slab::piece_rows(io, y0, y1)?;
             let mut lab: Array3<u32> = crate::util::zeros3((nz, y1 - y0, nx));
             z_block(words.view(), y0, &m, lab.view_mut());
             drop(words);
-            let planes = (io.memory() / 8 / ((y1 - y0) * nx * 4).max(1) as u64).max(1) as usize;
-            slab::cross_out(io, &lab, planes)?;
+            slab::cross_out(io, &lab)?;
         }
         Ok(())
     }
