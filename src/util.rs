@@ -63,6 +63,9 @@ impl<'a> ByteReader<'a> {
     pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|s| s[0])
     }
+    pub fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
     pub fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }

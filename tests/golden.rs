@@ -89,54 +89,95 @@ fn measure_equals_regionprops_with_spacing() {
         let stem = format!("{name}_c{conn}");
         let labels = golden_labels(&format!("labels_{stem}.npy"));
         let (raw, ndim) = load(&format!("{name}.tif"));
-        let sp: Vec<f64> = std::fs::read_to_string(data(&format!("golden/props_{stem}.spacing")))
-            .unwrap()
-            .split_whitespace()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let spacing = if sp.len() == 2 { [1.0, sp[0], sp[1]] } else { [sp[0], sp[1], sp[2]] };
-        let ctx = Ctx { sample: name, spacing, unit: "um", ndim };
-        let t = measure::measure(&labels, &[("raw", &raw)], &ctx);
-        let mut rdr = csv::Reader::from_path(data(&format!("golden/props_{stem}.csv"))).unwrap();
-        let headers: Vec<String> = rdr.headers().unwrap().iter().map(str::to_string).collect();
-        let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
-        assert_eq!(t.rows(), rows.len(), "{stem}: rows");
-        let col = |h: &str| -> Vec<f64> {
-            match t.get(h).unwrap_or_else(|| panic!("{stem}: no column {h}")) {
-                tessera::table::Column::F64(v) => v.clone(),
-                tessera::table::Column::U64(v) => v.iter().map(|&x| x as f64).collect(),
-                tessera::table::Column::U32(v) => v.iter().map(|&x| x as f64).collect(),
-                tessera::table::Column::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
-                other => panic!("{h}: {other:?}"),
-            }
-        };
-        let want_col = |h: &str| -> Vec<f64> {
-            let ci = headers.iter().position(|x| x == h).unwrap();
-            rows.iter().map(|r| r[ci].parse().unwrap()).collect()
-        };
-        let eig0 = want_col("inertia_eig_0");
-        let major = want_col("major_axis_length");
-        for h in &headers {
-            let (got, want) = (col(h), want_col(h));
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let ok = match h.as_str() {
-                    "label" | "nn_label" | "touches_border" => g == w,
-                    h if h.starts_with("bbox") || h.ends_with("_min") || h.ends_with("_max") => g == w,
-                    // Eigenvalues: relative to the object's largest one (a flat object's smallest is
-                    // 0 here and ~1e-17 in LAPACK).
-                    h if h.starts_with("inertia_eig") => (g - w).abs() <= 1e-9 * eig0[i].max(f64::MIN_POSITIVE),
-                    // Axis lengths are square roots of eigenvalue sums: compare their squares.
-                    "major_axis_length" | "minor_axis_length" => {
-                        (g * g - w * w).abs() <= 1e-9 * (major[i] * major[i]).max(f64::MIN_POSITIVE)
-                    }
-                    // 1 − minor/major inherits the square-root conditioning of a vanishing minor axis.
-                    "anisotropy" => (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-6,
-                    // skimage sums float32 intensities in float32 (tessera in float64): 1e-6 there.
-                    h if h.starts_with("raw_") && matches!(raw, Data::F32(_)) => close(*g, *w, 1e-6),
-                    _ => close(*g, *w, 1e-9),
-                };
-                assert!(ok, "{stem} row {i} {h}: tessera {g} vs skimage {w}");
-            }
+        check_props(&stem, &labels, Some(&raw), None, ndim);
+    }
+}
+
+/// Objects that break naive code: one voxel, touching the border, a cavity, a tunnel, face,
+/// edge and corner contacts; anisotropic spacing; territories in 3D.
+#[test]
+fn measure_shapes_equal_skimage_and_cc3d_on_awkward_objects() {
+    let (l3, nd3) = load("golden/shapes3d_labels.npy");
+    let terr = golden_labels("territories_shapes3d.npy");
+    check_props("shapes3d", &to_u32(l3), None, Some(&terr), nd3);
+    let (l2, nd2) = load("golden/shapes2d_labels.npy");
+    assert_eq!(nd2, 2);
+    check_props("shapes2d", &to_u32(l2), None, None, nd2);
+}
+
+/// `n_territory_neighbors` against cc3d's contact graph of the territories.
+#[test]
+fn territory_neighbors_equal_cc3d_contacts() {
+    let labels = golden_labels("labels_nuclei3d_c26.npy");
+    let terr = golden_labels("territories_nuclei3d_c26.npy");
+    let ctx = Ctx { sample: "t", spacing: [2.0, 0.5, 0.5], unit: "um", ndim: 3 };
+    let t = measure::measure_with(&labels, &[], Some(&terr), &ctx);
+    let mut rdr = csv::Reader::from_path(data("golden/territory_neighbors_nuclei3d_c26.csv")).unwrap();
+    let want: Vec<(u32, u64)> = rdr.records().map(|r| r.unwrap()).map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap())).collect();
+    let got: Vec<(u32, u64)> = t.u32("label").into_iter().zip(t.u64("n_territory_neighbors")).collect();
+    assert_eq!(got, want);
+}
+
+fn to_u32(d: Data) -> Array3<u32> {
+    match d {
+        Data::U16(a) => a.mapv(u32::from),
+        Data::U32(a) => a,
+        other => panic!("labels golden is {:?}", other.dtype()),
+    }
+}
+
+/// Compares `measure` with the golden props_<stem>.csv, column by column, with stated tolerances.
+fn check_props(stem: &str, labels: &Array3<u32>, raw: Option<&Data>, terr: Option<&Array3<u32>>, ndim: u8) {
+    let sp: Vec<f64> = std::fs::read_to_string(data(&format!("golden/props_{stem}.spacing")))
+        .unwrap()
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let spacing = if sp.len() == 2 { [1.0, sp[0], sp[1]] } else { [sp[0], sp[1], sp[2]] };
+    let ctx = Ctx { sample: stem, spacing, unit: "um", ndim };
+    let images: Vec<(&str, &Data)> = raw.iter().map(|d| ("raw", *d)).collect();
+    let t = measure::measure_with(labels, &images, terr, &ctx);
+    let mut rdr = csv::Reader::from_path(data(&format!("golden/props_{stem}.csv"))).unwrap();
+    let headers: Vec<String> = rdr.headers().unwrap().iter().map(str::to_string).collect();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    assert_eq!(t.rows(), rows.len(), "{stem}: rows");
+    let col = |h: &str| -> Vec<f64> {
+        match t.get(h).unwrap_or_else(|| panic!("{stem}: no column {h}")) {
+            tessera::table::Column::F64(v) => v.clone(),
+            tessera::table::Column::U64(v) => v.iter().map(|&x| x as f64).collect(),
+            tessera::table::Column::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            tessera::table::Column::U32(v) => v.iter().map(|&x| x as f64).collect(),
+            tessera::table::Column::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
+            other => panic!("{h}: {other:?}"),
+        }
+    };
+    let want_col = |h: &str| -> Vec<f64> {
+        let ci = headers.iter().position(|x| x == h).unwrap();
+        rows.iter().map(|r| r[ci].parse().unwrap()).collect()
+    };
+    let maybe = |h: &str| if headers.iter().any(|x| x == h) { want_col(h) } else { Vec::new() };
+    let (eig0, major) = (maybe("inertia_eig_0"), maybe("major_axis_length"));
+    let float_raw = matches!(raw, Some(Data::F32(_)));
+    for h in &headers {
+        let (got, want) = (col(h), want_col(h));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let ok = match h.as_str() {
+                "label" | "nn_label" | "touches_border" | "euler_number" | "n_neighbors" | "n_territory_neighbors" => g == w,
+                h if h.starts_with("bbox") || h.ends_with("_min") || h.ends_with("_max") => g == w,
+                // Eigenvalues: relative to the object's largest one (a flat object's smallest is
+                // 0 here and ~1e-17 in LAPACK).
+                h if h.starts_with("inertia_eig") => (g - w).abs() <= 1e-9 * eig0[i].max(f64::MIN_POSITIVE),
+                // Axis lengths are square roots of eigenvalue sums: compare their squares.
+                "major_axis_length" | "minor_axis_length" => (g * g - w * w).abs() <= 1e-9 * (major[i] * major[i]).max(f64::MIN_POSITIVE),
+                // 1 − minor/major inherits the square-root conditioning of a vanishing minor axis.
+                "anisotropy" => (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-6,
+                // skimage sums float32 intensities in float32 (tessera in float64): 1e-6 there.
+                h if h.starts_with("raw_") && float_raw => close(*g, *w, 1e-6),
+                // A single pixel has no perimeter: no sphericity.
+                "sphericity" => (g.is_nan() && w.is_nan()) || close(*g, *w, 1e-9),
+                _ => close(*g, *w, 1e-9),
+            };
+            assert!(ok, "{stem} row {i} {h}: tessera {g} vs reference {w}");
         }
     }
 }

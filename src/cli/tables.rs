@@ -284,6 +284,7 @@ pub fn cmd_stats(tables: &[String], req: Request, out: Option<&Path>, json: bool
                                     }
                                     Column::U32(v) => serde_json::json!(v[i]),
                                     Column::U64(v) => serde_json::json!(v[i]),
+                                    Column::I64(v) => serde_json::json!(v[i]),
                                     Column::Bool(v) => serde_json::json!(v[i]),
                                     Column::Str(v) => serde_json::json!(v[i]),
                                 };

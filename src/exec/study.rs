@@ -24,6 +24,7 @@ fn type_name(c: &Column) -> &'static str {
     match c {
         Column::U32(_) => "u32",
         Column::U64(_) => "u64",
+        Column::I64(_) => "i64",
         Column::F64(_) => "f64",
         Column::Str(_) => "text",
         Column::Bool(_) => "bool",

@@ -12,6 +12,9 @@ pub mod exact;
 pub mod filters;
 pub mod kdtree;
 pub mod label;
+pub mod local;
+#[rustfmt::skip]
+pub mod mc_table;
 pub mod measure;
 pub mod morphology;
 pub mod pixels;

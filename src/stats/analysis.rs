@@ -76,6 +76,7 @@ fn extend(into: &mut Column, from: &Column) {
         (Column::Str(a), Column::Str(b)) => a.extend_from_slice(b),
         (Column::U32(a), Column::U32(b)) => a.extend_from_slice(b),
         (Column::U64(a), Column::U64(b)) => a.extend_from_slice(b),
+        (Column::I64(a), Column::I64(b)) => a.extend_from_slice(b),
         (Column::F64(a), Column::F64(b)) => a.extend_from_slice(b),
         (Column::Bool(a), Column::Bool(b)) => a.extend_from_slice(b),
         (a, b) => {

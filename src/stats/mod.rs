@@ -79,6 +79,7 @@ pub fn numeric(c: &Column) -> Option<Vec<f64>> {
     match c {
         Column::U32(v) => Some(v.iter().map(|&x| x as f64).collect()),
         Column::U64(v) => Some(v.iter().map(|&x| x as f64).collect()),
+        Column::I64(v) => Some(v.iter().map(|&x| x as f64).collect()),
         Column::F64(v) => Some(v.clone()),
         Column::Bool(_) | Column::Str(_) => None,
     }
@@ -90,6 +91,7 @@ pub fn cell(c: &Column, i: usize) -> String {
         Column::Str(v) => v[i].clone(),
         Column::U32(v) => v[i].to_string(),
         Column::U64(v) => v[i].to_string(),
+        Column::I64(v) => v[i].to_string(),
         Column::F64(v) => v[i].to_string(),
         Column::Bool(v) => v[i].to_string(),
     }
@@ -100,6 +102,7 @@ fn same_cell(c: &Column, i: usize, j: usize) -> bool {
         Column::Str(v) => v[i] == v[j],
         Column::U32(v) => v[i] == v[j],
         Column::U64(v) => v[i] == v[j],
+        Column::I64(v) => v[i] == v[j],
         Column::F64(v) => v[i].to_bits() == v[j].to_bits(),
         Column::Bool(v) => v[i] == v[j],
     }

@@ -513,6 +513,10 @@ pub fn encode_table(t: &Table) -> Vec<u8> {
                 b.push(5);
                 v.iter().for_each(|s| put_str(&mut b, s));
             }
+            Column::I64(v) => {
+                b.push(6);
+                v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            }
         }
     }
     b
@@ -607,6 +611,7 @@ fn decode(payload: &[u8]) -> Option<Value> {
                     3 => Column::F64(r.les(n, u64::from_le_bytes)?.into_iter().map(f64::from_bits).collect()),
                     4 => Column::Bool(r.take(n)?.iter().map(|&x| x != 0).collect()),
                     5 => Column::Str((0..n).map(|_| r.string()).collect::<Option<Vec<_>>>()?),
+                    6 => Column::I64(r.les(n, i64::from_le_bytes)?),
                     _ => return None,
                 };
                 t.columns.push((name, col, unit));

@@ -40,6 +40,7 @@ impl TableFormat {
 pub enum Column {
     U32(Vec<u32>),
     U64(Vec<u64>),
+    I64(Vec<i64>),
     F64(Vec<f64>),
     Str(Vec<String>),
     Bool(Vec<bool>),
@@ -50,6 +51,7 @@ impl Column {
         match self {
             Column::U32(v) => v.len(),
             Column::U64(v) => v.len(),
+            Column::I64(v) => v.len(),
             Column::F64(v) => v.len(),
             Column::Str(v) => v.len(),
             Column::Bool(v) => v.len(),
@@ -139,6 +141,7 @@ impl Table {
                 match c {
                     Column::U32(v) => polars::prelude::Column::new(name, v),
                     Column::U64(v) => polars::prelude::Column::new(name, v),
+                    Column::I64(v) => polars::prelude::Column::new(name, v),
                     Column::F64(v) => polars::prelude::Column::new(name, v),
                     Column::Str(v) => polars::prelude::Column::new(name, v),
                     Column::Bool(v) => polars::prelude::Column::new(name, v),
@@ -165,6 +168,7 @@ pub fn extend_schema(schema: &mut Vec<(String, Column, Option<String>)>, t: &Tab
             let empty = match c {
                 Column::U32(_) => Column::U32(Vec::new()),
                 Column::U64(_) => Column::U64(Vec::new()),
+                Column::I64(_) => Column::I64(Vec::new()),
                 Column::F64(_) => Column::F64(Vec::new()),
                 Column::Str(_) => Column::Str(Vec::new()),
                 Column::Bool(_) => Column::Bool(Vec::new()),
@@ -205,6 +209,7 @@ pub const BATCH_VALUES: usize = 1 << 17;
 enum Gathered {
     U32(Vec<Option<u32>>),
     U64(Vec<Option<u64>>),
+    I64(Vec<Option<i64>>),
     F64(Vec<Option<f64>>),
     Str(Vec<Option<String>>),
     Bool(Vec<Option<bool>>),
@@ -215,6 +220,7 @@ impl Gathered {
         match proto {
             Column::U32(_) => Gathered::U32(Vec::new()),
             Column::U64(_) => Gathered::U64(Vec::new()),
+            Column::I64(_) => Gathered::I64(Vec::new()),
             Column::F64(_) => Gathered::F64(Vec::new()),
             Column::Str(_) => Gathered::Str(Vec::new()),
             Column::Bool(_) => Gathered::Bool(Vec::new()),
@@ -234,6 +240,7 @@ impl Gathered {
         match self {
             Gathered::U32(v) => extend!(v, U32),
             Gathered::U64(v) => extend!(v, U64),
+            Gathered::I64(v) => extend!(v, I64),
             Gathered::F64(v) => extend!(v, F64),
             Gathered::Str(v) => extend!(v, Str),
             Gathered::Bool(v) => extend!(v, Bool),
@@ -244,6 +251,7 @@ impl Gathered {
         match self {
             Gathered::U32(v) => polars::prelude::Column::new(name, std::mem::take(v)),
             Gathered::U64(v) => polars::prelude::Column::new(name, std::mem::take(v)),
+            Gathered::I64(v) => polars::prelude::Column::new(name, std::mem::take(v)),
             Gathered::F64(v) => polars::prelude::Column::new(name, std::mem::take(v)),
             Gathered::Str(v) => polars::prelude::Column::new(name, std::mem::take(v)),
             Gathered::Bool(v) => polars::prelude::Column::new(name, std::mem::take(v)),

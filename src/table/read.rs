@@ -319,6 +319,7 @@ pub fn read_exact(path: &Path) -> Result<Table, String> {
         let col = match c.dtype() {
             DataType::UInt32 => Column::U32(c.u32().map_err(err)?.into_no_null_iter().collect()),
             DataType::UInt64 => Column::U64(c.u64().map_err(err)?.into_no_null_iter().collect()),
+            DataType::Int64 => Column::I64(c.i64().map_err(err)?.into_no_null_iter().collect()),
             DataType::Float64 => Column::F64(c.f64().map_err(err)?.into_no_null_iter().collect()),
             DataType::String => Column::Str(c.str().map_err(err)?.no_null_iter().map(str::to_string).collect()),
             DataType::Boolean => Column::Bool(c.bool().map_err(err)?.no_null_iter().collect()),

@@ -23,6 +23,20 @@ Cases (all on the bundled images in testdata/):
   their complements, as float32.
 - morph_*.npy: scipy.ndimage.binary_{erosion,dilation,opening,closing} of the Otsu masks with
   ball/cube elements (voxel and physical radii), and binary_fill_holes; uint8 0/1.
+- props_*.csv also hold the shape columns (see shape_columns): `surface_area` from
+  skimage.measure.marching_cubes (Lewiner, level 0.5) of each object's mask padded with background,
+  + mesh_surface_area, with spacing (2D: regionprops `perimeter`); regionprops `euler_number`
+  (connectivity 26 in 3D, 8 in 2D) and `equivalent_diameter_area`; `sphericity`; `n_neighbors`
+  and `n_territory_neighbors` from cc3d.contacts (face contacts).
+- shapes{2,3}d_labels.npy + props_shapes{2,3}d.csv: awkward objects (one voxel, border, cavity,
+  tunnel, face/edge/corner contacts) with anisotropic spacing.
+- contacts_*.csv: cc3d.contacts(labels, connectivity=6 (4 in 2D), surface_area=True,
+  anisotropy=spacing) and the face counts (surface_area=False), one row per pair label_a < label_b.
+- territories_*.npy: skimage.segmentation.expand_labels(labels, 3), the territories the
+  `n_territory_neighbors` goldens use.
+- ../../src/ops/mc_table.rs: the triangles scikit-image's Lewiner marching cubes makes in each of
+  the 256 binary 2×2×2 configurations at level 0.5, as area weights per normal direction (see
+  marching_table); the surface-area column sums them per object.
 """
 
 import json
@@ -32,6 +46,7 @@ import numpy as np
 import scipy
 import scipy.ndimage as ndi
 import skimage
+import skimage.segmentation
 import tifffile
 from skimage.filters import threshold_otsu
 from skimage.measure import regionprops_table
@@ -96,6 +111,7 @@ def main():
             rename[f"bbox-{i}"] = f"bbox_{a}0"
             rename[f"bbox-{i + img.ndim}"] = f"bbox_{a}1"
         cols = {rename.get(k, k): v for k, v in props.items()}
+        cols.update(shape_columns(labels, spacing))
         with np.errstate(divide="ignore", invalid="ignore"):
             cols["anisotropy"] = 1 - cols["minor_axis_length"] / cols["major_axis_length"]
         # Nearest other centroid, brute force (ties: lowest label).
@@ -118,6 +134,9 @@ def main():
             f.write(" ".join(str(s) for s in spacing) + "\n")
 
     morphology(images)
+    awkward_shapes()
+    contact_goldens(cases, images)
+    marching_table()
     distances(images)
     window_filters(images)
     rescales(images)
@@ -127,10 +146,178 @@ def main():
     m = c.reshape(c.shape[0] // f[0], f[0], c.shape[1] // f[1], f[1], c.shape[2] // f[2], f[2]).mean(axis=(1, 3, 5))
     np.save(os.path.join(HERE, "downsample_nuclei3d_1-2-3.npy"), m.astype(np.float32))
 
-    with open(os.path.join(HERE, "versions.json"), "w") as f:
-        json.dump({"numpy": np.__version__, "scipy": scipy.__version__, "scikit-image": skimage.__version__,
-                   "tifffile": tifffile.__version__}, f, indent=1)
+    import cc3d
+    from importlib.metadata import version
+    path = os.path.join(HERE, "versions.json")
+    versions = json.load(open(path)) if os.path.exists(path) else {}
+    versions.update({"numpy": np.__version__, "scipy": scipy.__version__, "scikit-image": skimage.__version__,
+                     "tifffile": tifffile.__version__, "connected-components-3d": version("connected-components-3d")})
+    with open(path, "w") as f:
+        json.dump(versions, f, indent=1)
     print("goldens written to", HERE)
+
+
+def write_csv(path, cols):
+    keys = list(cols)
+    with open(path, "w") as f:
+        f.write(",".join(keys) + "\n")
+        for r in range(len(cols[keys[0]])):
+            f.write(",".join(repr(float(cols[k][r])) if isinstance(cols[k][r], (float, np.floating)) else str(cols[k][r])
+                             for k in keys) + "\n")
+
+
+def contact_pairs(labels, spacing, areas=True):
+    """{(a, b): value} of face contacts, a < b."""
+    import cc3d
+    conn = 6 if labels.ndim == 3 else 4
+    kw = dict(surface_area=True, anisotropy=tuple(spacing)) if areas else dict(surface_area=False)
+    got = cc3d.contacts(np.ascontiguousarray(labels.astype(np.uint32)), connectivity=conn, **kw)
+    return {(min(a, b), max(a, b)): v for (a, b), v in got.items()}
+
+
+def degrees(labels, pairs):
+    deg = {}
+    for a, b in pairs:
+        deg[a] = deg.get(a, 0) + 1
+        deg[b] = deg.get(b, 0) + 1
+    return deg
+
+
+def shape_columns(labels, spacing, territories=None):
+    """surface_area, equivalent_diameter, sphericity, euler_number, n_neighbors (and
+    n_territory_neighbors) per object, in label order."""
+    from skimage.measure import marching_cubes, mesh_surface_area, regionprops
+    regions = regionprops(labels, spacing=spacing)
+    ndim = labels.ndim
+    cols = {"surface_area": [], "equivalent_diameter": [], "sphericity": [], "euler_number": [], "n_neighbors": []}
+    deg = degrees(labels, contact_pairs(labels, spacing, areas=False))
+    for r in regions:
+        if ndim == 3:
+            mask = np.pad(r.image, 1).astype(np.float32)
+            verts, faces, _, _ = marching_cubes(mask, 0.5, spacing=spacing, method="lewiner")
+            area = mesh_surface_area(verts, faces)
+            sph = np.pi ** (1 / 3) * (6 * r.area) ** (2 / 3) / area
+        else:
+            area = r.perimeter
+            sph = 2 * np.sqrt(np.pi * r.area) / area if area > 0 else np.nan
+        cols["surface_area"].append(float(area))
+        cols["equivalent_diameter"].append(float(r.equivalent_diameter_area))
+        cols["sphericity"].append(float(sph))
+        cols["euler_number"].append(int(r.euler_number))
+        cols["n_neighbors"].append(deg.get(r.label, 0))
+    if territories is not None:
+        tdeg = degrees(territories, contact_pairs(territories, spacing, areas=False))
+        cols["n_territory_neighbors"] = [tdeg.get(r.label, 0) for r in regions]
+    return {k: np.array(v) for k, v in cols.items()}
+
+
+def awkward_shapes():
+    """Objects that break naive surface, Euler and contact code, with anisotropic spacing."""
+    a = np.zeros((14, 18, 22), np.uint16)
+    a[5, 5, 5] = 1                      # one voxel
+    a[0:3, 0:4, 10:14] = 2              # touches two borders (z = 0, y = 0)
+    a[6:13, 9:16, 1:8] = 3              # hollow cube: a cavity (Euler 2)
+    a[8:11, 11:14, 3:6] = 0
+    a[1:4, 8:15, 14:21] = 4             # a ring: one tunnel (Euler 0)
+    a[1:4, 10:13, 16:19] = 0
+    a[6:10, 2:6, 12:16] = 5             # 5 and 6 share a face
+    a[6:10, 2:6, 16:20] = 6
+    a[11, 1, 12] = 7                    # 7 and 8 touch along an edge only, 8 and 9 at a corner only
+    a[12, 2, 12] = 8
+    a[13, 3, 13] = 9
+    a[13, 17, 21] = 10                  # a single voxel in the last corner
+    a[10:14, 0:18, 21] = np.where(a[10:14, 0:18, 21] == 0, 11, a[10:14, 0:18, 21])  # a wall on the x border
+    spacing = (1.5, 0.5, 0.75)
+    np.save(os.path.join(HERE, "shapes3d_labels.npy"), a)
+    terr = skimage.segmentation.expand_labels(a, 3)
+    np.save(os.path.join(HERE, "territories_shapes3d.npy"), terr.astype(np.uint16))
+    b = np.zeros((20, 24), np.uint16)
+    b[3, 3] = 1                         # one pixel
+    b[0:4, 8:12] = 2                    # touches the border
+    b[8:15, 2:9] = 3                    # a ring: one hole (Euler 0)
+    b[10:13, 4:7] = 0
+    b[8:12, 12:16] = 4                  # 4 and 5 share an edge, 5 and 6 a corner only
+    b[8:12, 16:20] = 5
+    b[12, 20] = 6
+    b[16:20, 14:24] = 7                 # touches two borders, with a one-pixel hole
+    b[17, 18] = 0
+    for name, lab, sp in (("shapes3d", a, spacing), ("shapes2d", b, (0.5, 0.5))):
+        t = np.load(os.path.join(HERE, f"territories_{name}.npy")) if name == "shapes3d" else None
+        cols = props_columns(lab, sp)
+        cols.update(shape_columns(lab, sp, t))
+        write_csv(os.path.join(HERE, f"props_{name}.csv"), cols)
+        with open(os.path.join(HERE, f"props_{name}.spacing"), "w") as f:
+            f.write(" ".join(str(s) for s in sp) + "\n")
+    np.save(os.path.join(HERE, "shapes2d_labels.npy"), b)
+
+
+def props_columns(labels, spacing):
+    from skimage.measure import regionprops_table
+    t = regionprops_table(labels, spacing=spacing, properties=["label", "area"])
+    return {"label": t["label"], "volume": t["area"]}
+
+
+def contact_goldens(cases, images):
+    """contacts_<case>.csv for the labelled images and the awkward shapes; territories for nuclei3d."""
+    for name, conn, spacing in cases:
+        labels = np.load(os.path.join(HERE, f"labels_{name}_c{conn}.npy"))
+        write_contacts(f"{name}_c{conn}", labels, spacing)
+    write_contacts("shapes3d", np.load(os.path.join(HERE, "shapes3d_labels.npy")), (1.5, 0.5, 0.75))
+    write_contacts("shapes2d", np.load(os.path.join(HERE, "shapes2d_labels.npy")), (0.5, 0.5))
+    labels = np.load(os.path.join(HERE, "labels_nuclei3d_c26.npy"))
+    terr = skimage.segmentation.expand_labels(labels, 3).astype(np.uint16)
+    np.save(os.path.join(HERE, "territories_nuclei3d_c26.npy"), terr)
+    cols = shape_columns(labels, (2.0, 0.5, 0.5), terr)
+    write_csv(os.path.join(HERE, "territory_neighbors_nuclei3d_c26.csv"),
+              {"label": np.unique(labels[labels > 0]), "n_territory_neighbors": cols["n_territory_neighbors"]})
+
+
+def write_contacts(stem, labels, spacing):
+    area = contact_pairs(labels, spacing)
+    faces = contact_pairs(labels, spacing, areas=False)
+    keys = sorted(area)
+    write_csv(os.path.join(HERE, f"contacts_{stem}.csv"),
+              {"label_a": [a for a, _ in keys], "label_b": [b for _, b in keys],
+               "faces": [int(faces[k]) for k in keys], "area": [float(area[k]) for k in keys]})
+
+
+def marching_table():
+    """For each binary 2×2×2 configuration c (bit b = corner (z, y, x) = (b>>2 & 1, b>>1 & 1, b & 1)),
+    the triangles of scikit-image's Lewiner marching cubes at level 0.5, grouped by the direction of
+    their normal: with n = the cross product of two edges in voxel units, |n| = (w/4)·|d| for a primitive
+    direction d among DIRS. The area of a triangle with spacing s is |d ⊙ (s_y s_x, s_z s_x, s_z s_y)|·w/8."""
+    from skimage.measure import marching_cubes
+    dirs = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 1, 1), (1, 0, 1), (1, 1, 0), (1, 1, 1), (3, 1, 1), (1, 3, 1), (1, 1, 3)]
+    rows = []
+    for c in range(256):
+        w = [0] * len(dirs)
+        if 0 < c < 255:
+            cube = np.zeros((2, 2, 2), np.float32)
+            for b in range(8):
+                if c >> b & 1:
+                    cube[b >> 2 & 1, b >> 1 & 1, b & 1] = 1
+            v, f, _, _ = marching_cubes(cube, 0.5, method="lewiner")
+            for t in f:
+                n = np.abs(np.cross(v[t[1]] - v[t[0]], v[t[2]] - v[t[0]])) * 4
+                q = np.round(n).astype(int)
+                assert np.allclose(n, q)
+                g = np.gcd.reduce(q)
+                d = tuple(q // g)
+                w[dirs.index(d)] += int(g)
+        rows.append(w)
+    path = os.path.join(DATA, "..", "src", "ops", "mc_table.rs")
+    with open(path, "w") as f:
+        f.write("// Generated by testdata/golden/make_golden.py (marching_table) from scikit-image "
+                + skimage.__version__ + "; do not edit.\n")
+        f.write("//! Triangles of scikit-image's Lewiner marching cubes (level 0.5) in each binary 2×2×2\n"
+                "//! configuration, as area weights per normal direction: see [`super::local`].\n\n")
+        f.write("/// Normal directions (z, y, x) of the triangles.\n")
+        f.write(f"pub const DIRS: [[u8; 3]; {len(dirs)}] = {[list(d) for d in dirs]};\n\n".replace("], [", "], [")) 
+        f.write("/// Weights per configuration (bit b: corner (b>>2 & 1, b>>1 & 1, b & 1)) and direction.\n")
+        f.write(f"pub const WEIGHTS: [[u8; {len(dirs)}]; 256] = [\n")
+        for w in rows:
+            f.write("    [" + ", ".join(str(x) for x in w) + "],\n")
+        f.write("];\n")
 
 
 def rescales(images):
