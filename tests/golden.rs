@@ -337,3 +337,43 @@ fn downsample_equals_numpy_block_mean() {
     let got = block_mean(&load("nuclei3d.tif").0, [1, 2, 3]).unwrap();
     assert!(Data::F32(got) == load("golden/downsample_nuclei3d_1-2-3.npy").0);
 }
+
+/// The `contacts` table against cc3d.contacts (face counts exact; areas to 1e-12, since cc3d
+/// adds them face by face).
+#[test]
+fn contacts_equal_cc3d() {
+    use tessera::ops::{Op, Value, contacts::ContactsOp};
+    let cases = [
+        ("nuclei2d_c4", "labels_nuclei2d_c4.npy"),
+        ("nuclei2d_c8", "labels_nuclei2d_c8.npy"),
+        ("nuclei3d_c6", "labels_nuclei3d_c6.npy"),
+        ("nuclei3d_c26", "labels_nuclei3d_c26.npy"),
+        ("neuron3d_c18", "labels_neuron3d_c18.npy"),
+        ("shapes3d", "shapes3d_labels.npy"),
+        ("shapes2d", "shapes2d_labels.npy"),
+    ];
+    for (stem, file) in cases {
+        let (l, ndim) = load(&format!("golden/{file}"));
+        let sp: Vec<f64> = std::fs::read_to_string(data(&format!("golden/props_{stem}.spacing")))
+            .unwrap()
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let spacing = if sp.len() == 2 { [1.0, sp[0], sp[1]] } else { [sp[0], sp[1], sp[2]] };
+        let ctx = Ctx { sample: stem, spacing, unit: "um", ndim };
+        let op = ContactsOp { labels: "l".into() };
+        let Value::Table(t) = op.run(&[&Value::Labels(to_u32(l))], &ctx).unwrap() else { panic!("{stem}: not a table") };
+        let mut rdr = csv::Reader::from_path(data(&format!("golden/contacts_{stem}.csv"))).unwrap();
+        let want: Vec<(u32, u32, u64, f64)> = rdr
+            .records()
+            .map(|r| r.unwrap())
+            .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap(), r[2].parse().unwrap(), r[3].parse().unwrap()))
+            .collect();
+        let (a, b, f, area) = (t.u32("label_a"), t.u32("label_b"), t.u64("faces"), t.f64("area"));
+        assert_eq!(a.len(), want.len(), "{stem}: pairs");
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!((a[i], b[i], f[i]), (w.0, w.1, w.2), "{stem} row {i}");
+            assert!(close(area[i], w.3, 1e-12), "{stem} row {i}: area {} vs cc3d {}", area[i], w.3);
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! from it. Ops never read files, print or start threads: they compute on arrays.
 
 pub mod classify;
+pub mod contacts;
 pub mod distance;
 pub mod downsample;
 pub mod exact;
@@ -307,6 +308,7 @@ pub static REGISTRY: &[&OpInfo] = &[
     &distance::DISTANCE,
     &voronoi::VORONOI,
     &measure::MEASURE,
+    &contacts::CONTACTS,
     &pixels::PIXELS,
     &classify::CLASSIFY,
 ];

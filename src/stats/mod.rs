@@ -128,11 +128,14 @@ fn no_group(name: &str) -> bool {
 }
 
 /// The phenotypes of a table when none are named: every numeric column but the grouping
-/// column, `label` and the bounding-box corners (voxel indices, not phenotypes).
+/// column, the labels (`label`; `label_a`, `label_b` of a contact table) and the bounding-box
+/// corners (voxel indices, not phenotypes).
 pub fn default_phenotypes(t: &Table, by: &str) -> Vec<String> {
     t.columns
         .iter()
-        .filter(|(n, c, _)| n != by && n != "label" && !n.starts_with("bbox_") && numeric(c).is_some())
+        .filter(|(n, c, _)| {
+            n != by && !matches!(n.as_str(), "label" | "label_a" | "label_b") && !n.starts_with("bbox_") && numeric(c).is_some()
+        })
         .map(|(n, _, _)| n.clone())
         .collect()
 }
