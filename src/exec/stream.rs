@@ -330,10 +330,61 @@ pub fn not_streamable(s: &Streamed) -> Option<(usize, String)> {
         }
         let ins: Vec<Meta> = (0..st.inputs.len()).map(|k| input_meta(s, i, k)).collect();
         if let Err(why) = s.bound.ops[i].streams(&ins) {
-            return Some((i, format!("stage '{}' (op `{}`) {why}", st.id, st.op.info().name)));
+            // Without an out-of-core form, the stage runs in memory when it fits.
+            let need = whole_stage_bytes(s, i);
+            if need > s.memory {
+                return Some((
+                    i,
+                    format!(
+                        "stage '{}' (op `{}`) {why}: about {}, more than --memory {}",
+                        st.id,
+                        st.op.info().name,
+                        crate::util::human_bytes(need),
+                        crate::util::human_bytes(s.memory)
+                    ),
+                ));
+            }
         }
     }
     None
+}
+
+/// Working bytes per voxel of an op that runs in memory, beside its inputs and output (a flood's
+/// queue, a reconstruction's copy).
+const WHOLE_WORK_BYTES: u64 = 32;
+
+/// Bytes a stage without an out-of-core form holds when it runs in memory: its inputs, its
+/// output and its working arrays, whole.
+fn whole_stage_bytes(s: &Streamed, i: usize) -> u64 {
+    let st = &s.plan.stages[i];
+    let meta = &s.bound.metas[i];
+    let voxels = meta.shape.iter().product::<usize>() as u64;
+    let ins: u64 = (0..st.inputs.len()).map(|k| tiled::bytes_per_voxel(&input_meta(s, i, k))).sum();
+    voxels * (ins + tiled::bytes_per_voxel(meta) + WHOLE_WORK_BYTES)
+}
+
+/// A global op without an out-of-core form, run on its inputs read whole (the stage fits in
+/// memory: [`not_streamable`] checked it).
+fn run_whole(io: &mut StageIo, op: &dyn crate::ops::Op, ctx: &crate::ops::Ctx) -> Result<Outcome, String> {
+    let values: Vec<Value> = (0..io.inputs.len())
+        .map(|k| {
+            let v = io.input(k);
+            v.read(0, v.shape()[0])
+        })
+        .collect::<Result<_, _>>()?;
+    let refs: Vec<&Value> = values.iter().collect();
+    let out = op.run(&refs, ctx)?;
+    drop(values);
+    match out {
+        Value::Table(_) => Ok(Outcome::Table(out)),
+        v => {
+            if let Value::Labels(l) = &v {
+                io.labels_max(l.iter().copied().max().unwrap_or(0));
+            }
+            io.emit(v)?;
+            Ok(Outcome::Emitted)
+        }
+    }
 }
 
 fn input_meta(s: &Streamed, i: usize, k: usize) -> Meta {
@@ -545,7 +596,13 @@ fn run<'a>(
                     _ => Some(Dest { stored: stored_form(s, i), ..Dest::new(s, i, spilled(i)).map_err(fail)? }),
                 };
                 let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
-                let outcome = s.bound.ops[i].stream(&mut io, &ctx_of(s, i)).map_err(fail)?;
+                let ins: Vec<Meta> = (0..st.inputs.len()).map(|k| input_meta(s, i, k)).collect();
+                let op = s.bound.ops[i].as_ref();
+                let outcome = match op.streams(&ins) {
+                    Ok(()) => op.stream(&mut io, &ctx_of(s, i)),
+                    Err(_) => run_whole(&mut io, op, &ctx_of(s, i)),
+                }
+                .map_err(fail)?;
                 match (io.dest.take(), outcome) {
                     (Some(d), Outcome::Emitted) => {
                         if st.kind == Kind::Labels {

@@ -34,6 +34,13 @@ Cases (all on the bundled images in testdata/):
   anisotropy=spacing) and the face counts (surface_area=False), one row per pair label_a < label_b.
 - territories_*.npy: skimage.segmentation.expand_labels(labels, 3), the territories the
   `n_territory_neighbors` goldens use.
+- hmax_*.npy: skimage.morphology.h_maxima on the float32 distance map distance_nuclei3d.npy
+  (h 1 and 2.5, default footprint; h 1 with the 6-connected footprint), on nuclei3d as stored
+  (uint16; h 20 and the fractional 7.5) and on nuclei2d (h 30); uint8 0/1.
+- watershed_*.npy: skimage.segmentation.watershed: the declumping recipe (markers = ndi.label of
+  hmax_dist_h1 with the 26-connected structure, image = -distance, mask = the Otsu mask), the
+  raw uint16 images flooded from the Otsu labels (connectivity 1 and 3 / 2 in 2D), and flat
+  images (every value equal: the order is the heap's alone) with scattered markers; uint16.
 - ../../src/ops/mc_table.rs: the triangles scikit-image's Lewiner marching cubes makes in each of
   the 256 binary 2×2×2 configurations at level 0.5, as area weights per normal direction (see
   marching_table); the surface-area column sums them per object.
@@ -138,6 +145,7 @@ def main():
     contact_goldens(cases, images)
     marching_table()
     distances(images)
+    watersheds(images)
     window_filters(images)
     rescales(images)
     a = images["nuclei3d"]
@@ -155,6 +163,36 @@ def main():
     with open(path, "w") as f:
         json.dump(versions, f, indent=1)
     print("goldens written to", HERE)
+
+
+def watersheds(images):
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+    dist = np.load(os.path.join(HERE, "distance_nuclei3d.npy"))
+    s6 = ndi.generate_binary_structure(3, 1)
+    cases = {"dist_h1": (dist, 1.0, None), "dist_h2.5": (dist, 2.5, None), "dist_c6_h1": (dist, 1.0, s6),
+             "nuclei3d_h20": (images["nuclei3d"], 20, None), "nuclei3d_h7.5": (images["nuclei3d"], 7.5, None),
+             "nuclei2d_h30": (images["nuclei2d"], 30, None)}
+    for name, (img, h, fp) in cases.items():
+        np.save(os.path.join(HERE, f"hmax_{name}.npy"), h_maxima(img, h, footprint=fp).astype(np.uint8))
+    img = images["nuclei3d"]
+    mask = img > threshold_otsu(img)
+    markers, _ = ndi.label(h_maxima(dist, 1.0), ndi.generate_binary_structure(3, 3))
+    w = watershed(-dist, markers, mask=mask)
+    np.save(os.path.join(HERE, "watershed_declump_nuclei3d.npy"), w.astype(np.uint16))
+    for name, conn, c in (("nuclei3d", 26, 1), ("nuclei3d", 26, 3), ("nuclei2d", 8, 2)):
+        lab = np.load(os.path.join(HERE, f"labels_{name}_c{conn}.npy")).astype(np.int32)
+        w = watershed(images[name], lab, connectivity=c)
+        np.save(os.path.join(HERE, f"watershed_{name}_c{conn}_conn{c}.npy"), w.astype(np.uint16))
+    flat = np.zeros((9, 23, 31), np.uint8)
+    m = np.zeros(flat.shape, np.int32)
+    rng = np.random.default_rng(5)
+    for k in range(1, 12):
+        z, y, x = rng.integers(0, 9), rng.integers(0, 22), rng.integers(0, 30)
+        m[z, y:y + 1 + k % 2, x:x + 1 + k % 3] = k
+    np.save(os.path.join(HERE, "watershed_flat_markers.npy"), m.astype(np.uint16))
+    for c in (1, 2, 3):
+        np.save(os.path.join(HERE, f"watershed_flat_conn{c}.npy"), watershed(flat, m, connectivity=c).astype(np.uint16))
 
 
 def write_csv(path, cols):
