@@ -6,6 +6,7 @@
 #   bash bench/run.sh --samples [--counts 10,1000,10000] [--kinds tiny,small] [--write] (bench/samples.py)
 #   bash bench/run.sh --classify [--seeds 5] [--trees 100] [--write]                  (bench/classify.py)
 #   bash bench/run.sh --crops [--rows 50000] [--photos 300] [--keep DIR]              (bench/crops.py)
+#   bash bench/run.sh --shapes [--size 256] [--repeats 3] [--write]                   (bench/shapes.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -30,6 +31,10 @@ fi
 if [ "${1:-}" = "--crops" ]; then
     shift
     exec "$VENV/bin/python" bench/crops.py "$@"
+fi
+if [ "${1:-}" = "--shapes" ]; then
+    shift
+    exec "$VENV/bin/python" bench/shapes.py "$@"
 fi
 if [ "${1:-}" = "--big" ]; then
     shift

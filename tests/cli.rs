@@ -502,3 +502,44 @@ fn completions_for_every_shell_name_every_command() {
     let b = std::process::Command::new("bash").args(["-c", &format!("source {} && complete -p tessera", f.display())]).output().unwrap();
     assert!(b.status.success(), "{}", text(&b.stderr));
 }
+
+/// pipelines/nuclei-declump.yaml on the bundled nuclei: the watershed splits clumps, and the run
+/// gives the same bytes whole and tiled; a --memory too small for the watershed fails the sample
+/// with a message naming the memory it needs.
+#[test]
+fn declump_pipeline_splits_clumps_the_same_whole_tiled_and_streamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = root().join("pipelines/nuclei-declump.yaml");
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["run", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "--progress", "never"];
+        args.extend_from_slice(extra);
+        (tessera(&args), out)
+    };
+    let (o, whole) = run("whole", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", text(&o.stdout), text(&o.stderr));
+    for (sample, min_split) in [("nuclei2d", 10), ("nuclei3d", 3)] {
+        let read = |f: &str| tessera::io::read_image(&whole.join("samples").join(sample).join(f), Default::default()).unwrap().data;
+        let count = |d: tessera::io::Data| {
+            let v: std::collections::BTreeSet<u32> = match d {
+                tessera::io::Data::U16(a) => a.iter().map(|&x| x as u32).filter(|&x| x > 0).collect(),
+                tessera::io::Data::U32(a) => a.iter().copied().filter(|&x| x > 0).collect(),
+                other => panic!("labels as {:?}", other.dtype()),
+            };
+            v.len()
+        };
+        let (clumps, nuclei) = (count(read("clumps.tif")), count(read("nuclei.tif")));
+        assert!(nuclei >= clumps + min_split, "{sample}: {clumps} clumps became {nuclei} nuclei");
+    }
+    let touching = std::fs::read_to_string(whole.join("tables/touching.csv")).unwrap();
+    assert!(touching.starts_with("sample,source,dims,label_a,label_b,faces,area") && touching.lines().count() > 20, "{touching}");
+    let (o, tiled) = run("tiled", &["--tile", "8x32x32"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_same(&whole, &tiled, "tiled");
+    // (Streamed runs with the two ops in memory, against runs in memory: tests/stream.rs and
+    // tests/split.rs, from the registry.)
+    let (o, small) = run("small", &["--memory", "1MiB"]);
+    assert_ne!(o.status.code(), Some(0));
+    let errors = std::fs::read_to_string(small.join("errors.csv")).unwrap();
+    assert!(errors.contains("nuclei3d") && errors.contains("more than --memory"), "{errors}");
+}

@@ -336,7 +336,7 @@ pub fn not_streamable(s: &Streamed) -> Option<(usize, String)> {
                 return Some((
                     i,
                     format!(
-                        "stage '{}' (op `{}`) {why}: about {}, more than --memory {}",
+                        "stage '{}' (op `{}`) {why}: its inputs, output and working arrays take about {}, more than --memory {}",
                         st.id,
                         st.op.info().name,
                         crate::util::human_bytes(need),
@@ -903,7 +903,28 @@ pub fn whole_run_bytes(plan: &Plan, bound: &Bound, headers: &[Header]) -> u64 {
     let mut sizes: Vec<u64> =
         plan.stages.iter().enumerate().map(|(i, _)| vox(bound.metas[i].shape) * tiled::bytes_per_voxel(&bound.metas[i])).collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
-    sources + sizes.iter().take(2).sum::<u64>()
+    // A stage without an out-of-core form holds its inputs, output and working arrays at once.
+    let whole_stages = plan.stages.iter().enumerate().map(|(i, st)| {
+        let metas: Vec<Meta> = st
+            .inputs
+            .iter()
+            .map(|(_, r)| match r {
+                Ref::Stage(j) => bound.metas[*j].clone(),
+                Ref::Source(k) => {
+                    let h = &headers[*k];
+                    Meta { kind: Kind::Image, dtype: Some(h.dtype), shape: h.shape, ndim: h.ndim, scale: [1.0; 3] }
+                }
+            })
+            .collect();
+        match st.halo == crate::ops::Halo::Global && bound.ops[i].streams(&metas).is_err() {
+            true => {
+                let ins: u64 = metas.iter().map(tiled::bytes_per_voxel).sum();
+                vox(bound.metas[i].shape) * (ins + tiled::bytes_per_voxel(&bound.metas[i]) + WHOLE_WORK_BYTES)
+            }
+            false => 0,
+        }
+    });
+    (sources + sizes.iter().take(2).sum::<u64>()).max(sources + whole_stages.max().unwrap_or(0))
 }
 
 /// Runs block `block` of a block phase of a split run ([`super::split`]) for one sample: its

@@ -297,7 +297,7 @@ impl LocalSums {
             for plane in labels.axis_iter(Axis(0)) {
                 pad(plane, &mut cur, w);
                 if want.shape {
-                    plane_windows(&cur, w, h, shape);
+                    plane_windows(&cur, w, h, &mut shape[..]);
                 }
                 if want.contacts {
                     in_plane_contacts(&cur, w, h, &mut counter);
@@ -305,32 +305,20 @@ impl LocalSums {
             }
             return;
         }
-        let mut have_prev = false;
+        // Before the volume's first plane: background.
         if let Some(b) = seam.before {
             pad(b, &mut prev, w);
-            have_prev = true;
         }
         for plane in labels.axis_iter(Axis(0)) {
             pad(plane, &mut cur, w);
-            if want.shape {
-                cubes(&prev, &cur, w, h, shape);
-            }
-            if want.contacts {
-                in_plane_contacts(&cur, w, h, &mut counter);
-                if have_prev {
-                    for (&a, &b) in prev.iter().zip(&cur) {
-                        if a != b && a != 0 && b != 0 {
-                            counter.add(a, b, 0);
-                        }
-                    }
-                }
-            }
+            let sh = want.shape.then_some(&mut shape[..]);
+            cubes(&prev, &cur, w, h, sh, want.contacts.then_some(&mut counter));
             std::mem::swap(&mut prev, &mut cur);
-            have_prev = true;
         }
         if seam.last && want.shape {
+            // The windows past the last plane: surfaces only (no faces touch the background).
             cur.fill(0);
-            cubes(&prev, &cur, w, h, shape);
+            cubes(&prev, &cur, w, h, Some(&mut shape[..]), None);
         }
     }
 
@@ -410,16 +398,35 @@ impl LocalSums {
     }
 }
 
-/// The 2×2×2 windows between padded planes `p` (z−1) and `q` (z).
-fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local]) {
+/// The 2×2×2 windows between padded planes `p` (z−1) and `q` (z): their Euler and surface
+/// weights (with `shape`), and the faces of plane z and between the planes where two objects
+/// touch (with `counter`). Each face lies on one window's upper edges — x faces on its (z, y+1)
+/// edge, y faces on its (z, x+1) edge, z faces on its (y+1, x+1) edge — so it is counted once; a
+/// window of one value has none, and is skipped, as are the runs of background.
+fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, mut shape: Option<&mut [Local]>, mut counter: Option<&mut PairCounter>) {
     for yy in 0..h - 1 {
         let (r0, r1) = (yy * w, (yy + 1) * w);
         let (p0, p1, q0, q1) = (&p[r0..r0 + w], &p[r1..r1 + w], &q[r0..r0 + w], &q[r1..r1 + w]);
+        let mut left = p0[0] | p1[0] | q0[0] | q1[0];
         for x in 0..w - 1 {
+            let right = p0[x + 1] | p1[x + 1] | q0[x + 1] | q1[x + 1];
+            let any = left | right;
+            left = right;
+            if any == 0 {
+                continue;
+            }
             let c = [p0[x], p0[x + 1], p1[x], p1[x + 1], q0[x], q0[x + 1], q1[x], q1[x + 1]];
             if c.iter().all(|&v| v == c[0]) {
                 continue;
             }
+            if let Some(counter) = counter.as_deref_mut() {
+                for (a, b, axis) in [(c[6], c[7], 2), (c[5], c[7], 1), (c[3], c[7], 0)] {
+                    if a != b && a != 0 && b != 0 {
+                        counter.add(a, b, axis);
+                    }
+                }
+            }
+            let Some(shape) = shape.as_deref_mut() else { continue };
             let mut done = 0u32;
             for b in 0..8 {
                 let l = c[b];

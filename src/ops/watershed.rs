@@ -194,8 +194,7 @@ impl Op for Watershed {
             Some(_) => return Err("watershed: `mask` is not a mask".into()),
             None => None,
         };
-        let keys = flood_keys(d, self.invert)?;
-        Ok(Value::Labels(watershed(&keys, markers, mask, self.connectivity_for(ctx.ndim), ctx.ndim)))
+        Ok(Value::Labels(watershed(d, self.invert, markers, mask, self.connectivity_for(ctx.ndim), ctx.ndim)?))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -206,8 +205,7 @@ impl Op for Watershed {
 }
 
 /// Why the two ops have no out-of-core form.
-const WHOLE: &str = "needs the whole image in memory (its inputs, output and 32 bytes a voxel within --memory): \
-                     the result depends on one global order of the voxels";
+const WHOLE: &str = "needs the whole image in memory (its result depends on one global order of the voxels)";
 
 impl HMaxima {
     fn connectivity_for(&self, ndim: u8) -> u8 {
@@ -281,26 +279,13 @@ pub fn offsets(connectivity: u8, ndim: u8) -> Vec<[isize; 3]> {
     v.into_iter().map(|p| p.1).collect()
 }
 
-/// The voxels' flood order keys: the value as float64 (negated with `invert`), mapped to
-/// integers in the same order (−0 and +0 equal).
-fn flood_keys(d: &Data, invert: bool) -> Result<Vec<u64>, String> {
-    let key = |v: f64| {
-        let v = if invert { -v } else { v } + 0.0;
-        let b = v.to_bits();
-        if b >> 63 == 1 { !b } else { b | 1 << 63 }
-    };
-    Ok(match d {
-        Data::U8(a) => a.iter().map(|&v| key(v as f64)).collect(),
-        Data::U16(a) => a.iter().map(|&v| key(v as f64)).collect(),
-        Data::U32(a) => a.iter().map(|&v| key(v as f64)).collect(),
-        Data::F32(a) => {
-            if a.iter().any(|v| v.is_nan()) {
-                return Err("watershed: the image has NaN voxels, which have no place in the flood order".into());
-            }
-            a.iter().map(|&v| key(v as f64)).collect()
-        }
-        Data::Rgb8(_) | Data::Rgb16(_) => return Err("watershed: the image is in colour".into()),
-    })
+/// A voxel value's flood order key: the value as float64 (negated with `invert`), mapped to an
+/// integer in the same order (−0 and +0 equal).
+#[inline]
+fn key(v: f64, invert: bool) -> u64 {
+    let v = if invert { -v } else { v } + 0.0;
+    let b = v.to_bits();
+    if b >> 63 == 1 { !b } else { b | 1 << 63 }
 }
 
 /// One heap entry: the flood key, the push count (0 for markers), the voxel.
@@ -384,28 +369,72 @@ fn inside(z: usize, y: usize, x: usize, d: [isize; 3], dims: (usize, usize, usiz
     ok(z, d[0], nz) && ok(y, d[1], ny) && ok(x, d[2], nx)
 }
 
-/// The watershed flood of `keys` (one per voxel, raster order) from `markers`, within `mask`.
-pub fn watershed(keys: &[u64], markers: &Array3<u32>, mask: Option<&Array3<u8>>, connectivity: u8, ndim: u8) -> Array3<u32> {
+/// The watershed flood of the image `d` (from high values with `invert`) from `markers`, within
+/// `mask`.
+pub fn watershed(
+    d: &Data,
+    invert: bool,
+    markers: &Array3<u32>,
+    mask: Option<&Array3<u8>>,
+    connectivity: u8,
+    ndim: u8,
+) -> Result<Array3<u32>, String> {
+    fn typed<T: Copy + Into<f64>>(
+        img: &Array3<T>,
+        invert: bool,
+        markers: &Array3<u32>,
+        mask: Option<&Array3<u8>>,
+        offs: &[[isize; 3]],
+    ) -> Array3<u32> {
+        let img = img.as_standard_layout();
+        let values = img.as_slice().expect("standard layout");
+        let mask = mask.map(|m| m.as_standard_layout());
+        let inmask = mask.as_ref().map(|m| m.as_slice().expect("standard layout"));
+        flood(|i| key(values[i].into(), invert), markers, inmask, offs)
+    }
+    let offs = offsets(connectivity, ndim);
+    Ok(match d {
+        Data::U8(a) => typed(a, invert, markers, mask, &offs),
+        Data::U16(a) => typed(a, invert, markers, mask, &offs),
+        Data::U32(a) => typed(a, invert, markers, mask, &offs),
+        Data::F32(a) => {
+            if a.iter().any(|v| v.is_nan()) {
+                return Err("watershed: the image has NaN voxels, which have no place in the flood order".into());
+            }
+            typed(a, invert, markers, mask, &offs)
+        }
+        Data::Rgb8(_) | Data::Rgb16(_) => return Err("watershed: the image is in colour".into()),
+    })
+}
+
+/// Marks voxels outside the mask while flooding (never 0, never a marker's label in practice:
+/// label images hold at most 2³² − 2 objects).
+const OUTSIDE: u32 = u32::MAX;
+
+/// The flood itself, with `key(i)` the order key of voxel i (raster order).
+fn flood(key: impl Fn(usize) -> u64, markers: &Array3<u32>, inmask: Option<&[u8]>, offs: &[[isize; 3]]) -> Array3<u32> {
+    use rayon::prelude::*;
     let dims = markers.dim();
     let (_, ny, nx) = dims;
-    let mut out: Vec<u32> = markers.iter().copied().collect();
-    let inmask: Vec<bool> = match mask {
-        Some(m) => m.iter().map(|&v| v != 0).collect(),
-        None => Vec::new(),
-    };
-    if !inmask.is_empty() {
-        for (o, &m) in out.iter_mut().zip(&inmask) {
-            if !m {
-                *o = 0;
+    // The labels so far, with the voxels outside the mask marked (one array to look at per
+    // neighbour); markers outside the mask are dropped, as scikit-image does.
+    let markers = markers.as_standard_layout();
+    let m = markers.as_slice().expect("standard layout");
+    let mut out = vec![0u32; m.len()];
+    const CHUNK: usize = 1 << 16;
+    match inmask {
+        Some(k) => out.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(k.par_chunks(CHUNK)).for_each(|((o, m), k)| {
+            for ((o, &l), &k) in o.iter_mut().zip(m).zip(k) {
+                *o = if k != 0 { l } else { OUTSIDE };
             }
-        }
+        }),
+        None => out.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).for_each(|(o, m)| o.copy_from_slice(m)),
     }
-    let steps = steps(&offsets(connectivity, ndim), ny, nx);
-    let seeds = out.iter().filter(|&&l| l != 0).count();
-    let mut heap = Heap(Vec::with_capacity(seeds.max(1024)));
+    let steps = steps(offs, ny, nx);
+    let mut heap = Heap(Vec::with_capacity(1024));
     for (i, &l) in out.iter().enumerate() {
-        if l != 0 {
-            heap.push(Item { key: keys[i], age: 0, at: i });
+        if l != 0 && l != OUTSIDE {
+            heap.push(Item { key: key(i), age: 0, at: i });
         }
     }
     let mut age = 1u64;
@@ -419,14 +448,17 @@ pub fn watershed(keys: &[u64], markers: &Array3<u32>, mask: Option<&Array3<u8>>,
                 continue;
             }
             let j = (i as isize + step) as usize;
-            if out[j] != 0 || (!inmask.is_empty() && !inmask[j]) {
+            if out[j] != 0 {
                 continue;
             }
             age += 1;
             out[j] = l;
             // The flood's level never falls: a voxel reached over a ridge waits at the ridge's level.
-            heap.push(Item { key: keys[j].max(it.key), age, at: j });
+            heap.push(Item { key: key(j).max(it.key), age, at: j });
         }
+    }
+    if inmask.is_some() {
+        out.par_chunks_mut(CHUNK).for_each(|o| o.iter_mut().filter(|v| **v == OUTSIDE).for_each(|v| *v = 0));
     }
     Array3::from_shape_vec(dims, out).unwrap_or_else(|_| Array3::zeros(dims))
 }
@@ -573,7 +605,7 @@ mod tests {
         let mut m = Array3::<u32>::zeros((1, 1, 7));
         m[[0, 0, 0]] = 1;
         m[[0, 0, 6]] = 2;
-        let out = watershed(&flood_keys(&img, false).unwrap(), &m, None, 4, 2);
+        let out = watershed(&img, false, &m, None, 4, 2).unwrap();
         assert_eq!(out.iter().copied().collect::<Vec<_>>(), vec![1, 1, 1, 1, 2, 2, 2]);
     }
 
