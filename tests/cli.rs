@@ -320,7 +320,11 @@ fn bone_lacunae_pipeline_measures_territories_and_canal_distance() {
     let s = terr.spacing.unwrap();
     assert_eq!((s.zyx, s.unit.as_str()), ([0.7, 0.7, 0.7], "um"));
     let stats = std::fs::read_to_string(out.join("stats/shape_within_between.csv")).unwrap();
-    assert_eq!(stats.lines().count(), 7, "{stats}");
+    assert_eq!(stats.lines().count(), 8, "{stats}");
+    // Lc.DN: lacunae whose territories touch, a handful each in a region's cut of bone.
+    let dn: Vec<u64> = rows.iter().map(|r| r[col("n_territory_neighbors")].parse().unwrap()).collect();
+    let mean = dn.iter().sum::<u64>() as f64 / dn.len() as f64;
+    assert!((2.0..20.0).contains(&mean) && dn.iter().filter(|&&n| n == 0).count() < dn.len() / 10, "{dn:?}");
 }
 
 #[test]
