@@ -126,15 +126,19 @@ fn to_u32(d: Data) -> Array3<u32> {
     }
 }
 
-/// Compares `measure` with the golden props_<stem>.csv, column by column, with stated tolerances.
-fn check_props(stem: &str, labels: &Array3<u32>, raw: Option<&Data>, terr: Option<&Array3<u32>>, ndim: u8) {
+/// The spacing (z, y, x; z = 1 in 2D) the goldens of `stem` were made with (props_<stem>.spacing).
+fn golden_spacing(stem: &str) -> [f64; 3] {
     let sp: Vec<f64> = std::fs::read_to_string(data(&format!("golden/props_{stem}.spacing")))
         .unwrap()
         .split_whitespace()
         .map(|s| s.parse().unwrap())
         .collect();
-    let spacing = if sp.len() == 2 { [1.0, sp[0], sp[1]] } else { [sp[0], sp[1], sp[2]] };
-    let ctx = Ctx { sample: stem, spacing, unit: "um", ndim };
+    if sp.len() == 2 { [1.0, sp[0], sp[1]] } else { [sp[0], sp[1], sp[2]] }
+}
+
+/// Compares `measure` with the golden props_<stem>.csv, column by column, with stated tolerances.
+fn check_props(stem: &str, labels: &Array3<u32>, raw: Option<&Data>, terr: Option<&Array3<u32>>, ndim: u8) {
+    let ctx = Ctx { sample: stem, spacing: golden_spacing(stem), unit: "um", ndim };
     let images: Vec<(&str, &Data)> = raw.iter().map(|d| ("raw", *d)).collect();
     let t = measure::measure_with(labels, &images, terr, &ctx);
     let mut rdr = csv::Reader::from_path(data(&format!("golden/props_{stem}.csv"))).unwrap();
@@ -354,13 +358,7 @@ fn contacts_equal_cc3d() {
     ];
     for (stem, file) in cases {
         let (l, ndim) = load(&format!("golden/{file}"));
-        let sp: Vec<f64> = std::fs::read_to_string(data(&format!("golden/props_{stem}.spacing")))
-            .unwrap()
-            .split_whitespace()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let spacing = if sp.len() == 2 { [1.0, sp[0], sp[1]] } else { [sp[0], sp[1], sp[2]] };
-        let ctx = Ctx { sample: stem, spacing, unit: "um", ndim };
+        let ctx = Ctx { sample: stem, spacing: golden_spacing(stem), unit: "um", ndim };
         let op = ContactsOp { labels: "l".into() };
         let Value::Table(t) = op.run(&[&Value::Labels(to_u32(l))], &ctx).unwrap() else { panic!("{stem}: not a table") };
         let mut rdr = csv::Reader::from_path(data(&format!("golden/contacts_{stem}.csv"))).unwrap();

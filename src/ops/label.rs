@@ -68,12 +68,7 @@ impl Op for Label {
         Halo::Global
     }
     fn check(&self) -> Vec<ParamIssue> {
-        let mut v = Vec::new();
-        if let Some(c) = self.connectivity
-            && ![4, 8, 6, 18, 26].contains(&c)
-        {
-            v.push(ParamIssue::new("connectivity", format!("connectivity {c} is not one of 4, 8 (2D) or 6, 18, 26 (3D)")));
-        }
+        let mut v: Vec<ParamIssue> = super::connectivity_issue(self.connectivity).into_iter().collect();
         if self.min_size == Some(0) {
             v.push(ParamIssue::new("min_size", "`min_size` must be at least 1"));
         }
@@ -96,16 +91,7 @@ impl Op for Label {
             return Err(ParamIssue::new("input", format!("`label` needs a mask but its input is a {}", m.kind))
                 .help("threshold the image first (op: threshold)"));
         }
-        let c = self.connectivity_for(m.ndim);
-        let ok = if m.ndim == 2 { [4, 8].contains(&c) } else { [6, 18, 26].contains(&c) };
-        if !ok {
-            let valid = if m.ndim == 2 { "4 or 8" } else { "6, 18 or 26" };
-            return Err(ParamIssue::new(
-                "connectivity",
-                format!("connectivity {c} is for {} images, but this image is {}D", if m.ndim == 2 { "3D" } else { "2D" }, m.ndim),
-            )
-            .help(format!("use {valid} for {}D images", m.ndim)));
-        }
+        super::connectivity_fits(self.connectivity_for(m.ndim), m.ndim)?;
         Ok(Meta { kind: Kind::Labels, dtype: None, ..m.clone() })
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {

@@ -287,6 +287,27 @@ impl OpInfo {
     }
 }
 
+/// A `connectivity` parameter's value, before the image is known: 4, 8 (2D) or 6, 18, 26 (3D).
+pub(crate) fn connectivity_issue(c: Option<u8>) -> Option<ParamIssue> {
+    let c = c?;
+    (![4, 8, 6, 18, 26].contains(&c))
+        .then(|| ParamIssue::new("connectivity", format!("connectivity {c} is not one of 4, 8 (2D) or 6, 18, 26 (3D)")))
+}
+
+/// A connectivity against the image's dimensions.
+pub(crate) fn connectivity_fits(c: u8, ndim: u8) -> Result<(), ParamIssue> {
+    let ok = if ndim == 2 { [4, 8].contains(&c) } else { [6, 18, 26].contains(&c) };
+    if ok {
+        return Ok(());
+    }
+    let valid = if ndim == 2 { "4 or 8" } else { "6, 18 or 26" };
+    Err(ParamIssue::new(
+        "connectivity",
+        format!("connectivity {c} is for {} images, but this image is {ndim}D", if ndim == 2 { "3D" } else { "2D" }),
+    )
+    .help(format!("use {valid} for {ndim}D images")))
+}
+
 /// Every op, in the order `tessera ops` lists them.
 pub static REGISTRY: &[&OpInfo] = &[
     &transform::GRAYSCALE,

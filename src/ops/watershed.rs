@@ -120,23 +120,15 @@ pub static H_MAXIMA: OpInfo = OpInfo {
     examples: &["input: {image}, h: 2", "input: {image}, h: 0.5, connectivity: 6"],
 };
 
-/// Checks a connectivity against the image's dimensions.
-fn check_connectivity(c: u8, ndim: u8) -> Result<(), ParamIssue> {
-    let ok = if ndim == 2 { [4, 8].contains(&c) } else { [6, 18, 26].contains(&c) };
-    if ok {
-        return Ok(());
+/// The image a flood or reconstruction reads: grey, not colour.
+fn grey(img: &Meta, op: &str) -> Result<(), ParamIssue> {
+    expect_image(img, "input", op)?;
+    if matches!(img.dtype, Some(crate::io::DType::Rgb8 | crate::io::DType::Rgb16)) {
+        return Err(
+            ParamIssue::new("input", format!("`{op}` needs a grey image, not a colour one")).help("convert it first (op: grayscale)")
+        );
     }
-    let valid = if ndim == 2 { "4 or 8" } else { "6, 18 or 26" };
-    Err(ParamIssue::new("connectivity", format!("connectivity {c} does not fit a {ndim}D image")).help(format!("use {valid}")))
-}
-
-fn check_connectivity_value(c: Option<u8>) -> Vec<ParamIssue> {
-    match c {
-        Some(c) if ![4, 8, 6, 18, 26].contains(&c) => {
-            vec![ParamIssue::new("connectivity", format!("connectivity {c} is not one of 4, 8 (2D) or 6, 18, 26 (3D)"))]
-        }
-        _ => Vec::new(),
-    }
+    Ok(())
 }
 
 impl Watershed {
@@ -163,16 +155,11 @@ impl Op for Watershed {
         Halo::Global
     }
     fn check(&self) -> Vec<ParamIssue> {
-        check_connectivity_value(self.connectivity)
+        super::connectivity_issue(self.connectivity).into_iter().collect()
     }
     fn infer(&self, inputs: &[Meta]) -> Result<Meta, ParamIssue> {
         let img = &inputs[0];
-        expect_image(img, "input", "watershed")?;
-        if matches!(img.dtype, Some(crate::io::DType::Rgb8 | crate::io::DType::Rgb16)) {
-            return Err(
-                ParamIssue::new("input", "`watershed` floods a grey image, not a colour one").help("convert it first (op: grayscale)")
-            );
-        }
+        grey(img, "watershed")?;
         let m = &inputs[1];
         if m.kind != Kind::Labels {
             return Err(ParamIssue::new("markers", format!("`markers` must be labels but is {}", m.kind.with_article()))
@@ -183,7 +170,7 @@ impl Op for Watershed {
                 return Err(ParamIssue::new(field, format!("`{field}` is {:?} (z, y, x) but the image is {:?}", meta.shape, img.shape)));
             }
         }
-        check_connectivity(self.connectivity_for(img.ndim), img.ndim)?;
+        super::connectivity_fits(self.connectivity_for(img.ndim), img.ndim)?;
         Ok(Meta { kind: Kind::Labels, dtype: None, ..img.clone() })
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
@@ -224,7 +211,7 @@ impl Op for HMaxima {
         Halo::Global
     }
     fn check(&self) -> Vec<ParamIssue> {
-        let mut v = check_connectivity_value(self.connectivity);
+        let mut v: Vec<ParamIssue> = super::connectivity_issue(self.connectivity).into_iter().collect();
         if !(self.h > 0.0 && self.h.is_finite()) {
             v.push(
                 ParamIssue::new("h", format!("h must be a number above 0, not {}", self.h)).help("h = 0 would mark every regional maximum"),
@@ -234,13 +221,8 @@ impl Op for HMaxima {
     }
     fn infer(&self, inputs: &[Meta]) -> Result<Meta, ParamIssue> {
         let img = &inputs[0];
-        expect_image(img, "input", "h_maxima")?;
-        if matches!(img.dtype, Some(crate::io::DType::Rgb8 | crate::io::DType::Rgb16)) {
-            return Err(
-                ParamIssue::new("input", "`h_maxima` needs a grey image, not a colour one").help("convert it first (op: grayscale)")
-            );
-        }
-        check_connectivity(self.connectivity_for(img.ndim), img.ndim)?;
+        grey(img, "h_maxima")?;
+        super::connectivity_fits(self.connectivity_for(img.ndim), img.ndim)?;
         Ok(Meta { kind: Kind::Mask, dtype: None, ..img.clone() })
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
