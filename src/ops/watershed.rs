@@ -449,48 +449,65 @@ fn flood(key: impl Fn(usize) -> u64, markers: &Array3<u32>, inmask: Option<&[u8]
 /// algorithm (a raster scan, an anti-raster scan that queues voxels that can still spread, then
 /// a FIFO propagation).
 fn reconstruct<T: Copy + PartialOrd>(j: &mut [T], mask: &[T], dims: (usize, usize, usize), offs: &[[isize; 3]]) {
-    let (_, ny, nx) = dims;
+    let (nz, ny, nx) = dims;
     let plane = ny * nx;
     let all = steps(offs, ny, nx);
     let forward: Vec<_> = all.iter().copied().filter(|s| s.0 < 0).collect();
     let backward: Vec<_> = all.iter().copied().filter(|s| s.0 > 0).collect();
-    let at = |i: usize| (i / plane, i % plane / nx, i % nx);
+    let across_z = offs.iter().any(|d| d[0] != 0);
+    // Voxels with every neighbour inside the image skip the bounds checks.
+    let interior = |z: usize, y: usize, x: usize| (!across_z || (z > 0 && z + 1 < nz)) && y > 0 && y + 1 < ny && x > 0 && x + 1 < nx;
     let max = |a: T, b: T| if b > a { b } else { a };
     let min = |a: T, b: T| if b < a { b } else { a };
-    for i in 0..j.len() {
-        let (z, y, x) = at(i);
+    // The largest of j over voxel i and its neighbours among `steps`.
+    let top = |j: &[T], i: usize, z: usize, y: usize, x: usize, steps: &[(isize, [isize; 3])]| {
         let mut m = j[i];
-        for &(s, d) in &forward {
-            if inside(z, y, x, d, dims) {
+        if interior(z, y, x) {
+            for &(s, _) in steps {
                 m = max(m, j[(i as isize + s) as usize]);
             }
+        } else {
+            for &(s, d) in steps {
+                if inside(z, y, x, d, dims) {
+                    m = max(m, j[(i as isize + s) as usize]);
+                }
+            }
         }
-        j[i] = min(m, mask[i]);
+        m
+    };
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let i = z * plane + y * nx + x;
+                j[i] = min(top(j, i, z, y, x, &forward), mask[i]);
+            }
+        }
     }
     let mut queue = VecDeque::new();
-    for i in (0..j.len()).rev() {
-        let (z, y, x) = at(i);
-        let mut m = j[i];
-        for &(s, d) in &backward {
-            if inside(z, y, x, d, dims) {
-                m = max(m, j[(i as isize + s) as usize]);
+    for z in (0..nz).rev() {
+        for y in (0..ny).rev() {
+            for x in (0..nx).rev() {
+                let i = z * plane + y * nx + x;
+                let v = min(top(j, i, z, y, x, &backward), mask[i]);
+                j[i] = v;
+                let inner = interior(z, y, x);
+                let spreads = backward.iter().any(|&(s, d)| {
+                    (inner || inside(z, y, x, d, dims)) && {
+                        let q = (i as isize + s) as usize;
+                        j[q] < v && j[q] < mask[q]
+                    }
+                });
+                if spreads {
+                    queue.push_back(i);
+                }
             }
-        }
-        j[i] = min(m, mask[i]);
-        let spreads = backward.iter().any(|&(s, d)| {
-            inside(z, y, x, d, dims) && {
-                let q = (i as isize + s) as usize;
-                j[q] < j[i] && j[q] < mask[q]
-            }
-        });
-        if spreads {
-            queue.push_back(i);
         }
     }
     while let Some(p) = queue.pop_front() {
-        let (z, y, x) = at(p);
+        let (z, y, x) = (p / plane, p % plane / nx, p % nx);
+        let inner = interior(z, y, x);
         for &(s, d) in &all {
-            if !inside(z, y, x, d, dims) {
+            if !inner && !inside(z, y, x, d, dims) {
                 continue;
             }
             let q = (p as isize + s) as usize;
