@@ -375,6 +375,9 @@ pub fn watershed(
         flood(|i| key(values[i].into(), invert), markers, inmask, offs)
     }
     let offs = offsets(connectivity, ndim);
+    if mask.is_some() && markers.iter().any(|&l| l == OUTSIDE) {
+        return Err(format!("watershed: marker label {OUTSIDE} is reserved with a mask (relabel the markers: op label)"));
+    }
     Ok(match d {
         Data::U8(a) => typed(a, invert, markers, mask, &offs),
         Data::U16(a) => typed(a, invert, markers, mask, &offs),
@@ -389,8 +392,7 @@ pub fn watershed(
     })
 }
 
-/// Marks voxels outside the mask while flooding (never 0, never a marker's label in practice:
-/// label images hold at most 2³² − 2 objects).
+/// Marks voxels outside the mask while flooding (never 0; a marker with this label is refused).
 const OUTSIDE: u32 = u32::MAX;
 
 /// The flood itself, with `key(i)` the order key of voxel i (raster order).
@@ -606,6 +608,15 @@ mod tests {
         m[[0, 0, 6]] = 2;
         let out = watershed(&img, false, &m, None, 4, 2).unwrap();
         assert_eq!(out.iter().copied().collect::<Vec<_>>(), vec![1, 1, 1, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn a_marker_with_the_reserved_label_is_an_error() {
+        let img = Data::U8(Array3::zeros((1, 2, 2)));
+        let m = Array3::from_elem((1, 2, 2), u32::MAX);
+        let k = Array3::from_elem((1, 2, 2), 1u8);
+        assert!(watershed(&img, false, &m, Some(&k), 4, 2).unwrap_err().contains("reserved"));
+        assert!(watershed(&img, false, &m, None, 4, 2).is_ok());
     }
 
     #[test]
