@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import ROOT, ball, best, dist_version, run_tessera_ops, volume  # noqa: E402
 
 TITLE = "### Shapes, contacts and watershed declumping"
-NOTES = """- `measure` took 0.016 s here before it had the surface, Euler and neighbour columns: their pass
-  over every 2×2×2 window (skipping runs of background) adds about 10 ms at 256³.
+NOTES = """- `measure` took 0.016 s at 256³ (table above, 2026-11-26) before it had the surface, Euler and
+  neighbour columns: their pass over every 2×2×2 window (skipping runs of background) adds 10–25 ms
+  (0.027 to 0.045 s in runs minutes apart on this VM).
 - The watershed is not 10× scikit-image (the goal issue 22 set). Its labels are scikit-image's,
   ties included, and that fixes one global flood order: voxels come off one heap by (level, age),
   so the flood jumps between objects all over the volume and most neighbour reads miss the caches
