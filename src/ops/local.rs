@@ -135,10 +135,34 @@ const fn euler_table(dims: usize) -> [i8; 256] {
     t
 }
 
+/// A fast hash for label pairs (the multiply-rotate of rustc's FxHash): the map is internal and
+/// always read back sorted, so neither its order nor resistance to crafted keys matters.
+#[derive(Default, Clone, Copy)]
+pub struct PairHasher(u64);
+
+impl std::hash::Hasher for PairHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type PairMap = HashMap<(u32, u32), [u64; 3], std::hash::BuildHasherDefault<PairHasher>>;
+
 /// Face contacts between objects: `(a, b)` with a < b → faces along z, y and x.
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct Contacts {
-    pairs: HashMap<(u32, u32), [u64; 3]>,
+    pairs: PairMap,
 }
 
 impl Contacts {
@@ -200,7 +224,7 @@ impl Contacts {
         if n > r.left() / 32 {
             return None;
         }
-        let mut pairs = HashMap::with_capacity(n);
+        let mut pairs = PairMap::with_capacity_and_hasher(n, Default::default());
         for _ in 0..n {
             let a = r.u32()?;
             let b = r.u32()?;
@@ -263,6 +287,14 @@ pub struct LocalSums {
     pub contacts: Contacts,
 }
 
+/// A plane's values in raster order, borrowed when the plane is contiguous.
+fn flat<'a>(v: ArrayView2<'a, u32>) -> std::borrow::Cow<'a, [u32]> {
+    match v.to_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(v.iter().copied().collect()),
+    }
+}
+
 /// A plane with a border of background: (ny + 2) × (nx + 2).
 fn pad(plane: ArrayView2<u32>, buf: &mut [u32], w: usize) {
     for (y, row) in plane.outer_iter().enumerate() {
@@ -302,6 +334,26 @@ impl LocalSums {
                 if want.contacts {
                     in_plane_contacts(&cur, w, h, &mut counter);
                 }
+            }
+            return;
+        }
+        if !want.shape {
+            // Faces only: each voxel against its x, y and z − 1 neighbours, no windows.
+            let mut before = seam.before.map(flat);
+            for plane in labels.axis_iter(Axis(0)) {
+                let cur = flat(plane);
+                let c: &[u32] = &cur;
+                let p: Option<&[u32]> = before.as_deref();
+                for (y, row) in c.chunks_exact(nx).enumerate() {
+                    faces(&row[..nx - 1], &row[1..], 2, &mut counter);
+                    if y + 1 < ny {
+                        faces(row, &c[(y + 1) * nx..(y + 2) * nx], 1, &mut counter);
+                    }
+                    if let Some(p) = p {
+                        faces(&p[y * nx..(y + 1) * nx], row, 0, &mut counter);
+                    }
+                }
+                before = Some(cur);
             }
             return;
         }
@@ -395,6 +447,21 @@ impl LocalSums {
         }
         let contacts = Contacts::read(r)?;
         Some(LocalSums { shape, contacts })
+    }
+}
+
+/// Counts the faces between `a[i]` and `b[i]` (neighbours along `axis`) where two objects
+/// touch; runs of 16 equal pairs are passed over at once.
+fn faces(a: &[u32], b: &[u32], axis: usize, counter: &mut PairCounter) {
+    for (ca, cb) in a.chunks(16).zip(b.chunks(16)) {
+        if ca.iter().zip(cb).fold(0, |m, (x, y)| m | (x ^ y)) == 0 {
+            continue;
+        }
+        for (&x, &y) in ca.iter().zip(cb) {
+            if x != y && x != 0 && y != 0 {
+                counter.add(x, y, axis);
+            }
+        }
     }
 }
 
