@@ -328,22 +328,20 @@ pub fn not_streamable(s: &Streamed) -> Option<(usize, String)> {
         if local_halo(s, i).is_some() {
             continue;
         }
-        let ins: Vec<Meta> = (0..st.inputs.len()).map(|k| input_meta(s, i, k)).collect();
-        if let Err(why) = s.bound.ops[i].streams(&ins) {
-            // Without an out-of-core form, the stage runs in memory when it fits.
-            let need = whole_stage_bytes(s, i);
-            if need > s.memory {
-                return Some((
-                    i,
-                    format!(
-                        "stage '{}' (op `{}`) {why}: its inputs, output and working arrays take about {}, more than --memory {}",
-                        st.id,
-                        st.op.info().name,
-                        crate::util::human_bytes(need),
-                        crate::util::human_bytes(s.memory)
-                    ),
-                ));
-            }
+        // Without an out-of-core form, the stage runs in memory when it fits.
+        if let Some((why, need)) = runs_whole(s.plan, s.bound, s.headers, i)
+            && need > s.memory
+        {
+            return Some((
+                i,
+                format!(
+                    "stage '{}' (op `{}`) {why}: its inputs, output and working arrays take about {}, more than --memory {}",
+                    st.id,
+                    st.op.info().name,
+                    crate::util::human_bytes(need),
+                    crate::util::human_bytes(s.memory)
+                ),
+            ));
         }
     }
     None
@@ -353,14 +351,15 @@ pub fn not_streamable(s: &Streamed) -> Option<(usize, String)> {
 /// queue, a reconstruction's copy).
 const WHOLE_WORK_BYTES: u64 = 32;
 
-/// Bytes a stage without an out-of-core form holds when it runs in memory: its inputs, its
-/// output and its working arrays, whole.
-fn whole_stage_bytes(s: &Streamed, i: usize) -> u64 {
-    let st = &s.plan.stages[i];
-    let meta = &s.bound.metas[i];
-    let voxels = meta.shape.iter().product::<usize>() as u64;
-    let ins: u64 = (0..st.inputs.len()).map(|k| tiled::bytes_per_voxel(&input_meta(s, i, k))).sum();
-    voxels * (ins + tiled::bytes_per_voxel(meta) + WHOLE_WORK_BYTES)
+/// When stage `i`'s op has no out-of-core form for its inputs: why, and the bytes the stage holds
+/// running whole in memory (its inputs, its output and its working arrays). `None`: it streams.
+fn runs_whole(plan: &Plan, bound: &Bound, headers: &[Header], i: usize) -> Option<(String, u64)> {
+    let ins = input_metas_of(plan, bound, headers, i);
+    let why = bound.ops[i].streams(&ins).err()?;
+    let meta = &bound.metas[i];
+    let voxels = meta.shape.iter().map(|&d| d as u64).product::<u64>();
+    let per_voxel: u64 = ins.iter().map(tiled::bytes_per_voxel).sum::<u64>() + tiled::bytes_per_voxel(meta) + WHOLE_WORK_BYTES;
+    Some((why, voxels * per_voxel))
 }
 
 /// A global op without an out-of-core form, run on its inputs read whole (the stage fits in
@@ -387,14 +386,23 @@ fn run_whole(io: &mut StageIo, op: &dyn crate::ops::Op, ctx: &crate::ops::Ctx) -
     }
 }
 
-fn input_meta(s: &Streamed, i: usize, k: usize) -> Meta {
-    match s.plan.stages[i].inputs[k].1 {
-        Ref::Stage(j) => s.bound.metas[j].clone(),
-        Ref::Source(src) => {
-            let h = &s.headers[src];
-            Meta { kind: Kind::Image, dtype: Some(h.dtype), shape: h.shape, ndim: h.ndim, scale: [1.0; 3] }
-        }
-    }
+/// Stage `i`'s inputs' metadata, in its inputs' order (a source's from its header).
+fn input_metas_of(plan: &Plan, bound: &Bound, headers: &[Header], i: usize) -> Vec<Meta> {
+    plan.stages[i]
+        .inputs
+        .iter()
+        .map(|(_, r)| match *r {
+            Ref::Stage(j) => bound.metas[j].clone(),
+            Ref::Source(src) => {
+                let h = &headers[src];
+                Meta { kind: Kind::Image, dtype: Some(h.dtype), shape: h.shape, ndim: h.ndim, scale: [1.0; 3] }
+            }
+        })
+        .collect()
+}
+
+fn input_metas(s: &Streamed, i: usize) -> Vec<Meta> {
+    input_metas_of(s.plan, s.bound, s.headers, i)
 }
 
 /// Stage `i`'s context: the sample's spacing, scaled after a downsample.
@@ -409,7 +417,7 @@ pub(super) fn stored_form(s: &Streamed, i: usize) -> Option<Arc<dyn slab::Stored
 }
 
 fn local_halo(s: &Streamed, i: usize) -> Option<[usize; 3]> {
-    let ins: Vec<Meta> = (0..s.plan.stages[i].inputs.len()).map(|k| input_meta(s, i, k)).collect();
+    let ins = input_metas(s, i);
     let refs: Vec<&Meta> = ins.iter().collect();
     tiled::is_local(s.bound.ops[i].as_ref(), &ctx_of(s, i), &s.bound.metas[i], &refs)
 }
@@ -596,11 +604,10 @@ fn run<'a>(
                     _ => Some(Dest { stored: stored_form(s, i), ..Dest::new(s, i, spilled(i)).map_err(fail)? }),
                 };
                 let mut io = StageIo { s, stage: i, inputs, dest, scratch: 0 };
-                let ins: Vec<Meta> = (0..st.inputs.len()).map(|k| input_meta(s, i, k)).collect();
                 let op = s.bound.ops[i].as_ref();
-                let outcome = match op.streams(&ins) {
-                    Ok(()) => op.stream(&mut io, &ctx_of(s, i)),
-                    Err(_) => run_whole(&mut io, op, &ctx_of(s, i)),
+                let outcome = match runs_whole(s.plan, s.bound, s.headers, i) {
+                    None => op.stream(&mut io, &ctx_of(s, i)),
+                    Some(_) => run_whole(&mut io, op, &ctx_of(s, i)),
                 }
                 .map_err(fail)?;
                 match (io.dest.take(), outcome) {
@@ -904,27 +911,12 @@ pub fn whole_run_bytes(plan: &Plan, bound: &Bound, headers: &[Header]) -> u64 {
         plan.stages.iter().enumerate().map(|(i, _)| vox(bound.metas[i].shape) * tiled::bytes_per_voxel(&bound.metas[i])).collect();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     // A stage without an out-of-core form holds its inputs, output and working arrays at once.
-    let whole_stages = plan.stages.iter().enumerate().map(|(i, st)| {
-        let metas: Vec<Meta> = st
-            .inputs
-            .iter()
-            .map(|(_, r)| match r {
-                Ref::Stage(j) => bound.metas[*j].clone(),
-                Ref::Source(k) => {
-                    let h = &headers[*k];
-                    Meta { kind: Kind::Image, dtype: Some(h.dtype), shape: h.shape, ndim: h.ndim, scale: [1.0; 3] }
-                }
-            })
-            .collect();
-        match st.halo == crate::ops::Halo::Global && bound.ops[i].streams(&metas).is_err() {
-            true => {
-                let ins: u64 = metas.iter().map(tiled::bytes_per_voxel).sum();
-                vox(bound.metas[i].shape) * (ins + tiled::bytes_per_voxel(&bound.metas[i]) + WHOLE_WORK_BYTES)
-            }
-            false => 0,
-        }
-    });
-    (sources + sizes.iter().take(2).sum::<u64>()).max(sources + whole_stages.max().unwrap_or(0))
+    let whole = (0..plan.stages.len())
+        .filter(|&i| plan.stages[i].halo == crate::ops::Halo::Global)
+        .filter_map(|i| runs_whole(plan, bound, headers, i).map(|(_, bytes)| bytes))
+        .max()
+        .unwrap_or(0);
+    sources + (sizes.iter().take(2).sum::<u64>()).max(whole)
 }
 
 /// Runs block `block` of a block phase of a split run ([`super::split`]) for one sample: its
@@ -976,7 +968,7 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     }
     let local = |k: usize| match &finished[k] {
         Some(op) => {
-            let ins: Vec<Meta> = (0..plan.stages[k].inputs.len()).map(|j| input_meta(s, k, j)).collect();
+            let ins = input_metas(s, k);
             let refs: Vec<&Meta> = ins.iter().collect();
             tiled::is_local(op.as_ref(), &ctx_of(s, k), &s.bound.metas[k], &refs)
         }
