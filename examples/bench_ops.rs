@@ -74,7 +74,7 @@ fn main() {
     }
     if timed("h_maxima") || timed("watershed") {
         let dist = Data::F32(distance::edt(&opened, [1.0; 3], 3, false));
-        let (t, hmax) = best(reps("h_maxima"), || watershed::h_maxima(&dist, 1.0, 26, 3).unwrap());
+        let (t, hmax) = best(reps("h_maxima"), || watershed::h_maxima(&dist, 1.0, 26).unwrap());
         put("h_maxima", t);
         let (markers, seeds) = label::label(&hmax, 26).unwrap();
         let op = watershed::Watershed { input: "d".into(), markers: "m".into(), mask: Some("k".into()), connectivity: None, invert: true };

@@ -391,16 +391,16 @@ fn h_maxima_equals_skimage() {
     let (dist, _) = load("golden/distance_nuclei3d.npy");
     let (n3, _) = load("nuclei3d.tif");
     let (n2, _) = load("nuclei2d.tif");
-    let cases: [(&str, &Data, f64, u8, u8); 6] = [
-        ("dist_h1", &dist, 1.0, 26, 3),
-        ("dist_h2.5", &dist, 2.5, 26, 3),
-        ("dist_c6_h1", &dist, 1.0, 6, 3),
-        ("nuclei3d_h20", &n3, 20.0, 26, 3),
-        ("nuclei3d_h7.5", &n3, 7.5, 26, 3),
-        ("nuclei2d_h30", &n2, 30.0, 8, 2),
+    let cases: [(&str, &Data, f64, u8); 6] = [
+        ("dist_h1", &dist, 1.0, 26),
+        ("dist_h2.5", &dist, 2.5, 26),
+        ("dist_c6_h1", &dist, 1.0, 6),
+        ("nuclei3d_h20", &n3, 20.0, 26),
+        ("nuclei3d_h7.5", &n3, 7.5, 26),
+        ("nuclei2d_h30", &n2, 30.0, 8),
     ];
-    for (name, img, h, conn, ndim) in cases {
-        let got = h_maxima(img, h, conn, ndim).unwrap();
+    for (name, img, h, conn) in cases {
+        let got = h_maxima(img, h, conn).unwrap();
         let want = golden_u8(&format!("hmax_{name}.npy"));
         assert!(want.iter().any(|&v| v == 1), "{name}: the golden has maxima");
         let diff = got.iter().zip(want.iter()).filter(|(a, b)| a != b).count();

@@ -181,7 +181,7 @@ impl Op for Watershed {
             Some(_) => return Err("watershed: `mask` is not a mask".into()),
             None => None,
         };
-        Ok(Value::Labels(watershed(d, self.invert, markers, mask, self.connectivity_for(ctx.ndim), ctx.ndim)?))
+        Ok(Value::Labels(watershed(d, self.invert, markers, mask, self.connectivity_for(ctx.ndim))?))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -227,7 +227,7 @@ impl Op for HMaxima {
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
         let Value::Image(d) = inputs[0] else { return Err("h_maxima: `input` is not an image".into()) };
-        Ok(Value::Mask(h_maxima(d, self.h, self.connectivity_for(ctx.ndim), ctx.ndim)?))
+        Ok(Value::Mask(h_maxima(d, self.h, self.connectivity_for(ctx.ndim))?))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -237,28 +237,14 @@ impl Op for HMaxima {
     }
 }
 
-/// Neighbour offsets (z, y, x) in scikit-image's order: the footprint's offsets in raster order,
-/// stably sorted by distance, without the centre.
-pub fn offsets(connectivity: u8, ndim: u8) -> Vec<[isize; 3]> {
-    let rank = match connectivity {
-        4 | 6 => 1,
-        8 | 18 => 2,
-        _ => 3,
-    };
-    let zs: &[isize] = if ndim == 2 { &[0] } else { &[-1, 0, 1] };
-    let mut v = Vec::new();
-    for &dz in zs {
-        for dy in -1isize..=1 {
-            for dx in -1isize..=1 {
-                let n = (dz != 0) as usize + (dy != 0) as usize + (dx != 0) as usize;
-                if n > 0 && n <= rank {
-                    v.push((n, [dz, dy, dx]));
-                }
-            }
-        }
-    }
-    v.sort_by_key(|p| p.0);
-    v.into_iter().map(|p| p.1).collect()
+/// Neighbour offsets (z, y, x) of a connectivity (4/8 in 2D, 6/18/26 in 3D) in scikit-image's
+/// order: the footprint's offsets in raster order (the `label` op's backward ones, then their
+/// mirror images), stably sorted by distance.
+pub fn offsets(connectivity: u8) -> Vec<[isize; 3]> {
+    let back = super::label::backward_offsets(connectivity);
+    let mut v: Vec<[isize; 3]> = back.iter().copied().chain(back.iter().rev().map(|o| o.map(|d| -d))).collect();
+    v.sort_by_key(|o| o.iter().filter(|&&d| d != 0).count());
+    v
 }
 
 /// A voxel value's flood order key: the value as float64 (negated with `invert`), mapped to an
@@ -359,7 +345,6 @@ pub fn watershed(
     markers: &Array3<u32>,
     mask: Option<&Array3<u8>>,
     connectivity: u8,
-    ndim: u8,
 ) -> Result<Array3<u32>, String> {
     fn typed<T: Copy + Into<f64>>(
         img: &Array3<T>,
@@ -374,7 +359,7 @@ pub fn watershed(
         let inmask = mask.as_ref().map(|m| m.as_slice().expect("standard layout"));
         flood(|i| key(values[i].into(), invert), markers, inmask, offs)
     }
-    let offs = offsets(connectivity, ndim);
+    let offs = offsets(connectivity);
     if mask.is_some() && markers.iter().any(|&l| l == OUTSIDE) {
         return Err(format!("watershed: marker label {OUTSIDE} is reserved with a mask (relabel the markers: op label)"));
     }
@@ -522,8 +507,8 @@ fn reconstruct<T: Copy + PartialOrd>(j: &mut [T], mask: &[T], dims: (usize, usiz
 }
 
 /// The h-maxima of an image, as scikit-image computes them (see [`H_MAXIMA`]).
-pub fn h_maxima(d: &Data, h: f64, connectivity: u8, ndim: u8) -> Result<Array3<u8>, String> {
-    let offs = offsets(connectivity, ndim);
+pub fn h_maxima(d: &Data, h: f64, connectivity: u8) -> Result<Array3<u8>, String> {
+    let offs = offsets(connectivity);
     fn ints<T: Copy + Ord + Into<f64> + TryFrom<u64>>(a: &Array3<T>, h: f64, offs: &[[isize; 3]], sub: fn(T, T) -> T) -> Array3<u8> {
         let dims = a.dim();
         let v: Vec<T> = a.iter().copied().collect();
@@ -577,10 +562,10 @@ mod tests {
 
     #[test]
     fn offsets_in_scikit_image_order() {
-        assert_eq!(offsets(6, 3), vec![[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 1], [0, 1, 0], [1, 0, 0]]);
-        assert_eq!(offsets(4, 2), vec![[0, -1, 0], [0, 0, -1], [0, 0, 1], [0, 1, 0]]);
-        assert_eq!(offsets(26, 3).len(), 26);
-        assert_eq!(offsets(18, 3)[6], [-1, -1, 0]);
+        assert_eq!(offsets(6), vec![[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, 0, 1], [0, 1, 0], [1, 0, 0]]);
+        assert_eq!(offsets(4), vec![[0, -1, 0], [0, 0, -1], [0, 0, 1], [0, 1, 0]]);
+        assert_eq!(offsets(26).len(), 26);
+        assert_eq!(offsets(18)[6], [-1, -1, 0]);
     }
 
     #[test]
@@ -606,7 +591,7 @@ mod tests {
         let mut m = Array3::<u32>::zeros((1, 1, 7));
         m[[0, 0, 0]] = 1;
         m[[0, 0, 6]] = 2;
-        let out = watershed(&img, false, &m, None, 4, 2).unwrap();
+        let out = watershed(&img, false, &m, None, 4).unwrap();
         assert_eq!(out.iter().copied().collect::<Vec<_>>(), vec![1, 1, 1, 1, 2, 2, 2]);
     }
 
@@ -615,14 +600,14 @@ mod tests {
         let img = Data::U8(Array3::zeros((1, 2, 2)));
         let m = Array3::from_elem((1, 2, 2), u32::MAX);
         let k = Array3::from_elem((1, 2, 2), 1u8);
-        assert!(watershed(&img, false, &m, Some(&k), 4, 2).unwrap_err().contains("reserved"));
-        assert!(watershed(&img, false, &m, None, 4, 2).is_ok());
+        assert!(watershed(&img, false, &m, Some(&k), 4).unwrap_err().contains("reserved"));
+        assert!(watershed(&img, false, &m, None, 4).is_ok());
     }
 
     #[test]
     fn h_maxima_of_two_peaks() {
         let img = Data::U8(Array3::from_shape_vec((1, 1, 9), vec![0, 3, 9, 3, 0, 2, 4, 2, 0]).unwrap());
-        let got = |h: f64| h_maxima(&img, h, 8, 2).unwrap().iter().copied().collect::<Vec<_>>();
+        let got = |h: f64| h_maxima(&img, h, 8).unwrap().iter().copied().collect::<Vec<_>>();
         assert_eq!(got(3.0), vec![0, 0, 1, 0, 0, 0, 1, 0, 0]);
         assert_eq!(got(5.0), vec![0, 0, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(got(10.0), vec![0; 9]);
