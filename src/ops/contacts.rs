@@ -1,6 +1,6 @@
 //! The contact graph: which objects touch, and over how much surface.
 
-use ndarray::{Array2, Axis};
+use ndarray::Axis;
 use serde::{Deserialize, Serialize};
 
 use super::local::{Contacts, LocalSums, Seam, Wanted};
@@ -94,10 +94,7 @@ fn contacts_of(input: &dyn slab::Volume, z0: usize, z1: usize, planes: usize, ct
         Value::Labels(l) => Ok(l),
         _ => Err("contacts: `labels` is not labels".to_string()),
     };
-    let mut before: Option<Array2<u32>> = match z0 {
-        0 => None,
-        _ => Some(read(z0 - 1, z0)?.index_axis_move(Axis(0), 0)),
-    };
+    let mut before = super::local::plane_before(input, z0, "contacts: `labels`")?;
     let ranges: Vec<(usize, usize)> = slab::ranges(z1 - z0, planes).map(|(a, b)| (z0 + a, z0 + b)).collect();
     let mut sums = LocalSums::default();
     slab::pipelined(&ranges, &read, |l, _, _| {

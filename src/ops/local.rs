@@ -287,6 +287,18 @@ pub struct LocalSums {
     pub contacts: Contacts,
 }
 
+/// Plane `z0 − 1` of a label volume, the plane a slab or block starting at `z0` needs before it
+/// ([`Seam::before`]); `None` at the volume's start. `what` names the input in errors.
+pub fn plane_before(input: &dyn super::slab::Volume, z0: usize, what: &str) -> Result<Option<ndarray::Array2<u32>>, String> {
+    if z0 == 0 {
+        return Ok(None);
+    }
+    match input.read(z0 - 1, z0)? {
+        super::Value::Labels(l) => Ok(Some(l.index_axis_move(Axis(0), 0))),
+        _ => Err(format!("{what} are not labels")),
+    }
+}
+
 /// A plane's values in raster order, borrowed when the plane is contiguous.
 fn flat<'a>(v: ArrayView2<'a, u32>) -> std::borrow::Cow<'a, [u32]> {
     match v.to_slice() {
@@ -319,27 +331,39 @@ impl LocalSums {
                 self.shape.resize(max as usize + 1, Local::default());
             }
         }
-        let w = nx + 2;
-        let h = ny + 2;
-        let mut prev = vec![0u32; w * h];
-        let mut cur = vec![0u32; w * h];
         let mut counter = PairCounter { to: &mut self.contacts, key: (0, 0), faces: [0; 3] };
         let shape = &mut self.shape;
-        if seam.planar {
+        let (w, h) = (nx + 2, ny + 2);
+        if want.shape && !seam.planar {
+            // 2×2×2 windows: surfaces, Euler numbers and (on the windows' edges) the faces.
+            let mut prev = vec![0u32; w * h];
+            let mut cur = vec![0u32; w * h];
+            // Before the volume's first plane: background.
+            if let Some(b) = seam.before {
+                pad(b, &mut prev, w);
+            }
             for plane in labels.axis_iter(Axis(0)) {
                 pad(plane, &mut cur, w);
-                if want.shape {
-                    plane_windows(&cur, w, h, &mut shape[..]);
-                }
-                if want.contacts {
-                    in_plane_contacts(&cur, w, h, &mut counter);
-                }
+                cubes(&prev, &cur, w, h, shape, want.contacts.then_some(&mut counter));
+                std::mem::swap(&mut prev, &mut cur);
+            }
+            if seam.last {
+                // The windows past the last plane: surfaces only (no faces touch the background).
+                cur.fill(0);
+                cubes(&prev, &cur, w, h, shape, None);
             }
             return;
         }
-        if !want.shape {
-            // Faces only: each voxel against its x, y and z − 1 neighbours, no windows.
-            let mut before = seam.before.map(flat);
+        if want.shape {
+            let mut cur = vec![0u32; w * h];
+            for plane in labels.axis_iter(Axis(0)) {
+                pad(plane, &mut cur, w);
+                plane_windows(&cur, w, h, shape);
+            }
+        }
+        if want.contacts {
+            // Faces alone: each voxel against its x, y and (3D) z − 1 neighbours.
+            let mut before = if seam.planar { None } else { seam.before.map(flat) };
             for plane in labels.axis_iter(Axis(0)) {
                 let cur = flat(plane);
                 let c: &[u32] = &cur;
@@ -353,24 +377,8 @@ impl LocalSums {
                         faces(&p[y * nx..(y + 1) * nx], row, 0, &mut counter);
                     }
                 }
-                before = Some(cur);
+                before = (!seam.planar).then_some(cur);
             }
-            return;
-        }
-        // Before the volume's first plane: background.
-        if let Some(b) = seam.before {
-            pad(b, &mut prev, w);
-        }
-        for plane in labels.axis_iter(Axis(0)) {
-            pad(plane, &mut cur, w);
-            let sh = want.shape.then_some(&mut shape[..]);
-            cubes(&prev, &cur, w, h, sh, want.contacts.then_some(&mut counter));
-            std::mem::swap(&mut prev, &mut cur);
-        }
-        if seam.last && want.shape {
-            // The windows past the last plane: surfaces only (no faces touch the background).
-            cur.fill(0);
-            cubes(&prev, &cur, w, h, Some(&mut shape[..]), None);
         }
     }
 
@@ -466,11 +474,11 @@ fn faces(a: &[u32], b: &[u32], axis: usize, counter: &mut PairCounter) {
 }
 
 /// The 2×2×2 windows between padded planes `p` (z−1) and `q` (z): their Euler and surface
-/// weights (with `shape`), and the faces of plane z and between the planes where two objects
+/// weights into `shape`, and the faces of plane z and between the planes where two objects
 /// touch (with `counter`). Each face lies on one window's upper edges — x faces on its (z, y+1)
 /// edge, y faces on its (z, x+1) edge, z faces on its (y+1, x+1) edge — so it is counted once; a
 /// window of one value has none, and is skipped, as are the runs of background.
-fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, mut shape: Option<&mut [Local]>, mut counter: Option<&mut PairCounter>) {
+fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], mut counter: Option<&mut PairCounter>) {
     for yy in 0..h - 1 {
         let (r0, r1) = (yy * w, (yy + 1) * w);
         let (p0, p1, q0, q1) = (&p[r0..r0 + w], &p[r1..r1 + w], &q[r0..r0 + w], &q[r1..r1 + w]);
@@ -493,7 +501,6 @@ fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, mut shape: Option<&mut [Local
                     }
                 }
             }
-            let Some(shape) = shape.as_deref_mut() else { continue };
             let mut done = 0u32;
             for b in 0..8 {
                 let l = c[b];
@@ -561,27 +568,6 @@ fn plane_windows(q: &[u32], w: usize, h: usize, shape: &mut [Local]) {
             _ => continue,
         };
         shape[l as usize].surface[class] += 1;
-    }
-}
-
-/// Contacts within a padded plane: x neighbours, then y neighbours.
-fn in_plane_contacts(q: &[u32], w: usize, h: usize, counter: &mut PairCounter) {
-    for yy in 1..h - 1 {
-        let row = &q[yy * w..(yy + 1) * w];
-        for x in 1..w - 2 {
-            let (a, b) = (row[x], row[x + 1]);
-            if a != b && a != 0 && b != 0 {
-                counter.add(a, b, 2);
-            }
-        }
-        if yy < h - 2 {
-            let next = &q[(yy + 1) * w..(yy + 2) * w];
-            for (&a, &b) in row.iter().zip(next) {
-                if a != b && a != 0 && b != 0 {
-                    counter.add(a, b, 1);
-                }
-            }
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use super::exact::F32Sums;
-use super::local::{Contacts, LocalSums, Seam, Wanted};
+use super::local::{Contacts, LocalSums, Seam, Wanted, plane_before};
 use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
 use crate::io::Data;
@@ -231,12 +231,16 @@ impl Measure {
         let ranges: Vec<(usize, usize)> = slab::ranges(z1 - z0, planes).map(|(a, b)| (z0 + a, z0 + b)).collect();
         let nz = inputs[0].shape()[0];
         let mut acc = Accumulator::default();
-        // The plane before each slab: read before the first, kept from the one before after.
-        let mut before: Option<(Array2<u32>, Option<Array2<u32>>)> = match z0 {
-            0 => None,
-            _ => {
-                let (l, _, t) = read(z0 - 1, z0)?;
-                Some((l.index_axis_move(Axis(0), 0), t.map(|t| t.index_axis_move(Axis(0), 0))))
+        // The plane before each slab (labels and territories): read before the first, kept from
+        // the one before after.
+        let mut before: Option<(Array2<u32>, Option<Array2<u32>>)> = match plane_before(inputs[0], z0, "measure: `labels`")? {
+            None => None,
+            Some(l) => {
+                let t = match self.territories.is_some() {
+                    true => plane_before(inputs[1 + n_int], z0, "measure: `territories`")?,
+                    false => None,
+                };
+                Some((l, t))
             }
         };
         slab::pipelined(&ranges, &read, |(l, images, terr), a, b| {
