@@ -42,7 +42,8 @@ fn example_pipeline_writes_the_output_folder() {
     let stats = std::fs::read_to_string(out.join("stats/shape_within_between.csv")).unwrap();
     assert!(
         stats.starts_with(
-            "phenotype,n_groups,n_objects,within_cv_pct,between_cv_pct,ratio_pct,icc,anova_f,anova_p,n_missing,note\nvolume,3,"
+            "phenotype,n_groups,n_objects,within_cv_pct,between_cv_pct,ratio_pct,icc,anova_f,anova_p,within_cv_pct_lo,\
+             within_cv_pct_hi,between_cv_pct_lo,between_cv_pct_hi,ratio_pct_lo,ratio_pct_hi,n_missing,note\nvolume,3,"
         ),
         "{stats}"
     );

@@ -186,9 +186,16 @@ pub struct StatsArgs {
     /// k-means clusters of the standardised phenotypes.
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
     pub kmeans: Option<u32>,
-    /// Seed of the k-means++ starting centres.
+    /// Seed of the k-means++ starting centres and of the bootstrap.
     #[arg(long, default_value_t = 1, value_name = "S")]
     pub seed: u64,
+    /// Bootstrap replicates for the confidence intervals of the within/between statistics
+    /// (groups resampled with replacement; 0: no intervals).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub bootstrap: u32,
+    /// Confidence level of those intervals.
+    #[arg(long, default_value_t = 0.95, value_name = "L", value_parser = parse_level)]
+    pub confidence: f64,
     /// Worker threads. Default: all cores.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
@@ -406,6 +413,14 @@ pub struct CompletionsArgs {
 }
 
 /// Parses sizes like `512MiB`, `8GiB`, `2G`, `64MB`, `1000000`.
+/// A confidence level: a number strictly between 0 and 1.
+fn parse_level(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 1.0 => Ok(x),
+        _ => Err(format!("'{s}' is not a confidence level between 0 and 1 (e.g. 0.95)")),
+    }
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -471,6 +486,8 @@ pub fn main_with(cli: Cli) -> i32 {
                 pca: a.pca.unwrap_or(0) as usize,
                 kmeans: a.kmeans.unwrap_or(0) as usize,
                 seed: a.seed,
+                bootstrap: a.bootstrap as usize,
+                confidence: a.confidence,
             };
             tables::cmd_stats(&a.tables, req, a.out.as_deref(), a.json)
         }

@@ -582,6 +582,8 @@ pub fn compile(spec: PipelineSpec, columns: Option<&[String]>, first_row: Option
                         pca: s.pca,
                         kmeans: s.kmeans,
                         seed: s.seed,
+                        bootstrap: s.bootstrap,
+                        confidence: s.confidence,
                     },
                 });
             }

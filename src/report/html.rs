@@ -463,7 +463,7 @@ pub fn render(out: &Path) -> Result<String, String> {
             }
             if let Some(wb) = table(out, &format!("stats/{stage}_within_between.parquet"), &[]) {
                 let _ = write!(h, "<h3>Within/between statistics ({})</h3>", esc(&by));
-                h.push_str("<p class=note>ratio = 100 · within-group CV / between-group CV: far above 100, a phenotype varies more inside groups than between them. ICC(1) and the one-way ANOVA say how well it separates groups.</p>");
+                h.push_str("<p class=note>ratio = 100 · within-group CV / between-group CV: far above 100, a phenotype varies more inside groups than between them. ICC(1) and the one-way ANOVA say how well it separates groups. The <code>_lo</code>/<code>_hi</code> columns are confidence limits from a seeded bootstrap that resamples the groups with replacement (percentile intervals).</p>");
                 h.push_str(&html_table(&wb, None, 200));
                 if let (Some(Column::Str(names)), Some(Column::F64(r))) = (wb.get("phenotype"), wb.get("ratio_pct")) {
                     h.push_str(&plots::bars("within/between ratio", names, r, "ratio %", Some(100.0))?);

@@ -74,6 +74,10 @@ pub struct StatsSpec {
     /// k-means clusters (0: none).
     pub kmeans: usize,
     pub seed: u64,
+    /// Bootstrap replicates of the confidence intervals (0: none).
+    pub bootstrap: usize,
+    /// Their confidence level.
+    pub confidence: f64,
 }
 
 /// A pipeline file, structurally checked.
@@ -391,13 +395,13 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
             diags.push(Diagnostic::at(
                 file,
                 n,
-                "`stats` must be a mapping with `table`, optional `by`, `phenotypes`, `pca`, `kmeans`, `seed`",
+                "`stats` must be a mapping with `table`, optional `by`, `phenotypes`, `pca`, `kmeans`, `seed`, `bootstrap`, `confidence`",
             ));
             return None;
         }
         for (k, _) in n.as_map().unwrap_or_default() {
             let key = k.as_str().unwrap_or("");
-            const KEYS: [&str; 6] = ["table", "by", "phenotypes", "pca", "kmeans", "seed"];
+            const KEYS: [&str; 8] = ["table", "by", "phenotypes", "pca", "kmeans", "seed", "bootstrap", "confidence"];
             if !KEYS.contains(&key) {
                 diags.push(Diagnostic::at(file, k, format!("unknown key '{key}' in `stats`")).suggest(key, KEYS));
             }
@@ -431,7 +435,19 @@ pub fn parse_str(file: &Path, text: String) -> (Option<PipelineSpec>, Vec<Diagno
         let pca = count("pca", 1, 1000) as usize;
         let kmeans = count("kmeans", 1, 100_000) as usize;
         let seed = if n.get("seed").is_some() { count("seed", 0, u64::MAX) } else { 1 };
-        Some(StatsSpec { table, by, phenotypes, pca, kmeans, seed })
+        let defaults = crate::stats::Bootstrap::default();
+        let bootstrap = if n.get("bootstrap").is_some() { count("bootstrap", 0, 1_000_000) as usize } else { defaults.replicates };
+        let confidence = match n.get("confidence") {
+            None => defaults.level,
+            Some(v) => match v.as_str().and_then(|s| s.parse::<f64>().ok()) {
+                Some(x) if x > 0.0 && x < 1.0 => x,
+                _ => {
+                    diags.push(Diagnostic::at(file, v, "`stats.confidence` must be a number between 0 and 1 (e.g. 0.95)"));
+                    defaults.level
+                }
+            },
+        };
+        Some(StatsSpec { table, by, phenotypes, pca, kmeans, seed, bootstrap, confidence })
     });
 
     let spec = PipelineSpec {

@@ -23,12 +23,25 @@ pub struct Request {
     pub pca: usize,
     /// Clusters (0: no k-means).
     pub kmeans: usize,
+    /// Seed of k-means++ and of the bootstrap.
     pub seed: u64,
+    /// Bootstrap replicates for the confidence intervals (0: none).
+    pub bootstrap: usize,
+    /// Confidence level of the intervals.
+    pub confidence: f64,
 }
 
 impl Default for Request {
     fn default() -> Self {
-        Request { by: "sample".into(), phenotypes: None, pca: 0, kmeans: 0, seed: 1 }
+        let b = super::Bootstrap::default();
+        Request { by: "sample".into(), phenotypes: None, pca: 0, kmeans: 0, seed: b.seed, bootstrap: b.replicates, confidence: b.level }
+    }
+}
+
+impl Request {
+    /// The bootstrap this request asks for.
+    pub fn boot(&self) -> super::Bootstrap {
+        super::Bootstrap { replicates: self.bootstrap, level: self.confidence, seed: self.seed }
     }
 }
 
@@ -170,7 +183,7 @@ impl Analysis {
     pub fn finish(self) -> Outputs {
         let req = self.req;
         let grouped = self.grouped.unwrap_or_else(|| Grouped::new(req.phenotypes.clone().unwrap_or_default()));
-        let mut wb = grouped.table();
+        let mut wb = grouped.table(&req.boot());
         let mut missing: Vec<u64> = wb.u64("n_objects").iter().map(|n| self.rows_in_groups.saturating_sub(*n)).collect();
         let mut out = Outputs {
             within_between: Table::default(),
@@ -215,7 +228,7 @@ impl Analysis {
                 if let Ok(p) = Partial::of(&comp_table, &req.by, &comp_grouped.phenotypes, "") {
                     comp_grouped.absorb(p);
                 }
-                let ct = comp_grouped.table();
+                let ct = comp_grouped.table(&req.boot());
                 missing.extend(ct.u64("n_objects").iter().map(|n| self.rows_in_groups.saturating_sub(*n)));
                 append_rows(&mut wb, &ct);
             }

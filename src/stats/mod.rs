@@ -192,25 +192,132 @@ impl Grouped {
     }
 
     /// The within/between table: one row per phenotype (SPEC §7 columns, then `icc`,
-    /// `anova_f`, `anova_p`).
-    pub fn table(&self) -> Table {
-        let mut rows = Vec::new();
-        for (j, name) in self.phenotypes.iter().enumerate() {
-            let ms: Vec<Moments> = self.groups.values().map(|v| v[j]).filter(|m| m.n > 0).collect();
-            rows.push((name.clone(), summarise(&ms)));
-        }
-        let col = |f: fn(&Summary) -> f64| Column::F64(rows.iter().map(|(_, s)| f(s)).collect());
+    /// `anova_f`, `anova_p`, then the bootstrap's confidence limits of the three CV
+    /// statistics: `within_cv_pct_lo`, `_hi`, `between_cv_pct_lo`, `_hi`, `ratio_pct_lo`,
+    /// `_hi`; NaN when `boot` has no replicates).
+    pub fn table(&self, boot: &Bootstrap) -> Table {
+        let rows: Vec<(String, Summary, [f64; 6])> = self
+            .phenotypes
+            .par_iter()
+            .enumerate()
+            .map(|(j, name)| {
+                let ms: Vec<Moments> = self.groups.values().map(|v| v[j]).collect();
+                let present: Vec<Moments> = ms.iter().copied().filter(|m| m.n > 0).collect();
+                (name.clone(), summarise(&present), boot.limits(&ms))
+            })
+            .collect();
+        let col = |f: fn(&Summary) -> f64| Column::F64(rows.iter().map(|(_, s, _)| f(s)).collect());
+        let lim = |k: usize| Column::F64(rows.iter().map(|(_, _, l)| l[k]).collect());
         let mut t = Table::default();
-        t.push("phenotype", Column::Str(rows.iter().map(|(n, _)| n.clone()).collect()), None);
-        t.push("n_groups", Column::U64(rows.iter().map(|(_, s)| s.n_groups).collect()), None);
-        t.push("n_objects", Column::U64(rows.iter().map(|(_, s)| s.n_objects).collect()), None);
+        t.push("phenotype", Column::Str(rows.iter().map(|(n, _, _)| n.clone()).collect()), None);
+        t.push("n_groups", Column::U64(rows.iter().map(|(_, s, _)| s.n_groups).collect()), None);
+        t.push("n_objects", Column::U64(rows.iter().map(|(_, s, _)| s.n_objects).collect()), None);
         t.push("within_cv_pct", col(|s| s.within), None);
         t.push("between_cv_pct", col(|s| s.between), None);
         t.push("ratio_pct", col(|s| s.ratio), None);
         t.push("icc", col(|s| s.icc), None);
         t.push("anova_f", col(|s| s.f), None);
         t.push("anova_p", col(|s| s.p), None);
+        for (k, name) in LIMIT_COLUMNS.iter().enumerate() {
+            t.push(name, lim(k), None);
+        }
         t
+    }
+}
+
+/// The confidence limit columns of the within/between table, in order.
+pub const LIMIT_COLUMNS: [&str; 6] =
+    ["within_cv_pct_lo", "within_cv_pct_hi", "between_cv_pct_lo", "between_cv_pct_hi", "ratio_pct_lo", "ratio_pct_hi"];
+
+/// Confidence intervals of the within/between statistics by a seeded cluster bootstrap: each
+/// replicate draws as many groups as there are, with replacement, keeping each drawn group's
+/// objects as they are, and computes `within_cv_pct`, `between_cv_pct` and `ratio_pct` of the
+/// drawn groups; the limits are the replicates' percentiles at (1 − level)/2 and (1 + level)/2
+/// (linear interpolation between order statistics, numpy's default). Resampling the groups
+/// alone is Davison & Hinkley's (1997, §3.8) recommendation for two-level data: a drawn group
+/// brings its own sampling noise with it, while also resampling objects inside the groups
+/// counts that noise twice. Every phenotype sees the same draws (one generator from `seed`,
+/// restarted per phenotype), so the limits depend only on the groups' values, their order
+/// (sorted by name) and the seed — never on threads or on how the rows were split in files.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bootstrap {
+    /// Replicates (0: no intervals).
+    pub replicates: usize,
+    /// Confidence level, in (0, 1).
+    pub level: f64,
+    pub seed: u64,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Bootstrap { replicates: 1000, level: 0.95, seed: 1 }
+    }
+}
+
+/// The CV statistics of some groups' moments (groups without values are skipped): within,
+/// between, ratio; as [`summarise`] computes them.
+fn cv_statistics(ms: impl Iterator<Item = Moments> + Clone) -> [f64; 3] {
+    let (mut cv_sum, mut cv_n) = (0.0, 0u64);
+    for m in ms.clone().filter(|m| m.n > 1) {
+        cv_sum += 100.0 * m.sd() / m.mean.abs();
+        cv_n += 1;
+    }
+    let within = if cv_n == 0 { f64::NAN } else { cv_sum / cv_n as f64 };
+    let present = ms.filter(|m| m.n > 0);
+    let between = if present.clone().nth(1).is_some() {
+        let means = Moments::of(present.map(|m| m.mean));
+        100.0 * means.sd() / means.mean.abs()
+    } else {
+        f64::NAN
+    };
+    [within, between, 100.0 * within / between]
+}
+
+/// The `q`-quantile of sorted values (linear interpolation, numpy's default), NaN when empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let h = (sorted.len() - 1) as f64 * q;
+    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+    let (a, b) = (sorted[lo], sorted[hi]);
+    if a == b { a } else { a + (h - lo as f64) * (b - a) }
+}
+
+impl Bootstrap {
+    /// Limits (lo, hi) of within, between and ratio over the groups `ms` (one per group, in
+    /// group order, including groups without values of this phenotype: every phenotype draws
+    /// from the same list). NaN where fewer than two groups have values, or without replicates.
+    pub fn limits(&self, ms: &[Moments]) -> [f64; 6] {
+        let k = ms.len();
+        if self.replicates == 0 || ms.iter().filter(|m| m.n > 0).count() < 2 {
+            return [f64::NAN; 6];
+        }
+        let mut rng = kmeans::SplitMix::new(self.seed);
+        let mut draws: [Vec<f64>; 3] = std::array::from_fn(|_| Vec::with_capacity(self.replicates));
+        let mut picked = vec![Moments::default(); k];
+        for _ in 0..self.replicates {
+            for p in picked.iter_mut() {
+                // Lemire's multiply-shift: an index in 0..k from 64 random bits.
+                *p = ms[((rng.next_u64() as u128 * k as u128) >> 64) as usize];
+            }
+            for (d, v) in draws.iter_mut().zip(cv_statistics(picked.iter().copied())) {
+                if !v.is_nan() {
+                    d.push(v);
+                }
+            }
+        }
+        let (qlo, qhi) = ((1.0 - self.level) / 2.0, (1.0 + self.level) / 2.0);
+        let mut out = [f64::NAN; 6];
+        for (s, d) in draws.iter_mut().enumerate() {
+            d.sort_unstable_by(f64::total_cmp);
+            // A statistic undefined in most replicates (all drawn groups alike) has no interval.
+            if d.len() * 2 > self.replicates {
+                out[2 * s] = quantile(d, qlo);
+                out[2 * s + 1] = quantile(d, qhi);
+            }
+        }
+        out
     }
 }
 
@@ -260,6 +367,11 @@ pub fn summarise(ms: &[Moments]) -> Summary {
 /// tables in manifest order, or any tables). Without `phenotypes`, every numeric column of the
 /// first table but `by`, `label` and `bbox_*` is one. Errors name a missing column.
 pub fn within_between(tables: &[&Table], by: &str, phenotypes: Option<&[String]>) -> Result<Table, String> {
+    within_between_with(tables, by, phenotypes, &Bootstrap::default())
+}
+
+/// [`within_between`] with the bootstrap's settings.
+pub fn within_between_with(tables: &[&Table], by: &str, phenotypes: Option<&[String]>, boot: &Bootstrap) -> Result<Table, String> {
     let names: Vec<String> = match phenotypes {
         Some(p) => p.to_vec(),
         None => tables.first().map(|t| default_phenotypes(t, by)).unwrap_or_default(),
@@ -268,7 +380,7 @@ pub fn within_between(tables: &[&Table], by: &str, phenotypes: Option<&[String]>
     for t in tables {
         g.absorb(Partial::of(t, by, &g.phenotypes, "")?);
     }
-    Ok(g.table())
+    Ok(g.table(boot))
 }
 
 #[cfg(test)]
@@ -357,5 +469,61 @@ mod tests {
         let t = within_between(&[&e], "sample", None).unwrap();
         assert_eq!(t.u64("n_groups"), vec![0]);
         assert!(t.f64("within_cv_pct")[0].is_nan());
+    }
+
+    fn normal(rng: &mut kmeans::SplitMix) -> f64 {
+        // Box–Muller.
+        let (u, v) = (1.0 - rng.unit(), rng.unit());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    #[test]
+    fn bootstrap_limits_are_seeded_and_bracket_the_estimate() {
+        let ms: Vec<Moments> = (0..12).map(|g| Moments::of((0..20).map(|i| 50.0 + g as f64 * 3.0 + ((i * 7 + g) % 11) as f64))).collect();
+        let b = Bootstrap::default();
+        let l = b.limits(&ms);
+        assert_eq!(l.map(f64::to_bits), b.limits(&ms).map(f64::to_bits), "same seed, same bits");
+        let other = Bootstrap { seed: 2, ..b }.limits(&ms);
+        assert_ne!(l, other, "another seed, other draws");
+        let s = summarise(&ms);
+        for (k, v) in [s.within, s.between, s.ratio].into_iter().enumerate() {
+            assert!(l[2 * k] < v && v < l[2 * k + 1], "statistic {k}: {v} outside [{}, {}]", l[2 * k], l[2 * k + 1]);
+        }
+        let wider = Bootstrap { level: 0.99, ..b }.limits(&ms);
+        assert!(wider[0] <= l[0] && wider[1] >= l[1]);
+        // One group with values: no interval; no replicates: none either.
+        let one = [ms[0], Moments::default()];
+        assert!(b.limits(&one).iter().all(|x| x.is_nan()));
+        assert!(Bootstrap { replicates: 0, ..b }.limits(&ms).iter().all(|x| x.is_nan()));
+        // Through the table: the limit columns follow the statistics.
+        let (a, c) = (sample("a", &[1.0, 2.0, 3.0]), sample("c", &[4.0, 6.0, 5.0]));
+        let t = within_between(&[&a, &c], "sample", None).unwrap();
+        assert_eq!(&t.names()[t.names().len() - 6..], &LIMIT_COLUMNS);
+    }
+
+    #[test]
+    fn bootstrap_intervals_cover_the_truth_about_as_often_as_they_say() {
+        // 200 simulated studies of 30 groups × 40 objects: group means ~ N(100, 10), objects
+        // ~ N(mean, 0.2·mean). True within CV: 20 %; the between CV of the group means (with
+        // their sampling noise): 100·√(10² + 20²/40)/100 = 10.25 %.
+        let mut rng = kmeans::SplitMix::new(7);
+        let boot = Bootstrap { replicates: 400, ..Bootstrap::default() };
+        let (mut within_in, mut between_in, studies) = (0, 0, 200);
+        for _ in 0..studies {
+            let ms: Vec<Moments> = (0..30)
+                .map(|_| {
+                    let mu = 100.0 + 10.0 * normal(&mut rng);
+                    let v: Vec<f64> = (0..40).map(|_| mu + 0.2 * mu * normal(&mut rng)).collect();
+                    Moments::of(v.into_iter())
+                })
+                .collect();
+            let l = boot.limits(&ms);
+            within_in += (l[0] <= 20.0 && 20.0 <= l[1]) as usize;
+            let truth = (100.0f64 + 400.0 / 40.0).sqrt();
+            between_in += (l[2] <= truth && truth <= l[3]) as usize;
+        }
+        let (w, b) = (within_in as f64 / studies as f64, between_in as f64 / studies as f64);
+        assert!((0.85..=0.99).contains(&w), "within coverage {w}");
+        assert!((0.85..=0.99).contains(&b), "between coverage {b}");
     }
 }
