@@ -526,9 +526,92 @@ pub fn fmt_num(x: f64) -> String {
     }
 }
 
+/// Whether `path` (relative, `/`-separated) matches a shell pattern, ignoring ASCII case
+/// (instruments write `.TIF` as often as `.tif`): `*` any run of characters but `/`, `**` any
+/// run including `/`, `?` one character, `[abc]`, `[a-z]`, `[!x]` one of (or none of) a set,
+/// `{tif,tiff}` one of the alternatives.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    expand_braces(pattern).iter().any(|p| {
+        let p: Vec<char> = p.to_ascii_lowercase().chars().collect();
+        let s: Vec<char> = path.to_ascii_lowercase().chars().collect();
+        glob_here(&p, &s)
+    })
+}
+
+/// `a{b,c}d` → `abd`, `acd` (nested and repeated braces too; an unclosed brace is literal).
+fn expand_braces(p: &str) -> Vec<String> {
+    let Some(open) = p.find('{') else { return vec![p.to_string()] };
+    let mut depth = 0;
+    let mut parts = Vec::new();
+    let mut start = open + 1;
+    for (i, c) in p[open..].char_indices().map(|(i, c)| (i + open, c)) {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    parts.push(&p[start..i]);
+                    let (head, tail) = (&p[..open], &p[i + 1..]);
+                    return parts.iter().flat_map(|alt| expand_braces(&format!("{head}{alt}{tail}"))).collect();
+                }
+            }
+            ',' if depth == 1 => {
+                parts.push(&p[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    vec![p.to_string()]
+}
+
+fn glob_here(p: &[char], s: &[char]) -> bool {
+    match p.first() {
+        None => s.is_empty(),
+        Some('*') if p.get(1) == Some(&'*') => {
+            // `**/` also matches no folder at all.
+            let rest = if p.get(2) == Some(&'/') { &p[3..] } else { &p[2..] };
+            (0..=s.len()).any(|i| glob_here(rest, &s[i..])) || (p.get(2) == Some(&'/') && glob_here(&p[2..], s))
+        }
+        Some('*') => (0..=s.len()).take_while(|&i| i == 0 || s[i - 1] != '/').any(|i| glob_here(&p[1..], &s[i..])),
+        Some('?') => s.first().is_some_and(|&c| c != '/') && glob_here(&p[1..], &s[1..]),
+        Some('[') => {
+            let Some(close) = p.iter().skip(2).position(|&c| c == ']').map(|i| i + 2) else {
+                return s.first() == Some(&'[') && glob_here(&p[1..], &s[1..]);
+            };
+            let Some(&c) = s.first() else { return false };
+            let (negate, set) = if p[1] == '!' || p[1] == '^' { (true, &p[2..close]) } else { (false, &p[1..close]) };
+            let mut hit = false;
+            let mut i = 0;
+            while i < set.len() {
+                if i + 2 < set.len() && set[i + 1] == '-' {
+                    hit |= set[i] <= c && c <= set[i + 2];
+                    i += 3;
+                } else {
+                    hit |= set[i] == c;
+                    i += 1;
+                }
+            }
+            hit != negate && c != '/' && glob_here(&p[close + 1..], &s[1..])
+        }
+        Some(&c) => s.first() == Some(&c) && glob_here(&p[1..], &s[1..]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        let m = glob_match;
+        assert!(m("*.tif", "scan_001.tif") && m("*.tif", "SCAN.TIF") && !m("*.tif", "scan.tif.part"));
+        assert!(!m("*.tif", "day1/scan.tif"), "* stops at folders");
+        assert!(m("**/*.tif", "day1/scan.tif") && m("**/*.tif", "scan.tif") && m("day*/**", "day2/a/b.npy"));
+        assert!(m("*.{tif,tiff,npy}", "a.tiff") && m("*.{tif,tiff,npy}", "a.npy") && !m("*.{tif,tiff}", "a.png"));
+        assert!(m("scan_[0-9]?.tif", "scan_12.tif") && !m("scan_[!0-9]?.tif", "scan_12.tif"));
+        assert!(m("a{b,{c,d}}e", "ade") && m("[x", "[x") && m("{a", "{a"));
+    }
 
     #[test]
     fn utc_times() {

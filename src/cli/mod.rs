@@ -7,6 +7,7 @@ mod render;
 mod status;
 mod submit;
 mod tables;
+pub mod watch;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,9 @@ pub enum Command {
     /// Write a self-contained HTML report of an output folder: provenance, samples, phenotype
     /// distributions, statistics, PCA, clusters and label previews.
     Report(ReportArgs),
+    /// Watch a folder (or a growing manifest) and run the pipeline on each scan once it is
+    /// complete, keeping the study's tables, statistics and report current.
+    Watch(watch::WatchArgs),
     /// Submit a study as an array job (one shard per task) and a merge job after it, on Slurm
     /// or SGE; or resubmit the shards of an output folder that have failed or missing samples.
     Submit(SubmitArgs),
@@ -449,6 +453,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub fn main_with(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(a) => cmd_run(a),
+        Command::Watch(a) => watch::cmd_watch(a),
         Command::Validate(a) => cmd_validate(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Ops(a) => cmd_ops(a),
@@ -870,6 +875,8 @@ fn cmd_run(a: RunArgs) -> i32 {
         force: a.force,
         checkpoints: !a.no_checkpoint,
         split: a.split.map(|n| n as usize),
+        interrupt: None,
+        study_outputs: true,
     };
     if let Some(n) = cfg.split {
         use crate::exec::split::{PhaseArg, run_phase};

@@ -116,7 +116,50 @@ fn split_text(p: &crate::exec::split::Progress) -> String {
     t
 }
 
+/// What `watch.json` says, for `tessera status`: the watch, whether its process still runs,
+/// and the pending samples (as text, or a JSON value).
+fn watch_status(out: &Path) -> Option<(String, serde_json::Value)> {
+    let rec = match crate::exec::watch::WatchRecord::load(out)? {
+        Ok(r) => r,
+        Err(e) => return Some((format!("watch: {e}\n"), serde_json::json!({"error": e}))),
+    };
+    let alive = rec.host == crate::util::hostname() && crate::util::pid_alive(rec.pid) && rec.state == "watching";
+    let how = if alive { format!("process {} running", rec.pid) } else { format!("not running ({})", rec.state) };
+    let what = match &rec.pattern {
+        Some(p) => format!("{} ({p})", rec.source),
+        None => rec.source.clone(),
+    };
+    let mut t = format!("watch of {what}: {how}; {} finished, {} pending\n", rec.finished.len(), rec.pending.len());
+    let w = rec.pending.iter().map(|p| p.sample.len()).max().unwrap_or(0).max(6);
+    for p in rec.pending.iter().take(50) {
+        t += &format!("  {:<w$}  pending  {}\n", p.sample, p.reason);
+    }
+    if rec.pending.len() > 50 {
+        t += &format!("  … and {} more pending (watch.json lists them)\n", rec.pending.len() - 50);
+    }
+    let v = serde_json::json!({
+        "source": rec.source, "pattern": rec.pattern, "sentinel": rec.sentinel, "pid": rec.pid, "host": rec.host,
+        "running": alive, "state": rec.state, "finished": rec.finished.len(), "pending": rec.pending,
+    });
+    Some((t, v))
+}
+
 pub fn cmd_status(out: &Path, json: bool) -> i32 {
+    let watch = watch_status(out);
+    if let Some((text, v)) = &watch
+        && !out.join("run.json").is_file()
+    {
+        // A watch that has not finished a sample yet.
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"out": out.display().to_string(), "watch": v})).unwrap_or_default()
+            );
+        } else {
+            print!("{}: {text}", out.display());
+        }
+        return 0;
+    }
     let split = crate::exec::split::progress(out);
     if let Some(p) = &split
         && !out.join("run.json").is_file()
@@ -151,6 +194,9 @@ pub fn cmd_status(out: &Path, json: bool) -> i32 {
                 });
                 if let (Some(p), Some(o)) = (&split, head.as_object_mut()) {
                     o.insert("split".into(), serde_json::json!(p));
+                }
+                if let (Some((_, v)), Some(o)) = (&watch, head.as_object_mut()) {
+                    o.insert("watch".into(), v.clone());
                 }
                 // The object without its closing brace: the samples follow, one at a time.
                 let text = serde_json::to_string_pretty(&head).unwrap_or_default();
@@ -208,6 +254,9 @@ pub fn cmd_status(out: &Path, json: bool) -> i32 {
         let _ = writeln!(so, "{}]\n}}", if first { "" } else { "\n  " });
     } else {
         let _ = writeln!(so, "(✓ done or checkpointed, ✗ failed here, · not computed)");
+        if let Some((text, _)) = &watch {
+            let _ = write!(so, "{text}");
+        }
         if failed + missing > 0 {
             let _ = writeln!(so, "`tessera run` again to compute only the failed and missing samples.");
         }

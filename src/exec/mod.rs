@@ -27,6 +27,7 @@ pub mod stream;
 pub mod study;
 pub mod tiled;
 pub mod tiles;
+pub mod watch;
 
 pub use tiles::TileSize;
 
@@ -59,6 +60,12 @@ pub struct RunConfig {
     /// ([`split`]): their values are joined from the blocks and taken from checkpoints, and
     /// the samples run streamed, as the phases did.
     pub split: Option<usize>,
+    /// Once set (a signal, by `tessera watch`), samples not yet started are not started: they
+    /// end as skipped, and the running ones finish.
+    pub interrupt: Option<&'static AtomicBool>,
+    /// Write the study's merged tables and statistics after the samples (an unsharded `run`);
+    /// `tessera watch` writes them itself, from every sample it has finished.
+    pub study_outputs: bool,
 }
 
 pub use crate::record::Status;
@@ -1261,7 +1268,7 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     // writes no study outputs.
     let merges = plan.stats.is_some() || plan.outputs.iter().any(|(i, _)| plan.stages[*i].kind == Kind::Table);
     let spill = match cfg.task {
-        None if merges => {
+        None if merges && cfg.study_outputs => {
             // Per sample: its id, its table outputs and the statistics' table.
             let per = plan.outputs.iter().filter(|(i, _)| plan.stages[*i].kind == Kind::Table).count() + 2;
             Some(study::Spill::create(&cfg.out, "study-tables", total * per))
@@ -1296,10 +1303,14 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     let shared = if cfg.split.is_some() { shared.hashing_once(Store::new(&cfg.out)) } else { shared };
     let tally = Mutex::new(Tally::default());
     let run_row = |k: usize, row: &SampleRow| {
-        if stop.load(Ordering::SeqCst) {
+        let interrupted = cfg.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        if stop.load(Ordering::SeqCst) || interrupted {
             let mut r = SampleResult::new(row);
             r.status = Status::Skipped;
-            r.error = Some("not run: an earlier sample failed and --fail-fast is set".into());
+            r.error = Some(
+                if interrupted { "not run: the run was interrupted" } else { "not run: an earlier sample failed and --fail-fast is set" }
+                    .into(),
+            );
             return r;
         }
         let t = Instant::now();
@@ -1355,7 +1366,7 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
     // Merged tables and statistics, from the samples that finished, in manifest order.
     let spacing = t.spacing.take().map(|(_, s)| s).unwrap_or_default();
     let (written, errors) = match &spill {
-        None if cfg.task.is_some() => (Vec::new(), Vec::new()),
+        None if cfg.task.is_some() || !cfg.study_outputs => (Vec::new(), Vec::new()),
         // Nothing to merge: no tables are set aside, and study::write has no table to write.
         None => study::write(plan, &cfg.out, &study::Samples { each: &|_| {} }, &spacing),
         Some(Err(e)) => (Vec::new(), vec![format!("merged tables and statistics not written: {e}")]),

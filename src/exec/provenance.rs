@@ -10,7 +10,7 @@ use crate::plan::Plan;
 use crate::record::{ManifestRef, PipelineRef, RunRecord, SampleEntry, Tool, task_record};
 use crate::spec::manifest::Manifest;
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -54,6 +54,18 @@ pub fn entry(s: &SampleResult) -> SampleEntry {
 
 /// The provenance record of a run.
 pub fn run_record<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary: &'a RunSummary) -> RunRecord<Samples<'a>> {
+    let mut r = record_head(plan, manifest, cfg).with_samples(Samples(summary));
+    r.seconds = summary.seconds;
+    r.samples_total = summary.total;
+    r.samples_failed = summary.not_done();
+    r.study_outputs = summary.written.clone();
+    r.study_errors = summary.errors.clone();
+    r
+}
+
+/// A record of `plan` run on `manifest` with `cfg`, finished now, before its samples and
+/// counts are filled in (by `run`, and by `tessera watch` for the samples it has finished).
+pub fn record_head(plan: &Plan, manifest: &Manifest, cfg: &RunConfig) -> RunRecord<()> {
     RunRecord {
         tessera: Tool { version: env!("CARGO_PKG_VERSION").into(), git_commit: env!("TESSERA_GIT_COMMIT").into() },
         pipeline: PipelineRef {
@@ -75,16 +87,16 @@ pub fn run_record<'a>(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, summary
         finished_unix: unix_now(),
         command_line: std::env::args().collect(),
         working_directory: std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
-        seconds: summary.seconds,
+        seconds: 0.0,
         threads: cfg.threads,
         tile: cfg.tile.to_string(),
         memory_budget_bytes: cfg.memory,
         host: crate::util::hostname(),
-        samples_total: summary.total,
-        samples_failed: summary.not_done(),
-        samples: Samples(summary),
-        study_outputs: summary.written.clone(),
-        study_errors: summary.errors.clone(),
+        samples_total: 0,
+        samples_failed: 0,
+        samples: (),
+        study_outputs: Vec::new(),
+        study_errors: Vec::new(),
         task: cfg.task,
         merged_from: None,
     }

@@ -524,6 +524,11 @@ impl Manifest {
         Manifest { path: None, joins: Vec::new(), columns: Vec::new(), origin: Origin::Listed(rows) }
     }
 
+    /// Rows held in memory, with these metadata columns (the samples `tessera watch` found).
+    pub fn from_rows(columns: Vec<String>, rows: Vec<SampleRow>) -> Manifest {
+        Manifest { path: None, joins: Vec::new(), columns, origin: Origin::Listed(rows) }
+    }
+
     /// Hash of the manifest's bytes (blake3, hex), or of the image list for command-line samples.
     pub fn hash(&self) -> String {
         let file = |h: &mut blake3::Hasher, p: &Path| {
