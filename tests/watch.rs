@@ -198,7 +198,7 @@ fn a_corrupt_scan_fails_alone_and_a_growing_manifest_is_read_row_by_row() {
     w.wait_for(30, "s2 failed", |e| e["event"] == "finished" && e["sample"] == "s2" && e["status"] == "failed");
     // The half-written row is completed, with its image, after the failure.
     std::fs::write(dir.join("s3.npy"), npy(16, 40, 40, 5)).unwrap();
-    write!(m, "3.npy,m2\n").unwrap();
+    m.write_all(b"3.npy,m2\n").unwrap();
     m.flush().unwrap();
     w.wait_for(30, "s3 published", |e| e["event"] == "published" && e["new"].as_array().unwrap().iter().any(|s| s == "s3"));
     let (code, events) = w.finish(30);
