@@ -7,6 +7,7 @@
 #   bash bench/run.sh --classify [--seeds 5] [--trees 100] [--write]                  (bench/classify.py)
 #   bash bench/run.sh --crops [--rows 50000] [--photos 300] [--keep DIR]              (bench/crops.py)
 #   bash bench/run.sh --shapes [--size 256] [--repeats 3] [--write]                   (bench/shapes.py)
+#   bash bench/run.sh --watch [--rates 1,10,60,120,180] [--scans 60] [--write]         (bench/watch.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tessera-target}"
@@ -35,6 +36,10 @@ fi
 if [ "${1:-}" = "--shapes" ]; then
     shift
     exec "$VENV/bin/python" bench/shapes.py "$@"
+fi
+if [ "${1:-}" = "--watch" ]; then
+    shift
+    exec "$VENV/bin/python" bench/watch.py "$@"
 fi
 if [ "${1:-}" = "--big" ]; then
     shift

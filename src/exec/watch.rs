@@ -308,6 +308,9 @@ struct Watch<'a> {
     started_unix: u64,
     /// The last `watch.json` pending list written (rewritten when it changes).
     last_pending: Vec<PendingFile>,
+    /// The report being rendered, and whether a publication came after the one it shows.
+    report_job: Option<std::thread::JoinHandle<Option<String>>>,
+    report_stale: bool,
 }
 
 fn unix_f64() -> f64 {
@@ -471,22 +474,48 @@ impl Watch<'_> {
         record.samples_total = order.len();
         record.samples_failed = order.iter().filter(|f| f.entry.status != Status::Done).count();
         super::provenance::write_record(&out.join("run.json"), &record).map_err(|e| format!("{}: {e}", out.join("run.json").display()))?;
+        let samples = order.len();
+        drop(record);
         let report = super::merge::merge(out, true)?;
         let mut errors = report.errors;
         if self.w.report {
-            match crate::report::html::render(out) {
-                Ok(html) => {
-                    if let Err(e) = crate::util::write_atomic(&out.join("report.html"), html.as_bytes()) {
-                        errors.push(format!("report.html: {e}"));
-                    }
-                }
-                Err(e) => errors.push(format!("report.html: {e}")),
-            }
+            self.report_stale = true;
+            errors.extend(self.report(false));
         }
-        let samples = order.len();
         let new = std::mem::take(&mut self.unpublished);
         on(Event::Published { samples, new: &new, unix: unix_f64(), seconds: t0.elapsed().as_secs_f64(), errors: &errors });
         self.write_record("watching", true)
+    }
+
+    /// Brings `report.html` up to date with the last publication: on a thread of its own, so
+    /// that the tables of the next scans need not wait for it (a publication while it renders
+    /// asks for another when it is done), or here and now when `wait` (the last publication).
+    /// Returns what went wrong with the report that ended.
+    fn report(&mut self, wait: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(job) = self.report_job.take() {
+            if job.is_finished() || wait {
+                errors.extend(job.join().unwrap_or_else(|_| Some("report.html: rendering panicked".into())));
+            } else {
+                self.report_job = Some(job);
+                return errors;
+            }
+        }
+        if !self.report_stale {
+            return errors;
+        }
+        self.report_stale = false;
+        let out = self.cfg.out.clone();
+        let render = move || match crate::report::html::render(&out) {
+            Ok(html) => crate::util::write_atomic(&out.join("report.html"), html.as_bytes()).err().map(|e| format!("report.html: {e}")),
+            Err(e) => Some(format!("report.html: {e}")),
+        };
+        if wait {
+            errors.extend(render());
+        } else {
+            self.report_job = Some(std::thread::spawn(render));
+        }
+        errors
     }
 
     /// Writes `watch.json` (the pending list only when it changed, unless `force`).
@@ -592,6 +621,8 @@ pub fn watch(plan: &Plan, cfg: &RunConfig, w: &WatchConfig, stop: &AtomicBool, o
         unpublished: Vec::new(),
         started_unix: super::provenance::unix_now(),
         last_pending: Vec::new(),
+        report_job: None,
+        report_stale: false,
     };
     st.resume()?;
     if !st.finished.is_empty() {
@@ -628,6 +659,12 @@ pub fn watch(plan: &Plan, cfg: &RunConfig, w: &WatchConfig, stop: &AtomicBool, o
             continue;
         }
         st.write_record("watching", false)?;
+        // A report asked for while another rendered.
+        if w.report {
+            for e in st.report(false) {
+                on(Event::Published { samples: st.finished.len(), new: &[], unix: unix_f64(), seconds: 0.0, errors: &[e] });
+            }
+        }
         if let Some(idle) = w.idle
             && st.tracked.is_empty()
             && last_activity.elapsed() >= idle
@@ -642,6 +679,13 @@ pub fn watch(plan: &Plan, cfg: &RunConfig, w: &WatchConfig, stop: &AtomicBool, o
     };
     if !st.unpublished.is_empty() {
         st.publish(on)?;
+    }
+    if w.report {
+        // The report of the last publication, before the watch ends.
+        let errors = st.report(true);
+        if !errors.is_empty() {
+            on(Event::Published { samples: st.finished.len(), new: &[], unix: unix_f64(), seconds: 0.0, errors: &errors });
+        }
     }
     st.write_record(&format!("stopped: {reason}"), true)?;
     on(Event::Stopped { reason: &reason });
