@@ -35,7 +35,11 @@ struct Watcher {
 }
 
 fn start(dir_or_manifest: &[&str], out: &Path, extra: &[&str]) -> Watcher {
-    let mut args: Vec<String> = vec!["watch".into(), pipeline().display().to_string()];
+    start_with(&pipeline(), dir_or_manifest, out, extra)
+}
+
+fn start_with(pipeline: &Path, dir_or_manifest: &[&str], out: &Path, extra: &[&str]) -> Watcher {
+    let mut args: Vec<String> = vec!["watch".into(), pipeline.display().to_string()];
     args.extend(dir_or_manifest.iter().map(|s| s.to_string()));
     args.extend(["--out".into(), out.display().to_string(), "--json".into(), "--poll".into(), "0.05".into()]);
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -164,6 +168,13 @@ fn partial_files_are_never_read_sentinels_gate_scans_and_modified_scans_are_redo
     for f in ["tables/shape.parquet", "tables/shape.csv", "stats/shape_within_between.csv", "samples/a/nuclei.tif"] {
         assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(runs.join(f)).unwrap(), "{f} differs from tessera run");
     }
+    // The pipeline edited: a restart does not take the old results as they are.
+    let edited = tmp.path().join("nuclei.yaml");
+    let yaml = std::fs::read_to_string(pipeline()).unwrap().replace("min_size: 10", "min_size: 12");
+    std::fs::write(&edited, yaml.replace("../testdata/samples.csv", &root().join("testdata/samples.csv").display().to_string())).unwrap();
+    let (code, events) = start_with(&edited, &["--dir", dir.to_str().unwrap()], &out, &["--stable", "0.2", "--idle", "1"]).finish(60);
+    assert_eq!(code, Some(0));
+    assert_eq!((finished(&events, "a").len(), finished(&events, "b").len()), (1, 1), "both redone with the edited pipeline: {events:?}");
 
     // Sentinels: a complete file waits for its sentinel, however long it has been stable.
     let out2 = tmp.path().join("out2");
@@ -174,6 +185,10 @@ fn partial_files_are_never_read_sentinels_gate_scans_and_modified_scans_are_redo
     let st = text(&st.stdout);
     assert!(st.contains("1 pending") && st.contains("waiting for") && st.contains("c.npy.done"), "{st}");
     assert!(w.events.try_iter().all(|e| e["event"] != "finished"), "nothing runs before its sentinel");
+    let js = tessera(&["status", out2.to_str().unwrap(), "--json"]);
+    let js: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
+    assert_eq!(js["watch"]["running"], true, "{js}");
+    assert_eq!(js["watch"]["pending"][0]["sample"], "c", "{js}");
     std::fs::write(dir.join("c.npy.done"), b"").unwrap();
     w.wait_for(30, "c published", |e| e["event"] == "published" && e["new"][0] == "c");
     w.signal(libc::SIGINT);
@@ -245,6 +260,9 @@ fn sigterm_stops_after_the_running_samples_and_sigkill_resumes_with_identical_ou
     assert_eq!(merged_samples(&reference).len(), n);
 
     let out = tmp.path().join("out");
+    // The interrupted watches stream every sample from disk (4.7 MB each, past --memory); the
+    // reference ran them in memory: the same bytes either way.
+    let args = ["--sentinel", ".done", "--memory", "3MiB"];
     // SIGTERM as soon as the first samples finished: the running ones finish, the rest wait.
     let mut w = start(&["--dir", d], &out, &args);
     w.wait_for(60, "a sample finished", |e| e["event"] == "finished");
@@ -274,6 +292,8 @@ fn sigterm_stops_after_the_running_samples_and_sigkill_resumes_with_identical_ou
     let (code, _) = start(&["--dir", d], &out, &[&args[..], &["--until", "10"]].concat()).finish(120);
     assert_eq!(code, Some(0));
     let compared = assert_same_study(&out, &reference, "killed and resumed vs uninterrupted");
+    let record = std::fs::read_to_string(out.join("run.json")).unwrap();
+    assert!(record.contains("\"streamed\": true") && !record.contains("\"streamed\": false"), "every sample streamed");
     assert!(compared > 3 * n, "{compared} files compared");
     // A finished watch restarted redoes nothing.
     let (code, events) = start(&["--dir", d], &out, &[&args[..], &["--idle", "0.5"]].concat()).finish(60);

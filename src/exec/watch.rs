@@ -432,7 +432,10 @@ impl Watch<'_> {
                 continue;
             }
             self.tracked.remove(&c.key);
-            on(Event::Finished { entry: &entry, seconds: t0.elapsed().as_secs_f64() });
+            // The sample's own time (its stages), not its batch's.
+            let seconds =
+                if entry.stage_seconds.is_empty() { t0.elapsed().as_secs_f64() } else { entry.stage_seconds.iter().map(|(_, s)| s).sum() };
+            on(Event::Finished { entry: &entry, seconds });
             self.unpublished.push(entry.sample.clone());
             self.finished.insert(c.key.clone(), Finished { row: c.row, sig: sig.unwrap_or_default(), key: c.key, entry });
             n += 1;
@@ -583,10 +586,15 @@ impl Watch<'_> {
         }
         let sigs: std::collections::HashMap<String, &WatchedFile> = prev.finished.iter().map(|f| (f.sample.clone(), f)).collect();
         let mut entries: std::collections::HashMap<String, SampleEntry> = Default::default();
-        crate::record::each_entry(&out.join("run.json"), &mut |e| {
+        let head = crate::record::each_entry(&out.join("run.json"), &mut |e| {
             entries.insert(e.sample.clone(), e);
             Ok(())
         })?;
+        // Results of another pipeline or another tessera are not taken as they are: every scan
+        // is found again and run, and its checkpoints decide what is redone.
+        if head.pipeline.hash != self.plan.hash || head.tessera.version != env!("CARGO_PKG_VERSION") {
+            return Ok(());
+        }
         let manifest = Manifest::open(&mpath, &[]).map_err(|e| e.to_string())?;
         if matches!(self.w.source, Source::Manifest(_)) {
             self.columns = manifest.columns.clone();
