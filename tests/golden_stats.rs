@@ -117,3 +117,34 @@ fn kmeans_from_the_same_start_matches_scikit_learn() {
     }
     assert!(close(km.inertia, g["inertia"].as_f64().unwrap(), 1e-9));
 }
+
+#[test]
+fn bootstrap_limits_match_numpy_on_the_same_draws() {
+    // make_stats_golden.py recomputes the cluster bootstrap with numpy from the same SplitMix64
+    // draws (1000 replicates, level 0.95, seed 1): CVs, group means and np.percentile (linear).
+    for by in ["sample", "animal"] {
+        let t = input(by);
+        let req = Request { by: by.into(), phenotypes: Some(PHENOTYPES.iter().map(|s| s.to_string()).collect()), ..Request::default() };
+        let got = analyse(&[&t], &req).unwrap().within_between;
+        let mut rdr = csv::Reader::from_path(golden(&format!("bootstrap_by_{by}.csv"))).unwrap();
+        let headers = rdr.headers().unwrap().clone();
+        let mut checked = 0;
+        for (row, rec) in rdr.records().enumerate() {
+            let rec = rec.unwrap();
+            for (h, v) in headers.iter().zip(rec.iter()).skip(1) {
+                let Some(Column::F64(x)) = got.get(h) else { panic!("{h}") };
+                let want: f64 = if v.is_empty() { f64::NAN } else { v.parse().unwrap() };
+                assert!(close(x[row], want, 1e-9), "by {by}, {h} of row {row}: {} vs numpy {want}", x[row]);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 24, "4 phenotypes × 6 limits");
+        // The limits enclose the statistic wherever both are defined.
+        for (s, lo, hi) in [("within_cv_pct", "within_cv_pct_lo", "within_cv_pct_hi"), ("ratio_pct", "ratio_pct_lo", "ratio_pct_hi")] {
+            let (v, l, h) = (got.f64(s), got.f64(lo), got.f64(hi));
+            for i in 0..3 {
+                assert!(l[i] <= v[i] && v[i] <= h[i], "by {by}: {s} {} outside [{}, {}]", v[i], l[i], h[i]);
+            }
+        }
+    }
+}
