@@ -20,8 +20,8 @@ fn main() {
         }
     };
     let threads = match &cli.command {
-        tessera::cli::Command::Run(a) => a.threads,
-        tessera::cli::Command::Watch(a) => a.threads,
+        tessera::cli::Command::Run(a) => a.resources.threads,
+        tessera::cli::Command::Watch(a) => a.resources.threads,
         tessera::cli::Command::Stats(a) => a.threads,
         tessera::cli::Command::Train(a) => a.threads,
         tessera::cli::Command::Predict(a) => a.threads,

@@ -24,12 +24,17 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= rel * b.abs()
 }
 
+/// The within/between table of the golden input grouped by `by` (default bootstrap).
+fn within_between(by: &str) -> Table {
+    let t = input(by);
+    let req = Request { by: by.into(), phenotypes: Some(PHENOTYPES.iter().map(|s| s.to_string()).collect()), ..Request::default() };
+    analyse(&[&t], &req).unwrap().within_between
+}
+
 #[test]
 fn within_between_icc_anova_match_pandas_and_scipy() {
     for by in ["sample", "animal"] {
-        let t = input(by);
-        let req = Request { by: by.into(), phenotypes: Some(PHENOTYPES.iter().map(|s| s.to_string()).collect()), ..Request::default() };
-        let got = analyse(&[&t], &req).unwrap().within_between;
+        let got = within_between(by);
         let mut rdr = csv::Reader::from_path(golden(&format!("within_between_by_{by}.csv"))).unwrap();
         let headers = rdr.headers().unwrap().clone();
         let mut checked = 0;
@@ -123,9 +128,7 @@ fn bootstrap_limits_match_numpy_on_the_same_draws() {
     // make_stats_golden.py recomputes the cluster bootstrap with numpy from the same SplitMix64
     // draws (1000 replicates, level 0.95, seed 1): CVs, group means and np.percentile (linear).
     for by in ["sample", "animal"] {
-        let t = input(by);
-        let req = Request { by: by.into(), phenotypes: Some(PHENOTYPES.iter().map(|s| s.to_string()).collect()), ..Request::default() };
-        let got = analyse(&[&t], &req).unwrap().within_between;
+        let got = within_between(by);
         let mut rdr = csv::Reader::from_path(golden(&format!("bootstrap_by_{by}.csv"))).unwrap();
         let headers = rdr.headers().unwrap().clone();
         let mut checked = 0;

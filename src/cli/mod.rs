@@ -67,6 +67,35 @@ pub enum Command {
     Completions(CompletionsArgs),
 }
 
+/// How a sample may run: threads, tiles and memory (`run` and `watch`).
+#[derive(Debug, Args)]
+pub struct Resources {
+    /// Worker threads (samples and ops share one pool). Default: all cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Tile cores for runs of local ops: `auto` (whole images while they fit --memory, z-slabs
+    /// otherwise) or ZxYxX voxels, e.g. 64x256x256. Halos are added per op. Outputs are
+    /// identical whatever the tiling. Default: the pipeline's `tile:`, else auto.
+    #[arg(long, value_name = "ZxYxX|auto")]
+    pub tile: Option<crate::exec::TileSize>,
+    /// Memory budget for one sample, e.g. 8GiB, 512MiB. A sample whose working set is larger
+    /// is streamed from disk in z-slabs that fit (identical outputs); pipelines with ops that
+    /// need whole images fail for that sample with the memory they need. Default: 3/4 of RAM.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+}
+
+impl Resources {
+    /// The tile size: `--tile`, else the pipeline's `tile:`.
+    pub fn tile(&self, spec: &crate::spec::PipelineSpec) -> crate::exec::TileSize {
+        self.tile.unwrap_or_else(|| pipeline_tile(spec))
+    }
+    /// The memory budget: `--memory`, else 3/4 of RAM.
+    pub fn memory(&self) -> u64 {
+        self.memory.unwrap_or_else(crate::io::default_memory_budget)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The pipeline YAML.
@@ -86,19 +115,8 @@ pub struct RunArgs {
     /// Output folder. Default: tessera-out/<pipeline name>.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Worker threads (samples and ops share one pool). Default: all cores.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
-    /// Tile cores for runs of local ops: `auto` (whole images while they fit --memory, z-slabs
-    /// otherwise) or ZxYxX voxels, e.g. 64x256x256. Halos are added per op. Outputs are
-    /// identical whatever the tiling. Default: the pipeline's `tile:`, else auto.
-    #[arg(long, value_name = "ZxYxX|auto")]
-    pub tile: Option<crate::exec::TileSize>,
-    /// Memory budget for one sample, e.g. 8GiB, 512MiB. A sample whose working set is larger
-    /// is streamed from disk in z-slabs that fit (identical outputs); pipelines with ops that
-    /// need whole images fail for that sample with the memory they need. Default: 3/4 of RAM.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub memory: Option<u64>,
+    #[command(flatten)]
+    pub resources: Resources,
     /// Keep running other samples when one fails (the default).
     #[arg(long, conflicts_with = "fail_fast")]
     pub keep_going: bool,
@@ -869,8 +887,8 @@ fn cmd_run(a: RunArgs) -> i32 {
         task,
         out: out.clone(),
         threads: rayon::current_num_threads(),
-        tile: a.tile.unwrap_or_else(|| pipeline_tile(&plan.spec)),
-        memory: a.memory.unwrap_or_else(crate::io::default_memory_budget),
+        tile: a.resources.tile(&plan.spec),
+        memory: a.resources.memory(),
         fail_fast: a.fail_fast,
         force: a.force,
         checkpoints: !a.no_checkpoint,

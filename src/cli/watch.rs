@@ -58,15 +58,8 @@ pub struct WatchArgs {
     /// Output folder. Default: tessera-out/<pipeline name>.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Worker threads. Default: all cores.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
-    /// Tile cores for runs of local ops (as `tessera run --tile`).
-    #[arg(long, value_name = "ZxYxX|auto")]
-    pub tile: Option<crate::exec::TileSize>,
-    /// Memory budget for one sample (as `tessera run --memory`).
-    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
-    pub memory: Option<u64>,
+    #[command(flatten)]
+    pub resources: super::Resources,
     /// fsync every output before it counts as done (as `tessera run --durable`).
     #[arg(long)]
     pub durable: bool,
@@ -174,8 +167,8 @@ pub fn cmd_watch(a: WatchArgs) -> i32 {
     let cfg = RunConfig {
         out: out.clone(),
         threads: rayon::current_num_threads(),
-        tile: a.tile.unwrap_or_else(|| super::pipeline_tile(&plan.spec)),
-        memory: a.memory.unwrap_or_else(crate::io::default_memory_budget),
+        tile: a.resources.tile(&plan.spec),
+        memory: a.resources.memory(),
         fail_fast: false,
         force: false,
         checkpoints: true,
