@@ -466,7 +466,16 @@ pub fn render(out: &Path) -> Result<String, String> {
                 h.push_str("<p class=note>ratio = 100 · within-group CV / between-group CV: far above 100, a phenotype varies more inside groups than between them. ICC(1) and the one-way ANOVA say how well it separates groups. The <code>_lo</code>/<code>_hi</code> columns are confidence limits from a seeded bootstrap that resamples the groups with replacement (percentile intervals).</p>");
                 h.push_str(&html_table(&wb, None, 200));
                 if let (Some(Column::Str(names)), Some(Column::F64(r))) = (wb.get("phenotype"), wb.get("ratio_pct")) {
-                    h.push_str(&plots::bars("within/between ratio", names, r, "ratio %", Some(100.0))?);
+                    let limits = match (wb.get("ratio_pct_lo"), wb.get("ratio_pct_hi")) {
+                        (Some(Column::F64(lo)), Some(Column::F64(hi))) => Some((lo.as_slice(), hi.as_slice())),
+                        _ => None,
+                    };
+                    let title = if limits.is_some() {
+                        "within/between ratio (bars: bootstrap confidence interval)"
+                    } else {
+                        "within/between ratio"
+                    };
+                    h.push_str(&plots::bars_with(title, names, r, limits, "ratio %", Some(100.0))?);
                 }
             }
             if let Some(p) = table(out, &format!("stats/{stage}_pca.csv"), &[]) {

@@ -49,8 +49,21 @@ fn width_for(n: usize) -> u32 {
 
 /// Vertical bars, one per category; `reference` draws a dashed horizontal line (e.g. 100 %).
 pub fn bars(title: &str, labels: &[String], values: &[f64], y_desc: &str, reference: Option<f64>) -> Result<String, String> {
+    bars_with(title, labels, values, None, y_desc, reference)
+}
+
+/// [`bars`] with an interval (low, high) drawn over each bar where both ends are finite.
+pub fn bars_with(
+    title: &str,
+    labels: &[String],
+    values: &[f64],
+    intervals: Option<(&[f64], &[f64])>,
+    y_desc: &str,
+    reference: Option<f64>,
+) -> Result<String, String> {
     let n = labels.len().max(1);
-    let top = values.iter().copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(reference.unwrap_or(0.0)) * 1.1;
+    let highs = intervals.map(|(_, h)| h).unwrap_or(&[]);
+    let top = values.iter().chain(highs).copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(reference.unwrap_or(0.0)) * 1.1;
     let top = if top > 0.0 { top } else { 1.0 };
     let mut buf = String::new();
     {
@@ -87,6 +100,14 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], y_desc: &str, refere
                 bar
             }))
             .map_err(err)?;
+        if let Some((lo, hi)) = intervals {
+            let whiskers = lo.iter().zip(hi).enumerate().filter(|(_, (l, h))| l.is_finite() && h.is_finite());
+            chart
+                .draw_series(whiskers.map(|(i, (l, h))| {
+                    PathElement::new(vec![(SegmentValue::CenterOf(i), *l), (SegmentValue::CenterOf(i), *h)], BLACK.stroke_width(2))
+                }))
+                .map_err(err)?;
+        }
         if let Some(r) = reference {
             chart
                 .draw_series(DashedLineSeries::new(vec![(SegmentValue::Exact(0), r), (SegmentValue::Last, r)], 6, 4, RED.stroke_width(1)))
@@ -198,6 +219,10 @@ mod tests {
         let b = bars("ratio", &labels, &[50.0, 150.0, f64::NAN], "%", Some(100.0)).unwrap();
         assert!(b.starts_with("<svg") && b.contains("ratio"), "{}", &b[..200.min(b.len())]);
         assert_eq!(b, bars("ratio", &labels, &[50.0, 150.0, f64::NAN], "%", Some(100.0)).unwrap());
+        let w = bars_with("ratio", &labels, &[50.0, 150.0, 1.0], Some((&[40.0, 120.0, f64::NAN], &[60.0, 180.0, 2.0])), "%", None).unwrap();
+        let whiskers = |svg: &str| svg.split("<polyline").filter(|p| p.split('>').next().unwrap().contains("stroke-width=\"2\"")).count();
+        assert_eq!(whiskers(&w), 2, "a whisker per finite interval");
+        assert_eq!(whiskers(&bars_with("ratio", &labels, &[50.0, 150.0, 1.0], None, "%", None).unwrap()), 0);
         let g = vec![("s1".to_string(), vec![1.0, 2.0, 3.0, 10.0]), ("s2".to_string(), vec![f64::NAN]), ("s3".to_string(), vec![2.0])];
         assert!(boxes("volume", &g, "um^3").unwrap().contains("<svg"));
         let pts = vec![(0.0, 1.0, 0), (1.0, 0.5, 1), (f64::NAN, 0.0, 1)];
