@@ -46,7 +46,9 @@ pub struct WatchArgs {
     /// … or this many seconds after the last time they were rewritten.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds)]
     pub publish_seconds: f64,
-    /// Stop once the study has N finished samples (done or failed).
+    /// Stop once the study has N finished samples (done or failed). This end, like --idle,
+    /// exits as `run` does: 1 when a sample failed (errors.csv), else 0. SIGINT or SIGTERM
+    /// stop after the running samples and exit 0; a second signal stops at once.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub until: Option<u64>,
     /// Stop after SECONDS with nothing pending, running or changing.
