@@ -189,6 +189,11 @@ fn partial_files_are_never_read_sentinels_gate_scans_and_modified_scans_are_redo
     let js: serde_json::Value = serde_json::from_slice(&js.stdout).unwrap();
     assert_eq!(js["watch"]["running"], true, "{js}");
     assert_eq!(js["watch"]["pending"][0]["sample"], "c", "{js}");
+    // The folder gone for a while (an NFS server restarting): a warning, and watching goes on.
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    w.wait_for(30, "a problem", |e| e["event"] == "problem" && e["message"].as_str().unwrap().contains("cannot list the watched folder"));
+    std::fs::rename(&moved, &dir).unwrap();
     std::fs::write(dir.join("c.npy.done"), b"").unwrap();
     w.wait_for(30, "c published", |e| e["event"] == "published" && e["new"][0] == "c");
     w.signal(libc::SIGINT);
@@ -211,6 +216,11 @@ fn a_corrupt_scan_fails_alone_and_a_growing_manifest_is_read_row_by_row() {
     m.flush().unwrap();
     let mut w = start(&["--samples", manifest.to_str().unwrap()], &out, &["--stable", "0.3", "--idle", "2"]);
     w.wait_for(30, "s2 failed", |e| e["event"] == "finished" && e["sample"] == "s2" && e["status"] == "failed");
+    // The manifest unreadable for a while (replaced by another program): a warning, then on.
+    let full = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, "sample,img\n").unwrap();
+    w.wait_for(30, "a problem", |e| e["event"] == "problem" && e["message"].as_str().unwrap().contains("`sample` and `image`"));
+    std::fs::write(&manifest, &full).unwrap();
     // The half-written row is completed, with its image, after the failure.
     std::fs::write(dir.join("s3.npy"), npy(16, 40, 40, 5)).unwrap();
     m.write_all(b"3.npy,m2\n").unwrap();

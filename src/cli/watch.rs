@@ -65,7 +65,8 @@ pub struct WatchArgs {
     /// fsync every output before it counts as done (as `tessera run --durable`).
     #[arg(long)]
     pub durable: bool,
-    /// Print one JSON object per event on stdout (seen, finished, changed, published, stopped).
+    /// Print one JSON object per event on stdout (seen, finished, changed, published, problem,
+    /// stopped).
     #[arg(long)]
     pub json: bool,
 }
@@ -253,6 +254,13 @@ pub fn cmd_watch(a: WatchArgs) -> i32 {
                     for e in errors {
                         eprintln!("error: {e}");
                     }
+                }
+            }
+            Event::Problem { message } => {
+                if json {
+                    let _ = writeln!(so, "{}", serde_json::json!({"event": "problem", "message": message}));
+                } else {
+                    eprintln!("warning: {message} (trying again)");
                 }
             }
             Event::Stopped { reason } => {

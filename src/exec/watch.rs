@@ -73,6 +73,9 @@ pub enum Event<'a> {
     /// The study's outputs were rewritten with `samples` finished samples, of which `new` were
     /// not in the last publication; at `unix` seconds, after `seconds`.
     Published { samples: usize, new: &'a [String], unix: f64, seconds: f64, errors: &'a [String] },
+    /// The folder or manifest could not be read this time (a network file system's hiccup, a
+    /// manifest being replaced): said once per new message; the next poll tries again.
+    Problem { message: &'a str },
     /// The watch ends.
     Stopped { reason: &'a str },
 }
@@ -640,6 +643,7 @@ pub fn watch(plan: &Plan, cfg: &RunConfig, w: &WatchConfig, stop: &AtomicBool, o
     let mut last_publish = Instant::now();
     let mut last_activity = Instant::now();
     let batch_max = cfg.threads.max(1) * 2;
+    let mut last_problem: Option<String> = None;
     let reason = loop {
         if stop.load(Ordering::SeqCst) {
             break "interrupted".to_string();
@@ -649,7 +653,20 @@ pub fn watch(plan: &Plan, cfg: &RunConfig, w: &WatchConfig, stop: &AtomicBool, o
         {
             break format!("{n} samples finished (--until)");
         }
-        let (ready, changed) = st.poll(on)?;
+        let (ready, changed) = match st.poll(on) {
+            Ok(r) => {
+                last_problem = None;
+                r
+            }
+            Err(e) => {
+                // Nothing finished is lost and nothing pending is forgotten: try again later.
+                if last_problem.as_deref() != Some(e.as_str()) {
+                    on(Event::Problem { message: &e });
+                    last_problem = Some(e);
+                }
+                (Vec::new(), false)
+            }
+        };
         if changed {
             last_activity = Instant::now();
         }
