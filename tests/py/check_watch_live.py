@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """DuckDB reads a watched study's tables while `tessera watch` rewrites them: scans are dropped
-into a folder one by one (written in pieces, then a sentinel), and a reader queries the merged
-table and the statistics as fast as it can meanwhile. Every query must succeed once the files
-exist (a reader never sees a half-written file), the samples it sees only grow, and at the end
-every scan is in the table. Exits 1 naming what went wrong.
+into a folder one by one (written in pieces, then a sentinel), and a reader takes the merged
+table and the statistics as fast as it can meanwhile, each file through one open (what a
+reader that opens a file gets), and queries those bytes with DuckDB. Every read must be a
+complete Parquet file once the files exist (a reader never sees a half-written file), the
+samples it sees only grow, and at the end every scan is in the table. Exits 1 naming what went
+wrong.
+
+(Each file is taken through one open because DuckDB opens a file more than once per query, to
+bind the schema and then to scan: a query over a path that is replaced between those opens can
+mix two complete versions, whatever the writer does. A reader that must not retry copies the
+file first, as here.)
 
     check_watch_live.py TESSERA PIPELINE IMAGES_FOLDER WORK
 """
@@ -31,6 +38,18 @@ def main(tessera, pipeline, images, work):
     done = threading.Event()
     seen = {"reads": 0, "errors": [], "counts": []}
 
+    snap = os.path.join(work, "snapshot")
+    os.makedirs(snap)
+
+    def taken(path, name):
+        """The file's bytes through one open, set down where nothing replaces them."""
+        with open(path, "rb") as f:
+            data = f.read()
+        copy = os.path.join(snap, name)
+        with open(copy, "wb") as f:
+            f.write(data)
+        return copy
+
     def reader():
         con = duckdb.connect()
         while not done.is_set():
@@ -38,8 +57,9 @@ def main(tessera, pipeline, images, work):
                 time.sleep(0.005)
                 continue
             try:
-                k = con.execute(f"select count(distinct sample) from '{table}'").fetchone()[0]
-                con.execute(f"select phenotype, within_cv_pct_lo, within_cv_pct_hi from '{stats}'").fetchall()
+                t, s = taken(table, "shape.parquet"), taken(stats, "stats.parquet")
+                k = con.execute(f"select count(distinct sample) from '{t}'").fetchone()[0]
+                con.execute(f"select phenotype, within_cv_pct_lo, within_cv_pct_hi from '{s}'").fetchall()
                 seen["reads"] += 1
                 if not seen["counts"] or seen["counts"][-1] != k:
                     seen["counts"].append(k)
