@@ -42,9 +42,11 @@ fn main() {
 
     let (t, smooth) = best(reps("gaussian_s1"), || filters::smooth(&img.data, [1.0; 3], 4.0, 3, ([0; 3], img.data.shape())).unwrap());
     put("gaussian_s1", t);
-    if timed("median_3") {
-        let (t, _) = best(repeats, || filters::window_filter(&img.data, [3, 3, 3], filters::Rank::Median).unwrap());
-        put("median_3", t);
+    for (k, size) in [("median_3", 3), ("median_5", 5)] {
+        if timed(k) {
+            let (t, _) = best(repeats, || filters::window_filter(&img.data, [size; 3], filters::Rank::Median).unwrap());
+            put(k, t);
+        }
     }
     let smooth = Data::F32(smooth);
     let (t, thr) = best(reps("otsu"), || threshold::otsu(&smooth, 256).unwrap());

@@ -263,12 +263,18 @@ fn window_filters_equal_scipy_exactly() {
     };
     let cases = [
         ("nuclei3d", nuclei3d, [3, 3, 3]),
-        ("nuclei3d_u8", u8, [1, 3, 5]),
+        ("nuclei3d_u8", u8.clone(), [1, 3, 5]),
         ("nuclei2d", load("nuclei2d.tif").0, [1, 5, 5]),
         ("neuron3d_crop", neuron, [3, 3, 3]),
+        ("nuclei3d_u8_c3", u8.clone(), [3, 3, 3]),
+        ("nuclei3d_u8_c5", u8, [5, 5, 5]),
     ];
     for (name, img, size) in &cases {
         for (op, rank) in [("mean", Rank::Mean), ("median", Rank::Median), ("minimum", Rank::Minimum), ("maximum", Rank::Maximum)] {
+            // The 8-bit cubes check the sliding-histogram median only.
+            if (name.ends_with("_c3") || name.ends_with("_c5")) && rank != Rank::Median {
+                continue;
+            }
             let want = load(&format!("golden/window_{op}_{name}.npy")).0;
             let got = window_filter(img, *size, rank).unwrap();
             assert!(got == want, "{op} {name} differs from scipy");

@@ -372,9 +372,14 @@ def rescales(images):
 def window_filters(images):
     fs = {"mean": ndi.uniform_filter, "median": ndi.median_filter, "minimum": ndi.minimum_filter, "maximum": ndi.maximum_filter}
     cases = [("nuclei3d", images["nuclei3d"], 3), ("nuclei3d_u8", (images["nuclei3d"] // 2).astype(np.uint8), (1, 3, 5)),
-             ("nuclei2d", images["nuclei2d"], 5), ("neuron3d_crop", images["neuron3d"][10:30, 32:96, 32:96], 3)]
+             ("nuclei2d", images["nuclei2d"], 5), ("neuron3d_crop", images["neuron3d"][10:30, 32:96, 32:96], 3),
+             # 8-bit cubes: tessera's sliding-histogram median.
+             ("nuclei3d_u8_c3", (images["nuclei3d"] // 2).astype(np.uint8), 3),
+             ("nuclei3d_u8_c5", (images["nuclei3d"] // 2).astype(np.uint8), 5)]
     for name, img, size in cases:
         for op, f in fs.items():
+            if name.endswith(("_c3", "_c5")) and op != "median":
+                continue
             out = f(img, size=size, mode="reflect")
             assert out.dtype == img.dtype
             np.save(os.path.join(HERE, f"window_{op}_{name}.npy"), out)
