@@ -24,6 +24,8 @@ fn best<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 }
 
 fn main() {
+    // The command's allocator settings, so that ops reuse freed pages as they do in `tessera run`.
+    tessera::alloc::keep_freed_memory();
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: bench_ops VOLUME.tif REPEATS");
     let repeats: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);

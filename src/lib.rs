@@ -5,6 +5,7 @@
 //! as label images and phenotype tables ([`table`]) with within/between statistics ([`stats`])
 //! and provenance ([`record`]); [`report`] shows progress and renders reports; [`sched`] shards studies into array jobs and submits them. The binary is a thin shell over [`cli`].
 
+pub mod alloc;
 pub mod classify;
 pub mod cli;
 pub mod exec;

@@ -8,9 +8,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // SAFETY: mi_option_set only stores the option's value; 15 is mi_option_purge_delay in
-    // mimalloc 3 (libmimalloc-sys 0.1.49), and -1 means "never".
-    unsafe { mi_option_set(15, -1) };
+    tessera::alloc::keep_freed_memory();
     let cli = match tessera::cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -34,19 +32,4 @@ fn main() {
         std::process::exit(2);
     }
     std::process::exit(tessera::cli::main_with(cli));
-}
-
-/// mimalloc keeps freed memory for reuse: a stage's output can take the pages an earlier stage
-/// freed, instead of faulting in fresh zeroed pages (on these machines first-touch runs at a
-/// fraction of the speed of reused memory). Purging is off (`main`): by default mimalloc returns
-/// pages unused for a second to the system, and a streamed sample, which frees and allocates
-/// slabs and decoded chunks every few seconds, then faults them in again (12 s of system time
-/// instead of 25–38 s on the 4 GiB bench/big.py volume). Memory use stays bounded by `--memory`;
-/// the process keeps its high-water mark.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-unsafe extern "C" {
-    /// mimalloc's option setter (linked with the allocator above).
-    fn mi_option_set(option: libc::c_int, value: libc::c_long);
 }

@@ -245,7 +245,8 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
     let m = mask.as_standard_layout();
     let m = m.as_slice().expect("standard layout");
     let plane = ny * nx;
-    let mut out: Vec<u32> = crate::util::zeroed(m.len());
+    let mut out: Vec<u32> = vec![0; m.len()];
+    crate::util::advise_huge(&out);
     let threads = rayon::current_num_threads();
     let slabs = if threads > 1 && nz >= 2 * threads && plane > 0 { threads } else { 1 };
     let bounds: Vec<(usize, usize)> = (0..slabs).map(|s| (s * nz / slabs, (s + 1) * nz / slabs)).collect();
