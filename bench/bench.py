@@ -9,8 +9,9 @@ best of REPEATS, with 2 threads where a tool has threads:
   cc3d, SimpleITK and edt on the same array;
 - end to end: `tessera run` (process start to exit: read TIFF, gaussian → Otsu → opening →
   label(26) → measure, write label TIFF and Parquet) against the same chain as a Python script
-  with scipy + scikit-image, and with SimpleITK, each writing the table tessera writes (and, for
-  reference, a 5-column table), on SIZE³ and on the --e2e-sizes cubes (default 100³, 512³).
+  with scipy + scikit-image and with SimpleITK (each writing the table tessera writes), and as a
+  best-of-breed script (cc3d, smaller table), on SIZE³ and the --e2e-shapes volumes (default
+  100³, 384×768×768, 512³), with each process's peak RSS.
 Prints a Markdown table (ratio = peer time / tessera time; > 1 means tessera is faster) and
 writes it to BENCHMARKS.md when --write is given.
 """
@@ -41,20 +42,30 @@ def dist_version(name):
         return "?"
 
 def volume(n, seed=1):
+    """A u8 volume (a cube of side n, or a (z, y, x) shape) of random ellipsoids, 3000 per 256³,
+    at 150 over noise (mean 40, sd 20); seeded."""
+    shape = (n, n, n) if isinstance(n, int) else tuple(n)
     rng = np.random.default_rng(seed)
-    vol = np.zeros((n, n, n), np.float32)
-    count = int(3000 * (n / 256) ** 3)
-    z, y, x = np.ogrid[:n, :n, :n]
+    vol = np.zeros(shape, np.float32)
+    count = int(3000 * np.prod(shape, dtype=np.float64) / 256 ** 3)
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    hi = np.array(shape, np.float64)
     for _ in range(count):
-        c = rng.uniform(0, n, 3)
+        c = rng.uniform(0, hi, 3)
         a = rng.uniform(1.5, 4.5, 3)
         r = int(np.ceil(a.max())) + 1
-        sl = tuple(slice(max(0, int(c[i]) - r), min(n, int(c[i]) + r + 1)) for i in range(3))
+        sl = tuple(slice(max(0, int(c[i]) - r), min(shape[i], int(c[i]) + r + 1)) for i in range(3))
         zz, yy, xx = z[sl[0], :, :], y[:, sl[1], :], x[:, :, sl[2]]
         q = ((zz - c[0]) / a[0]) ** 2 + ((yy - c[1]) / a[1]) ** 2 + ((xx - c[2]) / a[2]) ** 2
         vol[sl] = np.maximum(vol[sl], (q <= 1) * 150.0)
     vol += rng.normal(40, 20, vol.shape).astype(np.float32)
-    return np.clip(vol, 0, 255).astype(np.uint8)
+    return np.clip(vol, 0, 255, out=vol).astype(np.uint8)
+
+
+def parse_shape(spec):
+    """"256" → (256, 256, 256); "384x768x768" → (384, 768, 768)."""
+    v = [int(p) for p in spec.lower().split("x")]
+    return tuple(v * 3) if len(v) == 1 else tuple(v)
 
 
 def best(repeats, f):
@@ -127,6 +138,7 @@ def peers(img, repeats):
     simg = sitk.GetImageFromArray(img.astype(np.float32))
     res["gaussian_s1"]["SimpleITK"] = best(repeats, lambda: sitk.SmoothingRecursiveGaussian(simg, 1.0))[0]
     res["median_3"] = {"scipy": best(repeats, lambda: ndi.median_filter(img, size=3))[0]}
+    res["median_5"] = {"scipy": best(1, lambda: ndi.median_filter(img, size=5))[0]}
     res["otsu"] = {"scikit-image": best(repeats, lambda: threshold_otsu(sm))[0]}
     mask = sm > threshold_otsu(sm)
     res["opening_ball1"] = {"scipy": best(repeats, lambda: ndi.binary_opening(mask, ball(1)))[0]}
@@ -270,47 +282,76 @@ t["touches_border"] = ((t[["x0", "y0", "z0"]] == 0).any(axis=1) |
 t.to_parquet(sys.argv[2] + "/shape.parquet")
 """
 
-# The same chains with a 5-column table (label, voxels, centroid, bbox, mean intensity): what
-# these scripts measured before 2026-11-23, kept to show what the extra columns cost the peers.
-SCIPY_CHAIN_5 = SCIPY_HEAD + """
-t = regionprops_table(labels, intensity_image=img, properties=["label", "area", "centroid", "bbox", "intensity_mean"])
-pd.DataFrame(t).to_parquet(sys.argv[2] + "/shape.parquet")
+# What a performance-aware user writes: the smoothing straight to float32, scipy's opening,
+# cc3d's labelling and statistics, one bincount per intensity column. Its table is smaller than
+# tessera's: label, voxels, centroid, bounding box, intensity sum and mean (11 columns; no
+# inertia, axis lengths, min/max/std, nearest neighbour or border contact).
+BOB_CHAIN = """
+import sys, numpy as np, tifffile, scipy.ndimage as ndi, cc3d, pandas as pd
+from skimage.filters import threshold_otsu
+img = tifffile.imread(sys.argv[1])
+sm = ndi.gaussian_filter(img, 1.0, output=np.float32)
+mask = sm > threshold_otsu(sm)
+del sm
+z, y, x = np.ogrid[-1:2, -1:2, -1:2]
+mask = ndi.binary_opening(mask, (z*z + y*y + x*x) <= 1)
+labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+labels = labels.astype(np.uint16 if n < 65536 else np.uint32, copy=False)
+tifffile.imwrite(sys.argv[2] + "/labels.tif", labels)
+st = cc3d.statistics(labels)
+flat = labels.ravel()
+total = np.bincount(flat, weights=img.ravel(), minlength=n + 1)
+voxels = st["voxel_counts"]
+bb = np.array([[s.start for s in b] + [s.stop for s in b] for b in st["bounding_boxes"][1:]]).reshape(-1, 6)
+t = pd.DataFrame({"label": np.arange(1, n + 1), "voxels": voxels[1:]})
+for k, c in enumerate("zyx"):
+    t["centroid_" + c] = st["centroids"][1:, k]
+for k, c in enumerate(["z0", "y0", "x0", "z1", "y1", "x1"]):
+    t["bbox_" + c] = bb[:, k]
+t["raw_sum"] = total[1:]
+t["raw_mean"] = total[1:] / voxels[1:]
+t.to_parquet(sys.argv[2] + "/shape.parquet")
 """
 
-SITK_CHAIN_5 = SITK_HEAD + """
-rows = [(l, f.GetNumberOfPixels(l), *f.GetCentroid(l), g.GetMean(l)) for l in f.GetLabels()]
-pd.DataFrame(rows).to_parquet(sys.argv[2] + "/shape.parquet")
-"""
+NOTES = """64³ tiles cost more than z-slabs: each cube also computes its halo (the gaussian's is
+4 voxels: 72³ voxels for 64³ of output), and in the opening a 64-wide tile with its 2-voxel halos
+spans 68 voxels, two 64-bit words per bit-packed row instead of one. tessera does not fsync its
+files unless run with `--durable` (like the peers, which never do; a killed run is still safe,
+see README "Checkpoints and resuming"); the `--durable` row shows what waiting for the disk
+costs here."""
 
-NOTES = """Until 2026-11-23 the peer scripts wrote a 5-column table (label, voxels, centroid, bbox, mean
-intensity) while tessera wrote its full table (27 columns); they now compute the same columns
-(inertia eigenvalues, axis lengths, intensity min/max/std/sum, nearest neighbour, border
-contact), and the 5-column rows are kept for reference. 64³ tiles cost more than z-slabs: each
-cube also computes its halo (the gaussian's is 4 voxels: 72³ voxels for 64³ of output), and in
-the opening a 64-wide tile with its 2-voxel halos spans 68 voxels, two 64-bit words per
-bit-packed row instead of one. Since
-2026-11-23 tessera does not fsync its files unless run with `--durable` (like the peers, which
-never do; a killed run is still safe, see README "Checkpoints and resuming"); the `--durable`
-row shows what waiting for the disk costs here."""
+CHAINS = (("scipy + scikit-image", SCIPY_CHAIN), ("SimpleITK", SITK_CHAIN), ("best-of-breed Python", BOB_CHAIN))
 
-CHAINS = (("scipy + scikit-image", SCIPY_CHAIN), ("SimpleITK", SITK_CHAIN),
-          ("scipy + scikit-image, 5 columns", SCIPY_CHAIN_5), ("SimpleITK, 5 columns", SITK_CHAIN_5))
+
+def timed_rss(cmd, env=None):
+    """Wall seconds (perf_counter around the process) and peak resident memory (MiB, from
+    /usr/bin/time) of one process."""
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, capture_output=True, text=True, env=env)
+    t = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {p.stderr}")
+    return t, int(p.stderr.strip().splitlines()[-1]) / 1024
 
 
 def end_to_end(path, repeats, work, chains=CHAINS, own_repeats=None):
+    """Best time, and peak RSS of that run, of `tessera run` and of each peer script on one
+    volume; also the object count tessera found."""
     exe = os.path.join(TARGET, "release", "tessera")
     pipe = os.path.join(work, "bench.yaml")
     open(pipe, "w").write(PIPELINE)
-    outs = []
-
-    def fresh_run():
-        # A new output folder each time (a re-run into the same one is a no-op: up to date);
-        # they are deleted after the timing, not inside it.
-        outs.append(os.path.join(work, f"tessera-out-{len(outs)}"))
-        subprocess.run([exe, "run", pipe, path, "--out", outs[-1], "--threads", "2", "--progress", "never"], check=True, capture_output=True)
-    t_tessera, _ = best(own_repeats or repeats, fresh_run)
-    for o in outs:
-        shutil.rmtree(o, ignore_errors=True)
+    runs = []
+    objects = None
+    for k in range(own_repeats or repeats):
+        # A new output folder each time (a re-run into the same one is a no-op: up to date).
+        out = os.path.join(work, f"tessera-out-{k}")
+        runs.append(timed_rss([exe, "run", pipe, path, "--out", out, "--threads", "2", "--progress", "never"]))
+        if objects is None:
+            import pyarrow.parquet as pq
+            found = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f == "shape.parquet"]
+            objects = pq.read_metadata(found[0]).num_rows if found else None
+        shutil.rmtree(out, ignore_errors=True)
+    ours = min(runs)
     res = {}
     for name, code in chains:
         script = os.path.join(work, "chain.py")
@@ -318,8 +359,9 @@ def end_to_end(path, repeats, work, chains=CHAINS, own_repeats=None):
         d = os.path.join(work, name.split()[0])
         os.makedirs(d, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="2")
-        res[name] = best(repeats, lambda: subprocess.run([sys.executable, script, path, d], check=True, capture_output=True, env=env))[0]
-    return t_tessera, res
+        res[name] = min(timed_rss([sys.executable, script, path, d], env) for _ in range(repeats))
+        shutil.rmtree(d, ignore_errors=True)
+    return ours, res, objects
 
 
 def run_rss(cmd):
@@ -355,8 +397,8 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="write the table to BENCHMARKS.md")
-    ap.add_argument("--e2e-sizes", type=int, nargs="*", default=[100, 512],
-                    help="more cube sizes for the end-to-end rows (default: 100 512)")
+    ap.add_argument("--e2e-shapes", nargs="*", default=["100", "384x768x768", "512"],
+                    help="more volumes for the end-to-end rows: a cube side or ZxYxX (default: 100 384x768x768 512)")
     ap.add_argument("--large", type=int, default=512,
                     help="cube size for a second table of distance and voronoi (default 512; 0: none)")
     a = ap.parse_args()
@@ -385,26 +427,37 @@ def main():
         for op, ps in large.items():
             for peer, t in ps.items():
                 lines.append(f"| {op} | {mine[op]:.3f} | {peer} | {t:.3f} | {t / mine[op]:.1f}× |")
+    peer_reps = lambda shape: a.repeats if np.prod(shape) <= 256 ** 3 else 1
     lines += ["", "End to end, process start to exit: read the TIFF, gaussian(σ=1) → Otsu → opening(r=1) → label(26) → "
-              "measure, write the label TIFF and the Parquet table. The peer scripts write the same table "
-              "(tessera's SPEC §6 columns) unless \"5 columns\" is said; best of "
-              f"{a.repeats} (of {max(a.repeats, 10)} for tessera); 2 threads. Timings on this VM drift by up to 2× "
-              "from minute to minute (host noise): compare figures from one run, not across runs.", "",
-              "| volume | tessera (s) | peer script | peer (s) | ratio |", "|---|---|---|---|---|"]
-    e2e = [(a.size, path)]
-    for n in a.e2e_sizes:
-        if n != a.size:
-            p = os.path.join(work, f"vol{n}.tif")
-            tifffile.imwrite(p, volume(n))
-            e2e.append((n, p))
-    for n, p in sorted(e2e):
+              "measure, write the label TIFF and the Parquet table. tessera: best of "
+              f"{max(a.repeats, 10)}; peers: best of {a.repeats} up to 256³, one run above; 2 threads. The scipy + "
+              "scikit-image and SimpleITK scripts write tessera's table (SPEC §6 columns, computed as a user of "
+              "that library would); the best-of-breed script (scipy's gaussian straight to float32, "
+              "scikit-image's Otsu, scipy's opening, cc3d's labelling and statistics, a numpy bincount for "
+              "intensities) writes a smaller one: 11 columns (label, voxels, centroid, bounding box, intensity "
+              "sum and mean) against tessera's 27. Peak RSS is each process's maximum resident set "
+              "(/usr/bin/time), and × input is it over the u8 input's size. Timings on this VM drift by up "
+              "to 2× from minute to minute (host noise): compare figures from one run, not across runs.", "",
+              "| volume | objects | tessera (s) | tessera peak RSS (MiB) | peer script | peer (s) | peer peak RSS (MiB) | ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+    e2e = [(parse_shape(str(a.size)), path)]
+    for spec in a.e2e_shapes:
+        shape = parse_shape(spec)
+        if shape != e2e[0][0]:
+            p = os.path.join(work, "vol" + "x".join(map(str, shape)) + ".tif")
+            tifffile.imwrite(p, volume(shape))
+            e2e.append((shape, p))
+    for shape, p in sorted(e2e, key=lambda e: np.prod(e[0])):
+        name = f"{shape[0]}³" if len(set(shape)) == 1 else "×".join(map(str, shape))
+        mib = np.prod(shape) / 2 ** 20
         # Small volumes: only process start to exit (the peers' interpreter start-up dominates).
-        chains = CHAINS if n >= 256 else ()
-        t_tessera, res = end_to_end(p, a.repeats, work, chains, own_repeats=max(a.repeats, 10))
+        chains = CHAINS if np.prod(shape) >= 256 ** 3 else ()
+        (t, rss), res, objects = end_to_end(p, peer_reps(shape), work, chains, own_repeats=max(a.repeats, 10))
+        ours = f"| {name} | {objects} | {t:.3f} | {rss:.0f} ({rss / mib:.1f}×) |"
         if not res:
-            lines.append(f"| {n}³ | {t_tessera:.3f} | (process start to exit) | | |")
-        for name, t in res.items():
-            lines.append(f"| {n}³ | {t_tessera:.2f} | {name} | {t:.2f} | {t / t_tessera:.1f}× |")
+            lines.append(ours + " (process start to exit) | | | |")
+        for peer, (pt, prss) in res.items():
+            lines.append(f"{ours} {peer} | {pt:.2f} | {prss:.0f} | {pt / t:.1f}× |")
         if p != path:
             os.remove(p)
     tiles = tiling(path, a.size, a.repeats, work)

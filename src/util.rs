@@ -438,6 +438,20 @@ pub fn utc_time(unix: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// The first index `≥ from` where `s` is nonzero (`s.len()` if none). Background is passed over
+/// 16 values at a time, with an OR the compiler vectorises: labels and masks are mostly zeros.
+#[inline]
+pub fn skip_zeros(s: &[u32], mut from: usize) -> usize {
+    const STEP: usize = 16;
+    while from + STEP <= s.len() && s[from..from + STEP].iter().fold(0, |m, &v| m | v) == 0 {
+        from += STEP;
+    }
+    while from < s.len() && s[from] == 0 {
+        from += 1;
+    }
+    from
+}
+
 /// A zeroed vector for a large buffer. On Linux the pages are advised as transparent huge pages
 /// before first use: freshly mapped memory costs a page fault per 4 KiB on first touch (about
 /// half a millisecond per MB here), and 2 MiB pages cut that to a few faults.

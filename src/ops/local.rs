@@ -479,18 +479,25 @@ fn faces(a: &[u32], b: &[u32], axis: usize, counter: &mut PairCounter) {
 /// edge, y faces on its (z, x+1) edge, z faces on its (y+1, x+1) edge — so it is counted once; a
 /// window of one value has none, and is skipped, as are the runs of background.
 fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], mut counter: Option<&mut PairCounter>) {
+    // Per column x of a row of windows, the OR of its four voxels: window x is background when
+    // columns x and x + 1 are. Computed a row at a time (vectorised) so that runs of background
+    // windows are passed over 16 columns at a time.
+    let mut column = vec![0u32; w];
     for yy in 0..h - 1 {
         let (r0, r1) = (yy * w, (yy + 1) * w);
         let (p0, p1, q0, q1) = (&p[r0..r0 + w], &p[r1..r1 + w], &q[r0..r0 + w], &q[r1..r1 + w]);
-        let mut left = p0[0] | p1[0] | q0[0] | q1[0];
-        for x in 0..w - 1 {
-            let right = p0[x + 1] | p1[x + 1] | q0[x + 1] | q1[x + 1];
-            let any = left | right;
-            left = right;
-            if any == 0 {
+        for (x, c) in column.iter_mut().enumerate() {
+            *c = p0[x] | p1[x] | q0[x] | q1[x];
+        }
+        let mut x = 0;
+        while x < w - 1 {
+            if column[x] | column[x + 1] == 0 {
+                // The next nonzero column j is at least x + 2; windows up to j − 2 are background.
+                x = crate::util::skip_zeros(&column, x + 1).saturating_sub(1).max(x + 1);
                 continue;
             }
             let c = [p0[x], p0[x + 1], p1[x], p1[x + 1], q0[x], q0[x + 1], q1[x], q1[x + 1]];
+            x += 1;
             if c.iter().all(|&v| v == c[0]) {
                 continue;
             }
