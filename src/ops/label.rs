@@ -320,8 +320,14 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
         rest = tail;
     }
     chunks.into_par_iter().for_each(|(chunk, off)| {
-        for v in chunk.iter_mut().filter(|v| **v != 0) {
-            *v = remap[(*v + off) as usize];
+        // Background passed over 16 voxels at a time.
+        for block in chunk.chunks_mut(16) {
+            if block.iter().fold(0, |m, &v| m | v) == 0 {
+                continue;
+            }
+            for v in block.iter_mut().filter(|v| **v != 0) {
+                *v = remap[(*v + off) as usize];
+            }
         }
     });
     Ok((Array3::from_shape_vec((nz, ny, nx), out).expect("shape"), n))
@@ -375,8 +381,11 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
             let cur = &mut cur[..nx];
             let mut x = 0;
             // Jump over background quickly: most voxels of most images are background.
-            while let Some(off) = src[x..].iter().position(|&v| v != 0) {
-                x += off;
+            loop {
+                x = crate::util::skip_zeros_u8(src, x);
+                if x >= nx {
+                    break;
+                }
                 let mut label = 0u32;
                 let join = |l: u32, label: &mut u32, parent: &mut Vec<u32>| {
                     if l == 0 || l == *label {
