@@ -488,6 +488,102 @@ pub fn zeroed<T: Copy + Default + Send>(n: usize) -> Vec<T> {
     v
 }
 
+thread_local! {
+    /// Large 4-byte buffers (f32 images, u32 labels) that values no longer needed gave back
+    /// ([`recycle_u32`]), for the next [`zeroed_u32`] or [`zeroed_f32`] of about their size.
+    ///
+    /// Memory is time here: the kernel zeroes every fresh page on first touch, at a fraction of
+    /// the speed of writing memory already mapped. A whole-volume chain frees its smoothed f32
+    /// image before it labels; labels of the same voxel count then take that buffer instead of
+    /// as many fresh pages (and the run's peak memory drops by as much). At most two buffers
+    /// are kept, and the executor empties the pool after each sample ([`clear_pool`]).
+    ///
+    /// The pool is the thread's: a sample's stages run one after the other on the thread that
+    /// evaluates it (an op asks for its output buffer before it goes parallel), so one sample's
+    /// buffers serve its own later stages, whatever other samples run beside it.
+    static POOL: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers under this many bytes are not pooled (the allocator's own reuse serves them).
+const POOL_MIN_BYTES: usize = 8 << 20;
+
+/// Keeps `v`'s allocation for [`zeroed_u32`]/[`zeroed_f32`] (when it is large).
+pub fn recycle_u32(v: Vec<u32>) {
+    if v.capacity().saturating_mul(4) < POOL_MIN_BYTES {
+        return;
+    }
+    let old = POOL.with_borrow_mut(|p| {
+        p.push(v);
+        (p.len() > 2).then(|| p.remove(0))
+    });
+    drop(old);
+}
+
+/// [`recycle_u32`] for an f32 buffer.
+pub fn recycle_f32(v: Vec<f32>) {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: f32 and u32 have the same size and alignment, so the allocation keeps its layout,
+    // and every bit pattern is a valid u32.
+    recycle_u32(unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut u32, v.len(), v.capacity()) });
+}
+
+/// Drops the pooled buffers.
+pub fn clear_pool() {
+    let all = POOL.with_borrow_mut(std::mem::take);
+    drop(all);
+}
+
+/// A pooled buffer holding at least `n` values, and at most 1.25·n.
+fn from_pool(n: usize) -> Option<Vec<u32>> {
+    if n.saturating_mul(4) < POOL_MIN_BYTES {
+        return None;
+    }
+    POOL.with_borrow_mut(|p| {
+        let best = p.iter().enumerate().filter(|(_, v)| v.len() >= n && v.len() - n <= n / 4).min_by_key(|(_, v)| v.len());
+        best.map(|(i, _)| i).map(|i| p.swap_remove(i))
+    })
+}
+
+/// Fresh zeros from `calloc`, advised as huge pages and left for the caller's first writes to
+/// fault in (fresh pages are zero already).
+fn fresh_u32(n: usize) -> Vec<u32> {
+    let v = vec![0u32; n];
+    advise_huge(&v);
+    v
+}
+
+/// `n` zeros: in a pooled buffer (cleared by every thread; its pages are mapped already), or
+/// in fresh memory.
+pub fn zeroed_u32(n: usize) -> Vec<u32> {
+    match from_pool(n) {
+        Some(mut v) => {
+            v.truncate(n);
+            v.par_chunks_mut(1 << 18).for_each(|c| c.fill(0));
+            v
+        }
+        None => fresh_u32(n),
+    }
+}
+
+/// `n` values for a caller that overwrites every one: a pooled buffer's old values as they
+/// are (no clearing pass), or fresh zeros.
+pub fn overwritten_u32(n: usize) -> Vec<u32> {
+    match from_pool(n) {
+        Some(mut v) => {
+            v.truncate(n);
+            v
+        }
+        None => fresh_u32(n),
+    }
+}
+
+/// [`zeroed_u32`] as f32 zeros.
+pub fn zeroed_f32(n: usize) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(zeroed_u32(n));
+    // SAFETY: same size and alignment; zero bits are 0.0.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
+}
+
 /// A zeroed 3D array backed by [`zeroed`] memory.
 pub fn zeros3<T: Copy + Default + Send>(dims: (usize, usize, usize)) -> ndarray::Array3<T> {
     ndarray::Array3::from_shape_vec(dims, zeroed(dims.0 * dims.1 * dims.2)).expect("shape matches length")
@@ -632,6 +728,26 @@ fn glob_here(p: &[char], s: &[char]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pooled_buffers_come_back_zeroed() {
+        let n = (POOL_MIN_BYTES / 4) + 1000;
+        let mut a = zeroed_f32(n);
+        a.iter_mut().for_each(|v| *v = 1.5);
+        let at = a.as_ptr() as usize;
+        recycle_f32(a);
+        // A request of the same size takes that buffer, all zeros; a much smaller one does not.
+        assert!(zeroed_u32(n / 2).iter().all(|&v| v == 0));
+        let b = zeroed_u32(n);
+        assert!(b.len() == n && b.iter().all(|&v| v == 0));
+        assert_eq!(b.as_ptr() as usize, at);
+        // Given back again: a caller that overwrites everything gets it as it was.
+        recycle_u32(b);
+        let c = overwritten_u32(n - 10);
+        assert_eq!((c.as_ptr() as usize, c.len()), (at, n - 10));
+        clear_pool();
+        assert!(overwritten_u32(n).iter().all(|&v| v == 0));
+    }
 
     #[test]
     fn skip_zeros_finds_the_first_nonzero() {

@@ -933,6 +933,14 @@ pub fn evaluate_with(
     let Reuse { mut preset, compute } = reuse;
     let n = plan.stages.len();
     let last_use = plan.last_use();
+    // Buffers freed stages gave back are for this sample's later stages only.
+    struct ClearPool;
+    impl Drop for ClearPool {
+        fn drop(&mut self) {
+            crate::util::clear_pool();
+        }
+    }
+    let _pool = ClearPool;
     let ctx = Ctx { sample, spacing: spacing.zyx, unit: &spacing.unit, ndim };
     // Stages after a downsample see larger voxels.
     let ctx_of = |i: usize| Ctx { spacing: scaled(spacing, input_scale(plan, bound, i)).zyx, ..ctx.clone() };
@@ -957,11 +965,14 @@ pub fn evaluate_with(
     // stages no longer need.
     let mut values: Vec<Option<Arc<Value>>> = vec![None; n];
     // Free what no later stage reads (unless every stage is to be kept).
+    // A value held nowhere else (no output writer has it) gives its buffer back for reuse.
     let free = |values: &mut Vec<Option<Arc<Value>>>, i: usize| {
         if !opts.keep_all {
             for (k, v) in values.iter_mut().enumerate().take(i + 1) {
-                if last_use[k] <= i {
-                    *v = None;
+                if last_use[k] <= i
+                    && let Some(Ok(v)) = v.take().map(Arc::try_unwrap)
+                {
+                    v.recycle();
                 }
             }
         }

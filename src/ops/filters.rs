@@ -215,7 +215,7 @@ fn fused<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([
     let (nz, ny, nx) = a.dim();
     let (lo, hi) = out;
     let (onz, ony, onx) = (hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]);
-    let mut dst = crate::util::zeros3::<f32>((onz, ony, onx));
+    let mut dst = Array3::from_shape_vec((onz, ony, onx), crate::util::zeroed_f32(onz * ony * onx)).expect("shape");
     if onz * ony * onx == 0 {
         return dst;
     }

@@ -245,8 +245,8 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
     let m = mask.as_standard_layout();
     let m = m.as_slice().expect("standard layout");
     let plane = ny * nx;
-    let mut out: Vec<u32> = vec![0; m.len()];
-    crate::util::advise_huge(&out);
+    // label_slab writes every voxel, so the buffer needs no clearing.
+    let mut out: Vec<u32> = crate::util::overwritten_u32(m.len());
     let threads = rayon::current_num_threads();
     let slabs = if threads > 1 && nz >= 2 * threads && plane > 0 { threads } else { 1 };
     let bounds: Vec<(usize, usize)> = (0..slabs).map(|s| (s * nz / slabs, (s + 1) * nz / slabs)).collect();
@@ -333,8 +333,8 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
     Ok((Array3::from_shape_vec((nz, ny, nx), out).expect("shape"), n))
 }
 
-/// Labels one slab (`dims` = its z, y, x sizes) into `out`; returns its union-find parents
-/// (index 0 unused), provisional labels 1.. in raster order.
+/// Labels one slab (`dims` = its z, y, x sizes) into `out`, writing every voxel (background 0);
+/// returns its union-find parents (index 0 unused), provisional labels 1.. in raster order.
 fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivity: u8) -> Result<Vec<u32>, String> {
     let (nz, ny, nx) = dims;
     let mut parent: Vec<u32> = vec![0];
@@ -380,9 +380,12 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
             let src = &m[start..start + nx];
             let cur = &mut cur[..nx];
             let mut x = 0;
-            // Jump over background quickly: most voxels of most images are background.
+            // Jump over background quickly: most voxels of most images are background. Every
+            // voxel of `out` is written (background as 0): the caller's buffer may hold old values.
             loop {
-                x = crate::util::skip_zeros_u8(src, x);
+                let next = crate::util::skip_zeros_u8(src, x);
+                cur[x..next].fill(0);
+                x = next;
                 if x >= nx {
                     break;
                 }
@@ -644,6 +647,22 @@ pub fn filter_sizes(labels: &mut Array3<u32>, n: u32, min: u64, max: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_written_over_a_used_buffer_are_the_same() {
+        // Big enough for the buffer pool: a recycled buffer full of old values is taken as is,
+        // and every voxel must be written.
+        let mut s = 12345u64;
+        let mask = Array3::from_shape_fn((16, 384, 384), |_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % 100 < 20) as u8
+        });
+        let (clean, n) = label(&mask, 26).unwrap();
+        crate::util::recycle_u32(vec![0xdead_beef; mask.len()]);
+        let (reused, m) = label(&mask, 26).unwrap();
+        crate::util::clear_pool();
+        assert_eq!((n, &clean), (m, &reused));
+    }
 
     #[test]
     fn slab_labelling_equals_whole_labelling() {

@@ -100,6 +100,15 @@ pub enum Value {
 }
 
 impl Value {
+    /// Drops the value, giving a large f32 or u32 buffer to [`crate::util::recycle_u32`] for
+    /// the next stage's output.
+    pub fn recycle(self) {
+        match self {
+            Value::Labels(a) | Value::Image(Data::U32(a)) => crate::util::recycle_u32(a.into_raw_vec_and_offset().0),
+            Value::Image(Data::F32(a)) => crate::util::recycle_f32(a.into_raw_vec_and_offset().0),
+            _ => {}
+        }
+    }
     pub fn kind(&self) -> Kind {
         match self {
             Value::Image(_) => Kind::Image,
