@@ -501,6 +501,17 @@ fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], mut coun
             if c.iter().all(|&v| v == c[0]) {
                 continue;
             }
+            // Most windows hold one object and background (on its surface): one configuration.
+            let l = c.iter().fold(0, |m, &v| m.max(v));
+            if c.iter().all(|&v| v == 0 || v == l) {
+                let cfg = c.iter().enumerate().fold(0usize, |m, (k, &v)| m | (((v == l) as usize) << k));
+                let s = &mut shape[l as usize];
+                s.euler += EULER26[cfg] as i64;
+                for (a, &wt) in s.surface.iter_mut().zip(&WEIGHTS[cfg]) {
+                    *a += wt as u64;
+                }
+                continue;
+            }
             if let Some(counter) = counter.as_deref_mut() {
                 for (a, b, axis) in [(c[6], c[7], 2), (c[5], c[7], 1), (c[3], c[7], 0)] {
                     if a != b && a != 0 && b != 0 {
