@@ -478,8 +478,10 @@ def main():
         text = open(os.path.join(ROOT, "BENCHMARKS.md")).read() if os.path.exists(os.path.join(ROOT, "BENCHMARKS.md")) else ""
         head = "# Benchmarks\n\nMade by `bash bench/run.sh` (bench/bench.py); ratio = peer time / tessera time.\n\n"
         body = f"## {time.strftime('%Y-%m-%d')} ({host}; {vers})\n\n{table}\n"
-        # Keep the out-of-core sections bench/big.py appended (they take much longer to make).
-        kept = text[text.index("\n### Out of core"):] if "\n### Out of core" in text else ""
+        # Keep the sections the other scripts wrote (bench/profile.py's, then bench/big.py's and
+        # the rest): they take much longer to make.
+        marks = [text.index(m) for m in ("\n### Where the time goes", "\n### Out of core") if m in text]
+        kept = text[min(marks):] if marks else ""
         open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(head + body + kept)
 
 

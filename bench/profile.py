@@ -176,12 +176,14 @@ def main():
         old = open(p).read()
         head = "### Where the time goes"
         if head in old:
-            start = old.index(head)
-            nxt = old.find("\n### ", start + 1)
-            old = old[:start] + (old[nxt + 1:] if nxt >= 0 else "")
-        # After the end-to-end section of bench.py, before the out-of-core ones.
-        at = old.find("\n### Out of core")
-        at = len(old) if at < 0 else at + 1
+            # In place of the earlier profile.
+            at = old.index(head)
+            nxt = old.find("\n### ", at + 1)
+            old = old[:at] + (old[nxt + 1:] if nxt >= 0 else "")
+        else:
+            # After the end-to-end section of bench.py, before the out-of-core ones.
+            at = old.find("\n### Out of core")
+            at = len(old) if at < 0 else at + 1
         open(p, "w").write(old[:at] + text + "\n" + old[at:])
     shutil.rmtree(work, ignore_errors=True)
 
