@@ -495,8 +495,10 @@ thread_local! {
     /// Memory is time here: the kernel zeroes every fresh page on first touch, at a fraction of
     /// the speed of writing memory already mapped. A whole-volume chain frees its smoothed f32
     /// image before it labels; labels of the same voxel count then take that buffer instead of
-    /// as many fresh pages (and the run's peak memory drops by as much). At most two buffers
-    /// are kept, and the executor empties the pool after each sample ([`clear_pool`]).
+    /// as many fresh pages. One buffer is kept (the last given back), and the executor empties
+    /// the pool after each sample ([`clear_pool`]). A kept buffer that no later stage takes is
+    /// memory the allocator could have handed to another stage: at most one buffer of the two
+    /// largest values the sample's memory estimate already counts (`stream::whole_run_bytes`).
     ///
     /// The pool is the thread's: a sample's stages run one after the other on the thread that
     /// evaluates it (an op asks for its output buffer before it goes parallel), so one sample's
@@ -514,7 +516,7 @@ pub fn recycle_u32(v: Vec<u32>) {
     }
     let old = POOL.with_borrow_mut(|p| {
         p.push(v);
-        (p.len() > 2).then(|| p.remove(0))
+        (p.len() > 1).then(|| p.remove(0))
     });
     drop(old);
 }
