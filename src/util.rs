@@ -546,12 +546,11 @@ fn from_pool(n: usize) -> Option<Vec<u32>> {
     })
 }
 
-/// Fresh zeros from `calloc`, advised as huge pages and left for the caller's first writes to
-/// fault in (fresh pages are zero already).
+/// Zeros in memory from the allocator, cleared by every thread ([`zeroed`]). Not `calloc`: in
+/// a process that ran samples before, the allocator hands back used memory, and `calloc` would
+/// clear hundreds of MB on one thread.
 fn fresh_u32(n: usize) -> Vec<u32> {
-    let v = vec![0u32; n];
-    advise_huge(&v);
-    v
+    zeroed(n)
 }
 
 /// `n` zeros: in a pooled buffer (cleared by every thread; its pages are mapped already), or

@@ -209,7 +209,34 @@ struct Scratch {
     ext: Vec<f64>,
 }
 
+/// The instruction sets [`fused`] compiles its loops for. Only wider vectors are used (no FMA),
+/// so every one gives the plain version's results, bit for bit (tested).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Isa {
+    Plain,
+    Avx2,
+    Avx512,
+}
+
+/// The widest of [`Isa`] this CPU has.
+fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Plain
+}
+
 fn fused<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Array3<f32> {
+    fused_with(a, sigma, truncate, ndim, out, best_isa())
+}
+
+fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3]), isa: Isa) -> Array3<f32> {
     let a = a.as_standard_layout();
     let src = a.as_slice().expect("standard layout");
     let (nz, ny, nx) = a.dim();
@@ -230,20 +257,19 @@ fn fused<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([
     blocks = blocks.max(ony.div_ceil(cap)).min(ony);
     let block = ony.div_ceil(blocks);
     let k = Kernels { wz: wz.as_deref(), wy: wy.as_deref(), wx: wx.as_deref() };
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     dst.as_slice_mut().expect("standard layout").par_chunks_mut(ony * onx).enumerate().for_each(|(zo, plane)| {
         plane.par_chunks_mut(block * onx).enumerate().for_each_init(Scratch::default, |s, (b, rows)| {
             let ys = lo[1] + b * block..lo[1] + b * block + rows.len() / onx;
             let at = Item { src, dims: [nz, ny, nx], z: lo[0] + zo, ys, xs: lo[2]..hi[2] };
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU has AVX2 (checked above). Only wider vectors are used, no FMA:
-                // the results are those of the plain version.
-                unsafe { item_avx2(&at, &k, s, rows) };
-                return;
+            match isa {
+                // SAFETY: `isa` names only instruction sets the CPU has (best_isa, or the tests,
+                // which check before asking for one).
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { item_avx512(&at, &k, s, rows) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { item_avx2(&at, &k, s, rows) },
+                _ => item(&at, &k, s, rows),
             }
-            item(&at, &k, s, rows);
         });
     });
     dst
@@ -267,6 +293,12 @@ struct Item<'a, T> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn item_avx2<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
+    item(at, k, s, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
+unsafe fn item_avx512<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
     item(at, k, s, out)
 }
 
@@ -492,6 +524,40 @@ mod tests {
         let got: Vec<usize> = (-5..9).map(|i| reflect(i, 4)).collect();
         assert_eq!(got, vec![3, 3, 2, 1, 0, 0, 1, 2, 3, 3, 2, 1, 0, 0]);
         assert_eq!(reflect(-3, 1), 0);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        // The vector versions of the gaussian only widen vectors (no FMA): their results are
+        // the plain loops', bit for bit, on u8 and f32 volumes, 2D and 3D, whole and cropped.
+        let mut state = 99u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let u8s = Array3::from_shape_fn((7, 33, 41), |_| (next() % 256) as u8);
+        let f32s = Array3::from_shape_fn((5, 19, 67), |_| (next() % 100_000) as f32 / 7.0);
+        let mut isas = vec![Isa::Plain];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                isas.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        let bits = |a: Array3<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for (sigma, ndim) in [([1.0, 1.0, 1.0], 3), ([0.0, 1.5, 2.5], 2), ([2.0, 0.7, 1.3], 3)] {
+            let whole = |d: [usize; 3]| ([0; 3], d);
+            let crop = ([1, 2, 3], [4, 15, 30]);
+            let want_u8 = bits(fused_with(&u8s, sigma, 4.0, ndim, crop, Isa::Plain));
+            let want_f32 = bits(fused_with(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), Isa::Plain));
+            for &isa in &isas {
+                assert_eq!(bits(fused_with(&u8s, sigma, 4.0, ndim, crop, isa)), want_u8, "{isa:?} u8 σ {sigma:?}");
+                assert_eq!(bits(fused_with(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), isa)), want_f32, "{isa:?} f32 σ {sigma:?}");
+            }
+        }
     }
 
     #[test]
