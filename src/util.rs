@@ -489,35 +489,33 @@ pub fn zeroed<T: Copy + Default + Send>(n: usize) -> Vec<T> {
 }
 
 thread_local! {
-    /// Large 4-byte buffers (f32 images, u32 labels) that values no longer needed gave back
-    /// ([`recycle_u32`]), for the next [`zeroed_u32`] or [`zeroed_f32`] of about their size.
+    /// A large 4-byte buffer (f32 image, u32 labels) that a value no longer needed gave back
+    /// ([`recycle_u32`]), for the next [`zeroed_u32`] or [`overwritten_u32`] of about its size.
     ///
     /// Memory is time here: the kernel zeroes every fresh page on first touch, at a fraction of
     /// the speed of writing memory already mapped. A whole-volume chain frees its smoothed f32
     /// image before it labels; labels of the same voxel count then take that buffer instead of
     /// as many fresh pages. One buffer is kept (the last given back), and the executor empties
-    /// the pool after each sample ([`clear_pool`]). A kept buffer that no later stage takes is
+    /// the slot after each sample ([`clear_pool`]). A kept buffer that no later stage takes is
     /// memory the allocator could have handed to another stage: at most one buffer of the two
     /// largest values the sample's memory estimate already counts (`stream::whole_run_bytes`).
     ///
-    /// The pool is the thread's: a sample's stages run one after the other on the thread that
+    /// The slot is the thread's: a sample's stages run one after the other on the thread that
     /// evaluates it (an op asks for its output buffer before it goes parallel), so one sample's
-    /// buffers serve its own later stages, whatever other samples run beside it.
-    static POOL: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// buffer serves its own later stages, whatever other samples run beside it.
+    static POOL: std::cell::RefCell<Option<Vec<u32>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Buffers under this many bytes are not pooled (the allocator's own reuse serves them).
 const POOL_MIN_BYTES: usize = 8 << 20;
 
-/// Keeps `v`'s allocation for [`zeroed_u32`]/[`zeroed_f32`] (when it is large).
+/// Keeps `v`'s allocation for [`zeroed_u32`]/[`overwritten_u32`] (when it is large), in place
+/// of the buffer kept before.
 pub fn recycle_u32(v: Vec<u32>) {
     if v.capacity().saturating_mul(4) < POOL_MIN_BYTES {
         return;
     }
-    let old = POOL.with_borrow_mut(|p| {
-        p.push(v);
-        (p.len() > 1).then(|| p.remove(0))
-    });
+    let old = POOL.replace(Some(v));
     drop(old);
 }
 
@@ -529,53 +527,42 @@ pub fn recycle_f32(v: Vec<f32>) {
     recycle_u32(unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut u32, v.len(), v.capacity()) });
 }
 
-/// Drops the pooled buffers.
+/// Drops the kept buffer.
 pub fn clear_pool() {
-    let all = POOL.with_borrow_mut(std::mem::take);
-    drop(all);
+    let old = POOL.take();
+    drop(old);
 }
 
-/// A pooled buffer holding at least `n` values, and at most 1.25·n.
+/// The kept buffer, cut to `n` values, when it holds at least `n` and at most 1.25·n.
 fn from_pool(n: usize) -> Option<Vec<u32>> {
     if n.saturating_mul(4) < POOL_MIN_BYTES {
         return None;
     }
     POOL.with_borrow_mut(|p| {
-        let best = p.iter().enumerate().filter(|(_, v)| v.len() >= n && v.len() - n <= n / 4).min_by_key(|(_, v)| v.len());
-        best.map(|(i, _)| i).map(|i| p.swap_remove(i))
+        let fits = p.as_ref().is_some_and(|v| v.len() >= n && v.len() - n <= n / 4);
+        let mut v = if fits { p.take() } else { None }?;
+        v.truncate(n);
+        Some(v)
     })
 }
 
-/// Zeros in memory from the allocator, cleared by every thread ([`zeroed`]). Not `calloc`: in
-/// a process that ran samples before, the allocator hands back used memory, and `calloc` would
-/// clear hundreds of MB on one thread.
-fn fresh_u32(n: usize) -> Vec<u32> {
-    zeroed(n)
-}
-
-/// `n` zeros: in a pooled buffer (cleared by every thread; its pages are mapped already), or
-/// in fresh memory.
+/// `n` zeros: in the kept buffer (cleared by every thread; its pages are mapped already), or
+/// in memory from [`zeroed`]. Not `calloc`: in a process that ran samples before, the allocator
+/// hands back used memory, and `calloc` would clear hundreds of MB on one thread.
 pub fn zeroed_u32(n: usize) -> Vec<u32> {
     match from_pool(n) {
         Some(mut v) => {
-            v.truncate(n);
             v.par_chunks_mut(1 << 18).for_each(|c| c.fill(0));
             v
         }
-        None => fresh_u32(n),
+        None => zeroed(n),
     }
 }
 
-/// `n` values for a caller that overwrites every one: a pooled buffer's old values as they
-/// are (no clearing pass), or fresh zeros.
+/// `n` values for a caller that overwrites every one: the kept buffer's old values as they
+/// are (no clearing pass), or zeros from [`zeroed`].
 pub fn overwritten_u32(n: usize) -> Vec<u32> {
-    match from_pool(n) {
-        Some(mut v) => {
-            v.truncate(n);
-            v
-        }
-        None => fresh_u32(n),
-    }
+    from_pool(n).unwrap_or_else(|| zeroed(n))
 }
 
 /// [`zeroed_u32`] as f32 zeros.
@@ -723,6 +710,16 @@ fn glob_here(p: &[char], s: &[char]) -> bool {
             hit != negate && c != '/' && glob_here(&p[close + 1..], &s[1..])
         }
         Some(&c) => s.first() == Some(&c) && glob_here(&p[1..], &s[1..]),
+    }
+}
+
+/// A seeded stream of pseudo-random u32 for tests (a 64-bit LCG, its high bits).
+#[cfg(test)]
+pub(crate) fn test_rng(seed: u64) -> impl FnMut() -> u32 {
+    let mut state = seed;
+    move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u32
     }
 }
 

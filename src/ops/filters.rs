@@ -218,22 +218,26 @@ enum Isa {
     Avx512,
 }
 
-/// The widest of [`Isa`] this CPU has.
-fn best_isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
-            return Isa::Avx512;
+impl Isa {
+    /// The instruction sets this CPU has, narrowest first.
+    fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Plain];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+                v.push(Isa::Avx512);
+            }
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Isa::Avx2;
-        }
+        v
     }
-    Isa::Plain
 }
 
 fn fused<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Array3<f32> {
-    fused_with(a, sigma, truncate, ndim, out, best_isa())
+    let widest = Isa::available().pop().unwrap_or(Isa::Plain);
+    fused_with(a, sigma, truncate, ndim, out, widest)
 }
 
 fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3]), isa: Isa) -> Array3<f32> {
@@ -262,8 +266,7 @@ fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, ou
             let ys = lo[1] + b * block..lo[1] + b * block + rows.len() / onx;
             let at = Item { src, dims: [nz, ny, nx], z: lo[0] + zo, ys, xs: lo[2]..hi[2] };
             match isa {
-                // SAFETY: `isa` names only instruction sets the CPU has (best_isa, or the tests,
-                // which check before asking for one).
+                // SAFETY: `isa` is one of `Isa::available()`, instruction sets the CPU has.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { item_avx512(&at, &k, s, rows) },
                 #[cfg(target_arch = "x86_64")]
@@ -530,23 +533,10 @@ mod tests {
     fn every_instruction_set_gives_the_same_bits() {
         // The vector versions of the gaussian only widen vectors (no FMA): their results are
         // the plain loops', bit for bit, on u8 and f32 volumes, 2D and 3D, whole and cropped.
-        let mut state = 99u64;
-        let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 33) as u32
-        };
+        let mut next = crate::util::test_rng(99);
         let u8s = Array3::from_shape_fn((7, 33, 41), |_| (next() % 256) as u8);
         let f32s = Array3::from_shape_fn((5, 19, 67), |_| (next() % 100_000) as f32 / 7.0);
-        let mut isas = vec![Isa::Plain];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = Isa::available();
         let bits = |a: Array3<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
         for (sigma, ndim) in [([1.0, 1.0, 1.0], 3), ([0.0, 1.5, 2.5], 2), ([2.0, 0.7, 1.3], 3)] {
             let whole = |d: [usize; 3]| ([0; 3], d);
@@ -951,11 +941,7 @@ mod window_tests {
     fn histogram_median_equals_selection() {
         // Random 8-bit volumes, few and many distinct values, windows from a line to 5×5×5 and
         // larger than the volume along an axis (reflected more than once).
-        let mut state = 7u64;
-        let mut next = move || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 33) as u32
-        };
+        let mut next = crate::util::test_rng(7);
         for (shape, size, levels) in [
             ((9, 11, 13), [3, 3, 3], 256u32),
             ((9, 11, 13), [5, 5, 5], 256),

@@ -652,11 +652,8 @@ mod tests {
     fn labels_written_over_a_used_buffer_are_the_same() {
         // Big enough for the buffer pool: a recycled buffer full of old values is taken as is,
         // and every voxel must be written.
-        let mut s = 12345u64;
-        let mask = Array3::from_shape_fn((16, 384, 384), |_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) % 100 < 20) as u8
-        });
+        let mut next = crate::util::test_rng(12345);
+        let mask = Array3::from_shape_fn((16, 384, 384), |_| (next() % 100 < 20) as u8);
         let (clean, n) = label(&mask, 26).unwrap();
         crate::util::recycle_u32(vec![0xdead_beef; mask.len()]);
         let (reused, m) = label(&mask, 26).unwrap();

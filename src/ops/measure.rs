@@ -521,7 +521,7 @@ impl Accumulator {
         for r in 0..nz * ny {
             let (z, y) = (z0 + r / ny.max(1), r % ny.max(1));
             let row = &flat[r * nx..(r + 1) * nx];
-            let mut x = crate::util::skip_zeros(row, 0);
+            let mut x = 0;
             while x < nx {
                 let l = row[x];
                 if l == 0 {
