@@ -3,7 +3,7 @@
 //! an exit code (SPEC §1: 0 done, 1 some samples failed, 2 nothing ran).
 
 mod classify;
-mod render;
+pub mod render;
 mod status;
 mod submit;
 mod tables;
@@ -90,9 +90,14 @@ impl Resources {
     pub fn tile(&self, spec: &crate::spec::PipelineSpec) -> crate::exec::TileSize {
         self.tile.unwrap_or_else(|| pipeline_tile(spec))
     }
-    /// The memory budget: `--memory`, else 3/4 of RAM.
+    /// The memory budget: `--memory`, else 3/4 of what the process may use (RAM, or a
+    /// cgroup's or `ulimit -v` limit: [`crate::io::memory_limit`]).
     pub fn memory(&self) -> u64 {
         self.memory.unwrap_or_else(crate::io::default_memory_budget)
+    }
+    /// `Err` when `--memory` is more than the process may use.
+    pub fn check(&self) -> Result<(), String> {
+        self.memory.map_or(Ok(()), crate::io::check_memory_flag)
     }
 }
 
@@ -823,6 +828,10 @@ fn pipeline_tile(spec: &crate::spec::PipelineSpec) -> crate::exec::TileSize {
 
 fn cmd_run(a: RunArgs) -> i32 {
     crate::util::set_durable(a.durable);
+    if let Err(e) = a.resources.check() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     let manifest = if !a.images.is_empty() {
         for p in &a.images {
             if p.extension().is_some_and(|e| e == "csv") {

@@ -107,6 +107,10 @@ fn install_handlers() {
 }
 
 pub fn cmd_watch(a: WatchArgs) -> i32 {
+    if let Err(e) = a.resources.check() {
+        eprintln!("error: {e}");
+        return 2;
+    }
     crate::util::set_durable(a.durable);
     let source = match (&a.dir, &a.samples) {
         (Some(d), _) => {

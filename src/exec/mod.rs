@@ -1214,6 +1214,47 @@ pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(
     ]
 }
 
+/// The memory that samples in flight hold together, kept within what the process may use: a
+/// sample is admitted when its working set fits beside those running (or when none runs), and
+/// waits otherwise. Each sample keeps to `--memory` on its own (streaming what does not fit);
+/// without this, `--threads` samples at once could each take their budget and together pass
+/// the machine's memory or the job's cgroup limit, and the kernel would kill the run.
+pub struct Admission {
+    capacity: u64,
+    used: Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+/// A sample's admitted memory, given back when dropped.
+pub struct Admitted<'a> {
+    gate: &'a Admission,
+    bytes: u64,
+}
+
+impl Admission {
+    pub fn new(capacity: u64) -> Admission {
+        Admission { capacity, used: Mutex::new(0), freed: std::sync::Condvar::new() }
+    }
+    /// Waits until `bytes` fit beside what is admitted (or nothing is), then holds them.
+    pub fn admit(&self, bytes: u64) -> Admitted<'_> {
+        let bytes = bytes.min(self.capacity);
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *used > 0 && *used + bytes > self.capacity {
+            used = self.freed.wait(used).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *used += bytes;
+        Admitted { gate: self, bytes }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut used = self.gate.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *used -= self.bytes;
+        self.gate.freed.notify_all();
+    }
+}
+
 /// `run` applied to every row, at most `in_flight` rows at a time, rows taken from `rows` in
 /// order as earlier ones finish (the manifest is read as it runs). Called from outside the
 /// rayon pool (the command line's main thread); rows run on the global pool.
@@ -1225,7 +1266,13 @@ pub(crate) fn table_metadata(plan: &Plan, t: &Table, spacing: &Spacing) -> Vec<(
 /// unfinished samples are bounded by `in_flight`, whatever the number of rows. (A `par_iter`
 /// over the rows queues all of them, and a waiting thread could start sample after sample on
 /// its own stack: a study of 800 samples overflowed it.)
-fn for_each_sample(rows: impl Iterator<Item = (usize, SampleRow)> + Send, in_flight: usize, run: impl Fn(usize, &SampleRow) + Sync) {
+fn for_each_sample(
+    rows: impl Iterator<Item = (usize, SampleRow)> + Send,
+    in_flight: usize,
+    gate: &Admission,
+    weigh: impl Fn(&SampleRow) -> u64 + Sync,
+    run: impl Fn(usize, &SampleRow) + Sync,
+) {
     let rows = Mutex::new(rows);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..in_flight.max(1))
@@ -1234,6 +1281,10 @@ fn for_each_sample(rows: impl Iterator<Item = (usize, SampleRow)> + Send, in_fli
                     loop {
                         let next = rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
                         let Some((i, row)) = next else { break };
+                        // The sample's memory is admitted here, outside the pool: a pool thread
+                        // waiting for it could be holding, lower on its stack, the sample that
+                        // would free it.
+                        let _admitted = gate.admit(if in_flight > 1 { weigh(&row) } else { 0 });
                         // Runs on a pool thread; this feeder sleeps until it is done.
                         rayon::scope(|_| run(i, &row));
                     }
@@ -1369,7 +1420,15 @@ pub fn run(plan: &Plan, manifest: &Manifest, cfg: &RunConfig, progress: &dyn Obs
             }
         }
     };
-    for_each_sample(rows("reading the rows to run")?, cfg.threads, run_one);
+    // What a sample holds: its whole working set in memory, or its budget when streamed.
+    let weigh = |row: &SampleRow| {
+        if cfg.split.is_some() {
+            return cfg.memory;
+        }
+        sample_bytes(plan, row, manifest).map(|need| need.min(cfg.memory)).unwrap_or(0)
+    };
+    let gate = Admission::new(io::default_memory_budget());
+    for_each_sample(rows("reading the rows to run")?, cfg.threads, &gate, weigh, run_one);
     progress.finish();
     let mut t = tally.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     t.errors.extend(broken.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
@@ -1417,6 +1476,31 @@ mod tests {
     }
 
     #[test]
+    fn samples_are_admitted_together_only_while_their_memory_fits() {
+        let gate = Admission::new(100);
+        let first = gate.admit(60);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _second = gate.admit(60);
+                tx.send(()).unwrap();
+            });
+            // The second waits while the first holds its 60 of 100.
+            assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "admitted past the capacity");
+            drop(first);
+            rx.recv_timeout(std::time::Duration::from_secs(5)).expect("admitted once the first ended");
+        });
+        // More than the capacity runs alone; nothing runs beside it.
+        let big = gate.admit(500);
+        assert_eq!(big.bytes, 100);
+        drop(big);
+        let a = gate.admit(30);
+        let b = gate.admit(70);
+        drop((a, b));
+        assert_eq!(*gate.used.lock().unwrap(), 0);
+    }
+
+    #[test]
     fn samples_nest_no_deeper_than_the_samples_in_flight() {
         // Each "sample" waits for a background job, as a sample waits for its output writers;
         // a waiting pool thread may run another sample meanwhile. Queuing every sample at once
@@ -1428,20 +1512,26 @@ mod tests {
         // As `run` does, from a thread outside the pool (the test's own): samples run on the
         // global pool.
         let out = Mutex::new(Vec::new());
-        for_each_sample(rows.into_iter().enumerate(), 2, |k, row| {
-            let d = DEPTH.with(|c| {
-                c.set(c.get() + 1);
-                c.get()
-            });
-            deepest.fetch_max(d, Ordering::SeqCst);
-            let job = crate::util::background(move || {
-                std::thread::sleep(std::time::Duration::from_micros(50));
-                k * 2
-            });
-            let v = job.wait().unwrap();
-            DEPTH.with(|c| c.set(c.get() - 1));
-            out.lock().unwrap().push((k, v, row.id.clone()));
-        });
+        for_each_sample(
+            rows.into_iter().enumerate(),
+            2,
+            &Admission::new(1),
+            |_| 0,
+            |k, row| {
+                let d = DEPTH.with(|c| {
+                    c.set(c.get() + 1);
+                    c.get()
+                });
+                deepest.fetch_max(d, Ordering::SeqCst);
+                let job = crate::util::background(move || {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                    k * 2
+                });
+                let v = job.wait().unwrap();
+                DEPTH.with(|c| c.set(c.get() - 1));
+                out.lock().unwrap().push((k, v, row.id.clone()));
+            },
+        );
         let mut out = out.into_inner().unwrap();
         out.sort();
         assert_eq!(out.len(), 3000);

@@ -656,22 +656,30 @@ pub fn run_phase(
         .filter_map(|(r, row)| row.ok().map(|row| (r, row)))
         .flat_map(move |(r, row)| (0..per).map(move |b| (r * per + b, row.clone())))
         .filter(|(u, _)| owns(*u));
-    super::for_each_sample(each, cfg.threads, |u, row| {
-        let b = u % per;
-        let t = std::time::Instant::now();
-        let r = run_unit(row, b);
-        let files = Files::new(&cfg.out, &row.id, blocks);
-        let state = UnitState {
-            done: r.is_ok(),
-            stage: r.as_ref().err().map(|e| e.0.clone()),
-            error: r.as_ref().err().map(|e| e.1.clone()),
-            seconds: t.elapsed().as_secs_f64(),
-            task: cfg.task.map(|t| t.to_string()),
-        };
-        let path = files.unit(k, phase.blocks, b);
-        let _ = serde_json::to_vec_pretty(&state).map(|j| crate::util::write_atomic(&path, &j));
-        results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((row.id.clone(), phase.blocks.then_some(b), r));
-    });
+    // Each unit streams within --memory.
+    let gate = super::Admission::new(crate::io::default_memory_budget());
+    super::for_each_sample(
+        each,
+        cfg.threads,
+        &gate,
+        |_| cfg.memory,
+        |u, row| {
+            let b = u % per;
+            let t = std::time::Instant::now();
+            let r = run_unit(row, b);
+            let files = Files::new(&cfg.out, &row.id, blocks);
+            let state = UnitState {
+                done: r.is_ok(),
+                stage: r.as_ref().err().map(|e| e.0.clone()),
+                error: r.as_ref().err().map(|e| e.1.clone()),
+                seconds: t.elapsed().as_secs_f64(),
+                task: cfg.task.map(|t| t.to_string()),
+            };
+            let path = files.unit(k, phase.blocks, b);
+            let _ = serde_json::to_vec_pretty(&state).map(|j| crate::util::write_atomic(&path, &j));
+            results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((row.id.clone(), phase.blocks.then_some(b), r));
+        },
+    );
     let mut results = results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     results.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     for (id, b, r) in results {

@@ -191,15 +191,112 @@ impl Default for ReadLimits {
     }
 }
 
-/// A sensible share of this machine's RAM: three quarters of `MemTotal`, or 4 GiB when unknown.
+/// A sensible share of the memory this process may use ([`memory_limit`]): three quarters of
+/// it.
 pub fn default_memory_budget() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
-            .map(|kib| kib * 1024)
+    memory_limit().bytes / 4 * 3
+}
+
+/// The most memory this process may use, and what sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    /// "RAM", "the memory cgroup's limit (/process/path)" or "ulimit -v".
+    pub what: String,
+}
+
+/// What this process may use: the machine's RAM, or less where a batch system or container
+/// says so — the limit of its memory cgroup (v1 or v2, the smallest along the cgroup's path: a
+/// Slurm job's `--mem`, a container's `--memory`) or its address-space limit (`ulimit -v`).
+/// Going past a cgroup's limit gets the process killed by the kernel, with no message; staying
+/// under it lets a run stream what does not fit and say what it needs. 4 GiB when nothing can
+/// be read. Read once.
+pub fn memory_limit() -> MemoryLimit {
+    static LIMIT: std::sync::OnceLock<MemoryLimit> = std::sync::OnceLock::new();
+    LIMIT
+        .get_or_init(|| {
+            let read = |p: &Path| std::fs::read_to_string(p).ok();
+            // SAFETY: getrlimit writes the struct it is given and nothing else.
+            let address_space = unsafe {
+                let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                (libc::getrlimit(libc::RLIMIT_AS, &mut r) == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+            };
+            memory_limit_from(&read, address_space)
+        })
+        .clone()
+}
+
+/// [`memory_limit`] from files read by `read` (`/proc/meminfo`, `/proc/self/cgroup`,
+/// `/proc/self/mountinfo` and the cgroup files) and the address-space limit.
+pub fn memory_limit_from(read: &dyn Fn(&Path) -> Option<String>, address_space: Option<u64>) -> MemoryLimit {
+    let ram = read(Path::new("/proc/meminfo")).and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
     });
-    total.map(|t| t / 4 * 3).unwrap_or(4 << 30)
+    let mut best = MemoryLimit { bytes: ram.unwrap_or(4 << 30), what: if ram.is_some() { "RAM" } else { "assumed: RAM unknown" }.into() };
+    let mut consider = |bytes: u64, what: String| {
+        if bytes < best.bytes {
+            best = MemoryLimit { bytes, what };
+        }
+    };
+    if let (Some(groups), Some(mounts)) = (read(Path::new("/proc/self/cgroup")), read(Path::new("/proc/self/mountinfo"))) {
+        for line in groups.lines() {
+            // `0::/path` (v2) or `N:memory[,…]:/path` (v1).
+            let mut f = line.splitn(3, ':');
+            let (Some(id), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+            let v2 = id == "0" && controllers.is_empty();
+            if !v2 && !controllers.split(',').any(|c| c == "memory") {
+                continue;
+            }
+            // The mount point of that hierarchy (mountinfo: field 5 is the mount point; after
+            // ` - ` come the type and, for v1, the options naming the controllers).
+            let mount = mounts.lines().find_map(|m| {
+                let (head, tail) = m.split_once(" - ")?;
+                let mut t = tail.split_whitespace();
+                let (fstype, _src, opts) = (t.next()?, t.next()?, t.next().unwrap_or(""));
+                let ok = if v2 { fstype == "cgroup2" } else { fstype == "cgroup" && opts.split(',').any(|o| o == "memory") };
+                ok.then(|| head.split_whitespace().nth(4).map(PathBuf::from)).flatten()
+            });
+            let Some(mount) = mount else { continue };
+            let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
+            // The limit is the smallest along the path, from the process's group up to the root.
+            let mut dir = PathBuf::from(path.trim());
+            loop {
+                let at = mount.join(dir.strip_prefix("/").unwrap_or(&dir));
+                if let Some(v) = read(&at.join(file)).and_then(|t| t.trim().parse::<u64>().ok()) {
+                    // v1 writes "no limit" as a huge page-aligned number; v2 as "max".
+                    if v < 1 << 60 {
+                        consider(v, format!("the memory cgroup's limit ({})", at.display()));
+                    }
+                }
+                if !dir.pop() {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(a) = address_space {
+        consider(a, "ulimit -v".into());
+    }
+    best
+}
+
+/// Checks a `--memory` against what this process may use: a budget past it would have samples
+/// killed by the kernel (out of memory) instead of streamed or failed with a message.
+pub fn check_memory_flag(memory: u64) -> Result<(), String> {
+    let limit = memory_limit();
+    if memory <= limit.bytes {
+        return Ok(());
+    }
+    Err(format!(
+        "--memory {} is more than this process may use: {} ({}); samples held to that budget would be killed \
+         by the kernel. Use at most {} (the default is 3/4 of it: {})",
+        crate::util::human_bytes(memory),
+        crate::util::human_bytes(limit.bytes),
+        limit.what,
+        crate::util::human_bytes(limit.bytes),
+        crate::util::human_bytes(limit.bytes / 4 * 3)
+    ))
 }
 
 pub(crate) fn check_budget(path: &Path, shape: [usize; 3], dtype: DType, limits: ReadLimits) -> Result<(), ImageError> {
