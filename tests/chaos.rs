@@ -175,3 +175,73 @@ fn two_runs_on_one_folder_killed_again_and_again_end_with_the_uninterrupted_byte
     let compared = finish_and_compare(&pipeline, &manifest, &out, &whole, "two runs at once under SIGKILL");
     eprintln!("chaos: two runs at once, {kills} kills survived; {compared} files compared byte for byte");
 }
+
+#[test]
+fn a_mixed_study_that_fills_its_disk_fails_clearly_and_a_later_run_trusts_nothing_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pipeline, manifest) = study(tmp.path());
+    let whole = tmp.path().join("whole");
+    reference(&pipeline, &manifest, &whole);
+    let total: usize = files(&whole).iter().map(|(_, b)| b.len()).sum();
+    // A disk with room for about half of the outputs (a tmpfs; mounting needs root, as in CI;
+    // elsewhere each file is held to that size by RLIMIT_FSIZE, and writes past it fail).
+    let mnt = tmp.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let size = total / 2;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", mnt.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    struct Unmount(Option<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = Command::new("umount").arg(p).status();
+            }
+        }
+    }
+    let guard = Unmount(mounted.then(|| mnt.clone()));
+    let out = mnt.join("o");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args(&pipeline, &manifest, &out)).current_dir(root());
+    if !mounted {
+        use std::os::unix::process::CommandExt;
+        let lim = (total / 8) as u64;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = libc::rlimit { rlim_cur: lim, rlim_max: lim };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &r);
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "stderr {}", text(&o.stderr));
+    let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
+    let all = format!("{errors}{}", text(&o.stderr));
+    let expected = if mounted { "No space left on device" } else { "File too large" };
+    assert!(all.contains(expected), "{all}");
+    // Space comes back (the folder moves to a roomy disk): the re-run completes the study with
+    // the uninterrupted run's bytes, whatever the full disk left half written.
+    let roomy = tmp.path().join("roomy");
+    copy_dir(&out, &roomy);
+    drop(guard);
+    let compared = finish_and_compare(&pipeline, &manifest, &roomy, &whole, "after a full disk");
+    eprintln!("chaos: a full disk at {size} bytes (of {total}): {compared} files compared byte for byte after the re-run");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let dst = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+}
