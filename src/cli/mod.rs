@@ -80,7 +80,10 @@ pub struct Resources {
     pub tile: Option<crate::exec::TileSize>,
     /// Memory budget for one sample, e.g. 8GiB, 512MiB. A sample whose working set is larger
     /// is streamed from disk in z-slabs that fit (identical outputs); pipelines with ops that
-    /// need whole images fail for that sample with the memory they need. Default: 3/4 of RAM.
+    /// need whole images fail for that sample with the memory they need. Samples run at once
+    /// only while their working sets fit together. Default: 3/4 of what the process may use
+    /// (RAM, or the limit of its memory cgroup — a Slurm job's --mem, a container's — or
+    /// ulimit -v); more than that limit is refused.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory: Option<u64>,
 }
@@ -416,7 +419,7 @@ pub struct PlanArgs {
     #[arg(long, value_name = "FILE:KEY[,KEY][:left]", value_parser = crate::spec::manifest::Join::parse)]
     pub join: Vec<crate::spec::manifest::Join>,
     /// The memory budget a run would have (with --out: which samples would stream). Default:
-    /// 3/4 of RAM, as `run`.
+    /// 3/4 of what the process may use, as `run`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub memory: Option<u64>,
     /// Also list the phases of a run split into N z-blocks per sample (`run --split N`).
