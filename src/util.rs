@@ -910,3 +910,24 @@ mod tests {
         assert_eq!(did_you_mean("zzz", ["gaussian", "label"]), None);
     }
 }
+
+thread_local!(static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+
+/// Runs `f`, catching a panic in it without printing it: for third-party readers that panic on
+/// malformed input, where the caller turns the panic into a clear error. Panics elsewhere (other
+/// threads, or after `f`) are printed by the hook in place before, as always.
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                before(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    r
+}

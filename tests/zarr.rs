@@ -368,7 +368,7 @@ fn a_cached_reader_gives_every_plane_range_as_read_whole() {
     for f in ["v05_zstd_8x16x16", "v05_sharded", "v04_gzip"] {
         let whole = read(&fixture(f)).data;
         let Data::U16(whole) = whole else { panic!() };
-        let r = tessera::io::PlaneReader::open_cached(&fixture(f), 1 << 20).unwrap();
+        let r = tessera::io::PlaneReader::open_cached(&fixture(f), 1 << 20, Default::default()).unwrap();
         for (z0, z1) in [(0, 3), (1, 9), (7, 20), (18, 31), (0, 31), (5, 6), (30, 31), (2, 2), (8, 16), (3, 12)] {
             let Data::U16(got) = r.read(z0, z1).unwrap() else { panic!() };
             assert_eq!(got, whole.slice(ndarray::s![z0..z1, .., ..]), "{f} {z0}..{z1}");
@@ -387,7 +387,7 @@ fn other_sample_types_read_as_float32_and_chunks_never_stored_as_the_fill_value(
     for f in ["v05_int16_sparse", "v05_float64_sharded_sparse"] {
         let Data::F32(got) = read(&fixture(f)).data else { panic!("{f}: not read as f32") };
         assert_eq!(got, want, "{f}");
-        let r = tessera::io::PlaneReader::open_cached(&fixture(f), 1 << 20).unwrap();
+        let r = tessera::io::PlaneReader::open_cached(&fixture(f), 1 << 20, Default::default()).unwrap();
         for (z0, z1) in [(0, 5), (3, 12), (10, 25), (24, 31), (6, 9)] {
             let Data::F32(part) = r.read(z0, z1).unwrap() else { panic!() };
             assert_eq!(part, want.slice(ndarray::s![z0..z1, .., ..]), "{f} {z0}..{z1}");

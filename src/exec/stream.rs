@@ -468,7 +468,7 @@ fn open_sources<'a>(s: &Streamed) -> Result<Vec<Store<'a>>, (usize, String)> {
         .iter()
         .zip(s.headers)
         .map(|(p, h)| {
-            let reader = io::PlaneReader::open_cached(p, cache).map_err(|e| (0, e.to_string()))?;
+            let reader = io::PlaneReader::open_cached(p, cache, io::ReadLimits { max_bytes: s.memory }).map_err(|e| (0, e.to_string()))?;
             Ok(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape })
         })
         .collect()

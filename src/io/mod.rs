@@ -14,7 +14,7 @@ mod npy;
 mod raster;
 mod tiff_io;
 mod tiff_stack;
-mod zarr;
+pub mod zarr;
 
 use std::path::{Path, PathBuf};
 
@@ -655,6 +655,7 @@ pub fn read_planes(path: &Path, z0: usize, z1: usize, limits: ReadLimits) -> Res
 pub struct PlaneReader {
     path: PathBuf,
     open: OpenImage,
+    limits: ReadLimits,
 }
 
 /// What a [`PlaneReader`] keeps open.
@@ -672,26 +673,27 @@ impl std::fmt::Debug for PlaneReader {
 }
 
 impl PlaneReader {
-    pub fn open(path: &Path) -> Result<PlaneReader, ImageError> {
-        PlaneReader::open_cached(path, 0)
+    /// Opens an image whose plane ranges are each read within `limits`.
+    pub fn open(path: &Path, limits: ReadLimits) -> Result<PlaneReader, ImageError> {
+        PlaneReader::open_cached(path, 0, limits)
     }
     /// As [`open`](Self::open); a Zarr image may hold `cache_bytes` of decoded chunks: the rows
     /// of chunks the last read decoded (consecutive ranges then decode each chunk once) and the
     /// next row, decoded ahead on the thread pool.
-    pub fn open_cached(path: &Path, cache_bytes: u64) -> Result<PlaneReader, ImageError> {
+    pub fn open_cached(path: &Path, cache_bytes: u64, limits: ReadLimits) -> Result<PlaneReader, ImageError> {
         let open = match format_of(path)? {
-            Format::Tiff => OpenImage::Tiff(Box::new(std::sync::Mutex::new(tiff_io::Pages::open(path)?))),
+            Format::Tiff => OpenImage::Tiff(Box::new(std::sync::Mutex::new(tiff_io::Pages::open(path, limits)?))),
             Format::Zarr => OpenImage::Zarr(Box::new(zarr::Reader::open_cached(path, cache_bytes)?)),
             Format::Raster | Format::Npy | Format::Folder => OpenImage::Closed,
         };
-        Ok(PlaneReader { path: path.to_path_buf(), open })
+        Ok(PlaneReader { path: path.to_path_buf(), open, limits })
     }
     /// Planes `z0..z1`.
     pub fn read(&self, z0: usize, z1: usize) -> Result<Data, ImageError> {
         match &self.open {
             OpenImage::Tiff(m) => m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).read(z0, z1),
             OpenImage::Zarr(z) => z.read(z0, z1),
-            OpenImage::Closed => read_planes(&self.path, z0, z1, ReadLimits { max_bytes: u64::MAX }),
+            OpenImage::Closed => read_planes(&self.path, z0, z1, self.limits),
         }
     }
 }

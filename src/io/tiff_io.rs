@@ -35,13 +35,39 @@ pub enum Compression {
 
 type Dec = Decoder<BufReader<File>>;
 
+/// Opens a TIFF for reading its tags: while they are read, no tag may hold more values than
+/// the file has bytes (the `tiff` crate sizes a tag's value list by the count the file declares,
+/// bounded only by its decoding limit), nor more than `limits` allow. [`for_data`] then raises
+/// the limit to what decoding a page needs.
 fn open(path: &Path, limits: ReadLimits) -> Result<Dec, ImageError> {
     let file = File::open(path).map_err(|e| ImageError::io(path, e))?;
-    let mut tl = Limits::default();
-    tl.decoding_buffer_size = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
-    tl.ifd_value_size = 64 << 20;
+    let tags = tag_bytes(&file);
     let dec = Decoder::new(BufReader::new(file)).map_err(|e| tiff_err(path, e))?;
-    Ok(dec.with_limits(tl))
+    Ok(dec.with_limits(limits_of(limits.max_bytes.min(tags))))
+}
+
+/// The most a file's tag values may take in memory: a value for each byte of the file.
+fn tag_bytes(file: &File) -> u64 {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0).max(4096);
+    len.saturating_mul(std::mem::size_of::<tiff::decoder::ifd::Value>() as u64)
+}
+
+/// `dec` (its first page's tags read) allowed to decode pages of `header`'s size within
+/// `limits`; later pages' tags stay within that too.
+fn for_data(path: &Path, dec: Dec, header: &Header, limits: ReadLimits) -> Dec {
+    let [_, ny, nx] = header.shape;
+    let channels = if header.dtype.is_rgb() { 3 } else { 1 };
+    // Pages decode to up to 8 bytes a sample (f64) before conversion.
+    let page = (ny as u64).saturating_mul(nx as u64).saturating_mul(channels * 8);
+    let tags = File::open(path).map(|f| tag_bytes(&f)).unwrap_or(0);
+    dec.with_limits(limits_of(limits.max_bytes.min(page.max(tags))))
+}
+
+fn limits_of(bytes: u64) -> Limits {
+    let mut tl = Limits::default();
+    tl.decoding_buffer_size = usize::try_from(bytes).unwrap_or(usize::MAX);
+    tl.ifd_value_size = 64 << 20;
+    tl
 }
 
 fn tiff_err(path: &Path, e: tiff::TiffError) -> ImageError {
@@ -253,6 +279,7 @@ pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>
     let mut dec = open(path, limits)?;
     let meta = inspect(path, &mut dec)?;
     let header = header_of(&meta);
+    let mut dec = for_data(path, dec, &header, limits);
     let (z0, z1) = range.unwrap_or((0, header.shape[0]));
     let data = decode_range(path, &mut dec, &header, z0, z1, limits)?;
     Ok(Image { data, ndim: header.ndim, spacing: meta.spacing })
@@ -264,16 +291,19 @@ pub struct Pages {
     path: std::path::PathBuf,
     dec: Dec,
     header: Header,
+    limits: ReadLimits,
 }
 
 impl Pages {
-    pub fn open(path: &Path) -> Result<Pages, ImageError> {
-        let mut dec = open(path, ReadLimits { max_bytes: u64::MAX })?;
+    /// Opens a stack whose page ranges are each read within `limits`.
+    pub fn open(path: &Path, limits: ReadLimits) -> Result<Pages, ImageError> {
+        let mut dec = open(path, limits)?;
         let meta = inspect(path, &mut dec)?;
-        Ok(Pages { path: path.to_path_buf(), dec, header: header_of(&meta) })
+        let header = header_of(&meta);
+        Ok(Pages { path: path.to_path_buf(), dec: for_data(path, dec, &header, limits), header, limits })
     }
     pub fn read(&mut self, z0: usize, z1: usize) -> Result<Data, ImageError> {
-        decode_range(&self.path, &mut self.dec, &self.header, z0, z1, ReadLimits { max_bytes: u64::MAX })
+        decode_range(&self.path, &mut self.dec, &self.header, z0, z1, self.limits)
     }
 }
 

@@ -198,7 +198,9 @@ type TextTable = (Vec<String>, Vec<(usize, Vec<String>)>);
 /// Reads a CSV or Parquet table whole, as text cells.
 fn read_text(path: &Path, invalid: &dyn Fn(String) -> ManifestError) -> Result<TextTable, ManifestError> {
     if is_parquet(path) {
-        let t = crate::table::read::read_all(path).map_err(invalid)?;
+        // The table reader's messages start with the file's name, which `invalid` adds.
+        let prefix = format!("{}: ", path.display());
+        let t = crate::table::read::read_all(path).map_err(|e| invalid(e.strip_prefix(&prefix).map(String::from).unwrap_or(e)))?;
         let headers: Vec<String> = t.names().iter().map(|s| s.to_string()).collect();
         let rows = (0..t.rows())
             .map(|i| {

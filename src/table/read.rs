@@ -246,6 +246,133 @@ fn read_csv(path: &Path, want: &Want, delimiter: u8) -> Result<Table, String> {
 }
 
 fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
+    guarded(path, || read_parquet_checked(path, want))
+}
+
+/// Runs `read` (the Parquet reader on `path`) once the file's footer is checked
+/// ([`check_parquet_footer`]); the reader panics on some malformed files, and that is an
+/// unreadable file, not a crash.
+fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    check_parquet_footer(path)?;
+    crate::util::catch_quietly(read).unwrap_or_else(|p| {
+        let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Err(format!("{}: not a readable Parquet file ({why})", path.display()))
+    })
+}
+
+/// Checks a Parquet file's footer before the Parquet reader sees it: the magic numbers, a
+/// metadata length within the file, and metadata that is well-formed Thrift (compact protocol)
+/// in which no list, map or string claims more elements than bytes remain. The reader sizes its
+/// lists by those counts; a few altered bytes could otherwise ask it for gigabytes.
+fn check_parquet_footer(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let name = path.display();
+    let bad = |why: &str| format!("{name}: not a readable Parquet file ({why})");
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("{name}: {e}"))?.len();
+    if len < 12 {
+        return Err(bad("shorter than a Parquet header and footer"));
+    }
+    let mut tail = [0u8; 8];
+    f.seek(SeekFrom::End(-8)).and_then(|_| f.read_exact(&mut tail)).map_err(|e| format!("{name}: {e}"))?;
+    if &tail[4..] != b"PAR1" {
+        return Err(bad("no PAR1 at its end"));
+    }
+    let meta_len = u32::from_le_bytes(tail[..4].try_into().unwrap_or_default()) as u64;
+    if meta_len + 12 > len {
+        return Err(bad(&format!("its footer claims {meta_len} bytes of metadata in a file of {len}")));
+    }
+    let mut meta = vec![0u8; meta_len as usize];
+    f.seek(SeekFrom::Start(len - 8 - meta_len)).and_then(|_| f.read_exact(&mut meta)).map_err(|e| format!("{name}: {e}"))?;
+    let mut r = Thrift { b: &meta, at: 0 };
+    r.skip_struct(0).ok_or_else(|| bad("its metadata is not well-formed"))
+}
+
+/// A reader of Thrift's compact protocol that only checks and skips.
+struct Thrift<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Thrift<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.at)?;
+        self.at += 1;
+        Some(v)
+    }
+    fn left(&self) -> u64 {
+        (self.b.len() - self.at) as u64
+    }
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn skip_bytes(&mut self, n: u64) -> Option<()> {
+        (n <= self.left()).then(|| self.at += n as usize)
+    }
+    /// A count of elements that each take at least one byte.
+    fn count(&mut self, n: u64) -> Option<u64> {
+        (n <= self.left()).then_some(n)
+    }
+    fn skip_struct(&mut self, depth: u32) -> Option<()> {
+        if depth > 64 {
+            return None;
+        }
+        loop {
+            let h = self.byte()?;
+            if h == 0 {
+                return Some(());
+            }
+            if h >> 4 == 0 {
+                self.varint()?; // a field id given in full
+            }
+            match h & 0x0f {
+                1 | 2 => {} // a boolean field holds its value in the header
+                t => self.skip_value(t, depth)?,
+            }
+        }
+    }
+    fn skip_value(&mut self, t: u8, depth: u32) -> Option<()> {
+        match t {
+            1..=3 => self.skip_bytes(1),
+            4..=6 => self.varint().map(|_| ()),
+            7 => self.skip_bytes(8),
+            8 => {
+                let n = self.varint()?;
+                self.skip_bytes(n)
+            }
+            9 | 10 => {
+                let h = self.byte()?;
+                let n = if h >> 4 == 15 { self.varint()? } else { u64::from(h >> 4) };
+                let n = self.count(n)?;
+                (0..n).try_for_each(|_| self.skip_value(h & 0x0f, depth + 1))
+            }
+            11 => {
+                let n = self.varint()?;
+                if n == 0 {
+                    return Some(());
+                }
+                let kv = self.byte()?;
+                let n = self.count(n)?;
+                (0..n).try_for_each(|_| {
+                    self.skip_value(kv >> 4, depth + 1)?;
+                    self.skip_value(kv & 0x0f, depth + 1)
+                })
+            }
+            12 => self.skip_struct(depth + 1),
+            _ => None,
+        }
+    }
+}
+
+fn read_parquet_checked(path: &Path, want: &Want) -> Result<Table, String> {
     let name = path.display();
     let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
     let mut reader = ParquetReader::new(file);
@@ -284,20 +411,27 @@ fn read_parquet(path: &Path, want: &Want) -> Result<Table, String> {
 
 /// The `tessera.units` metadata of a Parquet table (column → unit); empty when absent.
 pub fn units(path: &Path) -> std::collections::BTreeMap<String, String> {
-    let Ok(file) = std::fs::File::open(path) else { return Default::default() };
-    let mut reader = ParquetReader::new(file);
-    reader
-        .get_metadata()
-        .ok()
-        .and_then(|m| m.key_value_metadata().clone())
-        .and_then(|kv| kv.into_iter().find(|k| k.key == "tessera.units").and_then(|k| k.value))
-        .and_then(|v| serde_json::from_str::<std::collections::BTreeMap<String, String>>(&v).ok())
-        .unwrap_or_default()
+    guarded(path, || {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let mut reader = ParquetReader::new(file);
+        Ok(reader
+            .get_metadata()
+            .ok()
+            .and_then(|m| m.key_value_metadata().clone())
+            .and_then(|kv| kv.into_iter().find(|k| k.key == "tessera.units").and_then(|k| k.value))
+            .and_then(|v| serde_json::from_str::<std::collections::BTreeMap<String, String>>(&v).ok())
+            .unwrap_or_default())
+    })
+    .unwrap_or_default()
 }
 
 /// Reads one of tessera's Parquet tables exactly as written: column types and units (from the
 /// `tessera.units` metadata).
 pub fn read_exact(path: &Path) -> Result<Table, String> {
+    guarded(path, || read_exact_checked(path))
+}
+
+fn read_exact_checked(path: &Path) -> Result<Table, String> {
     let name = path.display();
     let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
     let mut reader = ParquetReader::new(file);

@@ -1,0 +1,5 @@
+//! See [`tessera_fuzz::targets::npy`].
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tessera_fuzz::targets::npy(data));

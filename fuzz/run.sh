@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs fuzz targets with the limits every run uses (here and in CI):
+#   bash fuzz/run.sh SECONDS [TARGET...]      (all targets when none is named)
+# Each target first runs every input of its committed corpus (fuzz/corpus/<target>) and of its
+# regressions (fuzz/regressions/<target>: inputs that once failed, kept after the fix), then
+# fuzzes for SECONDS from them, writing what it finds to a scratch folder, so a run never
+# changes the committed files; new inputs it finds are in $FUZZ_WORK/<target>
+# (default: a temporary folder, removed unless FUZZ_WORK is set). A crash, a leak, a timeout
+# or an allocation past the limits stops the target and fails the script; libFuzzer writes the
+# input to fuzz/artifacts/<target>/.
+#
+# The limits: -timeout=10 (seconds an input may take), -malloc_limit_mb=256 (one allocation;
+# the targets read with a 64 MiB decoded-size limit, tessera_fuzz::LIMIT), -rss_limit_mb=2560.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:?usage: fuzz/run.sh SECONDS [TARGET...]}"
+shift
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+work="${FUZZ_WORK:-}"
+if [ -z "$work" ]; then
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+fi
+cargo +nightly fuzz build
+for t in "${targets[@]}"; do
+    mkdir -p "$work/$t"
+    printf '\n== fuzz %s for %s s (%s)\n' "$t" "$secs" "$(date +%H:%M:%S)"
+    seeds=("fuzz/corpus/$t")
+    [ -d "fuzz/regressions/$t" ] && seeds+=("fuzz/regressions/$t")
+    rc=0
+    cargo +nightly fuzz run "$t" "$work/$t" "${seeds[@]}" -- \
+        -max_total_time="$secs" -timeout=10 -malloc_limit_mb=256 -rss_limit_mb=2560 -print_final_stats=1 \
+        >"$work/$t.log" 2>&1 || rc=$?
+    grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|INFO: seed corpus)" "$work/$t.log" || true
+    if [ "$rc" -ne 0 ]; then
+        tail -n 80 "$work/$t.log"
+        echo "fuzz target $t failed (exit $rc)"
+        exit "$rc"
+    fi
+done
