@@ -22,6 +22,7 @@ pub fn init() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
+        tessera::table::read::set_limit(LIMIT);
     });
 }
 

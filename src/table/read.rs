@@ -260,10 +260,29 @@ fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T, String>) -> Result<T
     })
 }
 
-/// Checks a Parquet file's footer before the Parquet reader sees it: the magic numbers, a
-/// metadata length within the file, and metadata that is well-formed Thrift (compact protocol)
-/// in which no list, map or string claims more elements than bytes remain. The reader sizes its
-/// lists by those counts; a few altered bytes could otherwise ask it for gigabytes.
+/// Bytes that the values a Parquet file declares may take once decoded ([`set_limit`]).
+static LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sets the most memory a table read may declare (0: half of the default memory budget). The
+/// Parquet reader sizes its buffers by the counts a file declares; past this, a file is refused
+/// before it is read.
+pub fn set_limit(bytes: u64) {
+    LIMIT.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn limit() -> u64 {
+    match LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => crate::io::default_memory_budget() / 2,
+        b => b,
+    }
+}
+
+/// Checks a Parquet file before the Parquet reader sees it, since that reader trusts what a
+/// file declares (a few altered bytes could ask it for exabytes): the magic numbers; metadata
+/// within the file, well-formed Thrift (compact protocol) in which no list, map or string claims
+/// more elements than bytes remain; row and value counts that fit [`set_limit`] decoded; and
+/// every page header of every column chunk, each within its chunk, declaring no more values or
+/// bytes than its chunk does.
 fn check_parquet_footer(path: &Path) -> Result<(), String> {
     use std::io::{Read, Seek, SeekFrom};
     let name = path.display();
@@ -284,11 +303,96 @@ fn check_parquet_footer(path: &Path) -> Result<(), String> {
     }
     let mut meta = vec![0u8; meta_len as usize];
     f.seek(SeekFrom::Start(len - 8 - meta_len)).and_then(|_| f.read_exact(&mut meta)).map_err(|e| format!("{name}: {e}"))?;
+    // FileMetaData: 3 num_rows, 4 row_groups: list<RowGroup>; RowGroup: 1 columns:
+    // list<ColumnChunk>, 3 num_rows; ColumnChunk: 3 meta_data: ColumnMetaData; ColumnMetaData:
+    // 5 num_values, 6 total_uncompressed_size, 7 total_compressed_size, 9 data_page_offset,
+    // 11 dictionary_page_offset. List elements count as field -1 in a path.
+    #[derive(Default, Clone, Copy)]
+    struct Chunk {
+        values: i64,
+        uncompressed: i64,
+        compressed: i64,
+        data: i64,
+        dict: i64,
+    }
+    let (mut rows, mut chunks): (Vec<i64>, Vec<Chunk>) = (Vec::new(), Vec::new());
     let mut r = Thrift { b: &meta, at: 0 };
-    r.skip_struct(0).ok_or_else(|| bad("its metadata is not well-formed"))
+    r.walk_struct(0, &mut Vec::new(), &mut |path, v| match path {
+        [3] | [4, -1, 3] => rows.push(v),
+        [4, -1, 1, -1, 3, field] => {
+            if *field == 5 {
+                chunks.push(Chunk::default());
+            }
+            if let Some(c) = chunks.last_mut() {
+                match field {
+                    5 => c.values = v,
+                    6 => c.uncompressed = v,
+                    7 => c.compressed = v,
+                    9 => c.data = v,
+                    11 => c.dict = v,
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    })
+    .ok_or_else(|| bad("its metadata is not well-formed"))?;
+    let limit = limit();
+    let ncols = chunks.len().max(1) as u64;
+    // Decoded, a value takes up to 16 bytes (a string view) and a row a value per column.
+    let declared = |n: i64| u64::try_from(n).ok().map(|n| n.saturating_mul(16));
+    for &n in &rows {
+        let bytes = declared(n).ok_or_else(|| bad("a negative row count"))?.saturating_mul(ncols);
+        if bytes > limit {
+            return Err(bad(&format!(
+                "it declares {n} rows, more than a table read may take ({} decoded)",
+                crate::util::human_bytes(limit)
+            )));
+        }
+    }
+    let data_end = len - 8 - meta_len;
+    let (mut total_values, mut total_bytes) = (0u64, 0u64);
+    for c in &chunks {
+        let values = declared(c.values).ok_or_else(|| bad("a negative value count"))?;
+        let uncompressed = u64::try_from(c.uncompressed).map_err(|_| bad("a negative size"))?;
+        total_values = total_values.saturating_add(values);
+        total_bytes = total_bytes.saturating_add(uncompressed);
+        if total_values > limit || total_bytes > limit {
+            return Err(bad(&format!("its columns declare more than a table read may take ({} decoded)", crate::util::human_bytes(limit))));
+        }
+        let start = if c.dict > 0 && c.dict < c.data { c.dict } else { c.data };
+        let (start, size) =
+            (u64::try_from(start).map_err(|_| bad("a negative offset"))?, u64::try_from(c.compressed).map_err(|_| bad("a negative size"))?);
+        let end = start.checked_add(size).filter(|&e| start >= 4 && e <= data_end).ok_or_else(|| bad("a column chunk outside the file"))?;
+        // Its pages, header by header.
+        let mut at = start;
+        while at < end {
+            let window = (end - at).min(1 << 16) as usize;
+            let mut head = vec![0u8; window];
+            f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut head)).map_err(|e| format!("{name}: {e}"))?;
+            let (mut page_values, mut page_bytes, mut page_size) = (0i64, 0i64, -1i64);
+            let mut t = Thrift { b: &head, at: 0 };
+            t.walk_struct(0, &mut Vec::new(), &mut |path, v| match path {
+                [2] => page_bytes = v,
+                [3] => page_size = v,
+                [5 | 7 | 8, 1] => page_values = v,
+                _ => {}
+            })
+            .ok_or_else(|| bad("a page header is not well-formed"))?;
+            if page_size < 0 || page_bytes < 0 || page_values < 0 || page_values > c.values || page_bytes > c.uncompressed {
+                return Err(bad("a page header declares more than its column chunk"));
+            }
+            at = at.saturating_add(t.at as u64).saturating_add(page_size as u64);
+            if at > end {
+                return Err(bad("a page runs past its column chunk"));
+            }
+        }
+    }
+    Ok(())
 }
 
-/// A reader of Thrift's compact protocol that only checks and skips.
+/// A reader of Thrift's compact protocol that checks what it reads and reports every integer
+/// field with its path of field ids (list and map elements as -1).
 struct Thrift<'a> {
     b: &'a [u8],
     at: usize,
@@ -314,6 +418,10 @@ impl Thrift<'_> {
         }
         None
     }
+    fn zigzag(&mut self) -> Option<i64> {
+        let v = self.varint()?;
+        Some((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
     fn skip_bytes(&mut self, n: u64) -> Option<()> {
         (n <= self.left()).then(|| self.at += n as usize)
     }
@@ -321,28 +429,42 @@ impl Thrift<'_> {
     fn count(&mut self, n: u64) -> Option<u64> {
         (n <= self.left()).then_some(n)
     }
-    fn skip_struct(&mut self, depth: u32) -> Option<()> {
+    fn walk_struct(&mut self, depth: u32, path: &mut Vec<i16>, f: &mut dyn FnMut(&[i16], i64)) -> Option<()> {
         if depth > 64 {
             return None;
         }
+        let mut id = 0i16;
         loop {
             let h = self.byte()?;
             if h == 0 {
                 return Some(());
             }
-            if h >> 4 == 0 {
-                self.varint()?; // a field id given in full
-            }
-            match h & 0x0f {
-                1 | 2 => {} // a boolean field holds its value in the header
-                t => self.skip_value(t, depth)?,
-            }
+            id = match h >> 4 {
+                0 => i16::try_from(self.zigzag()?).ok()?,
+                d => id.checked_add(i16::from(d))?,
+            };
+            path.push(id);
+            let r = match h & 0x0f {
+                1 | 2 => Some(()), // a boolean field holds its value in the header
+                t => self.walk_value(t, depth, path, f),
+            };
+            path.pop();
+            r?;
         }
     }
-    fn skip_value(&mut self, t: u8, depth: u32) -> Option<()> {
+    fn walk_value(&mut self, t: u8, depth: u32, path: &mut Vec<i16>, f: &mut dyn FnMut(&[i16], i64)) -> Option<()> {
         match t {
-            1..=3 => self.skip_bytes(1),
-            4..=6 => self.varint().map(|_| ()),
+            1 | 2 => self.skip_bytes(1),
+            3 => {
+                let b = self.byte()?;
+                f(path, i64::from(b as i8));
+                Some(())
+            }
+            4..=6 => {
+                let v = self.zigzag()?;
+                f(path, v);
+                Some(())
+            }
             7 => self.skip_bytes(8),
             8 => {
                 let n = self.varint()?;
@@ -352,7 +474,10 @@ impl Thrift<'_> {
                 let h = self.byte()?;
                 let n = if h >> 4 == 15 { self.varint()? } else { u64::from(h >> 4) };
                 let n = self.count(n)?;
-                (0..n).try_for_each(|_| self.skip_value(h & 0x0f, depth + 1))
+                path.push(-1);
+                let r = (0..n).try_for_each(|_| self.walk_value(h & 0x0f, depth + 1, path, f));
+                path.pop();
+                r
             }
             11 => {
                 let n = self.varint()?;
@@ -361,12 +486,15 @@ impl Thrift<'_> {
                 }
                 let kv = self.byte()?;
                 let n = self.count(n)?;
-                (0..n).try_for_each(|_| {
-                    self.skip_value(kv >> 4, depth + 1)?;
-                    self.skip_value(kv & 0x0f, depth + 1)
-                })
+                path.push(-1);
+                let r = (0..n).try_for_each(|_| {
+                    self.walk_value(kv >> 4, depth + 1, path, f)?;
+                    self.walk_value(kv & 0x0f, depth + 1, path, f)
+                });
+                path.pop();
+                r
             }
-            12 => self.skip_struct(depth + 1),
+            12 => self.walk_struct(depth + 1, path, f),
             _ => None,
         }
     }
