@@ -317,7 +317,7 @@ fn check_parquet_footer(path: &Path) -> Result<(), String> {
     }
     let (mut rows, mut chunks): (Vec<i64>, Vec<Chunk>) = (Vec::new(), Vec::new());
     let mut r = Thrift { b: &meta, at: 0 };
-    r.walk_struct(0, &mut Vec::new(), &mut |path, v| match path {
+    r.walk_struct(0, S::File, &mut Vec::new(), &mut |path, v| match path {
         [3] | [4, -1, 3] => rows.push(v),
         [4, -1, 1, -1, 3, field] => {
             if *field == 5 {
@@ -367,12 +367,12 @@ fn check_parquet_footer(path: &Path) -> Result<(), String> {
         // Its pages, header by header.
         let mut at = start;
         while at < end {
-            let window = (end - at).min(1 << 16) as usize;
+            let window = (end - at).min(1 << 20) as usize;
             let mut head = vec![0u8; window];
             f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut head)).map_err(|e| format!("{name}: {e}"))?;
             let (mut page_values, mut page_bytes, mut page_size) = (0i64, 0i64, -1i64);
             let mut t = Thrift { b: &head, at: 0 };
-            t.walk_struct(0, &mut Vec::new(), &mut |path, v| match path {
+            t.walk_struct(0, S::PageHeader, &mut Vec::new(), &mut |path, v| match path {
                 [2] => page_bytes = v,
                 [3] => page_size = v,
                 [5 | 7 | 8, 1] => page_values = v,
@@ -389,6 +389,138 @@ fn check_parquet_footer(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The Thrift structs of Parquet's metadata that the Parquet reader reads field by field.
+#[derive(Clone, Copy, PartialEq)]
+enum S {
+    File,
+    Schema,
+    Logical,
+    RowGroup,
+    Chunk,
+    ColMeta,
+    Stats,
+    Kv,
+    Sorting,
+    Order,
+    Empty,
+    Decimal,
+    Unit,
+    Time,
+    Int,
+    PageHeader,
+    DataPage,
+    DictPage,
+    DataPageV2,
+    /// A struct the reader skips (by the types its fields say).
+    Any,
+}
+
+/// The type a field must have on the wire.
+#[derive(Clone, Copy)]
+enum W {
+    Bool,
+    I8,
+    I32,
+    I64,
+    /// i16, i32 or i64 (read as a varint).
+    Varint,
+    Bin,
+    Struct(S),
+    /// A list of structs, i32s or binaries.
+    Structs(S),
+    I32s,
+    Bins,
+}
+
+impl S {
+    /// The fields of the metadata structs as the Parquet reader (polars-parquet's hand-written
+    /// Thrift decoder and the generated page-header decoder) reads them.
+    fn field(self, id: i16) -> Option<W> {
+        use W::*;
+        Some(match (self, id) {
+            (S::File, 1) => I32,
+            (S::File, 2) => Structs(S::Schema),
+            (S::File, 3) => I64,
+            (S::File, 4) => Structs(S::RowGroup),
+            (S::File, 5) => Structs(S::Kv),
+            (S::File, 6) => Bin,
+            (S::File, 7) => Structs(S::Order),
+            (S::Schema, 1..=3 | 5..=9) => I32,
+            (S::Schema, 4) => Bin,
+            (S::Schema, 10) => Struct(S::Logical),
+            (S::Logical, 1..=4 | 6 | 11..=15) => Struct(S::Empty),
+            (S::Logical, 5) => Struct(S::Decimal),
+            (S::Logical, 7 | 8) => Struct(S::Time),
+            (S::Logical, 10) => Struct(S::Int),
+            (S::Decimal, 1 | 2) => I32,
+            (S::Time, 1) => Bool,
+            (S::Time, 2) => Struct(S::Unit),
+            (S::Unit, 1..=3) => Struct(S::Empty),
+            (S::Int, 1) => I8,
+            (S::Int, 2) => Bool,
+            (S::RowGroup, 1) => Structs(S::Chunk),
+            (S::RowGroup, 2 | 3) => I64,
+            (S::RowGroup, 4) => Structs(S::Sorting),
+            (S::RowGroup, 5..=7) => Varint,
+            (S::Chunk, 1) => Bin,
+            (S::Chunk, 2) => Varint,
+            (S::Chunk, 3) => Struct(S::ColMeta),
+            (S::Chunk, 4 | 6) => I64,
+            (S::Chunk, 5 | 7) => I32,
+            (S::ColMeta, 1) => Varint,
+            (S::ColMeta, 2) => I32s,
+            (S::ColMeta, 3) => Bins,
+            (S::ColMeta, 4 | 15) => I32,
+            (S::ColMeta, 5..=7 | 9..=11 | 14) => I64,
+            (S::ColMeta, 12) => Struct(S::Stats),
+            (S::Stats, 1 | 2 | 5 | 6) => Bin,
+            (S::Stats, 3 | 4) => I64,
+            (S::Stats, 7 | 8) => Bool,
+            (S::Kv, 1 | 2) => Bin,
+            (S::Sorting, 1) => I32,
+            (S::Sorting, 2 | 3) => Bool,
+            (S::Order, 1 | 2) => Struct(S::Empty),
+            (S::PageHeader, 1..=4) => I32,
+            (S::PageHeader, 5) => Struct(S::DataPage),
+            (S::PageHeader, 6) => Struct(S::Any),
+            (S::PageHeader, 7) => Struct(S::DictPage),
+            (S::PageHeader, 8) => Struct(S::DataPageV2),
+            (S::DataPage, 1..=4) => I32,
+            (S::DataPage, 5) => Struct(S::Stats),
+            (S::DictPage, 1 | 2) => I32,
+            (S::DictPage, 3) => Bool,
+            (S::DataPageV2, 1..=6) => I32,
+            (S::DataPageV2, 7) => Bool,
+            (S::DataPageV2, 8) => Struct(S::Stats),
+            _ => return None,
+        })
+    }
+}
+
+impl W {
+    /// Checks wire type `t` (and, for a list, peeks at its element type); gives the struct kind
+    /// of what is inside.
+    fn check(self, t: u8, r: &Thrift) -> Option<Option<S>> {
+        let elem = || r.b.get(r.at).map(|h| h & 0x0f);
+        let ok = match self {
+            W::Bool => t == 1 || t == 2,
+            W::I8 => t == 3,
+            W::I32 => t == 5,
+            W::I64 => t == 6,
+            W::Varint => (4..=6).contains(&t),
+            W::Bin => t == 8,
+            W::Struct(_) => t == 12,
+            W::Structs(_) => t == 9 && elem() == Some(12),
+            W::I32s => t == 9 && elem() == Some(5),
+            W::Bins => t == 9 && elem() == Some(8),
+        };
+        ok.then_some(match self {
+            W::Struct(k) | W::Structs(k) => Some(k),
+            _ => None,
+        })
+    }
 }
 
 /// A reader of Thrift's compact protocol that checks what it reads and reports every integer
@@ -429,7 +561,7 @@ impl Thrift<'_> {
     fn count(&mut self, n: u64) -> Option<u64> {
         (n <= self.left()).then_some(n)
     }
-    fn walk_struct(&mut self, depth: u32, path: &mut Vec<i16>, f: &mut dyn FnMut(&[i16], i64)) -> Option<()> {
+    fn walk_struct(&mut self, depth: u32, kind: S, path: &mut Vec<i16>, f: &mut dyn FnMut(&[i16], i64)) -> Option<()> {
         if depth > 64 {
             return None;
         }
@@ -443,16 +575,24 @@ impl Thrift<'_> {
                 0 => i16::try_from(self.zigzag()?).ok()?,
                 d => id.checked_add(i16::from(d))?,
             };
+            let t = h & 0x0f;
+            // A field the Parquet reader knows must have the type it reads it as: it reads by
+            // field id, whatever the type says.
+            let nested = match kind.field(id) {
+                Some(w) => Some(w.check(t, self)?),
+                None => None,
+            };
             path.push(id);
-            let r = match h & 0x0f {
+            let r = match t {
                 1 | 2 => Some(()), // a boolean field holds its value in the header
-                t => self.walk_value(t, depth, path, f),
+                12 => self.walk_struct(depth + 1, nested.flatten().unwrap_or(S::Any), path, f),
+                t => self.walk_value(t, depth, nested.flatten().unwrap_or(S::Any), path, f),
             };
             path.pop();
             r?;
         }
     }
-    fn walk_value(&mut self, t: u8, depth: u32, path: &mut Vec<i16>, f: &mut dyn FnMut(&[i16], i64)) -> Option<()> {
+    fn walk_value(&mut self, t: u8, depth: u32, elem: S, path: &mut Vec<i16>, f: &mut dyn FnMut(&[i16], i64)) -> Option<()> {
         match t {
             1 | 2 => self.skip_bytes(1),
             3 => {
@@ -475,7 +615,10 @@ impl Thrift<'_> {
                 let n = if h >> 4 == 15 { self.varint()? } else { u64::from(h >> 4) };
                 let n = self.count(n)?;
                 path.push(-1);
-                let r = (0..n).try_for_each(|_| self.walk_value(h & 0x0f, depth + 1, path, f));
+                let r = (0..n).try_for_each(|_| match h & 0x0f {
+                    12 => self.walk_struct(depth + 1, elem, path, f),
+                    t => self.walk_value(t, depth + 1, S::Any, path, f),
+                });
                 path.pop();
                 r
             }
@@ -488,13 +631,13 @@ impl Thrift<'_> {
                 let n = self.count(n)?;
                 path.push(-1);
                 let r = (0..n).try_for_each(|_| {
-                    self.walk_value(kv >> 4, depth + 1, path, f)?;
-                    self.walk_value(kv & 0x0f, depth + 1, path, f)
+                    self.walk_value(kv >> 4, depth + 1, S::Any, path, f)?;
+                    self.walk_value(kv & 0x0f, depth + 1, S::Any, path, f)
                 });
                 path.pop();
                 r
             }
-            12 => self.walk_struct(depth + 1, path, f),
+            12 => self.walk_struct(depth + 1, elem, path, f),
             _ => None,
         }
     }
