@@ -468,7 +468,10 @@ fn open_sources<'a>(s: &Streamed) -> Result<Vec<Store<'a>>, (usize, String)> {
         .iter()
         .zip(s.headers)
         .map(|(p, h)| {
-            let reader = io::PlaneReader::open_cached(p, cache, io::ReadLimits { max_bytes: s.memory }).map_err(|e| (0, e.to_string()))?;
+            // Reads are sized by the slab plan (at least a plane and its halo, even past a tiny
+            // budget); the reader's own limit only bounds what a damaged file could make it
+            // allocate.
+            let reader = io::PlaneReader::open_cached(p, cache, io::ReadLimits::default()).map_err(|e| (0, e.to_string()))?;
             Ok(Store::Source { reader: Arc::new(reader), dtype: h.dtype, shape: h.shape })
         })
         .collect()
