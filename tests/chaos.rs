@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same, files, root, tessera, text, wave, xorshift};
+use common::{assert_same, copy_dir, files, root, tessera, text, wave, xorshift};
 use tessera::io::{Compression, Data, Spacing, write_tiff};
 
 const PIPELINE: &str = "version: 1
@@ -231,17 +231,4 @@ fn a_mixed_study_that_fills_its_disk_fails_clearly_and_a_later_run_trusts_nothin
     drop(guard);
     let compared = finish_and_compare(&pipeline, &manifest, &roomy, &whole, "after a full disk");
     eprintln!("chaos: a full disk at {size} bytes (of {total}): {compared} files compared byte for byte after the re-run");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        let dst = to.join(e.file_name());
-        if p.is_dir() {
-            copy_dir(&p, &dst);
-        } else {
-            std::fs::copy(&p, &dst).unwrap();
-        }
-    }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_same, files, kill_runs, root, run_example as run, run_samples, tessera, text};
+use common::{assert_same, copy_dir, files, kill_runs, root, run_example as run, run_samples, tessera, text};
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
@@ -199,19 +199,6 @@ fn a_full_filesystem_is_a_clear_error_and_nothing_half_written_is_accepted_later
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(!roomy.join("errors.csv").exists());
     assert_same(&roomy, &reference(tmp.path()), "after a full disk");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        let dst = to.join(e.file_name());
-        if p.is_dir() {
-            copy_dir(&p, &dst);
-        } else {
-            std::fs::copy(&p, &dst).unwrap();
-        }
-    }
 }
 
 #[test]

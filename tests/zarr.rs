@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{root, run_samples, tessera, text};
+use common::{copy_dir, root, run_samples, tessera, text};
 use tessera::io::{Data, ReadLimits, read_header, read_image};
 
 const FIXTURES: [&str; 12] = [
@@ -287,15 +287,6 @@ fn labels_of_an_ome_zarr_image_go_into_a_linked_store_that_leaves_the_input_alon
     assert!(read(&store.join("labels/nuclei")).data == tif);
     assert!(read(&tessera::io::output_voxels(&store)).data == tif);
     common::assert_same(&whole.join("samples"), &streamed.join("samples"), "linked store in memory vs streamed");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() { copy_dir(&p, &t) } else { std::fs::copy(&p, &t).map(|_| ()).unwrap() }
-    }
 }
 
 /// Every file under `dir` but the metadata (`zarr.json`), sorted; links are not followed.

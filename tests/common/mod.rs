@@ -226,3 +226,13 @@ pub fn tessera_peak_rss<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, 
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Copies the folder `from` to `to`, recursively (files and folders only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() { copy_dir(&p, &dst) } else { std::fs::copy(&p, &dst).map(|_| ()).unwrap() }
+    }
+}
