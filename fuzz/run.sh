@@ -14,8 +14,7 @@
 # (executions, coverage, corpus, crashes/OOMs/timeouts) is printed.
 #
 # The limits: -timeout=10 (seconds an input may take), -malloc_limit_mb=256 (one allocation;
-# the targets read with a 64 MiB decoded-size limit, tessera_fuzz::LIMIT; 2100 for zarr, see
-# below), -rss_limit_mb=2560.
+# the targets read with a 64 MiB decoded-size limit, tessera_fuzz::LIMIT), -rss_limit_mb=2560.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keep=()
@@ -40,13 +39,9 @@ for t in "${targets[@]}"; do
     printf '\n== fuzz %s for %s s (%s)\n' "$t" "$secs" "$(date +%H:%M:%S)"
     seeds=("fuzz/corpus/$t")
     [ -d "fuzz/regressions/$t" ] && seeds+=("fuzz/regressions/$t")
-    # zarrs' blosc codec allocates what a chunk's own header declares (at most 2 GiB) before it
-    # decompresses; tessera cannot bound that from outside, so that target's limit is 2 GiB.
-    malloc=256
-    [ "$t" = zarr ] && malloc=2100
     rc=0
     cargo +nightly fuzz run "$t" "$work/$t" "${seeds[@]}" -- \
-        -max_total_time="$secs" -timeout=10 -malloc_limit_mb="$malloc" -rss_limit_mb=2560 -print_final_stats=1 "${keep[@]}" \
+        -max_total_time="$secs" -timeout=10 -malloc_limit_mb=256 -rss_limit_mb=2560 -print_final_stats=1 "${keep[@]}" \
         >"$work/$t.log" 2>&1 || rc=$?
     grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|INFO: seed corpus)" "$work/$t.log" || true
     if [ ${#keep[@]} -gt 0 ]; then

@@ -426,3 +426,78 @@ fn sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_zarr_outputs() {
     let tmp: Vec<_> = leftovers.iter().filter(|p| p.strip_prefix(&out).unwrap().to_string_lossy().contains(".tmp")).collect();
     assert!(tmp.is_empty(), "temporary stores left: {tmp:?}");
 }
+
+/// A shard of `n` subchunks whose first holds `bytes` and the rest are missing, its index at
+/// the end with a CRC-32C (the layout of `v05_sharded`).
+fn shard_of(bytes: &[u8], n: usize) -> Vec<u8> {
+    let mut index = Vec::new();
+    index.extend_from_slice(&0u64.to_le_bytes());
+    index.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    for _ in 1..n {
+        index.extend_from_slice(&[0xff; 16]);
+    }
+    let mut crc = !0u32;
+    for &b in &index {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    let mut out = bytes.to_vec();
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out
+}
+
+#[test]
+fn a_chunk_that_decodes_to_more_than_it_can_hold_is_refused_before_it_is_decoded() {
+    // zarrs' codecs size their output by what the compressed bytes declare (blosc's header,
+    // zstd's frame) or read a gzip stream to its end: a chunk of a few kilobytes could ask for
+    // gigabytes. tessera holds each to the chunk's size (io::zarr::bounded), in Zarr v2 and v3
+    // and inside shards.
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = vec![0u8; 64 << 20];
+    let zstd_bomb = zstd::bulk::compress(&zeros, 1).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&zeros).unwrap();
+    let gzip_bomb = gz.finish().unwrap();
+    assert!(zstd_bomb.len() < 1 << 20 && gzip_bomb.len() < 1 << 20);
+    // (fixture, codec, the chunk's bytes (None: the first chunk with its blosc header saying
+    // 2 GiB), the bytes the chunk holds)
+    let cases: [(&str, &str, Option<Vec<u8>>, u64); 7] = [
+        ("v05_blosc_lz4", "blosc", None, 4 * 32 * 32 * 2),
+        ("v04_blosc_zstd_8x16x16", "blosc", None, 8 * 16 * 16 * 2),
+        ("v05_zstd_8x16x16", "zstd", Some(zstd_bomb.clone()), 8 * 16 * 16 * 2),
+        ("v04_zstd", "zstd", Some(zstd_bomb.clone()), 0),
+        ("v05_gzip_7x20x19", "gzip", Some(gzip_bomb.clone()), 7 * 20 * 19 * 2),
+        ("v04_gzip", "gzip", Some(gzip_bomb), 0),
+        ("v05_sharded", "zstd", Some(shard_of(&zstd_bomb, 8)), 4 * 16 * 16 * 2),
+    ];
+    for (f, codec, bytes, holds) in cases {
+        let store = dir.path().join(format!("{f}.ome.zarr"));
+        copy_dir(&fixture(f), &store);
+        let mut cs: Vec<PathBuf> =
+            chunks(&store.join("s0")).into_iter().filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect();
+        cs.sort();
+        let bytes = bytes.unwrap_or_else(|| {
+            let mut b = std::fs::read(&cs[0]).unwrap();
+            b[4..8].copy_from_slice(&(1u32 << 31).to_le_bytes());
+            b
+        });
+        std::fs::write(&cs[0], bytes).unwrap();
+        for e in [
+            read_image(&store, ReadLimits::default()).unwrap_err().to_string(),
+            tessera::io::PlaneReader::open(&store, ReadLimits::default()).unwrap().read(0, 31).unwrap_err().to_string(),
+        ] {
+            assert!(e.contains(&format!("a {codec} chunk decodes to")), "{f}: {e}");
+            assert!(e.contains(f), "{f}: the store is named: {e}");
+            if holds > 0 {
+                assert!(e.contains(&format!("more than the {holds} bytes it can hold")), "{f}: {e}");
+            }
+            if codec == "blosc" {
+                assert!(e.contains("decodes to 2147483648 bytes"), "{f}: {e}");
+            }
+        }
+    }
+}

@@ -32,6 +32,8 @@ use zarrs::filesystem::FilesystemStore;
 
 use super::{DType, Data, Header, Image, ImageError, ReadLimits, Spacing, check_budget};
 
+mod bounded;
+
 /// The NGFF version tessera writes.
 const NGFF_VERSION: &str = "0.5";
 /// Chunk side in y and x.
@@ -222,8 +224,19 @@ struct Located {
 }
 
 fn open_array(dir: &Path) -> Result<Array<FilesystemStore>, ImageError> {
-    let store = FilesystemStore::new(dir).map_err(|e| ImageError::corrupt(dir, e))?;
-    Array::open(Arc::new(store), "/").map_err(|e| ImageError::corrupt(dir, e))
+    bounded::install();
+    let store = Arc::new(FilesystemStore::new(dir).map_err(|e| ImageError::corrupt(dir, e))?);
+    let array = Array::open(store.clone(), "/").map_err(|e| ImageError::corrupt(dir, e))?;
+    // zarrs builds a Zarr v2 array's blosc codec itself, not from the codec registry (to pass it
+    // the element size), so it would not be bounded; the same array described as v3 (zarrs' own
+    // conversion: same chunk keys, codecs and fill value) is.
+    if let zarrs::metadata::ArrayMetadata::V2(v2) = array.metadata()
+        && v2.compressor.as_ref().is_some_and(|c| c.id() == "blosc")
+    {
+        let v3 = zarrs::convert::array_metadata_v2_to_v3(v2).map_err(|e| ImageError::corrupt(dir, e))?;
+        return Array::new_with_metadata(store, "/", zarrs::metadata::ArrayMetadata::V3(v3)).map_err(|e| ImageError::corrupt(dir, e));
+    }
+    Ok(array)
 }
 
 fn zarr_err(path: &Path, e: impl std::fmt::Display) -> ImageError {
