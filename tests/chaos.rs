@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_same, copy_dir, files, root, tessera, text, wave, xorshift};
+use common::{SmallDisk, assert_same, copy_dir, files, root, tessera, text, wave, xorshift};
 use tessera::io::{Compression, Data, Spacing, write_tiff};
 
 const PIPELINE: &str = "version: 1
@@ -183,52 +183,23 @@ fn a_mixed_study_that_fills_its_disk_fails_clearly_and_a_later_run_trusts_nothin
     let whole = tmp.path().join("whole");
     reference(&pipeline, &manifest, &whole);
     let total: usize = files(&whole).iter().map(|(_, b)| b.len()).sum();
-    // A disk with room for about half of the outputs (a tmpfs; mounting needs root, as in CI;
-    // elsewhere each file is held to that size by RLIMIT_FSIZE, and writes past it fail).
-    let mnt = tmp.path().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
+    // A disk with room for about half of the outputs (see common::SmallDisk).
     let size = total / 2;
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", mnt.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    struct Unmount(Option<PathBuf>);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            if let Some(p) = &self.0 {
-                let _ = Command::new("umount").arg(p).status();
-            }
-        }
-    }
-    let guard = Unmount(mounted.then(|| mnt.clone()));
-    let out = mnt.join("o");
+    let disk = SmallDisk::new(&tmp.path().join("small"), size, (total / 8) as u64);
+    let out = tmp.path().join("small/o");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(args(&pipeline, &manifest, &out)).current_dir(root());
-    if !mounted {
-        use std::os::unix::process::CommandExt;
-        let lim = (total / 8) as u64;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                let r = libc::rlimit { rlim_cur: lim, rlim_max: lim };
-                libc::setrlimit(libc::RLIMIT_FSIZE, &r);
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                Ok(())
-            });
-        }
-    }
+    disk.limit(&mut cmd);
     let o = cmd.output().unwrap();
     assert_eq!(o.status.code(), Some(1), "stderr {}", text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
     let all = format!("{errors}{}", text(&o.stderr));
-    let expected = if mounted { "No space left on device" } else { "File too large" };
-    assert!(all.contains(expected), "{all}");
+    assert!(all.contains(disk.full_error()), "{all}");
     // Space comes back (the folder moves to a roomy disk): the re-run completes the study with
     // the uninterrupted run's bytes, whatever the full disk left half written.
     let roomy = tmp.path().join("roomy");
     copy_dir(&out, &roomy);
-    drop(guard);
+    drop(disk);
     let compared = finish_and_compare(&pipeline, &manifest, &roomy, &whole, "after a full disk");
     eprintln!("chaos: a full disk at {size} bytes (of {total}): {compared} files compared byte for byte after the re-run");
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{assert_same, copy_dir, files, kill_runs, root, run_example as run, run_samples, tessera, text};
+use common::{SmallDisk, assert_same, copy_dir, files, kill_runs, root, run_example as run, run_samples, tessera, text};
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&text(&o.stdout)).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
@@ -152,49 +152,21 @@ fn two_runs_on_one_folder_at_once_finish_with_correct_outputs() {
 #[test]
 fn a_full_filesystem_is_a_clear_error_and_nothing_half_written_is_accepted_later() {
     let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    // A 640 KiB tmpfs: enough for some outputs and checkpoints, not all. Mounting needs root
-    // (as in CI); otherwise writes past 640 KiB per file fail through RLIMIT_FSIZE (EFBIG).
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=640k", "tmpfs", mnt.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    struct Unmount(Option<PathBuf>);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            if let Some(p) = &self.0 {
-                let _ = Command::new("umount").arg(p).status();
-            }
-        }
-    }
-    let guard = Unmount(mounted.then(|| mnt.clone()));
-    let out = mnt.join("o");
+    // A 640 KiB disk: enough for some outputs and checkpoints, not all (see common::SmallDisk).
+    let disk = SmallDisk::new(&tmp.path().join("small"), 640 * 1024, 640 * 1024);
+    let out = tmp.path().join("small/o");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never"]).current_dir(root());
-    if !mounted {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit { rlim_cur: 640 * 1024, rlim_max: 640 * 1024 };
-                libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
-                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-                Ok(())
-            });
-        }
-    }
+    disk.limit(&mut cmd);
     let o = cmd.output().unwrap();
     assert_eq!(o.status.code(), Some(1), "stdout {}\nstderr {}", text(&o.stdout), text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
     let all = format!("{errors}{}", text(&o.stderr));
-    let expected = if mounted { "No space left on device" } else { "File too large" };
-    assert!(all.contains(expected), "{all}");
+    assert!(all.contains(disk.full_error()), "{all}");
     // Space comes back (the outputs move to a roomy disk): the re-run completes and matches.
     let roomy = tmp.path().join("roomy");
     copy_dir(&out, &roomy);
-    drop(guard);
+    drop(disk);
     let o = run(&roomy, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(!roomy.join("errors.csv").exists());

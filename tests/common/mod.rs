@@ -236,3 +236,55 @@ pub fn copy_dir(from: &Path, to: &Path) {
         if p.is_dir() { copy_dir(&p, &dst) } else { std::fs::copy(&p, &dst).map(|_| ()).unwrap() }
     }
 }
+
+/// A disk with room for `size` bytes, at `dir`: a tmpfs when this process may mount one (root,
+/// as in CI). Elsewhere commands prepared by [`SmallDisk::limit`] have each file they write held
+/// to `per_file` bytes by RLIMIT_FSIZE, so that writes past it fail (EFBIG). Unmounted on drop.
+pub struct SmallDisk {
+    dir: PathBuf,
+    mounted: bool,
+    per_file: u64,
+}
+
+impl SmallDisk {
+    pub fn new(dir: &Path, size: usize, per_file: u64) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        SmallDisk { dir: dir.to_path_buf(), mounted, per_file }
+    }
+
+    /// Holds `cmd`'s files to the per-file size when no tmpfs could be mounted.
+    pub fn limit(&self, cmd: &mut Command) {
+        if self.mounted {
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let lim = self.per_file;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = libc::rlimit { rlim_cur: lim, rlim_max: lim };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &r);
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    }
+
+    /// What a write past the room says.
+    pub fn full_error(&self) -> &'static str {
+        if self.mounted { "No space left on device" } else { "File too large" }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
+    }
+}
