@@ -33,32 +33,14 @@ struct Cgroup {
 impl Cgroup {
     /// `None` (with the reason printed) where no memory cgroup can be made here.
     fn new(limit: u64, name: &str) -> Option<Cgroup> {
-        let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        for line in groups.lines() {
-            let mut f = line.splitn(3, ':');
-            let (id, controllers, path) = (f.next()?, f.next()?, f.next()?);
-            let v2 = id == "0" && controllers.is_empty();
-            if !v2 && !controllers.split(',').any(|c| c == "memory") {
-                continue;
-            }
-            let Some(mount) = mounts.lines().find_map(|m| {
-                let (head, tail) = m.split_once(" - ")?;
-                let mut t = tail.split_whitespace();
-                let (fstype, _, opts) = (t.next()?, t.next()?, t.next().unwrap_or(""));
-                let ok = if v2 { fstype == "cgroup2" } else { fstype == "cgroup" && opts.split(',').any(|o| o == "memory") };
-                ok.then(|| head.split_whitespace().nth(4).map(PathBuf::from)).flatten()
-            }) else {
-                continue;
-            };
-            let dir = mount.join(path.trim_start_matches('/')).join(format!("{name}-{}", std::process::id()));
+        for g in tessera::io::memory_cgroups(&|p: &Path| std::fs::read_to_string(p).ok()) {
+            let dir = g.dir().join(format!("{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir(&dir);
             if std::fs::create_dir(&dir).is_err() {
                 continue;
             }
-            let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
-            if std::fs::write(dir.join(file), limit.to_string()).is_ok() {
-                if v2 {
+            if std::fs::write(dir.join(g.limit_file()), limit.to_string()).is_ok() {
+                if g.v2 {
                     let _ = std::fs::write(dir.join("memory.swap.max"), "0");
                 }
                 return Some(Cgroup { dir });

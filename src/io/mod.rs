@@ -239,39 +239,19 @@ pub fn memory_limit_from(read: &dyn Fn(&Path) -> Option<String>, address_space: 
             best = MemoryLimit { bytes, what };
         }
     };
-    if let (Some(groups), Some(mounts)) = (read(Path::new("/proc/self/cgroup")), read(Path::new("/proc/self/mountinfo"))) {
-        for line in groups.lines() {
-            // `0::/path` (v2) or `N:memory[,…]:/path` (v1).
-            let mut f = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
-            let v2 = id == "0" && controllers.is_empty();
-            if !v2 && !controllers.split(',').any(|c| c == "memory") {
-                continue;
+    for g in memory_cgroups(read) {
+        // The limit is the smallest along the path, from the process's group up to the root.
+        let mut path = g.path.clone();
+        loop {
+            let at = g.mount.join(&path);
+            if let Some(v) = read(&at.join(g.limit_file())).and_then(|t| t.trim().parse::<u64>().ok()) {
+                // v1 writes "no limit" as a huge page-aligned number; v2 as "max".
+                if v < 1 << 60 {
+                    consider(v, format!("the memory cgroup's limit ({})", at.display()));
+                }
             }
-            // The mount point of that hierarchy (mountinfo: field 5 is the mount point; after
-            // ` - ` come the type and, for v1, the options naming the controllers).
-            let mount = mounts.lines().find_map(|m| {
-                let (head, tail) = m.split_once(" - ")?;
-                let mut t = tail.split_whitespace();
-                let (fstype, _src, opts) = (t.next()?, t.next()?, t.next().unwrap_or(""));
-                let ok = if v2 { fstype == "cgroup2" } else { fstype == "cgroup" && opts.split(',').any(|o| o == "memory") };
-                ok.then(|| head.split_whitespace().nth(4).map(PathBuf::from)).flatten()
-            });
-            let Some(mount) = mount else { continue };
-            let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
-            // The limit is the smallest along the path, from the process's group up to the root.
-            let mut dir = PathBuf::from(path.trim());
-            loop {
-                let at = mount.join(dir.strip_prefix("/").unwrap_or(&dir));
-                if let Some(v) = read(&at.join(file)).and_then(|t| t.trim().parse::<u64>().ok()) {
-                    // v1 writes "no limit" as a huge page-aligned number; v2 as "max".
-                    if v < 1 << 60 {
-                        consider(v, format!("the memory cgroup's limit ({})", at.display()));
-                    }
-                }
-                if !dir.pop() {
-                    break;
-                }
+            if !path.pop() {
+                break;
             }
         }
     }
@@ -279,6 +259,60 @@ pub fn memory_limit_from(read: &dyn Fn(&Path) -> Option<String>, address_space: 
         consider(a, "ulimit -v".into());
     }
     best
+}
+
+/// A memory cgroup this process is in: the hierarchy's mount point and the process's group
+/// within it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryCgroup {
+    pub mount: PathBuf,
+    /// Relative to the mount point (empty at the root).
+    pub path: PathBuf,
+    pub v2: bool,
+}
+
+impl MemoryCgroup {
+    /// The process's group folder.
+    pub fn dir(&self) -> PathBuf {
+        self.mount.join(&self.path)
+    }
+
+    /// The file holding a group's limit in bytes.
+    pub fn limit_file(&self) -> &'static str {
+        if self.v2 { "memory.max" } else { "memory.limit_in_bytes" }
+    }
+}
+
+/// The memory cgroups of this process (the v2 group, and each v1 hierarchy with the memory
+/// controller) whose hierarchy is mounted, from `/proc/self/cgroup` and `/proc/self/mountinfo`
+/// as read by `read`.
+pub fn memory_cgroups(read: &dyn Fn(&Path) -> Option<String>) -> Vec<MemoryCgroup> {
+    let (Some(groups), Some(mounts)) = (read(Path::new("/proc/self/cgroup")), read(Path::new("/proc/self/mountinfo"))) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for line in groups.lines() {
+        // `0::/path` (v2) or `N:memory[,…]:/path` (v1).
+        let mut f = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+        let v2 = id == "0" && controllers.is_empty();
+        if !v2 && !controllers.split(',').any(|c| c == "memory") {
+            continue;
+        }
+        // The mount point of that hierarchy (mountinfo: field 5 is the mount point; after
+        // ` - ` come the type and, for v1, the options naming the controllers).
+        let mount = mounts.lines().find_map(|m| {
+            let (head, tail) = m.split_once(" - ")?;
+            let mut t = tail.split_whitespace();
+            let (fstype, _src, opts) = (t.next()?, t.next()?, t.next().unwrap_or(""));
+            let ok = if v2 { fstype == "cgroup2" } else { fstype == "cgroup" && opts.split(',').any(|o| o == "memory") };
+            ok.then(|| head.split_whitespace().nth(4).map(PathBuf::from)).flatten()
+        });
+        if let Some(mount) = mount {
+            found.push(MemoryCgroup { mount, path: PathBuf::from(path.trim().trim_start_matches('/')), v2 });
+        }
+    }
+    found
 }
 
 /// Checks a `--memory` against what this process may use: a budget past it would have samples
