@@ -343,6 +343,21 @@ fn stores_tessera_cannot_read_say_why() {
     // The budget is checked before any chunk is read.
     let e = read_image(&fixture("v05_default"), ReadLimits { max_bytes: 1000 }).unwrap_err().to_string();
     assert!(e.contains("more than the limit"), "{e}");
+    // So is the size of one chunk as decoded (chunks are decoded whole, and metadata may give a
+    // chunk far larger than the image), for whole reads and for streamed plane ranges.
+    let big = dir.path().join("big.ome.zarr");
+    copy_dir(&fixture("v05_default"), &big);
+    let meta = big.join("s0/zarr.json");
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let mut j = j;
+    j["chunk_grid"]["configuration"]["chunk_shape"] = serde_json::json!([4096, 4096, 4096]);
+    std::fs::write(&meta, j.to_string()).unwrap();
+    for e in [
+        read_image(&big, ReadLimits::default()).unwrap_err().to_string(),
+        tessera::io::PlaneReader::open(&big, ReadLimits::default()).err().unwrap().to_string(),
+    ] {
+        assert!(e.contains("declares its chunks (4096×4096×4096 uint16) = 137438953472 bytes, more than the limit"), "{e}");
+    }
     // A chunk that does not decode names the store.
     let bad = dir.path().join("bad.ome.zarr");
     copy_dir(&fixture("v05_zstd_8x16x16"), &bad);

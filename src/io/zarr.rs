@@ -184,6 +184,19 @@ enum Stored {
 }
 
 impl Stored {
+    /// The data type's name in Zarr v3 metadata.
+    fn name(self) -> &'static str {
+        match self {
+            Stored::U8 => "uint8",
+            Stored::U16 => "uint16",
+            Stored::U32 => "uint32",
+            Stored::F32 => "float32",
+            Stored::I8 => "int8",
+            Stored::I16 => "int16",
+            Stored::F64 => "float64",
+        }
+    }
+
     fn of(dt: &zarrs::array::DataType) -> Option<Stored> {
         [
             (data_type::uint8(), Stored::U8),
@@ -365,6 +378,7 @@ pub fn read(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> R
     let r = Reader::open(path)?;
     let (z0, z1) = range.unwrap_or((0, r.inner.loc.shape[0]));
     check_budget(path, [z1.saturating_sub(z0), r.inner.loc.shape[1], r.inner.loc.shape[2]], r.inner.loc.stored.dtype(), limits)?;
+    r.check_chunks(limits)?;
     let data = r.read(z0, z1)?;
     Ok(Image { data, ndim: r.inner.loc.ndim, spacing: r.inner.loc.spacing.clone() })
 }
@@ -472,6 +486,27 @@ impl Reader {
         };
         let inner = Inner { path: path.to_path_buf(), loc, grid, shards, axis_dim, size };
         Ok(Reader { inner: Arc::new(inner), kept: Default::default(), ahead: Default::default(), cache_limit })
+    }
+
+    /// Checks that one chunk of the read grid (a chunk, or a subchunk of a shard), as decoded,
+    /// fits within `limits`: chunks are decoded whole, and a store's metadata may give a chunk
+    /// shape far larger than its image.
+    pub fn check_chunks(&self, limits: ReadLimits) -> Result<(), ImageError> {
+        let inner = &*self.inner;
+        let first = vec![0u64; inner.loc.dims.len()];
+        let s = inner.grid.subset(&first).map_err(|e| zarr_err(&inner.path, e))?;
+        let Some(s) = s else { return Ok(()) };
+        let bytes = s.shape().iter().fold(inner.size as u128, |a, &n| a.saturating_mul(n as u128));
+        if bytes > limits.max_bytes as u128 {
+            let dims: Vec<String> = s.shape().iter().map(u64::to_string).collect();
+            return Err(ImageError::TooLarge {
+                path: inner.path.clone(),
+                what: format!("its chunks ({} {})", dims.join("×"), inner.loc.stored.name()),
+                needed: bytes.min(u64::MAX as u128) as u64,
+                limit: limits.max_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Planes `z0..z1`.
