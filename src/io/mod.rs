@@ -334,7 +334,8 @@ pub fn check_memory_flag(memory: u64) -> Result<(), String> {
 }
 
 pub(crate) fn check_budget(path: &Path, shape: [usize; 3], dtype: DType, limits: ReadLimits) -> Result<(), ImageError> {
-    let needed = (shape[0] as u128) * (shape[1] as u128) * (shape[2] as u128) * (dtype.bytes_per_voxel() as u128);
+    // Saturating: three axes of a crafted header can pass 2^128 bytes.
+    let needed = shape.iter().fold(dtype.bytes_per_voxel() as u128, |a, &n| a.saturating_mul(n as u128));
     if needed > limits.max_bytes as u128 {
         return Err(ImageError::TooLarge {
             path: path.to_path_buf(),

@@ -156,13 +156,14 @@ pub fn read_range(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>
     }
     let shape = [z1 - z0, h.shape[1], h.shape[2]];
     check_budget(path, shape, h.elem.dtype(), limits)?;
-    let total = (h.shape[0] as u128) * (h.shape[1] as u128) * (h.shape[2] as u128);
-    let need = total * h.elem.size() as u128 + h.data_offset as u128;
+    // Saturating: a crafted header's three axes can pass 2^128 bytes.
+    let need = h.shape.iter().fold(h.elem.size() as u128, |a, &n| a.saturating_mul(n as u128)).saturating_add(h.data_offset as u128);
     if need > len as u128 {
         return Err(ImageError::corrupt(path, format!("file is truncated: header declares {need} bytes, file has {len}")));
     }
-    let plane = h.shape[1] * h.shape[2];
-    r.seek_relative((z0 * plane * h.elem.size()) as i64).map_err(|e| ImageError::io(path, e))?;
+    // Within the file now (an empty stack aside, whose planes may be any size: nothing is read).
+    let plane = h.shape[1].saturating_mul(h.shape[2]);
+    r.seek_relative(z0.saturating_mul(plane).saturating_mul(h.elem.size()) as i64).map_err(|e| ImageError::io(path, e))?;
     let n = shape.iter().product::<usize>();
     let mut raw = vec![0u8; n * h.elem.size()];
     r.read_exact(&mut raw).map_err(|e| ImageError::io(path, e))?;
@@ -296,5 +297,26 @@ mod tests {
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
         let e = read(&p, ReadLimits::default()).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn axes_whose_product_passes_2_to_the_128_are_too_large_not_wrapped() {
+        // 2^63 · 2^63 · 4 bytes is 2^128: a wrapping product would be 0 and pass every check
+        // (found by the npy fuzz target; release builds wrap instead of panicking).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.npy");
+        let header = "{'descr': '|u1', 'fortran_order': False, 'shape': (9223372036854775808, 9223372036854775808, 4), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0; 64]);
+        std::fs::write(&p, &bytes).unwrap();
+        for range in [None, Some((0, 1)), Some((0, 0))] {
+            match read_range(&p, ReadLimits::default(), range) {
+                Err(ImageError::TooLarge { .. }) if range != Some((0, 0)) => {}
+                Err(ImageError::Corrupt { msg, .. }) if range == Some((0, 0)) => assert!(msg.contains("truncated"), "{msg}"),
+                other => panic!("{range:?}: {:?}", other.map(|i| i.ndim)),
+            }
+        }
     }
 }
