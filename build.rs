@@ -13,7 +13,11 @@ fn main() {
     let commit = git(&["rev-parse", "HEAD"]).filter(|c| c.len() == 40);
     let commit = match commit {
         Some(c) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            // --no-optional-locks: status must not refresh the index. On a fresh clone the first
+            // status rewrites it, and since the index is watched below, the next cargo command
+            // (the README's tests after its example) would run this script again and rebuild
+            // tessera for nothing.
+            let dirty = git(&["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
             if dirty { format!("{c}-dirty") } else { c }
         }
         None => "unknown".to_string(),
