@@ -677,6 +677,12 @@ fn read_parquet_checked(path: &Path, want: &Want) -> Result<Table, String> {
             return Err(format!("{name}: column `{h}` is not numeric (type {})", c.dtype()));
         }
     }
+    // A malformed file can decode to columns of different lengths (polars checks this only in
+    // its debug builds); everything downstream indexes every column by row.
+    let rows = df.height();
+    if let Some((h, c, _)) = t.columns.iter().find(|(_, c, _)| c.len() != rows) {
+        return Err(format!("{name}: not a readable Parquet file: column `{h}` has {} values, the table {rows} rows", c.len()));
+    }
     Ok(t)
 }
 
