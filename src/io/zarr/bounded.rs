@@ -79,20 +79,22 @@ struct Bounded {
 }
 
 impl Bounded {
-    fn too_big(&self, declared: impl std::fmt::Display, bound: u64) -> CodecError {
-        CodecError::Other(format!("a {} chunk decodes to {declared} bytes, more than the {bound} bytes it can hold", self.kind.name()))
+    /// `declared`: the decoded size the chunk states, where it states one.
+    fn too_big(&self, declared: Option<u64>, bound: u64) -> CodecError {
+        let size = declared.map(|n| format!("{n} bytes")).unwrap_or_else(|| "more".into());
+        CodecError::Other(format!("a {} chunk decodes to {size}, more than the {bound} bytes it can hold", self.kind.name()))
     }
 
     fn decode_bounded(&self, encoded: &[u8], bound: u64) -> Result<Vec<u8>, CodecError> {
-        let cap = usize::try_from(bound).map_err(|_| self.too_big(bound, bound))?;
+        let cap = usize::try_from(bound).map_err(|_| self.too_big(None, bound))?;
         match self.kind {
             Kind::Blosc => unreachable!("blosc is decoded by zarrs once its header is checked"),
             Kind::Zstd => zstd::bulk::decompress(encoded, cap).map_err(|e| {
                 // zstd says only that the destination is too small; say what that means here.
                 let declared = zstd::zstd_safe::get_frame_content_size(encoded).ok().flatten();
                 match declared {
-                    Some(n) if n > bound => self.too_big(n, bound),
-                    _ if e.to_string().contains("too small") => self.too_big("more than that", bound),
+                    Some(n) if n > bound => self.too_big(Some(n), bound),
+                    _ if e.to_string().contains("too small") => self.too_big(None, bound),
                     _ => CodecError::Other(format!("zstd: {e}")),
                 }
             }),
@@ -103,7 +105,7 @@ impl Bounded {
                     .read_to_end(&mut out)
                     .map_err(|e| CodecError::IOError(Arc::new(e)))?;
                 if out.len() as u64 > bound {
-                    return Err(self.too_big("more than that", bound));
+                    return Err(self.too_big(None, bound));
                 }
                 Ok(out)
             }
@@ -176,7 +178,7 @@ impl BytesToBytesCodecTraits for Bounded {
                 if let Some(h) = encoded.get(4..8) {
                     let nbytes = u64::from(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
                     if nbytes > bound {
-                        return Err(self.too_big(nbytes, bound));
+                        return Err(self.too_big(Some(nbytes), bound));
                     }
                 }
                 self.inner.decode(encoded, decoded, options)
