@@ -718,11 +718,7 @@ impl PlaneReader {
     pub fn open_cached(path: &Path, cache_bytes: u64, limits: ReadLimits) -> Result<PlaneReader, ImageError> {
         let open = match format_of(path)? {
             Format::Tiff => OpenImage::Tiff(Box::new(std::sync::Mutex::new(tiff_io::Pages::open(path, limits)?))),
-            Format::Zarr => {
-                let r = zarr::Reader::open_cached(path, cache_bytes)?;
-                r.check_chunks(limits)?;
-                OpenImage::Zarr(Box::new(r))
-            }
+            Format::Zarr => OpenImage::Zarr(Box::new(zarr::Reader::open_cached(path, cache_bytes, limits)?)),
             Format::Raster | Format::Npy | Format::Folder => OpenImage::Closed,
         };
         Ok(PlaneReader { path: path.to_path_buf(), open, limits })

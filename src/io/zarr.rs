@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use serde_json::{Value as Json, json};
 use zarrs::array::{Array, ArrayBuilder, ArrayShardedExt, ArrayShardedReadableExt, ArrayShardedReadableExtCache, ChunkGrid, data_type};
 use zarrs::filesystem::FilesystemStore;
+use zarrs::plugin::ExtensionName;
 
 use super::{DType, Data, Header, Image, ImageError, ReadLimits, Spacing, check_budget};
 
@@ -184,19 +185,6 @@ enum Stored {
 }
 
 impl Stored {
-    /// The data type's name in Zarr v3 metadata.
-    fn name(self) -> &'static str {
-        match self {
-            Stored::U8 => "uint8",
-            Stored::U16 => "uint16",
-            Stored::U32 => "uint32",
-            Stored::F32 => "float32",
-            Stored::I8 => "int8",
-            Stored::I16 => "int16",
-            Stored::F64 => "float64",
-        }
-    }
-
     fn of(dt: &zarrs::array::DataType) -> Option<Stored> {
         [
             (data_type::uint8(), Stored::U8),
@@ -375,10 +363,9 @@ pub fn read_header(path: &Path) -> Result<Header, ImageError> {
 
 /// Reads planes `z0..z1` (all when `None`).
 pub fn read(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> Result<Image, ImageError> {
-    let r = Reader::open(path)?;
+    let r = Reader::open(path, limits)?;
     let (z0, z1) = range.unwrap_or((0, r.inner.loc.shape[0]));
     check_budget(path, [z1.saturating_sub(z0), r.inner.loc.shape[1], r.inner.loc.shape[2]], r.inner.loc.stored.dtype(), limits)?;
-    r.check_chunks(limits)?;
     let data = r.read(z0, z1)?;
     Ok(Image { data, ndim: r.inner.loc.ndim, spacing: r.inner.loc.spacing.clone() })
 }
@@ -462,13 +449,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Reader {
-    pub fn open(path: &Path) -> Result<Reader, ImageError> {
-        Reader::open_cached(path, 0)
+    pub fn open(path: &Path, limits: ReadLimits) -> Result<Reader, ImageError> {
+        Reader::open_cached(path, 0, limits)
     }
 
     /// A reader that may hold `cache_limit` bytes of decoded rows: the rows its last read
-    /// decoded, and the next row decoded ahead.
-    pub fn open_cached(path: &Path, cache_limit: u64) -> Result<Reader, ImageError> {
+    /// decoded, and the next row decoded ahead. Refused when one chunk, as decoded, is past
+    /// `limits`.
+    pub fn open_cached(path: &Path, cache_limit: u64, limits: ReadLimits) -> Result<Reader, ImageError> {
         let loc = locate(path)?;
         let grid = loc.array.subchunk_grid();
         let shards = ArrayShardedReadableExtCache::new(&loc.array);
@@ -485,13 +473,15 @@ impl Reader {
             Stored::F64 => 8,
         };
         let inner = Inner { path: path.to_path_buf(), loc, grid, shards, axis_dim, size };
-        Ok(Reader { inner: Arc::new(inner), kept: Default::default(), ahead: Default::default(), cache_limit })
+        let r = Reader { inner: Arc::new(inner), kept: Default::default(), ahead: Default::default(), cache_limit };
+        r.check_chunks(limits)?;
+        Ok(r)
     }
 
     /// Checks that one chunk of the read grid (a chunk, or a subchunk of a shard), as decoded,
     /// fits within `limits`: chunks are decoded whole, and a store's metadata may give a chunk
     /// shape far larger than its image.
-    pub fn check_chunks(&self, limits: ReadLimits) -> Result<(), ImageError> {
+    fn check_chunks(&self, limits: ReadLimits) -> Result<(), ImageError> {
         let inner = &*self.inner;
         let first = vec![0u64; inner.loc.dims.len()];
         let s = inner.grid.subset(&first).map_err(|e| zarr_err(&inner.path, e))?;
@@ -501,7 +491,7 @@ impl Reader {
             let dims: Vec<String> = s.shape().iter().map(u64::to_string).collect();
             return Err(ImageError::TooLarge {
                 path: inner.path.clone(),
-                what: format!("its chunks ({} {})", dims.join("×"), inner.loc.stored.name()),
+                what: format!("its chunks ({} {})", dims.join("×"), inner.loc.array.data_type().name_v3().unwrap_or_default()),
                 needed: bytes.min(u64::MAX as u128) as u64,
                 limit: limits.max_bytes,
             });

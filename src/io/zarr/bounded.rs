@@ -85,31 +85,28 @@ impl Bounded {
         CodecError::Other(format!("a {} chunk decodes to {size}, more than the {bound} bytes it can hold", self.kind.name()))
     }
 
-    fn decode_bounded(&self, encoded: &[u8], bound: u64) -> Result<Vec<u8>, CodecError> {
+    /// zstd, decoded as zarrs decodes it (bulk) into a buffer of at most `bound` bytes.
+    fn zstd(&self, encoded: &[u8], bound: u64) -> Result<Vec<u8>, CodecError> {
         let cap = usize::try_from(bound).map_err(|_| self.too_big(None, bound))?;
-        match self.kind {
-            Kind::Blosc => unreachable!("blosc is decoded by zarrs once its header is checked"),
-            Kind::Zstd => zstd::bulk::decompress(encoded, cap).map_err(|e| {
-                // zstd says only that the destination is too small; say what that means here.
-                let declared = zstd::zstd_safe::get_frame_content_size(encoded).ok().flatten();
-                match declared {
-                    Some(n) if n > bound => self.too_big(Some(n), bound),
-                    _ if e.to_string().contains("too small") => self.too_big(None, bound),
-                    _ => CodecError::Other(format!("zstd: {e}")),
-                }
-            }),
-            Kind::Gzip => {
-                let mut out = Vec::with_capacity(cap.min(encoded.len().saturating_mul(4)));
-                flate2::read::GzDecoder::new(encoded)
-                    .take(bound + 1)
-                    .read_to_end(&mut out)
-                    .map_err(|e| CodecError::IOError(Arc::new(e)))?;
-                if out.len() as u64 > bound {
-                    return Err(self.too_big(None, bound));
-                }
-                Ok(out)
+        zstd::bulk::decompress(encoded, cap).map_err(|e| {
+            // zstd says only that the destination is too small; say what that means here.
+            match zstd::zstd_safe::get_frame_content_size(encoded).ok().flatten() {
+                Some(n) if n > bound => self.too_big(Some(n), bound),
+                _ if e.to_string().contains("too small") => self.too_big(None, bound),
+                _ => CodecError::Other(format!("zstd: {e}")),
             }
+        })
+    }
+
+    /// gzip, inflated as zarrs inflates it (one member), stopping one byte past `bound`.
+    fn gzip(&self, encoded: &[u8], bound: u64) -> Result<Vec<u8>, CodecError> {
+        let cap = usize::try_from(bound).map_err(|_| self.too_big(None, bound))?;
+        let mut out = Vec::with_capacity(cap.min(encoded.len().saturating_mul(4)));
+        flate2::read::GzDecoder::new(encoded).take(bound + 1).read_to_end(&mut out).map_err(|e| CodecError::IOError(Arc::new(e)))?;
+        if out.len() as u64 > bound {
+            return Err(self.too_big(None, bound));
         }
+        Ok(out)
     }
 }
 
@@ -183,7 +180,8 @@ impl BytesToBytesCodecTraits for Bounded {
                 }
                 self.inner.decode(encoded, decoded, options)
             }
-            Kind::Zstd | Kind::Gzip => self.decode_bounded(&encoded, bound).map(Cow::Owned),
+            Kind::Zstd => self.zstd(&encoded, bound).map(Cow::Owned),
+            Kind::Gzip => self.gzip(&encoded, bound).map(Cow::Owned),
         }
     }
 }
