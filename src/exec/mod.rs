@@ -403,9 +403,8 @@ fn run_sample(
             && (st.halo == crate::ops::Halo::Global || st.kind == Kind::Table)
             && voxel_output(plan, i).is_none()
         {
-            let (store, key, value) = (store.clone(), keys[i].clone(), Arc::clone(shared));
-            let save = move || store.save(&key, &value).map_err(|e| format!("writing a checkpoint: {e}"));
-            pending.borrow_mut().push((i, crate::util::background(save)));
+            let save = store.saver(&keys[i], shared);
+            pending.borrow_mut().push((i, crate::util::background(move || save().map_err(|e| format!("writing a checkpoint: {e}")))));
         }
         let max_label = if let Value::Labels(l) = value { Some(crate::util::max3(l)) } else { None };
         if let Some(m) = max_label {
@@ -1059,16 +1058,41 @@ pub fn evaluate_with(
             // One tile (or a global stage): each stage on whole arrays, in turn.
             for &i in &group.stages {
                 let t0 = Instant::now();
+                let op = bound.ops[i].as_ref();
+                // The first input's value, when this stage may write over it: its last reader,
+                // reading it once, and nothing else (an output or checkpoint writer) holding it.
+                let over = match plan.stages[i].inputs.split_first() {
+                    Some(((_, Ref::Stage(j)), rest))
+                        if op.writes_over_input()
+                            && !opts.keep_all
+                            && last_use[*j] == i
+                            && !rest.iter().any(|(_, r)| *r == Ref::Stage(*j)) =>
+                    {
+                        match values[*j].take().map(Arc::try_unwrap) {
+                            Some(Ok(v)) => Some(v),
+                            Some(Err(held)) => {
+                                values[*j] = Some(held);
+                                None
+                            }
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                };
                 let out = {
-                    let ins: Vec<&Value> = plan.stages[i]
-                        .inputs
-                        .iter()
-                        .map(|(_, r)| match r {
-                            Ref::Source(s) => sources[*s],
-                            Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
-                        })
-                        .collect();
-                    Arc::new(bound.ops[i].run(&ins, &ctx_of(i)).map_err(|e| (i, e))?)
+                    let value = |r: &Ref| match r {
+                        Ref::Source(s) => sources[*s],
+                        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
+                    };
+                    let inputs = &plan.stages[i].inputs;
+                    let run = match over {
+                        Some(first) => {
+                            let rest: Vec<&Value> = inputs[1..].iter().map(|(_, r)| value(r)).collect();
+                            op.run_over(first, &rest, &ctx_of(i))
+                        }
+                        None => op.run(&inputs.iter().map(|(_, r)| value(r)).collect::<Vec<_>>(), &ctx_of(i)),
+                    };
+                    Arc::new(run.map_err(|e| (i, e))?)
                 };
                 sink(i, &out).map_err(|e| (i, e))?;
                 timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));

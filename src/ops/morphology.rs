@@ -120,6 +120,14 @@ macro_rules! morph_op {
                 let se = Element::new(self.0.radius, self.0.shape, self.0.radius_unit, ctx.spacing, ctx.ndim);
                 Ok(Value::Mask(morph(m, &se, $kind)))
             }
+            fn writes_over_input(&self) -> bool {
+                true
+            }
+            fn run_over(&self, first: Value, _rest: &[&Value], ctx: &Ctx) -> Result<Value, String> {
+                let Value::Mask(m) = first else { return Err(format!("{}: input is not a mask", $name)) };
+                let se = Element::new(self.0.radius, self.0.shape, self.0.radius_unit, ctx.spacing, ctx.ndim);
+                Ok(Value::Mask(morph_over(m, &se, $kind)))
+            }
             fn params_json(&self) -> serde_json::Value {
                 serde_json::to_value(&self.0).unwrap_or_default()
             }
@@ -265,9 +273,20 @@ impl Bits {
 
     fn to_mask(&self) -> Array3<u8> {
         let (nz, ny, nx) = self.dims;
-        let mut out: Vec<u8> = crate::util::zeroed(nz * ny * nx);
-        out.par_chunks_mut(nx.max(1)).zip(self.data.par_chunks(self.words)).for_each(|(row, bits)| crate::util::unpack_row(bits, row));
-        Array3::from_shape_vec((nz, ny, nx), out).expect("shape")
+        self.write_over(Array3::from_shape_vec((nz, ny, nx), crate::util::zeroed(nz * ny * nx)).expect("shape"))
+    }
+
+    /// The mask written over `m` (of the same shape): every voxel is set.
+    fn write_over(&self, mut m: Array3<u8>) -> Array3<u8> {
+        let nx = self.dims.2;
+        match m.as_slice_mut() {
+            Some(out) => out
+                .par_chunks_mut(nx.max(1))
+                .zip(self.data.par_chunks(self.words))
+                .for_each(|(row, bits)| crate::util::unpack_row(bits, row)),
+            None => return self.to_mask(),
+        }
+        m
     }
 }
 
@@ -337,14 +356,22 @@ fn erode_or_dilate(m: &Bits, se: &Element, erode: bool) -> Bits {
 
 /// Applies a morphology op to a 0/1 mask (rows packed as bits; outside = background).
 pub fn morph(m: &Array3<u8>, se: &Element, kind: Morph) -> Array3<u8> {
-    let b = Bits::from_mask(m);
-    let out = match kind {
-        Morph::Erosion => erode_or_dilate(&b, se, true),
-        Morph::Dilation => erode_or_dilate(&b, se, false),
-        Morph::Opening => erode_or_dilate(&erode_or_dilate(&b, se, true), se, false),
-        Morph::Closing => erode_or_dilate(&erode_or_dilate(&b, se, false), se, true),
-    };
-    out.to_mask()
+    morph_bits(&Bits::from_mask(m), se, kind).to_mask()
+}
+
+/// [`morph`], written over the mask it is given instead of into a new one.
+pub fn morph_over(m: Array3<u8>, se: &Element, kind: Morph) -> Array3<u8> {
+    let out = morph_bits(&Bits::from_mask(&m), se, kind);
+    out.write_over(m)
+}
+
+fn morph_bits(b: &Bits, se: &Element, kind: Morph) -> Bits {
+    match kind {
+        Morph::Erosion => erode_or_dilate(b, se, true),
+        Morph::Dilation => erode_or_dilate(b, se, false),
+        Morph::Opening => erode_or_dilate(&erode_or_dilate(b, se, true), se, false),
+        Morph::Closing => erode_or_dilate(&erode_or_dilate(b, se, false), se, true),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

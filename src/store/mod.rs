@@ -233,14 +233,36 @@ impl Store {
     /// Saves a stage value under `key` (temporary file, then rename). Arrays are hashed and
     /// written straight from their memory, without an encoded copy.
     pub fn save(&self, key: &str, v: &Value) -> Result<(), String> {
+        self.save_parts(key, &payload_parts(v))
+    }
+
+    /// A job that saves `v` under `key` (for a background thread). A mask is packed to bits
+    /// here, and the job holds only the bits: the value itself is free again when this
+    /// returns (a later stage may then write over it). Other values are held by the job.
+    pub fn saver(&self, key: &str, v: &std::sync::Arc<Value>) -> impl FnOnce() -> Result<(), String> + Send + 'static {
+        enum Held {
+            Packed(Vec<Vec<u8>>),
+            Value(std::sync::Arc<Value>),
+        }
+        let held = match &**v {
+            Value::Mask(_) => Held::Packed(payload_parts(v).into_iter().map(|p| p.into_owned()).collect()),
+            _ => Held::Value(std::sync::Arc::clone(v)),
+        };
+        let (store, key) = (self.clone(), key.to_string());
+        move || match held {
+            Held::Packed(parts) => store.save_parts(&key, &parts.iter().map(|p| std::borrow::Cow::Borrowed(&p[..])).collect::<Vec<_>>()),
+            Held::Value(v) => store.save(&key, &v),
+        }
+    }
+
+    fn save_parts(&self, key: &str, parts: &[std::borrow::Cow<'_, [u8]>]) -> Result<(), String> {
         let path = self.ckpt_path(key);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let parts = payload_parts(v);
         let mut h = blake3::Hasher::new();
         let mut len = 0u64;
-        for p in &parts {
+        for p in parts {
             h.update(p);
             len += p.len() as u64;
         }
@@ -250,7 +272,7 @@ impl Store {
             f.write_all(MAGIC)?;
             f.write_all(&len.to_le_bytes())?;
             f.write_all(h.finalize().as_bytes())?;
-            for p in &parts {
+            for p in parts {
                 f.write_all(p)?;
             }
             f.flush()
@@ -674,6 +696,24 @@ mod tests {
             }
         }
         assert_eq!(s.keys().len(), values().len());
+    }
+
+    /// A save job made for a background thread: the same checkpoint as [`Store::save`]; a
+    /// mask's job holds only its bits, so the value is the caller's alone again.
+    #[test]
+    fn a_save_job_writes_the_same_checkpoint_and_lets_a_mask_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(dir.path());
+        for (i, v) in values().into_iter().enumerate() {
+            let (direct, job) = (format!("{i:02}{}", "0a".repeat(31)), format!("{i:02}{}", "0b".repeat(31)));
+            s.save(&direct, &v).unwrap();
+            let shared = std::sync::Arc::new(v);
+            let save = s.saver(&job, &shared);
+            let held_elsewhere = std::sync::Arc::strong_count(&shared) > 1;
+            assert_eq!(held_elsewhere, !matches!(*shared, Value::Mask(_)), "value {i}");
+            std::thread::spawn(save).join().unwrap().unwrap();
+            assert_eq!(std::fs::read(s.ckpt_path(&direct)).unwrap(), std::fs::read(s.ckpt_path(&job)).unwrap(), "value {i}");
+        }
     }
 
     #[test]
