@@ -356,22 +356,25 @@ fn erode_or_dilate(m: &Bits, se: &Element, erode: bool) -> Bits {
 
 /// Applies a morphology op to a 0/1 mask (rows packed as bits; outside = background).
 pub fn morph(m: &Array3<u8>, se: &Element, kind: Morph) -> Array3<u8> {
-    morph_bits(&Bits::from_mask(m), se, kind).to_mask()
+    morph_bits(Bits::from_mask(m), se, kind).to_mask()
 }
 
 /// [`morph`], written over the mask it is given instead of into a new one.
 pub fn morph_over(m: Array3<u8>, se: &Element, kind: Morph) -> Array3<u8> {
-    let out = morph_bits(&Bits::from_mask(&m), se, kind);
-    out.write_over(m)
+    morph_bits(Bits::from_mask(&m), se, kind).write_over(m)
 }
 
-fn morph_bits(b: &Bits, se: &Element, kind: Morph) -> Bits {
-    match kind {
-        Morph::Erosion => erode_or_dilate(b, se, true),
-        Morph::Dilation => erode_or_dilate(b, se, false),
-        Morph::Opening => erode_or_dilate(&erode_or_dilate(b, se, true), se, false),
-        Morph::Closing => erode_or_dilate(&erode_or_dilate(b, se, false), se, true),
-    }
+/// The op on packed rows; of an opening's or closing's three packed volumes, two exist at once.
+fn morph_bits(b: Bits, se: &Element, kind: Morph) -> Bits {
+    let (first, second) = match kind {
+        Morph::Erosion => return erode_or_dilate(&b, se, true),
+        Morph::Dilation => return erode_or_dilate(&b, se, false),
+        Morph::Opening => (true, false),
+        Morph::Closing => (false, true),
+    };
+    let half = erode_or_dilate(&b, se, first);
+    drop(b);
+    erode_or_dilate(&half, se, second)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
