@@ -155,7 +155,12 @@ def main():
                   "| stage | in the run (s) | op alone, memory reused (s) |" + (" instructions per voxel |" if ir else ""),
                   "|---|---|---|" + ("---|" if ir else "")]
         for stage, op, label in STAGES:
-            lines.append(f"| {label} | {stages.get(stage, float('nan')):.3f} | {alone[op]:.3f} |" + (f" {ir.get(label, 0):.1f} |" if ir else ""))
+            # Stages computed together (the smoothing read by planes inside the threshold) are
+            # timed together, under their joined names, on the first of their rows.
+            joined = next((k for k in stages if stage in k.split("+")), stage)
+            took = stages.get(joined, float("nan")) if joined.split("+")[0] == stage else float("nan")
+            shown = f"{took:.3f}" if took == took else f"(with {joined.split('+')[0]})"
+            lines.append(f"| {label} | {shown} | {alone[op]:.3f} |" + (f" {ir.get(label, 0):.1f} |" if ir else ""))
         rest = total - sum(stages.values())
         lines += [f"| outside the stages (start, read + hash input, write outputs, exit) | {rest:.3f} | |" + (" |" if ir else ""), "",
                   "CPU time of one run by kind (perf samples of every thread; the run's wall time is shorter: two threads):", "",

@@ -57,12 +57,12 @@ fn main() {
     let se = morphology::Element::new(1.0, morphology::Shape::Ball, morphology::RadiusUnit::Voxel, [1.0; 3], 3);
     let (t, opened) = best(reps("opening_ball1"), || morphology::morph(&mask, &se, morphology::Morph::Opening));
     put("opening_ball1", t);
-    let (t, (labels, n)) = best(reps("label_26"), || label::label(&opened, 26).unwrap());
+    let (t, (labels, n)) = best(reps("label_26"), || label::label_narrow(&opened, 26).unwrap());
     put("label_26", t);
     let ops: [(&str, &dyn Fn()); 3] = [
         ("measure", &|| drop(measure::measure(&labels, &[("raw", &img.data)], &ctx))),
         ("distance", &|| drop(distance::edt(&opened, [1.0; 3], 3, false))),
-        ("voronoi", &|| drop(voronoi::voronoi(&labels, &mask, [1.0; 3], 3).unwrap())),
+        ("voronoi", &|| drop(voronoi::voronoi(&labels.u32(), &mask, [1.0; 3], 3).unwrap())),
     ];
     for (k, f) in ops {
         if timed(k) {
@@ -82,7 +82,7 @@ fn main() {
         put("h_maxima", t);
         let (markers, seeds) = label::label(&hmax, 26).unwrap();
         let op = watershed::Watershed { input: "d".into(), markers: "m".into(), mask: Some("k".into()), connectivity: None, invert: true };
-        let (d, m, k) = (Value::Image(dist), Value::Labels(markers), Value::Mask(opened.clone()));
+        let (d, m, k) = (Value::Image(dist), Value::Labels(markers.into()), Value::Mask(opened.clone()));
         put("watershed", best(reps("watershed"), || drop(op.run(&[&d, &m, &k], &ctx).unwrap())).0);
         times.insert("seeds".into(), serde_json::json!(seeds as f64));
     }

@@ -438,19 +438,6 @@ pub fn utc_time(unix: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-/// The first index `≥ from` where `s` is nonzero (`s.len()` if none). Background is passed over
-/// 16 values at a time, with an OR the compiler vectorises: labels and masks are mostly zeros.
-#[inline]
-pub fn skip_zeros(s: &[u32], mut from: usize) -> usize {
-    const STEP: usize = 16;
-    while from + STEP <= s.len() && s[from..from + STEP].iter().fold(0, |m, &v| m | v) == 0 {
-        from += STEP;
-    }
-    while from < s.len() && s[from] == 0 {
-        from += 1;
-    }
-    from
-}
 
 /// [`skip_zeros`] for bytes (masks): 16 bytes at a time as one 128-bit word.
 #[inline]
@@ -593,13 +580,6 @@ pub fn map3<A: Copy + Sync, B: Copy + Default + Send>(a: &ndarray::Array3<A>, f:
     out
 }
 
-/// The largest value of `a` (0 when empty), in parallel over contiguous chunks.
-pub fn max3(a: &ndarray::Array3<u32>) -> u32 {
-    match a.as_slice() {
-        Some(s) => s.par_chunks(1 << 16).map(|c| c.iter().copied().fold(0, u32::max)).reduce(|| 0, u32::max),
-        None => a.iter().copied().fold(0, u32::max),
-    }
-}
 
 /// Advises the kernel to back `v`'s memory with huge pages (no-op off Linux or for small buffers).
 pub fn advise_huge<T>(v: &[T]) {
@@ -760,7 +740,7 @@ mod tests {
                         b[at] = 1;
                     }
                     let want = if at >= from { at } else { n };
-                    assert_eq!(skip_zeros(&w, from), want, "u32 n {n} from {from} at {at}");
+                    assert_eq!(crate::ops::labels::skip_zeros(&w, from), want, "u32 n {n} from {from} at {at}");
                     assert_eq!(skip_zeros_u8(&b, from), want, "u8 n {n} from {from} at {at}");
                 }
             }

@@ -21,7 +21,7 @@ fn empty_image() {
     assert_eq!(threshold::triangle(&img, 256).unwrap(), 0.0);
     let (labels, n) = label::label(&mask, 26).unwrap();
     assert_eq!(n, 0);
-    let table = measure::measure(&labels, &[("raw", &img)], &ctx(3));
+    let table = measure::measure(&labels.clone().into(), &[("raw", &img)], &ctx(3));
     assert_eq!(table.rows(), 0);
     assert!(table.names().contains(&"nn_distance") && table.names().contains(&"raw_mean"));
     assert!(distance::edt(&mask, [1.0; 3], 3, false).iter().all(|&d| d == 0.0));
@@ -37,7 +37,7 @@ fn all_foreground() {
     let mask = Array3::from_elem((3, 4, 5), 1u8);
     let (labels, n) = label::label(&mask, 6).unwrap();
     assert_eq!(n, 1);
-    let t = measure::measure(&labels, &[], &ctx(3));
+    let t = measure::measure(&labels.clone().into(), &[], &ctx(3));
     assert_eq!(t.get("touches_border"), Some(&Column::Bool(vec![true])));
     assert!(t.f64("nn_distance")[0].is_nan(), "a lone object has no neighbour");
     assert_eq!(t.u32("nn_label"), vec![0]);
@@ -64,7 +64,7 @@ fn objects_on_every_corner_and_single_voxels() {
     // Raster order of first voxels: (0,0,0)=1, (0,0,2)=2, (0,2,0)=3, ... (2,2,2)=8.
     assert_eq!(labels[[0, 0, 2]], 2);
     assert_eq!(labels[[2, 2, 2]], 8);
-    let t = measure::measure(&labels, &[], &ctx(3));
+    let t = measure::measure(&labels.clone().into(), &[], &ctx(3));
     assert_eq!(t.u64("voxels"), vec![1; 8]);
     assert!(t.f64("inertia_eig_0").iter().all(|&e| e == 0.0));
     assert!(t.f64("major_axis_length").iter().all(|&e| e == 0.0));
@@ -115,6 +115,6 @@ fn nans_in_float_input() {
     assert!(g.iter().all(|v| v.is_nan()));
     // Intensity statistics of an object containing a NaN are NaN.
     let labels = Array3::from_elem((1, 5, 5), 1u32);
-    let tab = measure::measure(&labels, &[("raw", &d)], &ctx(2));
+    let tab = measure::measure(&labels.clone().into(), &[("raw", &d)], &ctx(2));
     assert!(tab.f64("raw_mean")[0].is_nan() && tab.f64("raw_min")[0].is_nan());
 }

@@ -21,8 +21,8 @@ fn as_file(v: &Value) -> Option<Data> {
     match v {
         Value::Image(d) => Some(d.clone()),
         Value::Mask(m) => Some(Data::U8(m.mapv(|x| if x != 0 { 255 } else { 0 }))),
-        Value::Labels(l) if l.iter().all(|&x| x <= u16::MAX as u32) => Some(Data::U16(l.mapv(|x| x as u16))),
-        Value::Labels(l) => Some(Data::U32(l.clone())),
+        Value::Labels(l) if l.max() <= u16::MAX as u32 => Some(Data::U16(l.u32().mapv(|x| x as u16))),
+        Value::Labels(l) => Some(Data::U32(l.u32().into_owned())),
         Value::Table(_) => None,
     }
 }
@@ -158,7 +158,7 @@ fn check_with(
                 prop_assert_eq!(got.dtype(), want.dtype(), "dtype of {}", st.id);
                 prop_assert!(bits(&got) == bits(&want), "stage {} differs with slabs of {}", st.id, thick);
                 if let Value::Labels(l) = w {
-                    let n = l.iter().copied().max().unwrap_or(0) as u64;
+                    let n = l.max() as u64;
                     prop_assert!(objects.contains(&(st.id.clone(), n)), "object count of {}: {:?} vs {}", st.id, objects, n);
                 }
             }

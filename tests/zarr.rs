@@ -197,7 +197,7 @@ fn outputs_read_back_to_the_tiff_outputs_with_their_levels() {
         Data::U16(a) => a.mapv(u32::from),
         d => panic!("{:?}", d.dtype()),
     };
-    assert_eq!(n as u32, tessera::util::max3(&labels));
+    assert_eq!(n as u32, tessera::ops::labels::max3(&labels));
 }
 
 #[test]

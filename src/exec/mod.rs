@@ -32,7 +32,7 @@ pub mod watch;
 pub use tiles::TileSize;
 
 use crate::io::{self, Data, ReadLimits, Spacing};
-use crate::ops::{Ctx, Kind, Meta, Value};
+use crate::ops::{Ctx, Kind, Labels, Meta, Value};
 use crate::plan::{Bound, Format, Plan, Ref};
 use crate::spec::manifest::{Manifest, SampleRow};
 use crate::store::{SampleRecord, Store};
@@ -406,7 +406,7 @@ fn run_sample(
             let save = store.saver(&keys[i], shared);
             pending.borrow_mut().push((i, crate::util::background(move || save().map_err(|e| format!("writing a checkpoint: {e}")))));
         }
-        let max_label = if let Value::Labels(l) = value { Some(crate::util::max3(l)) } else { None };
+        let max_label = if let Value::Labels(l) = value { Some(l.max()) } else { None };
         if let Some(m) = max_label {
             res.objects.push((st.id.clone(), m as u64));
         }
@@ -611,8 +611,8 @@ fn read_back(plan: &Plan, bound: &Bound, row: &SampleRow, i: usize, out: &Path) 
     }
     match (plan.stages[i].kind, data) {
         (Kind::Mask, Data::U8(a)) => Some(Value::Mask(a.mapv(|v| (v != 0) as u8))),
-        (Kind::Labels, Data::U16(a)) => Some(Value::Labels(a.mapv(u32::from))),
-        (Kind::Labels, Data::U32(a)) => Some(Value::Labels(a)),
+        (Kind::Labels, Data::U16(a)) => Some(Value::Labels(a.into())),
+        (Kind::Labels, Data::U32(a)) => Some(Value::Labels(a.into())),
         (Kind::Image, d) if Some(d.dtype()) == bound.metas[i].dtype => Some(Value::Image(d)),
         _ => None,
     }
@@ -984,8 +984,51 @@ pub fn evaluate_with(
         })
         .collect();
     let same_shape = |a: usize, b: usize| bound.metas[a].shape == bound.metas[b].shape;
-    for step in schedule::steps(&decisions, &local_halo, &same_shape) {
+    let mut steps = schedule::steps(&decisions, &local_halo, &same_shape).into_iter().peekable();
+    while let Some(step) = steps.next() {
         let t0 = Instant::now();
+        // A group of local stages that only the next stage reads, as its first input, when that
+        // stage reads it by planes: computed where it is read, never whole.
+        if let schedule::Step::Fused(g) = &step
+            && let Some(&schedule::Step::Global(i)) = steps.peek()
+            && let last = *g.stages.last().expect("a group has stages")
+            && !opts.keep_all
+            && g.stages.iter().all(|&k| last_use[k] <= i && !is_output(k))
+            && plan.stages[i].inputs.first().is_some_and(|(_, r)| *r == Ref::Stage(last))
+            && !plan.stages[i].inputs[1..].iter().any(|(_, r)| matches!(r, Ref::Stage(k) if g.stages.contains(k)))
+            && bound.ops[i].reads_planes(&plan.stages[i].inputs.iter().map(|(_, r)| meta_of(r).clone()).collect::<Vec<_>>())
+        {
+            steps.next();
+            let out = {
+                let (full, inputs) = group_feeds(plan, g, &values, sources);
+                let run = tiled::GroupRun {
+                    group: g,
+                    ops: g.stages.iter().map(|&k| bound.ops[k].as_ref()).collect(),
+                    inputs,
+                    ctxs: g.stages.iter().map(|&k| ctx_of(k)).collect(),
+                    keep: g.stages.iter().map(|&k| k == last).collect(),
+                    shape: bound.metas[g.stages[0]].shape,
+                    tiles: Vec::new(),
+                    threads: opts.threads,
+                };
+                let names = g.stages.iter().map(|&k| plan.stages[k].id.clone()).collect();
+                let planes = tiled::GroupPlanes { run: &run, full: &full, reads: &reads, meta: bound.metas[last].clone(), names };
+                let rest: Vec<&Value> = plan.stages[i].inputs[1..]
+                    .iter()
+                    .map(|(_, r)| match r {
+                        Ref::Source(s) => sources[*s],
+                        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
+                    })
+                    .collect();
+                Arc::new(bound.ops[i].run_planes(&planes, &rest, &ctx_of(i)).map_err(|e| (i, e))?)
+            };
+            sink(i, &out).map_err(|e| (i, e))?;
+            let ids: Vec<&str> = g.stages.iter().chain([&i]).map(|&k| plan.stages[k].id.as_str()).collect();
+            timings.push((ids.join("+"), t0.elapsed().as_secs_f64()));
+            values[i] = Some(out);
+            free(&mut values, i);
+            continue;
+        }
         let group = match step {
             schedule::Step::Reuse(i) => {
                 if let Some(v) = preset[i].take() {
@@ -1010,26 +1053,7 @@ pub fn evaluate_with(
             tiles::plan_tiles(bound.metas[first].shape, opts.tile, group.total_halo(&down), bpv, opts.memory, opts.threads)
         };
         if tiles.len() > 1 {
-            let pos = |k: usize| group.stages.iter().position(|&g| g == k);
-            let mut full: Vec<&Value> = Vec::new();
-            let mut feeds = Vec::new();
-            for &k in &group.stages {
-                let mut f = Vec::new();
-                for (_, r) in &plan.stages[k].inputs {
-                    f.push(match r {
-                        Ref::Stage(x) if pos(*x).is_some() => tiled::Feed::Group(pos(*x).unwrap_or(0)),
-                        Ref::Stage(x) => {
-                            full.push(values[*x].as_deref().expect("inputs computed before use"));
-                            tiled::Feed::Full(full.len() - 1)
-                        }
-                        Ref::Source(s) => {
-                            full.push(sources[*s]);
-                            tiled::Feed::Full(full.len() - 1)
-                        }
-                    });
-                }
-                feeds.push(f);
-            }
+            let (full, feeds) = group_feeds(plan, &group, &values, sources);
             let keep: Vec<bool> = group.stages.iter().map(|&k| opts.keep_all || last_use[k] > last || is_output(k) || k == last).collect();
             let run = tiled::GroupRun {
                 group: &group,
@@ -1104,14 +1128,46 @@ pub fn evaluate_with(
     Ok(())
 }
 
+/// Where each stage of a fused group takes its inputs from ([`tiled::Feed`]), and the full-size
+/// values (sources, earlier stages) it reads.
+fn group_feeds<'v>(
+    plan: &Plan,
+    group: &tiled::Group,
+    values: &'v [Option<Arc<Value>>],
+    sources: &[&'v Value],
+) -> (Vec<&'v Value>, Vec<Vec<tiled::Feed>>) {
+    let pos = |k: usize| group.stages.iter().position(|&g| g == k);
+    let mut full: Vec<&Value> = Vec::new();
+    let mut feeds = Vec::new();
+    for &k in &group.stages {
+        let mut f = Vec::new();
+        for (_, r) in &plan.stages[k].inputs {
+            f.push(match r {
+                Ref::Stage(x) if pos(*x).is_some() => tiled::Feed::Group(pos(*x).unwrap_or(0)),
+                Ref::Stage(x) => {
+                    full.push(values[*x].as_deref().expect("inputs computed before use"));
+                    tiled::Feed::Full(full.len() - 1)
+                }
+                Ref::Source(s) => {
+                    full.push(sources[*s]);
+                    tiled::Feed::Full(full.len() - 1)
+                }
+            });
+        }
+        feeds.push(f);
+    }
+    (full, feeds)
+}
+
 /// The data a stage value is written as (SPEC §4): images as they are, masks 0/255, labels
 /// u16 when `labels_u16` (every id ≤ 65535), else u32; `None` for tables.
 fn file_data(v: &Value, labels_u16: bool) -> Option<Data> {
     match v {
         Value::Image(d) => Some(d.clone()),
         Value::Mask(m) => Some(Data::U8(crate::util::map3(m, mask_in_file))),
-        Value::Labels(l) if labels_u16 => Some(Data::U16(crate::util::map3(l, |x| x as u16))),
-        Value::Labels(l) => Some(Data::U32(l.clone())),
+        Value::Labels(Labels::U16(l)) => Some(if labels_u16 { Data::U16(l.clone()) } else { Data::U32(crate::util::map3(l, u32::from)) }),
+        Value::Labels(Labels::U32(l)) if labels_u16 => Some(Data::U16(crate::util::map3(l, |x| x as u16))),
+        Value::Labels(Labels::U32(l)) => Some(Data::U32(l.clone())),
         Value::Table(_) => None,
     }
 }
@@ -1150,8 +1206,10 @@ fn write_voxels(path: &Path, value: &Value, labels_u16: bool, format: Format, me
         let z = ndarray::s![z0..(z0 + block).min(shape[0]), .., ..];
         let slab = match value {
             Value::Mask(m) => Data::U8(m.slice(z).mapv(mask_in_file)),
-            Value::Labels(l) if labels_u16 => Data::U16(l.slice(z).mapv(|x| x as u16)),
-            Value::Labels(l) => Data::U32(l.slice(z).to_owned()),
+            Value::Labels(Labels::U16(l)) if labels_u16 => Data::U16(l.slice(z).to_owned()),
+            Value::Labels(Labels::U16(l)) => Data::U32(l.slice(z).mapv(u32::from)),
+            Value::Labels(Labels::U32(l)) if labels_u16 => Data::U16(l.slice(z).mapv(|x| x as u16)),
+            Value::Labels(Labels::U32(l)) => Data::U32(l.slice(z).to_owned()),
             Value::Image(_) | Value::Table(_) => unreachable!("handled above"),
         };
         out.append(&slab).map_err(err)?;
@@ -1184,7 +1242,7 @@ fn write_output(
 ) -> Result<Option<WriteJob>, String> {
     let value: &Value = shared;
     let labels_u16 = match value {
-        Value::Labels(l) => max_label.unwrap_or_else(|| crate::util::max3(l)) <= u16::MAX as u32,
+        Value::Labels(l) => max_label.unwrap_or_else(|| l.max()) <= u16::MAX as u32,
         _ => false,
     };
     if let Some(bad) = formats.iter().find(|f| f.holds_voxels() == matches!(value, Value::Table(_))) {

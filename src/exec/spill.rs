@@ -110,7 +110,11 @@ fn planes_bytes(v: &Value, z0: usize, z1: usize) -> std::borrow::Cow<'_, [u8]> {
     let r = ndarray::s![z0..z1, .., ..];
     match v {
         Value::Mask(a) => io::view_le_bytes(a.slice(r)),
-        Value::Labels(a) => io::view_le_bytes(a.slice(r)),
+        Value::Labels(crate::ops::Labels::U32(a)) => io::view_le_bytes(a.slice(r)),
+        // Spills hold labels as u32.
+        Value::Labels(crate::ops::Labels::U16(a)) => {
+            std::borrow::Cow::Owned(a.slice(r).iter().flat_map(|&v| u32::from(v).to_le_bytes()).collect())
+        }
         Value::Image(Data::U8(a)) => io::view_le_bytes(a.slice(r)),
         Value::Image(Data::U16(a)) => io::view_le_bytes(a.slice(r)),
         Value::Image(Data::U32(a)) => io::view_le_bytes(a.slice(r)),
@@ -140,7 +144,7 @@ impl Layout {
         }
         Ok(match elem {
             Elem::Mask => Value::Mask(self.fill(file, path, z0, z1)?),
-            Elem::Labels => Value::Labels(self.fill(file, path, z0, z1)?),
+            Elem::Labels => Value::Labels(self.fill::<u32>(file, path, z0, z1)?.into()),
             Elem::Image(DType::U8) => Value::Image(Data::U8(self.fill(file, path, z0, z1)?)),
             Elem::Image(DType::U16) => Value::Image(Data::U16(self.fill(file, path, z0, z1)?)),
             Elem::Image(DType::U32) => Value::Image(Data::U32(self.fill(file, path, z0, z1)?)),
@@ -399,14 +403,14 @@ mod tests {
         let mut w = Writer::create(dir.path(), "t").unwrap();
         for z in (0..37).step_by(5) {
             let z1 = (z + 5).min(37);
-            w.append(&Value::Labels(a.slice(ndarray::s![z..z1, .., ..]).to_owned())).unwrap();
+            w.append(&Value::Labels((a.slice(ndarray::s![z..z1, .., ..]).to_owned()).into())).unwrap();
             // Readable while being written.
-            assert_eq!(w.read(0, z1).unwrap(), Value::Labels(a.slice(ndarray::s![0..z1, .., ..]).to_owned()));
+            assert_eq!(w.read(0, z1).unwrap(), Value::Labels((a.slice(ndarray::s![0..z1, .., ..]).to_owned()).into()));
         }
         let (r, bytes, _) = w.finish(true).unwrap();
         assert!(bytes < (37 * 300 * 200 * 4 / 10) as u64, "labels compress: {bytes} bytes");
         for (z0, z1) in [(0, 37), (3, 4), (4, 9), (35, 37), (0, 1), (12, 12)] {
-            assert_eq!(r.read(z0, z1).unwrap(), Value::Labels(a.slice(ndarray::s![z0..z1, .., ..]).to_owned()), "{z0}..{z1}");
+            assert_eq!(r.read(z0, z1).unwrap(), Value::Labels((a.slice(ndarray::s![z0..z1, .., ..]).to_owned()).into()), "{z0}..{z1}");
         }
         let again = Reader::open(r.path()).unwrap();
         assert_eq!((again.shape(), again.elem()), ([37, 300, 200], Elem::Labels));
@@ -425,7 +429,7 @@ mod tests {
         let mut parts = Vec::new();
         for (k, (z0, z1)) in [(0, 7), (7, 8), (8, 23)].into_iter().enumerate() {
             let mut w = Writer::create(dir.path(), &format!("p{k}")).unwrap();
-            w.append(&Value::Labels(a.slice(ndarray::s![z0..z1, .., ..]).to_owned())).unwrap();
+            w.append(&Value::Labels((a.slice(ndarray::s![z0..z1, .., ..]).to_owned()).into())).unwrap();
             parts.push(w.finish(false).unwrap().0);
         }
         let mut all = Writer::create(dir.path(), "all").unwrap();
@@ -434,8 +438,8 @@ mod tests {
         }
         let (r, _, _) = all.finish(false).unwrap();
         let again = Reader::open(r.path()).unwrap();
-        assert_eq!(again.read(0, 23).unwrap(), Value::Labels(a.clone()));
-        assert_eq!(again.read(6, 9).unwrap(), Value::Labels(a.slice(ndarray::s![6..9, .., ..]).to_owned()));
+        assert_eq!(again.read(0, 23).unwrap(), Value::Labels((a.clone()).into()));
+        assert_eq!(again.read(6, 9).unwrap(), Value::Labels((a.slice(ndarray::s![6..9, .., ..]).to_owned()).into()));
         let mut mask = Writer::create(dir.path(), "m").unwrap();
         mask.append(&Value::Mask(Array3::zeros((1, 40, 30)))).unwrap();
         assert!(mask.append_file(&again).is_err(), "another element type is refused");

@@ -378,7 +378,7 @@ fn run_whole(io: &mut StageIo, op: &dyn crate::ops::Op, ctx: &crate::ops::Ctx) -
         Value::Table(_) => Ok(Outcome::Table(out)),
         v => {
             if let Value::Labels(l) = &v {
-                io.labels_max(l.iter().copied().max().unwrap_or(0));
+                io.labels_max(l.max());
             }
             io.emit(v)?;
             Ok(Outcome::Emitted)

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::tiles::{Region, Zyx};
 use crate::io::Data;
-use crate::ops::{Ctx, Halo, Kind, Meta, Op, Value};
+use crate::ops::{Ctx, Halo, Kind, Labels, Meta, Op, Value};
 
 /// One group of fused local stages, as plan indices in order, with each stage's halo for the
 /// sample being run.
@@ -156,6 +156,33 @@ pub fn run_core(run: &GroupRun, full: &[&Value], reads: &dyn Fn(usize) -> Vec<us
     run_tile(run, full, &down, core)
 }
 
+/// A fused group's last stage as a volume computed where it is read: each read of planes
+/// `z0..z1` evaluates the group over them (from its inputs with the context its stages need).
+/// It never exists whole: for a stage that reads its input by planes ([`Op::reads_planes`]).
+pub struct GroupPlanes<'a> {
+    pub run: &'a GroupRun<'a>,
+    pub full: &'a [&'a Value],
+    pub reads: &'a (dyn Fn(usize) -> Vec<usize> + Sync),
+    pub meta: Meta,
+    /// The group's stage names, for errors.
+    pub names: Vec<String>,
+}
+
+impl crate::ops::slab::Volume for GroupPlanes<'_> {
+    fn meta(&self) -> Meta {
+        self.meta.clone()
+    }
+    fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+        let [_, ny, nx] = self.run.shape;
+        let core = Region { start: [z0, 0, 0], end: [z1, ny, nx] };
+        let mut cores = run_core(self.run, self.full, self.reads, core).map_err(|(p, e)| format!("stage `{}`: {e}", self.names[p]))?;
+        cores.pop().flatten().ok_or_else(|| "internal: a group read by planes keeps its last stage".to_string())
+    }
+    fn bytes_per_voxel(&self) -> u64 {
+        bytes_per_voxel(&self.meta)
+    }
+}
+
 /// One tile: every group stage over its grown region; returns the cores of the kept stages.
 fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> TileResult {
     let n = run.group.stages.len();
@@ -217,7 +244,8 @@ fn crop4<T: Clone>(a: &Array4<T>, r: &Region) -> Array4<T> {
 pub fn crop(v: &Value, r: &Region) -> Value {
     match v {
         Value::Mask(a) => Value::Mask(view3(a, r).to_owned()),
-        Value::Labels(a) => Value::Labels(view3(a, r).to_owned()),
+        Value::Labels(crate::ops::Labels::U16(a)) => Value::Labels(view3(a, r).to_owned().into()),
+        Value::Labels(crate::ops::Labels::U32(a)) => Value::Labels(view3(a, r).to_owned().into()),
         Value::Image(d) => Value::Image(match d {
             Data::U8(a) => Data::U8(view3(a, r).to_owned()),
             Data::U16(a) => Data::U16(view3(a, r).to_owned()),
@@ -236,7 +264,8 @@ fn empty_like(v: &Value, shape: Zyx) -> Value {
     let d4 = |channels: usize| (shape[0], shape[1], shape[2], channels);
     match v {
         Value::Mask(_) => Value::Mask(crate::util::zeros3(d3)),
-        Value::Labels(_) => Value::Labels(crate::util::zeros3(d3)),
+        // Tiles of labels are put together as u32, whatever each tile's type.
+        Value::Labels(_) => Value::Labels(crate::util::zeros3::<u32>(d3).into()),
         Value::Image(d) => Value::Image(match d {
             Data::U8(_) => Data::U8(crate::util::zeros3(d3)),
             Data::U16(_) => Data::U16(crate::util::zeros3(d3)),
@@ -267,7 +296,11 @@ fn paste(dst: &mut Value, src: &Value, at: &Region) {
     }
     match (dst, src) {
         (Value::Mask(d), Value::Mask(s)) => p3!(d, s),
-        (Value::Labels(d), Value::Labels(s)) => p3!(d, s),
+        (Value::Labels(Labels::U32(d)), Value::Labels(Labels::U32(s))) => p3!(d, s),
+        (Value::Labels(Labels::U32(d)), Value::Labels(Labels::U16(s))) => {
+            let s = s.mapv(u32::from);
+            p3!(d, &s)
+        }
         (Value::Image(d), Value::Image(s)) => match (d, s) {
             (Data::U8(d), Data::U8(s)) => p3!(d, s),
             (Data::U16(d), Data::U16(s)) => p3!(d, s),
@@ -315,7 +348,7 @@ mod tests {
     #[test]
     fn crop_and_paste_round_trip() {
         let a = Array3::from_shape_fn((3, 4, 5), |(z, y, x)| (z * 100 + y * 10 + x) as u32);
-        let v = Value::Labels(a.clone());
+        let v = Value::Labels((a.clone()).into());
         let mut dst = empty_like(&v, [3, 4, 5]);
         for core in super::super::tiles::grid([3, 4, 5], [2, 3, 2]) {
             paste(&mut dst, &crop(&v, &core), &core);

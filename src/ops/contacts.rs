@@ -1,6 +1,5 @@
 //! The contact graph: which objects touch, and over how much surface.
 
-use ndarray::Axis;
 use serde::{Deserialize, Serialize};
 
 use super::local::{Contacts, LocalSums, Seam, Wanted};
@@ -64,7 +63,7 @@ impl Op for ContactsOp {
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
         let Value::Labels(labels) = inputs[0] else { return Err("contacts: `labels` is not a label image".into()) };
         let seam = Seam { before: None, last: true, planar: ctx.ndim == 2 };
-        let sums = LocalSums::of(labels.view(), &seam, WANTED);
+        let sums = crate::with_labels!(labels, l => LocalSums::of(l.view(), &seam, WANTED));
         Ok(Value::Table(table(&sums.contacts, ctx)))
     }
     fn params_json(&self) -> serde_json::Value {
@@ -99,8 +98,8 @@ fn contacts_of(input: &dyn slab::Volume, z0: usize, z1: usize, planes: usize, ct
     let mut sums = LocalSums::default();
     slab::pipelined(&ranges, &read, |l, _, _| {
         let seam = Seam { before: before.as_ref().map(|b| b.view()), last: false, planar: ctx.ndim == 2 };
-        sums.merge(LocalSums::of(l.view(), &seam, WANTED));
-        before = Some(l.index_axis(Axis(0), l.dim().0 - 1).to_owned());
+        sums.merge(crate::with_labels!(&l, l => LocalSums::of(l.view(), &seam, WANTED)));
+        before = Some(crate::with_labels!(&l, l => super::labels::plane_u32(l.view(), l.dim().0 - 1)));
         Ok(())
     })?;
     Ok(sums.contacts)
@@ -179,7 +178,9 @@ mod tests {
         l[[1, 0, 0]] = 3;
         l[[1, 1, 2]] = 4;
         let ctx = Ctx { sample: "s", spacing: [2.0, 0.5, 0.25], unit: "um", ndim: 3 };
-        let Value::Table(t) = ContactsOp { labels: "l".into() }.run(&[&Value::Labels(l)], &ctx).unwrap() else { panic!("not a table") };
+        let Value::Table(t) = ContactsOp { labels: "l".into() }.run(&[&Value::Labels((l).into())], &ctx).unwrap() else {
+            panic!("not a table")
+        };
         assert_eq!(t.u32("label_a"), vec![1, 1]);
         assert_eq!(t.u32("label_b"), vec![2, 3]);
         assert_eq!(t.u64("faces"), vec![2, 1]);

@@ -6,6 +6,7 @@ use ndarray::{Array3, Axis, s};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::LabelInt;
 use super::slab::{self, Slabs};
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 use crate::io::{DType, Data};
@@ -70,7 +71,7 @@ impl Op for Distance {
         let m = match inputs[0] {
             Value::Mask(m) => m,
             Value::Labels(l) => {
-                owned = l.mapv(|v| (v != 0) as u8);
+                owned = crate::with_labels!(l, a => a.mapv(|v| (v.to_u32() != 0) as u8));
                 &owned
             }
             _ => return Err("distance: input is not a mask or labels".into()),
@@ -121,7 +122,7 @@ impl slab::Phased for Distance {
         for (a, b) in slab::ranges(z1 - z0, io.planes(4)) {
             let sites = slab_sites(io.input(0).read(z0 + a, z0 + b)?, ctx.spacing, self.invert)?;
             for (k, &(y0, y1)) in keep.iter_mut().zip(&runs) {
-                k.append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned()))?;
+                k.append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned().into()))?;
             }
         }
         Ok(Vec::new())
@@ -479,6 +480,7 @@ impl slab::Stored for NearestSites {
     }
     fn decode(&self, stored: Value, z0: usize) -> Result<Value, String> {
         let Value::Labels(words) = stored else { return Err("distance: stored nearest sites are not words".into()) };
+        let words = words.into_u32();
         let words = words.as_standard_layout();
         let (nz, ny, nx2) = words.dim();
         let nx = nx2 / 2;
@@ -521,16 +523,19 @@ fn edt_streamed(io: &mut dyn Slabs, spacing: [f64; 3], invert: bool) -> Result<(
     for (z0, z1) in slab::ranges(nz, planes) {
         let sites = slab_sites(io.input(0).read(z0, z1)?, spacing, invert)?;
         for (b, &(y0, y1)) in blocks.iter().enumerate() {
-            xy[b].append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned()))?;
+            xy[b].append(&Value::Labels(sites.slice(s![.., y0..y1, ..]).to_owned().into()))?;
         }
     }
     let emit = io.planes(8);
     let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
     for (b, block) in xy.into_iter().enumerate() {
         let Value::Labels(sites) = block.read(0, nz)? else { return Err("distance: scratch block".into()) };
+        let sites = sites.into_u32();
         drop(block);
         let out = z_pass(sites, blocks[b].0, spacing);
-        done.push(slab::keep_block(io, &format!("z{b}"), nz, emit, |z0, z1| Value::Labels(out.slice(s![z0..z1, .., ..]).to_owned()))?);
+        done.push(slab::keep_block(io, &format!("z{b}"), nz, emit, |z0, z1| {
+            Value::Labels(out.slice(s![z0..z1, .., ..]).to_owned().into())
+        })?);
     }
     slab::emit_blocks(io, &blocks, &done, emit)
 }
@@ -547,7 +552,7 @@ fn check_plane([_, ny, nx]: [usize; 3]) -> Result<(), String> {
 fn slab_sites(v: Value, spacing: [f64; 3], invert: bool) -> Result<Array3<u32>, String> {
     let m = match v {
         Value::Mask(m) => m,
-        Value::Labels(l) => l.mapv(|v| (v != 0) as u8),
+        Value::Labels(l) => crate::with_labels!(&l, a => a.mapv(|v| (v.to_u32() != 0) as u8)),
         _ => return Err("distance: input is not a mask or labels".into()),
     };
     let m = m.as_standard_layout();

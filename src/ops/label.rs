@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::slab::{self, Slabs};
-use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
+use super::{Ctx, Halo, Input, Kind, LabelInt, Labels, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, fields_of};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -96,9 +96,9 @@ impl Op for Label {
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
         let Value::Mask(mask) = inputs[0] else { return Err("label: input is not a mask".into()) };
-        let (mut labels, n) = label(mask, self.connectivity_for(ctx.ndim))?;
+        let (mut labels, n) = label_narrow(mask, self.connectivity_for(ctx.ndim))?;
         if self.min_size.is_some() || self.max_size.is_some() {
-            filter_sizes(&mut labels, n, self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX));
+            crate::with_labels!(&mut labels, l => filter_sizes(l, n, self.min_size.unwrap_or(0), self.max_size.unwrap_or(u64::MAX)));
         }
         Ok(Value::Labels(labels))
     }
@@ -118,14 +118,14 @@ impl Op for Label {
         let mut prov = io.scratch("provisional")?;
         for (z0, z1) in slab::ranges(nz, planes) {
             let Value::Mask(m) = io.input(0).read(z0, z1)? else { return Err("label: input is not a mask".into()) };
-            prov.append(&Value::Labels(labeller.add(&m)?))?;
+            prov.append(&Value::Labels(labeller.add(&m)?.into()))?;
         }
         let (min, max) = self.size_range();
         let (remap, count) = labeller.resolve(min, max);
         io.labels_max(count);
         for (z0, z1) in slab::ranges(nz, planes) {
             let Value::Labels(p) = prov.read(z0, z1)? else { return Err("label: provisional labels".into()) };
-            io.emit(Value::Labels(p.mapv(|x| remap[x as usize])))?;
+            io.emit(Value::Labels(p.into_u32().mapv(|x| remap[x as usize]).into()))?;
         }
         Ok(slab::Outcome::Emitted)
     }
@@ -147,7 +147,7 @@ impl slab::Phased for Label {
         let mut prov = io.keep()?;
         for (a, b) in slab::ranges(z1 - z0, planes) {
             let Value::Mask(m) = io.input(0).read(z0 + a, z0 + b)? else { return Err("label: input is not a mask".into()) };
-            prov.append(&Value::Labels(labeller.add(&m)?))?;
+            prov.append(&Value::Labels(labeller.add(&m)?.into()))?;
         }
         labeller.to_bytes()
     }
@@ -177,6 +177,7 @@ impl slab::Phased for Label {
         let planes = io.planes(8);
         for (a, b) in slab::ranges(z1 - z0, planes) {
             let Value::Labels(p) = prov.read(a, b)? else { return Err("label: provisional labels".into()) };
+            let p = p.into_u32();
             let mut bad_id = false;
             let out = p.mapv(|x| {
                 if x == 0 {
@@ -190,7 +191,7 @@ impl slab::Phased for Label {
             if bad_id {
                 return Err(bad());
             }
-            io.emit(Value::Labels(out))?;
+            io.emit(Value::Labels(out.into()))?;
         }
         Ok(())
     }
@@ -232,43 +233,76 @@ fn find(parent: &mut [u32], mut x: u32) -> u32 {
     x
 }
 
-/// Labels the nonzero voxels of `mask`; returns the labels and the object count, or an error
-/// when the volume needs more than u32::MAX − 1 provisional labels.
+/// Connected components of a mask, numbered 1..N in raster order of their first voxel (the
+/// canonical scipy numbering), as u32 labels.
 ///
-/// Union-find with provisional labels created in raster order, every union keeping the smaller
-/// root: a component's root is then the label of its first voxel, and numbering roots in order
-/// gives the canonical (scipy) numbering. Stacks are cut into z-slabs labelled in parallel; slab
-/// s's provisional labels follow slab s−1's, so the order is still raster order, and the slabs
-/// are joined by unions across their seams before the final renumbering.
+/// Two-pass union-find: provisional labels in raster order, where a component's root (its
+/// smallest provisional label, merged lowest-wins) is the label of its first voxel; renumbering
+/// roots in increasing order then gives the canonical (scipy) numbering. Stacks are cut into
+/// z-slabs labelled in parallel; slab s's provisional labels follow slab s−1's, so the order is
+/// still raster order, and the slabs are joined by unions across their seams before the final
+/// renumbering.
 pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), String> {
+    label_as::<u32>(mask, connectivity)?.ok_or_else(too_many)
+}
+
+/// [`label`], as u16 labels while they fit (fewer than 65,536 objects, and slabs whose
+/// provisional labels fit too), written as u16 from the start: the labels of most images take
+/// half the memory, and no u32 copy of them ever exists.
+pub fn label_narrow(mask: &Array3<u8>, connectivity: u8) -> Result<(Labels, u32), String> {
+    if let Some((l, n)) = label_as::<u16>(mask, connectivity)? {
+        return Ok((Labels::U16(l), n));
+    }
+    let (l, n) = label(mask, connectivity)?;
+    Ok((Labels::U32(l), n))
+}
+
+fn too_many() -> String {
+    format!("more than {} separate objects while labelling: tessera labels are 32-bit", u32::MAX - 1)
+}
+
+/// Planes per slab a u16 labelling starts from (a slab whose provisional labels outgrow u16 is
+/// cut in two, down to one plane).
+const U16_SLAB_PLANES: usize = 32;
+
+/// [`label`] in labels of type `L`; `None` when they do not fit it.
+fn label_as<L: LabelInt>(mask: &Array3<u8>, connectivity: u8) -> Result<Option<(Array3<L>, u32)>, String> {
     let (nz, ny, nx) = mask.dim();
     let m = mask.as_standard_layout();
     let m = m.as_slice().expect("standard layout");
     let plane = ny * nx;
     // label_slab writes every voxel, so the buffer needs no clearing.
-    let mut out: Vec<u32> = crate::util::overwritten_u32(m.len());
+    let mut out: Vec<L> = L::buffer(m.len());
     let threads = rayon::current_num_threads();
-    let slabs = if threads > 1 && nz >= 2 * threads && plane > 0 { threads } else { 1 };
+    let mut slabs = if threads > 1 && nz >= 2 * threads && plane > 0 { threads } else { 1 };
+    if L::MAX < u32::MAX {
+        slabs = slabs.max(nz.div_ceil(U16_SLAB_PLANES));
+    }
     let bounds: Vec<(usize, usize)> = (0..slabs).map(|s| (s * nz / slabs, (s + 1) * nz / slabs)).collect();
-    // Label every slab on its own.
-    let mut chunks: Vec<&mut [u32]> = Vec::with_capacity(slabs);
-    let mut rest: &mut [u32] = &mut out;
+    // Label every slab on its own (cut further where its provisional labels outgrow L).
+    let mut chunks: Vec<&mut [L]> = Vec::with_capacity(slabs);
+    let mut rest: &mut [L] = &mut out;
     for &(z0, z1) in &bounds {
         let (head, tail) = rest.split_at_mut((z1 - z0) * plane);
         chunks.push(head);
         rest = tail;
     }
-    let parents: Vec<Vec<u32>> = chunks
+    let labelled: Vec<Option<Vec<SlabParents>>> = chunks
         .into_par_iter()
         .zip(bounds.par_iter())
-        .map(|(chunk, &(z0, z1))| label_slab(&m[z0 * plane..z1 * plane], chunk, (z1 - z0, ny, nx), connectivity))
-        .collect::<Result<_, _>>()?;
+        .map(|(chunk, &(z0, z1))| label_range(m, chunk, (z0, z1), (ny, nx), connectivity))
+        .collect();
+    let Some(labelled) = labelled.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let (bounds, parents): (Vec<(usize, usize)>, Vec<Vec<u32>>) = labelled.into_iter().flatten().unzip();
+    let slabs = bounds.len();
     // One global union-find: slab s's label l is l + offset[s].
     let mut offset = vec![0u32; slabs];
     let mut parent: Vec<u32> = vec![0];
     for (s, p) in parents.iter().enumerate() {
         if parent.len() + p.len() > u32::MAX as usize {
-            return Err(format!("more than {} separate objects while labelling: tessera labels are 32-bit", u32::MAX - 1));
+            return Err(too_many());
         }
         offset[s] = parent.len() as u32 - 1;
         parent.extend(p[1..].iter().map(|&q| q + offset[s]));
@@ -279,7 +313,7 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
         let z = bounds[s].0;
         for y in 0..ny {
             for x in 0..nx {
-                let here = out[z * plane + y * nx + x];
+                let here = out[z * plane + y * nx + x].to_u32();
                 if here == 0 {
                     continue;
                 }
@@ -289,7 +323,7 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
                     if yy < 0 || xx < 0 || yy >= ny as isize || xx >= nx as isize {
                         continue;
                     }
-                    let there = out[(z - 1) * plane + yy as usize * nx + xx as usize];
+                    let there = out[(z - 1) * plane + yy as usize * nx + xx as usize].to_u32();
                     if there != 0 {
                         let (ra, rb) = (find(&mut parent, a), find(&mut parent, there + offset[s - 1]));
                         if ra != rb {
@@ -312,30 +346,61 @@ pub fn label(mask: &Array3<u8>, connectivity: u8) -> Result<(Array3<u32>, u32), 
             remap[l] = remap[r];
         }
     }
-    let mut rest: &mut [u32] = &mut out;
-    let mut chunks: Vec<(&mut [u32], u32)> = Vec::with_capacity(slabs);
+    if n > L::MAX {
+        return Ok(None);
+    }
+    let mut rest: &mut [L] = &mut out;
+    let mut chunks: Vec<(&mut [L], u32)> = Vec::with_capacity(slabs);
     for (s, &(z0, z1)) in bounds.iter().enumerate() {
         let (head, tail) = rest.split_at_mut((z1 - z0) * plane);
         chunks.push((head, offset[s]));
         rest = tail;
     }
+    let zero = L::default();
     chunks.into_par_iter().for_each(|(chunk, off)| {
         // Background passed over 16 voxels at a time.
         for block in chunk.chunks_mut(16) {
-            if block.iter().fold(0, |m, &v| m | v) == 0 {
+            if block.iter().fold(0, |m, &v| m | v.to_u32()) == 0 {
                 continue;
             }
-            for v in block.iter_mut().filter(|v| **v != 0) {
-                *v = remap[(*v + off) as usize];
+            for v in block.iter_mut().filter(|v| **v != zero) {
+                *v = L::of(remap[(v.to_u32() + off) as usize]);
             }
         }
     });
-    Ok((Array3::from_shape_vec((nz, ny, nx), out).expect("shape"), n))
+    Ok(Some((Array3::from_shape_vec((nz, ny, nx), out).expect("shape"), n)))
+}
+
+/// A labelled slab: its planes `z0..z1` and its union-find parents.
+type SlabParents = ((usize, usize), Vec<u32>);
+
+/// Labels planes `z0..z1` (`out` is theirs) as one slab, or as several when its provisional labels
+/// outgrow `L` (halves, down to single planes): each slab's bounds and union-find parents, in z
+/// order. `None` when a single plane outgrows `L`.
+fn label_range<L: LabelInt>(
+    m: &[u8],
+    out: &mut [L],
+    (z0, z1): (usize, usize),
+    (ny, nx): (usize, usize),
+    connectivity: u8,
+) -> Option<Vec<SlabParents>> {
+    let plane = ny * nx;
+    if let Some(p) = label_slab(&m[z0 * plane..z1 * plane], out, (z1 - z0, ny, nx), connectivity) {
+        return Some(vec![((z0, z1), p)]);
+    }
+    if z1 - z0 < 2 {
+        return None;
+    }
+    let mid = (z0 + z1) / 2;
+    let (a, b) = out.split_at_mut((mid - z0) * plane);
+    let mut first = label_range(m, a, (z0, mid), (ny, nx), connectivity)?;
+    first.extend(label_range(m, b, (mid, z1), (ny, nx), connectivity)?);
+    Some(first)
 }
 
 /// Labels one slab (`dims` = its z, y, x sizes) into `out`, writing every voxel (background 0);
 /// returns its union-find parents (index 0 unused), provisional labels 1.. in raster order.
-fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivity: u8) -> Result<Vec<u32>, String> {
+fn label_slab<L: LabelInt>(m: &[u8], out: &mut [L], dims: (usize, usize, usize), connectivity: u8) -> Option<Vec<u32>> {
     let (nz, ny, nx) = dims;
     let mut parent: Vec<u32> = vec![0];
     // Backward neighbours grouped by row: (row, dx) with row 0 = (z, y), 1 = (z, y−1),
@@ -362,7 +427,7 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
         for y in 0..ny {
             let start = z * plane + y * nx;
             let (prev, cur) = out.split_at_mut(start);
-            let row_of = |r: usize| -> Option<&[u32]> {
+            let row_of = |r: usize| -> Option<&[L]> {
                 let (zz, yy) = match r {
                     1 => (z as isize, y as isize - 1),
                     2 => (z as isize - 1, y as isize - 1),
@@ -376,7 +441,7 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
                 let s = zz as usize * plane + yy as usize * nx;
                 Some(&prev[s..s + nx])
             };
-            let rows: [Option<&[u32]>; 5] = [None, row_of(1), row_of(2), row_of(3), row_of(4)];
+            let rows: [Option<&[L]>; 5] = [None, row_of(1), row_of(2), row_of(3), row_of(4)];
             let src = &m[start..start + nx];
             let cur = &mut cur[..nx];
             let mut x = 0;
@@ -384,7 +449,7 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
             // voxel of `out` is written (background as 0): the caller's buffer may hold old values.
             loop {
                 let next = crate::util::skip_zeros_u8(src, x);
-                cur[x..next].fill(0);
+                cur[x..next].fill(L::default());
                 x = next;
                 if x >= nx {
                     break;
@@ -405,7 +470,7 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
                         }
                     }
                 };
-                let left = if x > 0 { cur[x - 1] } else { 0 };
+                let left = if x > 0 { cur[x - 1].to_u32() } else { 0 };
                 let list: &[(usize, isize)] = if full && left != 0 {
                     join(left, &mut label, &mut parent);
                     &right
@@ -417,17 +482,18 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
                     if xx < 0 || xx >= nx as isize {
                         continue;
                     }
-                    let l = if r == 0 { cur[xx as usize] } else { rows[r].map_or(0, |row| row[xx as usize]) };
+                    let l = if r == 0 { cur[xx as usize].to_u32() } else { rows[r].map_or(0, |row| row[xx as usize].to_u32()) };
                     join(l, &mut label, &mut parent);
                 }
                 if label == 0 {
-                    if parent.len() >= u32::MAX as usize {
-                        return Err(format!("more than {} separate objects while labelling: tessera labels are 32-bit", u32::MAX - 1));
+                    // Provisional labels past the type: the caller cuts the slab, or gives up.
+                    if parent.len() > L::MAX as usize || parent.len() >= u32::MAX as usize {
+                        return None;
                     }
                     label = parent.len() as u32;
                     parent.push(label);
                 }
-                cur[x] = label;
+                cur[x] = L::of(label);
                 x += 1;
                 if x >= nx {
                     break;
@@ -435,7 +501,7 @@ fn label_slab(m: &[u8], out: &mut [u32], dims: (usize, usize, usize), connectivi
             }
         }
     }
-    Ok(parent)
+    Some(parent)
 }
 
 /// Labels a mask seen one z-slab at a time, in z order, for volumes that do not fit in memory.
@@ -473,7 +539,7 @@ impl SlabLabeller {
         if nz == 0 || plane == 0 {
             return Ok(Array3::from_shape_vec((nz, ny, nx), out).expect("shape"));
         }
-        let p = label_slab(m, &mut out, (nz, ny, nx), self.connectivity)?;
+        let p = label_slab(m, &mut out, (nz, ny, nx), self.connectivity).ok_or_else(too_many)?;
         if self.parent.len() + p.len() > u32::MAX as usize {
             return Err(format!("more than {} separate objects while labelling: tessera labels are 32-bit", u32::MAX - 1));
         }
@@ -628,10 +694,10 @@ impl SlabLabeller {
 }
 
 /// Removes objects outside `[min, max]` voxels and renumbers the rest in order.
-pub fn filter_sizes(labels: &mut Array3<u32>, n: u32, min: u64, max: u64) {
+pub fn filter_sizes<L: LabelInt>(labels: &mut Array3<L>, n: u32, min: u64, max: u64) {
     let mut sizes = vec![0u64; n as usize + 1];
     for &l in labels.iter() {
-        sizes[l as usize] += 1;
+        sizes[l.to_u32() as usize] += 1;
     }
     let mut remap = vec![0u32; n as usize + 1];
     let mut next = 0;
@@ -641,12 +707,43 @@ pub fn filter_sizes(labels: &mut Array3<u32>, n: u32, min: u64, max: u64) {
             remap[l] = next;
         }
     }
-    labels.mapv_inplace(|l| remap[l as usize]);
+    labels.mapv_inplace(|l| L::of(remap[l.to_u32() as usize]));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// u16 labels are u32's, value for value: random masks (one slab and several), a slab whose
+    /// provisional labels outgrow u16 twice over (cut down to 8 planes, one object in the end),
+    /// and more than 65,535 objects (u32 after all).
+    #[test]
+    fn narrow_labels_equal_wide_labels() {
+        let mut next = crate::util::test_rng(4242);
+        for (shape, conn) in [((5, 17, 19), 6u8), ((70, 23, 9), 26), ((1, 40, 41), 8)] {
+            let mask = Array3::from_shape_simple_fn(shape, || (next() % 100 < 45) as u8);
+            let (wide, n) = label(&mask, conn).unwrap();
+            let (narrow, m) = label_narrow(&mask, conn).unwrap();
+            assert_eq!(m, n);
+            assert!(matches!(narrow, Labels::U16(_)));
+            assert_eq!(narrow.into_u32(), wide, "{shape:?} connectivity {conn}");
+        }
+        // 4096 stripes a plane, joined by the plane's last row: 131,072 provisional labels in
+        // 32 planes, one object.
+        let comb = Array3::from_shape_fn((32, 3, 8192), |(_, y, x)| (y == 2 || x % 2 == 0) as u8);
+        let (wide, n) = label(&comb, 26).unwrap();
+        let (narrow, m) = label_narrow(&comb, 26).unwrap();
+        assert_eq!((n, m), (1, 1));
+        assert!(matches!(narrow, Labels::U16(_)));
+        assert_eq!(narrow.into_u32(), wide);
+        // 65,536 separate voxels.
+        let dots = Array3::from_shape_fn((4, 256, 512), |(z, y, x)| (z % 2 == 0 && y % 2 == 0 && x % 2 == 0) as u8);
+        let (wide, n) = label(&dots, 6).unwrap();
+        let (narrow, m) = label_narrow(&dots, 6).unwrap();
+        assert_eq!((n, m), (65_536, 65_536));
+        assert!(matches!(narrow, Labels::U32(_)));
+        assert_eq!(narrow.into_u32(), wide);
+    }
 
     #[test]
     fn labels_written_over_a_used_buffer_are_the_same() {

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 
 use ndarray::{ArrayView2, ArrayView3, Axis};
 
+use super::labels::{LabelInt, flat_u32, plane_u32};
 use super::mc_table::{DIRS, WEIGHTS};
 use crate::util::ByteReader;
 
@@ -294,39 +295,31 @@ pub fn plane_before(input: &dyn super::slab::Volume, z0: usize, what: &str) -> R
         return Ok(None);
     }
     match input.read(z0 - 1, z0)? {
-        super::Value::Labels(l) => Ok(Some(l.index_axis_move(Axis(0), 0))),
+        super::Value::Labels(l) => Ok(Some(l.into_u32().index_axis_move(Axis(0), 0))),
         _ => Err(format!("{what} are not labels")),
     }
 }
 
-/// A plane's values in raster order, borrowed when the plane is contiguous.
-fn flat<'a>(v: ArrayView2<'a, u32>) -> std::borrow::Cow<'a, [u32]> {
-    match v.to_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(v.iter().copied().collect()),
-    }
-}
-
 /// A plane with a border of background: (ny + 2) × (nx + 2).
-fn pad(plane: ArrayView2<u32>, buf: &mut [u32], w: usize) {
+fn pad<L: LabelInt>(plane: ArrayView2<L>, buf: &mut [u32], w: usize) {
     for (y, row) in plane.outer_iter().enumerate() {
         let dst = &mut buf[(y + 1) * w + 1..(y + 2) * w - 1];
         match row.as_slice() {
-            Some(s) => dst.copy_from_slice(s),
-            None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| *d = v),
+            Some(s) => dst.iter_mut().zip(s).for_each(|(d, &v)| *d = v.to_u32()),
+            None => dst.iter_mut().zip(row.iter()).for_each(|(d, &v)| *d = v.to_u32()),
         }
     }
 }
 
 impl LocalSums {
     /// Adds the windows a slab of planes owns (see the module docs), one thread.
-    pub fn add(&mut self, labels: ArrayView3<u32>, seam: &Seam, want: Wanted) {
+    pub fn add<L: LabelInt>(&mut self, labels: ArrayView3<L>, seam: &Seam, want: Wanted) {
         let (nz, ny, nx) = labels.dim();
         if nz == 0 || ny == 0 || nx == 0 {
             return;
         }
         if want.shape {
-            let max = labels.iter().chain(seam.before.iter().flat_map(|b| b.iter())).copied().max().unwrap_or(0);
+            let max = labels.iter().map(|v| v.to_u32()).chain(seam.before.iter().flat_map(|b| b.iter().copied())).max().unwrap_or(0);
             if self.shape.len() <= max as usize {
                 self.shape.resize(max as usize + 1, Local::default());
             }
@@ -363,9 +356,9 @@ impl LocalSums {
         }
         if want.contacts {
             // Faces alone: each voxel against its x, y and (3D) z − 1 neighbours.
-            let mut before = if seam.planar { None } else { seam.before.map(flat) };
+            let mut before = if seam.planar { None } else { seam.before.map(flat_u32) };
             for plane in labels.axis_iter(Axis(0)) {
-                let cur = flat(plane);
+                let cur = flat_u32(plane);
                 let c: &[u32] = &cur;
                 let p: Option<&[u32]> = before.as_deref();
                 for (y, row) in c.chunks_exact(nx).enumerate() {
@@ -383,7 +376,7 @@ impl LocalSums {
     }
 
     /// The sums of a whole slab, its z-ranges on the threads of the pool.
-    pub fn of(labels: ArrayView3<u32>, seam: &Seam, want: Wanted) -> LocalSums {
+    pub fn of<L: LabelInt>(labels: ArrayView3<L>, seam: &Seam, want: Wanted) -> LocalSums {
         use rayon::prelude::*;
         let nz = labels.dim().0;
         let k = rayon::current_num_threads().min(nz).max(1);
@@ -396,7 +389,8 @@ impl LocalSums {
             .into_par_iter()
             .map(|i| {
                 let (a, b) = (i * nz / k, (i + 1) * nz / k);
-                let before = if a == 0 { seam.before } else { Some(labels.index_axis(Axis(0), a - 1)) };
+                let plane = (a > 0).then(|| plane_u32(labels, a - 1));
+                let before = if a == 0 { seam.before } else { plane.as_ref().map(|p| p.view()) };
                 let part = Seam { before, last: seam.last && b == nz, planar: false };
                 let mut s = LocalSums::default();
                 s.add(labels.slice_axis(Axis(0), (a..b).into()), &part, want);
@@ -493,7 +487,7 @@ fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], mut coun
         while x < w - 1 {
             if column[x] | column[x + 1] == 0 {
                 // The next nonzero column j is at least x + 2; windows up to j − 2 are background.
-                x = crate::util::skip_zeros(&column, x + 1).saturating_sub(1).max(x + 1);
+                x = super::labels::skip_zeros(&column, x + 1).saturating_sub(1).max(x + 1);
                 continue;
             }
             let c = [p0[x], p0[x + 1], p1[x], p1[x + 1], q0[x], q0[x + 1], q1[x], q1[x + 1]];

@@ -10,11 +10,13 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, s};
 use serde::{Deserialize, Serialize};
 
 use super::exact::F32Sums;
+use super::labels::{LabelInt, plane_u32, skip_zeros};
 use super::local::{Contacts, LocalSums, Seam, Wanted, plane_before};
 use super::slab::{self, Slabs};
-use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
+use super::{Ctx, Halo, Input, Kind, Labels, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, expect_image, fields_of};
 use crate::io::Data;
 use crate::table::{Column, Table};
+use crate::with_labels;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -179,12 +181,12 @@ impl Op for Measure {
         }
         let terr = match self.territories.is_some() {
             true => match inputs.last() {
-                Some(Value::Labels(t)) => Some(t),
+                Some(Value::Labels(t)) => Some(t.u32()),
                 _ => return Err("measure: territories are not labels".into()),
             },
             false => None,
         };
-        Ok(Value::Table(measure_with(labels, &images, terr, ctx)))
+        Ok(Value::Table(measure_with(labels, &images, terr.as_deref(), ctx)))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -221,7 +223,7 @@ impl Measure {
             }
             let terr = match self.territories.is_some() {
                 true => match inputs[1 + n_int].read(a, b)? {
-                    Value::Labels(t) => Some(t),
+                    Value::Labels(t) => Some(t.into_u32()),
                     _ => return Err("measure: territories are not labels".into()),
                 },
                 false => None,
@@ -253,7 +255,7 @@ impl Measure {
             };
             acc.add(&l, &refs, terr.as_ref(), a, &edges);
             let last = |v: &Array3<u32>| v.index_axis(Axis(0), v.dim().0 - 1).to_owned();
-            before = Some((last(&l), terr.as_ref().map(last)));
+            before = Some((with_labels!(&l, v => plane_u32(v.view(), v.dim().0 - 1)), terr.as_ref().map(last)));
             Ok(())
         })?;
         Ok(acc)
@@ -294,7 +296,7 @@ impl slab::Phased for Measure {
 }
 
 /// One slab of a measure stage's inputs: labels, intensity images, territories.
-type MeasureSlab = (Array3<u32>, Vec<Data>, Option<Array3<u32>>);
+type MeasureSlab = (Labels, Vec<Data>, Option<Array3<u32>>);
 
 #[derive(Clone, Copy)]
 struct Acc {
@@ -336,12 +338,12 @@ impl Acc {
 }
 
 /// Measures every object of `labels`.
-pub fn measure(labels: &Array3<u32>, images: &[(&str, &Data)], ctx: &Ctx) -> Table {
+pub fn measure(labels: &Labels, images: &[(&str, &Data)], ctx: &Ctx) -> Table {
     measure_with(labels, images, None, ctx)
 }
 
 /// Measures every object of `labels`, with territory columns when `territories` are given.
-pub fn measure_with(labels: &Array3<u32>, images: &[(&str, &Data)], territories: Option<&Array3<u32>>, ctx: &Ctx) -> Table {
+pub fn measure_with(labels: &Labels, images: &[(&str, &Data)], territories: Option<&Array3<u32>>, ctx: &Ctx) -> Table {
     let mut acc = Accumulator::default();
     let data: Vec<&Data> = images.iter().map(|(_, d)| *d).collect();
     acc.add(labels, &data, territories, 0, &Edges { last: true, planar: ctx.ndim == 2, ..Edges::default() });
@@ -454,7 +456,18 @@ impl Accumulator {
     /// Adds a slab whose first plane is plane `z0` of the image. `images` (and `territories`)
     /// are the same slab of each intensity input (of the territory labels).
     /// `edges` gives the planes around the slab.
-    pub fn add(&mut self, labels: &Array3<u32>, images: &[&Data], territories: Option<&Array3<u32>>, z0: usize, edges: &Edges) {
+    pub fn add(&mut self, labels: &Labels, images: &[&Data], territories: Option<&Array3<u32>>, z0: usize, edges: &Edges) {
+        with_labels!(labels, l => self.add_typed(l, images, territories, z0, edges))
+    }
+
+    fn add_typed<L: LabelInt>(
+        &mut self,
+        labels: &Array3<L>,
+        images: &[&Data],
+        territories: Option<&Array3<u32>>,
+        z0: usize,
+        edges: &Edges,
+    ) {
         use rayon::prelude::*;
         let views: Vec<DView> = images.iter().map(|d| DView::of(d)).collect();
         let nz = labels.dim().0;
@@ -474,8 +487,9 @@ impl Accumulator {
                 fn plane(v: &Array3<u32>, z: usize) -> ArrayView2<'_, u32> {
                     v.index_axis(Axis(0), z)
                 }
+                let before = (a > 0).then(|| plane_u32(labels.view(), a - 1));
                 let e = Edges {
-                    labels: if a == 0 { edges.labels } else { Some(plane(labels, a - 1)) },
+                    labels: if a == 0 { edges.labels } else { before.as_ref().map(|p| p.view()) },
                     territories: if a == 0 { edges.territories } else { territories.map(|t| plane(t, a - 1)) },
                     last: edges.last && b == nz,
                     planar: edges.planar,
@@ -492,7 +506,14 @@ impl Accumulator {
         }
     }
 
-    fn add_view(&mut self, labels: ArrayView3<u32>, images: &[DView], territories: Option<ArrayView3<u32>>, z0: usize, edges: &Edges) {
+    fn add_view<L: LabelInt>(
+        &mut self,
+        labels: ArrayView3<L>,
+        images: &[DView],
+        territories: Option<ArrayView3<u32>>,
+        z0: usize,
+        edges: &Edges,
+    ) {
         let seam = |before| Seam { before, last: edges.last, planar: edges.planar };
         self.local.add(labels, &seam(edges.labels), Wanted { shape: true, contacts: true });
         if let Some(t) = territories {
@@ -503,7 +524,7 @@ impl Accumulator {
         let labels = labels.as_standard_layout();
         let flat = labels.as_slice().expect("standard layout");
         let (nz, ny, nx) = labels.dim();
-        let len = flat.iter().copied().fold(0u32, u32::max) as usize + 1;
+        let len = flat.iter().copied().max().map_or(0, L::to_u32) as usize + 1;
         if self.geo.len() < len {
             self.geo.resize(len, Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
         }
@@ -524,8 +545,8 @@ impl Accumulator {
             let mut x = 0;
             while x < nx {
                 let l = row[x];
-                if l == 0 {
-                    x = crate::util::skip_zeros(row, x);
+                if l == L::default() {
+                    x = skip_zeros(row, x);
                     continue;
                 }
                 let start = x;
@@ -533,9 +554,10 @@ impl Accumulator {
                 while x < nx && row[x] == l {
                     x += 1;
                 }
-                self.geo[l as usize].add_run(z, y, start, x);
+                let l = l.to_u32() as usize;
+                self.geo[l].add_run(z, y, start, x);
                 for (acc, img) in self.images.iter_mut().zip(&rows) {
-                    add_intensity(acc, l as usize, img, r * nx + start, r * nx + x);
+                    add_intensity(acc, l, img, r * nx + start, r * nx + x);
                 }
             }
         }
@@ -1134,7 +1156,7 @@ mod tests {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut acc = Accumulator::default();
-                acc.add(&labels, &images, Some(&terr), 0, &Edges { last: true, ..Edges::default() });
+                acc.add(&labels.clone().into(), &images, Some(&terr), 0, &Edges { last: true, ..Edges::default() });
                 format!("{:?}", acc.finish(&["a", "b", "c"], [nz, ny, nx], &ctx))
             })
         };
@@ -1163,7 +1185,7 @@ mod tests {
                     last: b == nz,
                     planar: false,
                 };
-                part.add(&labels.slice(s![a..b, .., ..]).to_owned(), &refs, Some(&t), a, &edges);
+                part.add(&labels.slice(s![a..b, .., ..]).to_owned().into(), &refs, Some(&t), a, &edges);
                 let bytes = part.to_bytes([nz, ny, nx]);
                 let (back, dims) = Accumulator::from_bytes(&bytes).unwrap();
                 assert_eq!(dims, [nz, ny, nx]);
@@ -1173,7 +1195,7 @@ mod tests {
         }
         // Damaged partial results are an error, not a panic.
         let mut acc = Accumulator::default();
-        acc.add(&labels, &images, Some(&terr), 0, &Edges { last: true, ..Edges::default() });
+        acc.add(&labels.clone().into(), &images, Some(&terr), 0, &Edges { last: true, ..Edges::default() });
         let bytes = acc.to_bytes([nz, ny, nx]);
         let raw = zstd::stream::decode_all(&bytes[..]).unwrap();
         for cut in [0, 10, raw.len() / 2, raw.len() - 1] {
@@ -1194,7 +1216,7 @@ mod tests {
         l[[1, 2, 3]] = 3;
         let img = Data::U8(Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 12 + y * 4 + x) as u8));
         let ctx = Ctx { sample: "s", spacing: [2.0, 1.0, 0.5], unit: "um", ndim: 3 };
-        let t = measure(&l, &[("raw", &img)], &ctx);
+        let t = measure(&l.clone().into(), &[("raw", &img)], &ctx);
         assert_eq!(t.u32("label"), vec![1, 3]);
         assert_eq!(t.u64("voxels"), vec![2, 3]);
         assert_eq!(t.f64("volume"), vec![2.0, 3.0]);
@@ -1216,7 +1238,7 @@ mod tests {
     fn two_d_has_no_z_columns() {
         let l = Array3::<u32>::from_elem((1, 2, 2), 1);
         let ctx = Ctx { sample: "s", spacing: [1.0, 0.5, 0.5], unit: "um", ndim: 2 };
-        let t = measure(&l, &[], &ctx);
+        let t = measure(&l.clone().into(), &[], &ctx);
         assert!(t.names().iter().all(|n| !n.contains("_z")));
         assert_eq!(t.f64("volume"), vec![1.0]);
     }

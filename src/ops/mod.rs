@@ -13,6 +13,7 @@ pub mod exact;
 pub mod filters;
 pub mod kdtree;
 pub mod label;
+pub mod labels;
 pub mod local;
 #[rustfmt::skip]
 pub mod mc_table;
@@ -32,6 +33,7 @@ use serde::de::DeserializeOwned;
 
 use crate::io::{DType, Data};
 use crate::table::Table;
+pub use labels::{LabelInt, Labels};
 
 /// What a stage produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -95,7 +97,8 @@ pub enum Value {
     Image(Data),
     /// 0 or 1 per voxel.
     Mask(Array3<u8>),
-    Labels(Array3<u32>),
+    /// u16 while every label fits, u32 beyond ([`Labels`]).
+    Labels(Labels),
     Table(Table),
 }
 
@@ -104,7 +107,7 @@ impl Value {
     /// the next stage's output.
     pub fn recycle(self) {
         match self {
-            Value::Labels(a) | Value::Image(Data::U32(a)) => crate::util::recycle_u32(a.into_raw_vec_and_offset().0),
+            Value::Labels(Labels::U32(a)) | Value::Image(Data::U32(a)) => crate::util::recycle_u32(a.into_raw_vec_and_offset().0),
             Value::Image(Data::F32(a)) => crate::util::recycle_f32(a.into_raw_vec_and_offset().0),
             _ => {}
         }
@@ -218,6 +221,19 @@ pub trait Op: Send + Sync + Debug {
         let mut inputs: Vec<&Value> = vec![&first];
         inputs.extend_from_slice(rest);
         self.run(&inputs, ctx)
+    }
+    /// Whether [`Op::run_planes`] can read its first input a few planes at a time, for inputs
+    /// like these. The executor then computes a run of local stages that only this stage reads
+    /// where it reads them, and never holds them whole (a smoothed float image before its
+    /// threshold: four bytes a voxel).
+    fn reads_planes(&self, _inputs: &[Meta]) -> bool {
+        false
+    }
+    /// [`Op::run`], with the first input read through `first`, planes `z0..z1` at a time (each
+    /// read computes them again). Must equal [`Op::run`] exactly (tested for every op of the
+    /// registry that says it reads planes).
+    fn run_planes(&self, _first: &dyn slab::Volume, _rest: &[&Value], _ctx: &Ctx) -> Result<Value, String> {
+        Err(format!("internal: `{}` does not read its input by planes", self.info().name))
     }
     /// The parameters, canonically serialised (defaults filled in), for plans and cache keys.
     fn params_json(&self) -> serde_json::Value;
@@ -536,7 +552,7 @@ mod tests {
                         .iter()
                         .map(|i| match i.accepts[0] {
                             Kind::Mask => Value::Mask(Array3::from_shape_simple_fn(shape, || (next() % 3 != 0) as u8)),
-                            Kind::Labels => Value::Labels(Array3::from_shape_simple_fn(shape, || (next() % 5) as u32)),
+                            Kind::Labels => Value::Labels(Array3::from_shape_simple_fn(shape, || (next() % 5) as u32).into()),
                             _ => Value::Image(Data::U8(Array3::from_shape_simple_fn(shape, || next() as u8))),
                         })
                         .collect();
@@ -550,6 +566,49 @@ mod tests {
             }
         }
         assert!(checked >= 12, "only {checked} cases: the morphology ops write over their input");
+    }
+
+    /// Every op that reads its input by planes gives [`Op::run`]'s output, for every example, on
+    /// float volumes (the reads here are of the whole value; `threshold`'s own tests cut them).
+    #[test]
+    fn reading_by_planes_equals_running_on_the_whole() {
+        struct Whole(Value);
+        impl slab::Volume for Whole {
+            fn meta(&self) -> Meta {
+                let Value::Image(d) = &self.0 else { unreachable!("an image") };
+                Meta { kind: Kind::Image, dtype: Some(d.dtype()), shape: d.shape(), ndim: 3, scale: [1.0; 3] }
+            }
+            fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+                let Value::Image(Data::F32(a)) = &self.0 else { unreachable!("a float image") };
+                Ok(Value::Image(Data::F32(a.slice(ndarray::s![z0..z1, .., ..]).to_owned())))
+            }
+            fn bytes_per_voxel(&self) -> u64 {
+                4
+            }
+        }
+        let mut checked = 0;
+        for info in REGISTRY {
+            for ex in info.examples {
+                let body =
+                    ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels").replace("{table}", "table");
+                let op = (info.build)(Params::parse(&format!("{{{body}}}")).expect("example parses")).expect("example builds");
+                let img = Value::Image(Data::F32(Array3::from_shape_fn((6, 9, 31), |(z, y, x)| ((z * 7 + y * 3 + x) % 23) as f32 * 0.37)));
+                let whole = Whole(img.clone());
+                let metas: Vec<Meta> = op.inputs().iter().map(|_| slab::Volume::meta(&whole)).collect();
+                if !op.reads_planes(&metas) || op.inputs().len() > 1 {
+                    continue;
+                }
+                let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };
+                assert_eq!(
+                    op.run_planes(&whole, &[], &ctx).expect("runs by planes"),
+                    op.run(&[&img], &ctx).expect("runs"),
+                    "{}: {{{ex}}}",
+                    info.name
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 1, "threshold (otsu) reads its input by planes");
     }
 
     #[test]

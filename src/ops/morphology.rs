@@ -447,7 +447,7 @@ impl Op for FillHoles {
             }
             border.sort_unstable();
             border.dedup();
-            prov.append(&Value::Labels(ids))?;
+            prov.append(&Value::Labels(ids.into()))?;
         }
         let (remap, count) = labeller.resolve(0, u64::MAX);
         let mut open = vec![false; count as usize + 1];
@@ -456,6 +456,7 @@ impl Op for FillHoles {
         }
         for (z0, z1) in slab::ranges(nz, planes) {
             let Value::Labels(p) = prov.read(z0, z1)? else { return Err("fill_holes: provisional labels".into()) };
+            let p = p.into_u32();
             io.emit(Value::Mask(p.mapv(|id| (id == 0 || !open[remap[id as usize] as usize]) as u8)))?;
         }
         Ok(slab::Outcome::Emitted)

@@ -106,7 +106,7 @@ pub fn max_label(v: &dyn Volume, planes: usize) -> Result<u32, String> {
     let mut max = 0;
     for (z0, z1) in ranges(v.shape()[0], planes) {
         match v.read(z0, z1)? {
-            Value::Labels(l) => max = max.max(crate::util::max3(&l)),
+            Value::Labels(l) => max = max.max(l.max()),
             other => return Err(format!("expected labels, found {}", other.kind().with_article())),
         }
     }
@@ -204,6 +204,7 @@ pub fn piece_rows(io: &dyn CrossIo, y0: usize, y1: usize) -> Result<ndarray::Arr
             let planes = ((io.memory() / 4) / ((rows * w) as u64 * 4).max(1)).max(1) as usize;
             for (a, c) in ranges(pz, planes) {
                 let Value::Labels(v) = part.read(a, c)? else { return Err("internal: a run set aside holds no words".into()) };
+                let v = v.into_u32();
                 o.slice_mut(s![z0 + a..z0 + c, lo - y0..hi - y0, ..]).assign(&v.slice(s![.., lo - a0..hi - a0, ..]));
             }
         }
@@ -220,7 +221,7 @@ pub fn cross_out(io: &mut dyn CrossIo, v: &ndarray::Array3<u32>) -> Result<(), S
     for (b, (z0, z1)) in io.blocks().into_iter().enumerate() {
         let mut out = io.out(b)?;
         for (a, c) in ranges(z1 - z0, planes) {
-            out.append(&Value::Labels(v.slice(s![z0 + a..z0 + c, .., ..]).to_owned()))?;
+            out.append(&Value::Labels(v.slice(s![z0 + a..z0 + c, .., ..]).to_owned().into()))?;
         }
     }
     Ok(())
@@ -270,7 +271,10 @@ fn stack_rows(parts: &[Value]) -> Result<Value, String> {
     }
     Ok(match parts.first() {
         Some(Value::Mask(_)) => Value::Mask(stack(parts, |v| if let Value::Mask(a) = v { Some(a.view()) } else { None })?),
-        Some(Value::Labels(_)) => Value::Labels(stack(parts, |v| if let Value::Labels(a) = v { Some(a.view()) } else { None })?),
+        // Rows set aside are u32 words.
+        Some(Value::Labels(_)) => {
+            Value::Labels(stack(parts, |v| if let Value::Labels(super::Labels::U32(a)) = v { Some(a.view()) } else { None })?.into())
+        }
         Some(Value::Image(Data::U8(_))) => {
             Value::Image(Data::U8(stack(parts, |v| if let Value::Image(Data::U8(a)) = v { Some(a.view()) } else { None })?))
         }

@@ -158,10 +158,118 @@ impl Op for Threshold {
         // What is left is local: the same threshold at the value found.
         Ok(slab::Outcome::Local(Box::new(Threshold { method: Method::Fixed, value: Some(t), ..self.clone() })))
     }
+    fn reads_planes(&self, inputs: &[Meta]) -> bool {
+        self.method == Method::Otsu
+            && self.nbins <= 256
+            && inputs.first().is_some_and(|m| m.kind == Kind::Image && m.dtype == Some(crate::io::DType::F32))
+    }
+    fn run_planes(&self, first: &dyn slab::Volume, _rest: &[&Value], _ctx: &Ctx) -> Result<Value, String> {
+        Ok(Value::Mask(otsu_by_planes(first, self.nbins as usize, self.invert, PLANES_BYTES)?))
+    }
     fn phased(&self) -> Option<&dyn slab::Phased> {
         // Li iterates over a float image's values (see `li_streamed`): whole, in one task.
         matches!(self.method, Method::Otsu | Method::Triangle).then_some(self as &dyn slab::Phased)
     }
+}
+
+/// Bytes of float planes [`otsu_by_planes`] reads at a time.
+const PLANES_BYTES: usize = 16 << 20;
+
+/// Otsu's threshold of a float image and its mask, the image read a few planes at a time and
+/// never whole (each read computes the planes again). A pass finds the range; a second puts
+/// every voxel in its bin, keeping the bin in the mask's own buffer and whether the voxel lies
+/// above its bin's centre in a bit beside it, and counts the bins. The threshold is a bin's
+/// centre, so the bins decide `x > t` for every voxel outside the threshold's bin, and the bit
+/// decides it inside. Equal to [`otsu`] then [`apply`] bit for bit. Where that argument does not
+/// hold (values that are not finite, bins too narrow for their centres to fall inside them, a
+/// value outside the bin numpy's correction gives), a third pass compares every voxel with the
+/// threshold.
+/// `read_bytes`: how many bytes of planes a read asks for.
+pub fn otsu_by_planes(v: &dyn slab::Volume, nbins: usize, invert: bool, read_bytes: usize) -> Result<Array3<u8>, String> {
+    use rayon::prelude::*;
+    let [nz, ny, nx] = v.shape();
+    let plane = ny * nx;
+    let planes = (read_bytes / (plane * 4).max(1)).clamp(1, nz.max(1));
+    let read = |z0: usize, z1: usize| -> Result<Array3<f32>, String> {
+        match v.read(z0, z1)? {
+            Value::Image(Data::F32(a)) if a.is_standard_layout() => Ok(a),
+            Value::Image(Data::F32(a)) => Ok(a.as_standard_layout().to_owned()),
+            _ => Err("threshold: expected a float image".into()),
+        }
+    };
+    let mut range = FloatRange::default();
+    for (z0, z1) in slab::ranges(nz, planes) {
+        range.see(&read(z0, z1)?);
+    }
+    let mut code: Vec<u8> = crate::util::zeroed(nz * plane);
+    // A third pass, comparing every voxel with `t`.
+    let compare = |code: &mut Vec<u8>, t: f64| -> Result<(), String> {
+        for (z0, z1) in slab::ranges(nz, planes) {
+            let m = apply(&Data::F32(read(z0, z1)?), t, invert)?;
+            code[z0 * plane..z1 * plane].copy_from_slice(m.as_slice().expect("standard layout"));
+        }
+        Ok(())
+    };
+    let Some(bins) = range.bins(nbins).filter(|_| nbins <= 256) else {
+        let t = float_finish(Method::Otsu, &range, None, nbins)?;
+        compare(&mut code, t)?;
+        return Ok(Array3::from_shape_vec((nz, ny, nx), code).expect("shape"));
+    };
+    let centers = bins.centers();
+    // Voxels per parallel piece: a multiple of 64, so that pieces own whole words of bits.
+    const PIECE: usize = 1 << 16;
+    let mut above = vec![0u64; (nz * plane).div_ceil(64)];
+    let mut counts = vec![0u64; nbins];
+    let mut decided = true;
+    for (z0, z1) in slab::ranges(nz, planes) {
+        let a = read(z0, z1)?;
+        let vals = a.as_slice().expect("standard layout");
+        let (s, e) = (z0 * plane, z1 * plane);
+        // Pieces of [s, e) cut at multiples of PIECE: each owns the words of bits of its voxels
+        // (a word the slab shares with the slab before or after is or-ed into, one slab at a
+        // time).
+        let mut pieces = Vec::new();
+        let (mut code_rest, mut bits_rest) = (&mut code[s..e], &mut above[s / 64..e.div_ceil(64)]);
+        let mut at = s;
+        while at < e {
+            let end = ((at / PIECE + 1) * PIECE).min(e);
+            let (c, cr) = std::mem::take(&mut code_rest).split_at_mut(end - at);
+            let (b, br) = std::mem::take(&mut bits_rest).split_at_mut((end - 1) / 64 + 1 - at / 64);
+            pieces.push((at, c, b));
+            (code_rest, bits_rest, at) = (cr, br, end);
+        }
+        let results: Vec<(Vec<u64>, bool)> = pieces
+            .into_par_iter()
+            .map(|(at, c, b)| {
+                let mut k = vec![0u64; nbins];
+                let ok = bins.place(&centers, &vals[at - s..at - s + c.len()], c, b, at % 64, &mut k);
+                (k, ok)
+            })
+            .collect();
+        for (k, ok) in results {
+            counts.iter_mut().zip(k).for_each(|(x, y)| *x += y);
+            decided &= ok;
+        }
+    }
+    let t = otsu_finish(&counts, &centers, Some(range.first_number.map(f64::from_bits)))?;
+    // The threshold's bin: foreground is every bin above it, and the voxels above its centre.
+    let k = centers.iter().position(|&c| c == t).filter(|&k| {
+        let (lo, hi) = (bins.edges[k] as f64, bins.edges[k + 1] as f64);
+        lo <= t && (t < hi || k + 1 == nbins)
+    });
+    match k {
+        Some(k) if decided => {
+            let k = k as u8;
+            code.par_chunks_mut(PIECE).zip(above.par_chunks(PIECE / 64)).for_each(|(c, b)| {
+                for (o, x) in c.iter_mut().enumerate() {
+                    let up = *x > k || (*x == k && b[o / 64] >> (o % 64) & 1 == 1);
+                    *x = (up != invert) as u8;
+                }
+            });
+        }
+        _ => compare(&mut code, t)?,
+    }
+    Ok(Array3::from_shape_vec((nz, ny, nx), code).expect("shape"))
 }
 
 /// `x > t` (or `x <= t` inverted) as 0/1.
@@ -395,7 +503,7 @@ fn li_streamed(io: &mut dyn Slabs) -> Result<f64, String> {
         let np = n.div_ceil(WIDTH);
         bits.resize(np * WIDTH, u32::MAX);
         let chunk = Array3::from_shape_vec((np, 1, WIDTH), bits).expect("whole planes");
-        failed = runs.append(&Value::Labels(chunk));
+        failed = runs.append(&Value::Labels(chunk.into()));
         spans.push((next_plane, n));
         next_plane += np;
     })?;
@@ -422,6 +530,7 @@ fn min_gap(runs: &dyn slab::Volume, spans: &[(usize, usize)], width: usize) -> R
     }
     let load = |c: &mut Cursor| -> Result<(), String> {
         let Value::Labels(a) = runs.read(c.plane, c.plane + 1)? else { return Err("li: scratch run".into()) };
+        let a = a.into_u32();
         c.buf = a.into_raw_vec_and_offset().0;
         c.plane += 1;
         c.at = 0;
@@ -906,6 +1015,115 @@ impl FloatBins {
         }
         i
     }
+    /// [`FloatBins::bin`] of a finite value that lies within that bin's edges as numpy's
+    /// histogram takes them (`edges[i] ≤ v < edges[i + 1]`, the last bin closed); `None` for
+    /// anything else.
+    #[inline(always)]
+    fn bin_within(&self, v: f32) -> Option<usize> {
+        if !v.is_finite() {
+            return None;
+        }
+        let i = self.bin(v);
+        (self.edges[i] <= v && (v < self.edges[i + 1] || (i + 1 == self.nbins && v <= self.edges[i + 1]))).then_some(i)
+    }
+    /// For each value: its bin into `codes` (nbins ≤ 256), whether it lies above its bin's centre
+    /// as bit `first + i` of `bits` (or-ed in), and its count; false when a value is not within
+    /// its bin's edges ([`FloatBins::bin_within`]). Groups of 16 values whose positions are
+    /// farther than the margin from their bin's ends and centre are decided from the positions
+    /// alone (see [`FloatBins::count_slice`]; a centre is off its bin's middle by at most two
+    /// roundings, which twice the margin covers); the others value by value.
+    fn place(&self, centers: &[f64], values: &[f32], codes: &mut [u8], bits: &mut [u64], first: usize, counts: &mut [u64]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2; the code is the plain version compiled for wider vectors.
+            return unsafe { self.place_avx2(centers, values, codes, bits, first, counts) };
+        }
+        self.place_plain(centers, values, codes, bits, first, counts)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn place_avx2(
+        &self,
+        centers: &[f64],
+        values: &[f32],
+        codes: &mut [u8],
+        bits: &mut [u64],
+        first: usize,
+        counts: &mut [u64],
+    ) -> bool {
+        self.place_plain(centers, values, codes, bits, first, counts)
+    }
+
+    #[inline(always)]
+    fn place_plain(&self, centers: &[f64], values: &[f32], codes: &mut [u8], bits: &mut [u64], first: usize, counts: &mut [u64]) -> bool {
+        const L: usize = 16;
+        let n = self.nbins;
+        let (nf, ni, last) = (n as f32, n as i32, n as i32 - 1);
+        let (m, half) = (self.margin, 2.0 * self.margin);
+        let fast = half < 0.25;
+        let mut sub = vec![0u64; 4 * n];
+        let mut ok_all = true;
+        let put_bits = |bits: &mut [u64], i: usize, word: u64, len: usize| {
+            let (w, off) = ((first + i) / 64, (first + i) % 64);
+            bits[w] |= word << off;
+            if off + len > 64 {
+                bits[w + 1] |= word >> (64 - off);
+            }
+        };
+        let mut i = 0;
+        while i + L <= values.len() {
+            let c = &values[i..i + L];
+            let mut idx = [0i32; L];
+            let mut ok = [0i32; L];
+            let mut up = [0u32; L];
+            for k in 0..L {
+                let v = c[k];
+                let t = ((v - self.lo) * self.norm).max(0.0).min(nf);
+                // SAFETY: t is finite, 0 ≤ t ≤ nbins ≤ 256.
+                let j = unsafe { t.to_int_unchecked::<i32>() };
+                let f = t - j as f32;
+                idx[k] = j.min(last);
+                let in_bin = (j != ni) & ((f >= m) | (j == 0)) & ((f <= 1.0 - m) | (j == last));
+                ok[k] = ((v.abs() < f32::INFINITY) & in_bin & ((f - 0.5).abs() > half)) as i32;
+                up[k] = (f > 0.5) as u32;
+            }
+            let mut word = 0u64;
+            if fast && ok.iter().fold(1, |a, &b| a & b) == 1 {
+                for k in 0..L {
+                    codes[i + k] = idx[k] as u8;
+                    sub[(k & 3) * n + idx[k] as usize] += 1;
+                    word |= (up[k] as u64) << k;
+                }
+            } else {
+                for (k, &v) in c.iter().enumerate() {
+                    let j = self.bin_within(v).unwrap_or_else(|| {
+                        ok_all = false;
+                        0
+                    });
+                    codes[i + k] = j as u8;
+                    counts[j] += 1;
+                    word |= ((v as f64 > centers[j]) as u64) << k;
+                }
+            }
+            put_bits(bits, i, word, L);
+            i += L;
+        }
+        for (k, &v) in values[i..].iter().enumerate() {
+            let j = self.bin_within(v).unwrap_or_else(|| {
+                ok_all = false;
+                0
+            });
+            codes[i + k] = j as u8;
+            counts[j] += 1;
+            put_bits(bits, i + k, (v as f64 > centers[j]) as u64, 1);
+        }
+        for (j, c) in counts.iter_mut().enumerate() {
+            *c += sub[j] + sub[n + j] + sub[2 * n + j] + sub[3 * n + j];
+        }
+        ok_all
+    }
+
     fn count(&self, values: impl Iterator<Item = f32>, counts: &mut [u64]) {
         for v in values.filter(|v| v.is_finite()) {
             counts[self.bin(v)] += 1;
@@ -1096,6 +1314,64 @@ fn otsu_from_hist(counts: &[u64], centers: &[f64], float_centers: bool) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A float image as a volume read a few planes at a time (how a stage reading by planes
+    /// sees a run of local stages), counting its reads.
+    struct Planes(Array3<f32>, std::sync::atomic::AtomicUsize);
+
+    impl slab::Volume for Planes {
+        fn meta(&self) -> Meta {
+            let d = self.0.dim();
+            Meta { kind: Kind::Image, dtype: Some(crate::io::DType::F32), shape: [d.0, d.1, d.2], ndim: 3, scale: [1.0; 3] }
+        }
+        fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Value::Image(Data::F32(self.0.slice(ndarray::s![z0..z1, .., ..]).to_owned())))
+        }
+        fn bytes_per_voxel(&self) -> u64 {
+            4
+        }
+    }
+
+    /// Otsu's mask of a float image read by planes equals `apply(otsu(·))` of the whole image,
+    /// for smooth and noisy images, narrow ranges (where bins are a few float32 steps wide),
+    /// large offsets, ties on the threshold, NaN and infinities, constant images and 2–256 bins,
+    /// read one plane, a few planes or all of them at a time.
+    #[test]
+    fn otsu_by_planes_equals_otsu_on_the_whole_image() {
+        let mut next = crate::util::test_rng(77);
+        let mut images: Vec<(&str, Array3<f32>)> = Vec::new();
+        let noisy = Array3::from_shape_simple_fn((7, 13, 37), || (next() % 1000) as f32 * 0.173);
+        images.push(("noisy", noisy.clone()));
+        images.push((
+            "smooth",
+            Array3::from_shape_fn((9, 11, 21), |(z, y, x)| ((z as f32 * 0.7).sin() + (y as f32 * 0.3).cos() + x as f32 * 0.05) * 40.0),
+        ));
+        images.push(("narrow", noisy.mapv(|v| 1.0 + (v / 173.0).floor() * f32::EPSILON)));
+        images.push(("offset", noisy.mapv(|v| 1.0e6 + v)));
+        images.push(("two values", noisy.mapv(|v| if v > 80.0 { 3.0 } else { 1.0 })));
+        images.push(("constant", Array3::from_elem((3, 4, 5), 2.5f32)));
+        images.push(("integers", noisy.mapv(|v| (v / 10.0).round())));
+        let mut odd = noisy.clone();
+        odd[[1, 2, 3]] = f32::NAN;
+        odd[[2, 3, 4]] = f32::INFINITY;
+        odd[[3, 4, 5]] = f32::NEG_INFINITY;
+        images.push(("non-finite", odd));
+        for (name, img) in images {
+            for nbins in [2usize, 3, 17, 256] {
+                for invert in [false, true] {
+                    let data = Data::F32(img.clone());
+                    let want = apply(&data, otsu(&data, nbins).unwrap(), invert).unwrap();
+                    let plane = img.dim().1 * img.dim().2 * 4;
+                    for read_bytes in [1, 3 * plane, usize::MAX / 2] {
+                        let v = Planes(img.clone(), Default::default());
+                        let got = otsu_by_planes(&v, nbins, invert, read_bytes).unwrap();
+                        assert_eq!(got, want, "{name}: {nbins} bins, invert {invert}, reads of {read_bytes} bytes");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn float32_threshold_compares_like_float64() {

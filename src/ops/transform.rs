@@ -311,7 +311,7 @@ impl Op for Crop {
             let mut max = 0;
             for (z0, z1) in slab::ranges(hi[0] - lo[0], planes) {
                 if let Value::Labels(l) = cut(io, z0, z1)? {
-                    max = max.max(crate::util::max3(&l));
+                    max = max.max(l.max());
                 }
             }
             io.labels_max(max);
@@ -335,7 +335,7 @@ fn cut(v: &Value, lo: [usize; 3], hi: [usize; 3]) -> Result<Value, String> {
         Value::Image(Data::Rgb8(a)) => Value::Image(Data::Rgb8(a.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], ..]).to_owned())),
         Value::Image(Data::Rgb16(a)) => Value::Image(Data::Rgb16(a.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], ..]).to_owned())),
         Value::Mask(m) => Value::Mask(m.slice(sl).to_owned()),
-        Value::Labels(l) => Value::Labels(l.slice(sl).to_owned()),
+        Value::Labels(l) => Value::Labels(crate::with_labels!(l, a => a.slice(sl).to_owned().into())),
         Value::Table(_) => return Err("crop: a table cannot be cropped".into()),
     })
 }

@@ -69,7 +69,7 @@ impl Op for Voronoi {
     }
     fn run(&self, inputs: &[&Value], ctx: &Ctx) -> Result<Value, String> {
         let (Value::Labels(l), Value::Mask(m)) = (inputs[0], inputs[1]) else { return Err("voronoi: needs labels and a mask".into()) };
-        Ok(Value::Labels(voronoi(l, m, ctx.spacing, ctx.ndim)?))
+        Ok(Value::Labels(voronoi(&l.u32(), m, ctx.spacing, ctx.ndim)?.into()))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
@@ -114,13 +114,14 @@ impl slab::Phased for Voronoi {
             let (Value::Labels(l), Value::Mask(mask)) = (io.input(0).read(z0 + a, z0 + b)?, io.input(1).read(z0 + a, z0 + b)?) else {
                 return Err("voronoi: needs labels and a mask".into());
             };
+            let l = l.into_u32();
             let l = l.as_standard_layout();
             let ls = l.as_slice().expect("standard layout");
             let sites = sites_of(ls, l.dim(), &m);
             for (k, &(y0, y1)) in keep.iter_mut().zip(&runs) {
                 let mut words = Array3::<u32>::zeros((b - a, y1 - y0, 2 * shape[2]));
                 pack(ls, sites.view(), mask.view(), (y0, y1), words.view_mut());
-                k.append(&Value::Labels(words))?;
+                k.append(&Value::Labels(words.into()))?;
             }
         }
         Ok(Vec::new())
@@ -484,13 +485,14 @@ fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String>
         let (Value::Labels(l), Value::Mask(mask)) = (io.input(0).read(z0, z1)?, io.input(1).read(z0, z1)?) else {
             return Err("voronoi: needs labels and a mask".into());
         };
+        let l = l.into_u32();
         let l = l.as_standard_layout();
         let ls = l.as_slice().expect("standard layout");
         let sites = sites_of(ls, l.dim(), &m);
         for (b, &(y0, y1)) in blocks.iter().enumerate() {
             let mut words = Array3::<u32>::zeros((z1 - z0, y1 - y0, 2 * nx));
             pack(ls, sites.view(), mask.view(), (y0, y1), words.view_mut());
-            parts[b].append(&Value::Labels(words))?;
+            parts[b].append(&Value::Labels(words.into()))?;
         }
     }
     let mut done: Vec<Box<dyn slab::Scratch>> = Vec::new();
@@ -498,13 +500,16 @@ fn voronoi_streamed(io: &mut dyn Slabs, spacing: [f64; 3]) -> Result<(), String>
     let emit = io.planes(4);
     for (b, part) in parts.into_iter().enumerate() {
         let Value::Labels(words) = part.read(0, nz)? else { return Err("voronoi: scratch block".into()) };
+        let words = words.into_u32();
         drop(part);
         let (y0, y1) = blocks[b];
         let mut lab: Array3<u32> = crate::util::zeros3((nz, y1 - y0, nx));
         z_block(words.view(), y0, &m, lab.view_mut());
         drop(words);
-        max = max.max(crate::util::max3(&lab));
-        done.push(slab::keep_block(io, &format!("t{b}"), nz, emit, |z0, z1| Value::Labels(lab.slice(s![z0..z1, .., ..]).to_owned()))?);
+        max = max.max(super::labels::max3(&lab));
+        done.push(slab::keep_block(io, &format!("t{b}"), nz, emit, |z0, z1| {
+            Value::Labels(lab.slice(s![z0..z1, .., ..]).to_owned().into())
+        })?);
     }
     io.labels_max(max);
     slab::emit_blocks(io, &blocks, &done, emit)

@@ -181,7 +181,7 @@ impl Op for Watershed {
             Some(_) => return Err("watershed: `mask` is not a mask".into()),
             None => None,
         };
-        Ok(Value::Labels(watershed(d, self.invert, markers, mask, self.connectivity_for(ctx.ndim))?))
+        Ok(Value::Labels(watershed(d, self.invert, &markers.u32(), mask, self.connectivity_for(ctx.ndim))?.into()))
     }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array3, Array4};
 
 use crate::io::Data;
-use crate::ops::Value;
+use crate::ops::{Labels, Value};
 use crate::table::{Column, Table};
 
 const MAGIC: &[u8; 8] = b"TSRACK01";
@@ -482,7 +482,8 @@ fn payload_parts(v: &Value) -> Vec<std::borrow::Cow<'_, [u8]>> {
             Some(bits) => vec![head(10, a.shape()), Cow::Owned(bits)],
             None => vec![head(1, a.shape()), le_bytes(a)],
         },
-        Value::Labels(a) => vec![head(2, a.shape()), le_bytes(a)],
+        Value::Labels(Labels::U32(a)) => vec![head(2, a.shape()), le_bytes(a)],
+        Value::Labels(Labels::U16(a)) => vec![head(11, a.shape()), le_bytes(a)],
         Value::Image(Data::U8(a)) => vec![head(3, a.shape()), le_bytes(a)],
         Value::Image(Data::U16(a)) => vec![head(4, a.shape()), le_bytes(a)],
         Value::Image(Data::U32(a)) => vec![head(5, a.shape()), le_bytes(a)],
@@ -588,6 +589,11 @@ fn decode(payload: &[u8]) -> Option<Value> {
     let mut r = crate::util::ByteReader::new(payload);
     let tag = r.u8()?;
     let v = match tag {
+        11 => {
+            let s = r.shape(3)?;
+            let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+            Value::Labels(Array3::from_shape_vec((s[0], s[1], s[2]), r.les(n, u16::from_le_bytes)?).ok()?.into())
+        }
         10 => {
             let s = r.shape(3)?;
             let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
@@ -600,7 +606,7 @@ fn decode(payload: &[u8]) -> Option<Value> {
             let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
             match tag {
                 1 => Value::Mask(Array3::from_shape_vec(sh, r.take(n)?.to_vec()).ok()?),
-                2 => Value::Labels(Array3::from_shape_vec(sh, r.les(n, u32::from_le_bytes)?).ok()?),
+                2 => Value::Labels(Array3::from_shape_vec(sh, r.les(n, u32::from_le_bytes)?).ok()?.into()),
                 3 => Value::Image(Data::U8(Array3::from_shape_vec(sh, r.take(n)?.to_vec()).ok()?)),
                 4 => Value::Image(Data::U16(Array3::from_shape_vec(sh, r.les(n, u16::from_le_bytes)?).ok()?)),
                 5 => Value::Image(Data::U32(Array3::from_shape_vec(sh, r.les(n, u32::from_le_bytes)?).ok()?)),
@@ -661,7 +667,7 @@ mod tests {
             // Not a multiple of 8 voxels, more than one packing chunk; and a stray 255 (bytes).
             Value::Mask(Array3::from_shape_fn((3, 71, 53), |(z, y, x)| ((z * 7 + y * 3 + x * x) % 5 == 0) as u8)),
             Value::Mask(Array3::from_shape_fn((1, 2, 5), |(_, y, x)| if y == 1 && x == 3 { 255 } else { (x % 2) as u8 })),
-            Value::Labels(Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 100_000 + y * 7 + x) as u32)),
+            Value::Labels((Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 100_000 + y * 7 + x) as u32)).into()),
             Value::Image(Data::U8(Array3::from_shape_fn((1, 2, 3), |(_, y, x)| (y * 3 + x) as u8))),
             Value::Image(Data::U16(Array3::from_shape_fn((2, 2, 2), |(z, y, x)| (z * 4000 + y * 2 + x) as u16))),
             Value::Image(Data::U32(Array3::from_elem((1, 1, 3), 4_000_000_000))),
@@ -722,12 +728,12 @@ mod tests {
         let t = Array3::from_shape_fn((2, 3, 4), |(z, y, x)| (z * 12 + y * 4 + x) as u32).reversed_axes();
         assert!(t.as_slice().is_none());
         let c = t.as_standard_layout().to_owned();
-        assert_eq!(encode(&Value::Labels(t.clone())), encode(&Value::Labels(c.clone())));
+        assert_eq!(encode(&Value::Labels((t.clone()).into())), encode(&Value::Labels((c.clone()).into())));
         let dir = tempfile::tempdir().unwrap();
         let s = Store::new(dir.path());
         let key = "ef".repeat(32);
-        s.save(&key, &Value::Labels(t)).unwrap();
-        assert_eq!(s.load(&key), Some(Value::Labels(c)));
+        s.save(&key, &Value::Labels(t.into())).unwrap();
+        assert_eq!(s.load(&key), Some(Value::Labels(c.into())));
     }
 
     #[test]
