@@ -438,7 +438,6 @@ pub fn utc_time(unix: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-
 /// [`skip_zeros`] for bytes (masks): 16 bytes at a time as one 128-bit word.
 #[inline]
 pub fn skip_zeros_u8(s: &[u8], mut from: usize) -> usize {
@@ -579,7 +578,6 @@ pub fn map3<A: Copy + Sync, B: Copy + Default + Send>(a: &ndarray::Array3<A>, f:
     }
     out
 }
-
 
 /// Advises the kernel to back `v`'s memory with huge pages (no-op off Linux or for small buffers).
 pub fn advise_huge<T>(v: &[T]) {

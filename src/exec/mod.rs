@@ -504,6 +504,7 @@ impl SampleSteps {
                 schedule::Step::Fused(g) => format!("fuse {}", ids(&g.stages)),
                 schedule::Step::Global(i) if self.streamed => format!("out of core {}", plan.stages[*i].id),
                 schedule::Step::Global(i) => format!("whole {}", plan.stages[*i].id),
+                schedule::Step::ByPlanes(g, i) => format!("{} by planes into {}", ids(&g.stages), plan.stages[*i].id),
             })
             .collect();
         format!(
@@ -558,7 +559,9 @@ pub fn sample_steps(plan: &Plan, row: &SampleRow, manifest: &Manifest, out: &Pat
         let ctx = Ctx { sample: &row.id, spacing: scaled(&spacing, input_scale(plan, &bound, i)).zyx, unit: &spacing.unit, ndim };
         tiled::is_local(bound.ops[i].as_ref(), &ctx, &bound.metas[i], &refs)
     };
-    let steps = schedule::steps(&decisions, &local, &|a, b| bound.metas[a].shape == bound.metas[b].shape);
+    let last_use = plan.last_use();
+    let by_planes = |g: &tiled::Group, i: usize| !streamed && reads_by_planes(plan, &bound, &last_use, g, i);
+    let steps = schedule::steps(&decisions, &local, &|a, b| bound.metas[a].shape == bound.metas[b].shape, &by_planes);
     Ok(SampleSteps { hits: hits(false, &valid), up_to_date: false, streamed, steps })
 }
 
@@ -984,21 +987,12 @@ pub fn evaluate_with(
         })
         .collect();
     let same_shape = |a: usize, b: usize| bound.metas[a].shape == bound.metas[b].shape;
-    let mut steps = schedule::steps(&decisions, &local_halo, &same_shape).into_iter().peekable();
-    while let Some(step) = steps.next() {
+    let by_planes = |g: &tiled::Group, i: usize| !opts.keep_all && reads_by_planes(plan, bound, &last_use, g, i);
+    for step in schedule::steps(&decisions, &local_halo, &same_shape, &by_planes) {
         let t0 = Instant::now();
-        // A group of local stages that only the next stage reads, as its first input, when that
-        // stage reads it by planes: computed where it is read, never whole.
-        if let schedule::Step::Fused(g) = &step
-            && let Some(&schedule::Step::Global(i)) = steps.peek()
-            && let last = *g.stages.last().expect("a group has stages")
-            && !opts.keep_all
-            && g.stages.iter().all(|&k| last_use[k] <= i && !is_output(k))
-            && plan.stages[i].inputs.first().is_some_and(|(_, r)| *r == Ref::Stage(last))
-            && !plan.stages[i].inputs[1..].iter().any(|(_, r)| matches!(r, Ref::Stage(k) if g.stages.contains(k)))
-            && bound.ops[i].reads_planes(&plan.stages[i].inputs.iter().map(|(_, r)| meta_of(r).clone()).collect::<Vec<_>>())
-        {
-            steps.next();
+        if let schedule::Step::ByPlanes(g, i) = &step {
+            let (g, i) = (g, *i);
+            let last = *g.stages.last().expect("a group has stages");
             let out = {
                 let (full, inputs) = group_feeds(plan, g, &values, sources);
                 let run = tiled::GroupRun {
@@ -1041,6 +1035,7 @@ pub fn evaluate_with(
             }
             schedule::Step::Global(i) => tiled::Group { stages: vec![i], halos: Vec::new() },
             schedule::Step::Fused(g) => g,
+            schedule::Step::ByPlanes(..) => unreachable!("taken above"),
         };
         let first = group.stages[0];
         let last = *group.stages.last().expect("a step has stages");
@@ -1126,6 +1121,19 @@ pub fn evaluate_with(
         }
     }
     Ok(())
+}
+
+/// Whether the global stage `i` reads the fused run `g` just before it by planes, in memory
+/// ([`schedule::Step::ByPlanes`]): `g`'s last stage is `i`'s first input, nothing after `i`
+/// reads a stage of `g`, none is written, `i` reads nothing else of `g`, and `i`'s op reads that
+/// kind of input by planes.
+fn reads_by_planes(plan: &Plan, bound: &Bound, last_use: &[usize], g: &tiled::Group, i: usize) -> bool {
+    let Some(&last) = g.stages.last() else { return false };
+    let inputs = &plan.stages[i].inputs;
+    g.stages.iter().all(|&k| last_use[k] <= i && !plan.outputs.iter().any(|(o, _)| *o == k))
+        && inputs.first().is_some_and(|(_, r)| *r == Ref::Stage(last))
+        && !inputs[1..].iter().any(|(_, r)| matches!(r, Ref::Stage(k) if g.stages.contains(k)))
+        && bound.ops[i].reads_planes(&bound.metas[last])
 }
 
 /// Where each stage of a fused group takes its inputs from ([`tiled::Feed`]), and the full-size

@@ -49,12 +49,21 @@ pub enum Step {
     Fused(Group),
     /// A global stage on whole inputs (or in its out-of-core form).
     Global(usize),
+    /// A run of local stages computed where the global stage after it reads it, a few planes at
+    /// a time, never whole ([`crate::ops::Op::reads_planes`]; in memory only).
+    ByPlanes(Group, usize),
 }
 
 /// The steps for `decisions` (skipped stages have none), grouping computed local stages by the
 /// one fusion rule ([`tiled::group_from`]). `local` gives a stage's halo for this sample when
-/// its op is local.
-pub fn steps(decisions: &[Decision], local: &dyn Fn(usize) -> Option<Zyx>, same_shape: &dyn Fn(usize, usize) -> bool) -> Vec<Step> {
+/// its op is local; `by_planes(g, i)` whether the global stage `i` right after group `g` reads
+/// it by planes ([`Step::ByPlanes`]).
+pub fn steps(
+    decisions: &[Decision],
+    local: &dyn Fn(usize) -> Option<Zyx>,
+    same_shape: &dyn Fn(usize, usize) -> bool,
+    by_planes: &dyn Fn(&Group, usize) -> bool,
+) -> Vec<Step> {
     let n = decisions.len();
     let compute = |k: usize| decisions[k] == Decision::Compute;
     let mut out = Vec::new();
@@ -73,7 +82,12 @@ pub fn steps(decisions: &[Decision], local: &dyn Fn(usize) -> Option<Zyx>, same_
                     i += 1;
                 } else {
                     i = g.stages[g.stages.len() - 1] + 1;
-                    out.push(Step::Fused(g));
+                    if i < n && compute(i) && local(i).is_none() && by_planes(&g, i) {
+                        out.push(Step::ByPlanes(g, i));
+                        i += 1;
+                    } else {
+                        out.push(Step::Fused(g));
+                    }
                 }
             }
         }
@@ -126,14 +140,19 @@ mod tests {
         let local = |k: usize| if [0, 2, 5, 6].contains(&k) { Some([k, 0, 0]) } else { None };
         let same = |_: usize, _: usize| true;
         let d = [Compute, Compute, Compute, Reuse, Compute, Compute, Compute];
-        let s = steps(&d, &local, &same);
+        let s = steps(&d, &local, &same, &|_, _| false);
         let g = |v: Vec<usize>| Step::Fused(Group { halos: v.iter().map(|&k| [k, 0, 0]).collect(), stages: v });
         assert_eq!(s, vec![g(vec![0]), Step::Global(1), g(vec![2]), Step::Reuse(3), Step::Global(4), g(vec![5, 6])]);
         // A skipped stage has no step; a reused local stage breaks a run.
         let d = [Skip, Compute, Compute, Compute, Compute, Reuse, Compute];
         assert_eq!(
-            steps(&d, &local, &same),
+            steps(&d, &local, &same, &|_, _| false),
             vec![Step::Global(1), g(vec![2]), Step::Global(3), Step::Global(4), Step::Reuse(5), g(vec![6])]
         );
+        // A global stage that reads the run before it by planes takes it into its step.
+        let d = [Compute, Compute, Compute, Reuse, Compute, Compute, Compute];
+        let s = steps(&d, &local, &same, &|g, i| g.stages == [2] && i == 3 || g.stages == [0] && i == 1);
+        let by = |v: Vec<usize>, i| Step::ByPlanes(Group { halos: v.iter().map(|&k| [k, 0, 0]).collect(), stages: v }, i);
+        assert_eq!(s, vec![by(vec![0], 1), g(vec![2]), Step::Reuse(3), Step::Global(4), g(vec![5, 6])]);
     }
 }

@@ -538,7 +538,7 @@ fn run<'a>(
             .collect()
     };
 
-    for step in schedule::steps(&decisions, &local, &same_shape) {
+    for step in schedule::steps(&decisions, &local, &same_shape, &|_, _| false) {
         let t0 = Instant::now();
         let i = match &step {
             Step::Reuse(i) => {
@@ -589,6 +589,7 @@ fn run<'a>(
                 timings.push((plan.stages[i].id.clone(), t0.elapsed().as_secs_f64()));
                 i
             }
+            Step::ByPlanes(_, i) => return Err((*i, "internal: a stage reads by planes only in runs in memory".into())),
             Step::Global(i) => {
                 // A global op, in its own out-of-core form.
                 let i = *i;
@@ -645,6 +646,7 @@ fn run<'a>(
         };
         let done: Vec<usize> = match &step {
             Step::Fused(group) => group.stages.clone(),
+            Step::ByPlanes(group, i) => group.stages.iter().copied().chain([*i]).collect(),
             Step::Reuse(_) | Step::Global(_) => vec![i],
         };
         for k in done {
@@ -980,12 +982,13 @@ pub fn run_block(s: &Streamed, phase: &split::Phase, block: usize, files: &split
     // Local stages, grouped as the executors group them.
     let decisions: Vec<Decision> = (0..n).map(|k| if here(k) { Decision::Compute } else { Decision::Skip }).collect();
     let same_shape = |a: usize, b: usize| s.bound.metas[a].shape == s.bound.metas[b].shape;
-    let steps = schedule::steps(&decisions, &local, &same_shape);
+    let steps = schedule::steps(&decisions, &local, &same_shape, &|_, _| false);
     for step in steps {
         let Step::Fused(group) = step else {
             let k = match step {
                 Step::Global(k) | Step::Reuse(k) => k,
                 Step::Fused(_) => 0,
+                Step::ByPlanes(_, k) => k,
             };
             return Err((k, format!("stage '{}' is not local for this sample, so it cannot run per block", plan.stages[k].id)));
         };

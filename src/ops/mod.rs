@@ -222,11 +222,11 @@ pub trait Op: Send + Sync + Debug {
         inputs.extend_from_slice(rest);
         self.run(&inputs, ctx)
     }
-    /// Whether [`Op::run_planes`] can read its first input a few planes at a time, for inputs
-    /// like these. The executor then computes a run of local stages that only this stage reads
-    /// where it reads them, and never holds them whole (a smoothed float image before its
-    /// threshold: four bytes a voxel).
-    fn reads_planes(&self, _inputs: &[Meta]) -> bool {
+    /// Whether [`Op::run_planes`] can read its first input, of this kind, a few planes at a
+    /// time. The executor then computes a run of local stages that only this stage reads where
+    /// it reads them, and never holds them whole (a smoothed float image before its threshold:
+    /// four bytes a voxel).
+    fn reads_planes(&self, _first: &Meta) -> bool {
         false
     }
     /// [`Op::run`], with the first input read through `first`, planes `z0..z1` at a time (each
@@ -594,8 +594,7 @@ mod tests {
                 let op = (info.build)(Params::parse(&format!("{{{body}}}")).expect("example parses")).expect("example builds");
                 let img = Value::Image(Data::F32(Array3::from_shape_fn((6, 9, 31), |(z, y, x)| ((z * 7 + y * 3 + x) % 23) as f32 * 0.37)));
                 let whole = Whole(img.clone());
-                let metas: Vec<Meta> = op.inputs().iter().map(|_| slab::Volume::meta(&whole)).collect();
-                if !op.reads_planes(&metas) || op.inputs().len() > 1 {
+                if !op.reads_planes(&slab::Volume::meta(&whole)) || op.inputs().len() > 1 {
                     continue;
                 }
                 let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };

@@ -158,10 +158,8 @@ impl Op for Threshold {
         // What is left is local: the same threshold at the value found.
         Ok(slab::Outcome::Local(Box::new(Threshold { method: Method::Fixed, value: Some(t), ..self.clone() })))
     }
-    fn reads_planes(&self, inputs: &[Meta]) -> bool {
-        self.method == Method::Otsu
-            && self.nbins <= 256
-            && inputs.first().is_some_and(|m| m.kind == Kind::Image && m.dtype == Some(crate::io::DType::F32))
+    fn reads_planes(&self, first: &Meta) -> bool {
+        self.method == Method::Otsu && self.nbins <= 256 && first.kind == Kind::Image && first.dtype == Some(crate::io::DType::F32)
     }
     fn run_planes(&self, first: &dyn slab::Volume, _rest: &[&Value], _ctx: &Ctx) -> Result<Value, String> {
         Ok(Value::Mask(otsu_by_planes(first, self.nbins as usize, self.invert, PLANES_BYTES)?))
