@@ -160,7 +160,8 @@ def main():
             joined = next((k for k in stages if stage in k.split("+")), stage)
             took = stages.get(joined, float("nan")) if joined.split("+")[0] == stage else float("nan")
             shown = f"{took:.3f}" if took == took else f"(with {joined.split('+')[0]})"
-            lines.append(f"| {label} | {shown} | {alone[op]:.3f} |" + (f" {ir.get(label, 0):.1f} |" if ir else ""))
+            name = label + (" (and the stages timed with it)" if took == took and "+" in joined else "")
+            lines.append(f"| {name} | {shown} | {alone[op]:.3f} |" + (f" {ir.get(label, 0):.1f} |" if ir else ""))
         rest = total - sum(stages.values())
         lines += [f"| outside the stages (start, read + hash input, write outputs, exit) | {rest:.3f} | |" + (" |" if ir else ""), "",
                   "CPU time of one run by kind (perf samples of every thread; the run's wall time is shorter: two threads):", "",
