@@ -1007,13 +1007,7 @@ pub fn evaluate_with(
                 };
                 let names = g.stages.iter().map(|&k| plan.stages[k].id.clone()).collect();
                 let planes = tiled::GroupPlanes { run: &run, full: &full, reads: &reads, meta: bound.metas[last].clone(), names };
-                let rest: Vec<&Value> = plan.stages[i].inputs[1..]
-                    .iter()
-                    .map(|(_, r)| match r {
-                        Ref::Source(s) => sources[*s],
-                        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
-                    })
-                    .collect();
+                let rest: Vec<&Value> = plan.stages[i].inputs[1..].iter().map(|(_, r)| input_value(r, sources, &values)).collect();
                 Arc::new(bound.ops[i].run_planes(&planes, &rest, &ctx_of(i)).map_err(|e| (i, e))?)
             };
             sink(i, &out).map_err(|e| (i, e))?;
@@ -1099,10 +1093,7 @@ pub fn evaluate_with(
                     _ => None,
                 };
                 let out = {
-                    let value = |r: &Ref| match r {
-                        Ref::Source(s) => sources[*s],
-                        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
-                    };
+                    let value = |r: &Ref| input_value(r, sources, &values);
                     let inputs = &plan.stages[i].inputs;
                     let run = match over {
                         Some(first) => {
@@ -1136,6 +1127,14 @@ fn reads_by_planes(plan: &Plan, bound: &Bound, last_use: &[usize], g: &tiled::Gr
         && bound.ops[i].reads_planes(&bound.metas[last])
 }
 
+/// A stage input's value: a source, or an earlier stage's (computed before it is read).
+fn input_value<'v>(r: &Ref, sources: &[&'v Value], values: &'v [Option<Arc<Value>>]) -> &'v Value {
+    match r {
+        Ref::Source(s) => sources[*s],
+        Ref::Stage(j) => values[*j].as_deref().expect("inputs computed before use"),
+    }
+}
+
 /// Where each stage of a fused group takes its inputs from ([`tiled::Feed`]), and the full-size
 /// values (sources, earlier stages) it reads.
 fn group_feeds<'v>(
@@ -1151,13 +1150,9 @@ fn group_feeds<'v>(
         let mut f = Vec::new();
         for (_, r) in &plan.stages[k].inputs {
             f.push(match r {
-                Ref::Stage(x) if pos(*x).is_some() => tiled::Feed::Group(pos(*x).unwrap_or(0)),
-                Ref::Stage(x) => {
-                    full.push(values[*x].as_deref().expect("inputs computed before use"));
-                    tiled::Feed::Full(full.len() - 1)
-                }
-                Ref::Source(s) => {
-                    full.push(sources[*s]);
+                Ref::Stage(x) if let Some(p) = pos(*x) => tiled::Feed::Group(p),
+                _ => {
+                    full.push(input_value(r, sources, values));
                     tiled::Feed::Full(full.len() - 1)
                 }
             });

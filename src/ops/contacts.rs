@@ -99,7 +99,7 @@ fn contacts_of(input: &dyn slab::Volume, z0: usize, z1: usize, planes: usize, ct
     slab::pipelined(&ranges, &read, |l, _, _| {
         let seam = Seam { before: before.as_ref().map(|b| b.view()), last: false, planar: ctx.ndim == 2 };
         sums.merge(crate::with_labels!(&l, l => LocalSums::of(l.view(), &seam, WANTED)));
-        before = Some(crate::with_labels!(&l, l => super::labels::plane_u32(l.view(), l.dim().0 - 1)));
+        before = Some(l.last_plane());
         Ok(())
     })?;
     Ok(sums.contacts)

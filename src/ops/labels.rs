@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use ndarray::{Array3, ArrayView3, s};
+use ndarray::{Array3, ArrayView3};
 use rayon::prelude::*;
 
 /// An unsigned integer type labels are held in.
@@ -110,12 +110,6 @@ impl Labels {
     pub fn shape(&self) -> &[usize] {
         with_labels!(self, a => a.shape())
     }
-    pub fn len(&self) -> usize {
-        with_labels!(self, a => a.len())
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// The labels as u32: borrowed when they are, widened into a new array when they are u16.
     pub fn u32(&self) -> Cow<'_, Array3<u32>> {
         match self {
@@ -134,12 +128,9 @@ impl Labels {
     pub fn max(&self) -> u32 {
         with_labels!(self, a => max3(a))
     }
-    /// Planes `z0..z1`, copied.
-    pub fn planes(&self, z0: usize, z1: usize) -> Labels {
-        match self {
-            Labels::U16(a) => Labels::U16(a.slice(s![z0..z1, .., ..]).to_owned()),
-            Labels::U32(a) => Labels::U32(a.slice(s![z0..z1, .., ..]).to_owned()),
-        }
+    /// The last plane, as u32 labels (the plane before the next slab, for window sums).
+    pub fn last_plane(&self) -> ndarray::Array2<u32> {
+        with_labels!(self, a => plane_u32(a.view(), a.dim().0 - 1))
     }
     /// The labels as u16 when every one fits (`max` is the largest), else as they are.
     pub fn narrowest(self, max: u32) -> Labels {
@@ -198,7 +189,7 @@ mod tests {
         assert_eq!(narrow, wide);
         assert_eq!(narrow.max(), 23_000);
         assert_eq!(*narrow.u32(), a);
-        assert_eq!(narrow.planes(1, 2).into_u32(), a.slice(s![1..2, .., ..]).to_owned());
+        assert_eq!(narrow.last_plane(), a.index_axis(ndarray::Axis(0), 1));
         let big = Labels::U32(a.mapv(|v| v * 10));
         assert!(matches!(big.clone().narrowest(big.max()), Labels::U32(_)));
         assert_ne!(big, narrow);

@@ -255,7 +255,7 @@ impl Measure {
             };
             acc.add(&l, &refs, terr.as_ref(), a, &edges);
             let last = |v: &Array3<u32>| v.index_axis(Axis(0), v.dim().0 - 1).to_owned();
-            before = Some((with_labels!(&l, v => plane_u32(v.view(), v.dim().0 - 1)), terr.as_ref().map(last)));
+            before = Some((l.last_plane(), terr.as_ref().map(last)));
             Ok(())
         })?;
         Ok(acc)

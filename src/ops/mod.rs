@@ -376,6 +376,13 @@ pub static REGISTRY: &[&OpInfo] = &[
     &classify::CLASSIFY,
 ];
 
+/// The op one of `info`'s examples builds, its placeholders (`{image}`, `{mask}`, …) standing
+/// for stages named after their kind; `None` when it does not build.
+pub fn example_op(info: &OpInfo, ex: &str) -> Option<Box<dyn Op>> {
+    let body = ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels").replace("{table}", "table");
+    (info.build)(Params::parse(&format!("{{{body}}}")).ok()?).ok()
+}
+
 /// How an op runs on a sample that does not fit in memory (for `tessera ops`), from its
 /// examples: local ops per slab with their halo; global ops in their own out-of-core form or,
 /// without one, needing the whole image.
@@ -383,9 +390,7 @@ pub fn out_of_core(info: &OpInfo) -> Vec<String> {
     let meta = Meta { kind: Kind::Image, dtype: Some(DType::U8), shape: [64, 64, 64], ndim: 3, scale: [1.0; 3] };
     let mut v: Vec<String> = Vec::new();
     for ex in info.examples {
-        let body = ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels").replace("{table}", "table");
-        let Ok(params) = Params::parse(&format!("{{{body}}}")) else { continue };
-        let Ok(op) = (info.build)(params) else { continue };
+        let Some(op) = example_op(info, ex) else { continue };
         let tables_only = op.inputs().iter().all(|i| i.accepts == [Kind::Table]);
         let how = match (op.halo(), op.streams(&[meta.clone(), meta.clone(), meta.clone()])) {
             _ if tables_only => "on its input tables, in memory, as in a run in memory (tables are small)".to_string(),
@@ -530,19 +535,11 @@ mod tests {
     /// on volumes whose edges and thin parts the op changes (3D and 2D, odd row lengths).
     #[test]
     fn writing_over_the_input_equals_running_on_it() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::util::test_rng(0x9e37_79b9_7f4a_7c15);
         let mut checked = 0;
         for info in REGISTRY {
             for ex in info.examples {
-                let body =
-                    ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels").replace("{table}", "table");
-                let op = (info.build)(Params::parse(&format!("{{{body}}}")).expect("example parses")).expect("example builds");
+                let op = example_op(info, ex).expect("example builds");
                 if !op.writes_over_input() {
                     continue;
                 }
@@ -551,8 +548,8 @@ mod tests {
                         .inputs()
                         .iter()
                         .map(|i| match i.accepts[0] {
-                            Kind::Mask => Value::Mask(Array3::from_shape_simple_fn(shape, || (next() % 3 != 0) as u8)),
-                            Kind::Labels => Value::Labels(Array3::from_shape_simple_fn(shape, || (next() % 5) as u32).into()),
+                            Kind::Mask => Value::Mask(Array3::from_shape_simple_fn(shape, || !next().is_multiple_of(3) as u8)),
+                            Kind::Labels => Value::Labels(Array3::from_shape_simple_fn(shape, || next() % 5).into()),
                             _ => Value::Image(Data::U8(Array3::from_shape_simple_fn(shape, || next() as u8))),
                         })
                         .collect();
@@ -572,28 +569,12 @@ mod tests {
     /// float volumes (the reads here are of the whole value; `threshold`'s own tests cut them).
     #[test]
     fn reading_by_planes_equals_running_on_the_whole() {
-        struct Whole(Value);
-        impl slab::Volume for Whole {
-            fn meta(&self) -> Meta {
-                let Value::Image(d) = &self.0 else { unreachable!("an image") };
-                Meta { kind: Kind::Image, dtype: Some(d.dtype()), shape: d.shape(), ndim: 3, scale: [1.0; 3] }
-            }
-            fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
-                let Value::Image(Data::F32(a)) = &self.0 else { unreachable!("a float image") };
-                Ok(Value::Image(Data::F32(a.slice(ndarray::s![z0..z1, .., ..]).to_owned())))
-            }
-            fn bytes_per_voxel(&self) -> u64 {
-                4
-            }
-        }
         let mut checked = 0;
         for info in REGISTRY {
             for ex in info.examples {
-                let body =
-                    ex.replace("{image}", "image").replace("{mask}", "mask").replace("{labels}", "labels").replace("{table}", "table");
-                let op = (info.build)(Params::parse(&format!("{{{body}}}")).expect("example parses")).expect("example builds");
-                let img = Value::Image(Data::F32(Array3::from_shape_fn((6, 9, 31), |(z, y, x)| ((z * 7 + y * 3 + x) % 23) as f32 * 0.37)));
-                let whole = Whole(img.clone());
+                let op = example_op(info, ex).expect("example builds");
+                let data = Data::F32(Array3::from_shape_fn((6, 9, 31), |(z, y, x)| ((z * 7 + y * 3 + x) % 23) as f32 * 0.37));
+                let (img, whole) = (Value::Image(data.clone()), slab::WholeImage(data));
                 if !op.reads_planes(&slab::Volume::meta(&whole)) || op.inputs().len() > 1 {
                     continue;
                 }

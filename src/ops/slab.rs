@@ -68,6 +68,26 @@ pub trait Volume: Send + Sync {
     }
 }
 
+/// A whole image as a volume read by plane ranges (each read copies its planes), for tests of
+/// ops that read their input a few planes at a time.
+#[cfg(test)]
+pub(crate) struct WholeImage(pub crate::io::Data);
+
+#[cfg(test)]
+impl Volume for WholeImage {
+    fn meta(&self) -> Meta {
+        Meta { kind: super::Kind::Image, dtype: Some(self.0.dtype()), shape: self.0.shape(), ndim: 3, scale: [1.0; 3] }
+    }
+    fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+        let [_, y, x] = self.0.shape();
+        let planes = crate::exec::tiles::Region { start: [z0, 0, 0], end: [z1, y, x] };
+        Ok(crate::exec::tiled::crop(&Value::Image(self.0.clone()), &planes))
+    }
+    fn bytes_per_voxel(&self) -> u64 {
+        self.0.dtype().bytes_per_voxel()
+    }
+}
+
 /// A volume an op writes itself, slab by slab in z order, then reads back.
 pub trait Scratch: Volume {
     /// Appends the next planes (all of one kind and plane size); they can be read at once.

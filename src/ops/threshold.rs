@@ -1024,6 +1024,25 @@ impl FloatBins {
         let i = self.bin(v);
         (self.edges[i] <= v && (v < self.edges[i + 1] || (i + 1 == self.nbins && v <= self.edges[i + 1]))).then_some(i)
     }
+    /// A value's position in bins, t = (v − lo)·norm, as its integer part and fraction. t is in
+    /// [0, nbins] whatever v is (NaN and -inf give 0, +inf nbins), so the conversion is exact and
+    /// needs no saturation (which would not vectorise).
+    #[inline(always)]
+    fn position(&self, v: f32) -> (i32, f32) {
+        let t = ((v - self.lo) * self.norm).max(0.0).min(self.nbins as f32);
+        // SAFETY: t is finite, 0 ≤ t ≤ nbins ≤ 2^24 < i32::MAX.
+        let j = unsafe { t.to_int_unchecked::<i32>() };
+        (j, t - j as f32)
+    }
+
+    /// Whether a position (j < nbins) is farther than the margin from its bin's ends (or the bin
+    /// is the first or last, on the outer side): its integer part is then the bin numpy picks.
+    #[inline(always)]
+    fn clear_of_edges(&self, j: i32, f: f32) -> bool {
+        let (m, last) = (self.margin, self.nbins as i32 - 1);
+        ((f >= m) | (j == 0)) & ((f <= 1.0 - m) | (j == last))
+    }
+
     /// For each value: its bin into `codes` (nbins ≤ 256), whether it lies above its bin's centre
     /// as bit `first + i` of `bits` (or-ed in), and its count; false when a value is not within
     /// its bin's edges ([`FloatBins::bin_within`]). Groups of 16 values whose positions are
@@ -1057,8 +1076,8 @@ impl FloatBins {
     fn place_plain(&self, centers: &[f64], values: &[f32], codes: &mut [u8], bits: &mut [u64], first: usize, counts: &mut [u64]) -> bool {
         const L: usize = 16;
         let n = self.nbins;
-        let (nf, ni, last) = (n as f32, n as i32, n as i32 - 1);
-        let (m, half) = (self.margin, 2.0 * self.margin);
+        let (ni, last) = (n as i32, n as i32 - 1);
+        let half = 2.0 * self.margin;
         let fast = half < 0.25;
         let mut sub = vec![0u64; 4 * n];
         let mut ok_all = true;
@@ -1077,13 +1096,9 @@ impl FloatBins {
             let mut up = [0u32; L];
             for k in 0..L {
                 let v = c[k];
-                let t = ((v - self.lo) * self.norm).max(0.0).min(nf);
-                // SAFETY: t is finite, 0 ≤ t ≤ nbins ≤ 256.
-                let j = unsafe { t.to_int_unchecked::<i32>() };
-                let f = t - j as f32;
+                let (j, f) = self.position(v);
                 idx[k] = j.min(last);
-                let in_bin = (j != ni) & ((f >= m) | (j == 0)) & ((f <= 1.0 - m) | (j == last));
-                ok[k] = ((v.abs() < f32::INFINITY) & in_bin & ((f - 0.5).abs() > half)) as i32;
+                ok[k] = ((v.abs() < f32::INFINITY) & (j != ni) & self.clear_of_edges(j, f) & ((f - 0.5).abs() > half)) as i32;
                 up[k] = (f > 0.5) as u32;
             }
             let mut word = 0u64;
@@ -1154,8 +1169,7 @@ impl FloatBins {
     fn count_slice_plain(&self, values: &[f32], counts: &mut [u64]) {
         const L: usize = 8;
         let n = self.nbins;
-        let nf = n as f32;
-        let (m, fast) = (self.margin, self.margin < 0.25);
+        let fast = self.margin < 0.25;
         let mut sub = vec![0u64; 4 * n];
         let mut chunks = values.chunks_exact(L);
         // 32-bit lanes (nbins < 2^31): the conversions vectorise.
@@ -1165,14 +1179,9 @@ impl FloatBins {
         for c in &mut chunks {
             for k in 0..L {
                 let v = c[k];
-                // In [0, nbins] whatever v is (NaN and -inf give 0, +inf nbins), so the
-                // conversion is exact and needs no saturation (which would not vectorise).
-                let t = ((v - self.lo) * self.norm).max(0.0).min(nf);
-                // SAFETY: t is finite, 0 ≤ t ≤ nbins ≤ 2^24 < i32::MAX.
-                let j = unsafe { t.to_int_unchecked::<i32>() };
-                let f = t - j as f32;
+                let (j, f) = self.position(v);
                 idx[k] = j.min(last);
-                ok[k] = ((v.abs() < f32::INFINITY) & ((j == ni) | (((f >= m) | (j == 0)) & ((f <= 1.0 - m) | (j == last))))) as i32;
+                ok[k] = ((v.abs() < f32::INFINITY) & ((j == ni) | self.clear_of_edges(j, f))) as i32;
             }
             if fast && ok.iter().fold(1, |a, &b| a & b) == 1 {
                 for k in 0..L {
@@ -1313,24 +1322,6 @@ fn otsu_from_hist(counts: &[u64], centers: &[f64], float_centers: bool) -> f64 {
 mod tests {
     use super::*;
 
-    /// A float image as a volume read a few planes at a time (how a stage reading by planes
-    /// sees a run of local stages), counting its reads.
-    struct Planes(Array3<f32>, std::sync::atomic::AtomicUsize);
-
-    impl slab::Volume for Planes {
-        fn meta(&self) -> Meta {
-            let d = self.0.dim();
-            Meta { kind: Kind::Image, dtype: Some(crate::io::DType::F32), shape: [d.0, d.1, d.2], ndim: 3, scale: [1.0; 3] }
-        }
-        fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok(Value::Image(Data::F32(self.0.slice(ndarray::s![z0..z1, .., ..]).to_owned())))
-        }
-        fn bytes_per_voxel(&self) -> u64 {
-            4
-        }
-    }
-
     /// Otsu's mask of a float image read by planes equals `apply(otsu(·))` of the whole image,
     /// for smooth and noisy images, narrow ranges (where bins are a few float32 steps wide),
     /// large offsets, ties on the threshold, NaN and infinities, constant images and 2–256 bins,
@@ -1362,8 +1353,7 @@ mod tests {
                     let want = apply(&data, otsu(&data, nbins).unwrap(), invert).unwrap();
                     let plane = img.dim().1 * img.dim().2 * 4;
                     for read_bytes in [1, 3 * plane, usize::MAX / 2] {
-                        let v = Planes(img.clone(), Default::default());
-                        let got = otsu_by_planes(&v, nbins, invert, read_bytes).unwrap();
+                        let got = otsu_by_planes(&slab::WholeImage(data.clone()), nbins, invert, read_bytes).unwrap();
                         assert_eq!(got, want, "{name}: {nbins} bins, invert {invert}, reads of {read_bytes} bytes");
                     }
                 }
