@@ -551,11 +551,30 @@ pub fn overwritten_u32(n: usize) -> Vec<u32> {
     from_pool(n).unwrap_or_else(|| zeroed(n))
 }
 
-/// [`zeroed_u32`] as f32 zeros.
-pub fn zeroed_f32(n: usize) -> Vec<f32> {
-    let mut v = std::mem::ManuallyDrop::new(zeroed_u32(n));
-    // SAFETY: same size and alignment; zero bits are 0.0.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity()) }
+/// `n` f32 values that `write` gives every one of, in the kept buffer or in fresh memory, never
+/// cleared first: for an output computed voxel by voxel (the kept buffer's pages are mapped
+/// already; clearing fresh ones would touch them twice).
+///
+/// # Safety
+///
+/// `write` must initialise all `n` slots it is given.
+pub unsafe fn written_f32(n: usize, write: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v: Vec<f32> = match from_pool(n) {
+        Some(p) => {
+            let mut p = std::mem::ManuallyDrop::new(p);
+            // SAFETY: same size and alignment; length 0, so no value is read as f32.
+            unsafe { Vec::from_raw_parts(p.as_mut_ptr() as *mut f32, 0, p.capacity()) }
+        }
+        None => {
+            let v = Vec::with_capacity(n);
+            advise_huge_raw(v.as_ptr() as usize, n * 4);
+            v
+        }
+    };
+    write(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's `write` initialised the first n values.
+    unsafe { v.set_len(n) };
+    v
 }
 
 /// A zeroed 3D array backed by [`zeroed`] memory.
@@ -708,7 +727,7 @@ mod tests {
     #[test]
     fn pooled_buffers_come_back_zeroed() {
         let n = (POOL_MIN_BYTES / 4) + 1000;
-        let mut a = zeroed_f32(n);
+        let mut a: Vec<f32> = zeroed(n);
         a.iter_mut().for_each(|v| *v = 1.5);
         let at = a.as_ptr() as usize;
         recycle_f32(a);
@@ -721,6 +740,12 @@ mod tests {
         recycle_u32(b);
         let c = overwritten_u32(n - 10);
         assert_eq!((c.as_ptr() as usize, c.len()), (at, n - 10));
+        // And an output written value by value takes it as f32 slots.
+        recycle_u32(c);
+        // SAFETY: the closure writes every slot.
+        let d = unsafe { written_f32(n - 20, |s| s.fill(std::mem::MaybeUninit::new(2.5))) };
+        assert!(d.as_ptr() as usize == at && d.len() == n - 20 && d.iter().all(|&v| v == 2.5));
+        assert_eq!(unsafe { written_f32(3, |s| s.fill(std::mem::MaybeUninit::new(1.0))) }, vec![1.0; 3]);
         clear_pool();
         assert!(overwritten_u32(n).iter().all(|&v| v == 0));
     }

@@ -192,28 +192,17 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
         let h = run.group.halos[i];
         let region_in = core.grow([0, 1, 2].map(|k| down[i][k] + h[k]), run.shape);
         let region_out = core.grow(down[i], run.shape);
-        // Inputs that already span the region are used as they are, not copied.
+        // An op that computes a region of its inputs reads full-size inputs where they lie: no
+        // copy of the region with its halo (equal, as `run_region` must equal the crop of `run`,
+        // and `run` on the whole equals `run` on any region with its halo).
         let whole = Region::whole(run.shape);
-        let ins: Vec<std::borrow::Cow<Value>> = run.inputs[i]
-            .iter()
-            .map(|f| match *f {
-                Feed::Full(j) if region_in == whole => std::borrow::Cow::Borrowed(full[j]),
-                Feed::Full(j) => std::borrow::Cow::Owned(crop(full[j], &region_in)),
-                Feed::Group(j) => {
-                    let (r, v) = local[j].as_ref().expect("group stages computed in order");
-                    if *r == region_in { std::borrow::Cow::Borrowed(v) } else { std::borrow::Cow::Owned(crop(v, &r.local(&region_in))) }
-                }
-            })
-            .collect();
-        let refs: Vec<&Value> = ins.iter().map(|c| c.as_ref()).collect();
-        let want = region_in.local(&region_out);
-        let v = if region_in == region_out {
-            run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?
-        } else {
-            match run.ops[i].run_region(&refs, &run.ctxs[i], (want.start, want.end)) {
-                Some(v) => v.map_err(|e| (i, e))?,
-                None => crop(&run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?, &want),
-            }
+        let full_inputs =
+            || -> Option<Vec<&Value>> { run.inputs[i].iter().map(|f| if let Feed::Full(j) = *f { Some(full[j]) } else { None }).collect() };
+        let direct = if region_in == whole { None } else { full_inputs() }
+            .and_then(|refs| run.ops[i].run_region(&refs, &run.ctxs[i], (region_out.start, region_out.end)));
+        let v = match direct {
+            Some(v) => v.map_err(|e| (i, e))?,
+            None => run_cropped(run, full, &local, i, region_in, region_out)?,
         };
         // A kept value no later stage of the group reads is moved, not copied, when it is
         // already just the core.
@@ -230,6 +219,40 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
         }
     }
     Ok(cores)
+}
+
+/// Stage `i` of a tile over `region_out`, from its inputs cropped to `region_in` (the region with
+/// the stage's halo; inputs that already span it are used as they are).
+fn run_cropped(
+    run: &GroupRun,
+    full: &[&Value],
+    local: &[Option<(Region, Value)>],
+    i: usize,
+    region_in: Region,
+    region_out: Region,
+) -> Result<Value, (usize, String)> {
+    let whole = Region::whole(run.shape);
+    let ins: Vec<std::borrow::Cow<Value>> = run.inputs[i]
+        .iter()
+        .map(|f| match *f {
+            Feed::Full(j) if region_in == whole => std::borrow::Cow::Borrowed(full[j]),
+            Feed::Full(j) => std::borrow::Cow::Owned(crop(full[j], &region_in)),
+            Feed::Group(j) => {
+                let (r, v) = local[j].as_ref().expect("group stages computed in order");
+                if *r == region_in { std::borrow::Cow::Borrowed(v) } else { std::borrow::Cow::Owned(crop(v, &r.local(&region_in))) }
+            }
+        })
+        .collect();
+    let refs: Vec<&Value> = ins.iter().map(|c| c.as_ref()).collect();
+    let want = region_in.local(&region_out);
+    Ok(if region_in == region_out {
+        run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?
+    } else {
+        match run.ops[i].run_region(&refs, &run.ctxs[i], (want.start, want.end)) {
+            Some(v) => v.map_err(|e| (i, e))?,
+            None => crop(&run.ops[i].run(&refs, &run.ctxs[i]).map_err(|e| (i, e))?, &want),
+        }
+    })
 }
 
 fn view3<'a, T>(a: &'a Array3<T>, r: &Region) -> ArrayView3<'a, T> {

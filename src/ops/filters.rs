@@ -4,6 +4,8 @@
 //! (`d c b a | a b c d | d c b a`), float64 sums in scipy's symmetric pairing order, float32
 //! storage between passes.
 
+use std::mem::MaybeUninit;
+
 use ndarray::{Array3, Axis, Zip};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -204,9 +206,8 @@ fn axis_kernels(sigma: [f64; 3], truncate: f64, ndim: u8, dims: [usize; 3]) -> [
 #[derive(Default)]
 struct Scratch {
     zb: Vec<f32>,
-    acc: Vec<f64>,
     row: Vec<f32>,
-    ext: Vec<f64>,
+    ext: Vec<f32>,
 }
 
 /// The instruction sets [`fused`] compiles its loops for. Only wider vectors are used (no FMA),
@@ -246,9 +247,8 @@ fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, ou
     let (nz, ny, nx) = a.dim();
     let (lo, hi) = out;
     let (onz, ony, onx) = (hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]);
-    let mut dst = Array3::from_shape_vec((onz, ony, onx), crate::util::zeroed_f32(onz * ony * onx)).expect("shape");
     if onz * ony * onx == 0 {
-        return dst;
+        return Array3::zeros((onz, ony, onx));
     }
     let [wz, wy, wx] = axis_kernels(sigma, truncate, ndim, [nz, ny, nx]);
     let ry = wy.as_ref().map_or(0, |w| w.len() / 2);
@@ -261,21 +261,25 @@ fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, ou
     blocks = blocks.max(ony.div_ceil(cap)).min(ony);
     let block = ony.div_ceil(blocks);
     let k = Kernels { wz: wz.as_deref(), wy: wy.as_deref(), wx: wx.as_deref() };
-    dst.as_slice_mut().expect("standard layout").par_chunks_mut(ony * onx).enumerate().for_each(|(zo, plane)| {
-        plane.par_chunks_mut(block * onx).enumerate().for_each_init(Scratch::default, |s, (b, rows)| {
-            let ys = lo[1] + b * block..lo[1] + b * block + rows.len() / onx;
-            let at = Item { src, dims: [nz, ny, nx], z: lo[0] + zo, ys, xs: lo[2]..hi[2] };
-            match isa {
-                // SAFETY: `isa` is one of `Isa::available()`, instruction sets the CPU has.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { item_avx512(&at, &k, s, rows) },
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { item_avx2(&at, &k, s, rows) },
-                _ => item(&at, &k, s, rows),
-            }
+    let fill = |dst: &mut [MaybeUninit<f32>]| {
+        dst.par_chunks_mut(ony * onx).enumerate().for_each(|(zo, plane)| {
+            plane.par_chunks_mut(block * onx).enumerate().for_each_init(Scratch::default, |s, (b, rows)| {
+                let ys = lo[1] + b * block..lo[1] + b * block + rows.len() / onx;
+                let at = Item { src, dims: [nz, ny, nx], z: lo[0] + zo, ys, xs: lo[2]..hi[2] };
+                match isa {
+                    // SAFETY: `isa` is one of `Isa::available()`, instruction sets the CPU has.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => unsafe { item_avx512(&at, &k, s, rows) },
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { item_avx2(&at, &k, s, rows) },
+                    _ => item(&at, &k, s, rows),
+                }
+            });
         });
-    });
-    dst
+    };
+    // SAFETY: the items cover every output row, and `item` writes every value of its rows.
+    let dst = unsafe { crate::util::written_f32(onz * ony * onx, fill) };
+    Array3::from_shape_vec((onz, ony, onx), dst).expect("shape")
 }
 
 struct Kernels<'a> {
@@ -295,45 +299,86 @@ struct Item<'a, T> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn item_avx2<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
+unsafe fn item_avx2<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
     item(at, k, s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
-unsafe fn item_avx512<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
+unsafe fn item_avx512<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
     item(at, k, s, out)
 }
 
+/// Lanes of a block in [`sym_rows`]: two AVX-512 vectors of float64 (four AVX2 ones), two
+/// independent chains of additions in flight.
+const LANES: usize = 16;
+
+/// One pass of a symmetric kernel `w` (length 2r+1): `out[x]` = `rows[r][x]·w[r]` plus, for
+/// j = r..1, `(rows[r−j][x] + rows[r+j][x])·w[r−j]`, summed in float64 in that order (scipy's)
+/// and stored as float32. Blocks of [`LANES`] voxels keep their sums in registers through all
+/// the taps; the order of the operations per voxel is the same as one tap at a time.
 #[inline(always)]
-fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
+fn sym_rows<S: Px>(rows: &[&[S]], w: &[f64], out: &mut [MaybeUninit<f32>]) {
+    let r = w.len() / 2;
+    let n = out.len();
+    assert!(rows.len() == w.len() && rows.iter().all(|row| row.len() >= n), "rows shorter than the output");
+    let wc = w[r];
+    let mut x = 0;
+    while x + LANES <= n {
+        let mut a = [0f64; LANES];
+        // SAFETY (all `get_unchecked` below): every row holds at least n values (asserted), and
+        // x + LANES <= n; r − j and r + j are within 0..2r+1 = rows.len() = w.len().
+        unsafe {
+            let c = rows.get_unchecked(r).as_ptr().add(x);
+            for (l, a) in a.iter_mut().enumerate() {
+                *a = (*c.add(l)).f32() as f64 * wc;
+            }
+            for j in (1..=r).rev() {
+                let (p, q, wj) =
+                    (rows.get_unchecked(r - j).as_ptr().add(x), rows.get_unchecked(r + j).as_ptr().add(x), *w.get_unchecked(r - j));
+                for (l, a) in a.iter_mut().enumerate() {
+                    *a += ((*p.add(l)).f32() as f64 + (*q.add(l)).f32() as f64) * wj;
+                }
+            }
+        }
+        for (o, &a) in out[x..x + LANES].iter_mut().zip(&a) {
+            o.write(a as f32);
+        }
+        x += LANES;
+    }
+    for x in x..n {
+        let mut a = rows[r][x].f32() as f64 * wc;
+        for j in (1..=r).rev() {
+            a += (rows[r - j][x].f32() as f64 + rows[r + j][x].f32() as f64) * w[r - j];
+        }
+        out[x].write(a as f32);
+    }
+}
+
+/// `s` as slots [`sym_rows`] writes (it writes values only, never uninitialised memory).
+fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; every value written through the result is initialised.
+    unsafe { &mut *(s as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+#[inline(always)]
+fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
     let [nz, ny, nx] = at.dims;
     let row_of = |z: usize, y: usize| -> &[T] { &at.src[(z * ny + y) * nx..(z * ny + y + 1) * nx] };
     let ry = k.wy.map_or(0, |w| w.len() / 2);
     let nrows = at.ys.len() + 2 * ry;
     s.zb.resize(nrows * nx, 0.0);
-    s.acc.resize(nx, 0.0);
     s.row.resize(nx, 0.0);
     // z pass: the source rows the y pass reads (reflected at the borders).
+    let mut src_rows: Vec<&[T]> = Vec::with_capacity(k.wz.map_or(1, <[f64]>::len));
     for (i, zrow) in s.zb.chunks_exact_mut(nx).enumerate() {
         let y = if ry > 0 { reflect(at.ys.start as isize + i as isize - ry as isize, ny as isize) } else { at.ys.start + i };
         match k.wz {
             Some(w) => {
-                let r = w.len() / 2;
-                for (a, &v) in s.acc.iter_mut().zip(row_of(at.z, y)) {
-                    *a = v.f32() as f64 * w[r];
-                }
-                for j in (1..=r).rev() {
-                    let (p, q) =
-                        (row_of(reflect(at.z as isize - j as isize, nz as isize), y), row_of(reflect((at.z + j) as isize, nz as isize), y));
-                    let wj = w[r - j];
-                    for ((a, &p), &q) in s.acc.iter_mut().zip(p).zip(q) {
-                        *a += (p.f32() as f64 + q.f32() as f64) * wj;
-                    }
-                }
-                for (o, &a) in zrow.iter_mut().zip(s.acc.iter()) {
-                    *o = a as f32;
-                }
+                let r = (w.len() / 2) as isize;
+                src_rows.clear();
+                src_rows.extend((-r..=r).map(|d| row_of(reflect(at.z as isize + d, nz as isize), y)));
+                sym_rows(&src_rows, w, as_uninit(zrow));
             }
             None => {
                 for (o, &v) in zrow.iter_mut().zip(row_of(at.z, y)) {
@@ -350,19 +395,8 @@ fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
         let zrow = |d: usize| &s.zb[d * nx..(d + 1) * nx];
         match k.wy {
             Some(w) => {
-                let r = ry;
-                for (a, &v) in s.acc.iter_mut().zip(zrow(i + r)) {
-                    *a = v as f64 * w[r];
-                }
-                for j in (1..=r).rev() {
-                    let wj = w[r - j];
-                    for ((a, &p), &q) in s.acc.iter_mut().zip(zrow(i + r - j)).zip(zrow(i + r + j)) {
-                        *a += (p as f64 + q as f64) * wj;
-                    }
-                }
-                for (o, &a) in s.row.iter_mut().zip(s.acc.iter()) {
-                    *o = a as f32;
-                }
+                let rows: Vec<&[f32]> = (0..w.len()).map(|d| zrow(i + d)).collect();
+                sym_rows(&rows, w, as_uninit(&mut s.row));
             }
             None => s.row.copy_from_slice(zrow(i + ry)),
         }
@@ -376,29 +410,20 @@ fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [f32]) {
                     ((-first).clamp(0, s.ext.len() as isize) as usize, ((nx as isize - first).clamp(0, s.ext.len() as isize)) as usize);
                 let b = b.max(a);
                 for (t, e) in s.ext[..a].iter_mut().enumerate() {
-                    *e = s.row[reflect(first + t as isize, nx as isize)] as f64;
+                    *e = s.row[reflect(first + t as isize, nx as isize)];
                 }
-                for (e, &v) in s.ext[a..b].iter_mut().zip(&s.row[(first + a as isize) as usize..]) {
-                    *e = v as f64;
-                }
+                s.ext[a..b].copy_from_slice(&s.row[(first + a as isize) as usize..(first + b as isize) as usize]);
                 for (t, e) in s.ext[b..].iter_mut().enumerate() {
-                    *e = s.row[reflect(first + (b + t) as isize, nx as isize)] as f64;
+                    *e = s.row[reflect(first + (b + t) as isize, nx as isize)];
                 }
-                let acc = &mut s.acc[..onx];
-                for (a, &e) in acc.iter_mut().zip(&s.ext[rx..rx + onx]) {
-                    *a = e * w[rx];
-                }
-                for j in (1..=rx).rev() {
-                    let wj = w[rx - j];
-                    for ((a, &p), &q) in acc.iter_mut().zip(&s.ext[rx - j..rx - j + onx]).zip(&s.ext[rx + j..rx + j + onx]) {
-                        *a += (p + q) * wj;
-                    }
-                }
-                for (o, &a) in orow.iter_mut().zip(acc.iter()) {
-                    *o = a as f32;
+                let rows: Vec<&[f32]> = (0..w.len()).map(|d| &s.ext[d..d + onx]).collect();
+                sym_rows(&rows, w, orow);
+            }
+            None => {
+                for (o, &v) in orow.iter_mut().zip(&s.row[at.xs.clone()]) {
+                    o.write(v);
                 }
             }
-            None => orow.copy_from_slice(&s.row[at.xs.clone()]),
         }
     }
 }
