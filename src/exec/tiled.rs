@@ -178,6 +178,14 @@ impl crate::ops::slab::Volume for GroupPlanes<'_> {
         let mut cores = run_core(self.run, self.full, self.reads, core).map_err(|(p, e)| format!("stage `{}`: {e}", self.names[p]))?;
         cores.pop().flatten().ok_or_else(|| "internal: a group read by planes keeps its last stage".to_string())
     }
+    /// A group of one stage that reads only full-size values: the op's bounded region.
+    fn read_bounded(&self, z0: usize, z1: usize) -> Option<(Value, f64)> {
+        let [_, ny, nx] = self.run.shape;
+        let ([op], [inputs]) = (&self.run.ops[..], &self.run.inputs[..]) else { return None };
+        let refs: Vec<&Value> =
+            inputs.iter().map(|f| if let Feed::Full(j) = *f { Some(self.full[j]) } else { None }).collect::<Option<_>>()?;
+        op.run_region_bounded(&refs, &self.run.ctxs[0], ([z0, 0, 0], [z1, ny, nx]))
+    }
     fn bytes_per_voxel(&self) -> u64 {
         bytes_per_voxel(&self.meta)
     }

@@ -152,6 +152,10 @@ impl Op for Gaussian {
         let Value::Image(data) = inputs[0] else { return Some(Err("gaussian: input is not an image".into())) };
         Some(smooth(data, self.sigma_voxels(ctx.spacing), self.truncate, ctx.ndim, out).map(|a| Value::Image(Data::F32(a))))
     }
+    fn run_region_bounded(&self, inputs: &[&Value], ctx: &Ctx, out: ([usize; 3], [usize; 3])) -> Option<(Value, f64)> {
+        let Value::Image(data) = inputs[0] else { return None };
+        smooth_f32(data, self.sigma_voxels(ctx.spacing), self.truncate, ctx.ndim, out).map(|(a, e)| (Value::Image(Data::F32(a)), e))
+    }
     fn params_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
@@ -191,6 +195,55 @@ pub fn smooth(d: &Data, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 
         Data::F32(a) => fused(a, sigma, truncate, ndim, out),
         Data::Rgb8(_) | Data::Rgb16(_) => return Err("RGB input (add a grayscale stage)".into()),
     })
+}
+
+/// [`smooth`] summed in float32, and a bound on how far its values are from [`smooth`]'s: for
+/// callers that need only where values lie (a range, a side of a threshold) and compute
+/// exactly the few voxels the bound leaves undecided. `None` where no bound is given: input
+/// that is not finite or beyond ±10³⁰, RGB.
+pub fn smooth_f32(d: &Data, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Option<(Array3<f32>, f64)> {
+    let widest = Isa::available().pop().unwrap_or(Isa::Plain);
+    let dims = d.shape();
+    // The input planes the output planes read.
+    let rz = axis_kernels(sigma, truncate, ndim, dims)[0].as_ref().map_or(0, |w| w.len() / 2);
+    let (z0, z1) = (out.0[0].saturating_sub(rz), (out.1[0] + rz).min(dims[0]));
+    fn largest<T: Px>(a: &Array3<T>, z0: usize, z1: usize) -> f64 {
+        let plane = a.len() / a.dim().0.max(1);
+        let s = &a.as_slice().expect("standard layout")[z0 * plane..z1 * plane];
+        s.par_chunks(1 << 16).map(|c| c.iter().fold(0f32, |m, v| m.max(v.f32().abs()))).reduce(|| 0.0, f32::max) as f64
+    }
+    let (smoothed, m) = match d {
+        Data::U8(a) if a.is_standard_layout() => (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1)),
+        Data::U16(a) if a.is_standard_layout() => (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1)),
+        Data::U32(a) if a.is_standard_layout() => (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1)),
+        Data::F32(a) if a.is_standard_layout() => {
+            let plane = a.len() / a.dim().0.max(1);
+            let s = &a.as_slice().expect("standard layout")[z0 * plane..z1 * plane];
+            // NaN fails the comparison too.
+            if !s.par_chunks(1 << 16).all(|c| c.iter().all(|v| v.abs() <= 1e30)) {
+                return None;
+            }
+            (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1))
+        }
+        _ => return None,
+    };
+    Some((smoothed, f32_sum_bound(sigma, truncate, ndim, dims, m)))
+}
+
+/// How far float32 sums of the gaussian ([`smooth_f32`]) are at most from float64's
+/// ([`smooth`]), for input values of magnitude at most `m`.
+///
+/// Every value of every pass is a weighted mean of input values, so at most `m` in magnitude
+/// (the weights are positive and sum to 1). Per pass along an axis of radius r: the float32
+/// sum of a voxel's 2r+1 terms takes at most r + 2 roundings on its way (the pair's sum, the
+/// product, r additions), each off by at most u = 2⁻²⁴ of a value at most `m`; its float32
+/// weights are off by u relatively; the float64 sum is off by far less than u·m and is rounded
+/// to float32 (u/2·m). Both passes then carry the previous pass's difference on, not enlarged
+/// (weights sum to 1, to within (2r+1)·u). That is at most (r + 4)·u·m per pass; the bound is
+/// twice the sum over the smoothed axes, plus 10⁻⁴⁰ for subnormal results.
+fn f32_sum_bound(sigma: [f64; 3], truncate: f64, ndim: u8, dims: [usize; 3], m: f64) -> f64 {
+    let per_pass: f64 = axis_kernels(sigma, truncate, ndim, dims).iter().flatten().map(|w| (w.len() / 2 + 4) as f64).sum();
+    2.0 * per_pass * m * (f32::EPSILON as f64 / 2.0) + 1e-40
 }
 
 /// Weights per axis; `None` where the axis is not smoothed.
@@ -238,10 +291,17 @@ impl Isa {
 
 fn fused<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Array3<f32> {
     let widest = Isa::available().pop().unwrap_or(Isa::Plain);
-    fused_with(a, sigma, truncate, ndim, out, widest)
+    fused_with::<T, f64>(a, sigma, truncate, ndim, out, widest)
 }
 
-fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3]), isa: Isa) -> Array3<f32> {
+fn fused_with<T: Px, A: Acc>(
+    a: &Array3<T>,
+    sigma: [f64; 3],
+    truncate: f64,
+    ndim: u8,
+    out: ([usize; 3], [usize; 3]),
+    isa: Isa,
+) -> Array3<f32> {
     let a = a.as_standard_layout();
     let src = a.as_slice().expect("standard layout");
     let (nz, ny, nx) = a.dim();
@@ -260,6 +320,7 @@ fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, ou
     let cap = ((512 << 10) / 4 / nx).saturating_sub(2 * ry).max(16);
     blocks = blocks.max(ony.div_ceil(cap)).min(ony);
     let block = ony.div_ceil(blocks);
+    let [wz, wy, wx] = [wz, wy, wx].map(|w| w.map(|w| w.iter().map(|&v| A::weight(v)).collect::<Vec<A>>()));
     let k = Kernels { wz: wz.as_deref(), wy: wy.as_deref(), wx: wx.as_deref() };
     let fill = |dst: &mut [MaybeUninit<f32>]| {
         dst.par_chunks_mut(ony * onx).enumerate().for_each(|(zo, plane)| {
@@ -282,10 +343,49 @@ fn fused_with<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, ou
     Array3::from_shape_vec((onz, ony, onx), dst).expect("shape")
 }
 
-struct Kernels<'a> {
-    wz: Option<&'a [f64]>,
-    wy: Option<&'a [f64]>,
-    wx: Option<&'a [f64]>,
+struct Kernels<'a, A> {
+    wz: Option<&'a [A]>,
+    wy: Option<&'a [A]>,
+    wx: Option<&'a [A]>,
+}
+
+/// The float type the passes sum in: float64 as scipy does (every value the reference's), or
+/// float32 (twice the lanes; values within [`f32_sum_bound`] of float64's).
+trait Acc: Copy + Send + Sync + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+    const ZERO: Self;
+    fn of(v: f32) -> Self;
+    fn weight(w: f64) -> Self;
+    fn f32(self) -> f32;
+}
+
+impl Acc for f64 {
+    const ZERO: f64 = 0.0;
+    #[inline(always)]
+    fn of(v: f32) -> f64 {
+        v as f64
+    }
+    fn weight(w: f64) -> f64 {
+        w
+    }
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self as f32
+    }
+}
+
+impl Acc for f32 {
+    const ZERO: f32 = 0.0;
+    #[inline(always)]
+    fn of(v: f32) -> f32 {
+        v
+    }
+    fn weight(w: f64) -> f32 {
+        w as f32
+    }
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
 }
 
 /// One work item: output plane `z`, rows `ys` and columns `xs` (source coordinates).
@@ -299,13 +399,13 @@ struct Item<'a, T> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn item_avx2<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
+unsafe fn item_avx2<T: Px, A: Acc>(at: &Item<T>, k: &Kernels<A>, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
     item(at, k, s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
-unsafe fn item_avx512<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
+unsafe fn item_avx512<T: Px, A: Acc>(at: &Item<T>, k: &Kernels<A>, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
     item(at, k, s, out)
 }
 
@@ -318,40 +418,40 @@ const LANES: usize = 16;
 /// and stored as float32. Blocks of [`LANES`] voxels keep their sums in registers through all
 /// the taps; the order of the operations per voxel is the same as one tap at a time.
 #[inline(always)]
-fn sym_rows<S: Px>(rows: &[&[S]], w: &[f64], out: &mut [MaybeUninit<f32>]) {
+fn sym_rows<S: Px, A: Acc>(rows: &[&[S]], w: &[A], out: &mut [MaybeUninit<f32>]) {
     let r = w.len() / 2;
     let n = out.len();
     assert!(rows.len() == w.len() && rows.iter().all(|row| row.len() >= n), "rows shorter than the output");
     let wc = w[r];
     let mut x = 0;
     while x + LANES <= n {
-        let mut a = [0f64; LANES];
+        let mut a = [A::ZERO; LANES];
         // SAFETY (all `get_unchecked` below): every row holds at least n values (asserted), and
         // x + LANES <= n; r − j and r + j are within 0..2r+1 = rows.len() = w.len().
         unsafe {
             let c = rows.get_unchecked(r).as_ptr().add(x);
             for (l, a) in a.iter_mut().enumerate() {
-                *a = (*c.add(l)).f32() as f64 * wc;
+                *a = A::of((*c.add(l)).f32()) * wc;
             }
             for j in (1..=r).rev() {
                 let (p, q, wj) =
                     (rows.get_unchecked(r - j).as_ptr().add(x), rows.get_unchecked(r + j).as_ptr().add(x), *w.get_unchecked(r - j));
                 for (l, a) in a.iter_mut().enumerate() {
-                    *a += ((*p.add(l)).f32() as f64 + (*q.add(l)).f32() as f64) * wj;
+                    *a = *a + (A::of((*p.add(l)).f32()) + A::of((*q.add(l)).f32())) * wj;
                 }
             }
         }
         for (o, &a) in out[x..x + LANES].iter_mut().zip(&a) {
-            o.write(a as f32);
+            o.write(a.f32());
         }
         x += LANES;
     }
     for x in x..n {
-        let mut a = rows[r][x].f32() as f64 * wc;
+        let mut a = A::of(rows[r][x].f32()) * wc;
         for j in (1..=r).rev() {
-            a += (rows[r - j][x].f32() as f64 + rows[r + j][x].f32() as f64) * w[r - j];
+            a = a + (A::of(rows[r - j][x].f32()) + A::of(rows[r + j][x].f32())) * w[r - j];
         }
-        out[x].write(a as f32);
+        out[x].write(a.f32());
     }
 }
 
@@ -362,7 +462,7 @@ fn as_uninit(s: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 }
 
 #[inline(always)]
-fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
+fn item<T: Px, A: Acc>(at: &Item<T>, k: &Kernels<A>, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
     let [nz, ny, nx] = at.dims;
     let row_of = |z: usize, y: usize| -> &[T] { &at.src[(z * ny + y) * nx..(z * ny + y + 1) * nx] };
     let ry = k.wy.map_or(0, |w| w.len() / 2);
@@ -370,7 +470,7 @@ fn item<T: Px>(at: &Item<T>, k: &Kernels, s: &mut Scratch, out: &mut [MaybeUnini
     s.zb.resize(nrows * nx, 0.0);
     s.row.resize(nx, 0.0);
     // z pass: the source rows the y pass reads (reflected at the borders).
-    let mut src_rows: Vec<&[T]> = Vec::with_capacity(k.wz.map_or(1, <[f64]>::len));
+    let mut src_rows: Vec<&[T]> = Vec::with_capacity(k.wz.map_or(1, <[A]>::len));
     for (i, zrow) in s.zb.chunks_exact_mut(nx).enumerate() {
         let y = if ry > 0 { reflect(at.ys.start as isize + i as isize - ry as isize, ny as isize) } else { at.ys.start + i };
         match k.wz {
@@ -547,6 +647,50 @@ mod tests {
         }
     }
 
+    /// Float32 sums stay within their bound of float64's, for every input type (u32 values
+    /// beyond float32's integers, f32 values of both signs and magnitudes from 10⁻³⁰ to 10³⁰),
+    /// σ per axis, 2D and 3D, whole and cropped; and come near it (the bound is not so loose as
+    /// to be useless). No bound for input that is not finite.
+    #[test]
+    fn float32_sums_stay_within_their_bound() {
+        let mut rng = crate::stats::kmeans::SplitMix::new(11);
+        let mut next = move || rng.next_u64();
+        let mut worst = 0f64;
+        for case in 0..48 {
+            let dims = [1 + (next() % 7) as usize, 1 + (next() % 29) as usize, 1 + (next() % 37) as usize];
+            let ndim = if dims[0] == 1 && case % 2 == 0 { 2 } else { 3 };
+            let sig = |n: u64| [0.0, 0.5, 1.0, 1.7, 3.0][(n % 5) as usize];
+            let sigma = [sig(next()), sig(next()), sig(next())];
+            let lo: [usize; 3] = std::array::from_fn(|i| (next() % dims[i] as u64) as usize);
+            let hi: [usize; 3] = std::array::from_fn(|i| lo[i] + 1 + (next() % (dims[i] - lo[i]) as u64) as usize);
+            let shape = (dims[0], dims[1], dims[2]);
+            let raw: Vec<u64> = (0..dims.iter().product::<usize>()).map(|_| next()).collect();
+            let scale = [1e-30f32, 1.0, 3.7e4, 1e30][case / 4 % 4];
+            let data = match case % 4 {
+                0 => Data::U8(Array3::from_shape_vec(shape, raw.iter().map(|v| *v as u8).collect()).unwrap()),
+                1 => Data::U16(Array3::from_shape_vec(shape, raw.iter().map(|v| *v as u16).collect()).unwrap()),
+                2 => Data::U32(Array3::from_shape_vec(shape, raw.iter().map(|v| *v as u32).collect()).unwrap()),
+                _ => Data::F32(
+                    Array3::from_shape_vec(shape, raw.iter().map(|v| ((*v % 2001) as f32 / 1000.0 - 1.0) * scale).collect()).unwrap(),
+                ),
+            };
+            let exact = smooth(&data, sigma, 4.0, ndim, (lo, hi)).unwrap();
+            let (fast, bound) = smooth_f32(&data, sigma, 4.0, ndim, (lo, hi)).expect("finite input has a bound");
+            assert_eq!(fast.dim(), exact.dim());
+            for (f, e) in fast.iter().zip(exact.iter()) {
+                let d = (*f as f64 - *e as f64).abs();
+                assert!(d <= bound, "case {case}: {dims:?} σ {sigma:?} {lo:?}..{hi:?}: {f} against {e}, bound {bound}");
+                if bound > 1e-39 {
+                    worst = worst.max(d / bound);
+                }
+            }
+        }
+        assert!(worst > 1e-2, "the bound is far looser than the differences: {worst}");
+        let mut nan = Array3::from_elem((3, 4, 5), 1.0f32);
+        nan[[1, 1, 1]] = f32::NAN;
+        assert!(smooth_f32(&Data::F32(nan), [1.0; 3], 4.0, 3, ([0; 3], [3, 4, 5])).is_none());
+    }
+
     #[test]
     fn reflect_indices() {
         let got: Vec<usize> = (-5..9).map(|i| reflect(i, 4)).collect();
@@ -566,11 +710,15 @@ mod tests {
         for (sigma, ndim) in [([1.0, 1.0, 1.0], 3), ([0.0, 1.5, 2.5], 2), ([2.0, 0.7, 1.3], 3)] {
             let whole = |d: [usize; 3]| ([0; 3], d);
             let crop = ([1, 2, 3], [4, 15, 30]);
-            let want_u8 = bits(fused_with(&u8s, sigma, 4.0, ndim, crop, Isa::Plain));
-            let want_f32 = bits(fused_with(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), Isa::Plain));
+            let want_u8 = bits(fused_with::<_, f64>(&u8s, sigma, 4.0, ndim, crop, Isa::Plain));
+            let want_f32 = bits(fused_with::<_, f64>(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), Isa::Plain));
             for &isa in &isas {
-                assert_eq!(bits(fused_with(&u8s, sigma, 4.0, ndim, crop, isa)), want_u8, "{isa:?} u8 σ {sigma:?}");
-                assert_eq!(bits(fused_with(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), isa)), want_f32, "{isa:?} f32 σ {sigma:?}");
+                assert_eq!(bits(fused_with::<_, f64>(&u8s, sigma, 4.0, ndim, crop, isa)), want_u8, "{isa:?} u8 σ {sigma:?}");
+                assert_eq!(
+                    bits(fused_with::<_, f64>(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), isa)),
+                    want_f32,
+                    "{isa:?} f32 σ {sigma:?}"
+                );
             }
         }
     }

@@ -208,6 +208,13 @@ pub trait Op: Send + Sync + Debug {
     fn run_region(&self, _inputs: &[&Value], _ctx: &Ctx, _out: ([usize; 3], [usize; 3])) -> Option<Result<Value, String>> {
         None
     }
+    /// [`Op::run_region`] computed faster and less exactly (a float image), with a bound: every
+    /// value is within it of [`Op::run_region`]'s. For a later stage that needs only where
+    /// values lie, and computes exactly what the bound leaves undecided. `None`: not available
+    /// (for this op, or for these inputs).
+    fn run_region_bounded(&self, _inputs: &[&Value], _ctx: &Ctx, _out: ([usize; 3], [usize; 3])) -> Option<(Value, f64)> {
+        None
+    }
     /// Whether [`Op::run_over`] can write the output over its first input (same kind, shape and
     /// element type: a mask opened in place). The executor then hands that input's value over
     /// when this stage is the last to read it and nothing else holds it (an output or a
@@ -589,6 +596,41 @@ mod tests {
             }
         }
         assert!(checked >= 1, "threshold (otsu) reads its input by planes");
+    }
+
+    /// Every registry op's bounded region ([`Op::run_region_bounded`]), where it has one, is
+    /// within its bound of the exact region.
+    #[test]
+    fn bounded_regions_are_within_their_bound() {
+        let mut checked = 0;
+        for info in REGISTRY {
+            for ex in info.examples {
+                let op = example_op(info, ex).expect("example builds");
+                if op.inputs().len() > 1 {
+                    continue;
+                }
+                let mut next = crate::util::test_rng(31);
+                let img = Value::Image(Data::F32(Array3::from_shape_fn((6, 9, 31), |_| (next() % 1000) as f32 * 0.37 - 100.0)));
+                let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };
+                for out in [([0, 0, 0], [6, 9, 31]), ([1, 2, 3], [5, 8, 30]), ([5, 0, 0], [6, 9, 31])] {
+                    let Some((Value::Image(Data::F32(fast)), bound)) = op.run_region_bounded(&[&img], &ctx, out) else { continue };
+                    let exact = match op.run_region(&[&img], &ctx, out) {
+                        Some(v) => v.expect("runs"),
+                        None => crate::exec::tiled::crop(
+                            &op.run(&[&img], &ctx).expect("runs"),
+                            &crate::exec::tiles::Region { start: out.0, end: out.1 },
+                        ),
+                    };
+                    let Value::Image(Data::F32(exact)) = exact else { panic!("{}: a bounded region of a float image", info.name) };
+                    assert_eq!(fast.dim(), exact.dim(), "{}: {{{ex}}}", info.name);
+                    for (f, e) in fast.iter().zip(exact.iter()) {
+                        assert!((*f as f64 - *e as f64).abs() <= bound, "{}: {{{ex}}} {out:?}: {f} against {e}, bound {bound}", info.name);
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 1, "gaussian has bounded regions");
     }
 
     #[test]

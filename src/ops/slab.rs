@@ -53,6 +53,11 @@ pub trait Volume: Send + Sync {
     }
     /// Planes `z0..z1`.
     fn read(&self, z0: usize, z1: usize) -> Result<Value, String>;
+    /// Planes `z0..z1` computed faster and less exactly, and a bound: every value is within it
+    /// of [`Volume::read`]'s ([`super::Op::run_region_bounded`]). `None`: not available.
+    fn read_bounded(&self, _z0: usize, _z1: usize) -> Option<(Value, f64)> {
+        None
+    }
     /// Bytes one voxel takes in memory while a slab is read (for a volume computed on the
     /// fly: its inputs' and intermediates' too).
     fn bytes_per_voxel(&self) -> u64;

@@ -173,6 +173,51 @@ impl Op for Threshold {
 /// Bytes of float planes [`otsu_by_planes`] reads at a time.
 const PLANES_BYTES: usize = 16 << 20;
 
+/// The range of a volume read by planes ([`FloatRange`], as reading every plane gives it), from
+/// its bounded reads ([`slab::Volume::read_bounded`]) and exact reads of the few planes they
+/// leave undecided: the first (the first value), and those whose bounded minimum or maximum
+/// is within twice the bound of the bounded volume's. The voxel of the exact minimum v lies in
+/// such a plane: its bounded value is at most v + ε, and every voxel's bounded value at least
+/// v − ε. `None` when a read has no bound (the caller reads every plane).
+fn bounded_range(
+    v: &dyn slab::Volume,
+    planes: usize,
+    read: &dyn Fn(usize, usize) -> Result<Array3<f32>, String>,
+) -> Result<Option<FloatRange>, String> {
+    use rayon::prelude::*;
+    let [nz, ny, nx] = v.shape();
+    let plane = ny * nx;
+    let (mut per_plane, mut eps) = (Vec::with_capacity(nz), 0f64);
+    for (z0, z1) in slab::ranges(nz, planes) {
+        let Some((Value::Image(Data::F32(a)), e)) = v.read_bounded(z0, z1) else { return Ok(None) };
+        let Some(s) = a.as_slice().filter(|s| s.len() == (z1 - z0) * plane) else { return Ok(None) };
+        eps = eps.max(e);
+        per_plane.par_extend(s.par_chunks(plane.max(1)).map(finite_min_max));
+    }
+    if per_plane.len() != nz || !eps.is_finite() {
+        return Ok(None);
+    }
+    let lo = per_plane.iter().fold(f64::INFINITY, |m, p| m.min(p.0 as f64));
+    let hi = per_plane.iter().fold(f64::NEG_INFINITY, |m, p| m.max(p.1 as f64));
+    let exact: Vec<bool> =
+        per_plane.iter().enumerate().map(|(z, p)| z == 0 || p.0 as f64 <= lo + 2.0 * eps || p.1 as f64 >= hi - 2.0 * eps).collect();
+    let mut range = FloatRange::default();
+    let mut z = 0;
+    while z < nz {
+        if !exact[z] {
+            z += 1;
+            continue;
+        }
+        let mut end = z + 1;
+        while end < nz && exact[end] && end - z < planes.max(1) {
+            end += 1;
+        }
+        range.see(&read(z, end)?);
+        z = end;
+    }
+    Ok(Some(range))
+}
+
 /// Otsu's threshold of a float image and its mask, the image read a few planes at a time and
 /// never whole (each read computes the planes again). A pass finds the range; a second puts
 /// every voxel in its bin, keeping the bin in the mask's own buffer and whether the voxel lies
@@ -195,10 +240,16 @@ pub fn otsu_by_planes(v: &dyn slab::Volume, nbins: usize, invert: bool, read_byt
             _ => Err("threshold: expected a float image".into()),
         }
     };
-    let mut range = FloatRange::default();
-    for (z0, z1) in slab::ranges(nz, planes) {
-        range.see(&read(z0, z1)?);
-    }
+    let range = match bounded_range(v, planes, &read)? {
+        Some(range) => range,
+        None => {
+            let mut range = FloatRange::default();
+            for (z0, z1) in slab::ranges(nz, planes) {
+                range.see(&read(z0, z1)?);
+            }
+            range
+        }
+    };
     let mut code: Vec<u8> = crate::util::zeroed(nz * plane);
     // A third pass, comparing every voxel with `t`.
     let compare = |code: &mut Vec<u8>, t: f64| -> Result<(), String> {
@@ -1352,13 +1403,103 @@ mod tests {
                     let data = Data::F32(img.clone());
                     let want = apply(&data, otsu(&data, nbins).unwrap(), invert).unwrap();
                     let plane = img.dim().1 * img.dim().2 * 4;
+                    let max_abs = img.iter().filter(|v| v.is_finite()).fold(0f64, |m, v| m.max(v.abs() as f64));
                     for read_bytes in [1, 3 * plane, usize::MAX / 2] {
                         let got = otsu_by_planes(&slab::WholeImage(data.clone()), nbins, invert, read_bytes).unwrap();
                         assert_eq!(got, want, "{name}: {nbins} bins, invert {invert}, reads of {read_bytes} bytes");
+                        // Bounded reads (off by up to 0, a few float32 steps, or a tenth of the range):
+                        // the range from them and exact reads of the planes they leave undecided.
+                        for eps in [0.0, 1e-5 * (1.0 + max_abs), 0.1 * (1.0 + max_abs)] {
+                            let v = Blurred { img: slab::WholeImage(data.clone()), eps, shift: pattern };
+                            let got = otsu_by_planes(&v, nbins, invert, read_bytes).unwrap();
+                            assert_eq!(got, want, "{name}: {nbins} bins, invert {invert}, reads of {read_bytes} bytes, bound {eps}");
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// An image whose bounded reads are off by up to `eps`: every voxel moved by its own
+    /// fraction of it, up and down, so that planes without an extreme can look like they hold
+    /// one and planes with one can look like they do not. No bound where a value is not finite
+    /// (as the gaussian gives none).
+    struct Blurred {
+        img: slab::WholeImage,
+        eps: f64,
+        /// Where a voxel (index, value) is moved to, in units of `eps` within [−1, 1].
+        shift: fn(usize, f32) -> f64,
+    }
+
+    /// A fixed pattern of moves up and down.
+    fn pattern(i: usize, _: f32) -> f64 {
+        ((i * 7919 + 13) % 201) as f64 / 100.0 - 1.0
+    }
+
+    impl slab::Volume for Blurred {
+        fn meta(&self) -> Meta {
+            self.img.meta()
+        }
+        fn read(&self, z0: usize, z1: usize) -> Result<Value, String> {
+            self.img.read(z0, z1)
+        }
+        fn bytes_per_voxel(&self) -> u64 {
+            4
+        }
+        fn read_bounded(&self, z0: usize, z1: usize) -> Option<(Value, f64)> {
+            let Ok(Value::Image(Data::F32(a))) = self.img.read(z0, z1) else { return None };
+            if a.iter().any(|v| !v.is_finite()) {
+                return None;
+            }
+            let plane = a.dim().1 * a.dim().2;
+            let moved = Array3::from_shape_fn(a.dim(), |(z, y, x)| {
+                let i = (z0 + z) * plane + y * a.dim().2 + x;
+                let v = a[[z, y, x]];
+                // Within the bound after rounding to float32 as well.
+                let u = (v as f64 + (self.shift)(i, v).clamp(-1.0, 1.0) * self.eps * 0.99) as f32;
+                assert!((u as f64 - v as f64).abs() <= self.eps);
+                u
+            });
+            Some((Value::Image(Data::F32(moved)), self.eps))
+        }
+    }
+
+    /// The range from bounded reads equals the range of every plane when the bound is used to
+    /// the full: the exact minimum and maximum moved inwards by the whole bound, and values a
+    /// fifth of the bound inside them (in other planes) moved outwards.
+    #[test]
+    fn a_bounded_range_finds_extremes_the_bound_hides() {
+        let eps = 1e-3;
+        let mut next = crate::util::test_rng(5);
+        let mut img = Array3::from_shape_fn((9, 5, 7), |_| (next() % 1000) as f32 / 10.0);
+        img[[3, 2, 2]] = -1.0;
+        img[[6, 1, 4]] = (-1.0 + 0.2 * eps) as f32;
+        img[[1, 4, 6]] = 200.0;
+        img[[7, 0, 0]] = (200.0 - 0.2 * eps) as f32;
+        fn inwards(_: usize, v: f32) -> f64 {
+            match v {
+                -1.0 => 1.0,
+                200.0 => -1.0,
+                v if v < 100.0 => -1.0,
+                _ => 1.0,
+            }
+        }
+        let data = Data::F32(img.clone());
+        let mut want = FloatRange::default();
+        want.see(&img);
+        for planes in [1, 2, 4, 9] {
+            let v = Blurred { img: slab::WholeImage(data.clone()), eps, shift: inwards };
+            let read = |z0: usize, z1: usize| match slab::Volume::read(&v, z0, z1) {
+                Ok(Value::Image(Data::F32(a))) => Ok(a),
+                _ => Err("not float".to_string()),
+            };
+            let got = bounded_range(&v, planes, &read).unwrap().expect("bounded reads");
+            assert_eq!((got.lo, got.hi, got.first, got.first_number), (want.lo, want.hi, want.first, want.first_number), "{planes} planes");
+        }
+        // No bound where a value is not finite: the caller reads every plane.
+        img[[0, 0, 0]] = f32::NAN;
+        let v = Blurred { img: slab::WholeImage(Data::F32(img)), eps, shift: inwards };
+        assert!(bounded_range(&v, 2, &|_, _| Err("unused".to_string())).unwrap().is_none());
     }
 
     #[test]
