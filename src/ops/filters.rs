@@ -207,23 +207,29 @@ pub fn smooth_f32(d: &Data, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usi
     // The input planes the output planes read.
     let rz = axis_kernels(sigma, truncate, ndim, dims)[0].as_ref().map_or(0, |w| w.len() / 2);
     let (z0, z1) = (out.0[0].saturating_sub(rz), (out.1[0] + rz).min(dims[0]));
-    fn largest<T: Px>(a: &Array3<T>, z0: usize, z1: usize) -> f64 {
+    // The input planes, and the largest magnitude in them (unsigned integers: the largest value).
+    fn planes<T>(a: &Array3<T>, z0: usize, z1: usize) -> &[T] {
         let plane = a.len() / a.dim().0.max(1);
-        let s = &a.as_slice().expect("standard layout")[z0 * plane..z1 * plane];
-        s.par_chunks(1 << 16).map(|c| c.iter().fold(0f32, |m, v| m.max(v.f32().abs()))).reduce(|| 0.0, f32::max) as f64
+        &a.as_slice().expect("standard layout")[z0 * plane..z1 * plane]
+    }
+    fn largest<T: Px + Ord + Default>(a: &Array3<T>, z0: usize, z1: usize) -> f64 {
+        planes(a, z0, z1).par_chunks(1 << 16).map(|c| c.iter().copied().max().unwrap_or_default()).max().unwrap_or_default().f32() as f64
     }
     let (smoothed, m) = match d {
         Data::U8(a) if a.is_standard_layout() => (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1)),
         Data::U16(a) if a.is_standard_layout() => (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1)),
         Data::U32(a) if a.is_standard_layout() => (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1)),
         Data::F32(a) if a.is_standard_layout() => {
-            let plane = a.len() / a.dim().0.max(1);
-            let s = &a.as_slice().expect("standard layout")[z0 * plane..z1 * plane];
-            // NaN fails the comparison too.
-            if !s.par_chunks(1 << 16).all(|c| c.iter().all(|v| v.abs() <= 1e30)) {
+            // The largest magnitude; NaN and anything beyond ±10³⁰ give no bound (NaN fails the
+            // comparison too).
+            let m = planes(a, z0, z1)
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0f32, |m, v| if v.abs() <= 1e30 && m >= 0.0 { m.max(v.abs()) } else { -1.0 }))
+                .reduce(|| 0.0, |a, b| if a < 0.0 || b < 0.0 { -1.0 } else { a.max(b) });
+            if m < 0.0 {
                 return None;
             }
-            (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), largest(a, z0, z1))
+            (fused_with::<_, f32>(a, sigma, truncate, ndim, out, widest), m as f64)
         }
         _ => return None,
     };
@@ -261,6 +267,12 @@ struct Scratch {
     zb: Vec<f32>,
     row: Vec<f32>,
     ext: Vec<f32>,
+}
+
+thread_local! {
+    /// The thread's [`Scratch`], kept from item to item (a fresh one per item would clear its
+    /// buffers each time: a few hundred KiB per plane).
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// The instruction sets [`fused`] compiles its loops for. Only wider vectors are used (no FMA),
@@ -324,17 +336,17 @@ fn fused_with<T: Px, A: Acc>(
     let k = Kernels { wz: wz.as_deref(), wy: wy.as_deref(), wx: wx.as_deref() };
     let fill = |dst: &mut [MaybeUninit<f32>]| {
         dst.par_chunks_mut(ony * onx).enumerate().for_each(|(zo, plane)| {
-            plane.par_chunks_mut(block * onx).enumerate().for_each_init(Scratch::default, |s, (b, rows)| {
+            plane.par_chunks_mut(block * onx).enumerate().for_each(|(b, rows)| {
                 let ys = lo[1] + b * block..lo[1] + b * block + rows.len() / onx;
                 let at = Item { src, dims: [nz, ny, nx], z: lo[0] + zo, ys, xs: lo[2]..hi[2] };
-                match isa {
+                SCRATCH.with_borrow_mut(|s| match isa {
                     // SAFETY: `isa` is one of `Isa::available()`, instruction sets the CPU has.
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => unsafe { item_avx512(&at, &k, s, rows) },
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => unsafe { item_avx2(&at, &k, s, rows) },
                     _ => item(&at, &k, s, rows),
-                }
+                });
             });
         });
     };

@@ -309,10 +309,31 @@ pub fn otsu_by_planes(v: &dyn slab::Volume, nbins: usize, invert: bool, read_byt
     match k {
         Some(k) if decided => {
             let k = k as u8;
+            // 64 voxels and their word of bits at a time: the bits spread to bytes (a byte of
+            // bits at a time, from a table), then bytes only, without branches (vectorised).
+            const SPREAD: [u64; 256] = {
+                let mut t = [0u64; 256];
+                let mut b = 0;
+                while b < 256 {
+                    let mut i = 0;
+                    while i < 8 {
+                        t[b] |= ((b as u64 >> i) & 1) << (8 * i);
+                        i += 1;
+                    }
+                    b += 1;
+                }
+                t
+            };
+            let inv = invert as u8;
             code.par_chunks_mut(PIECE).zip(above.par_chunks(PIECE / 64)).for_each(|(c, b)| {
-                for (o, x) in c.iter_mut().enumerate() {
-                    let up = *x > k || (*x == k && b[o / 64] >> (o % 64) & 1 == 1);
-                    *x = (up != invert) as u8;
+                for (c, &w) in c.chunks_mut(64).zip(b) {
+                    let mut bits = [0u8; 64];
+                    for (j, s) in bits.chunks_exact_mut(8).enumerate() {
+                        s.copy_from_slice(&SPREAD[(w >> (8 * j)) as usize & 0xff].to_le_bytes());
+                    }
+                    for (x, &bit) in c.iter_mut().zip(&bits) {
+                        *x = ((*x > k) as u8 | ((*x == k) as u8 & bit)) ^ inv;
+                    }
                 }
             });
         }
@@ -1130,7 +1151,9 @@ impl FloatBins {
         let (ni, last) = (n as i32, n as i32 - 1);
         let half = 2.0 * self.margin;
         let fast = half < 0.25;
-        let mut sub = vec![0u64; 4 * n];
+        // Four interleaved sub-histograms, 256 bins each (nbins ≤ 256): indexed by a u8 bin
+        // and k mod 4, with no bounds to check.
+        let mut sub = vec![[0u64; 256]; 4];
         let mut ok_all = true;
         let put_bits = |bits: &mut [u64], i: usize, word: u64, len: usize| {
             let (w, off) = ((first + i) / 64, (first + i) % 64);
@@ -1154,11 +1177,13 @@ impl FloatBins {
             }
             let mut word = 0u64;
             if fast && ok.iter().fold(1, |a, &b| a & b) == 1 {
-                for k in 0..L {
-                    codes[i + k] = idx[k] as u8;
-                    sub[(k & 3) * n + idx[k] as usize] += 1;
-                    word |= (up[k] as u64) << k;
+                for (c, &j) in codes[i..i + L].iter_mut().zip(&idx) {
+                    *c = j as u8;
                 }
+                for (k, &j) in idx.iter().enumerate() {
+                    sub[k & 3][j as u8 as usize] += 1;
+                }
+                word = up.iter().enumerate().fold(0u64, |w, (k, &u)| w | (u as u64) << k);
             } else {
                 for (k, &v) in c.iter().enumerate() {
                     let j = self.bin_within(v).unwrap_or_else(|| {
@@ -1182,8 +1207,8 @@ impl FloatBins {
             counts[j] += 1;
             put_bits(bits, i + k, (v as f64 > centers[j]) as u64, 1);
         }
-        for (j, c) in counts.iter_mut().enumerate() {
-            *c += sub[j] + sub[n + j] + sub[2 * n + j] + sub[3 * n + j];
+        for (j, c) in counts.iter_mut().enumerate().take(n) {
+            *c += sub[0][j] + sub[1][j] + sub[2][j] + sub[3][j];
         }
         ok_all
     }
