@@ -182,9 +182,7 @@ impl crate::ops::slab::Volume for GroupPlanes<'_> {
     fn read_bounded(&self, z0: usize, z1: usize) -> Option<(Value, f64)> {
         let [_, ny, nx] = self.run.shape;
         let ([op], [inputs]) = (&self.run.ops[..], &self.run.inputs[..]) else { return None };
-        let refs: Vec<&Value> =
-            inputs.iter().map(|f| if let Feed::Full(j) = *f { Some(self.full[j]) } else { None }).collect::<Option<_>>()?;
-        op.run_region_bounded(&refs, &self.run.ctxs[0], ([z0, 0, 0], [z1, ny, nx]))
+        op.run_region_bounded(&full_only(inputs, self.full)?, &self.run.ctxs[0], ([z0, 0, 0], [z1, ny, nx]))
     }
     fn bytes_per_voxel(&self) -> u64 {
         bytes_per_voxel(&self.meta)
@@ -204,9 +202,7 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
         // copy of the region with its halo (equal, as `run_region` must equal the crop of `run`,
         // and `run` on the whole equals `run` on any region with its halo).
         let whole = Region::whole(run.shape);
-        let full_inputs =
-            || -> Option<Vec<&Value>> { run.inputs[i].iter().map(|f| if let Feed::Full(j) = *f { Some(full[j]) } else { None }).collect() };
-        let direct = if region_in == whole { None } else { full_inputs() }
+        let direct = if region_in == whole { None } else { full_only(&run.inputs[i], full) }
             .and_then(|refs| run.ops[i].run_region(&refs, &run.ctxs[i], (region_out.start, region_out.end)));
         let v = match direct {
             Some(v) => v.map_err(|e| (i, e))?,
@@ -227,6 +223,11 @@ fn run_tile(run: &GroupRun, full: &[&Value], down: &[Zyx], core: Region) -> Tile
         }
     }
     Ok(cores)
+}
+
+/// A stage's inputs when they are all full-size values (none from the group).
+fn full_only<'v>(inputs: &[Feed], full: &[&'v Value]) -> Option<Vec<&'v Value>> {
+    inputs.iter().map(|f| if let Feed::Full(j) = *f { Some(full[j]) } else { None }).collect()
 }
 
 /// Stage `i` of a tile over `region_out`, from its inputs cropped to `region_in` (the region with
