@@ -544,32 +544,34 @@ mod tests {
     fn writing_over_the_input_equals_running_on_it() {
         let mut next = crate::util::test_rng(0x9e37_79b9_7f4a_7c15);
         let mut checked = 0;
-        for info in REGISTRY {
-            for ex in info.examples {
-                let op = example_op(info, ex).expect("example builds");
-                if !op.writes_over_input() {
-                    continue;
-                }
-                for (shape, ndim) in [((9, 13, 70), 3u8), ((1, 17, 131), 2), ((4, 1, 1), 3)] {
-                    let values: Vec<Value> = op
-                        .inputs()
-                        .iter()
-                        .map(|i| match i.accepts[0] {
-                            Kind::Mask => Value::Mask(Array3::from_shape_simple_fn(shape, || !next().is_multiple_of(3) as u8)),
-                            Kind::Labels => Value::Labels(Array3::from_shape_simple_fn(shape, || next() % 5).into()),
-                            _ => Value::Image(Data::U8(Array3::from_shape_simple_fn(shape, || next() as u8))),
-                        })
-                        .collect();
-                    let ctx = Ctx { sample: "s", spacing: [1.0, 0.5, 0.75], unit: "µm", ndim };
-                    let refs: Vec<&Value> = values.iter().collect();
-                    let want = op.run(&refs, &ctx).expect("runs");
-                    let got = op.run_over(values[0].clone(), &refs[1..], &ctx).expect("runs over its input");
-                    assert_eq!(got, want, "{}: {{{ex}}} on {shape:?}", info.name);
-                    checked += 1;
-                }
+        for (info, ex, op) in example_ops() {
+            if !op.writes_over_input() {
+                continue;
+            }
+            for (shape, ndim) in [((9, 13, 70), 3u8), ((1, 17, 131), 2), ((4, 1, 1), 3)] {
+                let values: Vec<Value> = op
+                    .inputs()
+                    .iter()
+                    .map(|i| match i.accepts[0] {
+                        Kind::Mask => Value::Mask(Array3::from_shape_simple_fn(shape, || !next().is_multiple_of(3) as u8)),
+                        Kind::Labels => Value::Labels(Array3::from_shape_simple_fn(shape, || next() % 5).into()),
+                        _ => Value::Image(Data::U8(Array3::from_shape_simple_fn(shape, || next() as u8))),
+                    })
+                    .collect();
+                let ctx = Ctx { sample: "s", spacing: [1.0, 0.5, 0.75], unit: "µm", ndim };
+                let refs: Vec<&Value> = values.iter().collect();
+                let want = op.run(&refs, &ctx).expect("runs");
+                let got = op.run_over(values[0].clone(), &refs[1..], &ctx).expect("runs over its input");
+                assert_eq!(got, want, "{}: {{{ex}}} on {shape:?}", info.name);
+                checked += 1;
             }
         }
         assert!(checked >= 12, "only {checked} cases: the morphology ops write over their input");
+    }
+
+    /// Every registry example: its op's info, the example, and the op built from it.
+    fn example_ops() -> impl Iterator<Item = (&'static OpInfo, &'static str, Box<dyn Op>)> {
+        REGISTRY.iter().flat_map(|&info| info.examples.iter().map(move |&ex| (info, ex, example_op(info, ex).expect("example builds"))))
     }
 
     /// Every op that reads its input by planes gives [`Op::run`]'s output, for every example, on
@@ -577,23 +579,20 @@ mod tests {
     #[test]
     fn reading_by_planes_equals_running_on_the_whole() {
         let mut checked = 0;
-        for info in REGISTRY {
-            for ex in info.examples {
-                let op = example_op(info, ex).expect("example builds");
-                let data = Data::F32(Array3::from_shape_fn((6, 9, 31), |(z, y, x)| ((z * 7 + y * 3 + x) % 23) as f32 * 0.37));
-                let (img, whole) = (Value::Image(data.clone()), slab::WholeImage(data));
-                if !op.reads_planes(&slab::Volume::meta(&whole)) || op.inputs().len() > 1 {
-                    continue;
-                }
-                let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };
-                assert_eq!(
-                    op.run_planes(&whole, &[], &ctx).expect("runs by planes"),
-                    op.run(&[&img], &ctx).expect("runs"),
-                    "{}: {{{ex}}}",
-                    info.name
-                );
-                checked += 1;
+        for (info, ex, op) in example_ops() {
+            let data = Data::F32(Array3::from_shape_fn((6, 9, 31), |(z, y, x)| ((z * 7 + y * 3 + x) % 23) as f32 * 0.37));
+            let (img, whole) = (Value::Image(data.clone()), slab::WholeImage(data));
+            if !op.reads_planes(&slab::Volume::meta(&whole)) || op.inputs().len() > 1 {
+                continue;
             }
+            let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };
+            assert_eq!(
+                op.run_planes(&whole, &[], &ctx).expect("runs by planes"),
+                op.run(&[&img], &ctx).expect("runs"),
+                "{}: {{{ex}}}",
+                info.name
+            );
+            checked += 1;
         }
         assert!(checked >= 1, "threshold (otsu) reads its input by planes");
     }
@@ -603,31 +602,28 @@ mod tests {
     #[test]
     fn bounded_regions_are_within_their_bound() {
         let mut checked = 0;
-        for info in REGISTRY {
-            for ex in info.examples {
-                let op = example_op(info, ex).expect("example builds");
-                if op.inputs().len() > 1 {
-                    continue;
+        for (info, ex, op) in example_ops() {
+            if op.inputs().len() > 1 {
+                continue;
+            }
+            let mut next = crate::util::test_rng(31);
+            let img = Value::Image(Data::F32(Array3::from_shape_fn((6, 9, 31), |_| (next() % 1000) as f32 * 0.37 - 100.0)));
+            let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };
+            for out in [([0, 0, 0], [6, 9, 31]), ([1, 2, 3], [5, 8, 30]), ([5, 0, 0], [6, 9, 31])] {
+                let Some((Value::Image(Data::F32(fast)), bound)) = op.run_region_bounded(&[&img], &ctx, out) else { continue };
+                let exact = match op.run_region(&[&img], &ctx, out) {
+                    Some(v) => v.expect("runs"),
+                    None => crate::exec::tiled::crop(
+                        &op.run(&[&img], &ctx).expect("runs"),
+                        &crate::exec::tiles::Region { start: out.0, end: out.1 },
+                    ),
+                };
+                let Value::Image(Data::F32(exact)) = exact else { panic!("{}: a bounded region of a float image", info.name) };
+                assert_eq!(fast.dim(), exact.dim(), "{}: {{{ex}}}", info.name);
+                for (f, e) in fast.iter().zip(exact.iter()) {
+                    assert!((*f as f64 - *e as f64).abs() <= bound, "{}: {{{ex}}} {out:?}: {f} against {e}, bound {bound}", info.name);
                 }
-                let mut next = crate::util::test_rng(31);
-                let img = Value::Image(Data::F32(Array3::from_shape_fn((6, 9, 31), |_| (next() % 1000) as f32 * 0.37 - 100.0)));
-                let ctx = Ctx { sample: "s", spacing: [1.0; 3], unit: "µm", ndim: 3 };
-                for out in [([0, 0, 0], [6, 9, 31]), ([1, 2, 3], [5, 8, 30]), ([5, 0, 0], [6, 9, 31])] {
-                    let Some((Value::Image(Data::F32(fast)), bound)) = op.run_region_bounded(&[&img], &ctx, out) else { continue };
-                    let exact = match op.run_region(&[&img], &ctx, out) {
-                        Some(v) => v.expect("runs"),
-                        None => crate::exec::tiled::crop(
-                            &op.run(&[&img], &ctx).expect("runs"),
-                            &crate::exec::tiles::Region { start: out.0, end: out.1 },
-                        ),
-                    };
-                    let Value::Image(Data::F32(exact)) = exact else { panic!("{}: a bounded region of a float image", info.name) };
-                    assert_eq!(fast.dim(), exact.dim(), "{}: {{{ex}}}", info.name);
-                    for (f, e) in fast.iter().zip(exact.iter()) {
-                        assert!((*f as f64 - *e as f64).abs() <= bound, "{}: {{{ex}}} {out:?}: {f} against {e}, bound {bound}", info.name);
-                    }
-                    checked += 1;
-                }
+                checked += 1;
             }
         }
         assert!(checked >= 1, "gaussian has bounded regions");

@@ -173,34 +173,40 @@ impl Op for Threshold {
 /// Bytes of float planes [`otsu_by_planes`] reads at a time.
 const PLANES_BYTES: usize = 16 << 20;
 
-/// The range of a volume read by planes ([`FloatRange`], as reading every plane gives it), from
-/// its bounded reads ([`slab::Volume::read_bounded`]) and exact reads of the few planes they
-/// leave undecided: the first (the first value), and those whose bounded minimum or maximum
-/// is within twice the bound of the bounded volume's. The voxel of the exact minimum v lies in
-/// such a plane: its bounded value is at most v + ε, and every voxel's bounded value at least
-/// v − ε. `None` when a read has no bound (the caller reads every plane).
-fn bounded_range(
-    v: &dyn slab::Volume,
-    planes: usize,
-    read: &dyn Fn(usize, usize) -> Result<Array3<f32>, String>,
-) -> Result<Option<FloatRange>, String> {
+/// The planes a range must read exactly, from a volume's bounded reads
+/// ([`slab::Volume::read_bounded`]): the first (it holds the first value), and those whose
+/// bounded minimum or maximum is within twice the bound of the bounded volume's. The voxel of
+/// the exact minimum v lies in such a plane: its bounded value is at most v + ε, and every
+/// voxel's bounded value at least v − ε. `None` when a read has no bound.
+fn undecided_planes(v: &dyn slab::Volume, planes: usize) -> Option<Vec<bool>> {
     use rayon::prelude::*;
     let [nz, ny, nx] = v.shape();
     let plane = ny * nx;
     let (mut per_plane, mut eps) = (Vec::with_capacity(nz), 0f64);
     for (z0, z1) in slab::ranges(nz, planes) {
-        let Some((Value::Image(Data::F32(a)), e)) = v.read_bounded(z0, z1) else { return Ok(None) };
-        let Some(s) = a.as_slice().filter(|s| s.len() == (z1 - z0) * plane) else { return Ok(None) };
+        let Some((Value::Image(Data::F32(a)), e)) = v.read_bounded(z0, z1) else { return None };
+        let s = a.as_slice().filter(|s| s.len() == (z1 - z0) * plane)?;
         eps = eps.max(e);
         per_plane.par_extend(s.par_chunks(plane.max(1)).map(finite_min_max));
     }
     if per_plane.len() != nz || !eps.is_finite() {
-        return Ok(None);
+        return None;
     }
     let lo = per_plane.iter().fold(f64::INFINITY, |m, p| m.min(p.0 as f64));
     let hi = per_plane.iter().fold(f64::NEG_INFINITY, |m, p| m.max(p.1 as f64));
-    let exact: Vec<bool> =
-        per_plane.iter().enumerate().map(|(z, p)| z == 0 || p.0 as f64 <= lo + 2.0 * eps || p.1 as f64 >= hi - 2.0 * eps).collect();
+    Some(per_plane.iter().enumerate().map(|(z, p)| z == 0 || p.0 as f64 <= lo + 2.0 * eps || p.1 as f64 >= hi - 2.0 * eps).collect())
+}
+
+/// The range of a volume read by planes ([`FloatRange`], as reading every plane gives it): exact
+/// reads, `planes` planes at most at a time, of the planes its bounded reads leave undecided
+/// ([`undecided_planes`]), or of every plane when it has none.
+fn range_by_planes(
+    v: &dyn slab::Volume,
+    planes: usize,
+    read: &dyn Fn(usize, usize) -> Result<Array3<f32>, String>,
+) -> Result<FloatRange, String> {
+    let nz = v.shape()[0];
+    let exact = undecided_planes(v, planes).unwrap_or_else(|| vec![true; nz]);
     let mut range = FloatRange::default();
     let mut z = 0;
     while z < nz {
@@ -215,7 +221,7 @@ fn bounded_range(
         range.see(&read(z, end)?);
         z = end;
     }
-    Ok(Some(range))
+    Ok(range)
 }
 
 /// Otsu's threshold of a float image and its mask, the image read a few planes at a time and
@@ -240,16 +246,7 @@ pub fn otsu_by_planes(v: &dyn slab::Volume, nbins: usize, invert: bool, read_byt
             _ => Err("threshold: expected a float image".into()),
         }
     };
-    let range = match bounded_range(v, planes, &read)? {
-        Some(range) => range,
-        None => {
-            let mut range = FloatRange::default();
-            for (z0, z1) in slab::ranges(nz, planes) {
-                range.see(&read(z0, z1)?);
-            }
-            range
-        }
-    };
+    let range = range_by_planes(v, planes, &read)?;
     let mut code: Vec<u8> = crate::util::zeroed(nz * plane);
     // A third pass, comparing every voxel with `t`.
     let compare = |code: &mut Vec<u8>, t: f64| -> Result<(), String> {
@@ -1518,13 +1515,14 @@ mod tests {
                 Ok(Value::Image(Data::F32(a))) => Ok(a),
                 _ => Err("not float".to_string()),
             };
-            let got = bounded_range(&v, planes, &read).unwrap().expect("bounded reads");
+            assert!(undecided_planes(&v, planes).is_some(), "bounded reads");
+            let got = range_by_planes(&v, planes, &read).unwrap();
             assert_eq!((got.lo, got.hi, got.first, got.first_number), (want.lo, want.hi, want.first, want.first_number), "{planes} planes");
         }
         // No bound where a value is not finite: the caller reads every plane.
         img[[0, 0, 0]] = f32::NAN;
         let v = Blurred { img: slab::WholeImage(Data::F32(img)), eps, shift: inwards };
-        assert!(bounded_range(&v, 2, &|_, _| Err("unused".to_string())).unwrap().is_none());
+        assert!(undecided_planes(&v, 2).is_none());
     }
 
     #[test]
