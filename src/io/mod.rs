@@ -11,6 +11,8 @@
 //! is an [`ImageError`], never a panic or a huge allocation.
 
 mod npy;
+mod out_file;
+pub use out_file::OutFile;
 mod raster;
 mod tiff_io;
 mod tiff_stack;

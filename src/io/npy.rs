@@ -205,7 +205,7 @@ fn rgb_refused(path: &Path) -> ImageError {
 pub struct NpyWriter {
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
-    w: Option<std::io::BufWriter<File>>,
+    w: Option<super::out_file::OutFile>,
     planes: usize,
     written: usize,
 }
@@ -218,8 +218,8 @@ impl NpyWriter {
             std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
         }
         let tmp = crate::util::tmp_sibling(path);
-        let f = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let bytes = shape.iter().map(|&d| d as u64).product::<u64>() * dtype.bytes_per_voxel();
+        let mut w = super::out_file::OutFile::create(&tmp, head.len() as u64 + bytes).map_err(|e| ImageError::io(&tmp, e))?;
         w.write_all(&head).map_err(|e| ImageError::io(&tmp, e))?;
         Ok(NpyWriter { path: path.to_path_buf(), tmp, w: Some(w), planes: shape[0], written: 0 })
     }
@@ -240,7 +240,7 @@ impl NpyWriter {
             return Err(ImageError::corrupt(&self.path, format!("internal: {} of {} planes written", self.written, self.planes)));
         }
         if let Some(w) = self.w.take() {
-            let f = w.into_inner().map_err(|e| ImageError::io(&self.tmp, e.into_error()))?;
+            let f = w.finish().map_err(|e| ImageError::io(&self.tmp, e))?;
             crate::util::finish_file(f).map_err(|e| ImageError::io(&self.tmp, e))?;
         }
         std::fs::rename(&self.tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;

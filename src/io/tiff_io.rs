@@ -11,7 +11,7 @@
 //! centimetres. Resolution in inches (the 72-dpi default of most writers) is ignored.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufReader;
 use std::path::Path;
 
 use ndarray::{Array3, Array4};
@@ -525,7 +525,7 @@ pub fn write_tiff_with_threshold(
 pub struct StackWriter {
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
-    stack: Option<Stack<BufWriter<File>>>,
+    stack: Option<Stack<super::out_file::OutFile>>,
     shape: [usize; 3],
     dtype: DType,
     written: usize,
@@ -549,7 +549,7 @@ impl StackWriter {
             std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir, e))?;
         }
         let tmp = crate::util::tmp_sibling(path);
-        let f = File::create(&tmp).map_err(|e| ImageError::io(&tmp, e))?;
+        let f = super::out_file::OutFile::create(&tmp, bytes).map_err(|e| ImageError::io(&tmp, e))?;
         let tags = PageTags {
             description: imagej_description(shape[0], ndim, spacing, dtype),
             software: SOFTWARE.into(),
@@ -562,8 +562,7 @@ impl StackWriter {
                 (r.n, r.d)
             },
         };
-        let stack =
-            Stack::new(BufWriter::with_capacity(1 << 20, f), shape, dtype, big, compression, tags).map_err(|e| ImageError::io(&tmp, e))?;
+        let stack = Stack::new(f, shape, dtype, big, compression, tags).map_err(|e| ImageError::io(&tmp, e))?;
         Ok(StackWriter { path: path.to_path_buf(), tmp, stack: Some(stack), shape, dtype, written: 0 })
     }
 
@@ -596,7 +595,7 @@ impl StackWriter {
         let tmp = self.tmp.clone();
         let stack = self.stack.take().ok_or_else(|| ImageError::corrupt(&self.path, "internal: finished twice"))?;
         let w = stack.finish().map_err(|e| ImageError::io(&tmp, e))?;
-        let f = w.into_inner().map_err(|e| ImageError::io(&tmp, e.into_error()))?;
+        let f = w.finish().map_err(|e| ImageError::io(&tmp, e))?;
         crate::util::finish_file(f).map_err(|e| ImageError::io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| ImageError::io(&self.path, e))?;
         self.written = usize::MAX;
@@ -710,6 +709,41 @@ mod tests {
         assert!(w.finish().is_err());
         assert!(!p.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary files left");
+    }
+
+    /// A stack large enough to be written directly (past the page cache) has the bytes a stack
+    /// written to memory has, whole or in slabs that end mid-block, classic and BigTIFF, and
+    /// reads back.
+    #[test]
+    fn large_stacks_are_written_directly_with_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = [41, 512, 1001];
+        let a = Array3::from_shape_fn((41, 512, 1001), |(z, y, x)| (z * 7919 + y * 31 + x) as u16);
+        let bytes = 41 * 512 * 1001 * 2;
+        assert!(bytes as u64 >= crate::io::out_file::DIRECT_FROM);
+        let sp = Spacing { zyx: [2.0, 0.5, 0.5], unit: "um".into() };
+        for big in [false, true] {
+            let tags = PageTags {
+                description: imagej_description(41, 3, &sp, DType::U16),
+                software: SOFTWARE.into(),
+                x_resolution: (resolution(0.5).n, resolution(0.5).d),
+                y_resolution: (resolution(0.5).n, resolution(0.5).d),
+            };
+            let mut mem = Stack::new(std::io::Cursor::new(Vec::new()), shape, DType::U16, big, Compression::None, tags).unwrap();
+            mem.append(&crate::io::voxel_le_bytes(&Data::U16(a.clone()))).unwrap();
+            let expected = mem.finish().unwrap().into_inner();
+            let whole = dir.path().join("whole.tif");
+            write_tiff_with_threshold(&whole, &Data::U16(a.clone()), 3, &sp, Compression::None, big).unwrap();
+            assert!(std::fs::read(&whole).unwrap() == expected, "whole, big {big}");
+            let slabs = dir.path().join("slabs.tif");
+            let mut w = StackWriter::create(&slabs, shape, DType::U16, 3, &sp, Compression::None, Some(big)).unwrap();
+            for (z0, z1) in [(0, 3), (3, 4), (4, 40), (40, 41)] {
+                w.append(&Data::U16(a.slice(ndarray::s![z0..z1, .., ..]).to_owned())).unwrap();
+            }
+            w.finish().unwrap();
+            assert!(std::fs::read(&slabs).unwrap() == expected, "slabs, big {big}");
+            assert_eq!(read(&slabs, ReadLimits::default()).unwrap().data, Data::U16(a.clone()));
+        }
     }
 
     #[test]

@@ -268,14 +268,14 @@ impl Store {
         }
         let tmp = crate::util::tmp_sibling(&path);
         let r = (|| -> std::io::Result<()> {
-            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+            let mut f = crate::io::OutFile::create(&tmp, 48 + len)?;
             f.write_all(MAGIC)?;
             f.write_all(&len.to_le_bytes())?;
             f.write_all(h.finalize().as_bytes())?;
             for p in parts {
                 f.write_all(p)?;
             }
-            f.flush()
+            f.finish().map(drop)
         })();
         if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);
