@@ -144,8 +144,28 @@ impl Labels {
 /// The largest value of a label array.
 pub fn max3<L: LabelInt>(a: &Array3<L>) -> u32 {
     match a.as_slice() {
-        Some(s) => s.par_chunks(1 << 16).map(|c| c.iter().copied().max().map_or(0, L::to_u32)).reduce(|| 0, u32::max),
-        None => a.iter().copied().max().map_or(0, L::to_u32),
+        Some(s) => s.par_chunks(1 << 16).map(max_of).reduce(|| 0, u32::max),
+        None => max_view(a.view()),
+    }
+}
+
+/// The largest of some labels (0 for none), in one pass the compiler vectorises (an `Iterator::max`
+/// is compiled one value at a time: 3 instructions a voxel).
+#[inline]
+pub fn max_of<L: LabelInt>(s: &[L]) -> u32 {
+    s.iter().fold(L::default(), |m, &v| m.max(v)).to_u32()
+}
+
+/// [`max_of`] of a view, row by row when it is not contiguous.
+pub fn max_view<L: LabelInt>(a: ArrayView3<L>) -> u32 {
+    match a.as_slice() {
+        Some(s) => max_of(s),
+        None => a
+            .rows()
+            .into_iter()
+            .map(|r| r.as_slice().map_or_else(|| r.iter().copied().max().map_or(0, L::to_u32), max_of))
+            .max()
+            .unwrap_or(0),
     }
 }
 

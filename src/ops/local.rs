@@ -319,7 +319,7 @@ impl LocalSums {
             return;
         }
         if want.shape {
-            let max = labels.iter().map(|v| v.to_u32()).chain(seam.before.iter().flat_map(|b| b.iter().copied())).max().unwrap_or(0);
+            let max = super::labels::max_view(labels).max(seam.before.map_or(0, |b| b.iter().copied().max().unwrap_or(0)));
             if self.shape.len() <= max as usize {
                 self.shape.resize(max as usize + 1, Local::default());
             }

@@ -524,7 +524,7 @@ impl Accumulator {
         let labels = labels.as_standard_layout();
         let flat = labels.as_slice().expect("standard layout");
         let (nz, ny, nx) = labels.dim();
-        let len = flat.iter().copied().max().map_or(0, L::to_u32) as usize + 1;
+        let len = super::labels::max_of(flat) as usize + 1;
         if self.geo.len() < len {
             self.geo.resize(len, Acc { n: 0, sum: [0; 3], sq: [0; 6], lo: [usize::MAX; 3], hi: [0; 3] });
         }
