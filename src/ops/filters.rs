@@ -421,25 +421,44 @@ unsafe fn item_avx512<T: Px, A: Acc>(at: &Item<T>, k: &Kernels<A>, s: &mut Scrat
     item(at, k, s, out)
 }
 
-/// Lanes of a block in [`sym_rows`]: two AVX-512 vectors of float64 (four AVX2 ones), two
-/// independent chains of additions in flight.
+/// Lanes of a block in [`sym_rows`]: two AVX-512 vectors (four AVX2 ones) of the sum's type,
+/// two independent chains of additions in flight: 16 voxels summed in float64, 32 in float32.
 const LANES: usize = 16;
 
 /// One pass of a symmetric kernel `w` (length 2r+1): `out[x]` = `rows[r][x]·w[r]` plus, for
 /// j = r..1, `(rows[r−j][x] + rows[r+j][x])·w[r−j]`, summed in float64 in that order (scipy's)
-/// and stored as float32. Blocks of [`LANES`] voxels keep their sums in registers through all
+/// and stored as float32. Blocks of voxels ([`LANES`]) keep their sums in registers through all
 /// the taps; the order of the operations per voxel is the same as one tap at a time.
 #[inline(always)]
 fn sym_rows<S: Px, A: Acc>(rows: &[&[S]], w: &[A], out: &mut [MaybeUninit<f32>]) {
     let r = w.len() / 2;
     let n = out.len();
     assert!(rows.len() == w.len() && rows.iter().all(|row| row.len() >= n), "rows shorter than the output");
-    let wc = w[r];
     let mut x = 0;
-    while x + LANES <= n {
-        let mut a = [A::ZERO; LANES];
-        // SAFETY (all `get_unchecked` below): every row holds at least n values (asserted), and
-        // x + LANES <= n; r − j and r + j are within 0..2r+1 = rows.len() = w.len().
+    if std::mem::size_of::<A>() == 4 {
+        x = sym_blocks::<S, A, { 2 * LANES }>(rows, w, out, x);
+    }
+    x = sym_blocks::<S, A, LANES>(rows, w, out, x);
+    let wc = w[r];
+    for x in x..n {
+        let mut a = A::of(rows[r][x].f32()) * wc;
+        for j in (1..=r).rev() {
+            a = a + (A::of(rows[r - j][x].f32()) + A::of(rows[r + j][x].f32())) * w[r - j];
+        }
+        out[x].write(a.f32());
+    }
+}
+
+/// [`sym_rows`]' blocks of `L` voxels from `x` on, while whole blocks fit; where they end.
+#[inline(always)]
+fn sym_blocks<S: Px, A: Acc, const L: usize>(rows: &[&[S]], w: &[A], out: &mut [MaybeUninit<f32>], mut x: usize) -> usize {
+    let r = w.len() / 2;
+    let n = out.len();
+    let wc = w[r];
+    while x + L <= n {
+        let mut a = [A::ZERO; L];
+        // SAFETY (all `get_unchecked` below): every row holds at least n values (asserted by
+        // sym_rows), and x + L <= n; r − j and r + j are within 0..2r+1 = rows.len() = w.len().
         unsafe {
             let c = rows.get_unchecked(r).as_ptr().add(x);
             for (l, a) in a.iter_mut().enumerate() {
@@ -453,18 +472,12 @@ fn sym_rows<S: Px, A: Acc>(rows: &[&[S]], w: &[A], out: &mut [MaybeUninit<f32>])
                 }
             }
         }
-        for (o, &a) in out[x..x + LANES].iter_mut().zip(&a) {
+        for (o, &a) in out[x..x + L].iter_mut().zip(&a) {
             o.write(a.f32());
         }
-        x += LANES;
+        x += L;
     }
-    for x in x..n {
-        let mut a = A::of(rows[r][x].f32()) * wc;
-        for j in (1..=r).rev() {
-            a = a + (A::of(rows[r - j][x].f32()) + A::of(rows[r + j][x].f32())) * w[r - j];
-        }
-        out[x].write(a.f32());
-    }
+    x
 }
 
 /// `s` as slots [`sym_rows`] writes (it writes values only, never uninitialised memory).
