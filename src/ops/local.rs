@@ -472,7 +472,35 @@ fn faces(a: &[u32], b: &[u32], axis: usize, counter: &mut PairCounter) {
 /// touch (with `counter`). Each face lies on one window's upper edges — x faces on its (z, y+1)
 /// edge, y faces on its (z, x+1) edge, z faces on its (y+1, x+1) edge — so it is counted once; a
 /// window of one value has none, and is skipped, as are the runs of background.
-fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], mut counter: Option<&mut PairCounter>) {
+fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
+            return unsafe { cubes_avx512(p, q, w, h, shape, counter) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2; the code is the plain version compiled for it.
+            return unsafe { cubes_avx2(p, q, w, h, shape, counter) };
+        }
+    }
+    cubes_plain(p, q, w, h, shape, counter)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
+unsafe fn cubes_avx512(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
+    cubes_plain(p, q, w, h, shape, counter)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn cubes_avx2(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
+    cubes_plain(p, q, w, h, shape, counter)
+}
+
+#[inline(always)]
+fn cubes_plain(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], mut counter: Option<&mut PairCounter>) {
     // Per column x of a row of windows, the OR of its four voxels: window x is background when
     // columns x and x + 1 are. Computed a row at a time (vectorised) so that runs of background
     // windows are passed over 16 columns at a time.

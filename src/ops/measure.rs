@@ -536,31 +536,7 @@ impl Accumulator {
         for acc in self.images.iter_mut() {
             acc.grow(len);
         }
-        // Objects are visited as runs of one label along x, in raster order: the geometry sums of
-        // a run have closed forms (exact integers, so the totals are those of voxel-by-voxel
-        // sums), and intensities are added voxel by voxel in raster order as before.
-        for r in 0..nz * ny {
-            let (z, y) = (z0 + r / ny.max(1), r % ny.max(1));
-            let row = &flat[r * nx..(r + 1) * nx];
-            let mut x = 0;
-            while x < nx {
-                let l = row[x];
-                if l == L::default() {
-                    x = skip_zeros(row, x);
-                    continue;
-                }
-                let start = x;
-                x += 1;
-                while x < nx && row[x] == l {
-                    x += 1;
-                }
-                let l = l.to_u32() as usize;
-                self.geo[l].add_run(z, y, start, x);
-                for (acc, img) in self.images.iter_mut().zip(&rows) {
-                    add_intensity(acc, l, img, r * nx + start, r * nx + x);
-                }
-            }
-        }
+        add_runs(&mut self.geo, &mut self.images, &rows, flat, z0, (nz, ny, nx));
         if let Some(t) = territories {
             let counts = self.territory.get_or_insert_with(Vec::new);
             for &l in t.iter() {
@@ -1080,6 +1056,86 @@ fn add_intensity(acc: &mut ImageAcc, l: usize, data: &Flat, a: usize, b: usize) 
             hi[l] = mx;
         }
         _ => {}
+    }
+}
+
+/// The runs of one label along x of a slab's rows (`flat`, planes from `z0`, `dims`): their
+/// geometry sums into `geo` and their intensities into `images`. Compiled for the widest vectors
+/// the CPU has (the same integers on any).
+fn add_runs<L: LabelInt>(geo: &mut [Acc], images: &mut [ImageAcc], rows: &[Flat], flat: &[L], z0: usize, dims: (usize, usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
+            return unsafe { add_runs_avx512(geo, images, rows, flat, z0, dims) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2; the code is the plain version compiled for it.
+            return unsafe { add_runs_avx2(geo, images, rows, flat, z0, dims) };
+        }
+    }
+    add_runs_plain(geo, images, rows, flat, z0, dims)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
+unsafe fn add_runs_avx512<L: LabelInt>(
+    geo: &mut [Acc],
+    images: &mut [ImageAcc],
+    rows: &[Flat],
+    flat: &[L],
+    z0: usize,
+    dims: (usize, usize, usize),
+) {
+    add_runs_plain(geo, images, rows, flat, z0, dims)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_runs_avx2<L: LabelInt>(
+    geo: &mut [Acc],
+    images: &mut [ImageAcc],
+    rows: &[Flat],
+    flat: &[L],
+    z0: usize,
+    dims: (usize, usize, usize),
+) {
+    add_runs_plain(geo, images, rows, flat, z0, dims)
+}
+
+#[inline(always)]
+fn add_runs_plain<L: LabelInt>(
+    geo: &mut [Acc],
+    images: &mut [ImageAcc],
+    rows: &[Flat],
+    flat: &[L],
+    z0: usize,
+    (nz, ny, nx): (usize, usize, usize),
+) {
+    // Objects are visited as runs of one label along x, in raster order: the geometry sums of
+    // a run have closed forms (exact integers, so the totals are those of voxel-by-voxel
+    // sums), and intensities are added voxel by voxel in raster order as before.
+    for r in 0..nz * ny {
+        let (z, y) = (z0 + r / ny.max(1), r % ny.max(1));
+        let row = &flat[r * nx..(r + 1) * nx];
+        let mut x = 0;
+        while x < nx {
+            let l = row[x];
+            if l == L::default() {
+                x = skip_zeros(row, x);
+                continue;
+            }
+            let start = x;
+            x += 1;
+            while x < nx && row[x] == l {
+                x += 1;
+            }
+            let l = l.to_u32() as usize;
+            geo[l].add_run(z, y, start, x);
+            for (acc, img) in images.iter_mut().zip(rows) {
+                add_intensity(acc, l, img, r * nx + start, r * nx + x);
+            }
+        }
     }
 }
 
