@@ -476,9 +476,13 @@ impl Accumulator {
             self.add_view(labels.view(), &views, territories.map(|t| t.view()), z0, edges);
             return;
         }
-        // Exact sums and min/max merge exactly, so z-ranges can be added in parallel and merged. One range per thread: each partial is sized by the objects it sees.
-        let k = threads.min(nz);
-        let ranges: Vec<(usize, usize)> = (0..k).map(|i| (i * nz / k, (i + 1) * nz / k)).filter(|(a, b)| b > a).collect();
+        // Exact sums and min/max merge exactly, so z-ranges can be added in parallel and merged.
+        // Two ranges per thread (each partial is sized by the objects it sees), cut where they
+        // hold about as much object as each other: the time goes to objects' voxels and
+        // surfaces, and one range per thread of equal planes left a thread waiting for the other
+        // (or for the CPU a background writer took from it).
+        let k = (2 * threads).min(nz);
+        let ranges = balanced_ranges(labels, k);
         let parts: Vec<Accumulator> = ranges
             .par_iter()
             .map(|&(a, b)| {
@@ -1139,6 +1143,37 @@ fn add_runs_plain<L: LabelInt>(
     }
 }
 
+/// `k` z-ranges of `labels` (whole planes, none empty) holding about equal work: per plane, its
+/// object voxels on every 8th row, plus a share for passing over its background.
+fn balanced_ranges<L: LabelInt>(labels: &Array3<L>, k: usize) -> Vec<(usize, usize)> {
+    use rayon::prelude::*;
+    let (nz, ny, nx) = labels.dim();
+    let k = k.min(nz).max(1);
+    let weight: Vec<u64> = (0..nz)
+        .into_par_iter()
+        .map(|z| {
+            let plane = labels.index_axis(Axis(0), z);
+            let objects: u64 = (0..ny).step_by(8).map(|y| plane.row(y).iter().filter(|&&v| v != L::default()).count() as u64 * 8).sum();
+            objects + (ny * nx / 16) as u64 + 1
+        })
+        .collect();
+    let total: u64 = weight.iter().sum();
+    let mut ranges = Vec::with_capacity(k);
+    let (mut start, mut acc) = (0usize, 0u64);
+    for (z, w) in weight.iter().enumerate() {
+        acc += w;
+        let i = ranges.len() as u64 + 1;
+        // Cut after plane z once this range reaches its share, leaving a plane for each range to come.
+        if ranges.len() + 1 < k && acc * k as u64 >= total * i && nz - (z + 1) >= k - ranges.len() - 1 {
+            ranges.push((start, z + 1));
+            start = z + 1;
+        }
+    }
+    ranges.push((start, nz));
+    ranges.retain(|(a, b)| b > a);
+    ranges
+}
+
 /// What a measure partial result starts with (and its format's version).
 const MAGIC: &[u8] = b"tessera-measure-2";
 
@@ -1189,6 +1224,23 @@ fn intensity_stats(acc: &ImageAcc, nmax: usize) -> Vec<IStat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Balanced ranges cover every plane once, in order, none empty; objects crowded into a few
+    /// planes get ranges of their own.
+    #[test]
+    fn balanced_ranges_cover_the_planes_and_split_the_objects() {
+        for (nz, k) in [(1, 2), (2, 2), (3, 8), (40, 2), (40, 3), (41, 7)] {
+            let a = Array3::from_shape_fn((nz, 16, 16), |(z, y, x)| u16::from(z < nz / 4 && (x + y) % 3 == 0));
+            let r = balanced_ranges(&a, k);
+            assert_eq!(r.len(), k.min(nz), "{nz} {k}");
+            assert_eq!(r.first().unwrap().0, 0);
+            assert_eq!(r.last().unwrap().1, nz);
+            assert!(r.windows(2).all(|w| w[0].1 == w[1].0) && r.iter().all(|(a, b)| b > a), "{r:?}");
+            if (nz, k) == (40, 2) {
+                assert!(r[0].1 <= 10, "the objects' planes are split off: {r:?}");
+            }
+        }
+    }
 
     #[test]
     fn parallel_accumulation_equals_sequential() {
