@@ -14,7 +14,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Files expected to be at least this large are written directly.
-pub const DIRECT_FROM: u64 = 32 << 20;
+pub const DIRECT_FROM: u64 = 4 << 20;
 /// Bytes per direct write (a multiple of every block size in use, 4 KiB included).
 const BLOCK: usize = 4 << 20;
 /// Alignment of direct writes' memory, offsets and lengths.
