@@ -35,12 +35,14 @@ pub struct OutFile {
     patches: Vec<(u64, Vec<u8>)>,
 }
 
-/// [`BLOCK`] bytes at an [`ALIGN`]ed address, kept per thread: writer threads write file after
-/// file, and a fresh buffer per file would be fresh pages each time.
+/// `cap` bytes at an [`ALIGN`]ed address: [`BLOCK`] for direct writes, kept per thread (writer
+/// threads write file after file, and a fresh buffer per file would be fresh pages each time);
+/// up to 1 MiB for a file written through the page cache.
 struct Buffer {
     raw: Vec<u8>,
     start: usize,
     len: usize,
+    cap: usize,
 }
 
 thread_local! {
@@ -48,10 +50,14 @@ thread_local! {
 }
 
 impl Buffer {
-    fn new() -> Buffer {
-        let raw = SPARE.with(|s| s.borrow_mut().take()).unwrap_or_else(|| vec![0u8; BLOCK + ALIGN]);
+    fn new(cap: usize) -> Buffer {
+        let raw = if cap == BLOCK {
+            SPARE.with(|s| s.borrow_mut().take()).unwrap_or_else(|| vec![0u8; BLOCK + ALIGN])
+        } else {
+            vec![0u8; cap + ALIGN]
+        };
         let start = raw.as_ptr().align_offset(ALIGN);
-        Buffer { raw, start, len: 0 }
+        Buffer { raw, start, len: 0, cap }
     }
     fn bytes(&self) -> &[u8] {
         &self.raw[self.start..self.start + self.len]
@@ -62,7 +68,7 @@ impl Buffer {
     }
     /// Appends as much of `b` as fits; returns how much.
     fn push(&mut self, b: &[u8]) -> usize {
-        let n = b.len().min(BLOCK - self.len);
+        let n = b.len().min(self.cap - self.len);
         let at = self.start + self.len;
         self.raw[at..at + n].copy_from_slice(&b[..n]);
         self.len += n;
@@ -72,8 +78,10 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        let raw = std::mem::take(&mut self.raw);
-        let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(raw));
+        if self.cap == BLOCK {
+            let raw = std::mem::take(&mut self.raw);
+            let _ = SPARE.try_with(|s| *s.borrow_mut() = Some(raw));
+        }
     }
 }
 
@@ -81,7 +89,8 @@ impl OutFile {
     /// Creates (truncates) `path` for a file of about `expected` bytes.
     pub fn create(path: &Path, expected: u64) -> std::io::Result<OutFile> {
         let (file, direct) = open(path, expected >= DIRECT_FROM)?;
-        Ok(OutFile { file, direct, buf: Buffer::new(), flushed: 0, pos: 0, patches: Vec::new() })
+        let cap = if direct { BLOCK } else { (expected as usize).clamp(64 << 10, 1 << 20) };
+        Ok(OutFile { file, direct, buf: Buffer::new(cap), flushed: 0, pos: 0, patches: Vec::new() })
     }
 
     fn end(&self) -> u64 {
@@ -155,15 +164,15 @@ impl Write for OutFile {
         }
         while self.pos > self.end() {
             // Past the end: the gap reads as zeros, as in a file.
-            if self.buf.len == BLOCK {
+            if self.buf.len == self.buf.cap {
                 self.flush_buffer(false)?;
             }
-            let gap = (self.pos - self.end()).min((BLOCK - self.buf.len) as u64) as usize;
+            let gap = (self.pos - self.end()).min((self.buf.cap - self.buf.len) as u64) as usize;
             let at = self.buf.start + self.buf.len;
             self.buf.raw[at..at + gap].fill(0);
             self.buf.len += gap;
         }
-        if self.buf.len == BLOCK {
+        if self.buf.len == self.buf.cap {
             self.flush_buffer(false)?;
         }
         let n = self.buf.push(b);
