@@ -293,7 +293,7 @@ impl Isa {
             if std::arch::is_x86_feature_detected!("avx2") {
                 v.push(Isa::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+            if crate::util::has_avx512() {
                 v.push(Isa::Avx512);
             }
         }

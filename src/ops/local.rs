@@ -475,7 +475,7 @@ fn faces(a: &[u32], b: &[u32], axis: usize, counter: &mut PairCounter) {
 fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        if crate::util::has_avx512() {
             // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
             return unsafe { cubes_avx512(p, q, w, h, shape, counter) };
         }

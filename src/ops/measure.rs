@@ -1069,7 +1069,7 @@ fn add_intensity(acc: &mut ImageAcc, l: usize, data: &Flat, a: usize, b: usize) 
 fn add_runs<L: LabelInt>(geo: &mut [Acc], images: &mut [ImageAcc], rows: &[Flat], flat: &[L], z0: usize, dims: (usize, usize, usize)) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        if crate::util::has_avx512() {
             // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
             return unsafe { add_runs_avx512(geo, images, rows, flat, z0, dims) };
         }

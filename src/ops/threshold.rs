@@ -1121,7 +1121,7 @@ impl FloatBins {
     /// roundings, which twice the margin covers); the others value by value.
     fn place(&self, centers: &[f64], values: &[f32], codes: &mut [u8], bits: &mut [u64], first: usize, counts: &mut [u64]) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        if crate::util::has_avx512() {
             // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
             return unsafe { self.place_avx512(centers, values, codes, bits, first, counts) };
         }
