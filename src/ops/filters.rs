@@ -431,7 +431,6 @@ const LANES: usize = 16;
 /// the taps; the order of the operations per voxel is the same as one tap at a time.
 #[inline(always)]
 fn sym_rows<S: Px, A: Acc>(rows: &[&[S]], w: &[A], out: &mut [MaybeUninit<f32>]) {
-    let r = w.len() / 2;
     let n = out.len();
     assert!(rows.len() == w.len() && rows.iter().all(|row| row.len() >= n), "rows shorter than the output");
     let mut x = 0;
@@ -439,14 +438,8 @@ fn sym_rows<S: Px, A: Acc>(rows: &[&[S]], w: &[A], out: &mut [MaybeUninit<f32>])
         x = sym_blocks::<S, A, { 2 * LANES }>(rows, w, out, x);
     }
     x = sym_blocks::<S, A, LANES>(rows, w, out, x);
-    let wc = w[r];
-    for x in x..n {
-        let mut a = A::of(rows[r][x].f32()) * wc;
-        for j in (1..=r).rev() {
-            a = a + (A::of(rows[r - j][x].f32()) + A::of(rows[r + j][x].f32())) * w[r - j];
-        }
-        out[x].write(a.f32());
-    }
+    // The last voxels one at a time.
+    sym_blocks::<S, A, 1>(rows, w, out, x);
 }
 
 /// [`sym_rows`]' blocks of `L` voxels from `x` on, while whole blocks fit; where they end.
