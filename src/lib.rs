@@ -10,6 +10,7 @@ pub mod classify;
 pub mod cli;
 pub mod exec;
 pub mod io;
+pub mod isa;
 pub mod ops;
 pub mod plan;
 pub mod record;

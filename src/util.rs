@@ -598,17 +598,6 @@ pub fn map3<A: Copy + Sync, B: Copy + Default + Send>(a: &ndarray::Array3<A>, f:
     out
 }
 
-/// Whether this CPU has every feature the AVX-512 builds of the kernels enable (F, BW, VL, DQ,
-/// and AVX2): those builds may use any of them, so all must be checked, not one.
-#[cfg(target_arch = "x86_64")]
-pub fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("avx2")
-}
-
 /// Advises the kernel to back `v`'s memory with huge pages (no-op off Linux or for small buffers).
 pub fn advise_huge<T>(v: &[T]) {
     advise_huge_raw(v.as_ptr() as usize, std::mem::size_of_val(v));

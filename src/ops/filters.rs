@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Halo, Input, Kind, Meta, Op, OpInfo, ParamDoc, ParamIssue, Value, build, default_input, expect_image, fields_of};
 use crate::io::{DType, Data};
+use crate::isa::Isa;
 
 /// A number for every axis, or one per axis (`[z, y, x]`, or `[y, x]` for 2D).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -202,7 +203,7 @@ pub fn smooth(d: &Data, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 
 /// exactly the few voxels the bound leaves undecided. `None` where no bound is given: input
 /// that is not finite or beyond ±10³⁰, RGB.
 pub fn smooth_f32(d: &Data, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Option<(Array3<f32>, f64)> {
-    let widest = Isa::available().pop().unwrap_or(Isa::Plain);
+    let widest = Isa::widest();
     let dims = d.shape();
     // The input planes the output planes read.
     let rz = axis_kernels(sigma, truncate, ndim, dims)[0].as_ref().map_or(0, |w| w.len() / 2);
@@ -275,34 +276,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// The instruction sets [`fused`] compiles its loops for. Only wider vectors are used (no FMA),
-/// so every one gives the plain version's results, bit for bit (tested).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Isa {
-    Plain,
-    Avx2,
-    Avx512,
-}
-
-impl Isa {
-    /// The instruction sets this CPU has, narrowest first.
-    fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Plain];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                v.push(Isa::Avx2);
-            }
-            if crate::util::has_avx512() {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-}
-
 fn fused<T: Px>(a: &Array3<T>, sigma: [f64; 3], truncate: f64, ndim: u8, out: ([usize; 3], [usize; 3])) -> Array3<f32> {
-    let widest = Isa::available().pop().unwrap_or(Isa::Plain);
+    let widest = Isa::widest();
     fused_with::<T, f64>(a, sigma, truncate, ndim, out, widest)
 }
 
@@ -339,13 +314,11 @@ fn fused_with<T: Px, A: Acc>(
             plane.par_chunks_mut(block * onx).enumerate().for_each(|(b, rows)| {
                 let ys = lo[1] + b * block..lo[1] + b * block + rows.len() / onx;
                 let at = Item { src, dims: [nz, ny, nx], z: lo[0] + zo, ys, xs: lo[2]..hi[2] };
-                SCRATCH.with_borrow_mut(|s| match isa {
-                    // SAFETY: `isa` is one of `Isa::available()`, instruction sets the CPU has.
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => unsafe { item_avx512(&at, &k, s, rows) },
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { item_avx2(&at, &k, s, rows) },
-                    _ => item(&at, &k, s, rows),
+                let (at, k) = (&at, &k);
+                SCRATCH.with_borrow_mut(|s| {
+                    crate::isa::dispatch!(isa, [T: Px, A: Acc] item(
+                        at: &Item<T>, k: &Kernels<A>, s: &mut Scratch, rows: &mut [MaybeUninit<f32>]
+                    ))
                 });
             });
         });
@@ -407,18 +380,6 @@ struct Item<'a, T> {
     z: usize,
     ys: std::ops::Range<usize>,
     xs: std::ops::Range<usize>,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn item_avx2<T: Px, A: Acc>(at: &Item<T>, k: &Kernels<A>, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
-    item(at, k, s, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
-unsafe fn item_avx512<T: Px, A: Acc>(at: &Item<T>, k: &Kernels<A>, s: &mut Scratch, out: &mut [MaybeUninit<f32>]) {
-    item(at, k, s, out)
 }
 
 /// Lanes of a block in [`sym_rows`]: two AVX-512 vectors (four AVX2 ones) of the sum's type,
@@ -728,8 +689,8 @@ mod tests {
         for (sigma, ndim) in [([1.0, 1.0, 1.0], 3), ([0.0, 1.5, 2.5], 2), ([2.0, 0.7, 1.3], 3)] {
             let whole = |d: [usize; 3]| ([0; 3], d);
             let crop = ([1, 2, 3], [4, 15, 30]);
-            let want_u8 = bits(fused_with::<_, f64>(&u8s, sigma, 4.0, ndim, crop, Isa::Plain));
-            let want_f32 = bits(fused_with::<_, f64>(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), Isa::Plain));
+            let want_u8 = bits(fused_with::<_, f64>(&u8s, sigma, 4.0, ndim, crop, Isa::plain()));
+            let want_f32 = bits(fused_with::<_, f64>(&f32s, sigma, 4.0, ndim, whole([5, 19, 67]), Isa::plain()));
             for &isa in &isas {
                 assert_eq!(bits(fused_with::<_, f64>(&u8s, sigma, 4.0, ndim, crop, isa)), want_u8, "{isa:?} u8 σ {sigma:?}");
                 assert_eq!(

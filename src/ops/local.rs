@@ -473,30 +473,9 @@ fn faces(a: &[u32], b: &[u32], axis: usize, counter: &mut PairCounter) {
 /// edge, y faces on its (z, x+1) edge, z faces on its (y+1, x+1) edge — so it is counted once; a
 /// window of one value has none, and is skipped, as are the runs of background.
 fn cubes(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::util::has_avx512() {
-            // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
-            return unsafe { cubes_avx512(p, q, w, h, shape, counter) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2; the code is the plain version compiled for it.
-            return unsafe { cubes_avx2(p, q, w, h, shape, counter) };
-        }
-    }
-    cubes_plain(p, q, w, h, shape, counter)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
-unsafe fn cubes_avx512(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
-    cubes_plain(p, q, w, h, shape, counter)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn cubes_avx2(p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>) {
-    cubes_plain(p, q, w, h, shape, counter)
+    crate::isa::dispatch!(crate::isa::Isa::widest(), [] cubes_plain(
+        p: &[u32], q: &[u32], w: usize, h: usize, shape: &mut [Local], counter: Option<&mut PairCounter>
+    ))
 }
 
 #[inline(always)]

@@ -1067,44 +1067,9 @@ fn add_intensity(acc: &mut ImageAcc, l: usize, data: &Flat, a: usize, b: usize) 
 /// geometry sums into `geo` and their intensities into `images`. Compiled for the widest vectors
 /// the CPU has (the same integers on any).
 fn add_runs<L: LabelInt>(geo: &mut [Acc], images: &mut [ImageAcc], rows: &[Flat], flat: &[L], z0: usize, dims: (usize, usize, usize)) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::util::has_avx512() {
-            // SAFETY: the CPU has AVX-512F/BW; the code is the plain version compiled for them.
-            return unsafe { add_runs_avx512(geo, images, rows, flat, z0, dims) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2; the code is the plain version compiled for it.
-            return unsafe { add_runs_avx2(geo, images, rows, flat, z0, dims) };
-        }
-    }
-    add_runs_plain(geo, images, rows, flat, z0, dims)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
-unsafe fn add_runs_avx512<L: LabelInt>(
-    geo: &mut [Acc],
-    images: &mut [ImageAcc],
-    rows: &[Flat],
-    flat: &[L],
-    z0: usize,
-    dims: (usize, usize, usize),
-) {
-    add_runs_plain(geo, images, rows, flat, z0, dims)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn add_runs_avx2<L: LabelInt>(
-    geo: &mut [Acc],
-    images: &mut [ImageAcc],
-    rows: &[Flat],
-    flat: &[L],
-    z0: usize,
-    dims: (usize, usize, usize),
-) {
-    add_runs_plain(geo, images, rows, flat, z0, dims)
+    crate::isa::dispatch!(crate::isa::Isa::widest(), [L: LabelInt] add_runs_plain(
+        geo: &mut [Acc], images: &mut [ImageAcc], rows: &[Flat], flat: &[L], z0: usize, dims: (usize, usize, usize)
+    ))
 }
 
 #[inline(always)]
