@@ -97,6 +97,41 @@ fn library_cases(dir: &Path) -> Vec<Case> {
     cases
 }
 
+/// Stacks of 4 MiB and more, which tessera writes past the page cache (`O_DIRECT`, in 4 MiB
+/// blocks, the header's directory offset patched in at the end): label images as a run writes
+/// them, whole and in slabs of 3 planes (which end inside a block), an image compressed with
+/// LZW (its expected size, uncompressed, takes the direct path too), and a mask in slabs.
+fn large_cases(dir: &Path) -> Vec<Case> {
+    let (nz, ny, nx) = (40, 256, 300);
+    let labels = Data::U16(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| ((z / 3 * 7919 + y / 5 * 131 + x / 4) % 60_000) as u16));
+    let image = Data::F32(Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| (z * 31 + y * 7 + x) as f32 * 0.25 - 100.0));
+    let mask = Data::U8(Array3::from_shape_fn((nz * 2, ny, nx), |(z, y, x)| if (z + y / 3 + x / 5) % 4 == 0 { 255 } else { 0 }));
+    let spacing = Spacing { zyx: [1.2, 0.4, 0.4], unit: "um".into() };
+    let mut cases = Vec::new();
+    for (name, d, c, slabs) in [
+        ("large_labels_u16_whole", &labels, Compression::None, None),
+        ("large_labels_u16_slabs", &labels, Compression::None, Some(3)),
+        ("large_image_f32_lzw", &image, Compression::Lzw, None),
+        ("large_mask_u8_deflate_slabs", &mask, Compression::Deflate, Some(3)),
+    ] {
+        let raw = d.shape().iter().product::<usize>() as u64 * d.dtype().bytes_per_voxel();
+        assert!(raw >= tessera::io::DIRECT_FROM, "{name} must take the direct path");
+        let file = dir.join(format!("{name}.tif"));
+        match slabs {
+            None => write_tiff(&file, d, 3, &spacing, c).unwrap(),
+            Some(n) => {
+                let mut w = StackWriter::create(&file, d.shape(), d.dtype(), 3, &spacing, c, Some(false)).unwrap();
+                for z in (0..d.shape()[0]).step_by(n) {
+                    w.append(&slab(d, z, (z + n).min(d.shape()[0]))).unwrap();
+                }
+                w.finish().unwrap();
+            }
+        }
+        cases.push(case(&file, d, 3, &spacing));
+    }
+    cases
+}
+
 fn plane0(d: &Data) -> Data {
     slab(d, 0, 1)
 }
@@ -215,6 +250,7 @@ fn imagej_opens_every_tiff_tessera_writes_with_its_voxels_and_calibration() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut cases = library_cases(dir);
+    cases.extend(large_cases(dir));
     cases.push(old_layout(dir));
     cases.extend(run_cases(dir));
     let list: String = cases.iter().enumerate().map(|(k, c)| format!("{}\t{}/raw{k}.raw\n", c.file.display(), dir.display())).collect();

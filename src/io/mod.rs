@@ -12,7 +12,7 @@
 
 mod npy;
 mod out_file;
-pub use out_file::OutFile;
+pub use out_file::{DIRECT_FROM, OutFile};
 mod raster;
 mod tiff_io;
 mod tiff_stack;
