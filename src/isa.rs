@@ -20,19 +20,11 @@ pub enum Level {
 }
 
 impl Isa {
-    /// The instruction sets this CPU has, narrowest first (always the plain one).
+    /// The instruction sets this CPU has, narrowest first (always the plain one): every level
+    /// up to the widest, since each includes the ones before it.
     pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa(Level::Plain)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                v.push(Isa(Level::Avx2));
-            }
-            if has_avx512() {
-                v.push(Isa(Level::Avx512));
-            }
-        }
-        v
+        let widest = Isa::widest().0;
+        [Level::Plain, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= widest).map(Isa).collect()
     }
 
     /// The widest instruction set this CPU has.

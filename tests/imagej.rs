@@ -84,11 +84,7 @@ fn library_cases(dir: &Path) -> Vec<Case> {
                 if ndim == 3 {
                     // As a streamed run writes: two planes at a time.
                     let file = dir.join(format!("{name}_{cname}_slabs.tif"));
-                    let mut w = StackWriter::create(&file, d.shape(), d.dtype(), 3, &spacing, c, Some(false)).unwrap();
-                    for z in (0..d.shape()[0]).step_by(2) {
-                        w.append(&slab(&d, z, z + 2)).unwrap();
-                    }
-                    w.finish().unwrap();
+                    write_in_slabs(&file, &d, &spacing, c, 2);
                     cases.push(case(&file, &d, 3, &spacing));
                 }
             }
@@ -119,17 +115,21 @@ fn large_cases(dir: &Path) -> Vec<Case> {
         let file = dir.join(format!("{name}.tif"));
         match slabs {
             None => write_tiff(&file, d, 3, &spacing, c).unwrap(),
-            Some(n) => {
-                let mut w = StackWriter::create(&file, d.shape(), d.dtype(), 3, &spacing, c, Some(false)).unwrap();
-                for z in (0..d.shape()[0]).step_by(n) {
-                    w.append(&slab(d, z, (z + n).min(d.shape()[0]))).unwrap();
-                }
-                w.finish().unwrap();
-            }
+            Some(n) => write_in_slabs(&file, d, &spacing, c, n),
         }
         cases.push(case(&file, d, 3, &spacing));
     }
     cases
+}
+
+/// `d` written as a streamed run writes it: `n` planes at a time (the last slab may be shorter).
+fn write_in_slabs(file: &Path, d: &Data, spacing: &Spacing, c: Compression, n: usize) {
+    let nz = d.shape()[0];
+    let mut w = StackWriter::create(file, d.shape(), d.dtype(), 3, spacing, c, Some(false)).unwrap();
+    for z in (0..nz).step_by(n) {
+        w.append(&slab(d, z, (z + n).min(nz))).unwrap();
+    }
+    w.finish().unwrap();
 }
 
 fn plane0(d: &Data) -> Data {
