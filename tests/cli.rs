@@ -446,6 +446,61 @@ fn the_bone_analysis_streams_under_a_tight_memory_budget_with_identical_outputs(
 }
 
 #[test]
+fn rows_that_share_scans_never_wait_for_each_other() {
+    // Three regions of each of 24 scans, on two threads: the rows of a scan share its header,
+    // hash and voxels, and the first row hashes it on the pool. A pool thread waiting for that
+    // hash's parallel pieces runs another queued row meanwhile — often a row of the same scan,
+    // which then asked for the hash being computed beneath it and waited for ever (two regions
+    // of one scan hung in about one run in fifteen). Each run here has 24 such chances.
+    use tessera::io::{Compression, Data, write_tiff};
+    let tmp = tempfile::tempdir().unwrap();
+    let spacing = tessera::io::Spacing { zyx: [1.0, 0.5, 0.5], unit: "um".into() };
+    let mut manifest = String::from("sample,image,z0,z1\n");
+    for i in 0..24u64 {
+        let scan = tmp.path().join(format!("scan{i:02}.tif"));
+        let a = common::wave(48, 96, 96, 500 + i).mapv(|v| v as u8);
+        write_tiff(&scan, &Data::U8(a), 3, &spacing, Compression::None).unwrap();
+        for (r, (z0, z1)) in [(0, 16), (16, 32), (32, 48)].into_iter().enumerate() {
+            manifest.push_str(&format!("s{i:02}r{r},{},{z0},{z1}\n", scan.display()));
+        }
+    }
+    let m = tmp.path().join("regions.csv");
+    std::fs::write(&m, manifest).unwrap();
+    let p = tmp.path().join("regions.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\nname: regions\nstages:\n  roi: {op: crop, input: image, box: ['${z0}', 0, 0, '${z1}', 96, 96]}\n  \
+         mask: {op: threshold, input: roi, method: otsu}\n  objects: {op: label, input: mask}\n  \
+         shape: {op: measure, labels: objects, intensity: {raw: roi}}\noutputs:\n  shape: parquet\n",
+    )
+    .unwrap();
+    let mut first = None;
+    for run in 0..4 {
+        let out = tmp.path().join(format!("out{run}"));
+        let o = common::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args([
+                "run",
+                p.to_str().unwrap(),
+                "--samples",
+                m.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--threads",
+                "2",
+                "--progress",
+                "never",
+            ]),
+            std::time::Duration::from_secs(120),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        match &first {
+            None => first = Some(out),
+            Some(f) => assert_same(f, &out, &format!("run {run}")),
+        }
+    }
+}
+
+#[test]
 fn a_closed_stdout_ends_the_process_quietly() {
     // `tessera ops | head -0`: the reader is gone before tessera writes. Like other Unix tools it
     // must end by SIGPIPE, not panic with "failed printing to stdout".

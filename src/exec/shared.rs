@@ -5,11 +5,17 @@
 //! are kept only within a byte budget (beyond it, rows decode for themselves), so memory stays
 //! bounded however the rows are ordered. A file that fails to read fails every row that names
 //! it with the same message, read once.
+//!
+//! No row ever waits for another here. Rows run on the rayon pool, and a pool thread that waits
+//! for a parallel loop runs other queued work meanwhile — another row, say. So the row reading a
+//! file may be beneath the row that asks for it on one thread's stack, or be waiting for a piece
+//! of work that is: a wait would never end (a study of two crops of one scan hung in about one
+//! run in fifteen). A row that finds the file still being read reads it for itself instead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crate::io::{self, Header, ReadLimits};
 use crate::ops::Value;
@@ -17,10 +23,73 @@ use crate::ops::Value;
 /// What is known of one shared file.
 #[derive(Default)]
 struct Cell {
-    header: OnceLock<Result<Header, String>>,
-    hash: OnceLock<Result<String, String>>,
+    header: Once<Result<Header, String>>,
+    hash: Once<Result<String, String>>,
     /// `Ok(None)`: decoded, but not kept (over the budget).
-    data: OnceLock<Result<Option<Arc<Value>>, String>>,
+    data: Once<Result<Option<Arc<Value>>, String>>,
+}
+
+/// A value the first row that needs it works out for every row; a row that comes while it is
+/// being worked out works out its own (see the module documentation for why it must not wait).
+struct Once<T>(Mutex<State<T>>);
+
+enum State<T> {
+    Empty,
+    Working,
+    Done(T),
+}
+
+/// Whether the value being worked out is the one kept for every row, or a row's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum For {
+    Everyone,
+    ThisRow,
+}
+
+impl<T> Default for Once<T> {
+    fn default() -> Self {
+        Once(Mutex::new(State::Empty))
+    }
+}
+
+impl<T: Clone> Once<T> {
+    fn get(&self, work: impl FnOnce(For) -> T) -> T {
+        let lock = || self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        {
+            let mut s = lock();
+            match &*s {
+                State::Done(v) => return v.clone(),
+                State::Working => {
+                    drop(s);
+                    return work(For::ThisRow);
+                }
+                State::Empty => *s = State::Working,
+            }
+        }
+        // Back to empty if `work` panics, so a later row tries again.
+        struct Reset<'a, T>(&'a Once<T>);
+        impl<T> Drop for Reset<'_, T> {
+            fn drop(&mut self) {
+                let mut s = self.0.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if matches!(*s, State::Working) {
+                    *s = State::Empty;
+                }
+            }
+        }
+        let reset = Reset(self);
+        let v = work(For::Everyone);
+        *lock() = State::Done(v.clone());
+        drop(reset);
+        v
+    }
+
+    /// `f` of the value, once it is worked out.
+    fn done<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        match &*self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            State::Done(v) => Some(f(v)),
+            _ => None,
+        }
+    }
 }
 
 /// The run's shared inputs (see the module documentation).
@@ -72,20 +141,20 @@ impl SharedInputs {
     pub fn header(&self, path: &Path) -> Result<Header, String> {
         let read = || io::read_header(path).map_err(|e| e.to_string());
         match self.cell(path) {
-            Some(c) => c.header.get_or_init(read).clone(),
+            Some(c) => c.header.get(|_| read()),
             None => read(),
         }
     }
 
     /// The input hash of SPEC §5 ([`io::hash_input`]).
     pub fn hash(&self, path: &Path) -> Result<String, String> {
-        let hash = || io::hash_input(path).map_err(|e| e.to_string());
         let read = || match &self.hashes {
-            Some(store) => store.input_hash(path, &hash),
-            None => hash(),
+            // Other rows and tasks wait on the store's lock while this hashes: on this thread.
+            Some(store) => store.input_hash(path, &|| io::hash_input(path, io::Hashing::ThisThread).map_err(|e| e.to_string())),
+            None => io::hash_input(path, io::Hashing::Parallel).map_err(|e| e.to_string()),
         };
         match self.cell(path) {
-            Some(c) => c.hash.get_or_init(read).clone(),
+            Some(c) => c.hash.get(|_| read()),
             None => read(),
         }
     }
@@ -96,11 +165,11 @@ impl SharedInputs {
         let decode = || io::read_image(path, limits).map(|i| Arc::new(Value::Image(i.data))).map_err(|e| e.to_string());
         let Some(c) = self.cell(path) else { return decode() };
         let mut mine = None;
-        let kept = c.data.get_or_init(|| {
+        let kept = c.data.get(|whose| {
             let d = decode()?;
             let bytes = value_bytes(&d);
-            let fits =
-                self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| (h + bytes <= self.budget).then_some(h + bytes)).is_ok();
+            let fits = whose == For::Everyone
+                && self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| (h + bytes <= self.budget).then_some(h + bytes)).is_ok();
             if fits {
                 Ok(Some(d))
             } else {
@@ -109,9 +178,9 @@ impl SharedInputs {
             }
         });
         match kept {
-            Ok(Some(d)) => Ok(Arc::clone(d)),
+            Ok(Some(d)) => Ok(d),
             Ok(None) => mine.map_or_else(decode, Ok),
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(e),
         }
     }
 
@@ -123,8 +192,11 @@ impl SharedInputs {
             if let Some((n, c)) = uses.get_mut(&k) {
                 *n -= 1;
                 if *n == 0 {
-                    if let Some(Ok(Some(d))) = c.data.get() {
-                        self.held.fetch_sub(value_bytes(d), Ordering::SeqCst);
+                    if let Some(bytes) = c.data.done(|d| match d {
+                        Ok(Some(d)) => value_bytes(d),
+                        _ => 0,
+                    }) {
+                        self.held.fetch_sub(bytes, Ordering::SeqCst);
                     }
                     uses.remove(&k);
                 }
@@ -181,6 +253,50 @@ mod tests {
         shared.done(std::slice::from_ref(&a));
         assert_eq!(shared.held(), 0, "released after its last row");
         assert!(shared.image(&a, limits).is_err(), "no longer shared: read again, and the file is gone");
+    }
+
+    #[test]
+    fn a_row_that_asks_while_the_value_is_worked_out_works_out_its_own() {
+        // The row working it out is beneath the asking one on this thread's stack, as when a
+        // pool thread waiting inside the first row runs the second: a wait would never end.
+        let once: Once<u32> = Once::default();
+        let v = once.get(|whose| {
+            assert_eq!(whose, For::Everyone);
+            let inner = once.get(|whose| {
+                assert_eq!(whose, For::ThisRow);
+                7
+            });
+            assert_eq!(once.done(|&v| v), None, "not yet worked out");
+            inner + 1
+        });
+        assert_eq!(v, 8);
+        assert_eq!(once.get(|_| unreachable!("kept")), 8);
+        assert_eq!(once.done(|&v| v), Some(8));
+        // A row whose work panics leaves it for the next row to try.
+        let once: Once<u32> = Once::default();
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| once.get(|_| panic!("unreadable")))).is_err());
+        assert_eq!(once.get(|whose| if whose == For::Everyone { 3 } else { 0 }), 3);
+    }
+
+    #[test]
+    fn a_row_that_decodes_for_itself_holds_nothing_of_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.npy");
+        io::write_npy(&a, &Data::U8(Array3::from_elem((1, 10, 10), 7)), 2).unwrap();
+        let shared = SharedInputs::new([a.clone(), a.clone()].into_iter(), 1000);
+        let limits = ReadLimits { max_bytes: u64::MAX };
+        let cell = shared.cell(&a).unwrap();
+        // While the first row decodes (beneath), the second decodes its own copy, not kept.
+        let first = cell.data.get(|_| {
+            let own = shared.image(&a, limits).unwrap();
+            assert_eq!(shape(&own), [1, 10, 10]);
+            assert_eq!(shared.held(), 0, "a row's own copy is not counted as kept");
+            Ok(None)
+        });
+        assert!(first.is_ok());
+        shared.done(std::slice::from_ref(&a));
+        shared.done(std::slice::from_ref(&a));
+        assert_eq!(shared.held(), 0);
     }
 
     #[test]

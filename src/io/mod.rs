@@ -868,10 +868,21 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Where [`hash_input`] hashes: the same hash either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hashing {
+    /// Each piece on every thread of the pool.
+    Parallel,
+    /// On the calling thread only, never on the pool: for a hash that other rows or tasks wait
+    /// for. A pool thread waiting on a parallel loop runs other queued work meanwhile, which
+    /// could be a row that waits for this very hash, beneath which the hash could never end.
+    ThisThread,
+}
+
 /// Content hash of a file, of every file of a slice folder, or of the files an OME-Zarr image
 /// is read from (its group's metadata and its array's files, each with its path in the store)
 /// (blake3, hex).
-pub fn hash_input(path: &Path) -> Result<String, ImageError> {
+pub fn hash_input(path: &Path, how: Hashing) -> Result<String, ImageError> {
     let mut hasher = blake3::Hasher::new();
     let files = if zarr::is_zarr(path) {
         let files = zarr::input_files(path)?;
@@ -896,7 +907,7 @@ pub fn hash_input(path: &Path) -> Result<String, ImageError> {
         buf.resize((len as usize).clamp(1 << 16, 2 << 20), 0);
         loop {
             let n = read_full(&mut file, &mut buf).map_err(|e| ImageError::io(&f, e))?;
-            if n >= 1 << 17 {
+            if n >= 1 << 17 && how == Hashing::Parallel {
                 hasher.update_rayon(&buf[..n]);
             } else {
                 hasher.update(&buf[..n]);

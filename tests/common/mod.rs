@@ -10,9 +10,43 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs the tessera binary in the crate folder.
+/// Runs the tessera binary in the crate folder; a run that has not ended after 10 minutes (none
+/// of the tests' takes one) is killed and fails the test, naming it, instead of hanging the
+/// suite.
 pub fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()).output().expect("run tessera")
+    output_within(Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()), Duration::from_secs(600))
+}
+
+/// `cmd`'s output, like [`Command::output`], but killed (and the test failed, with what it
+/// printed so far) if it has not ended within `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the program");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let t0 = std::time::Instant::now();
+    let mut nap = Duration::from_micros(500);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the program") {
+            break st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err.join().unwrap_or_default();
+            panic!("{cmd:?} had not ended after {limit:?}: killed. It printed:\n{}", text(&err));
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    };
+    Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
 }
 
 pub fn text(o: &[u8]) -> String {
