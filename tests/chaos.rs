@@ -190,7 +190,7 @@ fn a_mixed_study_that_fills_its_disk_fails_clearly_and_a_later_run_trusts_nothin
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(args(&pipeline, &manifest, &out)).current_dir(root());
     disk.limit(&mut cmd);
-    let o = cmd.output().unwrap();
+    let o = common::output_within(&mut cmd, common::PATIENCE);
     assert_eq!(o.status.code(), Some(1), "stderr {}", text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
     let all = format!("{errors}{}", text(&o.stderr));

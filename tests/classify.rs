@@ -260,7 +260,7 @@ fn digits_as_png_files_become_pixel_rows_that_train_as_well_as_the_table() {
 }
 
 fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(dir).output().expect("run tessera")
+    common::output_within(std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(dir), common::PATIENCE)
 }
 
 fn class_counts(table: &Path) -> std::collections::BTreeMap<(String, String), usize> {

@@ -523,12 +523,13 @@ fn progress_in_logs_is_plain_periodic_lines() {
     let out = tmp.path().join("out");
     // stderr is a pipe here, as in an array job's log: lines, never carriage returns, and every
     // TESSERA_PROGRESS_SECONDS a line with the stage each running sample has reached.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--threads", "1"])
-        .current_dir(common::root())
-        .env("TESSERA_PROGRESS_SECONDS", "0.002")
-        .output()
-        .unwrap();
+    let o = common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--threads", "1"])
+            .current_dir(common::root())
+            .env("TESSERA_PROGRESS_SECONDS", "0.002"),
+        common::PATIENCE,
+    );
     assert_eq!(o.status.code(), Some(0));
     let err = text(&o.stderr);
     assert!(!err.contains('\r'), "carriage return in log output");

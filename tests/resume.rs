@@ -158,7 +158,7 @@ fn a_full_filesystem_is_a_clear_error_and_nothing_half_written_is_accepted_later
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--progress", "never"]).current_dir(root());
     disk.limit(&mut cmd);
-    let o = cmd.output().unwrap();
+    let o = common::output_within(&mut cmd, common::PATIENCE);
     assert_eq!(o.status.code(), Some(1), "stdout {}\nstderr {}", text(&o.stdout), text(&o.stderr));
     let errors = std::fs::read_to_string(out.join("errors.csv")).unwrap_or_default();
     let all = format!("{errors}{}", text(&o.stderr));

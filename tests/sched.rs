@@ -276,28 +276,30 @@ fn task_flags_outside_an_array_and_submit_mistakes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
     // --task auto with no array variables: exit 2, nothing written.
-    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--task", "auto"])
-        .current_dir(common::root())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .env_remove("SGE_TASK_ID")
-        .env_remove("PBS_ARRAYID")
-        .env_remove("PBS_ARRAY_INDEX")
-        .env_remove("LSB_JOBINDEX")
-        .output()
-        .unwrap();
+    let o = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--task", "auto"])
+            .current_dir(common::root())
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("SGE_TASK_ID")
+            .env_remove("PBS_ARRAYID")
+            .env_remove("PBS_ARRAY_INDEX")
+            .env_remove("LSB_JOBINDEX"),
+        common::PATIENCE,
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("not inside an array job"), "{}", text(&o.stderr));
     // --task auto inside a (simulated) SGE array task 2 of 2; then --task 1/2; merge equals a whole run.
-    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--task", "auto", "--progress", "never"])
-        .current_dir(common::root())
-        .env("SGE_TASK_ID", "2")
-        .env("SGE_TASK_FIRST", "1")
-        .env("SGE_TASK_LAST", "2")
-        .env("SGE_TASK_STEPSIZE", "1")
-        .output()
-        .unwrap();
+    let o = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["run", "pipelines/nuclei.yaml", "--out", out.to_str().unwrap(), "--task", "auto", "--progress", "never"])
+            .current_dir(common::root())
+            .env("SGE_TASK_ID", "2")
+            .env("SGE_TASK_FIRST", "1")
+            .env("SGE_TASK_LAST", "2")
+            .env("SGE_TASK_STEPSIZE", "1"),
+        common::PATIENCE,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(out.join("tasks/task-2-of-2.json").is_file() && !out.join("tables").exists());
     assert!(out.join("samples/neuron3d").is_dir() && !out.join("samples/nuclei2d").exists(), "shard 2 of 2 owns sample index 1 only");

@@ -25,11 +25,10 @@ fn merge_rewrites_the_study_outputs_byte_for_byte() {
             std::fs::remove_dir_all(out.join(".tessera")).unwrap();
         }
         // From another folder: run.json records absolute paths.
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["merge", out.to_str().unwrap()])
-            .current_dir(tmp.path())
-            .output()
-            .unwrap();
+        let o = common::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args(["merge", out.to_str().unwrap()]).current_dir(tmp.path()),
+            common::PATIENCE,
+        );
         assert_eq!(o.status.code(), Some(0), "{}{}", text(&o.stdout), text(&o.stderr));
         assert!(text(&o.stdout).contains("3 of 3 samples done"), "{}", text(&o.stdout));
         assert!(study(&out) == before, "merge (from parquet: {from_parquet}) wrote other bytes");

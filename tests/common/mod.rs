@@ -14,8 +14,11 @@ pub fn root() -> PathBuf {
 /// of the tests' takes one) is killed and fails the test, naming it, instead of hanging the
 /// suite.
 pub fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    output_within(Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()), Duration::from_secs(600))
+    output_within(Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()), PATIENCE)
 }
+
+/// How long a test waits for one tessera run before it kills it and fails.
+pub const PATIENCE: Duration = Duration::from_secs(600);
 
 /// `cmd`'s output, like [`Command::output`], but killed (and the test failed, with what it
 /// printed so far) if it has not ended within `limit`.
