@@ -379,7 +379,8 @@ pub fn read(path: &Path, limits: ReadLimits, range: Option<(usize, usize)>) -> R
 /// A cached reader ([`Reader::open_cached`]) keeps the rows of chunks its last read decoded, and
 /// decodes the next row ahead on the thread pool while the caller computes: streamed samples read
 /// consecutive plane ranges with halos, so each chunk is then decoded once, mostly on a core that
-/// would otherwise wait.
+/// would otherwise wait. A read never waits for that decoding: it takes the chunks already
+/// decoded and decodes the others itself (see [`Ahead`]).
 pub struct Reader {
     inner: Arc<Inner>,
     /// Rows of decoded chunks kept from the last read, latest last.
@@ -425,19 +426,28 @@ impl Row {
     }
 }
 
-/// A row decoded ahead: its planes, and where the decoding stands.
+/// A row decoded ahead, one chunk after another by one job on the pool: its planes, and where
+/// the decoding stands.
+///
+/// The read that wants the row takes the chunks decoded so far and decodes the rest itself (the
+/// one being decoded at that moment too) rather than wait. Reads run on the pool, often as the
+/// stolen half of a `rayon::join` (`ops::slab::pipelined`): the job decoding ahead may be beneath
+/// the read on the same thread's stack, waiting inside the decoder for pool work, and a wait
+/// for it there would never end.
 struct Ahead {
     z: Range<usize>,
-    slot: Arc<(std::sync::Mutex<Slot>, std::sync::Condvar)>,
+    work: Arc<std::sync::Mutex<AheadWork>>,
 }
 
-enum Slot {
-    /// Not started: whoever claims it first decodes it.
-    Queued,
-    Running,
-    Done(Result<Row, ImageError>),
-    /// Claimed by a read, or abandoned.
-    Gone,
+struct AheadWork {
+    chunks: Vec<Vec<u64>>,
+    /// Chunks `..next` are decoded or being decoded; the others are not started.
+    next: usize,
+    /// Per chunk: its decoded piece (a chunk that failed stays `None`; the read decodes it again
+    /// and meets the error itself).
+    pieces: Vec<Option<Piece>>,
+    /// The read took the row (or it will not be read): nothing more is started or kept.
+    taken: bool,
 }
 
 /// Decoded chunk buffers above this many bytes are copied into the planes before more rows are
@@ -531,7 +541,8 @@ impl Reader {
         let mut z = z0;
         while z < z1 {
             let mut batch: Vec<Arc<Row>> = Vec::new();
-            let mut todo: Vec<(Range<usize>, Vec<Vec<u64>>)> = Vec::new();
+            // Rows to decode: their planes, the chunks still to decode, and those decoded ahead.
+            let mut todo: Vec<(Range<usize>, Vec<Vec<u64>>, Vec<Piece>)> = Vec::new();
             let mut bytes = 0u64;
             while z < z1 && (bytes < BATCH_BYTES || (batch.is_empty() && todo.is_empty())) {
                 let (rz, chunks) = inner.row_at(z)?;
@@ -539,19 +550,17 @@ impl Reader {
                 if let Some(r) = old.iter().find(|r| r.z == rz) {
                     bytes += r.bytes();
                     batch.push(r.clone());
-                } else if let Some(r) = self.take_ahead(&rz)? {
-                    bytes += r.bytes();
-                    batch.push(Arc::new(r));
                 } else {
                     bytes += inner.row_bytes(&rz);
-                    todo.push((rz, chunks));
+                    let (chunks, done) = self.take_ahead(&rz).unwrap_or((chunks, Vec::new()));
+                    todo.push((rz, chunks, done));
                 }
             }
             // Decode the new rows' chunks, all in parallel.
-            let jobs: Vec<(usize, &Vec<u64>)> = todo.iter().enumerate().flat_map(|(k, (_, c))| c.iter().map(move |c| (k, c))).collect();
+            let jobs: Vec<(usize, &Vec<u64>)> = todo.iter().enumerate().flat_map(|(k, (_, c, _))| c.iter().map(move |c| (k, c))).collect();
             let pieces: Vec<(usize, Piece)> =
                 jobs.into_par_iter().map(|(k, c)| inner.decode(c).map(|p| (k, p))).collect::<Result<_, _>>()?;
-            let mut rows: Vec<Row> = todo.into_iter().map(|(z, _)| Row { z, pieces: Vec::new() }).collect();
+            let mut rows: Vec<Row> = todo.into_iter().map(|(z, _, done)| Row { z, pieces: done }).collect();
             for (k, p) in pieces {
                 rows[k].pieces.push(p);
             }
@@ -603,53 +612,54 @@ impl Reader {
         if let Some(old) = ahead.take() {
             abandon(&old);
         }
-        let slot = Arc::new((std::sync::Mutex::new(Slot::Queued), std::sync::Condvar::new()));
-        let (inner, job, z) = (self.inner.clone(), slot.clone(), rz.clone());
+        let n = chunks.len();
+        let work = Arc::new(std::sync::Mutex::new(AheadWork { chunks, next: 0, pieces: (0..n).map(|_| None).collect(), taken: false }));
+        let (inner, job) = (self.inner.clone(), work.clone());
         rayon::spawn(move || {
-            let (m, cv) = &*job;
-            {
-                let mut s = lock(m);
-                if !matches!(*s, Slot::Queued) {
+            loop {
+                let (k, chunk) = {
+                    let mut w = lock(&job);
+                    if w.taken || w.next == w.chunks.len() {
+                        return;
+                    }
+                    w.next += 1;
+                    (w.next - 1, w.chunks[w.next - 1].clone())
+                };
+                let piece = inner.decode(&chunk).ok();
+                let mut w = lock(&job);
+                if w.taken {
                     return;
                 }
-                *s = Slot::Running;
+                w.pieces[k] = piece;
             }
-            let row = inner.decode_row(z, &chunks);
-            let mut s = lock(m);
-            if matches!(*s, Slot::Running) {
-                *s = Slot::Done(row);
-            }
-            cv.notify_all();
         });
-        *ahead = Some(Ahead { z: rz, slot });
+        *ahead = Some(Ahead { z: rz, work });
         Ok(())
     }
 
-    /// The row of planes `z` if it was decoded ahead (waiting while it is being decoded); `None`
-    /// when it was not, or had not started (the caller then decodes it with the rest).
-    fn take_ahead(&self, z: &Range<usize>) -> Result<Option<Row>, ImageError> {
-        let Some(a) = lock(&self.ahead).take_if(|a| a.z == *z) else {
-            return Ok(None);
-        };
-        let (m, cv) = &*a.slot;
-        let mut s = lock(m);
-        while matches!(*s, Slot::Running) {
-            s = cv.wait(s).unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// If the row of planes `z` is being decoded ahead: the chunks still to decode and the
+    /// pieces decoded (the decoding ahead stops; nothing is waited for).
+    fn take_ahead(&self, z: &Range<usize>) -> Option<(Vec<Vec<u64>>, Vec<Piece>)> {
+        let a = lock(&self.ahead).take_if(|a| a.z == *z)?;
+        let mut w = lock(&a.work);
+        w.taken = true;
+        let w = &mut *w;
+        let (mut todo, mut done) = (Vec::new(), Vec::new());
+        for (chunk, piece) in w.chunks.iter_mut().zip(&mut w.pieces) {
+            match piece.take() {
+                Some(p) => done.push(p),
+                None => todo.push(std::mem::take(chunk)),
+            }
         }
-        match std::mem::replace(&mut *s, Slot::Gone) {
-            Slot::Done(row) => row.map(Some),
-            _ => Ok(None),
-        }
+        Some((todo, done))
     }
 }
 
-/// A row decoded ahead that will not be read: not started, it is never decoded; finished, it is
-/// dropped.
+/// A row decoded ahead that will not be read: no more of it is decoded, and what was is dropped.
 fn abandon(a: &Ahead) {
-    let mut s = lock(&a.slot.0);
-    if !matches!(*s, Slot::Running) {
-        *s = Slot::Gone;
-    }
+    let mut w = lock(&a.work);
+    w.taken = true;
+    w.pieces.clear();
 }
 
 impl Drop for Reader {
@@ -689,12 +699,6 @@ impl Inner {
             .collect();
         let chunks = zarrs::array::ArraySubset::new_with_ranges(&ranges).indices().into_iter().map(|c| c.to_vec()).collect();
         Ok((rz, chunks))
-    }
-
-    /// A whole row, its chunks decoded in parallel.
-    fn decode_row(&self, z: Range<usize>, chunks: &[Vec<u64>]) -> Result<Row, ImageError> {
-        let pieces = chunks.par_iter().map(|c| self.decode(c)).collect::<Result<_, _>>()?;
-        Ok(Row { z, pieces })
     }
 
     /// One chunk of the read grid, decoded.
@@ -1323,5 +1327,34 @@ mod tests {
         let l = shapes_and_scales([1, 513, 512], 2, Role::Mask);
         assert_eq!(l.iter().map(|x| x.0).collect::<Vec<_>>(), [[1, 513, 512], [1, 257, 256]]);
         assert_eq!(l[1].1, json!([{"type": "scale", "scale": [1.0, 1.0]}]));
+    }
+
+    #[test]
+    fn a_read_takes_the_chunks_decoded_ahead_and_never_waits_for_the_others() {
+        // The row of planes 8..16 as a job decoding ahead left it: chunk 0 being decoded (by a
+        // job that here never ends, as when it is beneath the read on one thread's stack),
+        // chunk 1 decoded (with its voxels made 0, to see that the read takes it), the rest
+        // not started. The read must finish, with chunk 1 from ahead and the others its own.
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/formats/zarr/v05_zstd_8x16x16.ome.zarr");
+        let limits = ReadLimits { max_bytes: u64::MAX };
+        let whole = Reader::open_cached(&path, 0, limits).unwrap().read(8, 16).unwrap();
+        let r = Reader::open_cached(&path, 1 << 30, limits).unwrap();
+        let (rz, chunks) = r.inner.row_at(8).unwrap();
+        assert_eq!(rz, 8..16);
+        let mut marked = r.inner.decode(&chunks[1]).unwrap();
+        marked.bytes.iter_mut().for_each(|b| *b = 0);
+        let (start, shape) = (marked.start, marked.shape);
+        let n = chunks.len();
+        let mut pieces: Vec<Option<Piece>> = (0..n).map(|_| None).collect();
+        pieces[1] = Some(marked);
+        let work = Arc::new(std::sync::Mutex::new(AheadWork { chunks, next: 2, pieces, taken: false }));
+        *lock(&r.ahead) = Some(Ahead { z: rz, work: work.clone() });
+        let got = r.read(8, 16).unwrap();
+        assert!(lock(&work).taken, "the job decoding ahead is told to stop");
+        let (Data::U16(got), Data::U16(whole)) = (got, whole) else { panic!("u16 store") };
+        for ((z, y, x), &v) in got.indexed_iter() {
+            let in_marked = (0..3).all(|a| [z + 8, y, x][a] >= start[a] && [z + 8, y, x][a] < start[a] + shape[a]);
+            assert_eq!(v, if in_marked { 0 } else { whole[[z, y, x]] }, "voxel {z},{y},{x}");
+        }
     }
 }
