@@ -426,6 +426,13 @@ impl Row {
     }
 }
 
+/// A row a read decodes: its planes, the chunks still to decode, and those decoded ahead.
+struct ToDecode {
+    z: Range<usize>,
+    chunks: Vec<Vec<u64>>,
+    done: Vec<Piece>,
+}
+
 /// A row decoded ahead, one chunk after another by one job on the pool: its planes, and where
 /// the decoding stands.
 ///
@@ -541,8 +548,7 @@ impl Reader {
         let mut z = z0;
         while z < z1 {
             let mut batch: Vec<Arc<Row>> = Vec::new();
-            // Rows to decode: their planes, the chunks still to decode, and those decoded ahead.
-            let mut todo: Vec<(Range<usize>, Vec<Vec<u64>>, Vec<Piece>)> = Vec::new();
+            let mut todo: Vec<ToDecode> = Vec::new();
             let mut bytes = 0u64;
             while z < z1 && (bytes < BATCH_BYTES || (batch.is_empty() && todo.is_empty())) {
                 let (rz, chunks) = inner.row_at(z)?;
@@ -553,14 +559,14 @@ impl Reader {
                 } else {
                     bytes += inner.row_bytes(&rz);
                     let (chunks, done) = self.take_ahead(&rz).unwrap_or((chunks, Vec::new()));
-                    todo.push((rz, chunks, done));
+                    todo.push(ToDecode { z: rz, chunks, done });
                 }
             }
             // Decode the new rows' chunks, all in parallel.
-            let jobs: Vec<(usize, &Vec<u64>)> = todo.iter().enumerate().flat_map(|(k, (_, c, _))| c.iter().map(move |c| (k, c))).collect();
+            let jobs: Vec<(usize, &Vec<u64>)> = todo.iter().enumerate().flat_map(|(k, t)| t.chunks.iter().map(move |c| (k, c))).collect();
             let pieces: Vec<(usize, Piece)> =
                 jobs.into_par_iter().map(|(k, c)| inner.decode(c).map(|p| (k, p))).collect::<Result<_, _>>()?;
-            let mut rows: Vec<Row> = todo.into_iter().map(|(z, _, done)| Row { z, pieces: done }).collect();
+            let mut rows: Vec<Row> = todo.into_iter().map(|t| Row { z: t.z, pieces: t.done }).collect();
             for (k, p) in pieces {
                 rows[k].pieces.push(p);
             }
