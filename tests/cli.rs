@@ -477,21 +477,7 @@ fn rows_that_share_scans_never_wait_for_each_other() {
     let mut first = None;
     for run in 0..4 {
         let out = tmp.path().join(format!("out{run}"));
-        let o = common::output_within(
-            std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args([
-                "run",
-                p.to_str().unwrap(),
-                "--samples",
-                m.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--threads",
-                "2",
-                "--progress",
-                "never",
-            ]),
-            std::time::Duration::from_secs(120),
-        );
+        let o = common::run_samples_within(&p, &m, &out, &["--threads", "2"], std::time::Duration::from_secs(120));
         assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
         match &first {
             None => first = Some(out),

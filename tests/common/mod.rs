@@ -14,7 +14,12 @@ pub fn root() -> PathBuf {
 /// of the tests' takes one) is killed and fails the test, naming it, instead of hanging the
 /// suite.
 pub fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    output_within(Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()), PATIENCE)
+    tessera_within(args, PATIENCE)
+}
+
+/// [`tessera`], killed and failing after `limit` instead.
+pub fn tessera_within<S: AsRef<std::ffi::OsStr>>(args: &[S], limit: Duration) -> Output {
+    output_within(Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).current_dir(root()), limit)
 }
 
 /// How long a test waits for one tessera run before it kills it and fails.
@@ -65,6 +70,11 @@ pub fn run_example(out: &Path, extra: &[&str]) -> Output {
 
 /// `tessera run PIPELINE --samples MANIFEST --out OUT --progress never EXTRA…`.
 pub fn run_samples(pipeline: impl AsRef<Path>, manifest: &Path, out: &Path, extra: &[&str]) -> Output {
+    run_samples_within(pipeline, manifest, out, extra, PATIENCE)
+}
+
+/// [`run_samples`], killed and failing after `limit`.
+pub fn run_samples_within(pipeline: impl AsRef<Path>, manifest: &Path, out: &Path, extra: &[&str], limit: Duration) -> Output {
     let pipeline = pipeline.as_ref();
     let mut args = vec![
         "run",
@@ -77,7 +87,7 @@ pub fn run_samples(pipeline: impl AsRef<Path>, manifest: &Path, out: &Path, extr
         "never",
     ];
     args.extend_from_slice(extra);
-    tessera(&args)
+    tessera_within(&args, limit)
 }
 
 /// The first difference between two output folders' studies ([`files`] without the job
